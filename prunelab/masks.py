@@ -1,0 +1,235 @@
+"""Masks: parameter name -> bool tensor (True = kept).
+
+Masks are keyed by ``model.named_parameters()`` names, so a mask found on one copy of a network
+applies to another copy, to a checkpoint, or to a torchvision model without custom layer classes
+(the design of ``torch.nn.utils.prune``, minus its per-forward recomputation of ``weight``).
+
+Keeping pruned weights at exactly zero during training: :meth:`Mask.apply` zeroes them once and
+registers a gradient hook on each masked parameter that multiplies the gradient by the mask. A weight
+that is 0 and always receives a 0 gradient stays exactly 0 under SGD (with momentum, Nesterov and
+weight decay: every term is a multiple of the weight or the gradient), Adam (both moments stay 0) and
+AdamW (decoupled decay multiplies 0). This costs one multiply per masked tensor per step, instead of
+a forward pre-hook that rebuilds every weight on every call.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from prunelab.io import atomic_torch_save
+
+_FORMAT = "prunelab.mask"
+_VERSION = 1
+
+_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+def prunable_parameters(
+    model: nn.Module,
+    *,
+    include_bias: bool = False,
+    include_norm: bool = False,
+    exclude: Iterable[str] = (),
+    filter: Callable[[str, nn.Parameter], bool] | None = None,  # noqa: A002 - public option name
+) -> dict[str, nn.Parameter]:
+    """The parameters a mask covers, in ``named_parameters`` order.
+
+    By default the weights of convolutions and linear layers (what every paper in ``papers/`` prunes).
+    ``include_bias`` adds their biases, ``include_norm`` adds normalization weights and biases,
+    ``exclude`` drops exact names (e.g. the output layer), and ``filter(name, param)`` has the last word.
+    """
+    exclude = set(exclude)
+    chosen: dict[str, nn.Parameter] = {}
+    for module_name, module in model.named_modules():
+        is_layer = isinstance(module, (nn.modules.conv._ConvNd, nn.Linear))
+        is_norm = isinstance(module, _NORM_TYPES)
+        if not (is_layer or (include_norm and is_norm)):
+            continue
+        for pname, param in module.named_parameters(recurse=False):
+            name = f"{module_name}.{pname}" if module_name else pname
+            if is_layer and not (pname == "weight" or (include_bias and pname == "bias")):
+                continue
+            if name in exclude or (filter is not None and not filter(name, param)):
+                continue
+            chosen[name] = param
+    # Keep named_parameters order (and drop duplicates of shared parameters).
+    order = {name: i for i, (name, _) in enumerate(model.named_parameters())}
+    return {n: chosen[n] for n in sorted(chosen, key=lambda n: order.get(n, len(order))) if n in order}
+
+
+# model -> list of hook handles installed by Mask.apply
+_HOOKS: weakref.WeakKeyDictionary[nn.Module, list] = weakref.WeakKeyDictionary()
+
+
+class Mask(Mapping[str, torch.Tensor]):
+    """An immutable-by-convention mapping from parameter names to boolean keep-masks."""
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor]):
+        if not tensors:
+            raise ValueError("a Mask needs at least one tensor (the model has no prunable parameters?)")
+        self._t: dict[str, torch.Tensor] = {}
+        for name, t in tensors.items():
+            t = torch.as_tensor(t)
+            if t.dtype != torch.bool:
+                t = t != 0
+            self._t[name] = t.detach()
+
+    # ---- construction ---------------------------------------------------------------------------
+    @classmethod
+    def ones(cls, model: nn.Module, **prunable_options) -> Mask:
+        """The dense mask over ``prunable_parameters(model, **prunable_options)``."""
+        params = prunable_parameters(model, **prunable_options)
+        if not params:
+            raise ValueError(f"{type(model).__name__} has no prunable parameters (conv or linear weights)")
+        return cls({n: torch.ones_like(p, dtype=torch.bool, device="cpu") for n, p in params.items()})
+
+    @classmethod
+    def from_weights(cls, model: nn.Module, names: Iterable[str] | None = None) -> Mask:
+        """The mask of nonzero entries of the model's (prunable, or named) parameters."""
+        params = dict(model.named_parameters())
+        names = list(names) if names is not None else list(prunable_parameters(model))
+        return cls({n: (params[n].detach() != 0).cpu() for n in names})
+
+    # ---- mapping protocol -----------------------------------------------------------------------
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._t[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._t)
+
+    def __len__(self) -> int:
+        return len(self._t)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Mask):
+            return NotImplemented
+        return self.keys() == other.keys() and all(
+            self._t[n].shape == other[n].shape and torch.equal(self._t[n].cpu(), other[n].cpu()) for n in self
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Mask({len(self)} tensors, {self.num_total} weights, sparsity={self.sparsity:.4f})"
+
+    # ---- counts ---------------------------------------------------------------------------------
+    @property
+    def num_total(self) -> int:
+        return sum(t.numel() for t in self._t.values())
+
+    @property
+    def num_kept(self) -> int:
+        return int(sum(int(t.sum()) for t in self._t.values()))
+
+    @property
+    def density(self) -> float:
+        """Fraction of covered weights kept."""
+        return self.num_kept / self.num_total
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of covered weights pruned (1 - density)."""
+        return 1.0 - self.density
+
+    def layer_counts(self) -> dict[str, tuple[int, int]]:
+        """{name: (kept, total)} per masked tensor."""
+        return {n: (int(t.sum()), t.numel()) for n, t in self._t.items()}
+
+    def layer_density(self) -> dict[str, float]:
+        return {n: kept / total for n, (kept, total) in self.layer_counts().items()}
+
+    def layer_sparsity(self) -> dict[str, float]:
+        return {n: 1.0 - d for n, d in self.layer_density().items()}
+
+    # ---- algebra --------------------------------------------------------------------------------
+    def _combine(self, other: Mask, op) -> Mask:
+        if self.keys() != other.keys():
+            raise ValueError("masks cover different parameters; cannot combine them")
+        return Mask({n: op(self._t[n], other[n].to(self._t[n].device)) for n in self})
+
+    def __and__(self, other: Mask) -> Mask:
+        return self._combine(other, torch.logical_and)
+
+    def __or__(self, other: Mask) -> Mask:
+        return self._combine(other, torch.logical_or)
+
+    def to(self, device: torch.device | str) -> Mask:
+        return Mask({n: t.to(device) for n, t in self._t.items()})
+
+    def clone(self) -> Mask:
+        return Mask({n: t.clone() for n, t in self._t.items()})
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: t.cpu() for n, t in self._t.items()}
+
+    # ---- model interaction ----------------------------------------------------------------------
+    def check_compatible(self, model: nn.Module) -> dict[str, nn.Parameter]:
+        """The model's parameters this mask covers; ValueError naming the first mismatch otherwise."""
+        params = dict(model.named_parameters())
+        missing = [n for n in self._t if n not in params]
+        if missing:
+            raise ValueError(
+                f"mask does not fit {type(model).__name__}: it names {len(missing)} parameter(s) the model "
+                f"lacks, e.g. {missing[0]!r}"
+            )
+        for n, t in self._t.items():
+            if tuple(params[n].shape) != tuple(t.shape):
+                raise ValueError(
+                    f"mask does not fit {type(model).__name__}: {n!r} has shape {tuple(t.shape)} in the mask "
+                    f"but {tuple(params[n].shape)} in the model"
+                )
+        return {n: params[n] for n in self._t}
+
+    @torch.no_grad()
+    def zero_pruned(self, model: nn.Module) -> None:
+        """Set pruned weights to exactly 0.0 (no hooks)."""
+        for n, p in self.check_compatible(model).items():
+            p.mul_(self._t[n].to(p.device, p.dtype))
+
+    def apply(self, model: nn.Module) -> Mask:
+        """Zero the pruned weights and keep them at exactly 0.0 through any later training.
+
+        Replaces the hooks of a mask applied to ``model`` before. See the module docstring for why a
+        gradient hook is enough for SGD, Adam and AdamW.
+        """
+        params = self.check_compatible(model)
+        remove_mask_hooks(model)
+        self.zero_pruned(model)
+        handles = []
+        for n, p in params.items():
+            if bool(self._t[n].all()):
+                continue  # nothing pruned in this tensor: no hook, no cost
+            keep = self._t[n].to(p.device, p.dtype)
+            handles.append(p.register_hook(lambda g, keep=keep: g * keep.to(g.dtype)))
+        _HOOKS[model] = handles
+        return self
+
+    # ---- persistence ----------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the mask crash-safely (temporary file, fsync, rename)."""
+        return atomic_torch_save(path, {"format": _FORMAT, "version": _VERSION, "masks": self.state_dict()})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Mask:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"mask file not found: {path}")
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # truncated or not a torch file
+            raise ValueError(f"mask file {path} is corrupted or not a prunelab mask ({type(e).__name__})") from e
+        if not (isinstance(obj, dict) and obj.get("format") == _FORMAT and isinstance(obj.get("masks"), dict)):
+            raise ValueError(f"{path} is not a prunelab mask file")
+        return cls(obj["masks"])
+
+
+def remove_mask_hooks(model: nn.Module) -> None:
+    """Detach the gradient hooks that :meth:`Mask.apply` installed on ``model`` (weights stay as they are)."""
+    for h in _HOOKS.pop(model, []):
+        h.remove()

@@ -1,0 +1,69 @@
+"""One small registry type for models, datasets, criteria and anything else chosen by name.
+
+Unknown names raise ``ValueError`` naming the closest valid name and listing the valid ones, so the
+CLI can print a single helpful line.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+def unknown_name_message(kind: str, name: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(name, valid, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown {kind} {name!r}{hint} (valid: {', '.join(sorted(valid))})"
+
+
+class Registry(Generic[T]):
+    """name -> object, plus free-form metadata per name."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._items: dict[str, T] = {}
+        self._meta: dict[str, dict[str, Any]] = {}
+
+    def register(self, name: str, obj: T | None = None, **meta: Any):
+        """``reg.register("x", f)`` or as a decorator ``@reg.register("x", key=value)``."""
+
+        def add(o: T) -> T:
+            if name in self._items:
+                raise ValueError(f"{self.kind} {name!r} is already registered")
+            self._items[name] = o
+            self._meta[name] = dict(meta)
+            return o
+
+        return add(obj) if obj is not None else add
+
+    def get(self, name: str) -> T:
+        try:
+            return self._items[name]
+        except KeyError:
+            raise ValueError(unknown_name_message(self.kind, name, list(self._items))) from None
+
+    def meta(self, name: str) -> dict[str, Any]:
+        self.get(name)
+        return dict(self._meta[name])
+
+    def names(self) -> list[str]:
+        return list(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+
+def check_name(kind: str, name: str, valid: list[str]) -> str:
+    """Return ``name`` if valid, else raise the standard unknown-name ValueError."""
+    if name not in valid:
+        raise ValueError(unknown_name_message(kind, name, valid))
+    return name
+
+
+Factory = Callable[..., Any]
