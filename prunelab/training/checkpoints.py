@@ -1,0 +1,101 @@
+"""Checkpoints with a checksum, written crash-safely, and a folder that keeps only what protocols need.
+
+File layout: a magic line, the SHA-256 of the payload in hex, a newline, then the payload (a
+``torch.save`` of the state dict). A truncated or bit-flipped file fails the checksum and is detected
+before anything is loaded from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prunelab.io import atomic_write_bytes
+
+_MAGIC = b"PRUNELAB-CKPT-1\n"
+
+
+class CorruptCheckpoint(ValueError):
+    """A checkpoint file that is truncated, altered or not a prunelab checkpoint."""
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    payload = buf.getvalue()
+    digest = hashlib.sha256(payload).hexdigest().encode()
+    return atomic_write_bytes(path, _MAGIC + digest + b"\n" + payload)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    raw = path.read_bytes()
+    head = len(_MAGIC) + 65
+    if not raw.startswith(_MAGIC) or len(raw) < head:
+        raise CorruptCheckpoint(f"{path} is not a prunelab checkpoint or is truncated")
+    digest, payload = raw[len(_MAGIC) : head - 1], raw[head:]
+    if hashlib.sha256(payload).hexdigest().encode() != digest:
+        raise CorruptCheckpoint(f"{path} fails its checksum (truncated or corrupted)")
+    return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+
+
+class CheckpointFolder:
+    """``latest.pt`` (overwritten each epoch) plus ``step_<n>.pt`` for the steps protocols rewind to."""
+
+    _STEP = re.compile(r"^step_(\d+)\.pt$")
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+
+    def path_for(self, step: int) -> Path:
+        return self.folder / f"step_{step}.pt"
+
+    @property
+    def latest_path(self) -> Path:
+        return self.folder / "latest.pt"
+
+    def save(self, state: dict[str, Any], *, keep: bool = False) -> None:
+        save_checkpoint(self.latest_path, state)
+        if keep:
+            save_checkpoint(self.path_for(int(state["step"])), state)
+
+    def kept_steps(self) -> list[int]:
+        if not self.folder.is_dir():
+            return []
+        return sorted(int(m.group(1)) for p in self.folder.iterdir() if (m := self._STEP.match(p.name)))
+
+    def load_step(self, step: int) -> dict[str, Any] | None:
+        return self._load_or_set_aside(self.path_for(step))
+
+    def load_latest(self, max_step: int | None = None) -> dict[str, Any] | None:
+        """The good checkpoint with the highest step (<= max_step); corrupt files are set aside with a warning."""
+        candidates = [self.latest_path] + [self.path_for(s) for s in reversed(self.kept_steps())]
+        best = None
+        for path in candidates:
+            state = self._load_or_set_aside(path)
+            if state is None or (max_step is not None and state["step"] > max_step):
+                continue
+            if best is None or state["step"] > best["step"]:
+                best = state
+        return best
+
+    @staticmethod
+    def _load_or_set_aside(path: Path) -> dict[str, Any] | None:
+        if not path.is_file():
+            return None
+        try:
+            return load_checkpoint(path)
+        except Exception as e:  # corrupt: keep the evidence, never delete it
+            aside = path.with_name(path.name + ".corrupt")
+            os.replace(path, aside)
+            warnings.warn(f"checkpoint {path} is unreadable ({e}); set aside as {aside.name}", stacklevel=3)
+            return None

@@ -1,0 +1,86 @@
+"""Training settings and the per-model recipes of Appendix A.3 of Frankle et al. (000_e9bcdbe0f53ebd33.txt).
+
+``TrainSettings`` is a frozen dataclass so it can be hashed into a run's identity by the experiment
+layer; every field has a default, and adding a field with a default never changes an existing hash.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from prunelab.registry import check_name
+from prunelab.training.durations import Duration
+
+OPTIMIZERS = ["sgd", "adam", "adamw"]
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    train: str = "40ep"  # total length of the schedule
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    milestones: tuple[str, ...] = ()  # LR drops, as durations
+    gamma: float = 0.1  # LR factor at each milestone
+    warmup: str = "0it"  # linear warm-up from 0 to lr
+    eval_every: str = "1ep"
+    data_seed: int | None = None  # None: the replicate's seed
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "milestones", tuple(str(m) for m in self.milestones))
+        self.validate()
+
+    def validate(self) -> None:
+        for field in ("train", "warmup", "eval_every", *()):
+            Duration.parse(getattr(self, field))
+        for m in self.milestones:
+            Duration.parse(m)
+        if Duration.parse(self.train) == Duration(0, 0):
+            raise ValueError("training length must be positive, e.g. '40ep'")
+        if Duration.parse(self.eval_every) == Duration(0, 0):
+            raise ValueError("eval_every must be positive, e.g. '1ep'")
+        check_name("optimizer", self.optimizer, OPTIMIZERS)
+        if not self.batch_size >= 1:
+            raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise ValueError(f"learning rate must be > 0, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov needs momentum > 0")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight decay must be >= 0, got {self.weight_decay}")
+        if not 0 < self.gamma <= 1:
+            raise ValueError(f"gamma (LR drop factor) must be in (0, 1], got {self.gamma}")
+
+    def replace(self, **changes) -> TrainSettings:
+        return dataclasses.replace(self, **changes)
+
+
+_CIFAR = dict(train="160ep", batch_size=128, momentum=0.9, lr=0.1, milestones=("80ep", "120ep"), weight_decay=1e-4)
+_TINY = dict(train="200ep", batch_size=256, momentum=0.9, lr=0.2, milestones=("100ep", "150ep"), weight_decay=1e-4)
+_IMAGENET = dict(
+    train="90ep", batch_size=1024, momentum=0.9, lr=0.4, milestones=("30ep", "60ep", "80ep"), weight_decay=1e-4
+)
+
+
+def recipe(model: str, dataset: str) -> TrainSettings:
+    """Default hyperparameters of Appendix A.3 (000): LeNet 40 epochs, batch 128, SGD lr 0.1, no momentum;
+    CIFAR ResNets/VGGs 160 epochs, momentum 0.9, lr 0.1 dropped 10x at 80 and 120, weight decay 1e-4;
+    (modified) ResNet-18 on TinyImageNet 200 epochs, batch 256, lr 0.2, drops at 100 and 150;
+    ResNet-50 on ImageNet 90 epochs, batch 1024, lr 0.4, drops at 30, 60, 80.
+    Models outside the appendix (the Conv-k lottery nets, wide ResNets) take the nearest recipe.
+    """
+    if model.startswith("lenet"):
+        return TrainSettings()
+    if dataset == "imagenet":
+        return TrainSettings(**_IMAGENET)
+    if dataset == "tiny_imagenet":
+        return TrainSettings(**_TINY)
+    if dataset in ("mnist", "fashion_mnist") and model.startswith("conv"):
+        return TrainSettings()
+    return TrainSettings(**_CIFAR)

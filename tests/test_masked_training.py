@@ -1,0 +1,106 @@
+"""Pruned weights stay exactly 0.0 through training, with prunelab's trainer and a user's own loop."""
+
+import pytest
+import torch
+from torch import nn
+
+from prunelab import Mask
+from prunelab.masks import prunable_parameters, remove_mask_hooks
+
+
+def small_convnet():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5),
+    )
+
+
+def half_mask(model, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return Mask({n: torch.rand(p.shape, generator=g) < 0.5 for n, p in prunable_parameters(model).items()})
+
+
+OPTIMIZERS = {
+    "sgd_momentum_wd": lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=5e-4),
+    "sgd_nesterov": lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4),
+    "adam": lambda ps: torch.optim.Adam(ps, lr=1e-2, weight_decay=1e-4),
+    "adamw": lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1),
+}
+
+
+@pytest.mark.parametrize("opt", sorted(OPTIMIZERS))
+def test_users_own_loop_keeps_pruned_weights_exactly_zero(opt):
+    model = small_convnet()
+    mask = half_mask(model).apply(model)
+    optimizer = OPTIMIZERS[opt](model.parameters())
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for i in range(15):
+        x = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(i))
+        y = torch.randint(0, 5, (16,), generator=torch.Generator().manual_seed(100 + i))
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    params = dict(model.named_parameters())
+    for name, keep in mask.items():
+        assert torch.all(params[name][~keep] == 0.0), name
+        # the kept weights did train
+        assert not torch.equal(params[name][keep], before[name][keep]), name
+
+
+def test_apply_replaces_previous_hooks_and_remove_detaches():
+    model = small_convnet()
+    dense = Mask.ones(model)
+    half_mask(model, seed=1).apply(model)
+    dense.apply(model)  # replaces the hooks: no gradient is masked anymore
+    x = torch.randn(4, 3, 8, 8)
+    model(x).sum().backward()
+    w = model[0].weight
+    # gradient of a surviving conv weight is dense (no hook zeroes entries); compare with a hook-free copy
+    remove_mask_hooks(model)
+    clone = small_convnet()
+    clone.load_state_dict(model.state_dict())
+    clone(x).sum().backward()
+    assert torch.equal(w.grad, clone[0].weight.grad)
+
+
+def test_mask_fits_checks_names_and_shapes():
+    model = small_convnet()
+    bad = Mask({"0.weight": torch.ones(8, 3, 1, 1, dtype=torch.bool)})
+    with pytest.raises(ValueError, match="shape"):
+        bad.apply(model)
+    with pytest.raises(ValueError, match="lacks"):
+        Mask({"nope.weight": torch.ones(2, dtype=torch.bool)}).apply(model)
+
+
+def test_mask_counts_save_load(tmp_path):
+    model = small_convnet()
+    mask = half_mask(model)
+    kept = sum(int(t.sum()) for t in mask.values())
+    total = sum(p.numel() for p in prunable_parameters(model).values())
+    assert mask.num_kept == kept and mask.num_total == total
+    assert mask.density == pytest.approx(kept / total)
+    assert mask.sparsity == pytest.approx(1 - kept / total)
+    ls = mask.layer_sparsity()
+    assert ls["0.weight"] == pytest.approx(1 - mask["0.weight"].float().mean().item())
+    path = mask.save(tmp_path / "m.pt")
+    assert Mask.load(path) == mask
+    path.write_bytes(path.read_bytes()[:20])
+    with pytest.raises(ValueError, match="corrupted"):
+        Mask.load(path)
+    with pytest.raises(FileNotFoundError):
+        Mask.load(tmp_path / "missing.pt")
+
+
+def test_prunable_parameters_options():
+    model = small_convnet()
+    assert list(prunable_parameters(model)) == ["0.weight", "3.weight", "7.weight"]
+    with_bias = prunable_parameters(model, include_bias=True)
+    assert list(with_bias) == ["0.weight", "0.bias", "3.weight", "3.bias", "7.weight", "7.bias"]
+    with_norm = prunable_parameters(model, include_norm=True)
+    assert "1.weight" in with_norm and "1.bias" in with_norm
+    assert list(prunable_parameters(model, exclude=["7.weight"])) == ["0.weight", "3.weight"]
+    only_conv = prunable_parameters(model, filter=lambda n, p: p.dim() == 4)
+    assert list(only_conv) == ["0.weight", "3.weight"]
+    with pytest.raises(ValueError, match="no prunable"):
+        Mask.ones(nn.Sequential(nn.ReLU()))
