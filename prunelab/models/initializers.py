@@ -1,0 +1,142 @@
+"""Weight initializers, drawn from an explicit ``torch.Generator``.
+
+Frankle et al. (2021, App. A.3, "Pruning Neural Networks at Initialization: Why Are We Missing the
+Mark?") initialize every network with Kaiming (He) normal based on the fan-in and BatchNorm ``gamma``
+uniform in [0, 1) -- the PyTorch defaults of the time (App. D.3); Tanaka et al. (SynFlow) use fan-out
+and ``gamma = 1``, a difference App. D.3 suggests may matter when pruning at initialization, so both
+are options here. ``standard_normal`` draws every conv/linear weight from N(0, 1): the fixed-variance
+ablation of §5, under which magnitude pruning at initialization loses its per-layer information.
+
+Every value is drawn on the CPU from the given generator and then copied into the parameter, so the
+same seed gives the same bits whatever device or dtype the model lives on, and the global RNG is never
+touched.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from prunelab.registry import Registry, check_name
+
+FAN_MODES = ["fan_in", "fan_out"]
+BN_INITS = ["uniform", "ones"]
+
+# (shape, fan mode, generator) -> float32 CPU tensor of that shape.
+Initializer = Callable[[torch.Size, str, torch.Generator], torch.Tensor]
+
+INITIALIZERS: Registry[Initializer] = Registry("initializer")
+
+_RELU_GAIN = math.sqrt(2.0)  # He et al. (2015): variance 2/fan keeps ReLU activations' scale
+
+
+def fans(shape: torch.Size) -> tuple[int, int]:
+    """(fan_in, fan_out) of a conv or linear weight of this shape (grouped convs: per group, as PyTorch)."""
+    if len(shape) < 2:
+        raise ValueError(f"fan-in/fan-out need a weight with at least 2 dimensions, got shape {tuple(shape)}")
+    receptive = math.prod(shape[2:])
+    return shape[1] * receptive, shape[0] * receptive
+
+
+def _normal(shape: torch.Size, std: float, generator: torch.Generator) -> torch.Tensor:
+    return torch.empty(shape).normal_(0.0, std, generator=generator)
+
+
+def _uniform(shape: torch.Size, bound: float, generator: torch.Generator) -> torch.Tensor:
+    return torch.empty(shape).uniform_(-bound, bound, generator=generator)
+
+
+@INITIALIZERS.register("kaiming_normal")
+def kaiming_normal(shape: torch.Size, mode: str, generator: torch.Generator) -> torch.Tensor:
+    """N(0, 2 / fan): He et al. (2015) with the ReLU gain; ``mode`` picks fan-in or fan-out."""
+    fan = fans(shape)[FAN_MODES.index(mode)]
+    return _normal(shape, _RELU_GAIN / math.sqrt(fan), generator)
+
+
+@INITIALIZERS.register("kaiming_uniform")
+def kaiming_uniform(shape: torch.Size, mode: str, generator: torch.Generator) -> torch.Tensor:
+    """U(-b, b) with b = sqrt(6 / fan), the same variance as :func:`kaiming_normal`.
+
+    Not PyTorch's layer default (which uses ``a = sqrt(5)``, i.e. variance 1/(3 fan_in)).
+    """
+    fan = fans(shape)[FAN_MODES.index(mode)]
+    return _uniform(shape, _RELU_GAIN * math.sqrt(3.0 / fan), generator)
+
+
+@INITIALIZERS.register("xavier_normal")
+def xavier_normal(shape: torch.Size, mode: str, generator: torch.Generator) -> torch.Tensor:
+    """N(0, 2 / (fan_in + fan_out)): Glorot & Bengio (2010), gain 1 (``mode`` does not apply)."""
+    fan_in, fan_out = fans(shape)
+    return _normal(shape, math.sqrt(2.0 / (fan_in + fan_out)), generator)
+
+
+@INITIALIZERS.register("xavier_uniform")
+def xavier_uniform(shape: torch.Size, mode: str, generator: torch.Generator) -> torch.Tensor:
+    """U(-b, b) with b = sqrt(6 / (fan_in + fan_out)): Glorot & Bengio (2010), gain 1."""
+    fan_in, fan_out = fans(shape)
+    return _uniform(shape, math.sqrt(6.0 / (fan_in + fan_out)), generator)
+
+
+@INITIALIZERS.register("standard_normal")
+def standard_normal(shape: torch.Size, mode: str, generator: torch.Generator) -> torch.Tensor:
+    """N(0, 1) for every weight: the fixed-variance ablation of Frankle et al. (2021, §5)."""
+    return _normal(shape, 1.0, generator)
+
+
+def check_init_options(init: str, mode: str, bn_init: str) -> None:
+    """ValueError naming the closest valid choice for an unknown initializer, fan mode or BN init."""
+    INITIALIZERS.get(init)
+    check_name("fan mode", mode, FAN_MODES)
+    check_name("BatchNorm init", bn_init, BN_INITS)
+
+
+@torch.no_grad()
+def initialize(
+    model: nn.Module,
+    init: str = "kaiming_normal",
+    *,
+    mode: str = "fan_in",
+    bn_init: str = "uniform",
+    seed: int = 0,
+    generator: torch.Generator | None = None,
+) -> nn.Module:
+    """Re-draw the weights of every conv, linear and BatchNorm layer of ``model``; returns ``model``.
+
+    - conv / linear weights: the initializer ``init`` (one of :data:`INITIALIZERS`); ``mode``
+      (``"fan_in"`` or ``"fan_out"``) applies to the Kaiming initializers; biases are set to 0.
+    - BatchNorm: ``gamma`` ~ U(0, 1) (``bn_init="uniform"``, Frankle et al. App. D.3) or 1
+      (``"ones"``, Tanaka et al.); ``beta`` = 0; running statistics reset, as in a freshly built layer.
+    - Other modules keep their parameters.
+
+    Values come from ``generator`` if given (a CPU generator), else from a new one seeded with
+    ``seed``. Layers are visited in ``model.modules()`` order, so the same model and seed give the same
+    bits. ``initialize(model, **model.prunelab_init, seed=s)`` re-draws a model made by
+    :func:`prunelab.models.create` from its own initializer with another seed (the reinitialization
+    ablation of §5).
+    """
+    check_init_options(init, mode, bn_init)
+    draw = INITIALIZERS.get(init)
+    if generator is None:
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an integer, got {seed!r}")
+        generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
+            module.weight.copy_(draw(module.weight.shape, mode, generator))
+            if module.bias is not None:
+                module.bias.zero_()
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            if module.affine:
+                if bn_init == "uniform":
+                    module.weight.copy_(
+                        torch.empty(module.weight.shape).uniform_(0.0, 1.0, generator=generator)
+                    )
+                else:
+                    module.weight.fill_(1.0)
+                module.bias.zero_()
+            if module.track_running_stats:
+                module.reset_running_stats()
+    return model
