@@ -8,7 +8,7 @@
 See :mod:`prunelab.data.datasets` for where each dataset is looked for on disk.
 """
 
-from prunelab.data.datasets import IMAGENET_MEAN, IMAGENET_STD, Dataset, info, load, names
+from prunelab.data.datasets import IMAGENET_MEAN, IMAGENET_STD, Dataset, from_tensors, info, load, names
 from prunelab.data.folder import FolderLoader, FolderSplit
 from prunelab.data.idx import read_idx
 from prunelab.data.memory import EpochLoader, MemoryLoader, MemorySplit
@@ -29,6 +29,7 @@ __all__ = [
     "Normalize",
     "channel_stats",
     "flip_and_shift",
+    "from_tensors",
     "info",
     "load",
     "names",

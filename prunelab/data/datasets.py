@@ -202,6 +202,30 @@ def _in_memory(
     return ds
 
 
+def from_tensors(
+    train: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+    *,
+    name: str = "custom",
+    classes: list[str] | None = None,
+    augment: bool | str = False,
+) -> Dataset:
+    """An in-memory Dataset from your own uint8 images (N, C, H, W) and integer labels.
+
+    It behaves exactly like the built-in small datasets (same loaders, normalization from the training
+    pixels, balanced batches), so prunelab's trainer and protocols run on any data a user holds.
+    """
+    for split, (images, labels) in (("train", train), ("test", test)):
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            got = f"{images.dtype} {tuple(images.shape)}"
+            raise ValueError(f"{split} images must be a uint8 tensor (N, C, H, W), got {got}")
+        if labels.dim() != 1 or labels.numel() != images.shape[0]:
+            raise ValueError(f"{split} labels must be a 1-d tensor with one label per image")
+    if classes is None:
+        classes = [str(c) for c in range(int(max(train[1].max(), test[1].max())) + 1)]
+    return _in_memory(name, train, test, classes, augment, "shift", source="tensors")
+
+
 def _idx_family(
     name: str,
     tv_class: type,

@@ -1,6 +1,11 @@
 """Training engine: durations, settings and recipes, optimizers and LR schedules, checkpoints, the loop."""
 
-from prunelab.training.checkpoints import CheckpointFolder, CorruptCheckpoint, load_checkpoint, save_checkpoint
+from prunelab.training.checkpoints import (
+    CheckpointFolder,
+    CorruptCheckpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from prunelab.training.durations import Duration, iterations
 from prunelab.training.optim import lr_factor, make_optimizer
 from prunelab.training.settings import OPTIMIZERS, TrainSettings, recipe

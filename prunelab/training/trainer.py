@@ -183,7 +183,7 @@ def train(
                     bar.close()
                     metrics.append({"step": step, "diverged": True})
                     write_metrics()
-                    raise Diverged(step, float(loss))
+                    raise Diverged(step, float(loss.detach()))
             if on_step is not None:
                 on_step(step, model)
             if step in eval_steps:

@@ -1,0 +1,77 @@
+import argparse
+import dataclasses
+import hashlib
+import json
+
+import pytest
+
+from prunelab.experiments.hparams import (
+    add_dataclass_flags,
+    dataclass_from_flags,
+    nondefault_fields,
+    run_hash,
+)
+from prunelab.training import TrainSettings
+
+
+def parse(argv):
+    p = argparse.ArgumentParser()
+    add_dataclass_flags(p, TrainSettings)
+    return dataclass_from_flags(TrainSettings, p.parse_args(argv))
+
+
+def test_flags_are_generated_and_typed():
+    s = parse(["--lr", "0.05", "--batch-size", "64", "--milestones", "80ep", "120ep", "--momentum", "0.9",
+               "--nesterov", "--data-seed", "3"])
+    assert s == TrainSettings(lr=0.05, batch_size=64, milestones=("80ep", "120ep"), momentum=0.9, nesterov=True,
+                              data_seed=3)
+    assert parse([]) == TrainSettings()
+
+
+def test_boolean_flags_parse_correctly():
+    assert parse(["--momentum", "0.9", "--nesterov"]).nesterov is True
+    assert parse(["--momentum", "0.9", "--no-nesterov"]).nesterov is False
+    with pytest.raises(SystemExit):  # "--nesterov False" is not silently true (the type=bool trap)
+        parse(["--nesterov", "False"])
+
+
+def test_flags_override_a_base_recipe_only_where_given():
+    base = TrainSettings(train="160ep", lr=0.1, momentum=0.9)
+    p = argparse.ArgumentParser()
+    add_dataclass_flags(p, TrainSettings)
+    s = dataclass_from_flags(TrainSettings, p.parse_args(["--lr", "0.2"]), base=base)
+    assert (s.train, s.lr, s.momentum) == ("160ep", 0.2, 0.9)
+
+
+def test_hash_uses_only_nondefault_fields():
+    s = TrainSettings(lr=0.05)
+    assert nondefault_fields(s) == {"lr": 0.05}
+    # independent computation of the documented canonical form
+    canonical = {"kind": "train", "model": "lenet", "training": {"lr": 0.05}}
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
+    assert run_hash("train", model="lenet", training=s) == hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def test_adding_a_defaulted_field_keeps_hashes():
+    @dataclasses.dataclass(frozen=True)
+    class V1:
+        a: int = 1
+        b: str = "x"
+
+    @dataclasses.dataclass(frozen=True)
+    class V2:
+        a: int = 1
+        b: str = "x"
+        c: float = 0.5  # new field, with a default
+
+    assert run_hash("k", hp=V1(a=3)) == run_hash("k", hp=V2(a=3))
+    assert run_hash("k", hp=V1(a=3)) != run_hash("k", hp=V2(a=3, c=0.7))
+
+
+
+# Stored hashes: if one of these changes, every existing run store silently stops matching.
+def test_stored_hashes_are_stable():
+    h = run_hash("train", model="lenet_300_100", dataset="fashion_mnist", seed=0, training=TrainSettings())
+    assert h == "8593d4a96ae73b52"
+    cifar = TrainSettings(train="160ep", momentum=0.9, milestones=("80ep", "120ep"), weight_decay=1e-4)
+    assert run_hash("train", model="resnet20", dataset="cifar10", seed=3, training=cifar) == "1cba9dfecd45211c"
