@@ -5,10 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
-from pathlib import Path
 
-from prunelab.experiments.hparams import add_dataclass_flags, dataclass_from_flags, run_hash
+from prunelab.experiments.hparams import (
+    DataHparams,
+    LotteryHparams,
+    ModelHparams,
+    PruneHparams,
+    add_dataclass_flags,
+    dataclass_from_flags,
+    load_toml,
+)
 from prunelab.training.settings import TrainSettings
 
 EXIT_USER_ERROR = 2
@@ -30,18 +36,42 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
 
 
+def _add_experiment(p: argparse.ArgumentParser, *extra: type) -> None:
+    p.add_argument("--seed", type=int, default=None, help="replicate seed: initialization and data order (default 0)")
+    p.add_argument("--root", default="runs", help="run store folder (default ./runs)")
+    p.add_argument("--config", default=None, help="TOML file with [model] [dataset] [training] [pruning] [lottery]")
+    _add_common(p)
+    add_dataclass_flags(p, ModelHparams, group="model")
+    add_dataclass_flags(p, DataHparams, group="dataset")
+    add_dataclass_flags(p, TrainSettings, group="training (default: the Appendix A.3 recipe of the model)")
+    for cls in extra:
+        add_dataclass_flags(p, cls, group=cls.__name__.replace("Hparams", "").lower())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="prunelab", description="Neural-network pruning research, at initialization and after.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("train", help="train a dense network (Appendix A.3 recipe unless overridden)")
-    p.add_argument("--model", required=True)
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--seed", type=int, default=0, help="initialization and data-order seed of the replicate")
-    p.add_argument("--root", default="runs", help="run store folder (default ./runs)")
-    _add_common(p)
-    add_dataclass_flags(p, TrainSettings, group="training")
+    p = sub.add_parser("train", help="train the dense network of a replicate (shared by every protocol)")
+    _add_experiment(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("run", help="prune at step t (0it = init, end = after training), ablate, retrain")
+    _add_experiment(p, PruneHparams)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("lottery", help="lottery-ticket rewinding / iterative magnitude pruning over levels")
+    _add_experiment(p, LotteryHparams)
+    p.set_defaults(func=cmd_lottery)
+
+    p = sub.add_parser("ls", help="list the runs of a store")
+    p.add_argument("--root", default="runs")
+    p.set_defaults(func=cmd_ls)
+
+    p = sub.add_parser("show", help="one run's hyperparameters and result")
+    p.add_argument("run", help="run id, unique prefix, or folder")
+    p.add_argument("--root", default="runs")
+    p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("demo", help="LeNet-300-100 on Fashion-MNIST, dense vs 90%% random sparse, a few epochs")
     p.add_argument("--epochs", type=int, default=3)
@@ -73,42 +103,114 @@ def _one_line(e: BaseException) -> str:
 
 # ---- commands -----------------------------------------------------------------------------------
 
-def _dataset_and_model(args, seed: int):
-    from prunelab import data, models
+def _experiment(args, *extra: type):
+    """(runner, replicate, *extra hparams) from defaults < recipe < TOML config < flags."""
+    from prunelab.experiments.runner import Replicate, Runner
+    from prunelab.experiments.store import RunStore
+    from prunelab.training import recipe
 
-    ds = data.load(args.dataset, data_root=args.data_root)
-    model = models.create(args.model, num_classes=ds.num_classes, input_shape=ds.input_shape, seed=seed)
-    return ds, model
+    cfg = load_toml(args.config) if args.config else {}
+    model = dataclass_from_flags(ModelHparams, args, base=ModelHparams(**cfg.get("model", {})))
+    dataset = dataclass_from_flags(DataHparams, args, base=DataHparams(**cfg.get("dataset", {})))
+    if args.model is None and "model" not in cfg.get("model", {}):
+        raise UserError("prunelab: --model is required (or [model] model = ... in --config)")
+    if args.dataset is None and "dataset" not in cfg.get("dataset", {}):
+        raise UserError("prunelab: --dataset is required (or [dataset] dataset = ... in --config)")
+    base = recipe(model.model, dataset.dataset).replace(**cfg.get("training", {}))
+    training = dataclass_from_flags(TrainSettings, args, base=base)
+    parts = [dataclass_from_flags(cls, args, base=cls(**cfg.get(_section(cls), {}))) for cls in extra]
+    seed = args.seed if args.seed is not None else cfg.get("seed", 0)
+    runner = Runner(RunStore(args.root), data_root=args.data_root, device=args.device, amp=args.amp,
+                    progress=args.progress)
+    rep = Replicate(model, dataset, training, seed)
+    runner.model(rep)  # a bad model/dataset pair fails here, before anything is written
+    return (runner, rep, *parts)
+
+
+def _section(cls: type) -> str:
+    return {PruneHparams: "pruning", LotteryHparams: "lottery"}[cls]
+
+
+def _summary(results: list[dict], label: str) -> None:
+    rows = [[label, "status", "sparsity", "test accuracy", "dense accuracy", "wall time (s)"]]
+    for i, r in enumerate(results):
+        acc = r.get("test_accuracy")
+        rows.append([str(r.get("level", i)), r["status"], f"{r.get('sparsity', 0):.4f}",
+                     "-" if acc is None else f"{acc:.4f}", _fmt(r.get("dense_accuracy")),
+                     _fmt(r.get("wall_time"), ".1f")])
+    _print_table(rows)
+
+
+def _fmt(x, spec=".4f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def _exit_status(results: list[dict]) -> int:
+    diverged = [r for r in results if r["status"] == "diverged"]
+    for r in diverged:
+        print(f"prunelab: run {r['id']} diverged at step {r.get('step')}", file=sys.stderr)
+    return 1 if diverged else 0
 
 
 def cmd_train(args) -> int:
-    from prunelab.io import atomic_write_json
-    from prunelab.training import recipe, train
+    runner, rep = _experiment(args)
+    result = runner.dense(rep)
+    print(f"run {runner.store.folder(result['id'])}")
+    _summary([result], "run")
+    return _exit_status([result])
 
-    settings = dataclass_from_flags(TrainSettings, args, base=recipe(args.model, args.dataset))
-    ds, model = _dataset_and_model(args, args.seed)
-    hparams = {"model": args.model, "dataset": args.dataset, "seed": args.seed, "training": settings}
-    run_dir = Path(args.root) / run_hash("train", **hparams)
-    result_path = run_dir / "result.json"
-    if result_path.is_file():
-        result = json.loads(result_path.read_text())
-        print(f"already done: {run_dir}")
-        _print_table([["run", "test accuracy", "wall time (s)"], [run_dir.name, f"{result['test_accuracy']:.4f}",
-                                                                   f"{result['wall_time']:.1f}"]])
+
+def cmd_run(args) -> int:
+    from prunelab.experiments.protocols import prune_at_step
+
+    runner, rep, hp = _experiment(args, PruneHparams)
+    result = prune_at_step(runner, rep, hp)
+    print(f"run {runner.store.folder(result['id'])}")
+    _summary([result], "run")
+    return _exit_status([result])
+
+
+def cmd_lottery(args) -> int:
+    from prunelab.experiments.protocols import lottery
+
+    runner, rep, hp = _experiment(args, LotteryHparams)
+    results = lottery(runner, rep, hp)
+    print(f"runs in {runner.store.root}: " + " ".join(r["id"] for r in results))
+    _summary(results, "level")
+    return _exit_status(results)
+
+
+def cmd_ls(args) -> int:
+    from prunelab.experiments.store import RunStore
+
+    rows = [["id", "kind", "model", "dataset", "seed", "what", "sparsity", "status", "accuracy"]]
+    for run_id, hp, result in RunStore(args.root).runs():
+        what = ""
+        if "pruning" in hp:
+            pr = hp["pruning"]
+            what = f"{pr['method']}@{pr['prune_at']}" + (f"+{pr['ablation']}" if pr.get("ablation") else "")
+        elif "lottery" in hp:
+            lt = hp["lottery"]
+            what = f"{lt['structure']} L{lt['levels']} rewind {lt['rewind_to']}"
+        result = result or {}
+        rows.append([run_id, hp.get("kind", "?"), hp["model"]["model"], hp["dataset"]["dataset"], str(hp["seed"]),
+                     what, _fmt(result.get("sparsity")), result.get("status", "unfinished"),
+                     _fmt(result.get("test_accuracy"))])
+    if len(rows) == 1:
+        print(f"no runs in {args.root}")
         return 0
-    atomic_write_json(run_dir / "hparams.json", {**hparams, "training": settings.__dict__, "kind": "train"})
-    t0 = time.time()
-    res = train(
-        model, ds, settings, seed=args.seed, device=args.device, amp=args.amp, progress=args.progress,
-        checkpoint_dir=run_dir / "checkpoints", metrics_path=run_dir / "metrics.jsonl",
-    )
-    result = {
-        "status": "done", "test_accuracy": res.test_accuracy, "test_loss": res.test_loss,
-        "steps": res.step, "wall_time": res.wall_time, "finished_at": time.time(), "started_at": t0,
-    }
-    atomic_write_json(result_path, result)
-    _print_table([["run", "test accuracy", "test loss", "wall time (s)"],
-                  [run_dir.name, f"{res.test_accuracy:.4f}", f"{res.test_loss:.4f}", f"{res.wall_time:.1f}"]])
+    _print_table(rows)
+    return 0
+
+
+def cmd_show(args) -> int:
+    from prunelab.experiments.store import RunStore
+
+    store = RunStore(args.root)
+    run_id = store.resolve(args.run)
+    path = store.folder(run_id) / "result.json"
+    result = json.loads(path.read_text()) if path.is_file() else {"status": "unfinished"}
+    print(json.dumps({"hparams": store.hparams(run_id), "result": result}, indent=2, sort_keys=True))
     return 0
 
 

@@ -31,9 +31,10 @@ def test_train_writes_a_run_and_caches_it(mnist_root, tmp_path, capsys):
     assert [m["step"] for m in metrics] == [4, 8]
     assert metrics[-1]["test_accuracy"] == result["test_accuracy"]
     assert (run_dir / "checkpoints" / "latest.pt").is_file()
-    capsys.readouterr()
-    assert run_cli(*args) == 0
-    assert "already done" in capsys.readouterr().out
+    stored = (run_dir / "result.json").read_text()
+    assert run_cli(*args) == 0  # cached: the stored result, nothing retrained or rewritten
+    assert (run_dir / "result.json").read_text() == stored
+    assert run_dir.name in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

@@ -102,3 +102,149 @@ def dataclass_from_flags(cls: type, args: argparse.Namespace, base: Any = None, 
     if base is None:
         return cls(**changes)
     return dataclasses.replace(base, **changes)
+
+
+# ---- the hyperparameters of an experiment -------------------------------------------------------
+
+ABLATIONS = ["shuffle", "reinit", "invert", "fixed_variance", "sign", "sigma_sign"]
+REWIND_CHOICES = ["finetune", "sign", "sigma_sign"]  # besides a duration such as "0it" or "1000it"
+STRUCTURES = ["unstructured", "l1", "l2", "linf", "random", "random_unstructured", "hybrid", "fc_only"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelHparams:
+    model: str = "lenet_300_100"
+    init: str = "kaiming_normal"
+    init_mode: str = "fan_in"
+    bn_init: str = "uniform"
+
+
+@dataclasses.dataclass(frozen=True)
+class DataHparams:
+    dataset: str = "fashion_mnist"
+    augment: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneHparams:
+    """One-shot or iterative pruning at step ``prune_at`` ("0it" = initialization, "end" = after training)."""
+
+    method: str = "magnitude"
+    sparsity: float = 0.9
+    prune_at: str = "0it"
+    iterations: int | None = None  # None: the method's default (100 for SynFlow, 1 otherwise)
+    schedule: str = "exponential"
+    scope: str | None = None  # None: the method's default
+    ablation: str | None = None
+    batch_per_class: int = 10  # SNIP/GraSP batch: 10 examples per class, not augmented (000 App. B.2)
+
+    def __post_init__(self) -> None:
+        from prunelab.registry import check_name
+
+        if not 0 <= self.sparsity < 1:
+            raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
+        if self.iterations is not None and self.iterations < 1:
+            raise ValueError(f"iterations must be >= 1, got {self.iterations}")
+        if self.batch_per_class < 1:
+            raise ValueError(f"batch_per_class must be >= 1, got {self.batch_per_class}")
+        if self.ablation is not None:
+            check_name("ablation", self.ablation, ABLATIONS)
+        if self.prune_at != "end":
+            _check_duration(self.prune_at, "prune_at")
+
+
+@dataclasses.dataclass(frozen=True)
+class LotteryHparams:
+    """Lottery-ticket rewinding (one level) and iterative magnitude pruning (several), 000 §3 and 002 §3."""
+
+    levels: int = 1
+    rate: float = 0.2  # fraction of the remaining weights pruned per level
+    rewind_to: str = "0it"  # a step, or finetune | sign | sigma_sign
+    structure: str = "unstructured"
+    scope: str = "global"
+    ablation: str | None = None  # shuffle | reinit (000 App. F)
+
+    def __post_init__(self) -> None:
+        from prunelab.registry import check_name
+
+        if self.levels < 1:
+            raise ValueError(f"levels must be >= 1, got {self.levels}")
+        if not 0 < self.rate < 1:
+            raise ValueError(f"rate must be in (0, 1), got {self.rate}")
+        if self.rewind_to not in REWIND_CHOICES:
+            _check_duration(self.rewind_to, "rewind_to", extra=REWIND_CHOICES)
+        check_name("structure", self.structure, STRUCTURES)
+        check_name("scope", self.scope, ["global", "layer"])
+        if self.ablation is not None:
+            check_name("lottery ablation", self.ablation, ["shuffle", "reinit"])
+
+
+def _check_duration(text: str, what: str, extra: list[str] = ()) -> None:
+    from prunelab.training.durations import Duration
+
+    try:
+        Duration.parse(text)
+    except ValueError:
+        others = "".join(f", {e!r}" for e in extra)
+        raise ValueError(f"{what} {text!r} is not a duration like '0it', '1000it' or '2ep'{others}") from None
+
+
+SECTIONS = {"model": ModelHparams, "dataset": DataHparams, "training": None, "pruning": PruneHparams,
+            "lottery": LotteryHparams}
+
+
+def load_toml(path: str) -> dict[str, dict[str, Any]]:
+    """Read a config: tables [model], [dataset], [training], [pruning], [lottery] and a top-level ``seed``.
+
+    Unknown tables or keys and values of the wrong type raise ValueError naming them.
+    """
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    from prunelab.registry import unknown_name_message
+    from prunelab.training.settings import TrainSettings
+
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"config {path} is not valid TOML: {e}") from None
+    out: dict[str, dict[str, Any]] = {}
+    for section, values in raw.items():
+        if section == "seed":
+            if not isinstance(values, int) or isinstance(values, bool):
+                raise ValueError(f"config {path}: seed must be an integer, got {values!r}")
+            out["seed"] = values
+            continue
+        if section not in SECTIONS:
+            raise ValueError(f"config {path}: " + unknown_name_message("section", section, [*SECTIONS, "seed"]))
+        if not isinstance(values, dict):
+            raise ValueError(f"config {path}: [{section}] must be a table")
+        cls = SECTIONS[section] or TrainSettings
+        hints = typing.get_type_hints(cls)
+        for key, value in values.items():
+            if key not in hints:
+                raise ValueError(f"config {path}: " + unknown_name_message(f"key in [{section}]", key, list(hints)))
+            _check_type(path, section, key, value, hints[key])
+        out[section] = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return out
+
+
+def _check_type(path, section, key, value, tp) -> None:
+    tp, optional = _unwrap_optional(tp)
+    ok = {
+        bool: lambda v: isinstance(v, bool),
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        str: lambda v: isinstance(v, str),
+    }
+    if typing.get_origin(tp) is tuple:
+        good = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    else:
+        good = ok.get(tp, lambda v: True)(value)
+    if not good:
+        name = getattr(tp, "__name__", str(tp))
+        raise ValueError(f"config {path}: [{section}] {key} must be {name}, got {value!r}")

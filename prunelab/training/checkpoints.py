@@ -63,8 +63,9 @@ class CheckpointFolder:
     def latest_path(self) -> Path:
         return self.folder / "latest.pt"
 
-    def save(self, state: dict[str, Any], *, keep: bool = False) -> None:
-        save_checkpoint(self.latest_path, state)
+    def save(self, state: dict[str, Any], *, keep: bool = False, latest: bool = True) -> None:
+        if latest:
+            save_checkpoint(self.latest_path, state)
         if keep:
             save_checkpoint(self.path_for(int(state["step"])), state)
 

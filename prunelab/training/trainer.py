@@ -75,9 +75,11 @@ def evaluate(model: nn.Module, batches: Iterable, device: torch.device, amp: boo
     return correct / max(n, 1), loss_sum / max(n, 1)
 
 
-def evaluation_steps(settings: TrainSettings, iters_per_epoch: int, end_step: int) -> set[int]:
+def evaluation_steps(settings: TrainSettings, iters_per_epoch: int, end_step: int | None) -> set[int]:
+    """Multiples of ``eval_every`` within the schedule, plus ``end_step`` when given."""
     every = iterations(settings.eval_every, iters_per_epoch)
-    return set(range(every, end_step + 1, every)) | {end_step}
+    total = iterations(settings.train, iters_per_epoch)
+    return set(range(every, total + 1, every)) | ({end_step} if end_step is not None else set())
 
 
 def train(
@@ -96,6 +98,8 @@ def train(
     amp: bool = False,
     progress: bool = False,
     evaluate_at_start: bool = False,
+    evaluate_at_end: bool = True,
+    save_latest: bool = True,
     on_step: Callable[[int, nn.Module], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``dataset`` (a :class:`prunelab.data.Dataset`) from ``start_step`` to ``end_step``.
@@ -105,6 +109,9 @@ def train(
     existing checkpoint past ``start_step`` is resumed from, giving the same result as an uninterrupted
     run. The optimizer starts fresh at ``start_step`` (no momentum carried across protocol phases).
     ``on_step(step, model)`` is called after every step (used to capture weights at a rewind point).
+    ``evaluate_at_end=False`` evaluates only at the regular ``eval_every`` steps and ``save_latest=False``
+    writes only the ``keep_steps`` checkpoints: both for producing an intermediate state of a longer
+    training (the weights at step t) without disturbing that training's own metrics and checkpoints.
     """
     device = resolve_device(device)
     data_seed = seed if settings.data_seed is None else settings.data_seed
@@ -117,7 +124,7 @@ def train(
     if end_step > total:
         raise ValueError(f"end step {end_step} is beyond the training length {settings.train} ({total} it)")
     keep_steps = {int(s) for s in keep_steps}
-    eval_steps = evaluation_steps(settings, ipe, end_step)
+    eval_steps = evaluation_steps(settings, ipe, end_step if evaluate_at_end else None)
 
     model.to(device)
     if mask is not None:
@@ -203,8 +210,8 @@ def train(
                 write_metrics()
                 bar.set_postfix(acc=f"{acc:.4f}")
             bar.update(1)
-            if folder is not None and (step % ipe == 0 or step in keep_steps or step == end_step):
-                folder.save(snapshot(), keep=step in keep_steps)
+            if folder is not None and (step in keep_steps or (save_latest and (step % ipe == 0 or step == end_step))):
+                folder.save(snapshot(), keep=step in keep_steps, latest=save_latest)
             if step >= end_step:
                 break
     bar.close()

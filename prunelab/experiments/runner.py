@@ -1,0 +1,149 @@
+"""What every protocol needs: datasets and models from hyperparameters, the shared dense run, weights at step t.
+
+The dense training of a replicate — (model, dataset, training, seed) — is one run in the store, done
+once and shared by every criterion, ablation and lottery run of that replicate. Weights at an
+intermediate step t are checkpoints of that run (``step_<t>.pt``); one that is missing is produced by
+resuming the dense training from the nearest earlier checkpoint, which gives the same bits as an
+uninterrupted run (CPU), so nothing is ever trained twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunelab.experiments.hparams import DataHparams, ModelHparams, run_hash
+from prunelab.experiments.store import RunStore
+from prunelab.training import Diverged, TrainSettings, iterations, train
+from prunelab.training.checkpoints import CheckpointFolder
+
+
+@dataclass(frozen=True)
+class Replicate:
+    """Everything that fixes a dense network's training: one seed of one (model, dataset, recipe)."""
+
+    model: ModelHparams
+    dataset: DataHparams
+    training: TrainSettings
+    seed: int = 0
+
+    def parts(self) -> dict[str, Any]:
+        return {"model": self.model, "dataset": self.dataset, "training": self.training, "seed": self.seed}
+
+    def describe(self) -> dict[str, Any]:
+        return {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in self.parts().items()}
+
+
+@dataclass
+class Runner:
+    """Shared context of protocol runs: the store, data location, device, and counters for tests/logs."""
+
+    store: RunStore
+    data_root: str | Path | None = None
+    device: str = "auto"
+    amp: bool = False
+    progress: bool = False
+    steps_executed: int = 0
+    _datasets: dict = field(default_factory=dict, repr=False)
+
+    # ---- building blocks ------------------------------------------------------------------------
+    def dataset(self, hp: DataHparams):
+        from prunelab import data
+
+        if hp not in self._datasets:
+            self._datasets[hp] = data.load(hp.dataset, data_root=self.data_root, augment=hp.augment)
+        return self._datasets[hp]
+
+    def model(self, rep: Replicate, init: str | None = None) -> nn.Module:
+        from prunelab import models
+
+        ds = self.dataset(rep.dataset)
+        return models.create(
+            rep.model.model, num_classes=ds.num_classes, input_shape=ds.input_shape, seed=rep.seed,
+            init=init or rep.model.init, init_mode=rep.model.init_mode, bn_init=rep.model.bn_init,
+        )
+
+    def iters_per_epoch(self, rep: Replicate) -> int:
+        return len(self.dataset(rep.dataset).loader("train", rep.training.batch_size))
+
+    def total_steps(self, rep: Replicate) -> int:
+        return iterations(rep.training.train, self.iters_per_epoch(rep))
+
+    def step(self, rep: Replicate, when: str) -> int:
+        """A duration ("0it", "1000it", "2ep") or "end" as an iteration count, checked against the schedule."""
+        total = self.total_steps(rep)
+        t = total if when == "end" else iterations(when, self.iters_per_epoch(rep))
+        if t > total:
+            raise ValueError(f"step {when} ({t} it) is beyond the training length {rep.training.train} ({total} it)")
+        return t
+
+    def run_training(self, model, rep: Replicate, folder: Path, **kwargs):
+        """The trainer, with this runner's device/progress settings and step counting."""
+
+        def count(step, m):
+            self.steps_executed += 1
+
+        return train(
+            model, self.dataset(rep.dataset), rep.training, seed=rep.seed, device=self.device, amp=self.amp,
+            progress=self.progress, checkpoint_dir=folder / "checkpoints", on_step=count, **kwargs,
+        )
+
+    # ---- the shared dense run -------------------------------------------------------------------
+    def dense_id(self, rep: Replicate) -> str:
+        return run_hash("dense", **rep.parts())
+
+    def dense(self, rep: Replicate) -> dict[str, Any]:
+        """Train the dense network of the replicate fully (once); its result holds the dense accuracy."""
+        run_id = self.dense_id(rep)
+        done = self.store.result(run_id)
+        if done is not None:
+            return done
+        folder = self.store.begin(run_id, {"kind": "dense", **rep.describe()})
+        model = self.model(rep)
+        self._save_init(folder, model)
+        end = self.total_steps(rep)
+        t0 = time.time()
+        try:
+            res = self.run_training(model, rep, folder, metrics_path=folder / "metrics.jsonl", keep_steps=[end])
+        except Diverged as e:
+            return self.store.finish(run_id, {"status": "diverged", "step": e.step, "kind": "dense"})
+        return self.store.finish(run_id, {
+            "status": "done", "kind": "dense", "test_accuracy": res.test_accuracy, "test_loss": res.test_loss,
+            "dense_accuracy": res.test_accuracy, "sparsity": 0.0, "wall_time": res.wall_time, "steps": res.step,
+            "finished_at": time.time(), "started_at": t0,
+        })
+
+    def _save_init(self, folder: Path, model: nn.Module) -> None:
+        ck = CheckpointFolder(folder / "checkpoints")
+        if 0 not in ck.kept_steps():
+            ck.folder.mkdir(parents=True, exist_ok=True)
+            from prunelab.training.checkpoints import save_checkpoint
+
+            save_checkpoint(ck.path_for(0), {"step": 0, "model": model.state_dict()})
+
+    def weights_at(self, rep: Replicate, step: int) -> dict[str, torch.Tensor]:
+        """The dense network's state at ``step`` (0 = initialization, the end = trained)."""
+        run_id = self.dense_id(rep)
+        end = self.total_steps(rep)
+        if step == end:
+            self.dense(rep)
+        folder = self.store.begin(run_id, {"kind": "dense", **rep.describe()})
+        ck = CheckpointFolder(folder / "checkpoints")
+        state = ck.load_step(step)
+        if state is not None:
+            return state["model"]
+        model = self.model(rep)
+        if step == 0:
+            self._save_init(folder, model)
+            return model.state_dict()
+        # Resume the dense training from the nearest earlier checkpoint up to `step` and keep it. The
+        # latest.pt of a longer training is not lost: the trained network is always kept as step_<end>.pt.
+        self._save_init(folder, model)
+        self.run_training(model, rep, folder, end_step=step, keep_steps=[step], evaluate_at_end=False)
+        return ck.load_step(step)["model"]

@@ -1,0 +1,704 @@
+"""Pruning = score + remove, one shot or iterated (Frankle et al. 2021, §3; Tanaka et al. 2020, Alg. 1).
+
+:func:`score` asks a registered criterion (see :mod:`prunelab.scores`) for ``{name: scores}``;
+:func:`remove` turns scores into a :class:`~prunelab.masks.Mask`; :func:`prune` iterates the two
+along a density schedule. Nothing here knows about datasets, training or the run store: any
+``nn.Module`` and a batch of tensors will do.
+
+Ranking rules shared by every path (each has a test):
+
+* Already-pruned weights rank as pruned first: ``remove`` never revives a weight.
+* Exactly ``round(sparsity * n)`` weights are pruned (halves round up), over all covered weights
+  (``scope="global"``) or in each tensor (``scope="layer"``). Structured criteria remove whole
+  channels, as many as bring the count nearest to that number; ``mask.sparsity`` is the achieved value.
+* Ties in score are broken by position: the weight that comes first (in ``named_parameters`` order,
+  then in flattened order) is pruned first, whichever direction is pruned.
+* ``invert=True`` prunes the other end of the same ranking (the inversion ablation, Frankle et al.
+  §5). It uses ranks, never ``1/score``, which is wrong for GraSP's negative scores and infinite at 0.
+
+Selecting the k-th score never concatenates and sorts all scores: a seeded sample brackets the
+threshold, one counting pass over the tensors (in chunks) confirms the bracket and collects the few
+scores inside it, and ``torch.kthvalue`` on those finds the exact threshold. Extra memory stays a
+fraction of the scores' size, and the cost is a few passes over memory (see ``bench/pruning_speed.py``).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from prunelab.masks import Mask, prunable_parameters
+from prunelab.scores.registry import Method, Scores, get_method
+
+__all__ = [
+    "LayerCollapseWarning",
+    "density_schedule",
+    "num_to_prune",
+    "prune",
+    "remove",
+    "score",
+]
+
+SCOPES = ("global", "layer")
+SCHEDULES = ("exponential", "linear")
+PRUNABLE_OPTIONS = ("include_bias", "include_norm", "exclude", "filter")
+
+_CHUNK = 1 << 22  # elements per pass over a tensor: bounds temporaries to a few MB
+_SMALL = 1 << 16  # at most this many alive scores: select among all of them directly
+_CAP = 1 << 23  # most candidate keys gathered at once; more means ties at a bracket end
+_SAMPLE = 1 << 12  # sample size used to bracket the threshold
+_Z = 4.0  # bracket half-width in sample standard deviations
+
+
+class LayerCollapseWarning(UserWarning):
+    """A covered tensor lost every weight: the network is disconnected (Tanaka et al. 2020, §3)."""
+
+
+# ------------------------------------------------------------------------------------------------
+# validation
+# ------------------------------------------------------------------------------------------------
+def _check_fraction(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (0.0 <= float(value) < 1.0):
+        extra = ""
+        if isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value) >= 1.0:
+            extra = "; for a compression ratio rho use sparsity = 1 - 1/rho (e.g. 0.999 for rho = 1000)"
+        raise ValueError(f"{name} must be a number in [0, 1), the fraction of weights pruned; got {value!r}{extra}")
+    return float(value)
+
+
+def _check_sparsity(sparsity=None, density=None) -> float:
+    if (sparsity is None) == (density is None):
+        raise ValueError("give exactly one of sparsity (fraction pruned) or density (fraction kept)")
+    if sparsity is not None:
+        return _check_fraction(sparsity, "sparsity")
+    if isinstance(density, bool) or not isinstance(density, numbers.Real) or not (0.0 < float(density) <= 1.0):
+        raise ValueError(f"density must be a number in (0, 1], the fraction of weights kept; got {density!r}")
+    return 1.0 - float(density)
+
+
+def _check_choice(value, name: str, valid: Sequence[str]) -> str:
+    if value not in valid:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, valid))}; got {value!r}")
+    return value
+
+
+def _check_iterations(iterations) -> int:
+    if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral) or iterations < 1:
+        raise ValueError(f"iterations must be an integer >= 1 (1 = one-shot pruning); got {iterations!r}")
+    return int(iterations)
+
+
+def num_to_prune(sparsity: float, n: int) -> int:
+    """``round(sparsity * n)`` with halves rounded up (deterministic, unlike banker's rounding)."""
+    return min(n, max(0, math.floor(sparsity * n + 0.5)))
+
+
+def density_schedule(
+    sparsity: float, iterations: int, schedule: str = "exponential", start_density: float = 1.0
+) -> list[float]:
+    """Target density after each of ``iterations`` iterations, ending at ``1 - sparsity``.
+
+    ``"exponential"``: after iteration n of N the density is ``d0 * (d/d0)^(n/N)``, i.e.
+    ``(1 - sparsity)^(n/N)`` from a dense start: each iteration removes the same fraction of the
+    remaining weights (Frankle et al. §3 and App. D.1; Tanaka et al. Algorithm 1, compression
+    ``rho^(-k/n)``). ``"linear"``: the density falls by the same amount each iteration.
+    """
+    s = _check_fraction(sparsity, "sparsity")
+    n = _check_iterations(iterations)
+    _check_choice(schedule, "schedule", SCHEDULES)
+    d0, d = float(start_density), 1.0 - s
+    if d >= d0:
+        return [d0] * n
+    if schedule == "exponential":
+        out = [d0 * (d / d0) ** (i / n) for i in range(1, n)]
+    else:
+        out = [d0 + (d - d0) * i / n for i in range(1, n)]
+    return out + [d]
+
+
+# ------------------------------------------------------------------------------------------------
+# selecting the k first weights of the ranking
+# ------------------------------------------------------------------------------------------------
+def _key_lt(v: torch.Tensor, c: float, highest: bool) -> torch.Tensor:
+    """key(v) < c, with key(v) = v (lowest pruned first) or -v (highest first)."""
+    return torch.gt(v, -c) if highest else torch.lt(v, c)
+
+
+def _key_le(v: torch.Tensor, c: float, highest: bool) -> torch.Tensor:
+    return torch.ge(v, -c) if highest else torch.le(v, c)
+
+
+def _chunks(n: int):
+    for s in range(0, n, _CHUNK):
+        yield s, min(n, s + _CHUNK)
+
+
+def _nan_error(i: int, names: Sequence[str] | None):
+    where = f" for {names[i]!r}" if names else ""
+    return ValueError(f"scores{where} contain NaN; a criterion must give every weight a number")
+
+
+def _check_nan(values, names) -> None:
+    # A sum is a cheap read-only pass; only when it is NaN (NaN, or +inf and -inf) look closer.
+    for i, v in enumerate(values):
+        if v.is_floating_point() and torch.isnan(v.sum()) and bool(torch.isnan(v).any()):
+            raise _nan_error(i, names)
+
+
+def _sample_keys(values, alive, n_alive, highest, gen) -> torch.Tensor:
+    """About ``_SAMPLE`` keys drawn uniformly (with replacement) among alive entries, sorted.
+
+    Stratified by tensor (draws in proportion to its size), so no global index is materialized.
+    """
+    sizes = [v.numel() for v in values]
+    total = sum(sizes)
+    draws = min(1 << 20, max(_SAMPLE, int(_SAMPLE * total / max(1, n_alive))))
+    parts = []
+    for v, a, size in zip(values, alive, sizes):
+        m = round(draws * size / total)
+        if m == 0 or size == 0:
+            continue
+        local = torch.randint(size, (m,), generator=gen).to(v.device)
+        vals = v[local]
+        if a is not None:
+            vals = vals[a[local]]
+        parts.append(vals.to("cpu", torch.float64))
+    sample = torch.cat(parts) if parts else torch.empty(0, dtype=torch.float64)
+    if highest:
+        sample = -sample
+    return torch.sort(sample).values
+
+
+def _count_upto(values, alive, t_key, highest):
+    """(#alive keys < t, #alive keys <= t)."""
+    lt = le = 0
+    for v, a in zip(values, alive):
+        for s, e in _chunks(v.numel()):
+            ac = None if a is None else a[s:e]
+            x = _key_lt(v[s:e], t_key, highest)
+            y = _key_le(v[s:e], t_key, highest)
+            if ac is not None:
+                x &= ac
+                y &= ac
+            lt += int(x.count_nonzero())
+            le += int(y.count_nonzero())
+    return lt, le
+
+
+def _finalize(values, alive, j, t_key, highest):
+    """Drop masks for the j first alive entries when the j-th key is ``t_key`` (chunked, any tie count)."""
+    drops = []
+    remaining = j - _count_upto(values, alive, t_key, highest)[0]  # ties still to take
+    for v, a in zip(values, alive):
+        d = torch.zeros(v.numel(), dtype=torch.bool, device=v.device)
+        for s, e in _chunks(v.numel()):
+            ac = None if a is None else a[s:e]
+            lt = _key_lt(v[s:e], t_key, highest)
+            if ac is not None:
+                lt &= ac
+            d[s:e] = lt
+            if remaining > 0:
+                eq = v[s:e] == (-t_key if highest else t_key)
+                if ac is not None:
+                    eq &= ac
+                c = int(eq.count_nonzero())
+                if c <= remaining:
+                    d[s:e] |= eq
+                    remaining -= c
+                else:
+                    d[s + eq.nonzero().squeeze(1)[:remaining]] = True
+                    remaining = 0
+        drops.append(d)
+    return drops
+
+
+def _select(values, alive, n_alive, k, highest, names=None, seed=0):
+    """Which alive entries are the ``k`` first of the ranking.
+
+    ``values``: flat score tensors; ``alive``: flat bool tensors or None (all alive). Returns one
+    entry per tensor: None (nothing dropped), a flat bool mask, or flat int64 indices of drops.
+    """
+    if k <= 0:
+        return [None] * len(values)
+    if k >= n_alive:
+        return [torch.ones(v.numel(), dtype=torch.bool, device=v.device) if a is None else a.clone()
+                for v, a in zip(values, alive)]
+    gen = torch.Generator().manual_seed(seed)
+    inf = math.inf
+    cap = _CAP
+    _check_nan(values, names)
+    margin = _Z
+    for _ in range(3):
+        if n_alive <= _SMALL:
+            lo, hi = -inf, inf
+        else:
+            sample = _sample_keys(values, alive, n_alive, highest, gen)
+            if sample.numel() and torch.isnan(sample[-1]):
+                raise ValueError("scores contain NaN; a criterion must give every weight a number")
+            m = sample.numel()
+            if m < 64:
+                lo, hi = -inf, inf
+            else:
+                r = (k - 0.5) / n_alive * m
+                half = margin * math.sqrt(m * (k / n_alive) * (1 - k / n_alive)) + 2
+                ia, ib = math.floor(r - half), math.ceil(r + half)
+                # One-sided bracket when everything below the top of the bracket is few enough.
+                lo = -inf if (ia < 0 or k <= _CAP // 4) else float(sample[ia])
+                hi = inf if ib >= m else float(sample[ib])
+        out = _select_bracket(values, alive, n_alive, k, lo, hi, highest, cap, names)
+        if out is not None:
+            return out
+        margin *= 4
+    return _select_bracket(values, alive, n_alive, k, -inf, inf, highest, None, names)
+
+
+def _select_bracket(values, alive, n_alive, k, lo, hi, highest, cap, names):
+    """Select with the k-th key assumed in [lo, hi]; None if it is not, or if too many keys are inside."""
+    below_n = 0
+    below = []
+    cand_pos, cand_key = [], []
+    n_cand = 0
+    overflow = False
+    for i, (v, a) in enumerate(zip(values, alive)):
+        if lo != -math.inf:
+            bmask = torch.zeros(v.numel(), dtype=torch.bool, device=v.device)
+        else:
+            bmask = None
+        pos_i, key_i = [], []
+        for s, e in _chunks(v.numel()):
+            vc = v[s:e]
+            ac = None if a is None else a[s:e]
+            if lo == -math.inf and hi == math.inf:
+                inside = torch.ones_like(vc, dtype=torch.bool) if ac is None else ac.clone()
+            else:
+                inside = _key_le(vc, hi, highest)
+                if ac is not None:
+                    inside &= ac
+            if bmask is not None:
+                b = _key_lt(vc, lo, highest)
+                if ac is not None:
+                    b &= ac
+                bmask[s:e] = b
+                below_n += int(b.count_nonzero())
+                inside &= ~b
+            c = int(inside.count_nonzero())
+            n_cand += c
+            if overflow or (cap is not None and n_cand > cap):
+                overflow = True
+                continue
+            if c:
+                p = inside.nonzero().squeeze(1)
+                key_i.append(vc[p])
+                pos_i.append(p + s)
+        below.append(bmask)
+        cand_pos.append(torch.cat(pos_i) if pos_i else None)
+        cand_key.append(torch.cat(key_i) if key_i else None)
+    if not (below_n < k <= below_n + n_cand):
+        return None  # the bracket missed the k-th key: widen it
+    if overflow:
+        # Many keys inside the bracket: ties at its ends (e.g. many exact zeros). Find the k-th key
+        # by counting, then take ties in position order chunk by chunk.
+        lt_lo, le_lo = _count_upto(values, alive, lo, highest)
+        if lt_lo < k <= le_lo:
+            return _finalize(values, alive, k, lo, highest)
+        lt_hi, le_hi = _count_upto(values, alive, hi, highest)
+        if lt_hi < k <= le_hi:
+            return _finalize(values, alive, k, hi, highest)
+        return None
+    keys = [c for c in cand_key if c is not None]
+    allkeys = torch.cat([c.to(keys[0].device) for c in keys])
+    if highest:
+        allkeys = allkeys.neg()
+    j = k - below_n  # the j-th smallest key among the candidates is the threshold
+    t = allkeys.kthvalue(j).values
+    take = allkeys < t
+    ties = (allkeys == t).nonzero().squeeze(1)
+    take[ties[: j - int(take.count_nonzero())]] = True  # ties: first positions first
+    out = []
+    start = 0
+    for bmask, pos in zip(below, cand_pos):
+        if pos is None:
+            out.append(bmask)
+            continue
+        sel = take[start : start + pos.numel()].to(pos.device)
+        start += pos.numel()
+        chosen = pos[sel]
+        if bmask is None:
+            out.append(chosen if chosen.numel() else None)
+        else:
+            bmask[chosen] = True
+            out.append(bmask)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# remove
+# ------------------------------------------------------------------------------------------------
+def _mask_for_scores(scores: Mapping[str, torch.Tensor], mask: Mask | None) -> Mask:
+    if mask is None:
+        return Mask({n: torch.ones(s.shape, dtype=torch.bool) for n, s in scores.items()})
+    if set(scores) != set(mask):
+        missing = sorted(set(mask) - set(scores))
+        extra = sorted(set(scores) - set(mask))
+        raise ValueError(
+            f"scores and mask must cover the same parameters; scores lack {missing[:3]} and have extra {extra[:3]}"
+        )
+    for n in mask:
+        if tuple(scores[n].shape) != tuple(mask[n].shape):
+            raise ValueError(
+                f"scores for {n!r} have shape {tuple(scores[n].shape)} but the mask has {tuple(mask[n].shape)}"
+            )
+    return mask
+
+
+class _Remover:
+    """Mutable keep-masks (flat, on the scores' device) that only ever lose entries.
+
+    Iterative pruning spends most iterations at low density, so once a tensor keeps less than half
+    its entries the remover also holds the flat indices of the kept ones and ranks only those
+    (gathered scores): the work per iteration then shrinks with the number of surviving weights.
+    """
+
+    COMPACT_BELOW = 0.5  # keep indices of a tensor's survivors once its density is below this
+
+    def __init__(self, mask: Mask, device: torch.device | None = None):
+        self.names = list(mask)
+        self.shapes = {n: mask[n].shape for n in self.names}
+        self.keep = {n: mask[n].reshape(-1).to(device or mask[n].device).clone() for n in self.names}
+        self.kept = {n: int(self.keep[n].count_nonzero()) for n in self.names}
+        self.total = {n: self.keep[n].numel() for n in self.names}
+        self.idx: dict[str, torch.Tensor | None] = {n: None for n in self.names}
+        for n in self.names:
+            self._maybe_compact(n)
+
+    def mask(self) -> Mask:
+        return Mask({n: self.keep[n].view(self.shapes[n]) for n in self.names})
+
+    def final_mask(self) -> Mask:
+        return Mask({n: self.keep[n].view(self.shapes[n]).cpu().clone() for n in self.names})
+
+    def index(self) -> dict[str, torch.Tensor | None]:
+        """Per tensor: flat indices of the kept entries, or None where all entries are ranked."""
+        return dict(self.idx)
+
+    def _maybe_compact(self, n: str) -> None:
+        if self.idx[n] is None and self.kept[n] < self.COMPACT_BELOW * self.total[n]:
+            self.idx[n] = self.keep[n].nonzero().squeeze(1)
+
+    def _drop(self, name: str, drop, notify) -> None:
+        """Drop entries given as a bool mask or indices over the ranked values of ``name``."""
+        if drop is None:
+            return
+        idx = self.idx[name]
+        keep = self.keep[name]
+        if idx is not None:  # compact: translate to flat indices and shrink the index
+            still = torch.ones(idx.numel(), dtype=torch.bool, device=idx.device)
+            if drop.dtype == torch.bool:
+                still &= ~drop
+            else:
+                still[drop] = False
+            drop = idx[drop]
+            self.idx[name] = idx[still]
+        if drop.dtype == torch.bool:  # drops are always alive entries, so counts stay exact
+            keep &= ~drop
+            self.kept[name] -= int(drop.count_nonzero())
+        else:
+            keep[drop] = False
+            self.kept[name] -= drop.numel()
+        if notify is not None:
+            notify(name, drop)
+        self._maybe_compact(name)
+
+    def _drop_flat(self, name: str, drop: torch.Tensor, notify) -> None:
+        """Drop the entries of a flat bool mask over the whole tensor (alive entries only)."""
+        idx = self.idx[name]
+        if idx is not None:
+            self.idx[name] = idx[~drop[idx]]
+        self.keep[name] &= ~drop
+        self.kept[name] -= int(drop.count_nonzero())
+        if notify is not None:
+            notify(name, drop)
+        self._maybe_compact(name)
+
+    def values(self, scores: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The scores to rank: flat, gathered at the kept entries where the tensor is compact."""
+        out = {}
+        for n in self.names:
+            v = scores[n].detach().reshape(-1)
+            if v.device != self.keep[n].device:
+                v = v.to(self.keep[n].device)
+            out[n] = v if self.idx[n] is None else v.index_select(0, self.idx[n])
+        return out
+
+    def step(self, scores, sparsity: float, scope: str, highest: bool, notify=None, groups=None, seed=0):
+        """Prune to ``sparsity`` (never reviving); structured where ``groups`` says so."""
+        groups = dict(groups or {})
+        if groups:
+            self._step_groups(scores, sparsity, scope, highest, groups, notify)
+        else:
+            self.step_values(self.values(scores), sparsity, scope, highest, notify, seed)
+
+    def step_values(self, values, sparsity, scope, highest, notify=None, seed=0) -> None:
+        """:meth:`step` from values already flat and gathered as :meth:`values` returns them."""
+        names = self.names
+
+        def alive(n):
+            return None if (self.idx[n] is not None or self.kept[n] == self.total[n]) else self.keep[n]
+
+        if scope == "layer":
+            for n in names:
+                k = num_to_prune(sparsity, self.total[n]) - (self.total[n] - self.kept[n])
+                (drop,) = _select([values[n]], [alive(n)], self.kept[n], k, highest, [n], seed)
+                self._drop(n, drop, notify)
+            return
+        total = sum(self.total.values())
+        kept = sum(self.kept.values())
+        k = num_to_prune(sparsity, total) - (total - kept)
+        drops = _select([values[n] for n in names], [alive(n) for n in names], kept, k, highest, names, seed)
+        for n, d in zip(names, drops):
+            self._drop(n, d, notify)
+
+    def _step_groups(self, scores, sparsity, scope, highest, groups, notify):
+        """Structured removal: whole slices along ``groups[name]``, nearest achievable count."""
+        units = []  # per tensor: (name, unit scores, unit alive counts, view shape to expand)
+        for n in self.names:
+            keep = self.keep[n].view(self.shapes[n])
+            s = scores[n].detach().to(keep.device)
+            dim = groups.get(n)
+            if dim is None:
+                us, ua, shape = s.reshape(-1).double(), keep.reshape(-1).long(), None
+            else:
+                others = [d for d in range(s.dim()) if d != dim]
+                us = s.double().mean(dim=others)
+                ua = keep.long().sum(dim=others)
+                shape = [1] * s.dim()
+                shape[dim] = s.shape[dim]
+            units.append((n, us, ua, shape))
+        if scope == "layer":
+            for n, us, ua, shape in units:
+                self._drop_units(
+                    [(n, us, ua, shape)], num_to_prune(sparsity, self.total[n]), self.total[n], highest, notify
+                )
+        else:
+            self._drop_units(units, num_to_prune(sparsity, sum(self.total.values())), sum(self.total.values()),
+                             highest, notify)
+
+    def _drop_units(self, units, target, total, highest, notify):
+        """Prune units (channels or single weights) in rank order until the count is nearest ``target``."""
+        scores = torch.cat([u[1] for u in units])
+        alive = torch.cat([u[2] for u in units])
+        dead = total - int(alive.sum())
+        key = -scores if highest else scores
+        # Dead units first, then by key; stable sort keeps position order among ties.
+        key = torch.where(alive == 0, torch.full_like(key, -math.inf), key)
+        if torch.isnan(key).any():
+            raise ValueError("scores contain NaN; a criterion must give every weight a number")
+        order = torch.sort(key, stable=True).indices
+        pruned = dead + torch.cumsum(alive[order], 0)  # pruned count after taking 1..U units
+        counts = torch.cat([torch.tensor([dead], device=pruned.device), pruned])
+        best = int(torch.argmin((counts - target).abs()))  # first (fewest units) among the nearest
+        drop_units = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
+        drop_units[order[:best]] = True
+        start = 0
+        for n, us, ua, shape in units:
+            d = drop_units[start : start + us.numel()]
+            start += us.numel()
+            if not bool(d.any()):
+                continue
+            full = d.view(-1) if shape is None else d.view(shape).expand(self.shapes[n]).reshape(-1)
+            full = full & self.keep[n]
+            if bool(full.any()):
+                self._drop_flat(n, full, notify)
+
+
+def remove(
+    scores: Mapping[str, torch.Tensor],
+    mask: Mask | None = None,
+    *,
+    sparsity: float | None = None,
+    density: float | None = None,
+    scope: str = "global",
+    prune_highest: bool = False,
+    invert: bool = False,
+    groups: Mapping[str, int] | None = None,
+) -> Mask:
+    """The mask that removes the lowest-ranked weights until ``sparsity`` (or ``1 - density``) is reached.
+
+    Frankle et al. §3's ``remove(Z, s)``. Weights already pruned in ``mask`` rank first and stay
+    pruned, so the new mask is never denser than ``mask`` where they overlap; if ``mask`` is already
+    sparser than asked it is returned unchanged. ``scope``: ``"global"`` ranks all covered weights
+    together; ``"layer"`` prunes each tensor to ``sparsity``. ``prune_highest``: the criterion
+    removes its highest scores (GraSP); ``invert`` flips whichever end is removed. ``groups``
+    (default: ``scores.groups`` of a structured criterion) ``{name: dim}`` removes whole slices
+    along ``dim``; scope and exact counts then apply to channels, to the nearest achievable count.
+    """
+    s = _check_sparsity(sparsity, density)
+    _check_choice(scope, "scope", SCOPES)
+    mask = _mask_for_scores(scores, mask)
+    if groups is None:
+        groups = getattr(scores, "groups", None)
+    device = next(iter(scores.values())).device
+    state = _Remover(mask, device)
+    state.step(scores, s, scope, bool(prune_highest) != bool(invert), groups=groups)
+    return state.final_mask()
+
+
+# ------------------------------------------------------------------------------------------------
+# score and prune
+# ------------------------------------------------------------------------------------------------
+def _split_options(method: Method, options: dict, extra: Mapping[str, object]):
+    prunable = {k: options.pop(k) for k in PRUNABLE_OPTIONS if k in options}
+    accepted = set(method.options)
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        valid = sorted(accepted | set(PRUNABLE_OPTIONS))
+        raise ValueError(
+            f"{method.name} does not take option(s) {', '.join(map(repr, unknown))}; it takes: {', '.join(valid)}"
+        )
+    for k, v in extra.items():  # prune()'s own arguments, for criteria that take them
+        if k in accepted and k not in options and v is not None:
+            options[k] = v
+    return prunable, options
+
+
+def _resolve_mask(model: nn.Module, mask: Mask | None, prunable: Mapping) -> Mask:
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if mask is None:
+        params = prunable_parameters(model, **prunable)
+        if not params:
+            what = "convolution or linear weights" if not prunable else f"parameters matching {dict(prunable)}"
+            raise ValueError(f"{type(model).__name__} has no prunable parameters ({what}); nothing to prune")
+        return Mask({n: torch.ones(p.shape, dtype=torch.bool) for n, p in params.items()})
+    if not isinstance(mask, Mask):
+        if isinstance(mask, Mapping):
+            mask = Mask(mask)
+        else:
+            raise ValueError(f"mask must be a prunelab.Mask, got {type(mask).__name__}")
+    mask.check_compatible(model)
+    if prunable:
+        expected = set(prunable_parameters(model, **prunable))
+        if expected != set(mask):
+            raise ValueError(
+                "the mask covers other parameters than the prunable-parameter options select "
+                f"({sorted(set(mask) ^ expected)[:3]}...); pass one or the other"
+            )
+    return mask
+
+
+def _check_needs(method: Method, batch, options: Mapping) -> None:
+    if method.needs_data and batch is None:
+        raise ValueError(
+            f"{method.name} needs data: pass batch=(inputs, targets) (e.g. ten examples per class, "
+            "Frankle et al. App. B.2); data-free criteria: "
+            + ", ".join(n for n, m in _methods().items() if not m.needs_data)
+        )
+    if method.needs_input_shape and options.get("input_shape") is None:
+        raise ValueError(
+            f"{method.name} needs input_shape, the shape of one input without the batch dimension, e.g. "
+            "input_shape=(3, 32, 32) for CIFAR-10; it cannot be inferred from a module"
+        )
+
+
+def _methods():
+    from prunelab.scores.registry import methods
+
+    return methods()
+
+
+def score(model: nn.Module, method: str, batch=None, mask: Mask | None = None, **options) -> Scores:
+    """``{param_name: scores}`` of criterion ``method`` for the prunable parameters of ``model``.
+
+    ``batch=(inputs, targets)`` for data-driven criteria. ``mask``: score the masked network
+    (pruned weights count as zero); by default the dense mask over the prunable parameters, chosen
+    by ``include_bias``, ``include_norm``, ``exclude`` and ``filter`` (see
+    :func:`prunelab.masks.prunable_parameters`). Other ``options`` go to the criterion (e.g.
+    ``input_shape`` for SynFlow, ``temperature`` for GraSP, ``axis`` for structured criteria).
+    The model is left as it was: weights, dtype, requires_grad, modes and BatchNorm statistics.
+    """
+    m = get_method(method)
+    prunable, options = _split_options(m, dict(options), {})
+    mask = _resolve_mask(model, mask, prunable)
+    _check_needs(m, batch, options)
+    out = m.fn(model, mask, batch, **options)
+    return out if isinstance(out, Scores) else Scores(out)
+
+
+def _warn_collapse(mask: Mask, method: str, sparsity: float) -> None:
+    empty = [n for n, (kept, total) in mask.layer_counts().items() if kept == 0 and total > 0]
+    if empty:
+        shown = ", ".join(empty[:8]) + (f" and {len(empty) - 8} more" if len(empty) > 8 else "")
+        warnings.warn(
+            f"layer collapse: {method} at sparsity {sparsity:g} pruned every weight of {shown}; the network "
+            "is disconnected (Tanaka et al. 2020). Try more iterations, scope='layer', or a lower sparsity.",
+            LayerCollapseWarning,
+            stacklevel=3,
+        )
+
+
+def prune(
+    model: nn.Module,
+    method: str,
+    sparsity: float,
+    batch=None,
+    input_shape: Sequence[int] | None = None,
+    iterations: int | None = None,
+    schedule: str = "exponential",
+    scope: str | None = None,
+    invert: bool = False,
+    mask: Mask | None = None,
+    seed: int = 0,
+    **options,
+) -> Mask:
+    """Prune ``model`` to ``sparsity`` with criterion ``method``; returns the :class:`Mask` (the
+    model's weights are not changed; ``mask.apply(model)`` zeroes them).
+
+    Each of ``iterations`` (default: the criterion's own, 100 for SynFlow and iterative SNIP, else 1)
+    scores the masked network and removes weights down to the next density of ``schedule``
+    (:func:`density_schedule`; Frankle et al. §3, Tanaka et al. Algorithm 1). ``scope``: ``"global"``
+    or ``"layer"``; default the criterion's own (global, or per layer for the structured criteria of
+    paper 002). ``invert``: remove the other end of the ranking (Frankle et al. §5). ``mask``:
+    continue from it (its pruned weights stay pruned). ``seed``: for criteria that draw random
+    numbers. ``input_shape``: for SynFlow. Other ``options``: the prunable-parameter options
+    (``include_bias``, ``include_norm``, ``exclude``, ``filter``) and the criterion's own.
+    Warns :class:`LayerCollapseWarning` when a covered tensor ends with no weight at all.
+    """
+    s = _check_fraction(sparsity, "sparsity")
+    m = get_method(method)
+    n_iter = m.default_iterations if iterations is None else _check_iterations(iterations)
+    _check_choice(schedule, "schedule", SCHEDULES)
+    scope = m.default_scope if scope is None else _check_choice(scope, "scope", SCOPES)
+    prunable, options = _split_options(m, dict(options), {"input_shape": input_shape, "seed": seed})
+    mask = _resolve_mask(model, mask, prunable)
+    _check_needs(m, batch, options)
+    highest = bool(m.prune_highest) != bool(invert)
+
+    start = mask.density
+    if mask.num_total - mask.num_kept < num_to_prune(s, mask.num_total):
+        densities = density_schedule(s, n_iter, schedule, start)
+    elif scope == "layer":
+        densities = [1.0 - s]  # globally sparse enough, but some tensor may not be
+    else:
+        densities = []  # already at the target: pruned weights are never revived
+    scorer = m.scorer(model, batch, **options)
+    notify = getattr(scorer, "pruned", None)
+    fast = getattr(scorer, "score_flat", None)  # scores only where the remover ranks (SynFlow)
+    state = None
+    for i, d in enumerate(densities):
+        target = s if i == len(densities) - 1 else 1.0 - d
+        if fast is not None and state is not None:
+            state.step_values(fast(state.mask(), state.index()), target, scope, highest, notify, seed + i)
+            continue
+        scores = scorer(mask if state is None else state.mask())
+        if state is None:
+            state = _Remover(mask, next(iter(scores.values())).device)
+        state.step(scores, target, scope, highest, notify=notify, groups=getattr(scores, "groups", None),
+                   seed=seed + i)
+    result = mask.clone() if state is None else state.final_mask()
+    _warn_collapse(result, method, s)
+    return result

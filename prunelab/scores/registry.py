@@ -1,0 +1,146 @@
+"""The registry of pruning criteria, and the one decorator that adds a criterion.
+
+A criterion is a plain function ``fn(model, mask, batch, **options) -> {param_name: Tensor}``: it
+scores every parameter that ``mask`` covers (same names, and for unstructured criteria the same
+shapes), on the *masked* network (pruned weights count as zero), and leaves ``model`` as it found it.
+Its metadata tells :func:`prunelab.prune` how to use the scores (Frankle et al. 2021, §3: a pruning
+method is a ``score`` function plus ``remove``):
+
+``needs_data``
+    it needs ``batch=(inputs, targets)`` (SNIP, GraSP) or not (random, magnitude, SynFlow);
+``needs_input_shape``
+    it builds its own input and needs ``input_shape`` (SynFlow's all-ones input);
+``default_iterations``
+    iterations used when ``prune(iterations=None)`` (100 for SynFlow and iterative SNIP, else 1);
+``prune_highest``
+    remove the highest scores instead of the lowest (GraSP, Frankle et al. App. C.1);
+``default_scope``
+    ``"global"`` or ``"layer"`` (the structured criteria of Paganini & Forde §3.1 are local);
+``structured``
+    scores are per channel (see :class:`Scores.groups`);
+``prepare``
+    optional ``prepare(model, batch, **options) -> scorer(mask)`` doing one-time work shared by the
+    iterations of one ``prune`` call (SynFlow's float64 copy is made once, not once per iteration).
+
+Adding a criterion takes one decorated function::
+
+    @prunelab.register_method("taylor", needs_data=True)
+    def taylor(model, mask, batch, *, loss_fn=None):
+        ...
+        return {name: (grad * weight) ** 2 for ...}
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+from prunelab.registry import Registry
+
+_SCOPES = ("global", "layer")
+
+
+class Scores(dict):
+    """``{param_name: Tensor}`` as returned by a criterion, plus how entries group into channels.
+
+    ``groups`` maps a parameter name to the tensor dimension whose slices are pruned whole (for
+    ``l1_channel`` with the default input axis: ``{"features.3.weight": 1, ...}``). Entries in a
+    group carry the same score. Parameters not in ``groups`` are pruned weight by weight.
+    """
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor] = (), groups: Mapping[str, int] | None = None):
+        super().__init__(tensors)
+        self.groups: dict[str, int] = dict(groups or {})
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered pruning criterion and what :func:`prunelab.prune` needs to know about it."""
+
+    name: str
+    fn: Callable = field(repr=False)
+    needs_data: bool = False
+    needs_input_shape: bool = False
+    default_iterations: int = 1
+    prune_highest: bool = False
+    default_scope: str = "global"
+    structured: bool = False
+    description: str = ""
+    prepare: Callable | None = field(default=None, repr=False)
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        """Keyword options the criterion accepts (beyond ``model, mask, batch``)."""
+        params = list(inspect.signature(self.fn).parameters.values())[3:]
+        return tuple(p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+
+    def scorer(self, model, batch, **options) -> Callable:
+        """A callable ``scorer(mask) -> Scores`` for repeated scoring of the same model and batch."""
+        if self.prepare is not None:
+            return self.prepare(model, batch, **options)
+        return lambda mask: self.fn(model, mask, batch, **options)
+
+
+METHODS: Registry[Method] = Registry("pruning method")
+
+
+def register_method(
+    name: str,
+    *,
+    needs_data: bool,
+    needs_input_shape: bool = False,
+    default_iterations: int = 1,
+    prune_highest: bool = False,
+    default_scope: str = "global",
+    structured: bool = False,
+    description: str = "",
+    prepare: Callable | None = None,
+) -> Callable[[Callable], Callable]:
+    """Decorator: register ``fn(model, mask, batch, **options)`` as the pruning criterion ``name``.
+
+    Returns the function unchanged, so decorators stack (``snip`` and ``iterative_snip`` are the
+    same function under two names with different default iterations).
+    """
+    if default_scope not in _SCOPES:
+        raise ValueError(f"default_scope must be one of {_SCOPES}, got {default_scope!r}")
+    if not (isinstance(default_iterations, int) and default_iterations >= 1):
+        raise ValueError(f"default_iterations must be an integer >= 1, got {default_iterations!r}")
+
+    def add(fn: Callable) -> Callable:
+        params = list(inspect.signature(fn).parameters)
+        if len(params) < 3:
+            raise ValueError(
+                f"a pruning criterion takes (model, mask, batch, **options); {fn.__name__} takes {params}"
+            )
+        doc = description or (inspect.getdoc(fn) or "").split("\n")[0]
+        method = Method(
+            name=name,
+            fn=fn,
+            needs_data=needs_data,
+            needs_input_shape=needs_input_shape,
+            default_iterations=default_iterations,
+            prune_highest=prune_highest,
+            default_scope=default_scope,
+            structured=structured,
+            description=doc,
+            prepare=prepare,
+        )
+        METHODS.register(name, method)
+        return fn
+
+    return add
+
+
+def get_method(name: str) -> Method:
+    """The registered criterion ``name``; ``ValueError`` listing the valid names otherwise."""
+    if not isinstance(name, str):
+        raise ValueError(f"a pruning method is named by a string, got {type(name).__name__}")
+    return METHODS.get(name)
+
+
+def methods() -> dict[str, Method]:
+    """All registered criteria with their metadata, by name."""
+    return {n: METHODS.get(n) for n in METHODS.names()}

@@ -1,0 +1,129 @@
+"""Structured criteria: whole channels by norm or at random, and the hybrid of paper 002 §3.1.
+
+"Structured pruning removes entire units or channels ... along the input axis" (002 §3.1): for a
+convolution weight ``(out, in, kh, kw)`` an input channel ``c`` is the slice ``w[:, c]`` (every
+filter's kernel for that channel); for a linear weight ``(out, in)`` it is the column ``w[:, c]`` (an
+input feature). ``axis="output"`` prunes ``w[c]`` instead (a filter / an output unit). Each channel
+gets one score, broadcast to all its entries, and :class:`~prunelab.scores.registry.Scores.groups`
+tells :func:`prunelab.remove` to keep or remove the channel whole. Tensors with one dimension
+(biases, normalization parameters when covered) have no channels and are scored entry by entry.
+Paper 002 prunes locally (``default_scope="layer"``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from prunelab.scores._common import covered_parameters
+from prunelab.scores.registry import Scores, register_method
+
+_AXES = ("input", "output")
+
+
+def _owners(model: nn.Module) -> dict[str, nn.Module]:
+    """param name -> the module that owns it."""
+    return {
+        (f"{mn}.{pn}" if mn else pn): m for mn, m in model.named_modules() for pn, _ in m.named_parameters(recurse=False)
+    }
+
+
+def channel_dim(module: nn.Module | None, param: torch.Tensor, axis: str) -> int | None:
+    """The tensor dimension indexing input (or output) channels of ``param``; None without channels."""
+    if axis not in _AXES:
+        raise ValueError(f"axis must be 'input' (paper 002's default) or 'output', got {axis!r}")
+    if param.dim() < 2:
+        return None
+    # ConvTranspose stores (in, out/groups, ...); every other layer stores (out, in, ...).
+    transposed = isinstance(module, nn.modules.conv._ConvTransposeNd)
+    if axis == "input":
+        return 0 if transposed else 1
+    return 1 if transposed else 0
+
+
+def _channel_scores(model, mask, norm: str, axis: str, seed: int = 0, only_convs: bool = False) -> Scores:
+    params = covered_parameters(model, mask)
+    owners = _owners(model)
+    gen = torch.Generator().manual_seed(int(seed))
+    out = Scores()
+    for name, p in params.items():
+        module = owners.get(name)
+        dim = channel_dim(module, p, axis)
+        if only_convs and not isinstance(module, nn.modules.conv._ConvNd):
+            dim = None
+        w = p.detach()
+        keep = mask[name]
+        if not bool(keep.all()):
+            w = w * keep.to(w.device)
+        if dim is None:  # no channels: entry by entry
+            if norm == "random":
+                out[name] = torch.rand(p.shape, generator=gen, dtype=torch.float64).to(p.device)
+            else:
+                out[name] = w.abs()
+            continue
+        others = [d for d in range(w.dim()) if d != dim]
+        if norm == "l1":
+            s = w.abs().sum(dim=others)
+        elif norm == "l2":
+            s = w.pow(2).sum(dim=others).sqrt()
+        elif norm == "linf":
+            s = w.abs().amax(dim=others)
+        elif norm == "lneginf":
+            s = w.abs().amin(dim=others)
+        else:  # random
+            s = torch.rand(w.shape[dim], generator=gen, dtype=torch.float64).to(p.device)
+        view = [1] * w.dim()
+        view[dim] = w.shape[dim]
+        out[name] = s.reshape(view).expand(w.shape)  # a view: one score per channel, no copy
+        out.groups[name] = dim
+    return out
+
+
+def _register_norm(name: str, norm: str, what: str):
+    def fn(model, mask, batch=None, *, axis: str = "input") -> Scores:
+        return _channel_scores(model, mask, norm, axis)
+
+    fn.__name__ = name
+    fn.__doc__ = (
+        f"Whole channels scored by the {what} of their weights (paper 002 §3.1, structured "
+        f"{what} pruning); ``axis='input'`` (default) or ``'output'``."
+    )
+    register_method(
+        name,
+        needs_data=False,
+        default_scope="layer",
+        structured=True,
+        description=f"channels by the {what} of their weights (paper 002 §3.1)",
+    )(fn)
+    return fn
+
+
+l1_channel = _register_norm("l1_channel", "l1", "L1 norm")
+l2_channel = _register_norm("l2_channel", "l2", "L2 norm")
+linf_channel = _register_norm("linf_channel", "linf", "L-infinity norm (largest |w|)")
+lneginf_channel = _register_norm("lneginf_channel", "lneginf", "L-(-infinity) norm (smallest |w|)")
+
+
+@register_method(
+    "random_channel",
+    needs_data=False,
+    default_scope="layer",
+    structured=True,
+    description="whole channels at random from the seed (paper 002 §3.1)",
+)
+def random_channel(model, mask, batch=None, *, axis: str = "input", seed: int = 0) -> Scores:
+    """Random structured pruning (paper 002 §3.1): a uniform score per channel from ``seed``."""
+    return _channel_scores(model, mask, "random", axis, seed=seed)
+
+
+@register_method(
+    "hybrid",
+    needs_data=False,
+    default_scope="layer",
+    structured=True,
+    description="L1 channels in convolutions, L1 weights in linear layers (paper 002 §3.1)",
+)
+def hybrid(model, mask, batch=None, *, axis: str = "input") -> Scores:
+    """Paper 002 §3.1's hybrid: convolutions lose whole channels by L1 norm, fully-connected layers
+    lose single weights by magnitude (L1 unstructured)."""
+    return _channel_scores(model, mask, "l1", axis, only_convs=True)

@@ -1,0 +1,146 @@
+"""SynFlow: data-free, iterative synaptic-flow scores (Tanaka et al. 2020, paper 001; Frankle et al. App. D)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from prunelab.masks import Mask
+from prunelab.scores.registry import Scores, register_method
+
+
+def _check_shape(input_shape) -> tuple[int, ...]:
+    if input_shape is None:
+        raise ValueError(
+            "synflow needs input_shape, the shape of one input without the batch dimension (e.g. "
+            "(3, 32, 32) for CIFAR-10): it feeds an all-ones input of that shape, and the shape cannot "
+            "be inferred from a module"
+        )
+    if isinstance(input_shape, int):
+        input_shape = (input_shape,)
+    if not (
+        isinstance(input_shape, Sequence)
+        and len(input_shape) > 0
+        and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in input_shape)
+    ):
+        raise ValueError(f"input_shape must be a tuple of positive ints such as (3, 32, 32), got {input_shape!r}")
+    return tuple(input_shape)
+
+
+class SynFlowScorer:
+    """Scores one model repeatedly; made once per :func:`prunelab.prune` call.
+
+    The float64 copy with absolute parameters is built once (Algorithm 1 of 001 linearizes once,
+    too); each call then only zeroes what is pruned and runs one forward and one backward pass at
+    batch size 1. Masks handed to one scorer must only ever lose weights (prune never revives).
+    """
+
+    def __init__(self, model: nn.Module, input_shape: tuple[int, ...]):
+        # A deep copy: the caller's weights, dtype, requires_grad, mode and BatchNorm statistics are
+        # never touched, not even temporarily.
+        net = copy.deepcopy(model)
+        # Always float64: in float32 the activations overflow on deep networks (Frankle et al. App. D.2).
+        net.double()
+        # Eval mode: BatchNorm uses its (absolute) running statistics, not those of a batch of ones
+        # (001, Algorithm 1 and its footnote on eval mode).
+        net.eval()
+        with torch.no_grad():
+            # Every parameter and floating buffer by its absolute value (001 eq. (2): |theta|;
+            # Frankle et al. App. D.1 step 1), BatchNorm's included.
+            for t in net.state_dict(keep_vars=True).values():
+                if t.is_floating_point():
+                    t.abs_()
+        for p in net.parameters():
+            p.requires_grad_(False)
+            p.grad = None
+        self.net = net
+        device = next((p.device for p in net.parameters()), torch.device("cpu"))
+        self.x = torch.ones((1, *input_shape), dtype=torch.float64, device=device)
+        self._params = dict(net.named_parameters())
+        self._kept: dict[str, int] = {}
+        self._notified = False
+
+    def pruned(self, name: str, index: torch.Tensor) -> None:
+        """Zero the newly pruned entries ``index`` (flat indices or a flat bool mask) of ``name``."""
+        p = self._params[name]
+        with torch.no_grad():
+            flat = p.view(-1)
+            flat[index.to(p.device)] = 0.0
+        n = int(index.count_nonzero()) if index.dtype == torch.bool else index.numel()
+        self._kept[name] = self._kept.get(name, p.numel()) - n
+        self._notified = True
+
+    def _sync(self, mask: Mask) -> dict[str, nn.Parameter]:
+        weights = mask.check_compatible(self.net)
+        if self._notified:
+            # prune() reports every removal through pruned(): the copy is already in sync.
+            return weights
+        with torch.no_grad():
+            for n, w in weights.items():
+                keep = mask[n]
+                kept = int(keep.count_nonzero())
+                if self._kept.get(n, w.numel()) != kept:
+                    w.masked_fill_(~keep.to(w.device), 0.0)
+                    self._kept[n] = kept
+        return weights
+
+    def _grads(self, weights: dict[str, nn.Parameter]) -> list[torch.Tensor | None]:
+        ws = list(weights.values())
+        for w in ws:
+            w.requires_grad_(True)
+        try:
+            r = self.net(self.x).sum()  # R = 1^T (prod_l |theta^[l]|) 1, 001 eq. (2)
+            return list(torch.autograd.grad(r, ws, allow_unused=True))
+        finally:
+            for w in ws:
+                w.requires_grad_(False)
+
+    def __call__(self, mask: Mask) -> Scores:
+        weights = self._sync(mask)
+        scores = Scores()
+        for (n, w), g in zip(weights.items(), self._grads(weights)):
+            # |dR/dw * w| (001 §6; Frankle et al. App. D.1 step 5); in place on the fresh gradient.
+            scores[n] = torch.zeros_like(w) if g is None else g.mul_(w).abs_()
+        return scores
+
+    def score_flat(self, mask: Mask, index: dict[str, torch.Tensor | None]) -> dict[str, torch.Tensor]:
+        """Flat scores, only at ``index[name]`` (flat indices) where given: what the iterative remover
+        ranks once a layer is sparse, without multiplying the pruned majority."""
+        weights = self._sync(mask)
+        out = {}
+        for (n, w), g in zip(weights.items(), self._grads(weights)):
+            if g is None:
+                g = torch.zeros_like(w)
+            i = index.get(n)
+            if i is None:
+                out[n] = g.mul_(w).abs_().view(-1)
+            else:
+                i = i.to(w.device)
+                out[n] = g.view(-1).index_select(0, i).mul_(w.detach().view(-1).index_select(0, i)).abs_()
+        return out
+
+
+def _prepare(model, batch=None, *, input_shape=None) -> SynFlowScorer:
+    return SynFlowScorer(model, _check_shape(input_shape))
+
+
+@register_method(
+    "synflow",
+    needs_data=False,
+    needs_input_shape=True,
+    default_iterations=100,
+    description="|dR/dw * w| for R = sum of outputs of the float64 |w| network on ones (Tanaka et al. 2020)",
+    prepare=_prepare,
+)
+def synflow(model, mask, batch=None, *, input_shape=None) -> Scores:
+    """Synaptic flow ``|dR/dw * w|`` (Tanaka et al. 2020 = 001, §6, eq. (2)-(3), Algorithm 1).
+
+    On a float64 copy of ``model`` in eval mode whose every parameter and BatchNorm buffer is replaced
+    by its absolute value, ``R`` is the sum of the outputs for an all-ones input of shape
+    ``(1, *input_shape)``. No data: ``batch`` is ignored. Pruned with the lowest scores removed, over
+    100 iterations by default (the iteration is what avoids layer collapse, 001 Theorem 3).
+    """
+    return _prepare(model, batch, input_shape=input_shape)(mask)
