@@ -72,3 +72,45 @@ def test_console_entry_point_exits_2_without_traceback():
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_run_lottery_ls_show_and_config(mnist_root, tmp_path, capsys):
+    common = ["--model", "lenet_300_100", "--dataset", "mnist", "--data-root", mnist_root, "--train", "1ep",
+              "--batch-size", "10", "--root", tmp_path / "runs", "--no-progress", "--device", "cpu"]
+    assert run_cli("run", *common, "--method", "magnitude", "--sparsity", "0.5", "--ablation", "shuffle") == 0
+    assert run_cli("lottery", *common, "--levels", "2", "--rate", "0.3", "--rewind-to", "finetune") == 0
+    out = capsys.readouterr().out
+    assert "level" in out
+    assert run_cli("ls", "--root", tmp_path / "runs") == 0
+    listing = capsys.readouterr().out
+    assert "magnitude@0it+shuffle" in listing and "unstructured L2 rewind finetune" in listing
+    assert listing.count("done") == 4  # dense, the pruned run, two lottery levels
+    run_id = listing.splitlines()[2].split()[0]
+    assert run_cli("show", run_id[:6], "--root", tmp_path / "runs") == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["result"]["status"] == "done"
+    config = tmp_path / "c.toml"
+    config.write_text('[model]\nmodel = "lenet_300_100"\n[dataset]\ndataset = "mnist"\n[training]\ntrain = "1ep"\n'
+                      'batch_size = 10\n[pruning]\nmethod = "magnitude"\nsparsity = 0.5\nablation = "shuffle"\n')
+    # same run as above through the config: cached, so the same id is printed
+    assert run_cli("run", "--config", config, "--data-root", mnist_root, "--root", tmp_path / "runs",
+                   "--no-progress", "--device", "cpu") == 0
+    first = [line for line in out.splitlines() if line.startswith("run ")][0]
+    assert first in capsys.readouterr().out
+
+
+def test_run_user_errors(mnist_root, tmp_path, capsys):
+    common = ["--model", "lenet_300_100", "--dataset", "mnist", "--data-root", mnist_root, "--root", tmp_path / "r"]
+    for extra, message in [
+        (["--sparsity", "1.2"], "sparsity must be in [0, 1)"),
+        (["--method", "snipp"], "did you mean 'snip'"),
+        (["--iterations", "0"], "iterations must be >= 1"),
+        (["--prune-at", "500ep"], "beyond the training length"),
+        (["--ablation", "inverse"], "did you mean 'invert'"),
+    ]:
+        assert run_cli("run", *common, *extra) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, (extra, err)
+        assert not (tmp_path / "r").exists(), extra  # nothing written to the store
+    assert run_cli("show", "nope", "--root", tmp_path / "r") == 2
+    assert "no run 'nope'" in capsys.readouterr().err

@@ -75,3 +75,39 @@ def test_stored_hashes_are_stable():
     assert h == "8593d4a96ae73b52"
     cifar = TrainSettings(train="160ep", momentum=0.9, milestones=("80ep", "120ep"), weight_decay=1e-4)
     assert run_hash("train", model="resnet20", dataset="cifar10", seed=3, training=cifar) == "1cba9dfecd45211c"
+
+
+def test_stored_protocol_hashes_are_stable():
+    from prunelab.experiments.hparams import DataHparams, LotteryHparams, ModelHparams, PruneHparams
+    from prunelab.experiments.protocols import lottery_id, prune_id
+    from prunelab.experiments.runner import Replicate
+    from prunelab.training import recipe
+
+    rep = Replicate(ModelHparams("lenet_300_100"), DataHparams("fashion_mnist"),
+                    recipe("lenet_300_100", "fashion_mnist"), 0)
+    assert prune_id(rep, PruneHparams(method="snip", sparsity=0.9)) == "dff883f282e77cce"
+    assert lottery_id(rep, LotteryHparams(levels=5), 3) == "83da5f6a7a3c031d"
+
+
+def test_toml_config_sections_keys_and_types(tmp_path):
+    from prunelab.experiments.hparams import load_toml
+
+    good = tmp_path / "good.toml"
+    good.write_text('seed = 3\n[model]\nmodel = "resnet20"\n[training]\nmilestones = ["80ep"]\nnesterov = true\n'
+                    'momentum = 0.9\n[pruning]\nmethod = "snip"\nsparsity = 0.9\n')
+    cfg = load_toml(good)
+    assert cfg["seed"] == 3 and cfg["training"]["milestones"] == ("80ep",) and cfg["pruning"]["method"] == "snip"
+    for text, message in [
+        ('[modle]\nmodel = "x"\n', "did you mean 'model'"),
+        ('[training]\nlrr = 0.1\n', "did you mean 'lr'"),
+        ('[training]\nlr = "fast"\n', "lr must be float"),
+        ('[training]\nnesterov = 1\n', "nesterov must be bool"),
+        ('seed = "zero"\n', "seed must be an integer"),
+        ('[training\n', "not valid TOML"),
+    ]:
+        bad = tmp_path / "bad.toml"
+        bad.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            load_toml(bad)
+    with pytest.raises(FileNotFoundError):
+        load_toml(tmp_path / "missing.toml")

@@ -140,7 +140,9 @@ class PruneHparams:
 
     def __post_init__(self) -> None:
         from prunelab.registry import check_name
+        from prunelab.scores import get_method
 
+        get_method(self.method)  # unknown criterion: the registry's message, with the closest name
         if not 0 <= self.sparsity < 1:
             raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
         if self.iterations is not None and self.iterations < 1:
