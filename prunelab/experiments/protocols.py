@@ -24,7 +24,7 @@ from prunelab import ablations
 from prunelab.experiments.hparams import LotteryHparams, PruneHparams, run_hash
 from prunelab.experiments.runner import Replicate, Runner
 from prunelab.masks import Mask
-from prunelab.training import Diverged, iterations
+from prunelab.training import Diverged
 from prunelab.training.checkpoints import CheckpointFolder
 
 # Seed offsets keep ablation randomness independent of the replicate's init and data order.
@@ -92,12 +92,13 @@ def find_mask(runner: Runner, rep: Replicate, model: nn.Module, hp: PruneHparams
 
 def prune_at_step(runner: Runner, rep: Replicate, hp: PruneHparams) -> dict[str, Any]:
     run_id = prune_id(rep, hp)
-    done = runner.store.result(run_id)
-    if done is not None:
-        return done
     t = runner.step(rep, hp.prune_at)
     if hp.ablation == "fixed_variance" and t != 0:
         raise ValueError("the fixed_variance ablation changes the initialization, so it needs --prune-at 0it")
+    return runner.store.once(run_id, lambda: _prune_at_step(runner, rep, hp, run_id, t))
+
+
+def _prune_at_step(runner: Runner, rep: Replicate, hp: PruneHparams, run_id: str, t: int) -> dict[str, Any]:
     dense = runner.dense(rep)
     folder = runner.store.begin(run_id, {"kind": "prune", **rep.describe(), "pruning": dataclasses.asdict(hp)})
     state_t = runner.weights_at(rep, t)
@@ -172,13 +173,13 @@ def _trained_state(runner: Runner, rep: Replicate, hp: LotteryHparams, level: in
 
 def lottery_level(runner: Runner, rep: Replicate, hp: LotteryHparams, level: int) -> dict[str, Any]:
     run_id = lottery_id(rep, hp, level)
-    done = runner.store.result(run_id)
-    if done is not None:
-        return done
     rewinding = hp.rewind_to not in ("finetune", "sign", "sigma_sign")
-    t = iterations(hp.rewind_to, runner.iters_per_epoch(rep)) if rewinding else 0
-    if rewinding:
-        runner.step(rep, hp.rewind_to)  # checks t lies within the schedule
+    t = runner.step(rep, hp.rewind_to) if rewinding else 0
+    return runner.store.once(run_id, lambda: _lottery_level(runner, rep, hp, level, run_id, rewinding, t))
+
+
+def _lottery_level(runner: Runner, rep: Replicate, hp: LotteryHparams, level: int, run_id: str, rewinding: bool,
+                   t: int) -> dict[str, Any]:
     dense = runner.dense(rep)
     if level > 1:
         previous = lottery_level(runner, rep, hp, level - 1)

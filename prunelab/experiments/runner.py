@@ -101,9 +101,9 @@ class Runner:
     def dense(self, rep: Replicate) -> dict[str, Any]:
         """Train the dense network of the replicate fully (once); its result holds the dense accuracy."""
         run_id = self.dense_id(rep)
-        done = self.store.result(run_id)
-        if done is not None:
-            return done
+        return self.store.once(run_id, lambda: self._train_dense(run_id, rep))
+
+    def _train_dense(self, run_id: str, rep: Replicate) -> dict[str, Any]:
         folder = self.store.begin(run_id, {"kind": "dense", **rep.describe()})
         model = self.model(rep)
         self._save_init(folder, model)
@@ -130,11 +130,17 @@ class Runner:
     def weights_at(self, rep: Replicate, step: int) -> dict[str, torch.Tensor]:
         """The dense network's state at ``step`` (0 = initialization, the end = trained)."""
         run_id = self.dense_id(rep)
-        end = self.total_steps(rep)
-        if step == end:
+        if step == self.total_steps(rep):
             self.dense(rep)
+        ck = CheckpointFolder(self.store.folder(run_id) / "checkpoints")
+        state = ck.load_step(step)
+        if state is not None:
+            return state["model"]
+        with self.store.lock(run_id):
+            return self._produce_weights_at(run_id, rep, step, ck)
+
+    def _produce_weights_at(self, run_id: str, rep: Replicate, step: int, ck: CheckpointFolder):
         folder = self.store.begin(run_id, {"kind": "dense", **rep.describe()})
-        ck = CheckpointFolder(folder / "checkpoints")
         state = ck.load_step(step)
         if state is not None:
             return state["model"]

@@ -7,15 +7,23 @@ is finished and is never computed again; any other state is resumed from its che
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from prunelab.io import atomic_write_json
+from prunelab.io import atomic_write_json, atomic_write_text
 
 FINISHED = ("done", "diverged")
+
+# Locks this process holds: path -> [file object, depth]. flock is per open file, so a second open in
+# the same process would deadlock; nested protocol calls (a pruned run needing its dense run) re-enter.
+_HELD: dict[str, list] = {}
+_HELD_GUARD = threading.Lock()
 
 
 class RunStore:
@@ -54,6 +62,57 @@ class RunStore:
         result = {"id": run_id, **result}
         atomic_write_json(self.folder(run_id) / "result.json", result)
         return result
+
+    @contextlib.contextmanager
+    def lock(self, run_id: str):
+        """Exclusive use of a run by one process at a time, across processes and machines sharing the
+        folder. An ``flock`` on ``<run>/.lock``: the kernel releases it when its holder dies, so a run left
+        half-done by a killed worker is taken (and resumed) by the next one. Re-entrant within a process.
+        """
+        folder = self.folder(run_id)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except PermissionError:
+            raise PermissionError(f"run root {self.root} is not writable") from None
+        key = str(folder.resolve())
+        with _HELD_GUARD:
+            held = _HELD.get(key)
+            if held is not None:
+                held[1] += 1
+        if held is None:
+            f = open(folder / ".lock", "a+")  # noqa: SIM115 - held across the context
+            fcntl.flock(f, fcntl.LOCK_EX)
+            with _HELD_GUARD:
+                _HELD[key] = held = [f, 1]
+        try:
+            yield
+        finally:
+            with _HELD_GUARD:
+                held[1] -= 1
+                if held[1] == 0:
+                    del _HELD[key]
+                    fcntl.flock(held[0], fcntl.LOCK_UN)
+                    held[0].close()
+
+    def once(self, run_id: str, compute) -> dict[str, Any]:
+        """The stored result of a finished run, else ``compute()`` under the run's lock (checked again inside)."""
+        done = self.result(run_id)
+        if done is not None:
+            return done
+        with self.lock(run_id):
+            done = self.result(run_id)
+            return done if done is not None else compute()
+
+    def record_failure(self, run_id: str, hparams: dict[str, Any], error: BaseException) -> None:
+        """Keep a failed run's error in its folder (result.json with status "failed", error.txt); it is retried."""
+        import traceback
+
+        self.begin(run_id, hparams)
+        folder = self.folder(run_id)
+        text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        atomic_write_json(folder / "result.json", {"id": run_id, "status": "failed",
+                                                   "error": f"{type(error).__name__}: {error}"})
+        atomic_write_text(folder / "error.txt", text)
 
     def ids(self) -> list[str]:
         if not self.root.is_dir():

@@ -62,6 +62,7 @@ class SynFlowScorer:
         self._params = dict(net.named_parameters())
         self._kept: dict[str, int] = {}
         self._notified = False
+        self._gathered: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def pruned(self, name: str, index: torch.Tensor) -> None:
         """Zero the newly pruned entries ``index`` (flat indices or a flat bool mask) of ``name``."""
@@ -117,9 +118,14 @@ class SynFlowScorer:
             i = index.get(n)
             if i is None:
                 out[n] = g.mul_(w).abs_().view(-1)
-            else:
-                i = i.to(w.device)
-                out[n] = g.view(-1).index_select(0, i).mul_(w.detach().view(-1).index_select(0, i)).abs_()
+                continue
+            cached = self._gathered.get(n)
+            if cached is None or cached[0] is not i:
+                # Weights at the slots, gathered once per new index. Slots pruned since then keep
+                # their old weight here, but the remover ignores dead slots, so that is harmless.
+                cached = (i, w.detach().view(-1).index_select(0, i.to(w.device)))
+                self._gathered[n] = cached
+            out[n] = g.view(-1).index_select(0, i.to(w.device)).mul_(cached[1]).abs_()
         return out
 
 
