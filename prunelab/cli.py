@@ -64,6 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_experiment(p, LotteryHparams)
     p.set_defaults(func=cmd_lottery)
 
+    p = sub.add_parser("sweep", help="run a grid of experiments from a TOML spec (locally or on Slurm)")
+    p.add_argument("spec", help="sweep spec (TOML); see repro/ for examples")
+    p.add_argument("--root", default="runs", help="run store folder (default ./runs)")
+    p.add_argument("--executor", default="local", help="local (worker processes) or slurm (submitit)")
+    p.add_argument("--workers", type=int, default=None, help="local worker processes (default: one per core)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
+    _add_common(p)
+    p.set_defaults(func=cmd_sweep)
+
     p = sub.add_parser("ls", help="list the runs of a store")
     p.add_argument("--root", default="runs")
     p.set_defaults(func=cmd_ls)
@@ -178,6 +187,55 @@ def cmd_lottery(args) -> int:
     print(f"runs in {runner.store.root}: " + " ".join(r["id"] for r in results))
     _summary(results, "level")
     return _exit_status(results)
+
+
+def cmd_sweep(args) -> int:
+    from tqdm.auto import tqdm
+
+    from prunelab.experiments import sweep
+    from prunelab.registry import check_name
+
+    check_name("executor", args.executor, sweep.EXECUTORS)
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"prunelab: --workers must be >= 1, got {args.workers}")
+    spec = sweep.load_spec(args.spec)
+    ctx = sweep.Context(str(args.root), args.data_root, args.device, args.amp)
+    plan = sweep.make_plan(ctx.runner(), spec.jobs)
+    print(f"sweep {args.spec}: {len(spec.jobs)} {spec.protocol} jobs, {len(plan.skipped)} already done, "
+          f"{plan.todo} to do in {len(plan.phases)} phase(s), about {plan.steps:,} training steps")
+    if args.dry_run:
+        for phase in plan.phases:
+            print(f"  {_phase_name(phase)}:")
+            for job in phase:
+                print(f"    {job.label()}")
+        return 0
+    outcomes: list[dict] = []
+    bar = tqdm(total=plan.todo, disable=not args.progress, unit="job", file=sys.stderr, dynamic_ncols=True)
+
+    def done(outcome: dict) -> None:
+        outcomes.append(outcome)
+        failed = sum(o["status"] == "failed" for o in outcomes)
+        bar.set_postfix(failed=failed)
+        bar.update(1)
+
+    if args.executor == "local":
+        sweep.run_local(plan.phases, ctx, args.workers or sweep.default_workers(), done)
+    else:
+        sweep.run_submitit(plan.phases, ctx, spec.slurm, done)
+    bar.close()
+    failed = [o for o in outcomes if o["status"] == "failed"]
+    diverged = [o for o in outcomes if o["status"] == "diverged"]
+    print(f"jobs done: {len(outcomes) - len(failed) - len(diverged)}, diverged: {len(diverged)}, "
+          f"skipped: {len(plan.skipped)}, failed: {len(failed)}")
+    for o in failed:
+        print(f"  failed {o['label']} ({o['id']}): {o['error']}")
+    print(f"next: prunelab report --root {args.root}")
+    return 1 if failed else 0
+
+
+def _phase_name(phase: list) -> str:
+    kind = phase[0].kind
+    return {"dense": "dense replicates", "prefix": "dense prefixes to step t"}.get(kind, "runs")
 
 
 def cmd_ls(args) -> int:

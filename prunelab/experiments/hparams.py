@@ -195,42 +195,70 @@ SECTIONS = {"model": ModelHparams, "dataset": DataHparams, "training": None, "pr
             "lottery": LotteryHparams}
 
 
-def load_toml(path: str) -> dict[str, dict[str, Any]]:
-    """Read a config: tables [model], [dataset], [training], [pruning], [lottery] and a top-level ``seed``.
-
-    Unknown tables or keys and values of the wrong type raise ValueError naming them.
-    """
+def read_toml(path) -> dict[str, Any]:
+    """The raw TOML table of a file; one-line errors for a missing or malformed file."""
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib
-    from prunelab.registry import unknown_name_message
-    from prunelab.training.settings import TrainSettings
-
     try:
         with open(path, "rb") as f:
-            raw = tomllib.load(f)
+            return tomllib.load(f)
     except FileNotFoundError:
         raise FileNotFoundError(f"config file not found: {path}") from None
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"config {path} is not valid TOML: {e}") from None
-    out: dict[str, dict[str, Any]] = {}
-    for section, values in raw.items():
+
+
+def section_fields(section: str) -> dict[str, Any]:
+    """Field name -> type of a config section."""
+    from prunelab.training.settings import TrainSettings
+
+    return typing.get_type_hints(SECTIONS[section] or TrainSettings)
+
+
+def check_section(path, section: str, values: Any, grid: bool = False) -> dict[str, Any]:
+    """Validate one table: known keys, right types. With ``grid``, a list (of values) is an axis to sweep."""
+    from prunelab.registry import unknown_name_message
+
+    if section not in SECTIONS:
+        raise ValueError(f"config {path}: " + unknown_name_message("section", section, list(SECTIONS)))
+    if not isinstance(values, dict):
+        raise ValueError(f"config {path}: [{section}] must be a table")
+    hints = section_fields(section)
+    for key, value in values.items():
+        if key not in hints:
+            raise ValueError(f"config {path}: " + unknown_name_message(f"key in [{section}]", key, list(hints)))
+        for v in grid_values(value, hints[key]) if grid else [value]:
+            _check_type(path, section, key, v, hints[key])
+    return values
+
+
+def grid_values(value: Any, tp: Any) -> list[Any]:
+    """The values of a sweep axis: a list is an axis, except for tuple fields, where a list of lists is."""
+    inner, _ = _unwrap_optional(tp)
+    if typing.get_origin(inner) is tuple:
+        return value if isinstance(value, list) and value and all(isinstance(v, list) for v in value) else [value]
+    return value if isinstance(value, list) else [value]
+
+
+def load_toml(path) -> dict[str, Any]:
+    """Read a config: tables [model], [dataset], [training], [pruning], [lottery] and a top-level ``seed``.
+
+    Unknown tables or keys and values of the wrong type raise ValueError naming them.
+    """
+    out: dict[str, Any] = {}
+    for section, values in read_toml(path).items():
         if section == "seed":
             if not isinstance(values, int) or isinstance(values, bool):
                 raise ValueError(f"config {path}: seed must be an integer, got {values!r}")
             out["seed"] = values
             continue
         if section not in SECTIONS:
+            from prunelab.registry import unknown_name_message
+
             raise ValueError(f"config {path}: " + unknown_name_message("section", section, [*SECTIONS, "seed"]))
-        if not isinstance(values, dict):
-            raise ValueError(f"config {path}: [{section}] must be a table")
-        cls = SECTIONS[section] or TrainSettings
-        hints = typing.get_type_hints(cls)
-        for key, value in values.items():
-            if key not in hints:
-                raise ValueError(f"config {path}: " + unknown_name_message(f"key in [{section}]", key, list(hints)))
-            _check_type(path, section, key, value, hints[key])
+        check_section(path, section, values)
         out[section] = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     return out
 

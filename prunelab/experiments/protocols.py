@@ -21,6 +21,7 @@ from torch import nn
 
 import prunelab
 from prunelab import ablations
+from prunelab.analysis import layer_collapse as collapsed_layers
 from prunelab.experiments.hparams import LotteryHparams, PruneHparams, run_hash
 from prunelab.experiments.runner import Replicate, Runner
 from prunelab.masks import Mask
@@ -29,13 +30,6 @@ from prunelab.training.checkpoints import CheckpointFolder
 
 # Seed offsets keep ablation randomness independent of the replicate's init and data order.
 _SHUFFLE_SEED, _REINIT_SEED = 1_000, 2_000
-
-
-def collapsed_layers(mask: Mask) -> list[str]:
-    """Prunable tensors with no weight left while others keep some: layer collapse (001 §3)."""
-    counts = mask.layer_counts()
-    empty = [n for n, (kept, _) in counts.items() if kept == 0]
-    return empty if len(empty) < len(counts) else []
 
 
 def _result(res, mask: Mask, dense: dict[str, Any], **extra) -> dict[str, Any]:

@@ -1,0 +1,252 @@
+"""Conservation of synaptic saliency (Tanaka et al. 2020 = paper 001, §4, Theorems 1-2, Figs. 3-4).
+
+Synaptic saliency is any score of the form ``S = dR/dtheta * theta`` (001 eq. (1)). For a network
+whose activations are homogeneous (``phi(x) = phi'(x) x``: ReLU, leaky ReLU, identity, max- and
+average-pooling), Theorem 1 says that the saliency entering a hidden neuron (its incoming weights
+and its bias) equals the saliency leaving it (its outgoing weights), and Theorem 2 that every set of
+parameters separating input from output carries the same total: in a plain chain of layers each
+layer's total score is the same, so the *average* score of a layer is inversely proportional to its
+size (001 Fig. 4), which is why one-shot gradient criteria empty the largest layers first.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+# Modules and functions through which a neuron stays a neuron (unary, channel-preserving), by kind.
+_HOMOGENEOUS_MODULES = (
+    nn.ReLU, nn.LeakyReLU, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.Flatten,
+)
+_OTHER_ACTIVATIONS = (
+    nn.Tanh, nn.Sigmoid, nn.GELU, nn.ELU, nn.SELU, nn.SiLU, nn.Softplus, nn.ReLU6, nn.Hardtanh,
+    nn.Hardswish, nn.Mish, nn.CELU,
+)
+_HOMOGENEOUS_FUNCTIONS = {
+    F.relu, torch.relu, F.leaky_relu, F.dropout, torch.flatten,
+    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
+    F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
+    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
+}
+_OTHER_FUNCTIONS = {torch.tanh, torch.sigmoid, F.gelu, F.elu, F.silu, F.softplus, F.relu6, F.hardtanh}
+_HOMOGENEOUS_METHODS = {"relu", "relu_", "flatten", "contiguous"}
+_OTHER_METHODS = {"tanh", "sigmoid"}
+_LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
+
+
+def _pass_kind(node: fx.Node, current: fx.Node, modules: Mapping[str, nn.Module]) -> str | None:
+    """"homogeneous", "other" (channel-preserving but not homogeneous), "batchnorm", or None (stop)."""
+    if not node.args or node.args[0] is not current:
+        return None
+    if any(isinstance(a, fx.Node) for a in list(node.args[1:]) + list(node.kwargs.values())):
+        return None  # a second tensor input (a sum, a product): no longer one neuron's signal
+    if node.op == "call_module":
+        m = modules[node.target]
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            return "batchnorm"
+        if isinstance(m, _HOMOGENEOUS_MODULES):
+            return "homogeneous"
+        if isinstance(m, _OTHER_ACTIVATIONS):
+            return "other"
+    elif node.op == "call_function":
+        if node.target in _HOMOGENEOUS_FUNCTIONS:
+            return "homogeneous"
+        if node.target in _OTHER_FUNCTIONS:
+            return "other"
+        if node.target is F.batch_norm:
+            return "batchnorm"
+    elif node.op == "call_method":
+        if node.target in _HOMOGENEOUS_METHODS:
+            return "homogeneous"
+        if node.target in _OTHER_METHODS:
+            return "other"
+    return None
+
+
+def _describe(node: fx.Node) -> str:
+    if node.op == "output":
+        return "the network output"
+    target = node.target
+    if target in (operator.add, torch.add, "add", "add_", operator.iadd):
+        return "a sum (residual connection)"
+    name = getattr(target, "__name__", target)
+    return f"{node.op} {name!r}"
+
+
+def _trace_pairs(model: nn.Module, scores: Mapping[str, torch.Tensor]):
+    """{producer weight name: [(consumer weight name, kinds seen on the path)]}, skipped {name: why}."""
+    try:
+        graph = fx.symbolic_trace(model).graph
+    except Exception as e:  # data-dependent control flow, unsupported ops
+        raise ValueError(
+            f"conservation could not trace {type(model).__name__} with torch.fx ({type(e).__name__}: {e}); pass "
+            "pairs={producer_weight: [consumer_weights]} naming which layers feed which"
+        ) from e
+    modules = dict(model.named_modules())
+    layer_nodes = {
+        n: f"{n.target}.weight"
+        for n in graph.nodes
+        if n.op == "call_module" and isinstance(modules[n.target], _LAYERS) and f"{n.target}.weight" in scores
+    }
+    pairs, skipped, output_layers = {}, {}, set()
+    for node, pname in layer_nodes.items():
+        found, stop = [], None
+        stack = [(node, frozenset())]
+        while stack and stop is None:
+            current, kinds = stack.pop()
+            for user in current.users:
+                if user in layer_nodes:
+                    found.append((layer_nodes[user], kinds))
+                    continue
+                kind = _pass_kind(user, current, modules)
+                if kind is None:
+                    stop = user
+                    break
+                stack.append((user, kinds | {kind}))
+        if stop is not None and stop.op == "output" and not found:
+            output_layers.add(pname)
+        elif stop is not None:
+            skipped[pname] = f"its output reaches {_describe(stop)}, so its units are not plain hidden neurons"
+        elif found:
+            pairs[pname] = found
+    return pairs, skipped, output_layers
+
+
+def _outgoing(producer: nn.Module, consumer: nn.Module, s: torch.Tensor, n_out: int) -> torch.Tensor | str:
+    """Per producer unit, the consumer's score summed over the weights that read that unit."""
+    if isinstance(consumer, nn.modules.conv._ConvNd) and consumer.groups != 1:
+        return "grouped convolution"
+    per_input = s.transpose(0, 1).reshape(s.shape[1], -1).sum(dim=1)
+    if per_input.numel() == n_out:
+        return per_input
+    if isinstance(consumer, nn.Linear) and per_input.numel() % n_out == 0:
+        # A flattened (channels, positions...) map, channel-major as torch.flatten orders it.
+        return per_input.reshape(n_out, -1).sum(dim=1)
+    return f"{per_input.numel()} consumer inputs do not group into {n_out} producer units"
+
+
+def conservation(
+    model: nn.Module,
+    scores: Mapping[str, torch.Tensor],
+    *,
+    pairs: Mapping[str, Sequence[str]] | None = None,
+    rtol: float = 1e-4,
+) -> dict:
+    """Per hidden neuron, incoming vs outgoing score (001 Theorem 1, Fig. 3); per layer, total score
+    and size (001 Theorem 2, Fig. 4).
+
+    ``scores`` maps parameter names to score tensors, e.g. from :func:`prunelab.score`. A hidden
+    neuron is an output unit (linear) or output channel (convolution) of a layer whose weight is
+    scored, when everything between that layer and the layers it feeds is unary and channel-wise
+    (activations, pooling, BatchNorm, dropout, flatten): found by tracing ``model`` with torch.fx,
+    or given as ``pairs={producer_weight: [consumer_weights]}``. Its incoming score is the sum of its
+    row of the producer's weight scores (plus its bias score if the bias is scored), its outgoing
+    score the sum of the consumers' weight scores that read it (for a linear layer after a flatten,
+    the columns of its channel). Units whose output meets a residual sum are listed in ``skipped``.
+
+    **Exact** (up to rounding) when the scores are synaptic saliency ``dR/dw * w`` for one scalar
+    ``R`` of the output (SynFlow's ``|dR/dw * w|`` on its all-positive network qualifies; so does
+    the signed ``dL/dw * w``), every activation on the path is homogeneous (ReLU, leaky ReLU,
+    pooling, identity), no BatchNorm is on the path, and every bias of a producer is scored (or there
+    are none). Theorem 2's equal per-layer totals further need each layer to separate input from
+    output (a plain chain, no skip connections). **Only approximate** otherwise: an unscored bias
+    takes its share of the incoming saliency; BatchNorm in train mode makes the output invariant to
+    the scale of the incoming weights (incoming saliency near 0), in eval mode it adds a shift;
+    non-homogeneous activations (tanh, GELU) break ``phi(x) = phi'(x) x``; SNIP's ``|dL/dw * w|`` and
+    GraSP's Hessian-gradient scores are not of the form ``dR/dw * w`` (001 §4: "closely related").
+
+    Returns ``{"neurons": {producer: {"incoming", "outgoing", "consumers"}}, "incoming", "outgoing"
+    (all hidden neurons concatenated, float64, for a scatter plot), "max_abs_error",
+    "max_relative_error" (largest ``|in - out|`` over the largest ``|score|`` of a neuron),
+    "conserved" (all close within ``rtol`` of that scale), "exact" (the structural conditions above
+    hold), "caveats" (why not), "skipped", "layer_total", "layer_size", "layer_mean"}``.
+    """
+    modules = dict(model.named_modules())
+    params = dict(model.named_parameters())
+    missing = [n for n in scores if n not in params]
+    if missing:
+        raise ValueError(
+            f"scores name {len(missing)} parameter(s) that {type(model).__name__} lacks, e.g. {missing[0]!r}"
+        )
+    caveats: list[str] = []
+    skipped: dict[str, str] = {}
+    if pairs is None:
+        traced, skipped, _ = _trace_pairs(model, scores)
+    else:
+        traced = {}
+        for p, cs in pairs.items():
+            for n in [p, *cs]:
+                if n not in scores:
+                    raise ValueError(f"pairs names {n!r}, which has no scores")
+            traced[p] = [(c, frozenset()) for c in cs]
+        caveats.append("pairs given by hand: the path between layers (BatchNorm, activations) was not inspected")
+
+    def module_of(weight_name: str) -> nn.Module:
+        return modules[weight_name.rpartition(".")[0]]
+
+    neurons: dict[str, dict] = {}
+    for pname, consumers in traced.items():
+        producer = module_of(pname)
+        s_in = scores[pname].detach().to(torch.float64)
+        incoming = s_in.reshape(s_in.shape[0], -1).sum(dim=1)
+        bias_name = pname.rpartition(".")[0] + ".bias" if pname.rpartition(".")[0] else "bias"
+        if getattr(producer, "bias", None) is not None:
+            if bias_name in scores:
+                incoming = incoming + scores[bias_name].detach().to(torch.float64).reshape(-1)
+            else:
+                caveats.append(f"{pname}: its bias is not scored, so incoming saliency misses the bias share")
+        outgoing = torch.zeros_like(incoming)
+        reason = None
+        for cname, kinds in consumers:
+            if "batchnorm" in kinds:
+                caveats.append(f"{pname} -> {cname}: BatchNorm on the path (not homogeneous: scale-invariant/shifted)")
+            if "other" in kinds:
+                caveats.append(f"{pname} -> {cname}: a non-homogeneous activation on the path")
+            out = _outgoing(producer, module_of(cname), scores[cname].detach().to(torch.float64), incoming.numel())
+            if isinstance(out, str):
+                reason = f"{cname}: {out}"
+                break
+            outgoing = outgoing + out.to(outgoing.device)
+        if reason is not None:
+            skipped[pname] = reason
+            continue
+        neurons[pname] = {"incoming": incoming, "outgoing": outgoing, "consumers": [c for c, _ in consumers]}
+    if skipped:
+        caveats.append(
+            f"{len(skipped)} layer(s) feed sums or other merges (e.g. residual connections): a single layer then "
+            "does not separate input from output, so per-layer totals need not be equal (Theorem 2)"
+        )
+    if not neurons:
+        raise ValueError(
+            "conservation found no hidden neuron: no scored layer feeds another scored layer through unary, "
+            f"channel-wise operations only (skipped: {skipped or 'none'}); pass pairs= to name them"
+        )
+    incoming = torch.cat([v["incoming"].cpu() for v in neurons.values()])
+    outgoing = torch.cat([v["outgoing"].cpu() for v in neurons.values()])
+    err = (incoming - outgoing).abs()
+    scale = float(torch.maximum(incoming.abs(), outgoing.abs()).max())
+    max_abs = float(err.max())
+    max_rel = max_abs / scale if scale > 0 else 0.0
+    totals = {n: float(s.detach().to(torch.float64).sum()) for n, s in scores.items()}
+    sizes = {n: s.numel() for n, s in scores.items()}
+    return {
+        "neurons": neurons,
+        "incoming": incoming,
+        "outgoing": outgoing,
+        "max_abs_error": max_abs,
+        "max_relative_error": max_rel,
+        "conserved": bool(max_abs <= rtol * scale),
+        "exact": not caveats,
+        "caveats": caveats,
+        "skipped": skipped,
+        "layer_total": totals,
+        "layer_size": sizes,
+        "layer_mean": {n: totals[n] / sizes[n] if sizes[n] else 0.0 for n in totals},
+    }

@@ -1,0 +1,307 @@
+"""Sweeps: a TOML spec of value lists becomes a grid of runs, deduplicated through the run store.
+
+Spec (see ``repro/`` for real ones)::
+
+    protocol = "run"            # train | run | lottery
+    seeds = [0, 1, 2]
+    [model]
+    model = "lenet_300_100"
+    [dataset]
+    dataset = "fashion_mnist"
+    [training]
+    train = "40ep"
+    [pruning]
+    method = ["snip", "grasp", "synflow"]   # a list is an axis of the grid
+    sparsity = [0.8, 0.9, 0.98]
+    [slurm]                                  # only for --executor slurm
+    partition = "gpu"
+    time_min = 240
+    gpus_per_node = 1
+
+The plan has three phases, each waiting for the previous one: the dense replicates (shared by every
+run of a seed), the dense weights at each intermediate pruning/rewinding step t (one training prefix
+each), then the runs themselves. Finished runs are skipped; a failing run is recorded in its folder
+and never stops the sweep; two workers never run the same run at once (run locks, see RunStore.lock).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prunelab.experiments.hparams import (
+    DataHparams,
+    LotteryHparams,
+    ModelHparams,
+    PruneHparams,
+    check_section,
+    grid_values,
+    read_toml,
+    section_fields,
+)
+from prunelab.experiments.runner import Replicate, Runner
+from prunelab.experiments.store import RunStore
+from prunelab.registry import check_name, unknown_name_message
+
+PROTOCOLS = ["train", "run", "lottery"]
+EXECUTORS = ["local", "slurm"]
+_PROTOCOL_SECTION = {"train": None, "run": "pruning", "lottery": "lottery"}
+_SLURM_KEYS = {"partition": str, "time_min": int, "gpus_per_node": int, "cpus_per_task": int, "mem_gb": int,
+               "array_parallelism": int, "nodes": int, "account": str, "qos": str}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One unit of work: a dense replicate, the dense weights at step t, or a protocol run."""
+
+    kind: str  # dense | prefix | train | run | lottery
+    rep: Replicate
+    hp: PruneHparams | LotteryHparams | None = None
+    step: str | None = None  # for prefix jobs: the duration t
+
+    def label(self) -> str:
+        what = {"dense": "dense", "prefix": f"dense to {self.step}", "train": "dense"}.get(self.kind)
+        if self.kind == "run":
+            what = f"{self.hp.method} {self.hp.sparsity} @{self.hp.prune_at}" + (
+                f" {self.hp.ablation}" if self.hp.ablation else "")
+        elif self.kind == "lottery":
+            what = f"lottery {self.hp.structure} x{self.hp.levels} rewind {self.hp.rewind_to}"
+        return f"{self.rep.model.model}/{self.rep.dataset.dataset} seed {self.rep.seed}: {what}"
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a worker needs to rebuild a Runner (picklable, sent to processes and cluster jobs)."""
+
+    root: str
+    data_root: str | None = None
+    device: str = "auto"
+    amp: bool = False
+    threads: int | None = None
+
+    def runner(self, progress: bool = False) -> Runner:
+        return Runner(RunStore(self.root), data_root=self.data_root, device=self.device, amp=self.amp,
+                      progress=progress)
+
+
+@dataclass
+class Spec:
+    protocol: str
+    jobs: list[Job]
+    slurm: dict[str, Any] = field(default_factory=dict)
+
+
+# ---- reading and expanding a spec ---------------------------------------------------------------
+
+def load_spec(path: str | os.PathLike) -> Spec:
+    raw = dict(read_toml(path))
+    protocol = check_name("sweep protocol", raw.pop("protocol", "run"), PROTOCOLS)
+    seeds = raw.pop("seeds", raw.pop("seed", 0))
+    seeds = seeds if isinstance(seeds, list) else [seeds]
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ValueError(f"sweep {path}: seeds must be an integer or a list of integers")
+    slurm = raw.pop("slurm", {})
+    for key, value in slurm.items():
+        if key not in _SLURM_KEYS:
+            raise ValueError(f"sweep {path}: " + unknown_name_message("key in [slurm]", key, list(_SLURM_KEYS)))
+        if not isinstance(value, _SLURM_KEYS[key]):
+            raise ValueError(f"sweep {path}: [slurm] {key} must be {_SLURM_KEYS[key].__name__}")
+    allowed = {"model", "dataset", "training", _PROTOCOL_SECTION[protocol]} - {None}
+    for section, values in raw.items():
+        if section not in allowed:
+            raise ValueError(f"sweep {path}: " + unknown_name_message(
+                f"section for protocol {protocol!r}", section, [*sorted(allowed), "seeds", "slurm", "protocol"]))
+        check_section(path, section, values, grid=True)
+    if "model" not in raw.get("model", {}) or "dataset" not in raw.get("dataset", {}):
+        raise ValueError(f"sweep {path}: [model] model and [dataset] dataset are required")
+    return Spec(protocol, expand(protocol, raw, seeds), slurm)
+
+
+def _axes(section: str, values: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every combination of one table's values."""
+    hints = section_fields(section)
+    keys = list(values)
+    choices = [grid_values(values[k], hints[k]) for k in keys]
+    return [{k: tuple(v) if isinstance(v, list) else v for k, v in zip(keys, combo)}
+            for combo in itertools.product(*choices)]
+
+
+def expand(protocol: str, tables: dict[str, dict[str, Any]], seeds: Iterable[int]) -> list[Job]:
+    """The grid of jobs, in a stable order, without duplicates."""
+    from prunelab.training import recipe
+
+    section = _PROTOCOL_SECTION[protocol]
+    jobs: dict[tuple, Job] = {}
+    for m, d, t, p in itertools.product(
+        _axes("model", tables.get("model", {})), _axes("dataset", tables.get("dataset", {})),
+        _axes("training", tables.get("training", {})),
+        _axes(section, tables.get(section, {})) if section else [{}],
+    ):
+        model, dataset = ModelHparams(**m), DataHparams(**d)
+        training = recipe(model.model, dataset.dataset).replace(**t)
+        hp = {"run": PruneHparams, "lottery": LotteryHparams}[protocol](**p) if section else None
+        for seed in seeds:
+            job = Job(protocol, Replicate(model, dataset, training, seed), hp)
+            jobs.setdefault((job.rep, job.hp), job)
+    return list(jobs.values())
+
+
+# ---- planning -------------------------------------------------------------------------------------
+
+@dataclass
+class Plan:
+    phases: list[list[Job]]  # dense replicates, prefixes, runs — what is left to do
+    skipped: list[Job]  # finished before the sweep started
+    steps: int  # estimated training steps left
+
+    @property
+    def todo(self) -> int:
+        return sum(len(p) for p in self.phases)
+
+
+def job_id(runner: Runner, job: Job) -> str:
+    from prunelab.experiments.protocols import lottery_id, prune_id
+
+    if job.kind in ("dense", "train", "prefix"):
+        return runner.dense_id(job.rep)
+    if job.kind == "run":
+        return prune_id(job.rep, job.hp)
+    return lottery_id(job.rep, job.hp, job.hp.levels)
+
+
+def _intermediate_step(runner: Runner, job: Job) -> str | None:
+    when = job.hp.prune_at if job.kind == "run" else job.hp.rewind_to if job.kind == "lottery" else None
+    if when is None or when in ("end", "finetune", "sign", "sigma_sign"):
+        return None
+    t = runner.step(job.rep, when)
+    return when if 0 < t < runner.total_steps(job.rep) else None
+
+
+def make_plan(runner: Runner, jobs: list[Job]) -> Plan:
+    """Phases of what is left, with the training steps it will take (validates every job first)."""
+    from prunelab.training.checkpoints import CheckpointFolder
+
+    dense: dict[Replicate, Job] = {}
+    prefixes: dict[tuple[Replicate, int], Job] = {}
+    runs, skipped, steps = [], [], 0
+    for job in jobs:
+        total = runner.total_steps(job.rep)
+        step = _intermediate_step(runner, job)  # also checks the step lies within the schedule
+        if runner.store.result(job_id(runner, job)) is not None:
+            skipped.append(job)
+            continue
+        if runner.store.result(runner.dense_id(job.rep)) is None and job.rep not in dense:
+            dense[job.rep] = Job("dense", job.rep)
+            steps += total
+        if step is not None:
+            t = runner.step(job.rep, step)
+            ck = CheckpointFolder(runner.store.folder(runner.dense_id(job.rep)) / "checkpoints")
+            if (job.rep, t) not in prefixes and t not in ck.kept_steps():
+                prefixes[(job.rep, t)] = Job("prefix", job.rep, step=step)
+                steps += t
+        if job.kind == "run":
+            steps += total
+        elif job.kind == "lottery":
+            start = runner.step(job.rep, job.hp.rewind_to) if step is not None else 0
+            steps += sum(total - start for level in range(1, job.hp.levels + 1)
+                         if runner.store.result(job_id(runner, dataclasses.replace(
+                             job, hp=dataclasses.replace(job.hp, levels=level)))) is None)
+        if job.kind != "train":
+            runs.append(job)
+    phases = [p for p in (list(dense.values()), list(prefixes.values()), runs) if p]
+    return Plan(phases, skipped, steps)
+
+
+# ---- executing ------------------------------------------------------------------------------------
+
+def execute(job: Job, ctx: Context) -> dict[str, Any]:
+    """Run one job; never raises (a failure is recorded in the run's folder and returned)."""
+    from prunelab.experiments.protocols import lottery, prune_at_step
+
+    if ctx.threads:
+        import torch
+
+        torch.set_num_threads(ctx.threads)
+    runner = ctx.runner()
+    run_id = None
+    try:
+        run_id = job_id(runner, job)
+        if job.kind in ("dense", "train"):
+            result = runner.dense(job.rep)
+        elif job.kind == "prefix":
+            runner.weights_at(job.rep, runner.step(job.rep, job.step))
+            return {"id": run_id, "status": "done", "label": job.label()}
+        elif job.kind == "run":
+            result = prune_at_step(runner, job.rep, job.hp)
+        else:
+            result = lottery(runner, job.rep, job.hp)[-1]
+        return {"id": run_id, "status": result["status"], "label": job.label(),
+                "test_accuracy": result.get("test_accuracy")}
+    except Exception as e:  # noqa: BLE001 - a sweep goes on; the error is kept with the run
+        if run_id is not None:
+            try:
+                runner.store.record_failure(run_id, {"kind": job.kind, **job.rep.describe()}, e)
+            except OSError:
+                pass
+        return {"id": run_id, "status": "failed", "label": job.label(), "error": f"{type(e).__name__}: {e}"}
+
+
+def default_workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def run_local(phases: list[list[Job]], ctx: Context, workers: int, on_done: Callable[[dict], None]) -> None:
+    """N worker processes on this machine; each limits its torch threads so workers do not fight over cores."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    threads = max(1, default_workers() // workers)
+    ctx = dataclasses.replace(ctx, threads=threads)
+    if workers == 1:
+        for phase in phases:
+            for job in phase:
+                on_done(execute(job, ctx))
+        return
+    with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                                initargs=(threads,)) as pool:
+        for phase in phases:
+            for future in cf.as_completed([pool.submit(execute, job, ctx) for job in phase]):
+                on_done(future.result())
+
+
+def run_submitit(phases: list[list[Job]], ctx: Context, slurm: dict[str, Any], on_done: Callable[[dict], None],
+                 cluster: str | None = "slurm") -> None:
+    """Array jobs through submitit, one array per phase (``cluster="local"`` runs them as local processes,
+    exercising the same submission path in tests)."""
+    try:
+        import submitit
+    except ModuleNotFoundError:
+        raise ValueError("the slurm executor needs submitit: pip install 'prunelab[slurm]'") from None
+    executor = submitit.AutoExecutor(folder=str(Path(ctx.root) / ".submitit" / "%j"), cluster=cluster)
+    params: dict[str, Any] = {"timeout_min": slurm.get("time_min", 60), "gpus_per_node": slurm.get("gpus_per_node", 0),
+                              "cpus_per_task": slurm.get("cpus_per_task", 1), "nodes": slurm.get("nodes", 1)}
+    if "mem_gb" in slurm:
+        params["mem_gb"] = slurm["mem_gb"]
+    for key, name in (("partition", "slurm_partition"), ("array_parallelism", "slurm_array_parallelism"),
+                      ("account", "slurm_account"), ("qos", "slurm_qos")):
+        if key in slurm:
+            params[name] = slurm[key]
+    executor.update_parameters(name="prunelab", **params)
+    for phase in phases:
+        submitted = executor.map_array(execute, phase, [ctx] * len(phase))
+        for job, handle in zip(phase, submitted):
+            try:
+                on_done(handle.result())
+            except Exception as e:  # noqa: BLE001 - the cluster job itself died (time limit, node failure)
+                on_done({"id": None, "status": "failed", "label": job.label(), "error": f"{type(e).__name__}: {e}"})

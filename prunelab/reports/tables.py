@@ -1,0 +1,178 @@
+"""Tidy tables from the run store: one row per run, one row per (run, layer), and seed aggregates.
+
+The rows are flat so that pandas can group them without knowing the store's JSON layout: the
+swept hyperparameters get short names (``method``, ``sparsity_target``, ``prune_at``, ``ablation``,
+``level``, ``rewind_to``, ``structure`` ...), the fixed ones keep their section as a prefix
+(``training.lr``, ``model.init``). A ``setting`` column is a short hash of everything that fixes the
+dense network except the seed (model, dataset, training), so figures and aggregates never mix
+networks trained differently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+# Metrics averaged over seeds by :func:`aggregate` (``drop`` = dense accuracy - test accuracy).
+METRICS = ["test_accuracy", "dense_accuracy", "drop", "sparsity", "test_loss", "wall_time"]
+
+# Columns read from the run's result rather than its hyperparameters: never grouped on.
+RESULT_COLUMNS = ["status", "sparsity", "prune_step", "rewind_step", "steps", "layer_collapse", "test_accuracy",
+                  "dense_accuracy", "drop", "test_loss", "wall_time"]
+
+# Short names for the swept hyperparameters, in the order the tables show them.
+_PRUNING_NAMES = {"method": "method", "sparsity": "sparsity_target", "prune_at": "prune_at", "ablation": "ablation",
+                  "iterations": "iterations", "schedule": "schedule", "scope": "scope",
+                  "batch_per_class": "batch_per_class"}
+_LOTTERY_NAMES = {"levels": "level", "rate": "rate", "rewind_to": "rewind_to", "structure": "structure",
+                  "scope": "scope", "ablation": "ablation"}
+
+LEADING = ["id", "setting", "kind", "status", "model", "dataset", "seed", "method", "sparsity_target", "sparsity",
+           "prune_at", "prune_step", "ablation", "level", "rate", "rewind_to", "rewind_step", "structure", "scope",
+           "iterations", "schedule", "batch_per_class", "test_accuracy", "dense_accuracy", "drop", "test_loss",
+           "layer_collapse", "wall_time", "steps"]
+
+
+def setting_of(hparams: dict[str, Any]) -> str:
+    """8 hex digits naming (model, dataset, training) of a run: the seed-independent dense network."""
+    parts = {k: hparams.get(k) for k in ("model", "dataset", "training")}
+    text = json.dumps(parts, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def _scalar(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return " ".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return value
+
+
+def run_row(run_id: str, hp: dict[str, Any], result: dict[str, Any] | None) -> dict[str, Any]:
+    """One flat row for a run (see the module docstring for the column names)."""
+    result = result or {}
+    kind = hp.get("kind", result.get("kind"))
+    row: dict[str, Any] = {"id": run_id, "setting": setting_of(hp), "kind": kind,
+                           "status": result.get("status", "unfinished"),
+                           "model": hp.get("model", {}).get("model"), "dataset": hp.get("dataset", {}).get("dataset"),
+                           "seed": hp.get("seed")}
+    pruning, lot = hp.get("pruning") or {}, hp.get("lottery") or {}
+    for key, value in pruning.items():
+        row[_PRUNING_NAMES.get(key, f"pruning.{key}")] = _scalar(value)
+    for key, value in lot.items():
+        row[_LOTTERY_NAMES.get(key, f"lottery.{key}")] = _scalar(value)
+    if kind == "dense":
+        row["sparsity_target"] = 0.0
+    elif kind == "lottery" and "rate" in lot:
+        # Level L of iterative magnitude pruning keeps (1 - rate)^L of the weights (002 §3.1).
+        row["sparsity_target"] = 1.0 - (1.0 - float(lot["rate"])) ** int(lot.get("levels", 1))
+    for key in ("sparsity", "prune_step", "rewind_step", "steps", "test_accuracy", "dense_accuracy", "test_loss",
+                "wall_time"):
+        if key in result:
+            row[key] = result[key]
+    if "layer_collapse" in result:
+        row["layer_collapse"] = " ".join(result["layer_collapse"])
+    acc, dense = result.get("test_accuracy"), result.get("dense_accuracy")
+    row["drop"] = dense - acc if acc is not None and dense is not None else None
+    for section in ("model", "dataset", "training"):
+        for key, value in (hp.get(section) or {}).items():
+            if not (section in ("model", "dataset") and key == section):
+                row[f"{section}.{key}"] = _scalar(value)
+    return row
+
+
+def runs_table(root: str | os.PathLike) -> pd.DataFrame:
+    """One row per run of the store at ``root``, unfinished runs included (status ``unfinished``).
+
+    Raises FileNotFoundError when ``root`` is not a folder.
+    """
+    from prunelab.experiments.store import RunStore
+
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"run store {root} does not exist (give --root the folder the runs were written to)")
+    rows = [run_row(run_id, hp, result) for run_id, hp, result in RunStore(root).runs()]
+    return _ordered(pd.DataFrame(rows))
+
+
+def _ordered(df: pd.DataFrame) -> pd.DataFrame:
+    for col in LEADING:
+        if col not in df.columns:
+            df[col] = None
+    rest = sorted(c for c in df.columns if c not in LEADING)
+    df = df[LEADING + rest]
+    for col in ("seed", "level", "prune_step", "rewind_step", "steps", "iterations", "batch_per_class"):
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
+    for col in ("sparsity_target", "sparsity", "rate", "test_accuracy", "dense_accuracy", "drop", "test_loss",
+                "wall_time"):
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
+    sort = ["setting", "kind", "method", "structure", "prune_at", "ablation", "sparsity_target", "level", "seed", "id"]
+    return df.sort_values(sort, na_position="first", kind="stable").reset_index(drop=True)
+
+
+def layers_table(root: str | os.PathLike) -> pd.DataFrame:
+    """One row per (finished run, masked layer): ``id``, ``layer``, ``index`` (input to output) and ``sparsity``."""
+    from prunelab.experiments.store import RunStore
+
+    rows = []
+    for run_id, _, result in RunStore(root).runs():
+        if not result or result.get("status") != "done":
+            continue
+        for index, (layer, sparsity) in enumerate((result.get("layer_sparsity") or {}).items()):
+            rows.append({"id": run_id, "layer": layer, "index": index, "sparsity": float(sparsity)})
+    return pd.DataFrame(rows, columns=["id", "layer", "index", "sparsity"])
+
+
+def group_columns(df: pd.DataFrame) -> list[str]:
+    """The columns that tell one experiment point from another: every hyperparameter but the seed."""
+    skip = set(RESULT_COLUMNS) | {"id", "seed"}
+    return [c for c in df.columns if c not in skip and df[c].notna().any()]
+
+
+def aggregate(df: pd.DataFrame, by: Sequence[str] | None = None,
+              metrics: Sequence[str] = tuple(METRICS)) -> pd.DataFrame:
+    """Mean, standard deviation and count over seeds of the finished (``done``) runs of ``df``.
+
+    ``by``: the grouping columns, by default :func:`group_columns` (all hyperparameters but the seed).
+    The standard deviation is the sample one (``ddof=1``; empty for a single seed), the error bars of
+    the papers' plots (000 §3: "error bars are the standard deviation over replicates"). Output
+    columns: ``by``, then ``<metric>_mean`` and ``<metric>_std`` for each metric, then ``count``.
+    Missing values in ``by`` form their own group (a dense run has no method).
+    """
+    by = list(by) if by is not None else group_columns(df)
+    unknown = [c for c in [*by, *metrics] if c not in df.columns]
+    if unknown:
+        raise ValueError(f"aggregate: no column {', '.join(map(repr, unknown))}; columns are {', '.join(df.columns)}")
+    done = df[df["status"] == "done"] if "status" in df.columns else df
+    out_cols = by + [f"{m}_{s}" for m in metrics for s in ("mean", "std")] + ["count"]
+    if done.empty:
+        return pd.DataFrame(columns=out_cols)
+    keyed = done.copy()
+    key_cols = []
+    for col in by:  # group on a string key so that NaN/None and mixed types group reliably
+        key = f"__key_{col}"
+        keyed[key] = keyed[col].map(lambda v: "\0" if _missing(v) else repr(v))
+        key_cols.append(key)
+    rows = []
+    for _, part in keyed.groupby(key_cols, sort=False, dropna=False):
+        first = part.iloc[0]
+        row = {col: first[col] for col in by}
+        for m in metrics:
+            values = pd.to_numeric(part[m], errors="coerce").to_numpy(dtype=float)
+            values = values[~np.isnan(values)]
+            row[f"{m}_mean"] = float(values.mean()) if values.size else np.nan
+            row[f"{m}_std"] = float(values.std(ddof=1)) if values.size > 1 else np.nan
+        row["count"] = len(part)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=out_cols)
+
+
+def _missing(value: Any) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value))

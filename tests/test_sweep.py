@@ -1,0 +1,109 @@
+"""Sweeps: grid expansion, planning, local workers, submitit's local executor, locks."""
+
+import multiprocessing as mp
+import os
+import signal
+import time
+
+import pytest
+from test_data import write_idx_set
+
+from prunelab.cli import main
+from prunelab.experiments import sweep
+from prunelab.experiments.store import RunStore
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    write_idx_set(root / "MNIST" / "raw", n_train=32, n_test=16, gz=True)
+    return root
+
+
+def write_spec(path, pruning, seeds="[0, 1]", training="", extra=""):
+    path.write_text(f'protocol = "run"\nseeds = {seeds}\n[model]\nmodel = "lenet_300_100"\n'
+                    f'[dataset]\ndataset = "mnist"\n[training]\ntrain = "1ep"\nbatch_size = 16\n{training}\n'
+                    f'{pruning}\n{extra}')
+    return path
+
+
+def test_grid_expansion_and_dedup(tmp_path):
+    spec = sweep.load_spec(write_spec(tmp_path / "s.toml", '[pruning]\nmethod = ["snip", "magnitude", "snip"]\n'
+                                                           'sparsity = [0.5, 0.9]',
+                                  training='milestones = [["1it"], []]'))
+    # 2 methods (snip listed twice) x 2 sparsities x 2 milestone settings x 2 seeds
+    assert len(spec.jobs) == 2 * 2 * 2 * 2
+    milestones = {job.rep.training.milestones for job in spec.jobs}
+    assert milestones == {("1it",), ()}  # a list of lists is an axis of a tuple field
+
+
+@pytest.mark.parametrize("text,message", [
+    ('protocol = "runn"\n', "did you mean 'run'"),
+    ('[pruning]\nmethd = "snip"\n', "did you mean 'method'"),
+    ('[lottery]\nlevels = 2\n', "section for protocol 'run'"),
+    ('[slurm]\npartitoin = "gpu"\n', "did you mean 'partition'"),
+    ('[pruning]\nsparsity = ["high"]\n', "sparsity must be float"),
+])
+def test_bad_specs(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    top, tables = (text, "") if text.startswith("protocol") else ("", text)  # top-level keys precede tables
+    path.write_text(f'seeds = [0]\n{top}[model]\nmodel = "lenet_300_100"\n[dataset]\ndataset = "mnist"\n{tables}')
+    with pytest.raises(ValueError, match=message):
+        sweep.load_spec(path)
+
+
+def test_local_sweep_runs_skips_and_survives_failures(data_root, tmp_path, capsys):
+    spec = write_spec(tmp_path / "s.toml", '[pruning]\nmethod = ["magnitude", "snip"]\nsparsity = 0.5\n'
+                                           'prune_at = ["0it", "1it"]\nbatch_per_class = [1, 1000]', seeds="[0]")
+    args = ["sweep", str(spec), "--root", str(tmp_path / "runs"), "--data-root", str(data_root), "--device", "cpu",
+            "--no-progress"]
+    assert main(args + ["--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "8 run jobs" in out and "dense prefixes to step t" in out and not (tmp_path / "runs").exists()
+    assert main(args + ["--workers", "2"]) == 1  # snip with 1000 examples per class cannot get its batch
+    out = capsys.readouterr().out
+    assert "failed: 2" in out and "per_class=1000" in out
+    store = RunStore(tmp_path / "runs")
+    statuses = sorted(r["status"] for _, _, r in store.runs() if r)
+    assert statuses.count("failed") == 2 and statuses.count("done") == 7  # 6 runs + the dense replicate
+    failed_dirs = [store.folder(i) for i, _, r in store.runs() if r and r["status"] == "failed"]
+    assert all((d / "error.txt").is_file() for d in failed_dirs)
+    assert main(args + ["--workers", "2", "--dry-run"]) == 0
+    assert "6 already done, 2 to do" in capsys.readouterr().out  # failures are retried, successes skipped
+
+
+def test_submitit_local_executor_runs_real_jobs(data_root, tmp_path):
+    pytest.importorskip("submitit")
+    spec = sweep.load_spec(write_spec(tmp_path / "s.toml", '[pruning]\nmethod = "magnitude"\nsparsity = [0.3, 0.6]',
+                                      seeds="[0]", extra='[slurm]\npartition = "debug"\ntime_min = 5\n'))
+    ctx = sweep.Context(str(tmp_path / "runs"), str(data_root), "cpu")
+    plan = sweep.make_plan(ctx.runner(), spec.jobs)
+    outcomes = []
+    sweep.run_submitit(plan.phases, ctx, spec.slurm, outcomes.append, cluster="local")
+    assert [o["status"] for o in outcomes] == ["done"] * 3
+    assert sweep.make_plan(ctx.runner(), spec.jobs).todo == 0
+
+
+def _hold_lock(root, run_id, ready):
+    with RunStore(root).lock(run_id):
+        ready.set()
+        time.sleep(60)
+
+
+def test_lock_excludes_other_processes_and_is_released_when_the_holder_dies(tmp_path):
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    holder = ctx.Process(target=_hold_lock, args=(str(tmp_path), "abc", ready))
+    holder.start()
+    assert ready.wait(30)
+    import fcntl
+
+    with open(tmp_path / "abc" / ".lock", "a+") as f:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.join()
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free again: the kernel released the dead holder's lock
+        fcntl.flock(f, fcntl.LOCK_UN)
+    with RunStore(tmp_path).lock("abc"), RunStore(tmp_path).lock("abc"):  # re-entrant in one process
+        pass
