@@ -40,6 +40,8 @@ def _add_experiment(p: argparse.ArgumentParser, *extra: type) -> None:
     p.add_argument("--seed", type=int, default=None, help="replicate seed: initialization and data order (default 0)")
     p.add_argument("--root", default="runs", help="run store folder (default ./runs)")
     p.add_argument("--config", default=None, help="TOML file with [model] [dataset] [training] [pruning] [lottery]")
+    p.add_argument("--distributed", action="store_true",
+                   help="one run on several GPUs/machines with DDP; launch with torchrun")
     _add_common(p)
     add_dataclass_flags(p, ModelHparams, group="model")
     add_dataclass_flags(p, DataHparams, group="dataset")
@@ -129,7 +131,12 @@ def _experiment(args, *extra: type):
     training = dataclass_from_flags(TrainSettings, args, base=base)
     parts = [dataclass_from_flags(cls, args, base=cls(**cfg.get(_section(cls), {}))) for cls in extra]
     seed = args.seed if args.seed is not None else cfg.get("seed", 0)
-    runner = Runner(RunStore(args.root), data_root=args.data_root, device=args.device, amp=args.amp,
+    device = args.device
+    if args.distributed:
+        from prunelab.training import distributed
+
+        device = distributed.init_from_env(args.device)
+    runner = Runner(RunStore(args.root), data_root=args.data_root, device=device, amp=args.amp,
                     progress=args.progress)
     rep = Replicate(model, dataset, training, seed)
     runner.model(rep)  # a bad model/dataset pair fails here, before anything is written
@@ -140,7 +147,12 @@ def _section(cls: type) -> str:
     return {PruneHparams: "pruning", LotteryHparams: "lottery"}[cls]
 
 
-def _summary(results: list[dict], label: str) -> None:
+def _summary(results: list[dict], label: str, where) -> None:
+    from prunelab.training import distributed
+
+    if not distributed.is_main():
+        return
+    print(f"run {where}" if len(results) == 1 else f"runs in {where}")
     rows = [[label, "status", "sparsity", "test accuracy", "dense accuracy", "wall time (s)"]]
     for i, r in enumerate(results):
         acc = r.get("test_accuracy")
@@ -164,8 +176,7 @@ def _exit_status(results: list[dict]) -> int:
 def cmd_train(args) -> int:
     runner, rep = _experiment(args)
     result = runner.dense(rep)
-    print(f"run {runner.store.folder(result['id'])}")
-    _summary([result], "run")
+    _summary([result], "run", runner.store.folder(result["id"]))
     return _exit_status([result])
 
 
@@ -174,8 +185,7 @@ def cmd_run(args) -> int:
 
     runner, rep, hp = _experiment(args, PruneHparams)
     result = prune_at_step(runner, rep, hp)
-    print(f"run {runner.store.folder(result['id'])}")
-    _summary([result], "run")
+    _summary([result], "run", runner.store.folder(result["id"]))
     return _exit_status([result])
 
 
@@ -184,8 +194,7 @@ def cmd_lottery(args) -> int:
 
     runner, rep, hp = _experiment(args, LotteryHparams)
     results = lottery(runner, rep, hp)
-    print(f"runs in {runner.store.root}: " + " ".join(r["id"] for r in results))
-    _summary(results, "level")
+    _summary(results, "level", f"{runner.store.root}: " + " ".join(r["id"] for r in results))
     return _exit_status(results)
 
 

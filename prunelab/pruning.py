@@ -48,6 +48,7 @@ __all__ = [
 SCOPES = ("global", "layer")
 SCHEDULES = ("exponential", "linear")
 PRUNABLE_OPTIONS = ("include_bias", "include_norm", "exclude", "filter")
+COMMON_OPTIONS = ("input_shape", "seed")  # prune() arguments; score() accepts them as options too
 
 _CHUNK = 1 << 22  # elements per pass over a tensor: bounds temporaries to a few MB
 _SMALL = 1 << 16  # at most this many alive scores: select among all of them directly
@@ -225,7 +226,7 @@ def _finalize(values, alive, j, t_key, highest):
     return drops
 
 
-def _select(values, alive, n_alive, k, highest, names=None, seed=0):
+def _select(values, alive, n_alive, k, highest, names=None, seed=0, check_nan=True):
     """Which alive entries are the ``k`` first of the ranking.
 
     ``values``: flat score tensors; ``alive``: flat bool tensors or None (all alive). Returns one
@@ -239,7 +240,8 @@ def _select(values, alive, n_alive, k, highest, names=None, seed=0):
     gen = torch.Generator().manual_seed(seed)
     inf = math.inf
     cap = _CAP
-    _check_nan(values, names)
+    if check_nan:
+        _check_nan(values, names)
     margin = _Z
     for _ in range(3):
         if n_alive <= _SMALL:
@@ -463,20 +465,20 @@ class _Remover:
         else:
             self.step_values(self.values(scores), sparsity, scope, highest, notify, seed)
 
-    def step_values(self, values, sparsity, scope, highest, notify=None, seed=0) -> None:
+    def step_values(self, values, sparsity, scope, highest, notify=None, seed=0, check_nan=True) -> None:
         """:meth:`step` from per-slot values as :meth:`values` returns them."""
         names = self.names
         if scope == "layer":
             for n in names:
                 k = num_to_prune(sparsity, self.total[n]) - (self.total[n] - self.kept[n])
-                (drop,) = _select([values[n]], [self._alive(n)], self.kept[n], k, highest, [n], seed)
+                (drop,) = _select([values[n]], [self._alive(n)], self.kept[n], k, highest, [n], seed, check_nan)
                 self._drop(n, drop, notify)
             return
         total = sum(self.total.values())
         kept = sum(self.kept.values())
         k = num_to_prune(sparsity, total) - (total - kept)
         alive = [self._alive(n) for n in names]
-        drops = _select([values[n] for n in names], alive, kept, k, highest, names, seed)
+        drops = _select([values[n] for n in names], alive, kept, k, highest, names, seed, check_nan)
         for n, d in zip(names, drops):
             self._drop(n, d, notify)
 
@@ -570,6 +572,10 @@ def remove(
 # ------------------------------------------------------------------------------------------------
 def _split_options(method: Method, options: dict, extra: Mapping[str, object]):
     prunable = {k: options.pop(k) for k in PRUNABLE_OPTIONS if k in options}
+    for k in COMMON_OPTIONS:  # given to every criterion that takes them, ignored by the others
+        if k in options:
+            v = options.pop(k)
+            extra = {**extra, k: v} if extra.get(k) is None else extra
     accepted = set(method.options)
     unknown = sorted(set(options) - accepted)
     if unknown:
@@ -635,12 +641,15 @@ def score(model: nn.Module, method: str, batch=None, mask: Mask | None = None, *
     (pruned weights count as zero); by default the dense mask over the prunable parameters, chosen
     by ``include_bias``, ``include_norm``, ``exclude`` and ``filter`` (see
     :func:`prunelab.masks.prunable_parameters`). Other ``options`` go to the criterion (e.g.
-    ``input_shape`` for SynFlow, ``temperature`` for GraSP, ``axis`` for structured criteria).
+    ``input_shape`` for SynFlow, ``seed`` for random ones, ``temperature`` for GraSP, ``axis`` for
+    structured criteria; ``input_shape`` and ``seed`` are ignored by criteria that do not use them).
     The model is left as it was: weights, dtype, requires_grad, modes and BatchNorm statistics.
     """
     m = get_method(method)
     prunable, options = _split_options(m, dict(options), {})
     mask = _resolve_mask(model, mask, prunable)
+    if m.needs_input_shape:
+        options.setdefault("input_shape", None)
     _check_needs(m, batch, options)
     out = m.fn(model, mask, batch, **options)
     return out if isinstance(out, Scores) else Scores(out)
@@ -709,7 +718,9 @@ def prune(
     for i, d in enumerate(densities):
         target = s if i == len(densities) - 1 else 1.0 - d
         if fast is not None and state is not None:
-            state.step_values(fast(state.mask(), state.index()), target, scope, highest, notify, seed + i)
+            # The fast path's scorer guarantees finite scores itself (SynFlow checks that R is finite).
+            values = fast(state.mask(), state.index())
+            state.step_values(values, target, scope, highest, notify, seed + i, check_nan=False)
             continue
         scores = scorer(mask if state is None else state.mask())
         if state is None:

@@ -271,3 +271,30 @@ def test_effective_sparsity_resnet20_random_98():
 def test_bad_input_shape():
     with pytest.raises(ValueError, match="input_shape"):
         analysis.effective_mask(mlp(), Mask.ones(mlp()), None)
+
+
+def test_max_pool_tie_does_not_disconnect_a_window_member():
+    # On a 2x2 input, weight (0, 0) only ever feeds output position (1, 1) and weight (2, 2) only (0, 0);
+    # both positions carry the same value, so a max-pool's gradient reaches only the first. Both
+    # weights are connected: the max depends on its whole window.
+    model = nn.Sequential(nn.Conv2d(1, 1, 3, padding=1, bias=False), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(1, 1))
+    keep = torch.zeros(1, 1, 3, 3, dtype=torch.bool)
+    keep[0, 0, 0, 0] = keep[0, 0, 2, 2] = True
+    mask = Mask({"0.weight": keep, "3.weight": torch.ones(1, 1, dtype=torch.bool)})
+    assert analysis.effective_mask(model, mask, (1, 2, 2)) == mask
+
+
+def test_deep_network_path_counts_do_not_overflow():
+    # 300 dense layers of fan-in 16 have 16**300 ~ 1e361 paths per output: beyond float64. A unit in
+    # the middle with no incoming weight must still mark its outgoing weights as disconnected.
+    torch.manual_seed(0)
+    layers = []
+    for _ in range(300):
+        layers += [nn.Linear(16, 16, bias=False), nn.ReLU()]
+    model = nn.Sequential(*layers[:-1])
+    keep = {n: torch.ones_like(t) for n, t in Mask.ones(model).items()}
+    keep["560.weight"][5, :] = False  # unit 5 after layer 281 receives nothing (past 1e308 paths)
+    eff = analysis.effective_mask(model, Mask(keep), (16,))
+    expected = {n: t.clone() for n, t in keep.items()}
+    expected["562.weight"][:, 5] = False
+    assert eff == Mask(expected)

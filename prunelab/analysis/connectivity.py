@@ -167,7 +167,7 @@ def effective_mask(model: nn.Module, mask: Mapping[str, torch.Tensor], input_sha
     for n, g in zip(names, grads):
         keep = mask[n]
         alive = torch.zeros_like(keep) if g is None else (g != 0).to(keep.device)
-        result[n] = keep
+        result[n] = keep & alive
     return Mask({n: result[n] for n in mask})
 
 

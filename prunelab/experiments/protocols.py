@@ -25,7 +25,7 @@ from prunelab.analysis import layer_collapse as collapsed_layers
 from prunelab.experiments.hparams import LotteryHparams, PruneHparams, run_hash
 from prunelab.experiments.runner import Replicate, Runner
 from prunelab.masks import Mask
-from prunelab.training import Diverged
+from prunelab.training import Diverged, distributed
 from prunelab.training.checkpoints import CheckpointFolder
 
 # Seed offsets keep ablation randomness independent of the replicate's init and data order.
@@ -46,6 +46,19 @@ def _result(res, mask: Mask, dense: dict[str, Any], **extra) -> dict[str, Any]:
         "finished_at": time.time(),
         **extra,
     }
+
+
+def _mask_once(folder, compute) -> Mask:
+    """The run's mask: loaded from ``mask.pt`` (resume) or computed once, on rank 0, saved, and broadcast
+    so that every rank of a distributed run holds the identical mask."""
+    state = None
+    if distributed.is_main():
+        mask = _load_mask(folder / "mask.pt")
+        if mask is None:
+            mask = compute()
+            mask.save(folder / "mask.pt")
+        state = mask.state_dict()
+    return Mask(distributed.broadcast_object(state))
 
 
 def _load_mask(path) -> Mask | None:
@@ -99,17 +112,16 @@ def _prune_at_step(runner: Runner, rep: Replicate, hp: PruneHparams, run_id: str
     model = runner.model(rep)
     model.load_state_dict(state_t)
 
-    mask = _load_mask(folder / "mask.pt")
-    if mask is None:
+    def compute() -> Mask:
         scored = model
         if hp.ablation == "fixed_variance":
             # 000 §5 "Init": the criterion sees a network whose every layer is N(0, 1), so per-layer
             # variances carry no information; the mask is then trained on the usual initialization.
             scored = runner.model(rep, init="standard_normal")
         mask = find_mask(runner, rep, scored, hp)
-        if hp.ablation == "shuffle":
-            mask = ablations.shuffle(mask, seed=rep.seed + _SHUFFLE_SEED)
-        mask.save(folder / "mask.pt")
+        return ablations.shuffle(mask, seed=rep.seed + _SHUFFLE_SEED) if hp.ablation == "shuffle" else mask
+
+    mask = _mask_once(folder, compute)
     _ablate_weights(model, hp.ablation, mask, state_t, rep.seed)
 
     try:
@@ -185,19 +197,17 @@ def _lottery_level(runner: Runner, rep: Replicate, hp: LotteryHparams, level: in
     trained = _trained_state(runner, rep, hp, level - 1)
     model = runner.model(rep)
 
-    mask = _load_mask(folder / "mask.pt")
-    if mask is None:
+    def compute() -> Mask:
         model.load_state_dict(trained)
-        options = _prunable_options(model, hp.structure)
         previous_mask = None
         if level > 1:
             previous_mask = Mask.load(runner.store.folder(lottery_id(rep, hp, level - 1)) / "mask.pt")
         sparsity = 1.0 - (1.0 - hp.rate) ** level
         mask = prunelab.prune(model, _STRUCTURE_METHOD[hp.structure], sparsity, scope=hp.scope,
-                              mask=previous_mask, seed=rep.seed + level, **options)
-        if hp.ablation == "shuffle":
-            mask = ablations.shuffle(mask, seed=rep.seed + _SHUFFLE_SEED + level)
-        mask.save(folder / "mask.pt")
+                              mask=previous_mask, seed=rep.seed + level, **_prunable_options(model, hp.structure))
+        return ablations.shuffle(mask, seed=rep.seed + _SHUFFLE_SEED + level) if hp.ablation == "shuffle" else mask
+
+    mask = _mask_once(folder, compute)
 
     if hp.rewind_to == "finetune":
         model.load_state_dict(trained)

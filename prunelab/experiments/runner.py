@@ -20,7 +20,7 @@ from torch import nn
 
 from prunelab.experiments.hparams import DataHparams, ModelHparams, run_hash
 from prunelab.experiments.store import RunStore
-from prunelab.training import Diverged, TrainSettings, iterations, train
+from prunelab.training import Diverged, TrainSettings, distributed, iterations, train
 from prunelab.training.checkpoints import CheckpointFolder
 
 
@@ -121,7 +121,7 @@ class Runner:
 
     def _save_init(self, folder: Path, model: nn.Module) -> None:
         ck = CheckpointFolder(folder / "checkpoints")
-        if 0 not in ck.kept_steps():
+        if distributed.is_main() and 0 not in ck.kept_steps():
             ck.folder.mkdir(parents=True, exist_ok=True)
             from prunelab.training.checkpoints import save_checkpoint
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from prunelab.io import atomic_write_json, atomic_write_text
+from prunelab.training import distributed
 
 FINISHED = ("done", "diverged")
 
@@ -27,6 +28,8 @@ _HELD_GUARD = threading.Lock()
 
 
 class RunStore:
+    """Under torch.distributed only rank 0 writes; the other ranks read what it wrote after a barrier."""
+
     def __init__(self, root: str | os.PathLike = "runs"):
         self.root = Path(root)
 
@@ -48,6 +51,9 @@ class RunStore:
     def begin(self, run_id: str, hparams: dict[str, Any]) -> Path:
         """Create the run folder and write its hyperparameters (once); a clear error if the root is not writable."""
         folder = self.folder(run_id)
+        if not distributed.is_main():
+            distributed.barrier()
+            return folder
         try:
             folder.mkdir(parents=True, exist_ok=True)
             if not (folder / "hparams.json").is_file():
@@ -56,11 +62,14 @@ class RunStore:
             raise PermissionError(f"run root {self.root} is not writable") from None
         except OSError as e:
             raise OSError(f"cannot write to run root {self.root}: {e.strerror}") from None
+        distributed.barrier()
         return folder
 
     def finish(self, run_id: str, result: dict[str, Any]) -> dict[str, Any]:
         result = {"id": run_id, **result}
-        atomic_write_json(self.folder(run_id) / "result.json", result)
+        if distributed.is_main():
+            atomic_write_json(self.folder(run_id) / "result.json", result)
+        distributed.barrier()
         return result
 
     @contextlib.contextmanager
@@ -70,6 +79,9 @@ class RunStore:
         half-done by a killed worker is taken (and resumed) by the next one. Re-entrant within a process.
         """
         folder = self.folder(run_id)
+        if not distributed.is_main():  # rank 0 holds the lock for the whole group
+            yield
+            return
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except PermissionError:
@@ -107,6 +119,8 @@ class RunStore:
         """Keep a failed run's error in its folder (result.json with status "failed", error.txt); it is retried."""
         import traceback
 
+        if not distributed.is_main():
+            return
         self.begin(run_id, hparams)
         folder = self.folder(run_id)
         text = "".join(traceback.format_exception(type(error), error, error.__traceback__))

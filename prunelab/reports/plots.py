@@ -23,6 +23,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 
 @dataclass(frozen=True)
@@ -127,9 +128,16 @@ def _sparsity_axis(ax, sparsities: Sequence[float]) -> None:
     """
     ax.set_xscale("log")
     ticks = sorted({round(float(s), 6) for s in sparsities if np.isfinite(s)})
-    if len(ticks) > 9:  # thin out, keeping the first and the last
-        keep = np.unique(np.linspace(0, len(ticks) - 1, 9).round().astype(int))
-        ticks = [ticks[i] for i in keep]
+    if len(ticks) > 2:  # drop ticks whose labels would overlap (closer than 1/12 of the axis)
+        logs = np.log10(np.maximum(1 - np.array(ticks), _MIN_DENSITY))
+        gap = (logs.max() - logs.min()) / 12
+        kept = [0]
+        for i in range(1, len(ticks)):
+            if abs(logs[i] - logs[kept[-1]]) >= gap and (i == len(ticks) - 1 or abs(logs[-1] - logs[i]) >= gap):
+                kept.append(i)
+        if kept[-1] != len(ticks) - 1:
+            kept.append(len(ticks) - 1)
+        ticks = [ticks[i] for i in kept]
     if ticks:
         densities = [max(1 - s, _MIN_DENSITY) for s in ticks]
         ax.set_xticks(densities)
@@ -352,8 +360,7 @@ def conservation(neurons: Mapping[str, tuple[Sequence[float], Sequence[float]]],
     if values:
         lo, hi = min(values), max(values)
         ax.plot([lo, hi], [lo, hi], ":", color="black", linewidth=1)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
+        _loglog(ax)
     ax.set_xlabel("Incoming score  $S^{in}$", fontsize=9)
     ax.set_ylabel("Outgoing score  $S^{out}$", fontsize=9)
     ax.set_title("Neuron-wise conservation", fontsize=9)
@@ -368,13 +375,20 @@ def conservation(neurons: Mapping[str, tuple[Sequence[float], Sequence[float]]],
     if (total > 0).all():
         line_x = np.array([inverse.min(), inverse.max()])
         ax.plot(line_x, line_x * total.mean(), ":", color="black", linewidth=1)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
+        _loglog(ax)
     ax.set_xlabel("1 / layer size", fontsize=9)
     ax.set_ylabel("Average score", fontsize=9)
     ax.set_title("Layer size vs average score", fontsize=9)
     _title(fig, title)
     return fig
+
+
+def _loglog(ax) -> None:
+    """Log axes labelled at powers of ten only (minor labels overlap on short ranges)."""
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_minor_formatter(NullFormatter())
 
 
 # ---- mask similarity and weight evolution (paper 002) --------------------------------------------
@@ -419,16 +433,17 @@ def first_layer_image(mask, input_shape: Sequence[int]) -> np.ndarray:
     return array.mean(axis=0).reshape(c, h, w).mean(axis=0)
 
 
-def mask_images(grid: Mapping[str, Mapping[str, np.ndarray]], title: str = "",
-                colorbar_label: str = "fraction of units connected") -> Figure:
-    """A grid of images in [0, 1], rows and columns labelled: 004 Fig. 2, where each image is the
-    LeNet-300-100 first-layer mask averaged over units (bright = the pixel's weights survived).
+def mask_images(grid: Mapping[str, Mapping[str, np.ndarray]], title: str = "", normalize: bool = True) -> Figure:
+    """A grid of images with values in [0, 1], rows and columns labelled: 004 Fig. 2, where each image
+    is the LeNet-300-100 first-layer mask averaged over units (bright = the pixel's weights survived).
 
     ``grid``: row label (e.g. sparsity) -> {column label (e.g. criterion) -> 2-D array}.
+    ``normalize``: scale each image to its own maximum (printed under it), so that the pattern stays
+    visible at high sparsity where few connections remain; else one 0-1 scale with a colour bar.
     """
     _check_nonempty(grid, "grid")
     cols = list(dict.fromkeys(c for row in grid.values() for c in row))
-    fig, axes = _figure(ncols=len(cols), nrows=len(grid), width=1.7, height=1.75)
+    fig, axes = _figure(ncols=len(cols), nrows=len(grid), width=1.7, height=1.9)
     image = None
     for i, (row_label, row) in enumerate(grid.items()):
         for j, col in enumerate(cols):
@@ -436,16 +451,20 @@ def mask_images(grid: Mapping[str, Mapping[str, np.ndarray]], title: str = "",
             ax.grid(False)
             ax.set_xticks([])
             ax.set_yticks([])
-            if col in row:
-                image = ax.imshow(np.asarray(row[col], float), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-            else:
+            if col not in row:
                 ax.set_visible(False)
+                continue
+            data = np.asarray(row[col], float)
+            top = float(np.nanmax(data)) if normalize and data.size else 1.0
+            image = ax.imshow(data, cmap="gray", vmin=0, vmax=top if top > 0 else 1.0, interpolation="nearest")
+            if normalize:
+                ax.set_xlabel(f"max {top:.2g}", fontsize=6)
             if i == 0:
                 ax.set_title(col, fontsize=8)
             if j == 0:
                 ax.set_ylabel(row_label, fontsize=8)
-    if image is not None:
-        fig.colorbar(image, ax=axes, shrink=0.7, label=colorbar_label)
+    if image is not None and not normalize:
+        fig.colorbar(image, ax=axes, shrink=0.7, label="fraction of units connected")
     _title(fig, title)
     return fig
 

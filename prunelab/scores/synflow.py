@@ -94,6 +94,12 @@ class SynFlowScorer:
             w.requires_grad_(True)
         try:
             r = self.net(self.x).sum()  # R = 1^T (prod_l |theta^[l]|) 1, 001 eq. (2)
+            if not bool(torch.isfinite(r)):
+                # Each score is at most R (conservation, 001 Theorem 2), so a finite R means finite scores.
+                raise ValueError(
+                    f"SynFlow's R = sum of outputs is {float(r)} even in float64; the network's path norm "
+                    "overflows (is it very deep or its initialization very large?)"
+                )
             return list(torch.autograd.grad(r, ws, allow_unused=True))
         finally:
             for w in ws:

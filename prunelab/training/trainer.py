@@ -23,6 +23,7 @@ from torch import nn
 
 from prunelab.io import atomic_write_text
 from prunelab.masks import Mask
+from prunelab.training import distributed
 from prunelab.training.checkpoints import CheckpointFolder
 from prunelab.training.durations import iterations
 from prunelab.training.optim import lr_factor, make_optimizer, set_lr
@@ -128,7 +129,13 @@ def train(
 
     model.to(device)
     if mask is not None:
-        mask.apply(model)
+        mask.apply(model)  # gradient hooks fire before DDP's all-reduce, so the reduced gradients are masked
+    net = model
+    if distributed.active():
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    writer = distributed.is_main()  # only rank 0 writes checkpoints and metrics
     optimizer = make_optimizer(model.parameters(), settings)
     scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
     folder = CheckpointFolder(checkpoint_dir) if checkpoint_dir is not None else None
@@ -159,7 +166,7 @@ def train(
         }
 
     def write_metrics() -> None:
-        if metrics_path is not None:
+        if metrics_path is not None and writer:
             atomic_write_text(metrics_path, "".join(_json_line(m) for m in metrics))
 
     t0 = time.perf_counter()
@@ -170,15 +177,16 @@ def train(
         write_metrics()
 
     check_every = 1 if device.type == "cpu" else 25  # a CUDA sync per step would cost throughput
-    bar = _progress_bar(progress, total=end_step - start_step, initial=step - start_step)
+    bar = _progress_bar(progress and writer, total=end_step - start_step, initial=step - start_step)
     model.train()
     while step < end_step:
         epoch, first = divmod(step, ipe)
         for x, y in loader.epoch(epoch, start_batch=first):
+            x, y = distributed.shard(x, y)
             set_lr(optimizer, settings.lr, lr_factor(step, settings, ipe))
             optimizer.zero_grad(set_to_none=True)
             with _autocast(device, amp):
-                loss = F.cross_entropy(model(x), y)
+                loss = F.cross_entropy(net(x), y)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
@@ -186,7 +194,7 @@ def train(
             loss_sum += loss.detach().double()
             loss_count += 1
             if step % check_every == 0 or step in eval_steps or step == end_step:
-                if not math.isfinite(float(loss_sum)):
+                if distributed.any_rank(not math.isfinite(float(loss_sum)), device):
                     bar.close()
                     metrics.append({"step": step, "diverged": True})
                     write_metrics()
@@ -210,11 +218,14 @@ def train(
                 write_metrics()
                 bar.set_postfix(acc=f"{acc:.4f}")
             bar.update(1)
-            if folder is not None and (step in keep_steps or (save_latest and (step % ipe == 0 or step == end_step))):
+            if writer and folder is not None and (
+                step in keep_steps or (save_latest and (step % ipe == 0 or step == end_step))
+            ):
                 folder.save(snapshot(), keep=step in keep_steps, latest=save_latest)
             if step >= end_step:
                 break
     bar.close()
+    distributed.barrier()  # rank 0's checkpoints are on disk before any rank goes on
     wall += time.perf_counter() - t0
     last = next((m for m in reversed(metrics) if "test_accuracy" in m), None)
     return TrainResult(

@@ -1,0 +1,661 @@
+"""Which figures a run store can support, and the data behind each: from tidy tables to :mod:`plots`.
+
+Every figure is drawn per *setting* (one model, dataset and training recipe; see
+:func:`prunelab.reports.tables.setting_of`) and only when the store holds the runs it needs: no
+ablation panel without ablation runs, no mask image without a fully-connected first layer. Each
+:class:`ReportFigure` carries the hyperparameters common to all the runs it shows, so a reader
+knows what was held fixed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from prunelab.reports import plots
+from prunelab.reports.tables import RESULT_COLUMNS, aggregate, layers_table, runs_table
+
+_REWIND_ONLY = ("finetune", "sign", "sigma_sign")  # lottery ``rewind_to`` values that are not a step
+_VARIANT_COLUMNS = ["iterations", "schedule", "scope", "batch_per_class"]
+_LOTTERY_VARIANT = ["structure", "rewind_to", "rate", "scope", "ablation"]
+_MAX_IMAGE_ROWS = 6
+
+
+@dataclass
+class ReportFigure:
+    """A figure of the report: ``name`` (file stem), ``title``, ``caption`` (what it shows and the
+    paper's figure it follows), ``hparams`` (settings shared by all its runs), ``runs`` (their ids)."""
+
+    name: str
+    title: str
+    caption: str
+    figure: Figure
+    hparams: dict[str, Any] = field(default_factory=dict)
+    runs: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Context:
+    """The runs of one setting, and where to read their files."""
+
+    root: Path
+    setting: str
+    runs: pd.DataFrame  # every finished run of the setting
+    layers: pd.DataFrame
+
+    @property
+    def label(self) -> str:
+        first = self.runs.iloc[0]
+        return f"{first['model']} on {first['dataset']}"
+
+    def of_kind(self, kind: str) -> pd.DataFrame:
+        return self.runs[self.runs["kind"] == kind]
+
+    def folder(self, run_id: str) -> Path:
+        return self.root / run_id
+
+    def dense(self) -> tuple[float, float | None] | None:
+        """(mean, std) over seeds of the dense accuracy: the dense runs, else the accuracy runs record."""
+        dense = self.of_kind("dense")
+        values = dense["test_accuracy"] if not dense.empty else (
+            self.runs.drop_duplicates("seed")["dense_accuracy"])
+        values = values.dropna().to_numpy(float)
+        if values.size == 0:
+            return None
+        return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else None
+
+
+# ---- helpers -----------------------------------------------------------------------------------
+
+def common_hparams(rows: pd.DataFrame) -> dict[str, Any]:
+    """The hyperparameters every run in ``rows`` shares (columns with one value), plus the seeds."""
+    skip = set(RESULT_COLUMNS) | {"id", "seed", "kind", "label"}
+    out: dict[str, Any] = {}
+    for col in rows.columns:
+        if col in skip:
+            continue
+        values = rows[col].dropna().unique()
+        if len(values) == 1 and rows[col].notna().all():
+            value = values[0]
+            out[col] = value.item() if hasattr(value, "item") else value
+    kinds = sorted(rows["kind"].dropna().unique())
+    out["kinds"] = ", ".join(kinds)
+    out["seeds"] = ", ".join(str(s) for s in sorted(rows["seed"].dropna().unique()))
+    out["runs"] = len(rows)
+    return out
+
+
+def _is_missing(value) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+def variant_labels(rows: pd.DataFrame, base: str, extra: Iterable[str]) -> pd.Series:
+    """``base`` (e.g. the method), plus the ``extra`` hyperparameters that take several values among
+    the rows of that base ("synflow iterations=10" vs "synflow iterations=100"). ``batch_per_class``
+    only tells variants apart for criteria that use data (SNIP, GraSP)."""
+    extra = [c for c in extra if c in rows.columns]
+    labels = rows[base].astype(str).copy()
+    for value, part in rows.groupby(base, sort=False):
+        relevant = [c for c in extra if c != "batch_per_class" or _needs_data(value)]
+        varying = [c for c in relevant if part[c].astype(str).nunique() > 1]
+        for idx, row in part.iterrows():
+            bits = [f"{c}={row[c]}" for c in varying if not _is_missing(row[c])]
+            labels[idx] = " ".join([str(value), *bits])
+    return labels
+
+
+def _needs_data(method) -> bool:
+    import prunelab
+
+    try:
+        return bool(prunelab.get_method(str(method)).needs_data)
+    except ValueError:
+        return True
+
+
+def _curve(rows: pd.DataFrame, x: str = "sparsity", by: str = "sparsity_target") -> plots.Curve:
+    agg = aggregate(rows, by=[by], metrics=["test_accuracy", x] if x != by else ["test_accuracy"])
+    xs = agg[f"{x}_mean"] if x != by else agg[by]
+    return plots.Curve(xs.to_numpy(float), agg["test_accuracy_mean"].to_numpy(float),
+                       agg["test_accuracy_std"].to_numpy(float))
+
+
+def _no_ablation(rows: pd.DataFrame) -> pd.DataFrame:
+    return rows[rows["ablation"].isna()]
+
+
+def _percent(s: float) -> str:
+    return f"{100 * s:.4g}%"
+
+
+def _load_mask(folder: Path):
+    from prunelab import Mask
+
+    path = folder / "mask.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"no mask.pt in {folder}")
+    return Mask.load(path)
+
+
+def _trained_weights(folder: Path, steps) -> dict:
+    from prunelab.training import load_checkpoint
+
+    return load_checkpoint(folder / "checkpoints" / f"step_{int(steps)}.pt")["model"]
+
+
+def _input_shape(dataset: str) -> tuple[int, ...] | None:
+    from prunelab import data
+
+    try:
+        return tuple(data.info(dataset)["input_shape"])
+    except ValueError:
+        return None
+
+
+def _lr_drops(runs: pd.DataFrame) -> list[int]:
+    """The iterations where the learning rate drops (training.milestones), for vertical lines (000 Fig. 6).
+
+    Iterations per epoch come from a run's step count and its schedule length ``training.train``.
+    """
+    from prunelab.training.durations import Duration
+
+    if "training.milestones" not in runs.columns or runs["steps"].dropna().empty:
+        return []
+    first = runs.dropna(subset=["steps"]).iloc[0]
+    text = first.get("training.milestones")
+    if _is_missing(text) or not str(text).strip():
+        return []
+    total = Duration.parse(str(first.get("training.train", "0it")))
+    per_epoch = (int(first["steps"]) - total.iterations) / total.epochs if total.epochs else None
+    drops = []
+    for m in str(text).split():
+        d = Duration.parse(m)
+        if d.epochs and not per_epoch:
+            return []
+        drops.append(int(round(d.epochs * (per_epoch or 0) + d.iterations)))
+    return drops
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def _pick_sparsity(ctx: Context, init: pd.DataFrame) -> tuple[float, str]:
+    """The sparsity at which to compare criteria layer by layer: the highest *matching* sparsity of
+    000 (§4 footnote 2: magnitude pruning after training still matches the dense accuracy, here within
+    one standard deviation) among those pruned at initialization; else the highest sparsity most
+    criteria share."""
+    targets = sorted(init["sparsity_target"].dropna().unique())
+    dense = ctx.dense()
+    after = _no_ablation(ctx.of_kind("prune"))
+    after = after[(after["prune_at"] == "end") & (after["method"] == "magnitude")]
+    if dense is not None and not after.empty:
+        tolerance = dense[1] or 0.0
+        agg = aggregate(after, by=["sparsity_target"], metrics=["test_accuracy"])
+        matching = agg[agg["test_accuracy_mean"] >= dense[0] - tolerance - 1e-12]["sparsity_target"]
+        shared = [t for t in targets if any(abs(t - m) < 1e-9 for m in matching)]
+        if shared:
+            return shared[-1], "the highest matching sparsity (magnitude after training within one std of dense)"
+    counts = init.groupby("sparsity_target")["method"].nunique()
+    best = counts[counts == counts.max()].index.max()
+    return float(best), "the highest sparsity shared by the most criteria (no matching sparsity in the store)"
+
+
+def _second_conv(mask) -> str | None:
+    convs = [n for n, t in mask.items() if t.dim() == 4]
+    return convs[1] if len(convs) > 1 else (convs[0] if convs else None)
+
+
+# ---- the figures -------------------------------------------------------------------------------
+
+def _accuracy_vs_sparsity(ctx: Context) -> Iterable[ReportFigure]:
+    prune = _no_ablation(ctx.of_kind("prune"))
+    init = prune[prune["prune_at"] == "0it"]
+    if init.empty:
+        return
+    curves, used = {}, []
+    after = prune[(prune["prune_at"] == "end") & (prune["method"] == "magnitude")]
+    if not after.empty:
+        curves["magnitude after training"] = _curve(after)
+        used.append(after)
+    init = init.assign(label=variant_labels(init, "method", _VARIANT_COLUMNS))
+    for label, part in init.groupby("label", sort=True):
+        curves[label] = _curve(part)
+        used.append(part)
+    lot = _no_ablation(ctx.of_kind("lottery"))
+    ltr = lot[(lot["structure"] == "unstructured") & ~lot["rewind_to"].isin(_REWIND_ONLY)]
+    for (rewind, rate, scope), part in ltr.groupby(["rewind_to", "rate", "scope"], sort=True, dropna=False):
+        name = f"LTR rewind {rewind}" + (f" rate {rate:g}" if ltr["rate"].nunique() > 1 else "") + (
+            f" {scope}" if ltr["scope"].nunique() > 1 else "")
+        curves[name] = _curve(part)
+        used.append(part)
+    rows = pd.concat(used)
+    yield ReportFigure(
+        f"accuracy-vs-sparsity-{ctx.setting}", f"Accuracy vs sparsity, pruning at initialization — {ctx.label}",
+        "Test accuracy of each criterion pruning at initialization, against sparsity on a log-density axis, "
+        "with magnitude pruning after training and lottery-ticket rewinding as baselines and the dense network "
+        "as the gray line; error bars are the standard deviation over seeds (Frankle et al. 000, Figs. 3 and 8).",
+        plots.accuracy_vs_sparsity(curves, dense=ctx.dense(), title=ctx.label), common_hparams(rows),
+        list(rows["id"]))
+
+
+def _lottery_accuracy(ctx: Context) -> Iterable[ReportFigure]:
+    lot = ctx.of_kind("lottery")
+    if lot.empty:
+        return
+    lot = lot.assign(label=_lottery_labels(lot))
+    curves = {label: _curve(part) for label, part in lot.groupby("label", sort=True)}
+    yield ReportFigure(
+        f"lottery-accuracy-{ctx.setting}", f"Iterative pruning: accuracy vs sparsity — {ctx.label}",
+        "Test accuracy of each pruning level of iterative magnitude pruning, per structure and weight treatment "
+        "(rewinding, finetuning, sign reinitialization), against the level's sparsity; error bars are the "
+        "standard deviation over seeds (paper 002, Fig. 2; lottery-ticket rewinding in 000, Fig. 8).",
+        plots.accuracy_vs_sparsity(curves, dense=ctx.dense(), title=ctx.label), common_hparams(lot), list(lot["id"]))
+
+
+def _lottery_labels(lot: pd.DataFrame) -> pd.Series:
+    varying = [c for c in _LOTTERY_VARIANT if lot[c].astype(str).nunique() > 1] or ["structure"]
+    return lot.apply(lambda r: " ".join(f"{r[c]}" if c == "structure" else f"{c}={r[c]}" for c in varying
+                                         if not _is_missing(r[c])) or "unstructured", axis=1)
+
+
+_ABLATION_TITLES = {"0it": ("at initialization", "000, Fig. 4"), "end": ("after training", "000, Fig. 9")}
+
+
+def _ablations(ctx: Context) -> Iterable[ReportFigure]:
+    prune = ctx.of_kind("prune")
+    for prune_at, at in prune.groupby("prune_at", sort=True):
+        ablated = at[at["ablation"].notna()]
+        if ablated.empty:
+            continue
+        at = at.assign(label=variant_labels(at, "method", _VARIANT_COLUMNS))
+        panels, used = {}, []
+        for label, part in at.groupby("label", sort=True):
+            if part["ablation"].notna().sum() == 0:
+                continue
+            lines = {}
+            plain = _no_ablation(part)
+            if not plain.empty:
+                lines["unmodified"] = _curve(plain)
+            for ablation, abl in part[part["ablation"].notna()].groupby("ablation", sort=True):
+                lines[str(ablation)] = _curve(abl)
+            panels[label] = lines
+            used.append(part)
+        when, figure_ref = _ABLATION_TITLES.get(prune_at, (f"at step {prune_at}", "000, Figs. 4, 9 and 10"))
+        rows = pd.concat(used)
+        yield ReportFigure(
+            f"ablations-{_slug(str(prune_at))}-{ctx.setting}", f"Ablations when pruning {when} — {ctx.label}",
+            f"Test accuracy against sparsity for each criterion pruning {when}, unmodified and under each ablation "
+            "present in the store: layerwise shuffle of the mask, reinitialization, inverted scores, fixed-variance "
+            f"initialization ({figure_ref}; §5).",
+            plots.ablation_panels(panels, dense=ctx.dense(), title=f"{ctx.label}, pruned {when}"),
+            common_hparams(rows), list(rows["id"]))
+
+
+def _accuracy_vs_step(ctx: Context) -> Iterable[ReportFigure]:
+    prune = _no_ablation(ctx.of_kind("prune"))
+    lot = _no_ablation(ctx.of_kind("lottery"))
+    ltr = lot[(lot["structure"] == "unstructured") & ~lot["rewind_to"].isin(_REWIND_ONLY)]
+    for target, at in prune.groupby("sparsity_target", sort=True):
+        if not (~at["prune_at"].isin(["0it", "end"])).any():
+            continue  # only init. and after training: that is accuracy vs sparsity, not vs step
+        at = at.assign(label=variant_labels(at, "method", _VARIANT_COLUMNS))
+        curves = {label: _curve(part, x="prune_step", by="prune_step") for label, part in at.groupby("label")}
+        used = [at]
+        matched = ltr[(ltr["sparsity_target"] - target).abs() < 1e-3]
+        if matched["rewind_step"].nunique() >= 1 and not matched.empty:
+            curves["LTR"] = _curve(matched, x="rewind_step", by="rewind_step")
+            used.append(matched)
+        rows = pd.concat(used)
+        yield ReportFigure(
+            f"accuracy-vs-step-{_slug(_percent(target))}-{ctx.setting}",
+            f"Accuracy when pruning at step t, sparsity {_percent(target)} — {ctx.label}",
+            "Test accuracy of each criterion when pruning after t training iterations and retraining the whole "
+            "schedule, against t; LTR prunes after training and rewinds to the weights at t. Dotted vertical lines "
+            "mark learning-rate drops (000, §6, Fig. 6).",
+            plots.accuracy_vs_step(curves, dense=ctx.dense(), lr_drops=_lr_drops(rows),
+                                   title=f"{ctx.label}, sparsity {_percent(target)}"),
+            common_hparams(rows), list(rows["id"]))
+
+
+def _compared_at(ctx: Context) -> tuple[pd.DataFrame, float, str] | None:
+    """The unablated runs pruned at init. (and magnitude after training) at the comparison sparsity."""
+    prune = _no_ablation(ctx.of_kind("prune"))
+    init = prune[prune["prune_at"] == "0it"]
+    if init.empty:
+        return None
+    target, why = _pick_sparsity(ctx, init)
+    chosen = prune[((prune["prune_at"] == "0it") | ((prune["prune_at"] == "end") & (prune["method"] == "magnitude")))
+                   & ((prune["sparsity_target"] - target).abs() < 1e-9)]
+    labels = variant_labels(chosen, "method", _VARIANT_COLUMNS)
+    labels[chosen["prune_at"] == "end"] = "magnitude after training"
+    return chosen.assign(label=labels), target, why
+
+
+def _layer_sparsity(ctx: Context) -> Iterable[ReportFigure]:
+    found = _compared_at(ctx)
+    if found is None or ctx.layers.empty:
+        return
+    chosen, target, why = found
+    layers = ctx.layers.merge(chosen[["id", "label"]], on="id")
+    if layers.empty:
+        return
+    per = {}
+    for label, part in layers.groupby("label", sort=True):
+        means = part.groupby(["index", "layer"], sort=True)["sparsity"].mean()
+        per[label] = {layer: float(v) for (_, layer), v in means.items()}
+    yield ReportFigure(
+        f"layer-sparsity-{ctx.setting}", f"Per-layer sparsity at {_percent(target)} — {ctx.label}",
+        f"Sparsity of each prunable layer (input to output) chosen by each criterion at {_percent(target)}, "
+        f"{why}; mean over seeds (000, Appendix J, Fig. 15).",
+        plots.layer_sparsity_bars(per, title=f"{ctx.label}, sparsity {_percent(target)}"),
+        common_hparams(chosen), list(chosen["id"]))
+
+
+def _neuron_collapse(ctx: Context) -> Iterable[ReportFigure]:
+    from prunelab import analysis
+
+    found = _compared_at(ctx)
+    if found is None:
+        return
+    chosen, target, why = found
+    prune = ctx.of_kind("prune")
+    shuffled = prune[(prune["ablation"] == "shuffle") & (prune["prune_at"] == "0it")
+                     & ((prune["sparsity_target"] - target).abs() < 1e-9)]
+    if not shuffled.empty:
+        shuffled = shuffled.assign(label=variant_labels(shuffled, "method", _VARIANT_COLUMNS) + " shuffled")
+        chosen = pd.concat([chosen, shuffled])
+    curves = {}
+    for label, part in chosen.groupby("label", sort=True):
+        fractions, thresholds = [], None
+        for run_id in part["id"]:
+            result = analysis.neuron_collapse(_load_mask(ctx.folder(run_id)))
+            thresholds = result["thresholds"]
+            fractions.append(result["fraction"])
+        values = np.asarray(fractions, float)
+        std = values.std(axis=0, ddof=1) if len(values) > 1 else None
+        curves[label] = plots.Curve(thresholds, values.mean(axis=0), std)
+    yield ReportFigure(
+        f"neuron-collapse-{ctx.setting}", f"Neuron collapse at {_percent(target)} — {ctx.label}",
+        f"Percent of neurons (units, conv channels) whose incoming weights are at least s sparse, against s, "
+        f"for each criterion at {_percent(target)} ({why}); shaded: std over seeds (000, §5, Fig. 5).",
+        plots.neuron_collapse(curves, title=f"{ctx.label}, sparsity {_percent(target)}"),
+        common_hparams(chosen), list(chosen["id"]))
+
+
+def _density_vs_compression(ctx: Context) -> Iterable[ReportFigure]:
+    prune = _no_ablation(ctx.of_kind("prune"))
+    init = prune[prune["prune_at"] == "0it"]
+    if init.empty or ctx.layers.empty:
+        return
+    init = init.assign(label=variant_labels(init, "method", _VARIANT_COLUMNS))
+    panels, used = {}, []
+    for label, part in init.groupby("label", sort=True):
+        if part["sparsity_target"].nunique() < 2:
+            continue
+        lines = []
+        for _, level in part.groupby("sparsity_target", sort=True):
+            layers = ctx.layers[ctx.layers["id"].isin(level["id"])]
+            if layers.empty:
+                continue
+            density = 1 - layers.groupby(["index", "layer"], sort=True)["sparsity"].mean()
+            ratio = 1 / max(1 - float(level["sparsity"].mean()), 1e-12)
+            lines.append((ratio, {layer: float(d) for (_, layer), d in density.items()}))
+        if lines:
+            panels[label] = lines
+            used.append(part)
+    if not panels:
+        return
+    rows = pd.concat(used)
+    yield ReportFigure(
+        f"layer-density-{ctx.setting}", f"Per-layer density across compression ratios — {ctx.label}",
+        "Fraction of weights remaining in each layer (input to output) for each compression ratio (total / kept), "
+        "one panel per criterion pruning at initialization; more transparent = higher compression, dashed = a "
+        "layer is fully pruned (layer collapse) (Tanaka et al. 001, §3, Fig. 2).",
+        plots.layer_density_vs_compression(panels, title=ctx.label), common_hparams(rows), list(rows["id"]))
+
+
+def _conservation(ctx: Context) -> Iterable[ReportFigure]:
+    """SynFlow's scores on the initial network of the smallest seed: data-free, so the report needs no data."""
+    import prunelab
+    from prunelab import analysis, models
+
+    prune = ctx.of_kind("prune")
+    synflow = prune[prune["method"] == "synflow"]
+    if synflow.empty:
+        return
+    first = synflow.sort_values("seed").iloc[0]
+    input_shape = _input_shape(first["dataset"])
+    if input_shape is None:
+        return
+    from prunelab import data
+
+    model = models.create(first["model"], num_classes=data.info(first["dataset"])["num_classes"],
+                          input_shape=input_shape, init=first.get("model.init", "kaiming_normal"),
+                          init_mode=first.get("model.init_mode", "fan_in"), bn_init=first.get("model.bn_init", "uniform"),
+                          seed=int(first["seed"]))
+    scores = prunelab.score(model, "synflow", input_shape=input_shape, include_bias=True)
+    result = analysis.conservation(model, scores)
+    neurons = {name: (v["incoming"].cpu().numpy(), v["outgoing"].cpu().numpy()) for name, v in result["neurons"].items()}
+    weights = {n: (result["layer_size"][n], result["layer_total"][n]) for n in result["layer_size"]
+               if scores[n].dim() >= 2}
+    exact = "exact (homogeneous activations, no BatchNorm on the path)" if result["exact"] else (
+        "approximate: " + "; ".join(result["caveats"][:3]))
+    rows = synflow[synflow["seed"] == first["seed"]]
+    hparams = common_hparams(rows.iloc[:1]) | {"scores": "synflow at initialization, biases included",
+                                                 "max relative error": f"{result['max_relative_error']:.2e}"}
+    for key in ("sparsity_target", "iterations", "runs", "prune_at"):
+        hparams.pop(key, None)
+    yield ReportFigure(
+        f"conservation-{ctx.setting}", f"Conservation of synaptic saliency — {ctx.label}",
+        "Left: each hidden neuron's total incoming vs outgoing SynFlow score on the initial network (dotted: "
+        "equality, Theorem 1); right: each layer's average score vs the inverse of its size (dotted: equal layer "
+        f"totals, Theorem 2) (Tanaka et al. 001, §4, Figs. 3-4). Conservation here is {exact}.",
+        plots.conservation(neurons, weights, title=f"{ctx.label}, seed {int(first['seed'])}"), hparams,
+        [str(first["id"])])
+
+
+def _jaccard(ctx: Context) -> Iterable[ReportFigure]:
+    """Per layer, Jaccard distance of each variant's masks to a reference variant's, same seed and level
+    (002 §4): varying the structure (Figs. 3-4) or the weight treatment, rewinding vs finetuning (Fig. 9)."""
+    from prunelab import analysis
+
+    lot = ctx.of_kind("lottery")
+    if lot.empty:
+        return
+    for vary, preferred, ref_fig in (("structure", ("unstructured", "l2"), "Figs. 3-4"),
+                                     ("rewind_to", ("0it",), "Fig. 9")):
+        fixed = [c for c in _LOTTERY_VARIANT if c != vary]
+        for k, (_, group) in enumerate(lot.groupby(fixed, sort=True, dropna=False)):
+            values = sorted(group[vary].astype(str).unique())
+            if len(values) < 2:
+                continue
+            reference = next((p for p in preferred if p in values), values[0])
+            ref_rows = group[group[vary].astype(str) == reference]
+            panels: dict[str, dict[str, plots.Curve]] = {}
+            used = [ref_rows]
+            for other in values:
+                if other == reference:
+                    continue
+                rows = group[group[vary].astype(str) == other]
+                by_level: dict[int, list[dict[str, float]]] = {}
+                for _, row in rows.iterrows():
+                    match = ref_rows[(ref_rows["seed"] == row["seed"]) & (ref_rows["level"] == row["level"])]
+                    if match.empty:
+                        continue
+                    sim = analysis.jaccard_per_layer(_load_mask(ctx.folder(match.iloc[0]["id"])),
+                                                     _load_mask(ctx.folder(row["id"])))
+                    by_level.setdefault(int(row["level"]), []).append({n: 1 - s for n, s in sim.items()})
+                    used.append(rows.loc[[row.name]])
+                if not by_level:
+                    continue
+                levels = sorted(by_level)
+                for layer in by_level[levels[0]][0]:
+                    per = [np.array([d[layer] for d in by_level[lv]]) for lv in levels]
+                    panels.setdefault(layer, {})[other] = plots.Curve(
+                        levels, [p.mean() for p in per], [p.std(ddof=1) if p.size > 1 else np.nan for p in per])
+            if not panels:
+                continue
+            shown = pd.concat(used).drop_duplicates("id")
+            yield ReportFigure(
+                f"jaccard-{vary.replace('_', '-')}-{k}-{ctx.setting}",
+                f"Mask similarity across pruning iterations ({vary}) — {ctx.label}",
+                f"Jaccard distance (1 - intersection over union of the kept weights) between the masks of "
+                f"{vary} = {reference} and those of the other values of {vary}, same seed and pruning iteration, "
+                f"one panel per layer; error bars: std over seeds (paper 002, §4, {ref_fig}).",
+                plots.jaccard_vs_iteration(panels, reference=f"{vary}={reference}", title=ctx.label),
+                common_hparams(shown), list(shown["id"]))
+
+
+def _first_layer_masks(ctx: Context) -> Iterable[ReportFigure]:
+    prune = _no_ablation(ctx.of_kind("prune"))
+    init = prune[prune["prune_at"] == "0it"]
+    if init.empty:
+        return
+    input_shape = _input_shape(init.iloc[0]["dataset"])
+    if input_shape is None:
+        return
+    first_run = init.iloc[0]
+    mask = _load_mask(ctx.folder(first_run["id"]))
+    name, tensor = next(iter(mask.items()))
+    if tensor.dim() != 2 or tensor.shape[1] != math.prod(input_shape):
+        return  # the first layer is not fully connected to the image
+    seed = init["seed"].min()
+    rows = init[init["seed"] == seed].assign(label=lambda d: variant_labels(d, "method", _VARIANT_COLUMNS))
+    targets = sorted(rows["sparsity_target"].unique())
+    if len(targets) > _MAX_IMAGE_ROWS:
+        targets = [targets[i] for i in np.unique(np.linspace(0, len(targets) - 1, _MAX_IMAGE_ROWS).round().astype(int))]
+    rows = rows[rows["sparsity_target"].isin(targets)]
+    grid: dict[str, dict[str, np.ndarray]] = {}
+    for _, row in rows.sort_values(["sparsity_target", "label"]).iterrows():
+        image = plots.first_layer_image(_load_mask(ctx.folder(row["id"]))[name].numpy(), input_shape)
+        grid.setdefault(f"sparsity {_percent(row['sparsity_target'])}", {})[row["label"]] = image
+    yield ReportFigure(
+        f"first-layer-masks-{ctx.setting}", f"First-layer masks — {ctx.label}",
+        f"The mask of the first fully-connected layer ({name}) averaged over its units and reshaped to the input "
+        "image: bright pixels keep their connections; one column per criterion, one row per sparsity "
+        f"(seed {int(seed)}; Lee et al. 004, Fig. 2).",
+        plots.mask_images(grid, title=ctx.label), common_hparams(rows), list(rows["id"]))
+
+
+def _conv_masks(ctx: Context) -> Iterable[ReportFigure]:
+    lot = ctx.of_kind("lottery")
+    if lot.empty:
+        return
+    seed = lot["seed"].min()
+    lot = lot[lot["seed"] == seed]
+    lot = lot.assign(label=_lottery_labels(lot))
+    mask = _load_mask(ctx.folder(lot.iloc[0]["id"]))
+    layer = _second_conv(mask)
+    if layer is None:
+        return
+    common = sorted(set.intersection(*(set(p["level"]) for _, p in lot.groupby("label"))))
+    if not common:
+        return
+    levels = sorted({common[len(common) // 2], common[-1]}) if len(common) > 1 else common
+    grid: dict[str, dict[str, tuple]] = {}
+    used = []
+    for level in levels:
+        for label, part in lot[lot["level"] == level].groupby("label", sort=True):
+            row = part.iloc[0]
+            folder = ctx.folder(row["id"])
+            weight = _trained_weights(folder, row["steps"])[layer].numpy()
+            grid.setdefault(f"iteration {int(level)}", {})[label] = (weight, _load_mask(folder)[layer].numpy())
+            used.append(part.iloc[:1])
+    rows = pd.concat(used)
+    yield ReportFigure(
+        f"conv-masks-{ctx.setting}", f"Masked weights of {layer} — {ctx.label}",
+        f"Trained weights of the convolution {layer} under each pruning variant, at two pruning iterations: input "
+        "channels in rows, output channels in columns, one small square per kernel; pruned weights gray, kept "
+        f"positive weights red, negative blue (seed {int(seed)}; paper 002, §4, Fig. 5).",
+        plots.conv_masks(grid, title=ctx.label), common_hparams(rows), list(rows["id"]))
+
+
+def _weight_trajectories(ctx: Context, n_weights: int = 40) -> Iterable[ReportFigure]:
+    lot = ctx.of_kind("lottery")
+    dense = ctx.of_kind("dense")
+    if lot.empty:
+        return
+    seed = lot["seed"].min()
+    lot = lot[lot["seed"] == seed]
+    lot = lot.assign(label=_lottery_labels(lot))
+    base = dense[dense["seed"] == seed]
+    for label, part in lot.groupby("label", sort=True):
+        part = part.sort_values("level")
+        if part["level"].nunique() < 2:
+            continue
+        states, masks, x = [], [], []
+        if not base.empty:
+            states.append(_trained_weights(ctx.folder(base.iloc[0]["id"]), base.iloc[0]["steps"]))
+            masks.append(None)
+            x.append(0.0)
+        for _, row in part.iterrows():
+            folder = ctx.folder(row["id"])
+            states.append(_trained_weights(folder, row["steps"]))
+            masks.append(_load_mask(folder))
+            x.append(100 * float(row["sparsity"]))
+        last = masks[-1]
+        names = [n for n in (_second_conv(last), list(last)[-1]) if n is not None]
+        panels = {}
+        rng = np.random.default_rng(0)
+        for name in dict.fromkeys(names):
+            size = last[name].numel()
+            pick = rng.choice(size, size=min(n_weights, size), replace=False)
+            values = []
+            for state, mask in zip(states, masks):
+                w = state[name].detach().double().flatten().numpy()[pick]
+                if mask is not None:
+                    w = np.where(mask[name].flatten().numpy()[pick], w, np.nan)
+                values.append(w)
+            panels[name] = (np.array(x), np.array(values))
+        shown = pd.concat([base.iloc[:1], part]) if not base.empty else part
+        yield ReportFigure(
+            f"weight-trajectories-{_slug(label)}-{ctx.setting}", f"Weight trajectories ({label}) — {ctx.label}",
+            f"Values after training of {n_weights} randomly chosen weights of a convolution and of the output layer "
+            "at consecutive pruning levels (x: sparsity, 0 = the dense network); a line ends when its weight is "
+            f"pruned (seed {int(seed)}; paper 002, §5, Figs. 6-7).",
+            plots.weight_trajectories(panels, title=f"{ctx.label}, {label}"), common_hparams(shown),
+            list(shown["id"]))
+
+
+BUILDERS: list[Callable[[Context], Iterable[ReportFigure]]] = [
+    _accuracy_vs_sparsity, _ablations, _accuracy_vs_step, _layer_sparsity, _neuron_collapse,
+    _density_vs_compression, _conservation, _first_layer_masks, _lottery_accuracy, _jaccard, _conv_masks,
+    _weight_trajectories,
+]
+
+
+def report_figures(root: str | os.PathLike, runs: pd.DataFrame | None = None,
+                   layers: pd.DataFrame | None = None) -> tuple[list[ReportFigure], list[str]]:
+    """Every figure the store at ``root`` has data for, and notes on figures that could not be drawn.
+
+    A figure whose files are missing or unreadable (a deleted checkpoint, a mask from another model)
+    is skipped with a note rather than failing the whole report.
+    """
+    root = Path(root)
+    runs = runs_table(root) if runs is None else runs
+    layers = layers_table(root) if layers is None else layers
+    figures: list[ReportFigure] = []
+    notes: list[str] = []
+    done = runs[runs["status"] == "done"]
+    for setting, part in done.groupby("setting", sort=True):
+        ctx = Context(root, str(setting), part.reset_index(drop=True), layers[layers["id"].isin(part["id"])])
+        for build in BUILDERS:
+            what = build.__name__.strip("_").replace("_", " ")
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    figures.extend(build(ctx))
+            except (FileNotFoundError, KeyError, ValueError, RuntimeError, OSError) as e:
+                notes.append(f"{ctx.label} ({setting}): {what} skipped: {' '.join(str(e).split())}")
+    return figures, notes
