@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -23,7 +25,7 @@ def tiny_dataset():
     return data.from_tensors(make_learnable_images(128, 4, 8, seed=0), make_learnable_images(64, 4, 8, seed=1))
 
 
-@pytest.fixture(autouse=True)
-def _deterministic_threads():
-    torch.set_num_threads(1)  # bitwise checks compare runs made under the same thread count
-    yield
+# Bitwise checks compare runs made under the same thread count (CPU float sums depend on it), and
+# subprocesses started by tests inherit OMP_NUM_THREADS=1: one thread everywhere in the test suite.
+torch.set_num_threads(1)
+os.environ["OMP_NUM_THREADS"] = "1"

@@ -27,6 +27,15 @@ _HELD: dict[str, list] = {}
 _HELD_GUARD = threading.Lock()
 
 
+def _remove_temporaries(folder: Path) -> None:
+    """Half-written temporary files a killed writer left (only the lock holder writes into a run folder)."""
+    for tmp in folder.rglob(".*.tmp"):
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+
+
 class RunStore:
     """Under torch.distributed only rank 0 writes; the other ranks read what it wrote after a barrier."""
 
@@ -96,6 +105,7 @@ class RunStore:
             fcntl.flock(f, fcntl.LOCK_EX)
             with _HELD_GUARD:
                 _HELD[key] = held = [f, 1]
+            _remove_temporaries(folder)
         try:
             yield
         finally:

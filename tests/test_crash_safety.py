@@ -1,0 +1,117 @@
+"""kill -9 at several points, then run again: the result is bitwise that of an uninterrupted run (CPU)."""
+
+import json
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+from test_data import write_idx_set
+
+from prunelab import Mask
+from prunelab.cli import main
+from prunelab.experiments.store import RunStore
+from prunelab.training.checkpoints import CheckpointFolder
+
+VOLATILE = {"wall_time", "finished_at", "started_at"}
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    write_idx_set(root / "MNIST" / "raw", n_train=64, n_test=32, gz=True)
+    return root
+
+
+def cli_args(data_root, root):
+    # dense: 12 steps (4 per epoch), then the pruned network: 12 more
+    return ["run", "--model", "lenet_300_100", "--dataset", "mnist", "--method", "snip", "--batch-per-class", "2",
+            "--sparsity", "0.8", "--train", "3ep", "--batch-size", "16", "--momentum", "0.9", "--data-root",
+            str(data_root), "--root", str(root), "--no-progress", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def reference(data_root, tmp_path_factory):
+    root = tmp_path_factory.mktemp("reference")
+    assert main(cli_args(data_root, root)) == 0
+    return root
+
+
+def snapshot(root):
+    store = RunStore(root)
+    out = {}
+    for run_id, _, result in store.runs():
+        folder = store.folder(run_id)
+        ck = CheckpointFolder(folder / "checkpoints")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no checkpoint may be left corrupt in a finished store
+            final = ck.load_latest()["model"]
+        mask = Mask.load(folder / "mask.pt") if (folder / "mask.pt").exists() else None
+        out[run_id] = {
+            "result": {k: v for k, v in result.items() if k not in VOLATILE},
+            "metrics": (folder / "metrics.jsonl").read_text(),
+            "weights": final,
+            "mask": mask,
+        }
+    return out
+
+
+@pytest.mark.parametrize("point,n", [
+    ("train", 6),  # during the dense training
+    ("train", 19),  # during the pruned network's training
+    ("prune", 1),  # while pruning
+    ("checkpoint", 2),  # while writing a checkpoint
+    ("checkpoint", 7),  # (the pruned network's second; the dense run writes 5)
+    ("result", 1),  # while writing the dense run's result
+    ("result", 2),  # while writing the pruned run's result
+])
+def test_kill_and_resume_is_bitwise_identical(data_root, reference, tmp_path, point, n):
+    root = tmp_path / "runs"
+    proc = subprocess.run([sys.executable, "tests/crash_harness.py", point, str(n), "--", *cli_args(data_root, root)],
+                          capture_output=True, text=True, timeout=120)  # one thread, as here (conftest)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert main(cli_args(data_root, root)) == 0
+    got, want = snapshot(root), snapshot(reference)
+    assert got.keys() == want.keys()
+    for run_id in want:
+        g, w = got[run_id], want[run_id]
+        assert g["result"] == w["result"], run_id
+        assert g["metrics"] == w["metrics"], run_id
+        assert g["mask"] == w["mask"], run_id
+        assert all(torch.equal(g["weights"][k], w["weights"][k]) for k in w["weights"]), run_id
+    assert not list(root.rglob(".*.tmp"))  # the half-written temporary files were cleared
+
+
+def test_corrupt_files_are_set_aside_and_recovered(data_root, reference, tmp_path):
+    root = tmp_path / "runs"
+    assert main(cli_args(data_root, root)) == 0
+    store = RunStore(root)
+    prune_id = next(i for i, hp, _ in store.runs() if hp["kind"] == "prune")
+    folder = store.folder(prune_id)
+    # the run is not finished (result gone), its mask and latest checkpoint are damaged
+    (folder / "result.json").unlink()
+    (folder / "mask.pt").write_bytes(b"garbage")
+    latest = folder / "checkpoints" / "latest.pt"
+    latest.write_bytes(latest.read_bytes()[:100])
+    with pytest.warns(UserWarning) as record:
+        assert main(cli_args(data_root, root)) == 0
+    messages = " ".join(str(w.message) for w in record)
+    assert "mask.pt" in messages and "latest.pt" in messages
+    assert (folder / "mask.pt.corrupt").exists() and (folder / "checkpoints" / "latest.pt.corrupt").exists()
+    want = snapshot(reference)[prune_id]
+    got = snapshot(root)[prune_id]
+    assert got["result"] == want["result"] and got["mask"] == want["mask"]
+
+
+def test_corrupt_result_json_is_not_trusted(data_root, tmp_path):
+    root = tmp_path / "runs"
+    assert main(cli_args(data_root, root)) == 0
+    store = RunStore(root)
+    prune_id = next(i for i, hp, _ in store.runs() if hp["kind"] == "prune")
+    good = json.loads((store.folder(prune_id) / "result.json").read_text())
+    (store.folder(prune_id) / "result.json").write_text('{"status": "do')
+    assert store.result(prune_id) is None
+    assert main(cli_args(data_root, root)) == 0
+    again = json.loads((store.folder(prune_id) / "result.json").read_text())
+    assert {k: v for k, v in again.items() if k not in VOLATILE} == {k: v for k, v in good.items() if k not in VOLATILE}
