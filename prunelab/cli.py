@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         return int(args.func(args) or 0)
-    except (UserError, ValueError, FileNotFoundError, PermissionError) as e:
+    except (UserError, ValueError, OSError) as e:  # OSError: missing files, no permission, disk full
         print(f"prunelab: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
@@ -106,8 +106,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _one_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    if isinstance(e, FileNotFoundError) and e.filename and str(e.filename) not in text:
+    if isinstance(e, OSError) and e.strerror and not e.args[1:2] == (e.strerror,) and str(e).startswith("["):
+        text = e.strerror  # "[Errno 28] No space left on device" -> the words, then the file below
+    else:
+        text = str(e).strip() or type(e).__name__
+    if isinstance(e, OSError) and e.filename and str(e.filename) not in text:
         text = f"{text}: {e.filename}"
     return " ".join(text.split())
 
