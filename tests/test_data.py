@@ -524,3 +524,16 @@ def test_modified_tiny_imagenet_shift(tiny):
             original = train_arrays[ds.train.samples[i][0]].transpose(2, 0, 1)
             assert find_transform(out, original)
     assert same_batches(collect(loader.epoch(0, start_batch=1)), collect(loader.epoch(0))[1:])
+
+
+def test_shards_partition_every_global_batch(cifar10):
+    """Distributed ranks each get a contiguous part of the same augmented global batch."""
+    ds, _ = cifar10
+    full = collect(ds.loader("train", 7, seed=3).epoch(1))
+    parts = [collect(ds.loader("train", 7, seed=3, shard=(r, 3)).epoch(1)) for r in range(3)]
+    for b, (x, y) in enumerate(full):
+        xs = torch.cat([p[b][0] for p in parts])
+        ys = torch.cat([p[b][1] for p in parts])
+        assert torch.equal(xs, x) and torch.equal(ys, y)
+    with pytest.raises(ValueError, match="shard"):
+        ds.loader("train", 7, shard=(3, 3))

@@ -130,17 +130,19 @@ class Dataset:
         augment: bool | str | None = None,
         drop_last: bool = False,
         num_workers: int = 0,
+        shard: tuple[int, int] = (0, 1),
     ) -> EpochLoader:
         """A resumable loader of ``split``: ``len(loader)`` batches, ``loader.epoch(e, start_batch)``.
 
         ``shuffle`` defaults to True for train and False for test; ``augment`` as in
         :meth:`resolve_augment`. ``num_workers`` only matters for image-folder datasets (in-memory
-        batches are gathered on the device, where workers would only add copies).
+        batches are gathered on the device, where workers would only add copies). ``shard=(rank, world)``
+        serves each distributed rank its contiguous part of every global batch.
         """
         part = self.split(split)
         shuffle = split == "train" if shuffle is None else bool(shuffle)
         mode = self.resolve_augment(augment, split)
-        common = dict(seed=seed, device=device, shuffle=shuffle, augment=mode, drop_last=drop_last)
+        common = dict(seed=seed, device=device, shuffle=shuffle, augment=mode, drop_last=drop_last, shard=shard)
         if isinstance(part, MemorySplit):
             return MemoryLoader(part, batch_size, self.normalize, **common)
         return FolderLoader(part, batch_size, self.normalize, num_workers=num_workers, **common)

@@ -172,8 +172,9 @@ class FolderLoader(EpochLoader):
         augment: str | None = None,
         drop_last: bool = False,
         num_workers: int = 0,
+        shard: tuple[int, int] = (0, 1),
     ):
-        super().__init__(len(split), batch_size, seed, shuffle, drop_last)
+        super().__init__(len(split), batch_size, seed, shuffle, drop_last, shard)
         if augment not in (None, "crop", "shift"):
             raise ValueError(
                 f"image-folder datasets support augment None, 'crop' or 'shift', got {augment!r}"
@@ -204,9 +205,10 @@ class FolderLoader(EpochLoader):
             idx = order[lo:hi].tolist()
             if self.augment == "crop":
                 seeds = torch.randint(0, 2**62, (len(idx),), generator=generator(SAMPLE, self.seed, epoch, b))
-                yield list(zip(idx, seeds.tolist()))
+                keys = list(zip(idx, seeds.tolist()))
             else:
-                yield [(i, -1) for i in idx]
+                keys = [(i, -1) for i in idx]
+            yield keys[self.part(len(keys))]  # only this shard's images are ever opened
 
     def _batches(self, epoch: int, start_batch: int) -> Iterator[Batch]:
         self._plan.make = lambda: self._keys(epoch, start_batch)

@@ -38,7 +38,12 @@ class EpochLoader:
     loops; ``epoch(e, start_batch)`` names the epoch explicitly and is what a resumable trainer uses.
     """
 
-    def __init__(self, num_examples: int, batch_size: int, seed: int, shuffle: bool, drop_last: bool):
+    def __init__(self, num_examples: int, batch_size: int, seed: int, shuffle: bool, drop_last: bool,
+                 shard: tuple[int, int] = (0, 1)):
+        rank, world = shard
+        if not (isinstance(world, int) and world >= 1 and isinstance(rank, int) and 0 <= rank < world):
+            raise ValueError(f"shard must be (rank, world size) with 0 <= rank < world size, got {shard!r}")
+        self.shard = (rank, world)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -65,6 +70,17 @@ class EpochLoader:
     def bounds(self, b: int) -> tuple[int, int]:
         lo = b * self.batch_size
         return lo, min(lo + self.batch_size, self.num_examples)
+
+    def part(self, n: int) -> slice:
+        """This shard's contiguous part of a global batch of ``n`` (as ``torch.tensor_split``).
+
+        Distributed training: every rank draws the same global batch order and augmentation seeds and
+        keeps its own part, so a step equals single-process training on the global batch.
+        """
+        rank, world = self.shard
+        size, extra = divmod(n, world)
+        lo = rank * size + min(rank, extra)
+        return slice(lo, lo + size + (rank < extra))
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
         """Batches ``start_batch, ..., len(self) - 1`` of ``epoch``; arguments are checked at once."""
@@ -141,8 +157,9 @@ class MemoryLoader(EpochLoader):
         shuffle: bool = True,
         augment: str | None = None,
         drop_last: bool = False,
+        shard: tuple[int, int] = (0, 1),
     ):
-        super().__init__(len(split), batch_size, seed, shuffle, drop_last)
+        super().__init__(len(split), batch_size, seed, shuffle, drop_last, shard)
         if augment not in (None, "shift"):
             raise ValueError(f"in-memory datasets support augment None or 'shift', got {augment!r}")
         self.split = split
@@ -162,4 +179,7 @@ class MemoryLoader(EpochLoader):
                 x, y = images.index_select(0, idx), labels.index_select(0, idx)
             if self.augment == "shift":
                 x = flip_and_shift(x, generator(AUGMENT, self.seed, epoch, b))
+            if self.shard[1] > 1:
+                part = self.part(len(y))
+                x, y = x[part], y[part]
             yield self.normalize(x), y

@@ -63,13 +63,6 @@ def broadcast_object(obj: Any) -> Any:
     return box[0]
 
 
-def shard(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """This rank's contiguous part of a global batch."""
-    if not active():
-        return x, y
-    return x.tensor_split(world_size())[rank()], y.tensor_split(world_size())[rank()]
-
-
 def any_rank(flag: bool, device: torch.device) -> bool:
     """True on every rank if ``flag`` is true on any (so all ranks stop together, e.g. on divergence)."""
     if not active():

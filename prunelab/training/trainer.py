@@ -116,7 +116,8 @@ def train(
     """
     device = resolve_device(device)
     data_seed = seed if settings.data_seed is None else settings.data_seed
-    loader = dataset.loader("train", settings.batch_size, seed=data_seed, device=device)
+    loader = dataset.loader("train", settings.batch_size, seed=data_seed, device=device,
+                            shard=(distributed.rank(), distributed.world_size()))
     ipe = len(loader)
     total = iterations(settings.train, ipe)
     end_step = total if end_step is None else end_step
@@ -182,7 +183,6 @@ def train(
     while step < end_step:
         epoch, first = divmod(step, ipe)
         for x, y in loader.epoch(epoch, start_batch=first):
-            x, y = distributed.shard(x, y)
             set_lr(optimizer, settings.lr, lr_factor(step, settings, ipe))
             optimizer.zero_grad(set_to_none=True)
             with _autocast(device, amp):
