@@ -84,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default="runs")
     p.set_defaults(func=cmd_show)
 
+    from prunelab.reports.commands import register as register_report_commands
+
+    register_report_commands(sub)  # report, analyze
+
     p = sub.add_parser("demo", help="LeNet-300-100 on Fashion-MNIST, dense vs 90%% random sparse, a few epochs")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--sparsity", type=float, default=0.9)

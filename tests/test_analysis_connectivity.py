@@ -286,7 +286,7 @@ def test_max_pool_tie_does_not_disconnect_a_window_member():
 
 def test_deep_network_path_counts_do_not_overflow():
     # 300 dense layers of fan-in 16 have 16**300 ~ 1e361 paths per output: beyond float64. A unit in
-    # the middle with no incoming weight must still mark its outgoing weights as disconnected.
+    # the last layers with no incoming weight must still mark its outgoing weights as disconnected.
     torch.manual_seed(0)
     layers = []
     for _ in range(300):

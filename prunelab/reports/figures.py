@@ -313,7 +313,7 @@ def _accuracy_vs_step(ctx: Context) -> Iterable[ReportFigure]:
         curves = {label: _curve(part, x="prune_step", by="prune_step") for label, part in at.groupby("label")}
         used = [at]
         matched = ltr[(ltr["sparsity_target"] - target).abs() < 1e-3]
-        if matched["rewind_step"].nunique() >= 1 and not matched.empty:
+        if not matched.empty:
             curves["LTR"] = _curve(matched, x="rewind_step", by="rewind_step")
             used.append(matched)
         rows = pd.concat(used)
@@ -442,11 +442,12 @@ def _conservation(ctx: Context) -> Iterable[ReportFigure]:
 
     model = models.create(first["model"], num_classes=data.info(first["dataset"])["num_classes"],
                           input_shape=input_shape, init=first.get("model.init", "kaiming_normal"),
-                          init_mode=first.get("model.init_mode", "fan_in"), bn_init=first.get("model.bn_init", "uniform"),
-                          seed=int(first["seed"]))
+                          init_mode=first.get("model.init_mode", "fan_in"),
+                          bn_init=first.get("model.bn_init", "uniform"), seed=int(first["seed"]))
     scores = prunelab.score(model, "synflow", input_shape=input_shape, include_bias=True)
     result = analysis.conservation(model, scores)
-    neurons = {name: (v["incoming"].cpu().numpy(), v["outgoing"].cpu().numpy()) for name, v in result["neurons"].items()}
+    neurons = {name: (v["incoming"].cpu().numpy(), v["outgoing"].cpu().numpy())
+               for name, v in result["neurons"].items()}
     weights = {n: (result["layer_size"][n], result["layer_total"][n]) for n in result["layer_size"]
                if scores[n].dim() >= 2}
     exact = "exact (homogeneous activations, no BatchNorm on the path)" if result["exact"] else (

@@ -152,7 +152,9 @@ def _sparsity_axis(ax, sparsities: Sequence[float]) -> None:
 
 def _percent(s: float) -> str:
     p = 100 * s
-    return f"{p:.0f}" if abs(p - round(p)) < 1e-9 else (f"{p:.1f}" if p < 99.5 else f"{p:.2f}")
+    if abs(p - round(p)) < 0.05 and p < 99.5:
+        return f"{p:.0f}"
+    return f"{p:.1f}" if p < 99.5 else f"{p:.2f}".rstrip("0").rstrip(".")
 
 
 def _dense_line(ax, dense: tuple[float, float | None] | None, label: str = "dense") -> None:
@@ -255,7 +257,7 @@ def layer_sparsity_bars(layers: Mapping[str, Mapping[str, float]], title: str = 
     names = list(dict.fromkeys(n for per in layers.values() for n in per))
     palette = colors(list(layers))
     width = 0.8 / len(layers)
-    fig, axes = _figure(width=max(4.5, 0.45 * len(names) * max(1, len(layers) / 2) + 1.5), height=3.6)
+    fig, axes = _figure(width=max(5.0, 0.45 * len(names) * max(1, len(layers) / 2) + 1.5), height=4.0)
     ax = axes[0, 0]
     positions = np.arange(len(names))
     for k, (label, per) in enumerate(layers.items()):
@@ -266,7 +268,8 @@ def layer_sparsity_bars(layers: Mapping[str, Mapping[str, float]], title: str = 
     ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("Layer sparsity (%)", fontsize=9)
     ax.set_ylim(0, 100)
-    ax.legend(fontsize=7, frameon=False, ncols=min(len(layers), 4))
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=min(len(layers), 4), fontsize=7,
+               frameon=False)
     _title(fig, title)
     return fig
 

@@ -1,0 +1,170 @@
+"""The ``report`` and ``analyze`` subcommands, added to the ``prunelab`` parser by :func:`register`.
+
+Errors a user can make (a missing store, run or file, a model that does not fit the mask) raise
+ValueError or FileNotFoundError with a one-line message; the CLI prints it and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+def register(subparsers) -> None:
+    """Add ``report`` and ``analyze`` to ``subparsers`` (from ``parser.add_subparsers()``)."""
+    p = subparsers.add_parser("report", help="HTML report (figures, tables, CSV files) of a run store")
+    p.add_argument("--root", default="runs", help="run store folder (default ./runs)")
+    p.add_argument("--out", default="report", help="output folder for index.html and the CSV files (default ./report)")
+    p.add_argument("--dpi", type=int, default=110, help="resolution of the figures (default 110)")
+    p.set_defaults(func=cmd_report)
+
+    p = subparsers.add_parser(
+        "analyze", help="per-layer table, layer collapse, max compression and effective sparsity of a mask",
+        description="MASK_OR_RUN is a run id (or unique prefix, or run folder) of the store, or a mask file "
+                    "saved by prunelab.Mask.save; for a bare mask file, --model and --input-shape (or --dataset) "
+                    "give the network for effective sparsity.")
+    p.add_argument("mask_or_run", metavar="MASK_OR_RUN", help="run id, unique prefix, run folder, or mask .pt file")
+    p.add_argument("--root", default="runs", help="run store folder (default ./runs)")
+    p.add_argument("--model", default=None, help="model name, for a bare mask file")
+    p.add_argument("--input-shape", type=int, nargs=3, metavar=("C", "H", "W"), default=None,
+                   help="input shape, for a bare mask file")
+    p.add_argument("--dataset", default=None, help="dataset whose input shape and classes to use, for a bare mask")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="output classes, for a bare mask (default: the dataset's, else the mask's last layer's rows)")
+    p.set_defaults(func=cmd_analyze)
+
+
+def cmd_report(args) -> int:
+    from prunelab.reports.html import write_report
+
+    if args.dpi < 20:
+        raise ValueError(f"--dpi must be at least 20, got {args.dpi}")
+    path = write_report(args.root, args.out, dpi=args.dpi)
+    manifest = json.loads((path.parent / "figures.json").read_text())
+    for note in manifest["notes"]:
+        print(f"note: {note}")
+    print(f"report {path} ({len(manifest['figures'])} figures); tables in {path.parent}/runs.csv and summary.csv")
+    return 0
+
+
+# ---- analyze ------------------------------------------------------------------------------------
+
+def _locate(args) -> tuple[Any, str, dict[str, Any] | None]:
+    """(mask, description, run hyperparameters or None) for the MASK_OR_RUN argument."""
+    from prunelab import Mask
+    from prunelab.experiments.store import RunStore
+
+    ref = args.mask_or_run
+    path = Path(ref)
+    if path.is_file():
+        return Mask.load(path), f"mask {path}", None
+    if (path / "hparams.json").is_file():
+        folder = path
+    else:
+        if ref.endswith(".pt") or "/" in ref:
+            raise FileNotFoundError(f"no mask file or run folder {ref}")
+        store = RunStore(args.root)
+        if not store.root.is_dir():
+            raise FileNotFoundError(f"run store {store.root} does not exist; give --root, or a mask file")
+        folder = store.folder(store.resolve(ref))
+    hp = json.loads((folder / "hparams.json").read_text())
+    if not (folder / "mask.pt").is_file():
+        what = "a dense run, which has no mask" if hp.get("kind") == "dense" else "unfinished: it has no mask yet"
+        raise ValueError(f"run {folder.name} is {what}; give a prune or lottery run")
+    return Mask.load(folder / "mask.pt"), f"run {folder.name} ({_describe(hp)})", hp
+
+
+def _describe(hp: dict[str, Any]) -> str:
+    text = f"{hp['model']['model']} on {hp['dataset']['dataset']}, seed {hp.get('seed')}"
+    if "pruning" in hp:
+        pr = hp["pruning"]
+        text += f", {pr['method']} to {pr['sparsity']:g} at {pr['prune_at']}"
+        if pr.get("ablation"):
+            text += f", {pr['ablation']}"
+    elif "lottery" in hp:
+        lt = hp["lottery"]
+        text += f", {lt['structure']} level {lt['levels']} rewind {lt['rewind_to']}"
+    return text
+
+
+def _model_for(args, mask, hp: dict[str, Any] | None):
+    """(model, input_shape) for effective sparsity, or (None, reason) when not enough is known."""
+    from prunelab import data, models
+
+    if hp is not None:
+        info = data.info(hp["dataset"]["dataset"])
+        m = hp["model"]
+        model = models.create(m["model"], num_classes=info["num_classes"], input_shape=info["input_shape"],
+                              init=m.get("init", "kaiming_normal"), init_mode=m.get("init_mode", "fan_in"),
+                              bn_init=m.get("bn_init", "uniform"))
+        return model, tuple(info["input_shape"])
+    if args.model is None:
+        return None, "give --model and --input-shape (or --dataset) for effective sparsity"
+    info = data.info(args.dataset) if args.dataset else {}
+    input_shape = tuple(args.input_shape) if args.input_shape else info.get("input_shape")
+    if input_shape is None:
+        raise ValueError("--model needs --input-shape C H W (or --dataset) to build the network")
+    num_classes = args.num_classes or info.get("num_classes") or list(mask.values())[-1].shape[0]
+    model = models.create(args.model, num_classes=int(num_classes), input_shape=input_shape)
+    return model, tuple(input_shape)
+
+
+def cmd_analyze(args) -> int:
+    from prunelab import analysis
+
+    mask, description, hp = _locate(args)
+    model, shape_or_reason = _model_for(args, mask, hp)
+    effective = None
+    if model is not None:
+        try:
+            mask.check_compatible(model)
+        except ValueError as e:
+            raise ValueError(f"{e} (check --model, --input-shape and --num-classes)") from None
+        effective = analysis.effective_sparsity(model, mask, shape_or_reason)
+
+    print(description)
+    header = ["layer", "shape", "kept", "total", "sparsity"] + (["effective"] if effective else []) + ["note"]
+    rows = [header]
+    collapsed = set(analysis.layer_collapse(mask))
+    for row in analysis.layer_table(mask):
+        cells = [row["name"], "x".join(str(s) for s in row["shape"]), f"{row['kept']:,}", f"{row['total']:,}",
+                 f"{row['sparsity']:.4f}"]
+        if effective:
+            cells.append(f"{effective['per_layer'][row['name']]['effective']:.4f}")
+        cells.append("COLLAPSED" if row["name"] in collapsed else "")
+        rows.append(cells)
+    total = [["total", "", f"{mask.num_kept:,}", f"{mask.num_total:,}", f"{mask.sparsity:.4f}"]
+             + ([f"{effective['effective']:.4f}"] if effective else []) + [""]]
+    _print_table(rows + total)
+    print()
+    if collapsed:
+        print(f"layer collapse: {', '.join(sorted(collapsed))} fully pruned while other layers keep weights "
+              "(Tanaka et al. 2020, §3): the network is disconnected")
+    else:
+        print("layer collapse: none")
+    rho = mask.num_total / mask.num_kept if mask.num_kept else math.inf
+    print(f"compression: {_ratio(rho)}x (total / kept); max compression N/L: {_ratio(analysis.max_compression(mask))}x"
+          " (beyond it some layer must be empty; Tanaka et al. 2020, §3)")
+    if effective:
+        lost = effective["kept"] - effective["effective_kept"]
+        print(f"effective sparsity: {effective['effective']:.4f} vs actual {effective['actual']:.4f} "
+              f"({lost:,} kept weights are disconnected from the input or the output; Frankle et al. 2021, App. M)")
+    else:
+        print(f"effective sparsity: not computed ({shape_or_reason})")
+    return 0
+
+
+def _ratio(x: float) -> str:
+    return "inf" if math.isinf(x) else (f"{x:,.0f}" if x >= 1000 else f"{x:.4g}")
+
+
+def _print_table(rows: list[list[str]]) -> None:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    for k, row in enumerate(rows):
+        cells = [str(c).ljust(w) if i < 2 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        print("  ".join(cells).rstrip())
+        if k == 0 or k == len(rows) - 2:
+            print("  ".join("-" * w for w in widths))
+

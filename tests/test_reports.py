@@ -1,0 +1,374 @@
+"""prunelab.reports end to end on a store of real runs made from tiny generated MNIST files:
+tidy tables against the JSON files, aggregates against numpy, the HTML page against its CSVs and
+figures, and the ``analyze`` command against a hand-built mask."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import re
+import warnings
+from html.parser import HTMLParser
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from test_data import write_idx_set
+
+from prunelab import Mask
+from prunelab.experiments.hparams import DataHparams, LotteryHparams, ModelHparams, PruneHparams
+from prunelab.experiments.protocols import lottery, prune_at_step
+from prunelab.experiments.runner import Replicate, Runner
+from prunelab.experiments.store import RunStore
+from prunelab.reports import plots
+from prunelab.reports.commands import register
+from prunelab.reports.html import write_report
+from prunelab.reports.tables import aggregate, runs_table
+
+# 64 examples, batch 16: 4 iterations per epoch, 8 in all; the learning rate drops after epoch 1.
+TRAINING_DICT = dict(train="2ep", batch_size=16, lr=0.05, momentum=0.9, milestones=("1ep",))
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """LeNet-300-100 (2 seeds): magnitude and SynFlow at init., magnitude after training, a shuffle
+    ablation, pruning at step 4; LeNet-5 (1 seed): two-level lottery runs, unstructured and L1."""
+    from prunelab.training import TrainSettings
+
+    base = tmp_path_factory.mktemp("reports")
+    write_idx_set(base / "data" / "MNIST" / "raw", n_train=64, n_test=32, gz=True)
+    runner = Runner(RunStore(base / "runs"), data_root=base / "data", device="cpu")
+    training = TrainSettings(**TRAINING_DICT)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for seed in (0, 1):
+            rep = Replicate(ModelHparams("lenet_300_100"), DataHparams("mnist"), training, seed=seed)
+            for sparsity in (0.5, 0.9):
+                prune_at_step(runner, rep, PruneHparams(method="magnitude", sparsity=sparsity))
+                prune_at_step(runner, rep, PruneHparams(method="synflow", sparsity=sparsity, iterations=5))
+                prune_at_step(runner, rep, PruneHparams(method="magnitude", sparsity=sparsity, prune_at="end"))
+            prune_at_step(runner, rep, PruneHparams(method="magnitude", sparsity=0.9, ablation="shuffle"))
+            prune_at_step(runner, rep, PruneHparams(method="magnitude", sparsity=0.9, prune_at="4it"))
+        rep5 = Replicate(ModelHparams("lenet5"), DataHparams("mnist"), training, seed=0)
+        for structure in ("unstructured", "l1"):
+            lottery(runner, rep5, LotteryHparams(levels=2, rate=0.5, structure=structure, scope="layer"))
+    return base / "runs"
+
+
+@pytest.fixture(scope="module")
+def report(store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    path = write_report(store, out, dpi=40)
+    manifest = json.loads((out / "figures.json").read_text())
+    assert manifest["notes"] == []  # nothing was skipped
+    return path, manifest["figures"]
+
+
+# ---- tables ------------------------------------------------------------------------------------
+
+def test_runs_table_has_a_row_per_run_that_matches_its_files(store):
+    df = runs_table(store)
+    folders = sorted(p for p in store.iterdir() if (p / "hparams.json").is_file())
+    assert len(df) == len(folders) == 2 * (1 + 8) + (1 + 4)
+    rows = df.set_index("id")
+    for folder in folders:
+        hp = json.loads((folder / "hparams.json").read_text())
+        result = json.loads((folder / "result.json").read_text())
+        row = rows.loc[folder.name]
+        assert (row["kind"], row["model"], row["seed"], row["status"]) == (
+            hp["kind"], hp["model"]["model"], hp["seed"], result["status"])
+        assert row["test_accuracy"] == result["test_accuracy"] and row["sparsity"] == result["sparsity"]
+        assert row["drop"] == pytest.approx(result["dense_accuracy"] - result["test_accuracy"])
+        assert row["training.lr"] == 0.05 and row["training.milestones"] == "1ep"
+        if hp["kind"] == "prune":
+            assert (row["method"], row["sparsity_target"], row["prune_at"]) == (
+                hp["pruning"]["method"], hp["pruning"]["sparsity"], hp["pruning"]["prune_at"])
+            assert row["prune_step"] == result["prune_step"]
+        if hp["kind"] == "lottery":
+            level = hp["lottery"]["levels"]
+            assert row["level"] == level and row["sparsity_target"] == pytest.approx(1 - 0.5**level)
+    assert df["setting"].nunique() == 2  # two networks: LeNet-300-100 and LeNet-5
+
+
+def test_aggregate_equals_a_hand_computation_over_seeds(store):
+    df = runs_table(store)
+    agg = aggregate(df, by=["setting", "kind", "method", "sparsity_target", "prune_at", "ablation", "level"])
+    groups: dict[tuple, list[float]] = {}
+    for _, r in df.iterrows():
+        key = tuple(None if pd.isna(r[c]) else r[c] for c in
+                    ("setting", "kind", "method", "sparsity_target", "prune_at", "ablation", "level"))
+        groups.setdefault(key, []).append(float(r["test_accuracy"]))
+    assert len(agg) == len(groups)
+    for _, a in agg.iterrows():
+        key = tuple(None if pd.isna(a[c]) else a[c] for c in
+                    ("setting", "kind", "method", "sparsity_target", "prune_at", "ablation", "level"))
+        values = np.array(groups[key])
+        assert a["count"] == len(values)
+        assert a["test_accuracy_mean"] == pytest.approx(values.mean())
+        if len(values) > 1:
+            by_hand = np.sqrt(((values - values.mean()) ** 2).sum() / (len(values) - 1))
+            assert a["test_accuracy_std"] == pytest.approx(by_hand)
+        else:
+            assert np.isnan(a["test_accuracy_std"])
+
+
+def test_aggregate_on_a_hand_made_table():
+    df = pd.DataFrame({"status": ["done", "done", "done", "diverged", "done"],
+                       "method": ["snip", "snip", "snip", "snip", None],
+                       "test_accuracy": [0.5, 0.7, 0.9, None, 0.4]})
+    agg = aggregate(df, by=["method"], metrics=["test_accuracy"])
+    snip = agg[agg["method"] == "snip"].iloc[0]
+    assert snip["count"] == 3  # the diverged run is not averaged
+    assert snip["test_accuracy_mean"] == pytest.approx(0.7)
+    assert snip["test_accuracy_std"] == pytest.approx(0.2)  # sqrt((0.04 + 0 + 0.04) / 2)
+    assert agg["method"].isna().sum() == 1 and agg["count"].sum() == 4
+    with pytest.raises(ValueError, match="no column 'seed'"):
+        aggregate(df, by=["seed"])
+
+
+# ---- the HTML report ---------------------------------------------------------------------------
+
+class _Tables(HTMLParser):
+    """Text of every cell of every <table id=...>, and the src of every <img>."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables: dict[str, list[list[str]]] = {}
+        self.images: list[str] = []
+        self._table = self._row = self._cell = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "table" and "id" in attrs:
+            self._table = self.tables.setdefault(attrs["id"], [])
+        elif tag == "tr" and self._table is not None:
+            self._row = []
+            self._table.append(self._row)
+        elif tag in ("td", "th") and self._row is not None:
+            self._cell = []
+        elif tag == "img":
+            self.images.append(attrs["src"])
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self._row.append("".join(self._cell))
+            self._cell = None
+        elif tag == "table":
+            self._table = self._row = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def _same(cell: str, value) -> bool:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return cell == ""
+    if isinstance(value, (bool, np.bool_)):
+        return cell == str(bool(value))
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return float(cell) == pytest.approx(float(value), rel=1e-5, abs=1e-12)
+    return cell == str(value)
+
+
+def test_report_embeds_every_figure_and_its_tables_agree_with_the_csvs(report):
+    path, manifest = report
+    text = path.read_text()
+    parser = _Tables()
+    parser.feed(text)
+    embedded = [src for src in parser.images if src.startswith("data:image/png;base64,")]
+    assert len(embedded) == len(parser.images) == len(manifest) == len(list((path.parent / "figures").glob("*.png")))
+    for entry, src in zip(manifest, embedded):
+        png = (path.parent / entry["file"]).read_bytes()
+        assert png.startswith(b"\x89PNG") and base64.b64decode(src.split(",", 1)[1]) == png
+        assert entry["hparams"]["training.lr"] == 0.05 and entry["runs"]
+    kinds = {re.sub(r"-[0-9a-f]{8}$", "", e["name"]) for e in manifest}
+    assert {"accuracy-vs-sparsity", "ablations-0it", "accuracy-vs-step-90", "layer-sparsity", "neuron-collapse",
+            "layer-density", "conservation", "first-layer-masks", "lottery-accuracy", "jaccard-structure-0",
+            "conv-masks", "weight-trajectories-l1", "weight-trajectories-unstructured"} == kinds
+    for name in ("runs", "summary", "settings"):
+        csv = pd.read_csv(path.parent / f"{name}.csv", keep_default_na=True)
+        header, *rows = parser.tables[name]
+        assert header == list(csv.columns) and len(rows) == len(csv)
+        for row, (_, expected) in zip(rows, csv.iterrows()):
+            bad = [(c, cell, expected[c]) for c, cell in zip(csv.columns, row) if not _same(cell, expected[c])]
+            assert not bad, f"{name}: {bad[:3]}"
+
+
+def test_report_figure_hyperparameters_are_those_shared_by_its_runs(report, store):
+    _, manifest = report
+    df = runs_table(store).set_index("id")
+    ablation = next(e for e in manifest if e["name"].startswith("ablations-0it"))
+    shown = df.loc[ablation["runs"]]
+    assert set(shown["method"]) == {"magnitude"} and set(shown["ablation"].dropna()) == {"shuffle"}
+    assert ablation["hparams"]["method"] == "magnitude" and ablation["hparams"]["prune_at"] == "0it"
+    assert "ablation" not in ablation["hparams"] and ablation["hparams"]["seeds"] == "0, 1"
+    conv = next(e for e in manifest if e["name"].startswith("conv-masks"))
+    assert conv["hparams"]["model"] == "lenet5" and "structure" not in conv["hparams"]
+
+
+def test_report_of_a_store_with_only_dense_runs_has_tables_and_no_figures(store, tmp_path):
+    import shutil
+
+    only = tmp_path / "runs"
+    for folder in store.iterdir():
+        if json.loads((folder / "hparams.json").read_text())["kind"] == "dense":
+            shutil.copytree(folder, only / folder.name, ignore=shutil.ignore_patterns("checkpoints"))
+    path = write_report(only, tmp_path / "out")
+    parser = _Tables()
+    parser.feed(path.read_text())
+    assert parser.images == [] and len(parser.tables["runs"]) == 1 + 3
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        write_report(tmp_path / "nowhere", tmp_path / "out2")
+
+
+# ---- the commands ------------------------------------------------------------------------------
+
+def _run(*argv) -> int:
+    parser = argparse.ArgumentParser(prog="prunelab")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args([str(a) for a in argv])
+    return args.func(args)
+
+
+def test_analyze_prints_the_kept_counts_of_a_hand_built_mask(tmp_path, capsys):
+    # LeNet-300-100: units 0-9 of layer 1 keep all 784 inputs; layer 2 units 0-4 keep inputs 0-19,
+    # of which 10-19 come from units with no inputs; the output layer keeps everything, but only its
+    # columns 0-4 read units that receive a signal.
+    keep1 = torch.zeros(300, 784, dtype=torch.bool)
+    keep1[:10] = True
+    keep3 = torch.zeros(100, 300, dtype=torch.bool)
+    keep3[:5, :20] = True
+    mask = Mask({"1.weight": keep1, "3.weight": keep3, "5.weight": torch.ones(10, 100, dtype=torch.bool)})
+    mask.save(tmp_path / "m.pt")
+    assert _run("analyze", tmp_path / "m.pt", "--model", "lenet_300_100", "--input-shape", 1, 28, 28) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
+    assert lines["1.weight"][2:5] == ["7,840", "235,200", f"{1 - 7840 / 235200:.4f}"]
+    assert lines["3.weight"][2:4] == ["100", "30,000"]
+    assert lines["5.weight"][2:4] == ["1,000", "1,000"]
+    assert lines["total"][1:3] == ["8,940", "266,200"]
+    # effective: 7,840 + 50 + 50 weights lie on an input-to-output path (000 App. M)
+    assert lines["3.weight"][5] == f"{1 - 50 / 30000:.4f}" and lines["5.weight"][5] == f"{1 - 50 / 1000:.4f}"
+    assert f"{1 - 7940 / 266200:.4f}" in out and "layer collapse: none" in out
+    assert f"max compression N/L: {266200 / 3:,.0f}x" in out
+
+    empty = Mask({**mask, "3.weight": torch.zeros(100, 300, dtype=torch.bool)})
+    empty.save(tmp_path / "collapsed.pt")
+    assert _run("analyze", tmp_path / "collapsed.pt") == 0
+    out = capsys.readouterr().out
+    assert "COLLAPSED" in out and "layer collapse: 3.weight" in out and "effective sparsity: not computed" in out
+
+
+def test_analyze_a_run_of_the_store_and_the_user_errors(store, capsys):
+    df = runs_table(store)
+    run = df[(df["method"] == "synflow") & (df["sparsity_target"] == 0.9) & (df["seed"] == 0)].iloc[0]
+    assert _run("analyze", run["id"][:10], "--root", store) == 0
+    out = capsys.readouterr().out
+    kept = Mask.load(store / run["id"] / "mask.pt").num_kept
+    assert "synflow to 0.9 at 0it" in out and f"{kept:,}" in out and "effective sparsity: " in out
+    dense = df[df["kind"] == "dense"].iloc[0]["id"]
+    with pytest.raises(ValueError, match="dense run"):
+        _run("analyze", dense, "--root", store)
+    with pytest.raises(ValueError, match="no run 'ffff'"):
+        _run("analyze", "ffff", "--root", store)
+    with pytest.raises(FileNotFoundError, match="no mask file"):
+        _run("analyze", "missing/mask.pt")
+    with pytest.raises(ValueError, match="input-shape"):
+        _run("analyze", store / run["id"] / "mask.pt", "--model", "lenet_300_100")
+    with pytest.raises(ValueError, match="does not fit"):
+        _run("analyze", store / run["id"] / "mask.pt", "--model", "lenet5", "--input-shape", 1, 28, 28)
+
+
+def test_register_adds_report_and_analyze(tmp_path):
+    parser = argparse.ArgumentParser(prog="prunelab")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["report", "--root", "r", "--out", "o"])
+    assert (args.root, args.out, args.func.__name__) == ("r", "o", "cmd_report")
+    args = parser.parse_args(["analyze", "abc"])
+    assert (args.mask_or_run, args.root, args.func.__name__) == ("abc", "runs", "cmd_analyze")
+    with pytest.raises(FileNotFoundError):
+        _run("report", "--root", tmp_path / "none", "--out", tmp_path / "o")
+
+
+# ---- plot functions on synthetic inputs --------------------------------------------------------
+
+C = plots.Curve
+SPARSITY = np.array([0.0, 0.5, 0.75, 0.875, 0.9375])
+
+
+def test_accuracy_plots_draw_one_line_per_curve_on_a_reversed_log_density_axis():
+    curves = {"magnitude after training": C(SPARSITY, [0.9, 0.9, 0.89, 0.88, 0.85], [0.01] * 5),
+              "snip": C(SPARSITY, [0.9, 0.88, 0.85, 0.8, 0.7]), "mystery": C(SPARSITY[::-1], np.linspace(.5, .9, 5))}
+    fig = plots.accuracy_vs_sparsity(curves, dense=(0.91, 0.005), title="t")
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and ax.get_xlim()[0] > ax.get_xlim()[1]  # density falls to the right
+    labels = ax.get_legend_handles_labels()[1]
+    assert labels == ["dense", *curves]
+    assert [t.get_text() for t in ax.get_xticklabels()][:3] == ["0", "50", "75"]
+    palette = plots.colors(list(curves))
+    assert palette["magnitude after training"] == "#1f77b4" and palette["snip"] == "#d62728"
+    assert len(set(palette.values())) == 3
+    assert plots.to_png(fig, dpi=30).startswith(b"\x89PNG")
+
+    panels = {m: {"unmodified": C(SPARSITY, np.ones(5)), "shuffle": C(SPARSITY, np.ones(5))} for m in ("a", "b")}
+    assert len(plots.ablation_panels(panels).axes) == 2
+    fig = plots.accuracy_vs_step({"ltr": C([0, 100, 1000], [0.8, 0.85, 0.9])}, lr_drops=[500, 750])
+    assert len([ln for ln in fig.axes[0].lines if ln.get_linestyle() == ":"]) == 2
+    with pytest.raises(ValueError, match="as many x as y"):
+        plots.accuracy_vs_sparsity({"x": C([0.5, 0.9], [0.5])})
+    with pytest.raises(ValueError, match="nothing to plot"):
+        plots.accuracy_vs_sparsity({})
+
+
+def test_layer_plots_on_synthetic_inputs():
+    layers = {m: {"conv1": 0.2, "conv2": 0.9, "fc": 0.5} for m in ("snip", "synflow")}
+    fig = plots.layer_sparsity_bars(layers)
+    assert len(fig.axes[0].patches) == 6 and len(fig.legends) == 1
+    assert fig.axes[0].patches[1].get_height() == pytest.approx(90)  # snip's conv2
+    th = np.linspace(0, 1, 11)
+    fig = plots.neuron_collapse({"synflow": C(th, 1 - th, 0.1 * th), "snip": C(th, (1 - th) ** 2)})
+    assert fig.axes[0].lines[0].get_ydata()[0] == pytest.approx(100)
+    panels = {"random": [(1.0, {"a": 1.0, "b": 1.0}), (10.0, {"a": 0.1, "b": 0.1})],
+              "snip": [(1.0, {"a": 1.0, "b": 1.0}), (100.0, {"a": 0.02, "b": 0.0})]}
+    fig = plots.layer_density_vs_compression(panels)
+    styles = [ln.get_linestyle() for ln in fig.axes[1].lines if ln.get_marker() in ("None", None, "")]
+    assert styles == ["-", "--"]  # the collapsed line is dashed
+    rng = np.random.default_rng(0)
+    s = rng.lognormal(size=20)
+    fig = plots.conservation({"l1": (s, s), "l2": (s, 1.01 * s)}, {"l1": (100, 3.0), "l2": (1000, 3.0)})
+    assert len(fig.axes) == 2 and fig.axes[1].get_xscale() == "log"
+    fig = plots.jaccard_vs_iteration({f"layer{i}": {"l1": C([1, 2, 3], [0.1, 0.2, 0.3])} for i in range(5)},
+                                     reference="l2")
+    assert sum(ax.get_visible() for ax in fig.axes) == 5
+
+
+def test_mask_image_helpers_against_hand_computations():
+    keep = np.zeros((4, 2 * 3 * 3), dtype=bool)
+    keep[:2, 0] = True  # pixel (0, 0) of channel 0 kept by half the units
+    keep[:, 9] = True  # pixel (0, 0) of channel 1 kept by all units
+    image = plots.first_layer_image(keep, (2, 3, 3))
+    assert image.shape == (3, 3) and image[0, 0] == pytest.approx((0.5 + 1.0) / 2) and image[1:, :].sum() == 0
+    with pytest.raises(ValueError, match="first-layer mask"):
+        plots.first_layer_image(keep, (1, 28, 28))
+    fig = plots.mask_images({"50%": {"snip": image, "random": image}, "90%": {"snip": image}})
+    assert sum(ax.get_visible() for ax in fig.axes) == 3
+
+    weight = np.arange(3 * 2 * 2 * 2, dtype=float).reshape(3, 2, 2, 2) + 1
+    mask = np.ones_like(weight, dtype=bool)
+    mask[1, 0] = False  # output channel 1, input channel 0 pruned
+    grid = plots.kernel_grid(weight, mask, rows="input")  # 2 input rows x 3 output columns of 2x2 kernels
+    assert grid.shape == (2 * 3 - 1, 3 * 3 - 1)
+    assert grid[0, 0] == weight[0, 0, 0, 0] and grid[3, 6] == weight[2, 1, 0, 0]
+    assert np.isnan(grid[0:2, 3:5]).all() and np.isneginf(grid[2, :]).all()
+    assert plots.kernel_grid(weight, mask, rows="output").shape == (3 * 3 - 1, 2 * 3 - 1)
+    fig = plots.conv_masks({"iteration 1": {"l1": (weight, mask)}})
+    assert fig.axes[0].images[0].get_array().shape == grid.shape
+
+    values = np.array([[0.1, -0.2], [0.15, np.nan], [0.2, np.nan]])
+    fig = plots.weight_trajectories({"fc": ([0, 50, 75], values)})
+    assert len(fig.axes[0].lines) == 2 + 1  # two weights and the zero line
+    with pytest.raises(ValueError, match="levels"):
+        plots.weight_trajectories({"fc": ([0, 50], values)})
