@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", default="local", help="local (worker processes) or slurm (submitit)")
     p.add_argument("--workers", type=int, default=None, help="local worker processes (default: one per core)")
     p.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a value of the spec, e.g. --set model.model=resnet20 --set dataset.dataset=cifar10")
     _add_common(p)
     p.set_defaults(func=cmd_sweep)
 
@@ -214,7 +216,7 @@ def cmd_sweep(args) -> int:
     check_name("executor", args.executor, sweep.EXECUTORS)
     if args.workers is not None and args.workers < 1:
         raise UserError(f"prunelab: --workers must be >= 1, got {args.workers}")
-    spec = sweep.load_spec(args.spec)
+    spec = sweep.load_spec(args.spec, args.set)
     ctx = sweep.Context(str(args.root), args.data_root, args.device, args.amp)
     plan = sweep.make_plan(ctx.runner(), spec.jobs)
     print(f"sweep {args.spec}: {len(spec.jobs)} {spec.protocol} jobs, {len(plan.skipped)} already done, "

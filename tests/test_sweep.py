@@ -107,3 +107,15 @@ def test_lock_excludes_other_processes_and_is_released_when_the_holder_dies(tmp_
         fcntl.flock(f, fcntl.LOCK_UN)
     with RunStore(tmp_path).lock("abc"), RunStore(tmp_path).lock("abc"):  # re-entrant in one process
         pass
+
+
+def test_overrides_retarget_a_spec(tmp_path):
+    path = write_spec(tmp_path / "s.toml", '[pruning]\nmethod = "snip"\nsparsity = 0.9', seeds="[0]")
+    spec = sweep.load_spec(path, ["model.model=resnet20", "dataset.dataset=cifar10", "training.train=160ep",
+                                  "pruning.sparsity=[0.5, 0.8]", "seeds=[1, 2]"])
+    assert {(j.rep.model.model, j.rep.dataset.dataset, j.rep.training.train, j.hp.sparsity, j.rep.seed)
+            for j in spec.jobs} == {("resnet20", "cifar10", "160ep", s, seed) for s in (0.5, 0.8) for seed in (1, 2)}
+    # the CIFAR recipe of Appendix A.3 under the spec's overrides
+    assert spec.jobs[0].rep.training.momentum == 0.9 and spec.jobs[0].rep.training.batch_size == 16
+    with pytest.raises(ValueError, match="SECTION.KEY=VALUE"):
+        sweep.load_spec(path, ["nonsense"])

@@ -98,8 +98,37 @@ class Spec:
 
 # ---- reading and expanding a spec ---------------------------------------------------------------
 
-def load_spec(path: str | os.PathLike) -> Spec:
-    raw = dict(read_toml(path))
+def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """``["model.model=resnet20", "pruning.sparsity=[0.9, 0.99]", "seeds=[0,1]"]`` applied to a spec.
+
+    Values are TOML (a bare word is taken as a string), so the same spec runs on another network or
+    dataset without editing it.
+    """
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects SECTION.KEY=VALUE or KEY=VALUE, got {item!r}")
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text.strip()
+        *section, name = key.strip().split(".")
+        if len(section) > 1:
+            raise ValueError(f"--set key {key!r} has more than one dot")
+        table = raw.setdefault(section[0], {}) if section else raw
+        if not isinstance(table, dict):
+            raise ValueError(f"--set key {key!r}: {section[0]!r} is not a table")
+        table[name] = value
+    return raw
+
+
+def load_spec(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Spec:
+    raw = apply_overrides(read_toml(path), overrides)
     protocol = check_name("sweep protocol", raw.pop("protocol", "run"), PROTOCOLS)
     seeds = raw.pop("seeds", raw.pop("seed", 0))
     seeds = seeds if isinstance(seeds, list) else [seeds]
