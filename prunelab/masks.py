@@ -19,13 +19,14 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from prunelab.io import atomic_torch_save
 
 _FORMAT = "prunelab.mask"
-_VERSION = 1
+_VERSION = 2  # 2: bits packed 8 to a byte (1: one bool per byte, still readable)
 
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
@@ -212,8 +213,10 @@ class Mask(Mapping[str, torch.Tensor]):
 
     # ---- persistence ----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the mask crash-safely (temporary file, fsync, rename)."""
-        return atomic_torch_save(path, {"format": _FORMAT, "version": _VERSION, "masks": self.state_dict()})
+        """Write the mask crash-safely (temporary file, fsync, rename), 8 weights to a byte."""
+        packed = {n: (list(t.shape), torch.from_numpy(np.packbits(t.cpu().numpy().reshape(-1))))
+                  for n, t in self._t.items()}
+        return atomic_torch_save(path, {"format": _FORMAT, "version": _VERSION, "packed": packed})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Mask:
@@ -224,9 +227,22 @@ class Mask(Mapping[str, torch.Tensor]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # truncated or not a torch file
             raise ValueError(f"mask file {path} is corrupted or not a prunelab mask ({type(e).__name__})") from e
-        if not (isinstance(obj, dict) and obj.get("format") == _FORMAT and isinstance(obj.get("masks"), dict)):
+        if not (isinstance(obj, dict) and obj.get("format") == _FORMAT):
             raise ValueError(f"{path} is not a prunelab mask file")
-        return cls(obj["masks"])
+        if obj.get("version") == 1 and isinstance(obj.get("masks"), dict):
+            return cls(obj["masks"])
+        try:
+            return cls({n: _unpack(shape, bits) for n, (shape, bits) in obj["packed"].items()})
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"mask file {path} is corrupted or not a prunelab mask ({type(e).__name__})") from e
+
+
+def _unpack(shape: list[int], bits: torch.Tensor) -> torch.Tensor:
+    count = int(np.prod(shape)) if shape else 1
+    flat = np.unpackbits(bits.numpy(), count=count)
+    if flat.size != count:
+        raise ValueError("packed mask is shorter than its shape")
+    return torch.from_numpy(flat.astype(bool)).view(*shape)
 
 
 def remove_mask_hooks(model: nn.Module) -> None:

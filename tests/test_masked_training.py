@@ -104,3 +104,14 @@ def test_prunable_parameters_options():
     assert list(only_conv) == ["0.weight", "3.weight"]
     with pytest.raises(ValueError, match="no prunable"):
         Mask.ones(nn.Sequential(nn.ReLU()))
+
+
+def test_mask_files_pack_bits_and_old_files_load(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    mask = Mask({"a": torch.rand(300, 301, generator=g) < 0.3, "b": torch.rand(7, generator=g) < 0.5,
+                 "c": torch.ones(3, 3, 2, 2, dtype=torch.bool)})
+    path = mask.save(tmp_path / "m.pt")
+    assert path.stat().st_size < (300 * 301) / 8 + 4000  # about one bit per weight
+    assert Mask.load(path) == mask
+    torch.save({"format": "prunelab.mask", "version": 1, "masks": mask.state_dict()}, tmp_path / "v1.pt")
+    assert Mask.load(tmp_path / "v1.pt") == mask
