@@ -1,0 +1,120 @@
+"""Family 5 (no training): layer collapse and conservation of synaptic saliency, 001 Figs. 1-4.
+
+For each network at its CIFAR input shape and each criterion at initialization: the critical
+compression (largest compression before a layer is emptied) against the max compression N/L, the
+per-layer density at several compressions, and for SynFlow the neuron-wise and layer-wise
+conservation. Results are cached entry by entry in ``results.json`` (resumable), figures are PNGs.
+
+    python repro/layer_collapse.py [--nets vgg16 vgg19 resnet20] [--out repro/results/layer_collapse]
+
+SNIP and GraSP need a batch; no CIFAR-10 is available offline here, so they score a class-balanced
+batch of 100 Gaussian inputs (10 per class) — stated with the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+import prunelab
+from prunelab import analysis, models
+from prunelab.io import atomic_write_json
+
+METHODS = ["random", "magnitude", "snip", "grasp", "synflow"]
+COMPRESSIONS = [10.0, 100.0, 1000.0]
+SHAPE = (3, 32, 32)
+
+
+def batch(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(100, *SHAPE, generator=g), torch.arange(100) % 10
+
+
+def fresh(net: str):
+    return models.create(net, num_classes=10, input_shape=SHAPE, seed=0)
+
+
+def options(method: str) -> dict:
+    meta = prunelab.get_method(method)
+    out = {}
+    if meta.needs_data:
+        out["batch"] = batch()
+    if meta.needs_input_shape:
+        out["input_shape"] = SHAPE
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--nets", nargs="+", default=["vgg16", "vgg19", "resnet20"])
+    ap.add_argument("--methods", nargs="+", default=METHODS)
+    ap.add_argument("--out", default="repro/results/layer_collapse")
+    args = ap.parse_args()
+    out = Path(args.out)
+    path = out / "results.json"
+    results = json.loads(path.read_text()) if path.is_file() else {}
+
+    def save():
+        atomic_write_json(path, results)
+
+    for net in args.nets:
+        entry = results.setdefault(net, {})
+        entry["max_compression"] = analysis.max_compression(prunelab.Mask.ones(fresh(net)))
+        for method in args.methods:
+            key = f"critical/{method}"
+            if key not in entry:
+                t = time.time()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", prunelab.LayerCollapseWarning)
+                    entry[key] = analysis.critical_compression(fresh(net), method, tol=0.05, **options(method))
+                print(f"{net} {method}: critical compression {entry[key]:.4g} ({time.time() - t:.0f} s)", flush=True)
+                save()
+            for c in COMPRESSIONS:
+                key = f"layers/{method}/{c:g}"
+                if key not in entry:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", prunelab.LayerCollapseWarning)
+                        mask = prunelab.prune(fresh(net), method, 1 - 1 / c, **options(method))
+                    entry[key] = mask.layer_density()
+                    save()
+        if "conservation" not in entry:
+            model = fresh(net)
+            scores = prunelab.score(model, "synflow", input_shape=SHAPE)
+            cons = analysis.conservation(model, scores)
+            entry["conservation"] = {
+                "exact": cons["exact"], "caveats": cons.get("caveats"),
+                "max_relative_error": cons["max_relative_error"],
+                "neurons": {p: [v["incoming"].tolist(), v["outgoing"].tolist()] for p, v in cons["neurons"].items()},
+                "layers": {n: [int(cons["layer_size"][n]), float(cons["layer_total"][n])] for n in cons["layer_total"]},
+            }
+            save()
+    figures(results, out)
+
+
+def figures(results: dict, out: Path) -> None:
+    from prunelab.reports import plots
+
+    for net, entry in results.items():
+        panels = {}
+        for key, per in entry.items():
+            if key.startswith("layers/"):
+                _, method, c = key.split("/")
+                panels.setdefault(method, []).append((float(c), per))
+        if panels:
+            plots.save(plots.layer_density_vs_compression(panels, title=f"{net}: per-layer density"),
+                       out / f"{net}_layer_density.png")
+        cons = entry.get("conservation")
+        if cons:
+            fig = plots.conservation({k: tuple(v) for k, v in cons["neurons"].items()},
+                                     {k: tuple(v) for k, v in cons["layers"].items()},
+                                     title=f"{net}: SynFlow conservation ({'exact' if cons['exact'] else 'approximate'})")
+            plots.save(fig, out / f"{net}_conservation.png")
+
+
+if __name__ == "__main__":
+    main()
