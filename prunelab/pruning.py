@@ -24,6 +24,7 @@ fraction of the scores' size, and the cost is a few passes over memory (see ``be
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 import warnings
@@ -34,6 +35,7 @@ import torch
 from torch import nn
 
 from prunelab.masks import Mask, prunable_parameters
+from prunelab.scores._common import fill_at
 from prunelab.scores.registry import Method, Scores, get_method
 
 __all__ = [
@@ -53,6 +55,7 @@ COMMON_OPTIONS = ("input_shape", "seed")  # prune() arguments; score() accepts t
 _CHUNK = 1 << 22  # elements per pass over a tensor: bounds temporaries to a few MB
 _SMALL = 1 << 16  # at most this many alive scores: select among all of them directly
 _CAP = 1 << 23  # most candidate keys gathered at once; more means ties at a bracket end
+_MERGE = 1 << 20  # up to this many slots in all, rank them as one concatenated tensor
 _SAMPLE = 1 << 12  # sample size used to bracket the threshold
 _Z = 4.0  # bracket half-width in sample standard deviations
 
@@ -166,7 +169,9 @@ def _sample_keys(values, alive, n_alive, highest, gen) -> torch.Tensor:
     """
     sizes = [v.numel() for v in values]
     total = sum(sizes)
-    draws = min(1 << 20, max(_SAMPLE, int(_SAMPLE * total / max(1, n_alive))))
+    # Larger sets get a larger sample: a narrower bracket, so fewer candidate keys to gather.
+    want = min(16 * _SAMPLE, max(_SAMPLE, 4 * math.isqrt(n_alive)))
+    draws = min(1 << 20, max(want, int(want * total / max(1, n_alive))))
     parts = []
     for v, a, size in zip(values, alive, sizes):
         m = round(draws * size / total)
@@ -235,8 +240,10 @@ def _select(values, alive, n_alive, k, highest, names=None, seed=0, check_nan=Tr
     if k <= 0:
         return [None] * len(values)
     if k >= n_alive:
-        return [torch.ones(v.numel(), dtype=torch.bool, device=v.device) if a is None else a.clone()
-                for v, a in zip(values, alive)]
+        return [
+            torch.ones(v.numel(), dtype=torch.bool, device=v.device) if a is None else a.clone()
+            for v, a in zip(values, alive)
+        ]
     gen = torch.Generator().manual_seed(seed)
     inf = math.inf
     cap = _CAP
@@ -257,9 +264,11 @@ def _select(values, alive, n_alive, k, highest, names=None, seed=0, check_nan=Tr
                 r = (k - 0.5) / n_alive * m
                 half = margin * math.sqrt(m * (k / n_alive) * (1 - k / n_alive)) + 2
                 ia, ib = math.floor(r - half), math.ceil(r + half)
-                # One-sided bracket when everything below the top of the bracket is few enough.
-                lo = -inf if (ia < 0 or k <= _CAP // 4) else float(sample[ia])
-                hi = inf if ib >= m else float(sample[ib])
+                # One-sided bracket when one side of the threshold holds few enough keys.
+                lower_side = 2 * k <= n_alive and k <= _CAP // 2
+                upper_side = 2 * k > n_alive and n_alive - k <= _CAP // 2
+                lo = -inf if (ia < 0 or lower_side) else float(sample[ia])
+                hi = inf if (ib >= m or upper_side) else float(sample[ib])
         out = _select_bracket(values, alive, n_alive, k, lo, hi, highest, cap, names)
         if out is not None:
             return out
@@ -274,28 +283,50 @@ def _select_bracket(values, alive, n_alive, k, lo, hi, highest, cap, names):
     cand_pos, cand_key = [], []
     n_cand = 0
     overflow = False
-    for i, (v, a) in enumerate(zip(values, alive)):
-        if lo != -math.inf:
-            bmask = torch.zeros(v.numel(), dtype=torch.bool, device=v.device)
-        else:
-            bmask = None
+    has_lo, has_hi = lo != -math.inf, hi != math.inf
+    for v, a in zip(values, alive):
+        bmask = torch.empty(v.numel(), dtype=torch.bool, device=v.device) if has_lo else None
         pos_i, key_i = [], []
         for s, e in _chunks(v.numel()):
             vc = v[s:e]
             ac = None if a is None else a[s:e]
-            if lo == -math.inf and hi == math.inf:
-                inside = torch.ones_like(vc, dtype=torch.bool) if ac is None else ac.clone()
-            else:
+            if has_lo:  # alive keys below the bracket: all pruned
+                b = bmask[s:e]
+                if highest:
+                    torch.gt(vc, -lo, out=b)
+                else:
+                    torch.lt(vc, lo, out=b)
+                if ac is not None:
+                    b &= ac
+                below_n += int(b.count_nonzero())
+            if has_hi and not has_lo and vc.device.type == "cpu" and overflow is False:
+                # The iterative case (few keys below the bracket top): numpy fuses the compare with
+                # the index extraction, about a third cheaper than torch's le + count + nonzero.
+                vn = vc.numpy()
+                inside_np = (vn >= -hi) if highest else (vn <= hi)
+                if ac is not None:
+                    inside_np &= ac.numpy()
+                p = torch.from_numpy(np.flatnonzero(inside_np))
+                n_cand += p.numel()
+                if cap is not None and n_cand > cap:
+                    overflow = True
+                    continue
+                if p.numel():
+                    key_i.append(vc.index_select(0, p))
+                    pos_i.append(p + s)
+                continue
+            if has_hi:
                 inside = _key_le(vc, hi, highest)
                 if ac is not None:
                     inside &= ac
-            if bmask is not None:
-                b = _key_lt(vc, lo, highest)
+                if has_lo:
+                    inside &= ~b
+            elif has_lo:
+                inside = ~b
                 if ac is not None:
-                    b &= ac
-                bmask[s:e] = b
-                below_n += int(b.count_nonzero())
-                inside &= ~b
+                    inside &= ac
+            else:
+                inside = torch.ones_like(vc, dtype=torch.bool) if ac is None else ac
             c = int(inside.count_nonzero())
             n_cand += c
             if overflow or (cap is not None and n_cand > cap):
@@ -303,7 +334,7 @@ def _select_bracket(values, alive, n_alive, k, lo, hi, highest, cap, names):
                 continue
             if c:
                 p = _flatnonzero(inside)
-                key_i.append(vc[p])
+                key_i.append(vc.index_select(0, p.to(vc.device)))
                 pos_i.append(p + s)
         below.append(bmask)
         cand_pos.append(torch.cat(pos_i) if pos_i else None)
@@ -341,7 +372,7 @@ def _select_bracket(values, alive, n_alive, k, lo, hi, highest, cap, names):
         if bmask is None:
             out.append(chosen if chosen.numel() else None)
         else:
-            bmask[chosen] = True
+            fill_at(bmask, chosen, True)
             out.append(bmask)
     return out
 
@@ -349,9 +380,18 @@ def _select_bracket(values, alive, n_alive, k, lo, hi, highest, cap, names):
 # ------------------------------------------------------------------------------------------------
 # remove
 # ------------------------------------------------------------------------------------------------
-def _mask_for_scores(scores: Mapping[str, torch.Tensor], mask: Mask | None) -> Mask:
-    if mask is None:
-        return Mask({n: torch.ones(s.shape, dtype=torch.bool) for n, s in scores.items()})
+def _split(drop, sizes: list[int]) -> list:
+    """Per-tensor pieces of a drop result over the concatenation of tensors of ``sizes``."""
+    if drop is None:
+        return [None] * len(sizes)
+    if drop.dtype == torch.bool:
+        return list(drop.split(sizes))
+    bounds = torch.tensor([0, *itertools.accumulate(sizes)], device=drop.device)
+    cuts = torch.searchsorted(drop, bounds).tolist()  # drop indices are sorted
+    return [drop[a:b] - bounds[i] for i, (a, b) in enumerate(zip(cuts, cuts[1:]))]
+
+
+def _mask_for_scores(scores: Mapping[str, torch.Tensor], mask: Mask) -> Mask:
     if set(scores) != set(mask):
         missing = sorted(set(mask) - set(scores))
         extra = sorted(set(scores) - set(mask))
@@ -378,14 +418,28 @@ class _Remover:
 
     RECOMPACT_BELOW = 0.5  # rebuild a tensor's slots when fewer than this fraction of them is alive
 
-    def __init__(self, mask: Mask, device: torch.device | None = None):
-        self.names = list(mask)
-        self.shapes = {n: mask[n].shape for n in self.names}
-        self.keep = {n: mask[n].reshape(-1).to(device or mask[n].device).clone() for n in self.names}
+    def __init__(
+        self,
+        mask: Mask | None,
+        device: torch.device,
+        compact: bool = False,
+        shapes: Mapping[str, torch.Size] | None = None,
+    ):
+        """Start from ``mask``, or with every entry kept in tensors of ``shapes``. ``compact``: allow
+        slot compaction (iterative pruning; one-shot removal does not need it)."""
+        self.names = list(mask if mask is not None else shapes)
+        self.shapes = {n: (mask[n].shape if mask is not None else torch.Size(shapes[n])) for n in self.names}
+        self.keep = {}
+        for n in self.names:
+            if mask is not None:
+                self.keep[n] = mask[n].reshape(-1).to(device).clone()
+            else:
+                self.keep[n] = torch.ones(self.shapes[n].numel(), dtype=torch.bool, device=device)
         self.kept = {n: int(self.keep[n].count_nonzero()) for n in self.names}
         self.total = {n: self.keep[n].numel() for n in self.names}
         self.idx: dict[str, torch.Tensor | None] = {n: None for n in self.names}
         self.live: dict[str, torch.Tensor | None] = {n: None for n in self.names}
+        self.compact = compact
         for n in self.names:
             self._maybe_compact(n)
 
@@ -393,7 +447,8 @@ class _Remover:
         return Mask({n: self.keep[n].view(self.shapes[n]) for n in self.names})
 
     def final_mask(self) -> Mask:
-        return Mask({n: self.keep[n].view(self.shapes[n]).cpu().clone() for n in self.names})
+        """The result; the remover must not be stepped afterwards (the mask shares its tensors)."""
+        return Mask({n: self.keep[n].view(self.shapes[n]).cpu() for n in self.names})
 
     def index(self) -> dict[str, torch.Tensor | None]:
         """Per tensor: the flat indices its slots stand for, or None where slots are all entries."""
@@ -409,10 +464,12 @@ class _Remover:
         return self.keep[n] if self.idx[n] is None else self.live[n]
 
     def _maybe_compact(self, n: str) -> None:
-        if self.kept[n] >= self.RECOMPACT_BELOW * self._slots(n):
+        if not self.compact or self.kept[n] >= self.RECOMPACT_BELOW * self._slots(n):
             return
         if self.idx[n] is None:
             self.idx[n] = _flatnonzero(self.keep[n])
+        elif self.idx[n].device.type == "cpu":
+            self.idx[n] = torch.from_numpy(self.idx[n].numpy()[self.live[n].numpy()])  # numpy: ~3x faster
         else:
             self.idx[n] = self.idx[n][self.live[n]]
         self.live[n] = None
@@ -431,15 +488,15 @@ class _Remover:
             if drop.dtype == torch.bool:
                 self.live[name] &= ~drop
             else:
-                self.live[name][drop] = False
-            drop = idx[drop]
-        if drop.dtype == torch.bool:
-            self.keep[name] &= ~drop
-        else:
-            self.keep[name][drop] = False
-        self.kept[name] -= n_drop
+                fill_at(self.live[name], drop, False)
+            drop = idx[drop] if drop.dtype == torch.bool else idx.index_select(0, drop)
         if notify is not None:
             notify(name, drop)
+        if drop.dtype == torch.bool:
+            self.keep[name] &= drop.logical_not_()  # the drop mask is ours to overwrite
+        else:
+            fill_at(self.keep[name], drop, False)
+        self.kept[name] -= n_drop
         self._maybe_compact(name)
 
     def _drop_flat(self, name: str, drop: torch.Tensor, notify) -> None:
@@ -477,8 +534,24 @@ class _Remover:
         total = sum(self.total.values())
         kept = sum(self.kept.values())
         k = num_to_prune(sparsity, total) - (total - kept)
+        vals = [values[n] for n in names]
         alive = [self._alive(n) for n in names]
-        drops = _select([values[n] for n in names], alive, kept, k, highest, names, seed, check_nan)
+        sizes = [v.numel() for v in vals]
+        if len(vals) > 1 and sum(sizes) <= _MERGE and len({v.device for v in vals}) == 1:
+            # Few slots left (small nets, late iterations): one flat tensor instead of a loop over
+            # layers; position order is unchanged, so the result is the same.
+            merged_alive = None
+            if any(a is not None for a in alive):
+                merged_alive = torch.cat(
+                    [
+                        torch.ones(sz, dtype=torch.bool, device=v.device) if a is None else a
+                        for v, a, sz in zip(vals, alive, sizes)
+                    ]
+                )
+            (drop,) = _select([torch.cat(vals)], [merged_alive], kept, k, highest, None, seed, check_nan)
+            drops = _split(drop, sizes)
+        else:
+            drops = _select(vals, alive, kept, k, highest, names, seed, check_nan)
         for n, d in zip(names, drops):
             self._drop(n, d, notify)
 
@@ -504,8 +577,9 @@ class _Remover:
                     [(n, us, ua, shape)], num_to_prune(sparsity, self.total[n]), self.total[n], highest, notify
                 )
         else:
-            self._drop_units(units, num_to_prune(sparsity, sum(self.total.values())), sum(self.total.values()),
-                             highest, notify)
+            self._drop_units(
+                units, num_to_prune(sparsity, sum(self.total.values())), sum(self.total.values()), highest, notify
+            )
 
     def _drop_units(self, units, target, total, highest, notify):
         """Prune units (channels or single weights) in rank order until the count is nearest ``target``."""
@@ -520,11 +594,14 @@ class _Remover:
         order = torch.sort(key, stable=True).indices
         pruned = dead + torch.cumsum(alive[order], 0)  # pruned count after taking 1..U units
         counts = torch.cat([torch.tensor([dead], device=pruned.device), pruned])
-        best = int(torch.argmin((counts - target).abs()))  # first (fewest units) among the nearest
+        dist = (counts - target).abs()
+        # The nearest count; between two equally near ones the larger, like round-half-up in
+        # num_to_prune (so a layer of C equal channels loses round(sparsity * C) of them).
+        best = int(torch.nonzero(dist == dist.min())[-1])
         drop_units = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
         drop_units[order[:best]] = True
         start = 0
-        for n, us, ua, shape in units:
+        for n, us, _, shape in units:
             d = drop_units[start : start + us.numel()]
             start += us.numel()
             if not bool(d.any()):
@@ -558,11 +635,14 @@ def remove(
     """
     s = _check_sparsity(sparsity, density)
     _check_choice(scope, "scope", SCOPES)
-    mask = _mask_for_scores(scores, mask)
+    if not scores:
+        raise ValueError("no scores given: remove needs {param_name: scores} for at least one tensor")
+    if mask is not None:
+        _mask_for_scores(scores, mask)
     if groups is None:
         groups = getattr(scores, "groups", None)
     device = next(iter(scores.values())).device
-    state = _Remover(mask, device)
+    state = _Remover(mask, device, shapes={n: v.shape for n, v in scores.items()})
     state.step(scores, s, scope, bool(prune_highest) != bool(invert), groups=groups)
     return state.final_mask()
 
@@ -656,7 +736,10 @@ def score(model: nn.Module, method: str, batch=None, mask: Mask | None = None, *
 
 
 def _warn_collapse(mask: Mask, method: str, sparsity: float) -> None:
-    empty = [n for n, (kept, total) in mask.layer_counts().items() if kept == 0 and total > 0]
+    # Biases are left out: without them a layer still passes signal; without weights it does not.
+    empty = [
+        n for n, (kept, total) in mask.layer_counts().items() if kept == 0 and total > 0 and not n.endswith("bias")
+    ]
     if empty:
         shown = ", ".join(empty[:8]) + (f" and {len(empty) - 8} more" if len(empty) > 8 else "")
         warnings.warn(
@@ -724,9 +807,8 @@ def prune(
             continue
         scores = scorer(mask if state is None else state.mask())
         if state is None:
-            state = _Remover(mask, next(iter(scores.values())).device)
-        state.step(scores, target, scope, highest, notify=notify, groups=getattr(scores, "groups", None),
-                   seed=seed + i)
+            state = _Remover(mask, next(iter(scores.values())).device, compact=True)
+        state.step(scores, target, scope, highest, notify=notify, groups=getattr(scores, "groups", None), seed=seed + i)
     result = mask.clone() if state is None else state.final_mask()
     _warn_collapse(result, method, s)
     return result

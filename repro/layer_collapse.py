@@ -110,9 +110,10 @@ def figures(results: dict, out: Path) -> None:
                        out / f"{net}_layer_density.png")
         cons = entry.get("conservation")
         if cons:
+            kind = "exact" if cons["exact"] else "approximate"
             fig = plots.conservation({k: tuple(v) for k, v in cons["neurons"].items()},
                                      {k: tuple(v) for k, v in cons["layers"].items()},
-                                     title=f"{net}: SynFlow conservation ({'exact' if cons['exact'] else 'approximate'})")
+                                     title=f"{net}: SynFlow conservation ({kind})")
             plots.save(fig, out / f"{net}_conservation.png")
 
 

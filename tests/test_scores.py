@@ -350,7 +350,12 @@ def test_magnitude_is_abs_weight():
 def test_prunable_parameter_options_select_scored_tensors():
     model = convnet()
     assert set(prunelab.score(model, "magnitude", include_bias=True)) == {
-        "0.weight", "0.bias", "3.weight", "3.bias", "8.weight", "8.bias"
+        "0.weight",
+        "0.bias",
+        "3.weight",
+        "3.bias",
+        "8.weight",
+        "8.bias",
     }
     assert set(prunelab.score(model, "magnitude", include_norm=True)) >= {"1.weight", "1.bias", "4.weight"}
     assert set(prunelab.score(model, "magnitude", exclude=["8.weight"])) == {"0.weight", "3.weight"}
@@ -406,3 +411,25 @@ def test_register_a_criterion_with_one_decorated_function():
     assert kept.max() <= everything.median() + 1e-6
     with pytest.raises(ValueError, match="already registered"):
         prunelab.register_method(name, needs_data=False)(negative_magnitude)
+
+
+def test_every_criterion_of_the_papers_is_registered_with_metadata():
+    info = prunelab.methods()
+    required = {
+        "random",
+        "magnitude",
+        "snip",
+        "iterative_snip",
+        "grasp",
+        "grasp_abs",
+        "synflow",
+        "l1_channel",
+        "l2_channel",
+        "linf_channel",
+        "random_channel",
+        "hybrid",
+    }
+    assert required <= set(info)
+    assert info["synflow"].needs_input_shape and not info["synflow"].needs_data
+    assert all(info[n].structured and info[n].default_scope == "layer" for n in required if "channel" in n)
+    assert info["hybrid"].structured and info["magnitude"].default_scope == "global"

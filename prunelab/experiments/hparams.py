@@ -108,7 +108,7 @@ def dataclass_from_flags(cls: type, args: argparse.Namespace, base: Any = None, 
 
 ABLATIONS = ["shuffle", "reinit", "invert", "fixed_variance", "sign", "sigma_sign"]
 REWIND_CHOICES = ["finetune", "sign", "sigma_sign"]  # besides a duration such as "0it" or "1000it"
-STRUCTURES = ["unstructured", "l1", "l2", "linf", "random", "random_unstructured", "hybrid", "fc_only"]
+STRUCTURES = ["unstructured", "l1", "l2", "linf", "lneginf", "random", "random_unstructured", "hybrid", "fc_only"]
 
 
 @dataclasses.dataclass(frozen=True)

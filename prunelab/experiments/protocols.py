@@ -143,7 +143,8 @@ def _ablate_weights(model: nn.Module, ablation: str | None, mask: Mask, referenc
 
 _STRUCTURE_METHOD = {
     "unstructured": "magnitude", "fc_only": "magnitude", "random_unstructured": "random",
-    "l1": "l1_channel", "l2": "l2_channel", "linf": "linf_channel", "random": "random_channel", "hybrid": "hybrid",
+    "l1": "l1_channel", "l2": "l2_channel", "linf": "linf_channel", "lneginf": "lneginf_channel",
+    "random": "random_channel", "hybrid": "hybrid",
 }
 
 

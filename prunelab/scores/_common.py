@@ -46,8 +46,10 @@ def split_batches(batch, name: str) -> list[Batch]:
         raise ValueError(hint)
     if isinstance(batch, Sequence) and len(batch) == 2 and all(isinstance(t, torch.Tensor) for t in batch):
         pairs = [tuple(batch)]
-    elif isinstance(batch, Sequence) and len(batch) > 0 and all(
-        isinstance(b, Sequence) and len(b) == 2 and all(isinstance(t, torch.Tensor) for t in b) for b in batch
+    elif (
+        isinstance(batch, Sequence)
+        and len(batch) > 0
+        and all(isinstance(b, Sequence) and len(b) == 2 and all(isinstance(t, torch.Tensor) for t in b) for b in batch)
     ):
         pairs = [tuple(b) for b in batch]
     else:
@@ -116,3 +118,15 @@ def resolve_loss(loss_fn: Callable | None) -> Callable:
     if not callable(loss_fn):
         raise ValueError(f"loss_fn must be callable (output, target) -> scalar, got {type(loss_fn).__name__}")
     return loss_fn
+
+
+def fill_at(t: torch.Tensor, index: torch.Tensor, value) -> None:
+    """``t[index] = value`` for a flat contiguous ``t`` and int64 or bool ``index``.
+
+    On CPU through numpy: torch's CPU ``index_put_`` costs about 100x more here (12 ms for 47k
+    indices into 2.4M entries), which would dominate SynFlow's iterations.
+    """
+    if t.device.type == "cpu" and index.device.type == "cpu" and t.is_contiguous():
+        t.detach().numpy()[index.numpy()] = value
+    else:
+        t[index] = value

@@ -18,9 +18,7 @@ def random(model, mask, batch=None, *, seed: int = 0) -> Scores:
     """
     gen = torch.Generator().manual_seed(int(seed))
     params = covered_parameters(model, mask)
-    return Scores(
-        {n: torch.rand(p.shape, generator=gen, dtype=torch.float64).to(p.device) for n, p in params.items()}
-    )
+    return Scores({n: torch.rand(p.shape, generator=gen, dtype=torch.float64).to(p.device) for n, p in params.items()})
 
 
 @register_method("magnitude", needs_data=False, description="|w|")

@@ -97,9 +97,11 @@ def _grasp_hg(model, mask, batch, temperature, loss_fn, batchnorm_train):
             # dz/dw = H g (double back-propagation, Wang et al. 2020, Algorithm 2).
             g = _grads(loss_of(*pairs[0]), leaves, create_graph=True)
             z = sum((gi.detach() * gi).sum() for gi in g if gi.requires_grad)
-            hg = _grads(z, leaves) if isinstance(z, torch.Tensor) and z.requires_grad else [
-                torch.zeros_like(w) for w in leaves.values()
-            ]
+            hg = (
+                _grads(z, leaves)
+                if isinstance(z, torch.Tensor) and z.requires_grad
+                else [torch.zeros_like(w) for w in leaves.values()]
+            )
         else:
             # Several batches: g must be the gradient of the whole loss before any Hg is taken.
             g_all = None

@@ -112,9 +112,7 @@ def register_method(
     def add(fn: Callable) -> Callable:
         params = list(inspect.signature(fn).parameters)
         if len(params) < 3:
-            raise ValueError(
-                f"a pruning criterion takes (model, mask, batch, **options); {fn.__name__} takes {params}"
-            )
+            raise ValueError(f"a pruning criterion takes (model, mask, batch, **options); {fn.__name__} takes {params}")
         doc = description or (inspect.getdoc(fn) or "").split("\n")[0]
         method = Method(
             name=name,

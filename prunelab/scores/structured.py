@@ -8,6 +8,11 @@ gets one score, broadcast to all its entries, and :class:`~prunelab.scores.regis
 tells :func:`prunelab.remove` to keep or remove the channel whole. Tensors with one dimension
 (biases, normalization parameters when covered) have no channels and are scored entry by entry.
 Paper 002 prunes locally (``default_scope="layer"``).
+
+Norms: ``l1_channel``, ``l2_channel``, ``linf_channel`` (largest ``|w|`` of the channel) and
+``lneginf_channel`` (smallest ``|w|``). Paper 002's text and tables name the last structured variant
+"L_{-inf}" (``torch.nn.utils.prune.ln_structured`` with ``n=-inf``), so ``lneginf_channel`` is the
+one that reproduces it; ``linf_channel`` is the usual max-norm that the issue's name suggests.
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ _AXES = ("input", "output")
 def _owners(model: nn.Module) -> dict[str, nn.Module]:
     """param name -> the module that owns it."""
     return {
-        (f"{mn}.{pn}" if mn else pn): m for mn, m in model.named_modules() for pn, _ in m.named_parameters(recurse=False)
+        (f"{mn}.{pn}" if mn else pn): m
+        for mn, m in model.named_modules()
+        for pn, _ in m.named_parameters(recurse=False)
     }
 
 

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from prunelab.masks import Mask
+from prunelab.scores._common import fill_at
 from prunelab.scores.registry import Scores, register_method
 
 
@@ -62,20 +63,22 @@ class SynFlowScorer:
         self._params = dict(net.named_parameters())
         self._kept: dict[str, int] = {}
         self._notified = False
+        self._weights: dict[str, nn.Parameter] | None = None
         self._gathered: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def pruned(self, name: str, index: torch.Tensor) -> None:
         """Zero the newly pruned entries ``index`` (flat indices or a flat bool mask) of ``name``."""
         p = self._params[name]
         with torch.no_grad():
-            flat = p.view(-1)
-            flat[index.to(p.device)] = 0.0
+            fill_at(p.view(-1), index.to(p.device), 0.0)
         n = int(index.count_nonzero()) if index.dtype == torch.bool else index.numel()
         self._kept[name] = self._kept.get(name, p.numel()) - n
         self._notified = True
 
     def _sync(self, mask: Mask) -> dict[str, nn.Parameter]:
-        weights = mask.check_compatible(self.net)
+        if self._weights is None or list(self._weights) != list(mask):
+            self._weights = mask.check_compatible(self.net)
+        weights = self._weights
         if self._notified:
             # prune() reports every removal through pruned(): the copy is already in sync.
             return weights
