@@ -16,6 +16,7 @@ from prunelab.experiments.hparams import (
     load_toml,
 )
 from prunelab.training.settings import TrainSettings
+from prunelab.training.trainer import Diverged
 
 EXIT_USER_ERROR = 2
 
@@ -32,7 +33,6 @@ class _Parser(argparse.ArgumentParser):
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None, help="dataset folder (else $PRUNELAB_DATA, else the user cache)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False, help="mixed precision")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
 
 
@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="LeNet-300-100 on Fashion-MNIST, dense vs 90%% random sparse, a few epochs")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--sparsity", type=float, default=0.9)
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False, help="mixed precision")
     _add_common(p)
     p.set_defaults(func=cmd_demo)
     return parser
@@ -106,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, ValueError, OSError) as e:  # OSError: missing files, no permission, disk full
         print(f"prunelab: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except Diverged as e:  # a run that was not recorded as diverged (e.g. a dense prefix): not a user error
+        print(f"prunelab: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("prunelab: interrupted; finished work is kept and an unfinished run resumes when rerun", file=sys.stderr)
         return 130
@@ -140,13 +144,14 @@ def _experiment(args, *extra: type):
     training = dataclass_from_flags(TrainSettings, args, base=base)
     parts = [dataclass_from_flags(cls, args, base=cls(**cfg.get(_section(cls), {}))) for cls in extra]
     seed = args.seed if args.seed is not None else cfg.get("seed", 0)
+    if seed < 0:
+        raise UserError(f"prunelab: --seed must be >= 0, got {seed}")
     device = args.device
     if args.distributed:
         from prunelab.training import distributed
 
         device = distributed.init_from_env(args.device)
-    runner = Runner(RunStore(args.root), data_root=args.data_root, device=device, amp=args.amp,
-                    progress=args.progress)
+    runner = Runner(RunStore(args.root), data_root=args.data_root, device=device, progress=args.progress)
     rep = Replicate(model, dataset, training, seed)
     runner.model(rep)  # a bad model/dataset pair fails here, before anything is written
     return (runner, rep, *parts)
@@ -217,7 +222,7 @@ def cmd_sweep(args) -> int:
     if args.workers is not None and args.workers < 1:
         raise UserError(f"prunelab: --workers must be >= 1, got {args.workers}")
     spec = sweep.load_spec(args.spec, args.set)
-    ctx = sweep.Context(str(args.root), args.data_root, args.device, args.amp)
+    ctx = sweep.Context(str(args.root), args.data_root, args.device)
     plan = sweep.make_plan(ctx.runner(), spec.jobs)
     print(f"sweep {args.spec}: {len(spec.jobs)} {spec.protocol} jobs, {len(plan.skipped)} already done, "
           f"{plan.todo} to do in {len(plan.phases)} phase(s), about {plan.steps:,} training steps")

@@ -111,7 +111,9 @@ def test_corrupt_result_json_is_not_trusted(data_root, tmp_path):
     prune_id = next(i for i, hp, _ in store.runs() if hp["kind"] == "prune")
     good = json.loads((store.folder(prune_id) / "result.json").read_text())
     (store.folder(prune_id) / "result.json").write_text('{"status": "do')
-    assert store.result(prune_id) is None
+    with pytest.warns(UserWarning, match="set aside"):
+        assert store.result(prune_id) is None
+    assert (store.folder(prune_id) / "result.json.corrupt").read_text() == '{"status": "do'
     assert main(cli_args(data_root, root)) == 0
     again = json.loads((store.folder(prune_id) / "result.json").read_text())
     assert {k: v for k, v in again.items() if k not in VOLATILE} == {k: v for k, v in good.items() if k not in VOLATILE}

@@ -48,15 +48,18 @@ def test_prune_at_init_trains_dense_once_and_caches(runner):
 def test_pretraining_to_step_t_is_shared_and_matches_an_uninterrupted_run(runner):
     for method in ("magnitude", "random"):
         prune_at_step(runner, REP, PruneHparams(method=method, sparsity=0.5, prune_at="6it"))
-    # dense 12, the prefix 0..6 once (the dense run keeps only its end), then 12 per pruned network
-    assert runner.steps_executed == 12 + 6 + 12 + 12
+    # the dense prefix 0..6, its continuation 6..12 (every dense step once), then 12 per pruned network
+    assert runner.steps_executed == 12 + 12 + 12
     folder = runner.store.folder(runner.dense_id(REP)) / "checkpoints"
     at6 = CheckpointFolder(folder).load_step(6)["model"]
+    at12 = CheckpointFolder(folder).load_step(12)["model"]
     captured = {}
     model = runner.model(REP)
     train(model, runner.dataset(REP.dataset), TRAINING, seed=0, device="cpu",
           on_step=lambda s, m: captured.update({k: v.clone() for k, v in m.state_dict().items()}) if s == 6 else 0)
     assert all(torch.equal(at6[k], captured[k]) for k in captured)
+    # and the dense run that resumed from step 6 ends bitwise where an uninterrupted one does
+    assert all(torch.equal(at12[k], v) for k, v in model.state_dict().items())
 
 
 def test_magnitude_after_training_prunes_the_trained_weights(runner):
@@ -103,8 +106,8 @@ def test_lottery_levels_build_on_each_other(runner):
 def test_lottery_rewinds_to_step_t(runner):
     (r,) = lottery(runner, REP, LotteryHparams(levels=1, rate=0.5, rewind_to="4it"))
     assert r["rewind_step"] == 4
-    # dense 12; the dense run keeps only its end, so step 4 is produced once (4 steps); then 4 -> 12
-    assert runner.steps_executed == 12 + 4 + 8
+    # dense 0..4 (kept), dense 4..12, then the ticket from 4 to 12
+    assert runner.steps_executed == 12 + 8
 
 
 @pytest.mark.parametrize("rewind", ["finetune", "sigma_sign", "sign"])

@@ -143,6 +143,10 @@ class PruneHparams:
         from prunelab.scores import get_method
 
         get_method(self.method)  # unknown criterion: the registry's message, with the closest name
+        _canonical(self, floats=("sparsity",), durations=("prune_at",) if self.prune_at != "end" else ())
+        check_name("schedule", self.schedule, ["exponential", "linear"])
+        if self.scope is not None:
+            check_name("scope", self.scope, ["global", "layer"])
         if not 0 <= self.sparsity < 1:
             raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
         if self.iterations is not None and self.iterations < 1:
@@ -169,6 +173,8 @@ class LotteryHparams:
     def __post_init__(self) -> None:
         from prunelab.registry import check_name
 
+        _canonical(self, floats=("rate",),
+                   durations=("rewind_to",) if self.rewind_to not in REWIND_CHOICES else ())
         if self.levels < 1:
             raise ValueError(f"levels must be >= 1, got {self.levels}")
         if not 0 < self.rate < 1:
@@ -179,6 +185,21 @@ class LotteryHparams:
         check_name("scope", self.scope, ["global", "layer"])
         if self.ablation is not None:
             check_name("lottery ablation", self.ablation, ["shuffle", "reinit"])
+
+
+def _canonical(obj: Any, floats: tuple[str, ...] = (), durations: tuple[str, ...] = ()) -> None:
+    """Normalize fields in place so that equal settings hash equally ("1" vs "1.0", "0ep" vs "0it")."""
+    from prunelab.training.durations import Duration
+
+    for name in floats:
+        value = getattr(obj, name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            object.__setattr__(obj, name, float(value))
+    for name in durations:
+        try:
+            object.__setattr__(obj, name, str(Duration.parse(getattr(obj, name))))
+        except ValueError:
+            pass  # reported with the field's own message below
 
 
 def _check_duration(text: str, what: str, extra: list[str] = ()) -> None:

@@ -105,10 +105,21 @@ def prune_at_step(runner: Runner, rep: Replicate, hp: PruneHparams) -> dict[str,
     return runner.store.once(run_id, lambda: _prune_at_step(runner, rep, hp, run_id, t))
 
 
-def _prune_at_step(runner: Runner, rep: Replicate, hp: PruneHparams, run_id: str, t: int) -> dict[str, Any]:
+def _dense_first(runner: Runner, rep: Replicate, t: int) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The dense result and the dense weights at step t, training each step once: the weights at t come
+    first, so that the full dense training then resumes from them instead of training 0..t twice."""
+    end = runner.total_steps(rep)
+    state_t = runner.weights_at(rep, t) if t < end else None
     dense = runner.dense(rep)
+    if dense["status"] != "done" and t > 0:
+        raise ValueError(f"the dense network of this replicate diverged at step {dense.get('step')}; "
+                         "there are no trained weights to prune or rewind (lower the learning rate?)")
+    return dense, state_t if state_t is not None else runner.weights_at(rep, t)
+
+
+def _prune_at_step(runner: Runner, rep: Replicate, hp: PruneHparams, run_id: str, t: int) -> dict[str, Any]:
+    dense, state_t = _dense_first(runner, rep, t)
     folder = runner.store.begin(run_id, {"kind": "prune", **rep.describe(), "pruning": dataclasses.asdict(hp)})
-    state_t = runner.weights_at(rep, t)
     model = runner.model(rep)
     model.load_state_dict(state_t)
 
@@ -167,7 +178,12 @@ def lottery(runner: Runner, rep: Replicate, hp: LotteryHparams) -> list[dict[str
     LTR; t = 0 is the original lottery ticket), or finetuned from level L-1's trained weights for a
     whole schedule (002 §3.2, same budget), or sign / sigma*sign of the initial weights (Zhou et al.).
     """
-    return [lottery_level(runner, rep, hp, level) for level in range(1, hp.levels + 1)]
+    results = []
+    for level in range(1, hp.levels + 1):
+        results.append(lottery_level(runner, rep, hp, level))
+        if results[-1]["status"] != "done":
+            break  # a diverged level ends the series: the next one has no trained weights to prune
+    return results
 
 
 def _trained_state(runner: Runner, rep: Replicate, hp: LotteryHparams, level: int) -> dict[str, torch.Tensor]:
@@ -187,7 +203,7 @@ def lottery_level(runner: Runner, rep: Replicate, hp: LotteryHparams, level: int
 
 def _lottery_level(runner: Runner, rep: Replicate, hp: LotteryHparams, level: int, run_id: str, rewinding: bool,
                    t: int) -> dict[str, Any]:
-    dense = runner.dense(rep)
+    dense, _ = _dense_first(runner, rep, t)
     if level > 1:
         previous = lottery_level(runner, rep, hp, level - 1)
         if previous["status"] != "done":

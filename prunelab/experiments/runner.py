@@ -20,7 +20,7 @@ from torch import nn
 
 from prunelab.experiments.hparams import DataHparams, ModelHparams, run_hash
 from prunelab.experiments.store import RunStore
-from prunelab.training import Diverged, TrainSettings, distributed, iterations, train
+from prunelab.training import Diverged, TrainSettings, distributed, iterations, resolve_device, train
 from prunelab.training.checkpoints import CheckpointFolder
 
 
@@ -47,7 +47,6 @@ class Runner:
     store: RunStore
     data_root: str | Path | None = None
     device: str = "auto"
-    amp: bool = False
     progress: bool = False
     steps_executed: int = 0
     _datasets: dict = field(default_factory=dict, repr=False)
@@ -61,13 +60,15 @@ class Runner:
         return self._datasets[hp]
 
     def model(self, rep: Replicate, init: str | None = None) -> nn.Module:
+        """The replicate's network at initialization, on this runner's device (pruning runs there too)."""
         from prunelab import models
 
         ds = self.dataset(rep.dataset)
-        return models.create(
+        model = models.create(
             rep.model.model, num_classes=ds.num_classes, input_shape=ds.input_shape, seed=rep.seed,
             init=init or rep.model.init, init_mode=rep.model.init_mode, bn_init=rep.model.bn_init,
         )
+        return model.to(resolve_device(self.device))
 
     def iters_per_epoch(self, rep: Replicate) -> int:
         return len(self.dataset(rep.dataset).loader("train", rep.training.batch_size))
@@ -90,7 +91,7 @@ class Runner:
             self.steps_executed += 1
 
         return train(
-            model, self.dataset(rep.dataset), rep.training, seed=rep.seed, device=self.device, amp=self.amp,
+            model, self.dataset(rep.dataset), rep.training, seed=rep.seed, device=self.device,
             progress=self.progress, checkpoint_dir=folder / "checkpoints", on_step=count, **kwargs,
         )
 
@@ -133,7 +134,7 @@ class Runner:
         if step == self.total_steps(rep):
             self.dense(rep)
         ck = CheckpointFolder(self.store.folder(run_id) / "checkpoints")
-        state = ck.load_step(step)
+        state = distributed.broadcast_object(ck.load_step(step) if distributed.is_main() else None)
         if state is not None:
             return state["model"]
         with self.store.lock(run_id):
@@ -152,4 +153,4 @@ class Runner:
         # latest.pt of a longer training is not lost: the trained network is always kept as step_<end>.pt.
         self._save_init(folder, model)
         self.run_training(model, rep, folder, end_step=step, keep_steps=[step], evaluate_at_end=False)
-        return ck.load_step(step)["model"]
+        return model.state_dict()  # the trainer kept it as step_<step>.pt (also when it only resumed)

@@ -46,13 +46,28 @@ class RunStore:
         return self.root / run_id
 
     def result(self, run_id: str) -> dict[str, Any] | None:
-        """The stored result of a finished run, else None (a failed run is retried, so it is not finished)."""
-        path = self.folder(run_id) / "result.json"
+        """The stored result of a finished run, else None (a failed run is retried, so it is not finished).
+
+        A damaged ``result.json`` is set aside with a warning (rank 0 only) and the run counts as unfinished.
+        """
+        result = self._read_result(self.folder(run_id) / "result.json")
+        return result if result is not None and result.get("status") in FINISHED else None
+
+    @staticmethod
+    def _read_result(path: Path) -> dict[str, Any] | None:
         try:
             result = json.loads(path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+        except FileNotFoundError:
             return None
-        return result if result.get("status") in FINISHED else None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            result = None
+        if isinstance(result, dict):
+            return result
+        if distributed.is_main():
+            from prunelab.training.checkpoints import set_aside
+
+            set_aside(path, f"result {path} is unreadable")
+        return None
 
     def hparams(self, run_id: str) -> dict[str, Any]:
         return json.loads((self.folder(run_id) / "hparams.json").read_text())
@@ -117,26 +132,36 @@ class RunStore:
                     held[0].close()
 
     def once(self, run_id: str, compute) -> dict[str, Any]:
-        """The stored result of a finished run, else ``compute()`` under the run's lock (checked again inside)."""
-        done = self.result(run_id)
+        """The stored result of a finished run, else ``compute()`` under the run's lock (checked again inside).
+
+        Under torch.distributed rank 0 reads and decides, so every rank takes the same path.
+        """
+        done = distributed.broadcast_object(self.result(run_id) if distributed.is_main() else None)
         if done is not None:
             return done
         with self.lock(run_id):
-            done = self.result(run_id)
+            done = distributed.broadcast_object(self.result(run_id) if distributed.is_main() else None)
             return done if done is not None else compute()
 
-    def record_failure(self, run_id: str, hparams: dict[str, Any], error: BaseException) -> None:
-        """Keep a failed run's error in its folder (result.json with status "failed", error.txt); it is retried."""
+    def record_failure(self, run_id: str, error: BaseException) -> bool:
+        """Keep a failed run's error in its folder (result.json with status "failed", error.txt); it is retried.
+
+        Under the run's lock, and never over a finished result (another worker may have finished it);
+        ``hparams.json`` is left to the run itself. Returns whether the failure was recorded.
+        """
         import traceback
 
         if not distributed.is_main():
-            return
-        self.begin(run_id, hparams)
-        folder = self.folder(run_id)
-        text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-        atomic_write_json(folder / "result.json", {"id": run_id, "status": "failed",
-                                                   "error": f"{type(error).__name__}: {error}"})
-        atomic_write_text(folder / "error.txt", text)
+            return False
+        with self.lock(run_id):
+            if self.result(run_id) is not None:
+                return False
+            folder = self.folder(run_id)
+            text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+            atomic_write_json(folder / "result.json", {"id": run_id, "status": "failed",
+                                                       "error": f"{type(error).__name__}: {error}"})
+            atomic_write_text(folder / "error.txt", text)
+        return True
 
     def ids(self) -> list[str]:
         if not self.root.is_dir():

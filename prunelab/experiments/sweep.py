@@ -81,12 +81,10 @@ class Context:
     root: str
     data_root: str | None = None
     device: str = "auto"
-    amp: bool = False
     threads: int | None = None
 
     def runner(self, progress: bool = False) -> Runner:
-        return Runner(RunStore(self.root), data_root=self.data_root, device=self.device, amp=self.amp,
-                      progress=progress)
+        return Runner(RunStore(self.root), data_root=self.data_root, device=self.device, progress=progress)
 
 
 @dataclass
@@ -129,12 +127,17 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
 
 def load_spec(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Spec:
     raw = apply_overrides(read_toml(path), overrides)
-    protocol = check_name("sweep protocol", raw.pop("protocol", "run"), PROTOCOLS)
+    protocol = raw.pop("protocol", "run")
+    if not isinstance(protocol, str):
+        raise ValueError(f"sweep {path}: protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    protocol = check_name("sweep protocol", protocol, PROTOCOLS)
     seeds = raw.pop("seeds", raw.pop("seed", 0))
     seeds = seeds if isinstance(seeds, list) else [seeds]
-    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise ValueError(f"sweep {path}: seeds must be an integer or a list of integers")
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+        raise ValueError(f"sweep {path}: seeds must be an integer >= 0 or a list of them")
     slurm = raw.pop("slurm", {})
+    if not isinstance(slurm, dict):
+        raise ValueError(f"sweep {path}: [slurm] must be a table")
     for key, value in slurm.items():
         if key not in _SLURM_KEYS:
             raise ValueError(f"sweep {path}: " + unknown_name_message("key in [slurm]", key, list(_SLURM_KEYS)))
@@ -224,7 +227,8 @@ def make_plan(runner: Runner, jobs: list[Job]) -> Plan:
         if runner.store.result(job_id(runner, job)) is not None:
             skipped.append(job)
             continue
-        if runner.store.result(runner.dense_id(job.rep)) is None and job.rep not in dense:
+        dense_done = runner.store.result(runner.dense_id(job.rep)) is not None
+        if not dense_done and job.rep not in dense:
             dense[job.rep] = Job("dense", job.rep)
             steps += total
         if step is not None:
@@ -232,7 +236,7 @@ def make_plan(runner: Runner, jobs: list[Job]) -> Plan:
             ck = CheckpointFolder(runner.store.folder(runner.dense_id(job.rep)) / "checkpoints")
             if (job.rep, t) not in prefixes and t not in ck.kept_steps():
                 prefixes[(job.rep, t)] = Job("prefix", job.rep, step=step)
-                steps += t
+                steps += t if dense_done else 0  # otherwise these steps are part of the dense training
         if job.kind == "run":
             steps += total
         elif job.kind == "lottery":
@@ -242,7 +246,10 @@ def make_plan(runner: Runner, jobs: list[Job]) -> Plan:
                              job, hp=dataclasses.replace(job.hp, levels=level)))) is None)
         if job.kind != "train":
             runs.append(job)
-    phases = [p for p in (list(dense.values()), list(prefixes.values()), runs) if p]
+    # Prefixes first, in ascending step, so each dense training resumes from the largest one instead of
+    # training 0..t again; then the rest of each dense training; then the runs.
+    ordered = [prefixes[key] for key in sorted(prefixes, key=lambda k: k[1])]
+    phases = [p for p in (ordered, list(dense.values()), runs) if p]
     return Plan(phases, skipped, steps)
 
 
@@ -272,9 +279,9 @@ def execute(job: Job, ctx: Context) -> dict[str, Any]:
         return {"id": run_id, "status": result["status"], "label": job.label(),
                 "test_accuracy": result.get("test_accuracy")}
     except Exception as e:  # noqa: BLE001 - a sweep goes on; the error is kept with the run
-        if run_id is not None:
+        if run_id is not None and job.kind != "prefix":  # a prefix belongs to the (maybe finished) dense run
             try:
-                runner.store.record_failure(run_id, {"kind": job.kind, **job.rep.describe()}, e)
+                runner.store.record_failure(run_id, e)
             except OSError:
                 pass
         return {"id": run_id, "status": "failed", "label": job.label(), "error": f"{type(e).__name__}: {e}"}
@@ -302,11 +309,27 @@ def run_local(phases: list[list[Job]], ctx: Context, workers: int, on_done: Call
             for job in phase:
                 on_done(execute(job, ctx))
         return
-    with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                                initargs=(threads,)) as pool:
-        for phase in phases:
-            for future in cf.as_completed([pool.submit(execute, job, ctx) for job in phase]):
-                on_done(future.result())
+    def pool():
+        return cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                                      initargs=(threads,))
+
+    for phase in phases:
+        pending, retried = list(phase), set()
+        while pending:
+            with pool() as executor:
+                futures = {executor.submit(execute, job, ctx): job for job in pending}
+                pending = []
+                for future in cf.as_completed(futures):
+                    job = futures[future]
+                    try:
+                        on_done(future.result())
+                    except cf.process.BrokenProcessPool as e:  # a worker died (OOM kill, segfault)
+                        if job in retried:
+                            on_done({"id": None, "status": "failed", "label": job.label(),
+                                     "error": f"worker process died twice: {e}"})
+                        else:
+                            retried.add(job)
+                            pending.append(job)  # once more, in a fresh pool
 
 
 def run_submitit(phases: list[list[Job]], ctx: Context, slurm: dict[str, Any], on_done: Callable[[dict], None],

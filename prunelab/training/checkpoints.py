@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import pickle
 import re
 import warnings
 from pathlib import Path
@@ -64,10 +65,10 @@ class CheckpointFolder:
         return self.folder / "latest.pt"
 
     def save(self, state: dict[str, Any], *, keep: bool = False, latest: bool = True) -> None:
+        if keep:  # first: a crash between the two writes must not lose a step protocols rewind to
+            save_checkpoint(self.path_for(int(state["step"])), state)
         if latest:
             save_checkpoint(self.latest_path, state)
-        if keep:
-            save_checkpoint(self.path_for(int(state["step"])), state)
 
     def kept_steps(self) -> list[int]:
         if not self.folder.is_dir():
@@ -78,15 +79,20 @@ class CheckpointFolder:
         return self._load_or_set_aside(self.path_for(step))
 
     def load_latest(self, max_step: int | None = None) -> dict[str, Any] | None:
-        """The good checkpoint with the highest step (<= max_step); corrupt files are set aside with a warning."""
-        candidates = [self.latest_path] + [self.path_for(s) for s in reversed(self.kept_steps())]
-        best = None
-        for path in candidates:
-            state = self._load_or_set_aside(path)
-            if state is None or (max_step is not None and state["step"] > max_step):
+        """The good checkpoint with the highest step (<= max_step); corrupt files are set aside with a warning.
+
+        Kept checkpoints carry their step in their name, so at most ``latest.pt`` and the best kept one
+        are read (plus any that turn out corrupt).
+        """
+        best = self._load_or_set_aside(self.latest_path)
+        if best is not None and max_step is not None and best["step"] > max_step:
+            best = None
+        for step in reversed(self.kept_steps()):
+            if (max_step is not None and step > max_step) or (best is not None and step <= best["step"]):
                 continue
-            if best is None or state["step"] > best["step"]:
-                best = state
+            state = self._load_or_set_aside(self.path_for(step))
+            if state is not None:
+                return state
         return best
 
     @staticmethod
@@ -95,8 +101,18 @@ class CheckpointFolder:
             return None
         try:
             return load_checkpoint(path)
-        except Exception as e:  # corrupt: keep the evidence, never delete it
-            aside = path.with_name(path.name + ".corrupt")
-            os.replace(path, aside)
-            warnings.warn(f"checkpoint {path} is unreadable ({e}); set aside as {aside.name}", stacklevel=3)
+        except (CorruptCheckpoint, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+            set_aside(path, f"checkpoint {path} is unreadable ({e})")
             return None
+
+
+def set_aside(path: Path, why: str) -> Path:
+    """Keep a damaged file as evidence under a new name (never overwriting earlier evidence) and warn."""
+    aside = path.with_name(path.name + ".corrupt")
+    n = 1
+    while aside.exists():
+        aside = path.with_name(f"{path.name}.corrupt{n}")
+        n += 1
+    os.replace(path, aside)
+    warnings.warn(f"{why}; set aside as {aside.name}", stacklevel=3)
+    return aside

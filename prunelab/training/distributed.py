@@ -39,12 +39,13 @@ def barrier() -> None:
 def init_from_env(device: str = "auto") -> str:
     """Join the process group ``torchrun`` describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT).
 
-    Returns the device this rank should use: ``cuda:<local rank>`` with NCCL on GPUs, else the CPU with gloo.
+    Returns the device this rank should use: ``cuda:<local rank>`` with NCCL on GPUs (whatever GPU index
+    was asked for: torchrun gives each rank its own), else the CPU with gloo.
     """
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         raise ValueError("--distributed needs the environment of torchrun, e.g. torchrun --nproc_per_node 8 -m "
                          "prunelab.cli run ... --distributed")
-    use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
+    use_cuda = torch.cuda.is_available() and str(device).split(":")[0] in ("auto", "cuda")
     if not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
     if use_cuda:

@@ -29,16 +29,21 @@ class TrainSettings:
     warmup: str = "0it"  # linear warm-up from 0 to lr
     eval_every: str = "1ep"
     data_seed: int | None = None  # None: the replicate's seed
+    amp: bool = False  # mixed precision (float16 + loss scaling on CUDA, bfloat16 on CPU)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "milestones", tuple(str(m) for m in self.milestones))
+        # Canonical values, so that equal settings hash equally whether they came from TOML or flags
+        # ("1" and "1.0", "0ep" and "0it").
+        for name in ("lr", "momentum", "weight_decay", "gamma"):
+            value = getattr(self, name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                object.__setattr__(self, name, float(value))
+        for name in ("train", "warmup", "eval_every"):
+            object.__setattr__(self, name, str(Duration.parse(getattr(self, name))))
+        object.__setattr__(self, "milestones", tuple(str(Duration.parse(m)) for m in self.milestones))
         self.validate()
 
     def validate(self) -> None:
-        for field in ("train", "warmup", "eval_every", *()):
-            Duration.parse(getattr(self, field))
-        for m in self.milestones:
-            Duration.parse(m)
         if Duration.parse(self.train) == Duration(0, 0):
             raise ValueError("training length must be positive, e.g. '40ep'")
         if Duration.parse(self.eval_every) == Duration(0, 0):
@@ -52,6 +57,8 @@ class TrainSettings:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov needs momentum > 0")
+        if self.data_seed is not None and self.data_seed < 0:
+            raise ValueError(f"data seed must be >= 0, got {self.data_seed}")
         if self.weight_decay < 0:
             raise ValueError(f"weight decay must be >= 0, got {self.weight_decay}")
         if not 0 < self.gamma <= 1:

@@ -96,7 +96,7 @@ def train(
     checkpoint_dir: str | Path | None = None,
     keep_steps: Iterable[int] = (),
     metrics_path: str | Path | None = None,
-    amp: bool = False,
+    amp: bool | None = None,
     progress: bool = False,
     evaluate_at_start: bool = False,
     evaluate_at_end: bool = True,
@@ -115,6 +115,7 @@ def train(
     training (the weights at step t) without disturbing that training's own metrics and checkpoints.
     """
     device = resolve_device(device)
+    amp = settings.amp if amp is None else amp
     data_seed = seed if settings.data_seed is None else settings.data_seed
     loader = dataset.loader("train", settings.batch_size, seed=data_seed, device=device,
                             shard=(distributed.rank(), distributed.world_size()))
@@ -143,11 +144,14 @@ def train(
 
     step, metrics, wall = start_step, [], 0.0
     loss_sum, loss_count = torch.zeros((), device=device, dtype=torch.float64), 0
-    state = folder.load_latest(max_step=end_step) if folder else None
+    state = None
+    if folder is not None:  # rank 0 decides what to resume from; every rank gets the same state
+        state = distributed.broadcast_object(folder.load_latest(max_step=end_step) if writer else None)
     if state is not None and state["step"] > start_step:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
+        if state["scaler"]:  # empty when the checkpoint was written without loss scaling
+            scaler.load_state_dict(state["scaler"])
         step, metrics, wall = int(state["step"]), list(state["metrics"]), float(state["wall_time"])
         loss_sum.fill_(float(state["loss_sum"]))
         loss_count = int(state["loss_count"])
@@ -186,7 +190,14 @@ def train(
             set_lr(optimizer, settings.lr, lr_factor(step, settings, ipe))
             optimizer.zero_grad(set_to_none=True)
             with _autocast(device, amp):
-                loss = F.cross_entropy(net(x), y)
+                out = net(x)
+            if distributed.active():
+                # this rank's share of the global mean: exact with uneven (even empty) parts, since DDP
+                # averages gradients over the ranks
+                lo, hi = loader.bounds(step % ipe)
+                loss = F.cross_entropy(out.float(), y, reduction="sum") * (distributed.world_size() / (hi - lo))
+            else:
+                loss = F.cross_entropy(out.float(), y)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
@@ -225,6 +236,8 @@ def train(
             if step >= end_step:
                 break
     bar.close()
+    if writer and folder is not None and step in keep_steps and not folder.path_for(step).is_file():
+        folder.save(snapshot(), keep=True, latest=False)  # resumed exactly at a kept step: keep it now
     distributed.barrier()  # rank 0's checkpoints are on disk before any rank goes on
     wall += time.perf_counter() - t0
     last = next((m for m in reversed(metrics) if "test_accuracy" in m), None)
