@@ -5,10 +5,10 @@ applies to another copy, to a checkpoint, or to a torchvision model without cust
 (the design of ``torch.nn.utils.prune``, minus its per-forward recomputation of ``weight``).
 
 Keeping pruned weights at exactly zero during training: :meth:`Mask.apply` zeroes them once and
-registers a gradient hook on each masked parameter that multiplies the gradient by the mask. A weight
+registers a gradient hook on each masked parameter that sets the gradient's pruned entries to 0. A weight
 that is 0 and always receives a 0 gradient stays exactly 0 under SGD (with momentum, Nesterov and
 weight decay: every term is a multiple of the weight or the gradient), Adam (both moments stay 0) and
-AdamW (decoupled decay multiplies 0). This costs one multiply per masked tensor per step, instead of
+AdamW (decoupled decay multiplies 0). This costs one masked fill per masked tensor per step, instead of
 a forward pre-hook that rebuilds every weight on every call.
 """
 
@@ -87,7 +87,10 @@ class Mask(Mapping[str, torch.Tensor]):
         """The dense mask over ``prunable_parameters(model, **prunable_options)``."""
         params = prunable_parameters(model, **prunable_options)
         if not params:
-            raise ValueError(f"{type(model).__name__} has no prunable parameters (conv or linear weights)")
+            what = (
+                f"parameters matching {dict(prunable_options)}" if prunable_options else "convolution or linear weights"
+            )
+            raise ValueError(f"{type(model).__name__} has no prunable parameters ({what}); nothing to prune")
         return cls({n: torch.ones_like(p, dtype=torch.bool, device="cpu") for n, p in params.items()})
 
     @classmethod
@@ -189,25 +192,27 @@ class Mask(Mapping[str, torch.Tensor]):
 
     @torch.no_grad()
     def zero_pruned(self, model: nn.Module) -> None:
-        """Set pruned weights to exactly 0.0 (no hooks)."""
+        """Set pruned weights to exactly 0.0 (no hooks); a NaN or inf pruned weight becomes 0.0 too
+        (a fill, not a multiply: ``nan * 0`` is NaN)."""
         for n, p in self.check_compatible(model).items():
-            p.mul_(self._t[n].to(p.device, p.dtype))
+            p.masked_fill_(~self._t[n].to(p.device), 0.0)
 
     def apply(self, model: nn.Module) -> Mask:
         """Zero the pruned weights and keep them at exactly 0.0 through any later training.
 
         Replaces the hooks of a mask applied to ``model`` before. See the module docstring for why a
-        gradient hook is enough for SGD, Adam and AdamW.
+        gradient hook is enough for SGD, Adam and AdamW. Parameters that do not require gradients
+        (frozen) are zeroed but get no hook: they receive no gradient to mask. The hooks follow the
+        gradient's device and dtype, so ``model.to(device)`` or ``model.half()`` after ``apply`` is fine.
         """
         params = self.check_compatible(model)
         remove_mask_hooks(model)
         self.zero_pruned(model)
         handles = []
         for n, p in params.items():
-            if bool(self._t[n].all()):
-                continue  # nothing pruned in this tensor: no hook, no cost
-            keep = self._t[n].to(p.device, p.dtype)
-            handles.append(p.register_hook(lambda g, keep=keep: g * keep.to(g.dtype)))
+            if not p.requires_grad or bool(self._t[n].all()):
+                continue  # frozen, or nothing pruned in this tensor: no hook, no cost
+            handles.append(p.register_hook(_GradMask(~self._t[n].to(p.device))))
         _HOOKS[model] = handles
         return self
 
@@ -233,7 +238,7 @@ class Mask(Mapping[str, torch.Tensor]):
             return cls(obj["masks"])
         try:
             return cls({n: _unpack(shape, bits) for n, (shape, bits) in obj["packed"].items()})
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise ValueError(f"mask file {path} is corrupted or not a prunelab mask ({type(e).__name__})") from e
 
 
@@ -242,7 +247,25 @@ def _unpack(shape: list[int], bits: torch.Tensor) -> torch.Tensor:
     flat = np.unpackbits(bits.numpy(), count=count)
     if flat.size != count:
         raise ValueError("packed mask is shorter than its shape")
-    return torch.from_numpy(flat.astype(bool)).view(*shape)
+    return torch.from_numpy(flat.astype(bool)).reshape(shape)  # reshape, not view(*shape): shape [] is 0-d
+
+
+class _GradMask:
+    """Gradient hook: the gradient with the pruned entries set to exactly 0.
+
+    ``masked_fill`` rather than a multiply by the mask: a NaN or inf gradient entry of a pruned
+    weight still becomes 0, and no float copy of the mask is kept. The bool mask is moved to the
+    gradient's device on first use there and cached, so the hook survives ``model.to(device)``.
+    """
+
+    def __init__(self, pruned: torch.Tensor):
+        self._on = {pruned.device: pruned}
+
+    def __call__(self, g: torch.Tensor) -> torch.Tensor:
+        pruned = self._on.get(g.device)
+        if pruned is None:
+            pruned = self._on[g.device] = next(iter(self._on.values())).to(g.device)
+        return g.masked_fill(pruned, 0)
 
 
 def remove_mask_hooks(model: nn.Module) -> None:

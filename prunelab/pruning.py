@@ -10,7 +10,8 @@ Ranking rules shared by every path (each has a test):
 * Already-pruned weights rank as pruned first: ``remove`` never revives a weight.
 * Exactly ``round(sparsity * n)`` weights are pruned (halves round up), over all covered weights
   (``scope="global"``) or in each tensor (``scope="layer"``). Structured criteria remove whole
-  channels, as many as bring the count nearest to that number; ``mask.sparsity`` is the achieved value.
+  channels, as many as bring the count nearest to that number, but never a tensor's last live
+  channel (a warning says when that keeps the count short); ``mask.sparsity`` is the achieved value.
 * Ties in score are broken by position: the weight that comes first (in ``named_parameters`` order,
   then in flattened order) is pruned first, whichever direction is pruned.
 * ``invert=True`` prunes the other end of the same ranking (the inversion ablation, Frankle et al.
@@ -18,7 +19,8 @@ Ranking rules shared by every path (each has a test):
 
 Selecting the k-th score never concatenates and sorts all scores: a seeded sample brackets the
 threshold, one counting pass over the tensors (in chunks) confirms the bracket and collects the few
-scores inside it, and ``torch.kthvalue`` on those finds the exact threshold. Extra memory stays a
+scores inside it, and ``torch.kthvalue`` on those finds the exact threshold. A bracket holding more
+than ``_CAP`` scores is narrowed by sampling inside it, never widened, so extra memory stays a
 fraction of the scores' size, and the cost is a few passes over memory (see ``bench/pruning_speed.py``).
 """
 
@@ -57,7 +59,11 @@ _SMALL = 1 << 16  # at most this many alive scores: select among all of them dir
 _CAP = 1 << 23  # most candidate keys gathered at once; more means ties at a bracket end
 _MERGE = 1 << 20  # up to this many slots in all, rank them as one concatenated tensor
 _SAMPLE = 1 << 12  # sample size used to bracket the threshold
+_SAMPLE_MAX = 1 << 20  # largest sample (sorting it costs less than a pass over 10^8 scores)
+_DRAWS_MAX = 1 << 22  # most random draws for one sample
 _Z = 4.0  # bracket half-width in sample standard deviations
+_TRIES = 8  # sampling rounds before gathering every key of the known range
+_NUMPY_FLOATS = (torch.float32, torch.float64)
 
 
 class LayerCollapseWarning(UserWarning):
@@ -162,16 +168,30 @@ def _check_nan(values, names) -> None:
             raise _nan_error(i, names)
 
 
-def _sample_keys(values, alive, n_alive, highest, gen) -> torch.Tensor:
-    """About ``_SAMPLE`` keys drawn uniformly (with replacement) among alive entries, sorted.
+def _sample_size(j: int, n_in: int, margin: float) -> int:
+    """How many keys to sample for a bracket around the ``j``-th of ``n_in`` keys.
+
+    Larger sets get a larger sample (a narrower bracket, so fewer candidate keys to gather), and
+    above about 10^8 keys the sample is sized so that the expected bracket, ``n_in * 2 * margin *
+    sqrt(p (1 - p) / m)`` keys, stays below a quarter of ``_CAP``: sorting even ``_SAMPLE_MAX`` keys
+    costs less than the extra pass over the scores that an overflowing bracket would take.
+    """
+    p = j / n_in
+    needed = (2 * margin * n_in * math.sqrt(p * (1 - p)) / (_CAP / 4)) ** 2
+    return int(max(min(16 * _SAMPLE, max(_SAMPLE, 4 * math.isqrt(n_in))), min(_SAMPLE_MAX, needed)))
+
+
+def _sample_keys(values, alive, n_in, highest, gen, want, lo=-math.inf, hi=math.inf) -> torch.Tensor:
+    """About ``want`` keys drawn uniformly (with replacement) among the ``n_in`` alive entries whose
+    key lies in ``[lo, hi]``, sorted.
 
     Stratified by tensor (draws in proportion to its size), so no global index is materialized.
+    Draws that land on dead entries or outside ``[lo, hi]`` are discarded, so there are more draws
+    the fewer entries qualify (at most ``_DRAWS_MAX``).
     """
     sizes = [v.numel() for v in values]
     total = sum(sizes)
-    # Larger sets get a larger sample: a narrower bracket, so fewer candidate keys to gather.
-    want = min(16 * _SAMPLE, max(_SAMPLE, 4 * math.isqrt(n_alive)))
-    draws = min(1 << 20, max(want, int(want * total / max(1, n_alive))))
+    draws = min(_DRAWS_MAX, max(want, int(want * total / max(1, n_in))))
     parts = []
     for v, a, size in zip(values, alive, sizes):
         m = round(draws * size / total)
@@ -185,7 +205,27 @@ def _sample_keys(values, alive, n_alive, highest, gen) -> torch.Tensor:
     sample = torch.cat(parts) if parts else torch.empty(0, dtype=torch.float64)
     if highest:
         sample = -sample
+    if lo != -math.inf or hi != math.inf:
+        sample = sample[(sample >= lo) & (sample <= hi)]
     return torch.sort(sample).values
+
+
+def _propose(sample, j, n_in, margin, lo, hi):
+    """A bracket ``[a, b]`` within ``[lo, hi]`` that holds the ``j``-th of its ``n_in`` keys with high
+    probability: ``margin`` sample standard deviations either side of the sample's estimate."""
+    m = sample.numel()
+    if m < 64:
+        return lo, hi
+    p = j / n_in
+    r = (j - 0.5) / n_in * m
+    half = margin * math.sqrt(m * p * (1 - p)) + 2
+    ia, ib = math.floor(r - half), math.ceil(r + half)
+    # One-sided bracket when one side of the threshold holds few enough keys (no below-mask to build).
+    lower_side = 2 * j <= n_in and j <= _CAP // 2
+    upper_side = 2 * j > n_in and n_in - j <= _CAP // 2
+    a = lo if (ia < 0 or lower_side) else float(sample[ia])
+    b = hi if (ib >= m or upper_side) else float(sample[ib])
+    return a, b
 
 
 def _count_upto(values, alive, t_key, highest):
@@ -236,6 +276,12 @@ def _select(values, alive, n_alive, k, highest, names=None, seed=0, check_nan=Tr
 
     ``values``: flat score tensors; ``alive``: flat bool tensors or None (all alive). Returns one
     entry per tensor: None (nothing dropped), a flat bool mask, or flat int64 indices of drops.
+
+    The k-th key is known to lie in ``[lo, hi]`` (at first the whole line). Each round samples keys
+    inside that range, proposes a narrower bracket around the k-th one, and gathers the keys inside
+    it. Too many keys inside (more than ``_CAP``) means the k-th key is in there all the same: the
+    bracket becomes the known range, and the next round samples within it, so the candidates shrink
+    instead of growing. A bracket that misses (a ``margin``-sigma event) is retried wider.
     """
     if k <= 0:
         return [None] * len(values)
@@ -245,39 +291,39 @@ def _select(values, alive, n_alive, k, highest, names=None, seed=0, check_nan=Tr
             for v, a in zip(values, alive)
         ]
     gen = torch.Generator().manual_seed(seed)
-    inf = math.inf
-    cap = _CAP
     if check_nan:
         _check_nan(values, names)
+    lo, hi, n_lo, n_in = -math.inf, math.inf, 0, n_alive  # n_lo alive keys lie below lo, n_in in [lo, hi]
     margin = _Z
-    for _ in range(3):
-        if n_alive <= _SMALL:
-            lo, hi = -inf, inf
-        else:
-            sample = _sample_keys(values, alive, n_alive, highest, gen)
+    for _ in range(_TRIES):
+        j = k - n_lo  # the k-th key is the j-th of those in [lo, hi]
+        a, b = lo, hi
+        if n_in > min(_SMALL, _CAP):  # else gather every key of [lo, hi]
+            sample = _sample_keys(values, alive, n_in, highest, gen, _sample_size(j, n_in, margin), lo, hi)
             if sample.numel() and torch.isnan(sample[-1]):
                 raise ValueError("scores contain NaN; a criterion must give every weight a number")
-            m = sample.numel()
-            if m < 64:
-                lo, hi = -inf, inf
-            else:
-                r = (k - 0.5) / n_alive * m
-                half = margin * math.sqrt(m * (k / n_alive) * (1 - k / n_alive)) + 2
-                ia, ib = math.floor(r - half), math.ceil(r + half)
-                # One-sided bracket when one side of the threshold holds few enough keys.
-                lower_side = 2 * k <= n_alive and k <= _CAP // 2
-                upper_side = 2 * k > n_alive and n_alive - k <= _CAP // 2
-                lo = -inf if (ia < 0 or lower_side) else float(sample[ia])
-                hi = inf if (ib >= m or upper_side) else float(sample[ib])
-        out = _select_bracket(values, alive, n_alive, k, lo, hi, highest, cap, names)
-        if out is not None:
+            a, b = _propose(sample, j, n_in, margin, lo, hi)
+        out = _select_bracket(values, alive, k, a, b, highest, _CAP, names)
+        if isinstance(out, list):
             return out
-        margin *= 4
-    return _select_bracket(values, alive, n_alive, k, -inf, inf, highest, None, names)
+        below, inside = out
+        if below < k <= below + inside:  # too many keys in [a, b], the k-th among them: narrow to it
+            if (a, b) == (lo, hi):
+                break  # the sample offers no narrower bracket
+            lo, hi, n_lo, n_in = a, b, below, inside
+        else:  # the bracket missed the k-th key: widen (within [lo, hi])
+            margin *= 2
+    # Rarely reached (each round succeeds or narrows): every key of the known range, exact all the same.
+    return _select_bracket(values, alive, k, lo, hi, highest, None, names)
 
 
-def _select_bracket(values, alive, n_alive, k, lo, hi, highest, cap, names):
-    """Select with the k-th key assumed in [lo, hi]; None if it is not, or if too many keys are inside."""
+def _select_bracket(values, alive, k, lo, hi, highest, cap, names):
+    """Select with the k-th key assumed in [lo, hi].
+
+    Returns the per-tensor drops, or ``(below, inside)``: the alive keys below ``lo`` and in
+    ``[lo, hi]``, when the k-th key is not inside, or when more than ``cap`` keys are inside (and
+    the k-th key is not tied at an end of the bracket, which counting passes resolve here).
+    """
     below_n = 0
     below = []
     cand_pos, cand_key = [], []
@@ -299,9 +345,10 @@ def _select_bracket(values, alive, n_alive, k, lo, hi, highest, cap, names):
                 if ac is not None:
                     b &= ac
                 below_n += int(b.count_nonzero())
-            if has_hi and not has_lo and vc.device.type == "cpu" and overflow is False:
+            if has_hi and not has_lo and vc.dtype in _NUMPY_FLOATS and vc.device.type == "cpu" and not overflow:
                 # The iterative case (few keys below the bracket top): numpy fuses the compare with
                 # the index extraction, about a third cheaper than torch's le + count + nonzero.
+                # (numpy has no bfloat16, and its float16 compares are slow: those take torch's path.)
                 vn = vc.numpy()
                 inside_np = (vn >= -hi) if highest else (vn <= hi)
                 if ac is not None:
@@ -340,7 +387,7 @@ def _select_bracket(values, alive, n_alive, k, lo, hi, highest, cap, names):
         cand_pos.append(torch.cat(pos_i) if pos_i else None)
         cand_key.append(torch.cat(key_i) if key_i else None)
     if not (below_n < k <= below_n + n_cand):
-        return None  # the bracket missed the k-th key: widen it
+        return below_n, n_cand  # the bracket missed the k-th key
     if overflow:
         # Many keys inside the bracket: ties at its ends (e.g. many exact zeros). Find the k-th key
         # by counting, then take ties in position order chunk by chunk.
@@ -350,9 +397,11 @@ def _select_bracket(values, alive, n_alive, k, lo, hi, highest, cap, names):
         lt_hi, le_hi = _count_upto(values, alive, hi, highest)
         if lt_hi < k <= le_hi:
             return _finalize(values, alive, k, hi, highest)
-        return None
+        return below_n, n_cand
     keys = [c for c in cand_key if c is not None]
     allkeys = torch.cat([c.to(keys[0].device) for c in keys])
+    if allkeys.dtype not in _NUMPY_FLOATS:  # bfloat16, float16: exact in float64, and kthvalue has it
+        allkeys = allkeys.to(torch.float64)
     if highest:
         allkeys = allkeys.neg()
     j = k - below_n  # the j-th smallest key among the candidates is the threshold
@@ -504,32 +553,36 @@ class _Remover:
         idx = self.idx[name]
         self._drop(name, drop if idx is None else drop[idx], notify)
 
+    def _value(self, n: str, score: torch.Tensor) -> torch.Tensor:
+        v = score.detach().reshape(-1)
+        if v.device != self.keep[n].device:
+            v = v.to(self.keep[n].device)
+        return v if self.idx[n] is None else v.index_select(0, self.idx[n])
+
     def values(self, scores: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The scores to rank, one per slot: flat, gathered at ``idx`` where a tensor has one."""
-        out = {}
-        for n in self.names:
-            v = scores[n].detach().reshape(-1)
-            if v.device != self.keep[n].device:
-                v = v.to(self.keep[n].device)
-            out[n] = v if self.idx[n] is None else v.index_select(0, self.idx[n])
-        return out
+        return {n: self._value(n, scores[n]) for n in self.names}
 
     def step(self, scores, sparsity: float, scope: str, highest: bool, notify=None, groups=None, seed=0):
         """Prune to ``sparsity`` (never reviving); structured where ``groups`` says so."""
         groups = dict(groups or {})
         if groups:
-            self._step_groups(scores, sparsity, scope, highest, groups, notify)
+            self._step_groups(scores, sparsity, scope, highest, groups, notify, seed)
         else:
             self.step_values(self.values(scores), sparsity, scope, highest, notify, seed)
+
+    def _step_layer(self, n, value, sparsity, highest, notify, seed, check_nan) -> None:
+        """Prune tensor ``n`` alone to ``sparsity`` from its per-slot ``value``."""
+        k = num_to_prune(sparsity, self.total[n]) - (self.total[n] - self.kept[n])
+        (drop,) = _select([value], [self._alive(n)], self.kept[n], k, highest, [n], seed, check_nan)
+        self._drop(n, drop, notify)
 
     def step_values(self, values, sparsity, scope, highest, notify=None, seed=0, check_nan=True) -> None:
         """:meth:`step` from per-slot values as :meth:`values` returns them."""
         names = self.names
         if scope == "layer":
             for n in names:
-                k = num_to_prune(sparsity, self.total[n]) - (self.total[n] - self.kept[n])
-                (drop,) = _select([values[n]], [self._alive(n)], self.kept[n], k, highest, [n], seed, check_nan)
-                self._drop(n, drop, notify)
+                self._step_layer(n, values[n], sparsity, highest, notify, seed, check_nan)
             return
         total = sum(self.total.values())
         kept = sum(self.kept.values())
@@ -555,34 +608,48 @@ class _Remover:
         for n, d in zip(names, drops):
             self._drop(n, d, notify)
 
-    def _step_groups(self, scores, sparsity, scope, highest, groups, notify):
-        """Structured removal: whole slices along ``groups[name]``, nearest achievable count."""
+    def _step_groups(self, scores, sparsity, scope, highest, groups, notify, seed=0):
+        """Structured removal: whole slices along ``groups[name]``, nearest achievable count.
+
+        In layer scope a tensor without channels (a bias, or hybrid's linear weights) is pruned
+        weight by weight through the same selection as unstructured criteria, exact and without
+        sorting all its scores; in global scope its weights are units ranked with the channels.
+        """
         units = []  # per tensor: (name, unit scores, unit alive counts, view shape to expand)
         for n in self.names:
+            dim = groups.get(n)
+            if dim is None and scope == "layer":
+                self._step_layer(n, self._value(n, scores[n]), sparsity, highest, notify, seed, True)
+                continue
             keep = self.keep[n].view(self.shapes[n])
             s = scores[n].detach().to(keep.device)
-            dim = groups.get(n)
             if dim is None:
-                us, ua, shape = s.reshape(-1).double(), keep.reshape(-1).long(), None
+                us, ua, shape = s.reshape(-1).to(torch.float64), keep.reshape(-1).long(), None
             else:
                 others = [d for d in range(s.dim()) if d != dim]
-                us = s.double().mean(dim=others)
+                us = s.mean(dim=others, dtype=torch.float64)
                 ua = keep.long().sum(dim=others)
                 shape = [1] * s.dim()
                 shape[dim] = s.shape[dim]
             units.append((n, us, ua, shape))
         if scope == "layer":
-            for n, us, ua, shape in units:
-                self._drop_units(
-                    [(n, us, ua, shape)], num_to_prune(sparsity, self.total[n]), self.total[n], highest, notify
-                )
-        else:
-            self._drop_units(
-                units, num_to_prune(sparsity, sum(self.total.values())), sum(self.total.values()), highest, notify
-            )
+            for unit in units:
+                n = unit[0]
+                self._drop_units([unit], num_to_prune(sparsity, self.total[n]), self.total[n], highest, notify)
+        elif units:
+            total = sum(self.total.values())
+            self._drop_units(units, num_to_prune(sparsity, total), total, highest, notify)
 
     def _drop_units(self, units, target, total, highest, notify):
-        """Prune units (channels or single weights) in rank order until the count is nearest ``target``."""
+        """Prune units (channels or single weights) in rank order until the count is nearest ``target``.
+
+        A tensor with channels always keeps its top-ranked live channel: removing the last one would
+        disconnect the network. Paper 002 §3.1 removes 20% of the remaining channels of each layer
+        per iteration, rounded like ``torch.nn.utils.prune`` (``round(0.2 * 1) = 0``), so a layer with
+        a single channel (LeNet-5's first convolution has one input channel on MNIST) is never
+        emptied there; here the top channel of each tensor is left out of the candidates (in layer
+        scope: at most all live channels but one go), with a warning when that changes the count.
+        """
         scores = torch.cat([u[1] for u in units])
         alive = torch.cat([u[2] for u in units])
         dead = total - int(alive.sum())
@@ -592,14 +659,33 @@ class _Remover:
         if torch.isnan(key).any():
             raise ValueError("scores contain NaN; a criterion must give every weight a number")
         order = torch.sort(key, stable=True).indices
-        pruned = dead + torch.cumsum(alive[order], 0)  # pruned count after taking 1..U units
-        counts = torch.cat([torch.tensor([dead], device=pruned.device), pruned])
-        dist = (counts - target).abs()
-        # The nearest count; between two equally near ones the larger, like round-half-up in
-        # num_to_prune (so a layer of C equal channels loses round(sparsity * C) of them).
-        best = int(torch.nonzero(dist == dist.min())[-1])
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(order.numel(), device=order.device)
+        protected = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
+        start = 0
+        for _, us, ua, shape in units:
+            end = start + us.numel()
+            if shape is not None and bool((ua > 0).any()):
+                last = torch.where(ua > 0, rank[start:end], -1).argmax()  # the live unit ranked last
+                protected[start + int(last)] = True
+            start = end
+        candidates = order[~protected[order]]
+        best, count = self._nearest(candidates, alive, dead, target)
+        if bool(protected.any()):
+            best_all, count_all = self._nearest(order, alive, dead, target)
+            if count_all != count:
+                spared = protected.clone()
+                spared[order[best_all:]] = False  # protected units the unconstrained count would take
+                starts = itertools.accumulate([u[1].numel() for u in units], initial=0)
+                names = [u[0] for u, a in zip(units, starts) if bool(spared[a : a + u[1].numel()].any())]
+                warnings.warn(
+                    f"structured pruning kept the last channel of {', '.join(map(repr, names))}: removing it "
+                    f"would disconnect the network, so {count} weights are pruned instead of the {count_all} "
+                    "nearest to the target (paper 002 §3.1 never empties a layer)",
+                    stacklevel=5,
+                )
         drop_units = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
-        drop_units[order[:best]] = True
+        drop_units[candidates[:best]] = True
         start = 0
         for n, us, _, shape in units:
             d = drop_units[start : start + us.numel()]
@@ -610,6 +696,17 @@ class _Remover:
             full = full & self.keep[n]
             if bool(full.any()):
                 self._drop_flat(n, full, notify)
+
+    @staticmethod
+    def _nearest(order, alive, dead, target) -> tuple[int, int]:
+        """How many units of ``order`` to take, and the pruned count then, to come nearest ``target``."""
+        pruned = dead + torch.cumsum(alive[order], 0)  # pruned count after taking 1..U units
+        counts = torch.cat([torch.tensor([dead], device=pruned.device), pruned])
+        dist = (counts - target).abs()
+        # The nearest count; between two equally near ones the larger, like round-half-up in
+        # num_to_prune (so a layer of C equal channels loses round(sparsity * C) of them).
+        best = int(torch.nonzero(dist == dist.min())[-1])
+        return best, int(counts[best])
 
 
 def remove(
@@ -673,11 +770,7 @@ def _resolve_mask(model: nn.Module, mask: Mask | None, prunable: Mapping) -> Mas
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if mask is None:
-        params = prunable_parameters(model, **prunable)
-        if not params:
-            what = "convolution or linear weights" if not prunable else f"parameters matching {dict(prunable)}"
-            raise ValueError(f"{type(model).__name__} has no prunable parameters ({what}); nothing to prune")
-        return Mask({n: torch.ones(p.shape, dtype=torch.bool) for n, p in params.items()})
+        return Mask.ones(model, **prunable)
     if not isinstance(mask, Mask):
         if isinstance(mask, Mapping):
             mask = Mask(mask)
@@ -735,6 +828,38 @@ def score(model: nn.Module, method: str, batch=None, mask: Mask | None = None, *
     return out if isinstance(out, Scores) else Scores(out)
 
 
+def _check_criterion_scores(scores, mask: Mask, method: str) -> None:
+    """A criterion's scores name exactly the mask's tensors, each a tensor of its shape.
+
+    Checked once, on the first iteration: a custom criterion that returns a transposed or flattened
+    tensor of the right size would otherwise be ranked silently in the wrong order.
+    """
+    if not isinstance(scores, Mapping):
+        raise ValueError(f"criterion {method!r} must return {{param_name: Tensor}}, got {type(scores).__name__}")
+    missing = [n for n in mask if n not in scores]
+    if missing:
+        raise ValueError(
+            f"criterion {method!r} returned no scores for {missing[0]!r}"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+            + "; it must score every parameter the mask covers"
+        )
+    extra = [n for n in scores if n not in mask]
+    if extra:
+        raise ValueError(
+            f"criterion {method!r} returned scores for {extra[0]!r}, which the mask does not cover; "
+            f"it must score exactly the mask's parameters ({', '.join(list(mask)[:3])}...)"
+        )
+    for n in mask:
+        t = scores[n]
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"criterion {method!r} returned a {type(t).__name__} for {n!r}, not a tensor")
+        if tuple(t.shape) != tuple(mask[n].shape):
+            raise ValueError(
+                f"criterion {method!r} returned scores of shape {tuple(t.shape)} for {n!r}, whose weight has "
+                f"shape {tuple(mask[n].shape)}; scores must have the parameter's shape"
+            )
+
+
 def _warn_collapse(mask: Mask, method: str, sparsity: float) -> None:
     # Biases are left out: without them a layer still passes signal; without weights it does not.
     empty = [
@@ -775,7 +900,8 @@ def prune(
     continue from it (its pruned weights stay pruned). ``seed``: for criteria that draw random
     numbers. ``input_shape``: for SynFlow. Other ``options``: the prunable-parameter options
     (``include_bias``, ``include_norm``, ``exclude``, ``filter``) and the criterion's own.
-    Warns :class:`LayerCollapseWarning` when a covered tensor ends with no weight at all.
+    Warns :class:`LayerCollapseWarning` when a covered tensor ends with no weight at all. The mask
+    is on the CPU, wherever the model and the scores are.
     """
     s = _check_fraction(sparsity, "sparsity")
     m = get_method(method)
@@ -807,8 +933,9 @@ def prune(
             continue
         scores = scorer(mask if state is None else state.mask())
         if state is None:
+            _check_criterion_scores(scores, mask, method)
             state = _Remover(mask, next(iter(scores.values())).device, compact=True)
         state.step(scores, target, scope, highest, notify=notify, groups=getattr(scores, "groups", None), seed=seed + i)
-    result = mask.clone() if state is None else state.final_mask()
+    result = mask.to("cpu").clone() if state is None else state.final_mask()  # CPU either way
     _warn_collapse(result, method, s)
     return result

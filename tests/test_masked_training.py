@@ -115,3 +115,64 @@ def test_mask_files_pack_bits_and_old_files_load(tmp_path):
     assert Mask.load(path) == mask
     torch.save({"format": "prunelab.mask", "version": 1, "masks": mask.state_dict()}, tmp_path / "v1.pt")
     assert Mask.load(tmp_path / "v1.pt") == mask
+
+
+def test_apply_zeroes_frozen_parameters_without_a_hook():
+    model = small_convnet()
+    model[0].weight.requires_grad_(False)  # e.g. a frozen first layer
+    mask = half_mask(model).apply(model)
+    assert torch.all(model[0].weight[~mask["0.weight"]] == 0.0)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
+    for i in range(3):
+        optimizer.zero_grad()
+        model(torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(i))).sum().backward()
+        optimizer.step()
+    params = dict(model.named_parameters())
+    for name, keep in mask.items():
+        assert torch.all(params[name][~keep] == 0.0), name
+
+
+def test_pruned_nan_and_inf_weights_become_exactly_zero():
+    model = small_convnet()
+    mask = half_mask(model)
+    with torch.no_grad():
+        for name, p in prunable_parameters(model).items():
+            p[~mask[name]] = float("nan")
+        model[7].weight[~mask["7.weight"]] = float("inf")
+    mask.apply(model)
+    for name, p in prunable_parameters(model).items():
+        assert torch.all(p[~mask[name]] == 0.0), name
+        assert torch.isfinite(p).all(), name
+
+
+def test_gradient_hook_follows_the_gradients_device_and_zeroes_nan():
+    model = small_convnet()
+    mask = half_mask(model).apply(model)
+    w, keep = model[0].weight, mask["0.weight"]
+    (hook,) = w._backward_hooks.values()  # the hook apply() registered
+    # After model.cuda() the gradient lives elsewhere: the hook must not mix in a CPU tensor. ("meta"
+    # stands in for another device on a CPU-only machine; model.to("meta") would replace the params.)
+    assert hook(torch.ones(w.shape, device="meta")).device.type == "meta"
+    out = hook(torch.full(w.shape, float("nan")))
+    assert torch.all(out[~keep] == 0.0) and out[keep].isnan().all()  # a fill, not a multiply by 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gradient_hooks_after_model_cuda_keep_pruned_weights_zero():
+    model = small_convnet()
+    mask = half_mask(model).apply(model)
+    model.cuda()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(torch.randn(4, 3, 8, 8, device="cuda")).sum().backward()
+        optimizer.step()
+    params = dict(model.named_parameters())
+    for name, keep in mask.items():
+        assert torch.all(params[name][~keep.cuda()] == 0.0), name
+
+
+def test_zero_dimensional_masks_round_trip(tmp_path):
+    mask = Mask({"scale": torch.tensor(False), "gain": torch.tensor(True), "w": torch.rand(3, 5) < 0.5})
+    loaded = Mask.load(mask.save(tmp_path / "m.pt"))
+    assert loaded == mask and loaded["scale"].shape == torch.Size([]) and not bool(loaded["scale"])

@@ -304,17 +304,19 @@ def test_l1_channel_removes_lowest_norm_input_channels():
     assert int(cols.sum()) == 3 and channel_l1(lin, 1)[cols].max() <= channel_l1(lin, 1)[~cols].min()
 
 
+@pytest.mark.filterwarnings("ignore:structured pruning kept the last channel")
 def test_structured_global_scope_takes_nearest_achievable_count():
     model = convnet()
     s = prunelab.score(model, "l1_channel")
     for sparsity in (0.1, 0.37, 0.8):
         m = prunelab.remove(s, sparsity=sparsity, scope="global")
-        # brute force: channels sorted by score, best prefix
+        # brute force: channels sorted by score, best prefix, each tensor's best channel left out
         units = []
         for name, dim in s.groups.items():
             sc = s[name].mean(dim=[d for d in range(s[name].dim()) if d != dim])
             size = s[name].numel() // s[name].shape[dim]
-            units += [(float(v), size) for v in sc]
+            top = max(range(len(sc)), key=lambda c: (float(sc[c]), c))  # ties: the later one ranks higher
+            units += [(float(v), size) for c, v in enumerate(sc) if c != top]
         order = sorted(range(len(units)), key=lambda i: units[i][0])
         target = round_half_up(sparsity * m.num_total)
         counts = [0]
@@ -426,3 +428,177 @@ def test_bad_inputs_say_what_is_wrong():
         prunelab.remove({"a": torch.ones(3)}, sparsity=0.5, density=0.5)
     with pytest.raises(ValueError, match="same parameters"):
         prunelab.remove({"a": torch.ones(3)}, prunelab.Mask({"b": torch.ones(3)}), sparsity=0.5)
+
+
+# ------------------------------------------------------------------------------------------------
+# review fixes: last channels, low-precision scores, narrowing brackets, layer-scope hybrid,
+# criterion validation, mask device
+# ------------------------------------------------------------------------------------------------
+def lenet5(in_channels, seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 6, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(16 * 4 * 4, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("in_channels", [1, 3])
+@pytest.mark.parametrize("method", ["l1_channel", "random_channel"])
+def test_structured_pruning_never_removes_a_layers_last_channel(in_channels, method):
+    """Paper 002 §3.1: 20% of the remaining channels per level; a 1-channel layer is never emptied."""
+    model = lenet5(in_channels)
+    mask = None
+    for level in range(1, 21):
+        sparsity = 1 - 0.8**level
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            mask = prunelab.prune(model, method, sparsity, mask=mask)
+        assert not any(issubclass(w.category, LayerCollapseWarning) for w in caught)
+        capped = []
+        for name, w in prunelab.prunable_parameters(model).items():
+            channels = w.shape[1]
+            m = mask[name].movedim(1, 0).reshape(channels, -1)
+            assert (m.all(1) | (~m).all(1)).all(), name  # still whole channels
+            alive = int(m.any(1).sum())
+            # the count nearest round(sparsity * weights), ties to the larger, as before the fix
+            target = round_half_up(sparsity * w.numel())
+            per = w.numel() // channels
+            pruned = min(range(channels + 1), key=lambda c: (abs(c * per - target), -c))
+            want = channels - pruned
+            assert alive == max(1, want), (level, name)
+            if want == 0:
+                capped.append(name)
+        spared = [str(w.message) for w in caught if "last channel" in str(w.message)]
+        assert all(any(repr(n) in msg for msg in spared) for n in capped), (level, capped, spared)
+        assert bool(spared) == bool(capped)
+    if in_channels == 1:  # level 4: round(1 - 0.8**4) = round(0.59) = 1 would have emptied it
+        assert int(mask["0.weight"].any(dim=(0, 2, 3)).sum()) == 1
+
+
+def test_structured_global_scope_keeps_one_channel_per_tensor():
+    model = lenet5(1)
+    with pytest.warns(UserWarning, match="last channel"):
+        mask = prunelab.prune(model, "l1_channel", 0.999, scope="global")
+    for name, w in prunelab.prunable_parameters(model).items():
+        alive = mask[name].movedim(1, 0).reshape(w.shape[1], -1).any(1)
+        assert int(alive.sum()) == 1, name
+        # the one kept is the channel of largest L1 norm
+        assert bool(alive[channel_l1(w.detach(), 1).argmax()]), name
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_scores_prune_the_exact_count(dtype):
+    torch.manual_seed(0)
+    model = nn.Linear(1000, 400).to(dtype)
+    mask = prunelab.prune(model, "magnitude", 0.2)
+    assert mask.num_total - mask.num_kept == round_half_up(0.2 * 400_000)
+    w = model.weight.detach().abs()
+    dense = prunelab.Mask({"weight": torch.ones(400, 1000, dtype=torch.bool)})
+    assert mask == brute_force({"weight": w.double()}, dense, 0.2)  # float64 holds bf16/f16 exactly
+    partial = random_mask_for({"weight": w}, 0.7)
+    for highest, sparsity in [(False, 0.5), (True, 0.9)]:
+        got = prunelab.remove({"weight": w}, partial, sparsity=sparsity, prune_highest=highest)
+        assert got == brute_force({"weight": w.double()}, partial, sparsity, highest)
+
+
+@pytest.mark.parametrize("highest", [False, True])
+@pytest.mark.parametrize("sparsity", [0.3, 0.5, 0.97])
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_an_overflowing_bracket_narrows_instead_of_gathering_everything(monkeypatch, highest, sparsity, with_mask):
+    cap = 3_000
+    monkeypatch.setattr(pruning, "_CAP", cap)
+    monkeypatch.setattr(pruning, "_SAMPLE_MAX", 0)  # no cap-sized sample: the first bracket overflows
+    monkeypatch.setattr(pruning, "_CHUNK", 40_000)
+    gathered, rounds = [], []
+    kthvalue, select_bracket = torch.Tensor.kthvalue, pruning._select_bracket
+
+    def spy_kthvalue(self, *args, **kwargs):
+        gathered.append(self.numel())
+        return kthvalue(self, *args, **kwargs)
+
+    def spy_select_bracket(*args):
+        rounds.append(args)
+        return select_bracket(*args)
+
+    monkeypatch.setattr(torch.Tensor, "kthvalue", spy_kthvalue)
+    monkeypatch.setattr(pruning, "_select_bracket", spy_select_bracket)
+    scores = random_scores([(400, 300), (80_000,)], seed=11)
+    mask = random_mask_for(scores, 0.8) if with_mask else None
+    full = mask or prunelab.Mask({n: torch.ones_like(s, dtype=torch.bool) for n, s in scores.items()})
+    got = prunelab.remove(scores, mask, sparsity=sparsity, prune_highest=highest)
+    assert got == brute_force(scores, full, sparsity, highest)
+    assert gathered and max(gathered) <= cap  # never more candidate keys than the cap
+    if sparsity == 0.5:
+        assert len(rounds) >= 2  # the first bracket did overflow: the test exercises the narrowing
+
+
+def test_layer_scope_prunes_unstructured_tensors_without_sorting_them(monkeypatch):
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 300), nn.ReLU(),
+        nn.Linear(300, 200),
+    )  # fmt: skip
+    sorted_sizes = []
+    sort = torch.sort
+
+    def spy_sort(t, *args, **kwargs):
+        sorted_sizes.append(t.numel())
+        return sort(t, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "sort", spy_sort)
+    mask = prunelab.prune(model, "hybrid", 0.7, include_bias=True)
+    monkeypatch.setattr(torch, "sort", sort)
+    assert max(sorted_sizes, default=0) <= 300  # channels and bias-sized tensors at most, never 60,000 weights
+    params = dict(model.named_parameters())
+    for name in ("4.weight", "4.bias", "6.weight", "6.bias", "0.bias"):
+        w = params[name].detach().abs()
+        want = brute_force({name: w}, prunelab.Mask({name: torch.ones_like(w, dtype=torch.bool)}), 0.7)
+        assert torch.equal(mask[name], want[name]), name
+    assert int((~mask["0.weight"]).all(dim=(0, 2, 3)).sum()) == 2  # round(0.7 * 3) input channels
+
+
+def _register_bad_criterion(name, fn):
+    if name not in prunelab.methods():
+        prunelab.register_method(name, needs_data=False)(fn)
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("transposed", r"shape \(6, 5\) for '7\.weight', whose weight has shape \(5, 6\)"),
+        ("missing", r"no scores for '3\.weight'"),
+        ("extra", r"scores for '0\.bias', which the mask does not cover"),
+        ("not_tensor", r"returned a list for '0\.weight'"),
+    ],
+)
+def test_a_custom_criterions_scores_are_checked_by_name_and_shape(kind, message):
+    def bad(model, mask, batch=None):
+        out = {n: p.detach().abs() for n, p in mask.check_compatible(model).items()}
+        if kind == "transposed":
+            out["7.weight"] = out["7.weight"].t().contiguous()  # same size, wrong shape
+        elif kind == "missing":
+            del out["3.weight"]
+        elif kind == "extra":
+            out["0.bias"] = model[0].bias.detach().abs()
+        else:
+            out["0.weight"] = out["0.weight"].tolist()
+        return out
+
+    name = f"test_pruning_bad_{kind}"
+    _register_bad_criterion(name, bad)
+    model = convnet()
+    with pytest.raises(ValueError, match=message):
+        prunelab.prune(model, name, 0.5)
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@needs_cuda
+def test_prune_returns_a_cpu_mask_whatever_the_devices():
+    model = convnet().cuda()
+    assert all(t.device.type == "cpu" for t in prunelab.prune(model, "magnitude", 0.5).values())
+    start = prunelab.prune(model, "magnitude", 0.5).to("cuda")
+    same = prunelab.prune(model, "magnitude", 0.3, mask=start)  # already sparser: returned unchanged
+    assert same == start and all(t.device.type == "cpu" for t in same.values())

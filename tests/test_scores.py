@@ -433,3 +433,25 @@ def test_every_criterion_of_the_papers_is_registered_with_metadata():
     assert info["synflow"].needs_input_shape and not info["synflow"].needs_data
     assert all(info[n].structured and info[n].default_scope == "layer" for n in required if "channel" in n)
     assert info["hybrid"].structured and info["magnitude"].default_scope == "global"
+
+
+def test_grouped_convolutions_refuse_the_input_axis():
+    """A grouped conv's dim 1 is in/groups: its slices are per-group channels, not input channels."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(4, 8, 3), nn.Conv2d(8, 8, 3, groups=8), nn.Conv2d(8, 6, 1, groups=2))
+    for method in ("l1_channel", "random_channel", "hybrid"):
+        with pytest.raises(ValueError, match=r"'1\.weight'.*groups=8.*axis='output'.*exclude=\['1\.weight'\]"):
+            prunelab.score(model, method)
+    s = prunelab.score(model, "l1_channel", axis="output")  # dim 0 holds every output channel
+    for name in ("1.weight", "2.weight"):
+        w = dict(model.named_parameters())[name].detach()
+        assert s.groups[name] == 0
+        for c in range(w.shape[0]):
+            torch.testing.assert_close(s[name][c], w[c].abs().sum().expand(w.shape[1:]))
+    ok = prunelab.prune(model, "l1_channel", 0.5, exclude=["1.weight", "2.weight"])
+    assert set(ok) == {"0.weight"}
+    # transposed: (in, out/groups, ...), so the output axis is the per-group one
+    up = nn.Sequential(nn.ConvTranspose2d(4, 6, 3, groups=2))
+    with pytest.raises(ValueError, match=r"'0\.weight'.*groups=2.*axis='input'"):
+        prunelab.score(up, "l1_channel", axis="output")
+    assert prunelab.score(up, "l1_channel").groups["0.weight"] == 0

@@ -23,11 +23,6 @@ from prunelab.masks import Mask
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
-def covered_parameters(model: nn.Module, mask: Mask) -> dict[str, nn.Parameter]:
-    """The model's parameters that ``mask`` covers (ValueError naming a mismatch otherwise)."""
-    return mask.check_compatible(model)
-
-
 def model_device(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device

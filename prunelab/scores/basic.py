@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from prunelab.scores._common import covered_parameters
 from prunelab.scores.registry import Scores, register_method
 
 
@@ -17,7 +16,7 @@ def random(model, mask, batch=None, *, seed: int = 0) -> Scores:
     CPU (ties are then practically impossible, and the same seed gives the same mask on any device).
     """
     gen = torch.Generator().manual_seed(int(seed))
-    params = covered_parameters(model, mask)
+    params = mask.check_compatible(model)
     return Scores({n: torch.rand(p.shape, generator=gen, dtype=torch.float64).to(p.device) for n, p in params.items()})
 
 
@@ -25,7 +24,7 @@ def random(model, mask, batch=None, *, seed: int = 0) -> Scores:
 def magnitude(model, mask, batch=None) -> Scores:
     """``|w|`` (Frankle et al. §3; Han et al. 2015). Applied to trained weights this is magnitude
     pruning after training; applied at initialization it is the "magnitude at init" baseline."""
-    params = covered_parameters(model, mask)
+    params = mask.check_compatible(model)
     out = Scores()
     for n, p in params.items():
         s = p.detach().abs()

@@ -13,7 +13,6 @@ import torch
 
 from prunelab.scores._common import (
     batchnorm_train_mode,
-    covered_parameters,
     forward,
     masked_leaves,
     model_device,
@@ -56,7 +55,7 @@ def snip(model, mask, batch, *, loss_fn: Callable | None = None, batchnorm_train
     """
     pairs = split_batches(batch, "snip")
     loss_fn = resolve_loss(loss_fn)
-    params = covered_parameters(model, mask)
+    params = mask.check_compatible(model)
     leaves = masked_leaves(params, mask)
     total = sum(len(x) for x, _ in pairs)
     grads = None
@@ -82,7 +81,7 @@ def _grasp_hg(model, mask, batch, temperature, loss_fn, batchnorm_train):
     pairs = split_batches(batch, "grasp")
     loss_fn = resolve_loss(loss_fn)
     t = _check_temperature(temperature)
-    params = covered_parameters(model, mask)
+    params = mask.check_compatible(model)
     leaves = masked_leaves(params, mask)
     total = sum(len(x) for x, _ in pairs)
 

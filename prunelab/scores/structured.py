@@ -7,6 +7,8 @@ input feature). ``axis="output"`` prunes ``w[c]`` instead (a filter / an output 
 gets one score, broadcast to all its entries, and :class:`~prunelab.scores.registry.Scores.groups`
 tells :func:`prunelab.remove` to keep or remove the channel whole. Tensors with one dimension
 (biases, normalization parameters when covered) have no channels and are scored entry by entry.
+Grouped convolutions take only the axis whose dimension holds every channel (``axis="output"``,
+or ``"input"`` for a transposed one); the other raises a ``ValueError`` (see :func:`_check_grouped`).
 Paper 002 prunes locally (``default_scope="layer"``).
 
 Norms: ``l1_channel``, ``l2_channel``, ``linf_channel`` (largest ``|w|`` of the channel) and
@@ -20,7 +22,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from prunelab.scores._common import covered_parameters
 from prunelab.scores.registry import Scores, register_method
 
 _AXES = ("input", "output")
@@ -48,8 +49,27 @@ def channel_dim(module: nn.Module | None, param: torch.Tensor, axis: str) -> int
     return 1 if transposed else 0
 
 
+def _check_grouped(name: str, module: nn.Module | None, dim: int | None, axis: str) -> None:
+    """Refuse the axis whose weight dimension holds channels per group, not channels.
+
+    A grouped convolution (``groups > 1``; depthwise when ``groups == in_channels``) stores
+    ``(out, in/groups, ...)`` (``(in, out/groups, ...)`` when transposed): slice ``c`` of dimension 1
+    is channel ``c`` *of every group*, ``groups`` different channels ranked by one pooled norm, and a
+    depthwise layer has a single such slice, so removing it would empty the layer. Dimension 0 holds
+    every channel, so the other axis is well defined.
+    """
+    groups = getattr(module, "groups", 1) if isinstance(module, nn.modules.conv._ConvNd) else 1
+    if dim == 1 and groups > 1:
+        other = "output" if axis == "input" else "input"
+        raise ValueError(
+            f"{name!r} belongs to a grouped convolution (groups={groups}), whose dimension 1 holds channels "
+            f"per group, so whole {axis} channels are not slices of it; prune its {other} channels with "
+            f"axis={other!r}, or leave it out with exclude=[{name!r}]"
+        )
+
+
 def _channel_scores(model, mask, norm: str, axis: str, seed: int = 0, only_convs: bool = False) -> Scores:
-    params = covered_parameters(model, mask)
+    params = mask.check_compatible(model)
     owners = _owners(model)
     gen = torch.Generator().manual_seed(int(seed))
     out = Scores()
@@ -58,6 +78,7 @@ def _channel_scores(model, mask, norm: str, axis: str, seed: int = 0, only_convs
         dim = channel_dim(module, p, axis)
         if only_convs and not isinstance(module, nn.modules.conv._ConvNd):
             dim = None
+        _check_grouped(name, module, dim, axis)
         w = p.detach()
         keep = mask[name]
         if not bool(keep.all()):

@@ -61,8 +61,7 @@ class SynFlowScorer:
         device = next((p.device for p in net.parameters()), torch.device("cpu"))
         self.x = torch.ones((1, *input_shape), dtype=torch.float64, device=device)
         self._params = dict(net.named_parameters())
-        self._kept: dict[str, int] = {}
-        self._notified = False
+        self._notified = False  # pruned() has been called: the copy follows every removal itself
         self._weights: dict[str, nn.Parameter] | None = None
         self._gathered: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -71,8 +70,6 @@ class SynFlowScorer:
         p = self._params[name]
         with torch.no_grad():
             fill_at(p.view(-1), index.to(p.device), 0.0)
-        n = int(index.count_nonzero()) if index.dtype == torch.bool else index.numel()
-        self._kept[name] = self._kept.get(name, p.numel()) - n
         self._notified = True
 
     def _sync(self, mask: Mask) -> dict[str, nn.Parameter]:
@@ -82,13 +79,11 @@ class SynFlowScorer:
         if self._notified:
             # prune() reports every removal through pruned(): the copy is already in sync.
             return weights
-        with torch.no_grad():
+        with torch.no_grad():  # called without pruned(): zero what the mask prunes (idempotent)
             for n, w in weights.items():
                 keep = mask[n]
-                kept = int(keep.count_nonzero())
-                if self._kept.get(n, w.numel()) != kept:
+                if not bool(keep.all()):
                     w.masked_fill_(~keep.to(w.device), 0.0)
-                    self._kept[n] = kept
         return weights
 
     def _grads(self, weights: dict[str, nn.Parameter]) -> list[torch.Tensor | None]:
