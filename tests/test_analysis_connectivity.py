@@ -298,3 +298,20 @@ def test_deep_network_path_counts_do_not_overflow():
     expected = {n: t.clone() for n, t in keep.items()}
     expected["562.weight"][:, 5] = False
     assert eff == Mask(expected)
+
+
+def test_effective_parameter_ratio_of_shuffled_to_unmodified():
+    import prunelab
+    from prunelab import ablations, analysis
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8, bias=False), nn.ReLU(), nn.Linear(8, 4, bias=False))
+    keep0 = torch.ones(8, 16, dtype=torch.bool)
+    keep0[0] = False  # hidden unit 0 gets no input: its outgoing weights are disconnected
+    mask = prunelab.Mask({"1.weight": keep0, "3.weight": torch.ones(4, 8, dtype=torch.bool)})
+    shuffled = ablations.shuffle(mask, seed=0)  # spreads the 16 pruned inputs over the units
+    # independent count: effective = kept, minus unit 0's 4 outgoing weights in the unmodified mask
+    unmodified = (8 * 16 - 16) + (4 * 8 - 4)
+    eff_shuffled = analysis.effective_sparsity(model, shuffled, (16,))["effective_kept"]
+    assert analysis.effective_parameter_ratio(model, shuffled, mask, (16,)) == pytest.approx(eff_shuffled / unmodified)
+    assert eff_shuffled == 8 * 16 - 16 + 4 * 8  # no unit is left without inputs after this shuffle

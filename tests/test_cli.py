@@ -114,3 +114,16 @@ def test_run_user_errors(mnist_root, tmp_path, capsys):
         assert not (tmp_path / "r").exists(), extra  # nothing written to the store
     assert run_cli("show", "nope", "--root", tmp_path / "r") == 2
     assert "no run 'nope'" in capsys.readouterr().err
+
+
+def test_a_diverging_run_is_recorded_and_exits_nonzero(mnist_root, tmp_path, capsys):
+    args = ["run", "--model", "lenet_300_100", "--dataset", "mnist", "--data-root", mnist_root, "--train", "1ep",
+            "--batch-size", "10", "--root", tmp_path / "runs", "--no-progress", "--device", "cpu",
+            "--method", "magnitude", "--sparsity", "0.5", "--lr", "1e30"]
+    assert run_cli(*args) == 1
+    err = capsys.readouterr().err
+    assert "diverged at step" in err and "Traceback" not in err
+    results = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*/result.json")]
+    assert sorted(r["status"] for r in results) == ["diverged", "diverged"]  # the dense run and the pruned one
+    assert all(r["step"] >= 1 for r in results)
+    assert run_cli(*args) == 1  # recorded: not trained again

@@ -13,7 +13,7 @@
 """
 
 from prunelab.analysis.collapse import critical_compression, layer_collapse, max_compression, neuron_collapse
-from prunelab.analysis.connectivity import effective_mask, effective_sparsity
+from prunelab.analysis.connectivity import effective_mask, effective_parameter_ratio, effective_sparsity
 from prunelab.analysis.conservation import conservation
 from prunelab.analysis.ensembles import accuracy, agreement, agreement_matrix, ensemble_accuracy, predictions
 from prunelab.analysis.layerwise import layer_table
@@ -27,6 +27,7 @@ __all__ = [
     "conservation",
     "critical_compression",
     "effective_mask",
+    "effective_parameter_ratio",
     "effective_sparsity",
     "emergent_structure",
     "ensemble_accuracy",

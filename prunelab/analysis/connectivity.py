@@ -201,3 +201,14 @@ def effective_sparsity(model: nn.Module, mask: Mapping[str, torch.Tensor], input
         "effective_kept": eff.num_kept,
         "per_layer": per_layer,
     }
+
+
+def effective_parameter_ratio(model: nn.Module, mask: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor],
+                              input_shape: Sequence[int]) -> float:
+    """Effective parameters of ``mask`` over those of ``reference``: 000 App. M's ratio of the
+    layerwise-shuffled network to the unmodified one (Fig. 16; at most 1.0353 in that paper)."""
+    ours = effective_sparsity(model, mask, input_shape)["effective_kept"]
+    theirs = effective_sparsity(model, reference, input_shape)["effective_kept"]
+    if theirs == 0:
+        raise ValueError("the reference mask has no effective parameter; the ratio is undefined")
+    return ours / theirs
