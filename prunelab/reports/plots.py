@@ -446,7 +446,8 @@ def mask_images(grid: Mapping[str, Mapping[str, np.ndarray]], title: str = "", n
     """
     _check_nonempty(grid, "grid")
     cols = list(dict.fromkeys(c for row in grid.values() for c in row))
-    fig, axes = _figure(ncols=len(cols), nrows=len(grid), width=1.7, height=1.9)
+    # at least ~3.6 inches wide in all, so that the figure title fits over a single column
+    fig, axes = _figure(ncols=len(cols), nrows=len(grid), width=max(1.7, 3.6 / len(cols)), height=1.9)
     image = None
     for i, (row_label, row) in enumerate(grid.items()):
         for j, col in enumerate(cols):
