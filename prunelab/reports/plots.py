@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import TwoSlopeNorm
+from matplotlib.colors import TwoSlopeNorm, to_hex
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
@@ -64,15 +65,17 @@ _SPARE = [_TAB[6], _TAB[8], _TAB[9], "#393b79", "#637939", "#8c6d31", "#843c39",
 
 
 def colors(labels: Sequence[str]) -> dict[str, str]:
-    """A colour per label: the papers' colour for a known method or ablation, distinct spares otherwise."""
+    """A colour per label: the papers' colour for a known method or ablation, distinct spares otherwise
+    (colours repeat only once every distinct one is taken, e.g. for the 15 layers of VGG-16)."""
     out, used, spare = {}, set(), iter(_SPARE + _TAB * 3)
+    extra = iter([to_hex(c) for c in colormaps["tab20"].colors] * (len(labels) + 1))
     for label in labels:
         key = str(label).lower()
         color = _NAMED.get(key)
         if color is None:
             color = next((c for k, c in _NAMED.items() if key.startswith(k + " ") or key.startswith(k + "_")), None)
         if color is None or color in used:
-            color = next(c for c in spare if c not in used)
+            color = next((c for c in spare if c not in used), None) or next(extra)
         used.add(color)
         out[label] = color
     return out
