@@ -43,8 +43,8 @@ def _add_experiment(p: argparse.ArgumentParser, *extra: type) -> None:
     p.add_argument("--distributed", action="store_true",
                    help="one run on several GPUs/machines with DDP; launch with torchrun")
     _add_common(p)
-    add_dataclass_flags(p, ModelHparams, group="model")
-    add_dataclass_flags(p, DataHparams, group="dataset")
+    add_dataclass_flags(p, ModelHparams, group="model", required=["model"])
+    add_dataclass_flags(p, DataHparams, group="dataset", required=["dataset"])
     add_dataclass_flags(p, TrainSettings, group="training (default: the Appendix A.3 recipe of the model)")
     for cls in extra:
         add_dataclass_flags(p, cls, group=cls.__name__.replace("Hparams", "").lower())

@@ -12,6 +12,7 @@ import hashlib
 import json
 import types
 import typing
+from collections.abc import Iterable
 from typing import Any
 
 
@@ -69,7 +70,8 @@ def _parse_optional(inner):
     return parse
 
 
-def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "", group: str | None = None) -> None:
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "", group: str | None = None,
+                        required: Iterable[str] = ()) -> None:
     """One flag per field of ``cls``; defaults are None so that only flags given on the command line override.
 
     Booleans get ``--x/--no-x`` (never ``type=bool``, which treats the string "False" as true).
@@ -81,7 +83,7 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, prefix: str 
         tp, optional = _unwrap_optional(hints[f.name])
         flag, dest = _flag(f.name, prefix), prefix + f.name
         default = f.default if f.default is not dataclasses.MISSING else None
-        help_text = f"(default: {default})"
+        help_text = "(required)" if f.name in set(required) else f"(default: {default})"
         if tp is bool:
             target.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif typing.get_origin(tp) is tuple:
