@@ -142,7 +142,7 @@ class Runner:
 
     def _produce_weights_at(self, run_id: str, rep: Replicate, step: int, ck: CheckpointFolder):
         folder = self.store.begin(run_id, {"kind": "dense", **rep.describe()})
-        state = ck.load_step(step)
+        state = distributed.broadcast_object(ck.load_step(step) if distributed.is_main() else None)
         if state is not None:
             return state["model"]
         model = self.model(rep)
