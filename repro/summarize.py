@@ -70,7 +70,7 @@ def family2(df: pd.DataFrame) -> str:
     rows = [["criterion"] + [f"{t:.1%}" for t in targets] + ["highest matching"]]
     for name, agg in curves.items():
         by = {r.sparsity_target: r for _, r in agg.iterrows()}
-        cells = [pct(by[t].test_accuracy_mean, by[t].test_accuracy_std) + f" (n={by[t]['count']})" if t in by else "-"
+        cells = [pct(by[t].test_accuracy_mean, by[t].test_accuracy_std) + f" (n={int(by[t]['count'])})" if t in by else "-"
                  for t in targets]
         matching = [t for t in targets if t in by and by[t].test_accuracy_mean >= dense - dense_std]
         rows.append([name] + cells + [f"{max(matching):.1%}" if matching else "none"])
@@ -111,6 +111,29 @@ def family7(df: pd.DataFrame) -> str:
     return "## Family 7: iterative pruning of LeNet-5 (002)\n\n" + table(rows) + "\n"
 
 
+def family6(df: pd.DataFrame, root: str) -> str:
+    """Neuron collapse and effective sparsity of the family-2 masks (000 §5 Fig. 5, App. M), seed 0."""
+    from prunelab import Mask, analysis, models
+
+    sel = df[(df.kind == "prune") & (df.model == "lenet_300_100") & (df["training.train"] == "10ep")
+             & (df.prune_at == "0it") & df.ablation.isna() & (df.status == "done") & (df.seed == 0)]
+    if sel.empty:
+        return ""
+    model = models.create("lenet_300_100", num_classes=10, input_shape=(1, 28, 28))
+    rows = [["criterion", "sparsity", "dead neurons (all inputs pruned)", "effective sparsity", "first layer kept"]]
+    for _, r in sel.sort_values(["method", "sparsity_target"]).iterrows():
+        if r.sparsity_target not in (0.737856, 0.931280523, 0.981985201):
+            continue
+        mask = Mask.load(Path(root) / r.id / "mask.pt")
+        dead = analysis.neuron_collapse(mask, thresholds=[1.0])["fraction"][0]
+        eff = analysis.effective_sparsity(model, mask, (1, 28, 28))
+        first = next(iter(mask))
+        rows.append([r.method, f"{r.sparsity:.1%}", f"{dead:.1%}", f"{eff['effective']:.2%}",
+                     f"{1 - eff['per_layer'][first]['actual']:.2%}"])
+    return ("## Family 6: neuron collapse and effective sparsity of the family-2 masks (seed 0)\n\n"
+            + table(rows) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--root", default="repro/runs")
@@ -120,7 +143,7 @@ def main() -> None:
     for col in ("method", "prune_at", "ablation", "rewind_to", "structure", "level", "rate", "sparsity_target"):
         if col not in df.columns:
             df[col] = None
-    parts = [family1(df), family2(df), family5(Path(args.results)), family7(df)]
+    parts = [family1(df), family2(df), family5(Path(args.results)), family6(df, args.root), family7(df)]
     print("\n".join(p for p in parts if p))
 
 
