@@ -70,8 +70,8 @@ def family2(df: pd.DataFrame) -> str:
     rows = [["criterion"] + [f"{t:.1%}" for t in targets] + ["highest matching"]]
     for name, agg in curves.items():
         by = {r.sparsity_target: r for _, r in agg.iterrows()}
-        cells = [pct(by[t].test_accuracy_mean, by[t].test_accuracy_std) + f" (n={int(by[t]['count'])})" if t in by else "-"
-                 for t in targets]
+        cells = [f"{pct(by[t].test_accuracy_mean, by[t].test_accuracy_std)} (n={int(by[t]['count'])})"
+                 if t in by else "-" for t in targets]
         matching = [t for t in targets if t in by and by[t].test_accuracy_mean >= dense - dense_std]
         rows.append([name] + cells + [f"{max(matching):.1%}" if matching else "none"])
     out.append(f"Dense LeNet-300-100, 10 epochs: {pct(dense, dense_std)} (n={n}); 'matching' = mean accuracy within "
