@@ -79,6 +79,24 @@ def family2(df: pd.DataFrame) -> str:
     return "\n".join(out) + "\n" + table(rows) + "\n"
 
 
+def family3(df: pd.DataFrame) -> str:
+    """Ablations at initialization and after training (000 §5 Fig. 4, App. F), as far as they have run."""
+    sel = df[(df.kind == "prune") & (df.model == "lenet_300_100") & (df["training.train"] == "10ep")
+             & (df.status == "done") & df.sparsity_target.isin([0.737856, 0.931280523, 0.981985201])]
+    sel = sel.assign(ablation=sel.ablation.fillna("unmodified"), when=sel.prune_at.map({"0it": "init", "end": "after"}))
+    ablated = sel[sel.ablation != "unmodified"]
+    if ablated.empty:
+        return ""
+    rows = [["criterion", "pruned", "sparsity"] + ["unmodified", "shuffle", "reinit", "invert", "fixed_variance"]]
+    for method, when, target in ablated.groupby(["method", "when", "sparsity_target"]).groups:
+        base = sel[(sel.method == method) & (sel.when == when) & (sel.sparsity_target == target)]
+        agg = {a: p.test_accuracy for a, p in base.groupby("ablation")}
+        rows.append([method, when, f"{target:.1%}"] + [
+            f"{pct(agg[a].mean(), agg[a].std())} (n={len(agg[a])})" if a in agg else "-"
+            for a in rows[0][3:]])
+    return "## Family 3: ablations (000 §5 Fig. 4, App. F), runs finished so far\n\n" + table(rows) + "\n"
+
+
 def family5(results: Path) -> str:
     path = results / "layer_collapse" / "results.json"
     if not path.is_file():
@@ -143,7 +161,8 @@ def main() -> None:
     for col in ("method", "prune_at", "ablation", "rewind_to", "structure", "level", "rate", "sparsity_target"):
         if col not in df.columns:
             df[col] = None
-    parts = [family1(df), family2(df), family5(Path(args.results)), family6(df, args.root), family7(df)]
+    parts = [family1(df), family2(df), family3(df), family5(Path(args.results)), family6(df, args.root),
+             family7(df)]
     print("\n".join(p for p in parts if p))
 
 
