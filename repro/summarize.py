@@ -97,6 +97,34 @@ def family3(df: pd.DataFrame) -> str:
     return "## Family 3: ablations (000 §5 Fig. 4, App. F), runs finished so far\n\n" + table(rows) + "\n"
 
 
+def family4(df: pd.DataFrame) -> str:
+    """Pruning after initialization (000 §6, Fig. 6): prune at step t, or LTR rewound to t, at one sparsity."""
+    target = 0.931280523
+    sel = df[(df.model == "lenet_300_100") & (df["training.train"] == "10ep") & (df.status == "done")]
+    later = sel[(sel.kind == "prune") & sel.ablation.isna() & (sel.sparsity_target == target)
+                & ~sel.prune_at.isin(["end"])]
+    ltr = sel[(sel.kind == "lottery") & (sel.level == 1) & (sel.rate == target)
+              & ~sel.rewind_to.isin(["finetune", "sign", "sigma_sign"])]
+    if later.prune_at.nunique() < 2 and ltr.rewind_to.nunique() < 2:
+        return ""
+    steps = sorted(set(later.prune_at) | set(ltr.rewind_to), key=lambda s: int(s.removesuffix("it")))
+    rows = [["criterion"] + [f"t = {s.removesuffix('it')}" for s in steps]]
+    curves = [(m, p.set_index("prune_at").test_accuracy, p.prune_at) for m, p in later.groupby("method")]
+    curves.append(("LTR (rewind to t)", ltr.set_index("rewind_to").test_accuracy, ltr.rewind_to))
+    for name, acc, _ in curves:
+        cells = []
+        for s in steps:
+            values = acc[acc.index == s]
+            cells.append(f"{pct(values.mean(), values.std())} (n={len(values)})" if len(values) else "-")
+        rows.append([name] + cells)
+    dense, dense_std, n = dense_stats(df, "lenet_300_100", "10ep")
+    return (f"## Family 4: pruning after initialization at {target:.1%} sparsity (000 §6, Fig. 6)\n\n"
+            "LeNet-300-100, 10 epochs (4690 steps). A criterion prunes the dense network at step t and the "
+            "pruned network trains a whole schedule from the weights at t (000 §6); LTR keeps the weights at t "
+            "under the after-training magnitude mask and trains from t to the end (000 §4). "
+            f"Dense: {pct(dense, dense_std)} (n={n}).\n\n" + table(rows) + "\n")
+
+
 def family5(results: Path) -> str:
     path = results / "layer_collapse" / "results.json"
     if not path.is_file():
@@ -121,16 +149,94 @@ def family7(df: pd.DataFrame) -> str:
     sel = df[(df.kind == "lottery") & (df.model == "lenet5") & (df.status == "done")]
     if sel.empty:
         return ""
-    rows = [["structure", "weights"] + [f"level {i}" for i in range(1, int(sel.level.max()) + 1)]]
+    levels = range(1, int(sel.level.max()) + 1)
+    rows = [["structure", "weights"] + [f"level {i}" for i in levels]]
     for (structure, rewind), part in sel.groupby(["structure", "rewind_to"]):
         by = {int(r.level): r for _, r in part.iterrows()}
         rows.append([structure, rewind] + [f"{pct(by[i].test_accuracy)} @ {by[i].sparsity:.1%}" if i in by else "-"
-                                          for i in range(1, int(sel.level.max()) + 1)])
-    return "## Family 7: iterative pruning of LeNet-5 (002)\n\n" + table(rows) + "\n"
+                                          for i in levels])
+    return ("## Family 7: iterative pruning of LeNet-5 (002)\n\nTest accuracy @ sparsity per level:\n\n"
+            + table(rows) + "\n")
+
+
+def _by_level(rows: pd.DataFrame, index: list[str], value: str, fmt) -> list[list[str]]:
+    """Mean over seeds (and whatever else is not in ``index``) of ``value``, one column per level."""
+    levels = sorted(rows.level.unique())
+    piv = rows.groupby(index + ["level"])[value].mean().unstack("level")
+    out = [index + [f"level {int(lv)}" for lv in levels]]
+    for key, r in piv.iterrows():
+        key = key if isinstance(key, tuple) else (key,)
+        out.append(list(key) + [fmt(r[lv]) if lv in r and not pd.isna(r[lv]) else "-" for lv in levels])
+    return out
+
+
+def family7_analyses(results: Path) -> str:
+    """Mask similarity, emergent structure, weight stability and ensembles (002 §4-5, App. D) from
+    ``repro/imp_analysis.py``."""
+    path = results / "imp" / "results.json"
+    if not path.is_file():
+        return ""
+    res = json.loads(path.read_text())
+    out = ["## Family 7 analyses: similarity, structure, stability, ensembles (002 §4-5, App. D)\n"]
+
+    def dist(x):
+        return f"{x:.3f}"
+
+    to_l2 = pd.DataFrame(res["jaccard_to_l2"])
+    if not to_l2.empty:
+        out.append("Jaccard distance to the L2-structured mask, same seed and level, per layer (002 Fig. 3):\n")
+        out.append(table(_by_level(to_l2, ["other", "layer"], "distance", dist)) + "\n")
+    to_us = pd.DataFrame(res["jaccard_to_l1_unstructured"])
+    if not to_us.empty:
+        conv = [n for n, shape in res["layers"].items() if len(shape) == 4][1]
+        out.append(f"Jaccard distance of the second convolution ({conv}) to the L1-unstructured mask (002 Fig. 4):\n")
+        out.append(table(_by_level(to_us[to_us.layer == conv], ["other"], "distance", dist)) + "\n")
+    rv = pd.DataFrame(res["rewind_vs"])
+    if not rv.empty:
+        out.append("Jaccard distance between the masks found with rewinding and with finetuning or sigma*sign "
+                   "reinitialization, same structure and seed, per layer (002 §4.1, App. A):\n")
+        out.append(table(_by_level(rv, ["other", "layer"], "distance", dist)) + "\n")
+    es = pd.DataFrame(res["emergent_structure"])
+    if not es.empty:
+        cells = es.groupby(["structure", "rewind_to", "layer", "level"])[
+            ["removed", "expected_random", "dispersion"]].mean()
+        levels = sorted(es.level.unique())
+        rows = [["structure", "weights", "layer"] + [f"level {int(lv)}" for lv in levels]]
+        for (structure, rewind, layer), part in cells.groupby(level=[0, 1, 2]):
+            part = part.droplevel([0, 1, 2])
+            rows.append([structure, rewind, layer] + [
+                f"{part.loc[lv, 'removed']:.0%} (chance {part.loc[lv, 'expected_random']:.2g}), "
+                f"disp. {part.loc[lv, 'dispersion']:.1f}"
+                if lv in part.index else "-" for lv in levels])
+        out.append("Input channels of each convolution removed whole, against the expectation for a random mask "
+                   "with the same number of weights, and the dispersion of the kept counts over the input channels "
+                   "(variance over its value for a random mask: 1 = no structure; 002 §4, Fig. 5):\n")
+        out.append(table(rows) + "\n")
+    st = pd.DataFrame(res.get("stability", {}).get("rows", []))
+    if not st.empty:
+        piv = st.groupby(["structure", "layer"]).mean_abs_change.mean().unstack("layer")
+        rows = [["structure"] + [f"{c}" for c in piv.columns] + ["all layers"]]
+        for structure, r in piv.iterrows():
+            rows.append([structure] + ["-" if pd.isna(v) else f"{v:.4f}" for v in r] + [f"{r.mean():.4f}"])
+        out.append("Weight stability: mean |w_i - w_(i-1)| of the weights kept at consecutive levels (level 0 = "
+                   "dense), averaged over levels; lower is more stable (002 §5, Fig. 8):\n")
+        out.append(table(rows) + "\n")
+    en = pd.DataFrame(res.get("ensembles", {}).get("rows", []))
+    if not en.empty:
+        cols = sorted((c for c in en.columns if c not in ("seed", "level")), key=lambda c: (c.startswith("ens"), c))
+        agg = en.groupby("level")[cols].mean()
+        rows = [["level"] + cols]
+        for level, r in agg.iterrows():
+            rows.append([int(level)] + [pct(r[c]) for c in cols])
+        out.append("Ensembles: test accuracy of each structure's network (weights rewound) and of averaging the "
+                   "softmax outputs of all of them or of L1 structured + L1 unstructured (002 App. D, Table 2):\n")
+        out.append(table(rows) + "\n")
+    return "\n".join(out)
 
 
 def family6(df: pd.DataFrame, root: str) -> str:
-    """Neuron collapse and effective sparsity of the family-2 masks (000 §5 Fig. 5, App. M), seed 0."""
+    """Layerwise proportions, neuron collapse and effective sparsity of the family-2 masks (000 §5 Fig. 5,
+    App. J Fig. 15, App. M), seed 0."""
     from prunelab import Mask, analysis, models
 
     sel = df[(df.kind == "prune") & (df.model == "lenet_300_100") & (df["training.train"] == "10ep")
@@ -138,17 +244,18 @@ def family6(df: pd.DataFrame, root: str) -> str:
     if sel.empty:
         return ""
     model = models.create("lenet_300_100", num_classes=10, input_shape=(1, 28, 28))
-    rows = [["criterion", "sparsity", "dead neurons (all inputs pruned)", "effective sparsity", "first layer kept"]]
+    rows = [["criterion", "sparsity", "dead neurons (all inputs pruned)", "effective sparsity",
+             "kept per layer (fc1 / fc2 / fc3)"]]
     for _, r in sel.sort_values(["method", "sparsity_target"]).iterrows():
         if r.sparsity_target not in (0.737856, 0.931280523, 0.981985201):
             continue
         mask = Mask.load(Path(root) / r.id / "mask.pt")
         dead = analysis.neuron_collapse(mask, thresholds=[1.0])["fraction"][0]
         eff = analysis.effective_sparsity(model, mask, (1, 28, 28))
-        first = next(iter(mask))
-        rows.append([r.method, f"{r.sparsity:.1%}", f"{dead:.1%}", f"{eff['effective']:.2%}",
-                     f"{1 - eff['per_layer'][first]['actual']:.2%}"])
-    return ("## Family 6: neuron collapse and effective sparsity of the family-2 masks (seed 0)\n\n"
+        kept = " / ".join(f"{d:.2%}" for d in mask.layer_density().values())
+        rows.append([r.method, f"{r.sparsity:.1%}", f"{dead:.1%}", f"{eff['effective']:.2%}", kept])
+    return ("## Family 6: layerwise proportions, neuron collapse and effective sparsity of the family-2 masks "
+            "(seed 0)\n\n"
             + table(rows) + "\n")
 
 
@@ -161,8 +268,8 @@ def main() -> None:
     for col in ("method", "prune_at", "ablation", "rewind_to", "structure", "level", "rate", "sparsity_target"):
         if col not in df.columns:
             df[col] = None
-    parts = [family1(df), family2(df), family3(df), family5(Path(args.results)), family6(df, args.root),
-             family7(df)]
+    parts = [family1(df), family2(df), family3(df), family4(df), family5(Path(args.results)), family6(df, args.root),
+             family7(df), family7_analyses(Path(args.results))]
     print("\n".join(p for p in parts if p))
 
 

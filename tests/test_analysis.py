@@ -220,3 +220,29 @@ def test_hypergeometric_expectation_matches_monte_carlo():
     # huge layers: no overflow, and the limit (1 - K/N)^k for k << N
     big = analysis.prob_slice_removed(10**7, 10**5, 100)
     assert big == pytest.approx((1 - 1e-2) ** 100, rel=1e-3)
+
+
+def test_dispersion_by_hand_and_against_random_masks():
+    # 4 input channels of 6 weights (out 3, 2x1 kernels); kept counts per input channel 6, 6, 0, 0
+    conv = torch.zeros(3, 4, 2, 1, dtype=torch.bool)
+    conv[:, :2] = True
+    res = analysis.emergent_structure(Mask({"conv.weight": conv}))["conv.weight"]
+    n, K, k = 24, 12, 6
+    hyper = k * (K / n) * (1 - K / n) * (n - k) / (n - 1)
+    assert analysis.slice_count_variance(n, K, k) == pytest.approx(hyper)
+    assert res["dispersion"] == pytest.approx(np.var([6, 6, 0, 0]) / hyper)
+    # output side: 3 slices of 8, each keeps 4 -> no spread at all
+    assert res["output_dispersion"] == 0.0
+    # random masks: the variance of the slice counts is the hypergeometric one (Monte Carlo), so the
+    # dispersion averages to about 1
+    g = torch.Generator().manual_seed(1)
+    values = []
+    for _ in range(400):
+        keep = torch.zeros(240, dtype=torch.bool)
+        keep[torch.randperm(240, generator=g)[:60]] = True
+        res = analysis.emergent_structure(Mask({"c.weight": keep.reshape(6, 10, 2, 2)}))
+        values.append(res["c.weight"]["dispersion"])
+    # the counts sum to K, so their mean is exactly K / s and E[population variance] = the hypergeometric one
+    assert np.mean(values) == pytest.approx(1.0, abs=0.05)
+    with pytest.raises(ValueError, match="kept <= total"):
+        analysis.slice_count_variance(10, 11, 2)

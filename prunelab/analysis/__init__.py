@@ -18,7 +18,7 @@ from prunelab.analysis.conservation import conservation
 from prunelab.analysis.ensembles import accuracy, agreement, agreement_matrix, ensemble_accuracy, predictions
 from prunelab.analysis.layerwise import layer_table
 from prunelab.analysis.similarity import jaccard, jaccard_distance, jaccard_per_layer, weight_stability
-from prunelab.analysis.structure import emergent_structure, prob_slice_removed
+from prunelab.analysis.structure import emergent_structure, prob_slice_removed, slice_count_variance
 
 __all__ = [
     "accuracy",
@@ -40,5 +40,6 @@ __all__ = [
     "neuron_collapse",
     "predictions",
     "prob_slice_removed",
+    "slice_count_variance",
     "weight_stability",
 ]

@@ -35,6 +35,28 @@ def prob_slice_removed(total: int, kept: int, slice_size: int) -> float:
     return math.exp(log_p)
 
 
+def slice_count_variance(total: int, kept: int, slice_size: int) -> float:
+    """Variance of the number of kept weights in a slice of ``k`` when ``K`` of ``N`` weights are kept
+    uniformly at random: the hypergeometric ``k p (1 - p) (N - k) / (N - 1)`` with ``p = K / N``."""
+    n, K, k = int(total), int(kept), int(slice_size)
+    if not (0 <= K <= n and 0 <= k <= n) or n < 2:
+        raise ValueError(f"need 0 <= kept <= total, 0 <= slice_size <= total and total >= 2, got {total}, {kept}, "
+                         f"{slice_size}")
+    p = K / n
+    return k * p * (1 - p) * (n - k) / (n - 1)
+
+
+def _dispersion(keep: torch.Tensor, axis: int) -> float:
+    """Variance of the kept counts of the slices along ``axis`` over the variance a random mask of the same
+    size gives (1 on average for random masks, larger when whole slices are favoured or dropped);
+    ``nan`` when the random variance is zero (nothing or everything kept, or a single slice)."""
+    counts = keep.transpose(0, axis).reshape(keep.shape[axis], -1).sum(dim=1).to(torch.float64)
+    expected = slice_count_variance(keep.numel(), int(counts.sum()), keep.numel() // keep.shape[axis])
+    if expected == 0 or counts.numel() < 2:
+        return float("nan")
+    return float(counts.var(unbiased=False)) / expected
+
+
 def _removed(keep: torch.Tensor, axis: int) -> float:
     slices = keep.transpose(0, axis).reshape(keep.shape[axis], -1)
     return float((~slices.any(dim=1)).to(torch.float64).mean())
@@ -49,10 +71,14 @@ def emergent_structure(mask: Mapping[str, torch.Tensor], seed: int = 0) -> dict[
     linear layer, whose inputs are pixels in an MLP such as LeNet-300-100) it is column ``j``. The
     output side (``weight[i]``, the structure App. E also sees) is reported too. Per layer:
     ``{"kind": "conv" | "linear", "total", "kept", "slices", "slice_size", "removed",
-    "expected_random", "random_sample", "output_slices", "output_removed", "output_expected_random"}``;
+    "expected_random", "random_sample", "dispersion", "output_slices", "output_removed",
+    "output_expected_random", "output_dispersion"}``;
     ``expected_random`` is the exact hypergeometric expectation (:func:`prob_slice_removed`) and
     ``random_sample`` the fraction removed by one random mask with the same kept count, drawn with
-    ``seed`` (a torch generator; layers in mask order).
+    ``seed`` (a torch generator; layers in mask order). ``dispersion`` grades the structure short of
+    whole slices: the variance of the kept counts across the input slices over its value for a random
+    mask with the same kept count (:func:`slice_count_variance`): about 1 for a random mask, far above 1
+    when the kept weights concentrate on some input channels (the rows of filters of 002 Fig. 5).
     """
     gen = torch.Generator().manual_seed(int(seed))
     out: dict[str, dict] = {}
@@ -82,8 +108,10 @@ def emergent_structure(mask: Mapping[str, torch.Tensor], seed: int = 0) -> dict[
             "removed": _removed(keep, 1),
             "expected_random": prob_slice_removed(total, kept, total // slices),
             "random_sample": _removed(random_keep.reshape(keep.shape), 1),
+            "dispersion": _dispersion(keep, 1),
             "output_slices": outs,
             "output_removed": _removed(keep, 0),
             "output_expected_random": prob_slice_removed(total, kept, total // outs),
+            "output_dispersion": _dispersion(keep, 0),
         }
     return out
