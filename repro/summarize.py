@@ -80,7 +80,7 @@ def family2(df: pd.DataFrame) -> str:
 
 
 def family3(df: pd.DataFrame) -> str:
-    """Ablations at initialization and after training (000 §5 Fig. 4, App. F), as far as they have run."""
+    """Ablations at initialization and after training (000 §5 Fig. 4, App. F)."""
     sel = df[(df.kind == "prune") & (df.model == "lenet_300_100") & (df["training.train"] == "10ep")
              & (df.status == "done") & df.sparsity_target.isin([0.737856, 0.931280523, 0.981985201])]
     sel = sel.assign(ablation=sel.ablation.fillna("unmodified"), when=sel.prune_at.map({"0it": "init", "end": "after"}))
@@ -94,7 +94,8 @@ def family3(df: pd.DataFrame) -> str:
         rows.append([method, when, f"{target:.1%}"] + [
             f"{pct(agg[a].mean(), agg[a].std())} (n={len(agg[a])})" if a in agg else "-"
             for a in rows[0][3:]])
-    return "## Family 3: ablations (000 §5 Fig. 4, App. F), runs finished so far\n\n" + table(rows) + "\n"
+    return ("## Family 3: ablations at initialization and after training (000 §5 Fig. 4, App. F)\n\n"
+            + table(rows) + "\n")
 
 
 def family4(df: pd.DataFrame) -> str:
