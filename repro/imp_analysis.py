@@ -8,9 +8,13 @@ From the masks (committed with the runs):
 - ``jaccard_to_l1_unstructured``: the same against L1-unstructured masks (Fig. 4);
 - ``rewind_vs``: per layer and level, the distance between the masks found with rewinding and with
   finetuning or sigma*sign reinitialization, same structure and seed (§4.1, App. A Fig. 9);
-- ``emergent_structure``: per convolution, the fraction of input channels removed whole by
-  unstructured pruning, against the exact expectation for a random mask of the same size, and the
-  dispersion of the kept counts over the input channels (1 for a random mask; §4, Fig. 5).
+- ``emergent_structure``: per convolution and for the first linear layer, the fraction of input
+  channels (input features) removed whole by unstructured pruning, against the exact expectation for
+  a random mask of the same size, and the dispersion of the kept counts over the input and the output
+  channels (1 for a random mask; §4, Fig. 5, App. E).
+
+Each training budget (``training.train``) of the runs is analysed on its own: results.json maps it to
+the sections above.
 
 From the trained weights (the runs' final checkpoints, which stay local and are not committed; the
 numbers are cached in ``results.json`` and kept when the checkpoints are gone):
@@ -78,11 +82,11 @@ def structure_table(masks: dict[tuple, Mask]) -> list[dict]:
         if structure not in ("unstructured", "l1"):
             continue
         for layer, s in analysis.emergent_structure(mask, seed=seed).items():
-            if s["kind"] != "conv" or s["slices"] < 2:
+            if s["slices"] < 2:
                 continue
             rows.append({"structure": structure, "rewind_to": rewind, "seed": seed, "level": level, "layer": layer,
-                         "kept": s["kept"], "total": s["total"], "removed": s["removed"],
-                         "expected_random": s["expected_random"], "dispersion": s["dispersion"]})
+                         **{k: s[k] for k in ("kind", "kept", "total", "removed", "expected_random", "dispersion",
+                                              "output_removed", "output_dispersion")}})
     return rows
 
 
@@ -112,15 +116,15 @@ def stability_table(root: Path, runs: pd.DataFrame, dense: pd.DataFrame) -> list
     return rows
 
 
-def ensemble_table(root: Path, runs: pd.DataFrame, model_name: str) -> list[dict]:
-    ds = data.load("fashion_mnist", augment=False)
+def ensemble_table(root: Path, runs: pd.DataFrame) -> list[dict]:
+    ds = data.load(runs.dataset.iloc[0], augment=False)
     batches = list(ds.loader("test", 1000, seed=0).epoch(0))
     labels = torch.cat([y for _, y in batches])
     rows = []
     for (seed, level), part in runs[runs.rewind_to == REWIND].groupby(["seed", "level"]):
         logits = {}
         for r in part.itertuples():
-            net = models.create(model_name, num_classes=ds.num_classes, input_shape=ds.input_shape)
+            net = models.create(r.model, num_classes=ds.num_classes, input_shape=ds.input_shape)
             net.load_state_dict(final_weights(root, r.id, r.steps))
             logits[r.structure] = analysis.predictions(net, batches)
         row = {"seed": int(seed), "level": int(level)}
@@ -147,6 +151,27 @@ def cached(results: dict, name: str, ids: list[str], compute) -> None:
         warnings.warn(f"{name}: kept the cached numbers ({e})", stacklevel=1)
 
 
+def analyze(root: Path, runs: pd.DataFrame, dense: pd.DataFrame, previous: dict) -> dict:
+    """Every section for the runs of one training budget; ``previous``: this budget's earlier results."""
+    masks = masks_of(root, runs)
+    results = {
+        "layers": {n: list(t.shape) for n, t in max(masks.values(), key=len).items()},
+        "jaccard_to_l2": distance_table(masks, [(("l2", REWIND), (s, REWIND)) for s in STRUCTURES if s != "l2"]),
+        "jaccard_to_l1_unstructured": distance_table(
+            masks, [(("unstructured", REWIND), (s, REWIND)) for s in STRUCTURES if s != "unstructured"]),
+        "rewind_vs": distance_table(masks, [((s, REWIND), (s, w)) for s in ("unstructured", "l1")
+                                            for w in ("finetune", "sigma_sign")]),
+        "emergent_structure": structure_table(masks),
+    }
+    for name in ("stability", "ensembles"):
+        if name in previous:
+            results[name] = previous[name]
+    rewound = runs[runs.rewind_to == REWIND]
+    cached(results, "stability", sorted(rewound.id) + sorted(dense.id), lambda: stability_table(root, runs, dense))
+    cached(results, "ensembles", sorted(rewound.id), lambda: ensemble_table(root, runs))
+    return results
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", default="repro/runs")
@@ -158,27 +183,13 @@ def main() -> None:
     if runs.empty:
         raise SystemExit(f"no finished layer-wise lottery runs of {args.model} in {root}")
     all_runs = runs_table(root)
-    dense = all_runs[(all_runs.kind == "dense") & (all_runs.model == args.model) & (all_runs.status == "done")
-                     & all_runs["training.train"].isin(runs["training.train"].unique())]
-    masks = masks_of(root, runs)
-    results = {
-        "layers": {n: list(t.shape) for n, t in max(masks.values(), key=len).items()},
-        "jaccard_to_l2": distance_table(masks, [(("l2", REWIND), (s, REWIND)) for s in STRUCTURES if s != "l2"]),
-        "jaccard_to_l1_unstructured": distance_table(
-            masks, [(("unstructured", REWIND), (s, REWIND)) for s in STRUCTURES if s != "unstructured"]),
-        "rewind_vs": distance_table(masks, [((s, REWIND), (s, w)) for s in ("unstructured", "l1")
-                                            for w in ("finetune", "sigma_sign")]),
-        "emergent_structure": structure_table(masks),
-    }
     path = out / "results.json"
     previous = json.loads(path.read_text()) if path.is_file() else {}
-    for name in ("stability", "ensembles"):
-        if name in previous:
-            results[name] = previous[name]
-    rewound = runs[runs.rewind_to == REWIND]
-    cached(results, "stability", sorted(rewound.id) + sorted(dense.id),
-           lambda: stability_table(root, runs, dense))
-    cached(results, "ensembles", sorted(rewound.id), lambda: ensemble_table(root, runs, args.model))
+    results = {}
+    for train, part in runs.groupby("training.train"):
+        dense = all_runs[(all_runs.kind == "dense") & (all_runs.model == args.model) & (all_runs.status == "done")
+                         & (all_runs["training.train"] == train) & (all_runs.dataset == part.dataset.iloc[0])]
+        results[train] = analyze(root, part, dense, previous.get(train, {}))
     atomic_write_json(path, results)
     print(f"wrote {path}")
 

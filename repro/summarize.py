@@ -151,11 +151,11 @@ def family7(df: pd.DataFrame) -> str:
     if sel.empty:
         return ""
     levels = range(1, int(sel.level.max()) + 1)
-    rows = [["structure", "weights"] + [f"level {i}" for i in levels]]
-    for (structure, rewind), part in sel.groupby(["structure", "rewind_to"]):
+    rows = [["epochs per level", "structure", "weights"] + [f"level {i}" for i in levels]]
+    for (train, structure, rewind), part in sel.groupby(["training.train", "structure", "rewind_to"]):
         by = {int(r.level): r for _, r in part.iterrows()}
-        rows.append([structure, rewind] + [f"{pct(by[i].test_accuracy)} @ {by[i].sparsity:.1%}" if i in by else "-"
-                                          for i in levels])
+        rows.append([train, structure, rewind] + [
+            f"{pct(by[i].test_accuracy)} @ {by[i].sparsity:.1%}" if i in by else "-" for i in levels])
     return ("## Family 7: iterative pruning of LeNet-5 (002)\n\nTest accuracy @ sparsity per level:\n\n"
             + table(rows) + "\n")
 
@@ -171,67 +171,86 @@ def _by_level(rows: pd.DataFrame, index: list[str], value: str, fmt) -> list[lis
     return out
 
 
-def family7_analyses(results: Path) -> str:
-    """Mask similarity, emergent structure, weight stability and ensembles (002 §4-5, App. D) from
-    ``repro/imp_analysis.py``."""
-    path = results / "imp" / "results.json"
-    if not path.is_file():
-        return ""
-    res = json.loads(path.read_text())
-    out = ["## Family 7 analyses: similarity, structure, stability, ensembles (002 §4-5, App. D)\n"]
+def _dist(x: float) -> str:
+    return f"{x:.3f}"
 
-    def dist(x):
-        return f"{x:.3f}"
 
+def _similarity(res: dict) -> list[str]:
+    out = []
     to_l2 = pd.DataFrame(res["jaccard_to_l2"])
     if not to_l2.empty:
         out.append("Jaccard distance to the L2-structured mask, same seed and level, per layer (002 Fig. 3):\n")
-        out.append(table(_by_level(to_l2, ["other", "layer"], "distance", dist)) + "\n")
+        out.append(table(_by_level(to_l2, ["other", "layer"], "distance", _dist)) + "\n")
     to_us = pd.DataFrame(res["jaccard_to_l1_unstructured"])
-    if not to_us.empty:
-        conv = [n for n, shape in res["layers"].items() if len(shape) == 4][1]
-        out.append(f"Jaccard distance of the second convolution ({conv}) to the L1-unstructured mask (002 Fig. 4):\n")
-        out.append(table(_by_level(to_us[to_us.layer == conv], ["other"], "distance", dist)) + "\n")
+    convs = [n for n, shape in res["layers"].items() if len(shape) == 4]
+    if not to_us.empty and len(convs) > 1:
+        out.append(f"Jaccard distance of the second convolution ({convs[1]}) to the L1-unstructured mask "
+                   "(002 Fig. 4):\n")
+        out.append(table(_by_level(to_us[to_us.layer == convs[1]], ["other"], "distance", _dist)) + "\n")
     rv = pd.DataFrame(res["rewind_vs"])
     if not rv.empty:
         out.append("Jaccard distance between the masks found with rewinding and with finetuning or sigma*sign "
                    "reinitialization, same structure and seed, per layer (002 §4.1, App. A):\n")
-        out.append(table(_by_level(rv, ["other", "layer"], "distance", dist)) + "\n")
+        out.append(table(_by_level(rv, ["other", "layer"], "distance", _dist)) + "\n")
+    return out
+
+
+def _structure(res: dict) -> list[str]:
     es = pd.DataFrame(res["emergent_structure"])
-    if not es.empty:
-        cells = es.groupby(["structure", "rewind_to", "layer", "level"])[
-            ["removed", "expected_random", "dispersion"]].mean()
-        levels = sorted(es.level.unique())
-        rows = [["structure", "weights", "layer"] + [f"level {int(lv)}" for lv in levels]]
-        for (structure, rewind, layer), part in cells.groupby(level=[0, 1, 2]):
-            part = part.droplevel([0, 1, 2])
-            rows.append([structure, rewind, layer] + [
-                f"{part.loc[lv, 'removed']:.0%} (chance {part.loc[lv, 'expected_random']:.2g}), "
-                f"disp. {part.loc[lv, 'dispersion']:.1f}"
-                if lv in part.index else "-" for lv in levels])
-        out.append("Input channels of each convolution removed whole, against the expectation for a random mask "
-                   "with the same number of weights, and the dispersion of the kept counts over the input channels "
-                   "(variance over its value for a random mask: 1 = no structure; 002 §4, Fig. 5):\n")
-        out.append(table(rows) + "\n")
+    if es.empty:
+        return []
+    cells = es.groupby(["structure", "rewind_to", "layer", "level"])[
+        ["removed", "expected_random", "dispersion", "output_dispersion"]].mean()
+    levels = sorted(es.level.unique())
+    rows = [["structure", "weights", "layer"] + [f"level {int(lv)}" for lv in levels]]
+    for (structure, rewind, layer), part in cells.groupby(level=[0, 1, 2]):
+        part = part.droplevel([0, 1, 2])
+        rows.append([structure, rewind, layer] + [
+            f"{part.loc[lv, 'removed']:.0%}; {part.loc[lv, 'dispersion']:.1f} / {part.loc[lv, 'output_dispersion']:.1f}"
+            if lv in part.index else "-" for lv in levels])
+    return ["Emergent structure (002 §4, Fig. 5): per layer, the fraction of input channels (input features for the "
+            "linear layer) removed whole, then the dispersion of the kept counts over the input / output channels: "
+            "their variance over its value for a random mask with the same number of weights (1 = no structure; "
+            f"a random mask removes a given input channel whole with probability at most "
+            f"{es.expected_random.max():.2g} in these layers):\n",
+            table(rows) + "\n"]
+
+
+def _stability(res: dict) -> list[str]:
     st = pd.DataFrame(res.get("stability", {}).get("rows", []))
-    if not st.empty:
-        piv = st.groupby(["structure", "layer"]).mean_abs_change.mean().unstack("layer")
-        rows = [["structure"] + [f"{c}" for c in piv.columns] + ["all layers"]]
-        for structure, r in piv.iterrows():
-            rows.append([structure] + ["-" if pd.isna(v) else f"{v:.4f}" for v in r] + [f"{r.mean():.4f}"])
-        out.append("Weight stability: mean |w_i - w_(i-1)| of the weights kept at consecutive levels (level 0 = "
-                   "dense), averaged over levels; lower is more stable (002 §5, Fig. 8):\n")
-        out.append(table(rows) + "\n")
+    if st.empty:
+        return []
+    piv = st.groupby(["structure", "layer"]).mean_abs_change.mean().unstack("layer")
+    rows = [["structure"] + list(piv.columns) + ["all layers"]]
+    for structure, r in piv.iterrows():
+        rows.append([structure] + ["-" if pd.isna(v) else f"{v:.4f}" for v in r] + [f"{r.mean():.4f}"])
+    return ["Weight stability: mean |w_i - w_(i-1)| of the weights kept at consecutive levels (level 0 = dense), "
+            "averaged over levels; lower is more stable (002 §5, Fig. 8):\n", table(rows) + "\n"]
+
+
+def _ensembles(res: dict) -> list[str]:
     en = pd.DataFrame(res.get("ensembles", {}).get("rows", []))
-    if not en.empty:
-        cols = sorted((c for c in en.columns if c not in ("seed", "level")), key=lambda c: (c.startswith("ens"), c))
-        agg = en.groupby("level")[cols].mean()
-        rows = [["level"] + cols]
-        for level, r in agg.iterrows():
-            rows.append([int(level)] + [pct(r[c]) for c in cols])
-        out.append("Ensembles: test accuracy of each structure's network (weights rewound) and of averaging the "
-                   "softmax outputs of all of them or of L1 structured + L1 unstructured (002 App. D, Table 2):\n")
-        out.append(table(rows) + "\n")
+    cols = sorted((c for c in en.columns if c not in ("seed", "level")), key=lambda c: (c.startswith("ens"), c))
+    if en.empty or not any(c.startswith("ens") for c in cols):
+        return []
+    agg = en.groupby("level")[cols].mean()
+    rows = [["level"] + cols] + [[int(level)] + [pct(r[c]) for c in cols] for level, r in agg.iterrows()]
+    return ["Ensembles: test accuracy of each structure's network (weights rewound) and of averaging the softmax "
+            "outputs of all of them or of L1 structured + L1 unstructured (002 App. D, Table 2):\n",
+            table(rows) + "\n"]
+
+
+def family7_analyses(results: Path) -> str:
+    """Mask similarity, emergent structure, weight stability and ensembles (002 §4-5, App. D) from
+    ``repro/imp_analysis.py``, one section per training budget."""
+    path = results / "imp" / "results.json"
+    if not path.is_file():
+        return ""
+    out = []
+    for train, res in sorted(json.loads(path.read_text()).items()):
+        out.append(f"## Family 7 analyses, {train} per level: similarity, structure, stability, ensembles "
+                   "(002 §4-5, App. D)\n")
+        out += _similarity(res) + _structure(res) + _stability(res) + _ensembles(res)
     return "\n".join(out)
 
 
