@@ -9,6 +9,7 @@ seeds; accuracies in %).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -146,6 +147,28 @@ def family5(results: Path) -> str:
             + table(rows) + "\n\n" + table(cons) + "\n")
 
 
+def family6_shortcuts(results: Path) -> str:
+    """How each criterion prunes the 1x1 shortcut convolutions of ResNets (000 App. J, Fig. 15), from
+    ``repro/shortcut_pruning.py``."""
+    path = results / "shortcuts" / "results.json"
+    if not path.is_file():
+        return ""
+    data = json.loads(path.read_text())
+    rows = [["network", "sparsity", "criterion", "shortcut density (mean density of its block's convs)",
+             "shortcuts emptied"]]
+    for net, entries in data.items():
+        order = data[net].get("setup", {}).get("layer_order")
+        for key in sorted((k for k in entries if "/" in k), key=lambda k: (float(k.split("/")[1]), k)):
+            method, sparsity = key.split("/")
+            shortcuts = entries[key]["shortcuts"]
+            names = [n for n in order if n in shortcuts] if order else sorted(shortcuts)
+            cells = " ".join(f"{shortcuts[n]['density']:.2g} ({shortcuts[n]['adjacent_mean']:.2f})" for n in names)
+            emptied = sum(shortcuts[n]["fully_pruned"] for n in names)
+            rows.append([net, f"{float(sparsity):.1%}", method, cells, f"{emptied}/{len(names)}"])
+    return ("## Family 6: pruning of the shortcut convolutions at initialization (000 App. J, Fig. 15)\n\n"
+            "No training; SNIP and GraSP score Gaussian inputs. Shortcuts in network order.\n\n" + table(rows) + "\n")
+
+
 def family7(df: pd.DataFrame) -> str:
     sel = df[(df.kind == "lottery") & (df.model == "lenet5") & (df.status == "done")]
     if sel.empty:
@@ -279,17 +302,43 @@ def family6(df: pd.DataFrame, root: str) -> str:
             + table(rows) + "\n")
 
 
+def costs(root: str, specs: Path) -> str:
+    """Training time of each sweep spec: the sum of its runs' wall times (one thread each), counting the
+    dense networks it shares with other specs once per spec."""
+    from prunelab.experiments.runner import Runner
+    from prunelab.experiments.store import RunStore
+    from prunelab.experiments.sweep import job_id, load_spec
+
+    runner = Runner(RunStore(root))
+    rows = [["spec", "runs finished", "runs planned", "sum of run wall times (h)"]]
+    for path in sorted(specs.glob("*.toml")):
+        ids = set()
+        for job in load_spec(path).jobs:
+            ids.add(runner.dense_id(job.rep))
+            if job.kind == "lottery":
+                ids.update(job_id(runner, dataclasses.replace(job, hp=dataclasses.replace(job.hp, levels=level)))
+                           for level in range(1, job.hp.levels + 1))
+            else:
+                ids.add(job_id(runner, job))
+        done = [r for r in map(runner.store.result, ids) if r is not None]
+        rows.append([path.stem, len(done), len(ids), f"{sum(r.get('wall_time', 0) for r in done) / 3600:.2f}"])
+    return ("## Compute\n\nThe sweeps ran two workers of one thread each on the 2-core machine, so a family's "
+            "wall-clock time is about half the sum of its runs' times.\n\n" + table(rows) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--root", default="repro/runs")
     ap.add_argument("--results", default="repro/results")
+    ap.add_argument("--specs", default="repro", help="folder of the sweep specs (for the compute table)")
     args = ap.parse_args()
     df = runs_table(args.root)
     for col in ("method", "prune_at", "ablation", "rewind_to", "structure", "level", "rate", "sparsity_target"):
         if col not in df.columns:
             df[col] = None
-    parts = [family1(df), family2(df), family3(df), family4(df), family5(Path(args.results)), family6(df, args.root),
-             family7(df), family7_analyses(Path(args.results))]
+    parts = [family1(df), family2(df), family3(df), family4(df), family5(Path(args.results)),
+             family6(df, args.root), family6_shortcuts(Path(args.results)), family7(df),
+             family7_analyses(Path(args.results)), costs(args.root, Path(args.specs))]
     print("\n".join(p for p in parts if p))
 
 
