@@ -16,12 +16,25 @@ from typing import IO, Any
 import torch
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # read once: os.umask can only be read by setting it, which races with threads
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
-    """Call ``write(f)`` on a temporary binary file next to ``path``, fsync it, rename it over ``path``."""
+    """Call ``write(f)`` on a temporary binary file next to ``path``, fsync it, rename it over ``path``.
+
+    The file gets the permissions of a plainly created one (``0o666`` less the umask), not the
+    owner-only ones of a temporary file, so that a run store can be shared (a group on a cluster)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

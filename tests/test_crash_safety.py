@@ -1,6 +1,7 @@
 """kill -9 at several points, then run again: the result is bitwise that of an uninterrupted run (CPU)."""
 
 import json
+import stat
 import subprocess
 import sys
 import warnings
@@ -117,3 +118,14 @@ def test_corrupt_result_json_is_not_trusted(data_root, tmp_path):
     assert main(cli_args(data_root, root)) == 0
     again = json.loads((store.folder(prune_id) / "result.json").read_text())
     assert {k: v for k, v in again.items() if k not in VOLATILE} == {k: v for k, v in good.items() if k not in VOLATILE}
+
+
+def test_atomic_writes_get_the_permissions_of_plain_files(tmp_path):
+    """A run store shared by a group must not end up owner-only: atomic writes go through a temporary
+    file (created 0o600), so they must get what ``open()`` would have given under the umask."""
+    from prunelab.io import atomic_write_text
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    written = atomic_write_text(tmp_path / "atomic.txt", "x")
+    assert stat.S_IMODE(written.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)
