@@ -13,15 +13,15 @@ From the masks (committed with the runs):
   a random mask of the same size, and the dispersion of the kept counts over the input and the output
   channels (1 for a random mask; §4, Fig. 5, App. E).
 
-Each training budget (``training.train``) of the runs is analysed on its own: results.json maps it to
-the sections above.
-
 From the trained weights (the runs' final checkpoints, which stay local and are not committed; the
 numbers are cached in ``results.json`` and kept when the checkpoints are gone):
 - ``stability``: per structure and layer, the mean ``|w_i - w_{i-1}|`` of the weights kept at
   consecutive levels, averaged over the levels, level 0 being the dense network (§5, Fig. 8);
 - ``ensembles``: per level, the test accuracy of each structure's network and of the averaged
   softmax of all of them and of L1 structured + L1 unstructured (App. D, Table 2).
+
+Each training budget (``training.train``) of the runs is analysed on its own: results.json maps it to
+the sections above.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ import json
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -196,5 +195,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    np.seterr(all="ignore")
     main()

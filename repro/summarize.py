@@ -111,9 +111,9 @@ def family4(df: pd.DataFrame) -> str:
         return ""
     steps = sorted(set(later.prune_at) | set(ltr.rewind_to), key=lambda s: int(s.removesuffix("it")))
     rows = [["criterion"] + [f"t = {s.removesuffix('it')}" for s in steps]]
-    curves = [(m, p.set_index("prune_at").test_accuracy, p.prune_at) for m, p in later.groupby("method")]
-    curves.append(("LTR (rewind to t)", ltr.set_index("rewind_to").test_accuracy, ltr.rewind_to))
-    for name, acc, _ in curves:
+    curves = [(m, p.set_index("prune_at").test_accuracy) for m, p in later.groupby("method")]
+    curves.append(("LTR (rewind to t)", ltr.set_index("rewind_to").test_accuracy))
+    for name, acc in curves:
         cells = []
         for s in steps:
             values = acc[acc.index == s]
