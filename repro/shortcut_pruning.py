@@ -67,7 +67,9 @@ NETS = {
     "resnet20": ((3, 32, 32), 10, [grid(6), grid(12)], 100),
     "resnet18": ((3, 64, 64), 200, [grid(7), grid(12), grid(15)], 50),
     "resnet50": ((3, 224, 224), 1000, [grid(5), grid(12)], 10),
+    "vgg16": ((3, 32, 32), 10, [], 100),  # no shortcuts: for repro/neuron_collapse_convnets.py
 }
+WITH_SHORTCUTS = ["resnet20", "resnet18", "resnet50"]
 
 
 def fresh(net: str):
@@ -164,7 +166,7 @@ def summary(net: str, key: str, e: dict) -> str:
 def main() -> None:
     torch.set_num_threads(1)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--nets", nargs="+", default=list(NETS), choices=list(NETS))
+    ap.add_argument("--nets", nargs="+", default=WITH_SHORTCUTS, choices=WITH_SHORTCUTS)
     ap.add_argument("--methods", nargs="+", default=METHODS)
     ap.add_argument("--sparsities", nargs="+", default=[], metavar="NET:S,S",
                     help="replace a network's sparsities, e.g. resnet50:0.672,0.931")

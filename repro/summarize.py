@@ -147,6 +147,24 @@ def family5(results: Path) -> str:
             + table(rows) + "\n\n" + table(cons) + "\n")
 
 
+def family6_convnets(results: Path) -> str:
+    """Neuron collapse of the papers' convnets at their highest matching sparsity (000 §5, Fig. 5), from
+    ``repro/neuron_collapse_convnets.py``."""
+    path = results / "neuron_collapse" / "results.json"
+    if not path.is_file():
+        return ""
+    data = json.loads(path.read_text())
+    methods = ["random", "magnitude", "snip", "grasp", "synflow", "synflow shuffled"]
+    rows = [["network", "sparsity", "neurons"] + methods]
+    for net, entry in data.items():
+        some = next(e for e in entry.values() if isinstance(e, dict))
+        rows.append([net, f"{entry['sparsity_target']:.1%}", some["neurons"]]
+                    + [f"{entry[m]['dead']:.1%}" if m in entry else "-" for m in methods])
+    return ("## Family 6: neuron collapse of convnets at initialization (000 §5, Fig. 5)\n\n"
+            "Neurons (output channels and units) whose incoming weights are all pruned, at 000's highest matching "
+            "sparsity of each network; no training, SNIP and GraSP on Gaussian inputs.\n\n" + table(rows) + "\n")
+
+
 def family6_shortcuts(results: Path) -> str:
     """How each criterion prunes the 1x1 shortcut convolutions of ResNets (000 App. J, Fig. 15), from
     ``repro/shortcut_pruning.py``."""
@@ -337,7 +355,8 @@ def main() -> None:
         if col not in df.columns:
             df[col] = None
     parts = [family1(df), family2(df), family3(df), family4(df), family5(Path(args.results)),
-             family6(df, args.root), family6_shortcuts(Path(args.results)), family7(df),
+             family6(df, args.root), family6_convnets(Path(args.results)), family6_shortcuts(Path(args.results)),
+             family7(df),
              family7_analyses(Path(args.results)), costs(args.root, Path(args.specs))]
     print("\n".join(p for p in parts if p))
 
