@@ -257,16 +257,32 @@ def _structure(res: dict) -> list[str]:
             table(rows) + "\n"]
 
 
+def _spearman(a: pd.Series, b: pd.Series) -> float:
+    """Rank correlation over the entries both have (pandas' own needs scipy)."""
+    both = pd.concat([a, b], axis=1).dropna()
+    return float(both.iloc[:, 0].rank().corr(both.iloc[:, 1].rank()))
+
+
 def _stability(res: dict) -> list[str]:
     st = pd.DataFrame(res.get("stability", {}).get("rows", []))
     if st.empty:
         return []
     piv = st.groupby(["structure", "layer"]).mean_abs_change.mean().unstack("layer")
-    rows = [["structure"] + list(piv.columns) + ["all layers"]]
+    piv["all layers"] = piv.mean(axis=1)
+    rows = [["structure"] + list(piv.columns)]
     for structure, r in piv.iterrows():
-        rows.append([structure] + ["-" if pd.isna(v) else f"{v:.4f}" for v in r] + [f"{r.mean():.4f}"])
+        rows.append([structure] + ["-" if pd.isna(v) else f"{v:.4f}" for v in r])
+    en = pd.DataFrame(res.get("ensembles", {}).get("rows", []))
+    if not en.empty:
+        # 002 §5: the more stable the weights, the more accurate the sub-network at high sparsity
+        last = en[en.level == en.level.max()].drop(columns=["seed", "level"]).mean()
+        acc = last.reindex(piv.index)
+        rows.append([f"Spearman ρ with the level-{int(en.level.max())} accuracy"]
+                    + [f"{_spearman(piv[c], acc):.2f}" for c in piv.columns])
     return ["Weight stability: mean |w_i - w_(i-1)| of the weights kept at consecutive levels (level 0 = dense), "
-            "averaged over levels; lower is more stable (002 §5, Fig. 8):\n", table(rows) + "\n"]
+            "averaged over levels; lower is more stable (002 §5, Fig. 8). The last row correlates it across "
+            "structures with their accuracy at the last level (negative: the more stable, the more accurate):\n",
+            table(rows) + "\n"]
 
 
 def _ensembles(res: dict) -> list[str]:
