@@ -273,7 +273,7 @@ def _stability(res: dict) -> list[str]:
     for structure, r in piv.iterrows():
         rows.append([structure] + ["-" if pd.isna(v) else f"{v:.4f}" for v in r])
     en = pd.DataFrame(res.get("ensembles", {}).get("rows", []))
-    if not en.empty:
+    if not en.empty and len(piv) >= 3:
         # 002 §5: the more stable the weights, the more accurate the sub-network at high sparsity
         last = en[en.level == en.level.max()].drop(columns=["seed", "level"]).mean()
         acc = last.reindex(piv.index)
@@ -304,7 +304,8 @@ def family7_analyses(results: Path) -> str:
     if not path.is_file():
         return ""
     out = []
-    for train, res in sorted(json.loads(path.read_text()).items()):
+    budgets = json.loads(path.read_text()).items()
+    for train, res in sorted(budgets, key=lambda kv: (kv[0][-2:], float(kv[0][:-2]))):  # "1ep" < "4ep" < "10ep"
         out.append(f"## Family 7 analyses, {train} per level: similarity, structure, stability, ensembles "
                    "(002 §4-5, App. D)\n")
         out += _similarity(res) + _structure(res) + _stability(res) + _ensembles(res)
