@@ -66,10 +66,8 @@ def distance_table(masks: dict[tuple, Mask], pairs) -> list[dict]:
             ref_mask = masks.get((*ref, *key[2:]))
             if ref_mask is None:
                 continue
-            common = [n for n in ref_mask if n in mask]  # fc_only masks cover the linear layers only
-            sims = analysis.jaccard_per_layer(Mask({n: ref_mask[n] for n in common}),
-                                              Mask({n: mask[n] for n in common}))
-            for layer, sim in sims.items():
+            # fc_only masks cover the linear layers only
+            for layer, sim in analysis.jaccard_per_layer(ref_mask, mask, shared_only=True).items():
                 rows.append({"reference": "/".join(ref), "other": "/".join(other), "seed": key[2], "level": key[3],
                              "layer": layer, "distance": 1 - sim})
     return rows

@@ -28,12 +28,20 @@ def _counts(a: torch.Tensor, b: torch.Tensor) -> tuple[int, int]:
     return int((a & b).count_nonzero()), int((a | b).count_nonzero())
 
 
-def jaccard_per_layer(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> dict[str, float]:
+def jaccard_per_layer(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor],
+                      shared_only: bool = False) -> dict[str, float]:
     """Per tensor, the Jaccard similarity (intersection over union) of the *kept* weights of two masks
     (002 §4: "Jaccard similarity coefficient ... IoU between the masks", per layer in Figs. 3-4).
 
-    1.0 for a tensor that both masks prune entirely (empty union: the two agree)."""
+    1.0 for a tensor that both masks prune entirely (empty union: the two agree). The masks must cover
+    the same tensors, unless ``shared_only``: then only the tensors both cover are compared (e.g. an
+    fc-only mask of 002 against a mask of the whole network)."""
     a, b = as_mask(a), as_mask(b)
+    if shared_only:
+        names = [n for n in a if n in b]
+        if not names:
+            raise ValueError("the masks cover no tensor in common")
+        a, b = Mask({n: a[n] for n in names}), Mask({n: b[n] for n in names})
     _same_cover(a, b)
     out = {}
     for n in a:

@@ -495,7 +495,7 @@ def _jaccard(ctx: Context) -> Iterable[ReportFigure]:
                     if match.empty:
                         continue
                     sim = analysis.jaccard_per_layer(_load_mask(ctx.folder(match.iloc[0]["id"])),
-                                                     _load_mask(ctx.folder(row["id"])))
+                                                     _load_mask(ctx.folder(row["id"])), shared_only=True)
                     by_level.setdefault(int(row["level"]), []).append({n: 1 - s for n, s in sim.items()})
                     used.append(rows.loc[[row.name]])
                 if not by_level:
