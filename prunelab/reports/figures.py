@@ -507,6 +507,8 @@ def _jaccard(ctx: Context) -> Iterable[ReportFigure]:
                         levels, [p.mean() for p in per], [p.std(ddof=1) if p.size > 1 else np.nan for p in per])
             if not panels:
                 continue
+            order = list(_load_mask(ctx.folder(ref_rows.iloc[0]["id"])))  # panels in the network's layer order
+            panels = dict(sorted(panels.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
             shown = pd.concat(used).drop_duplicates("id")
             yield ReportFigure(
                 f"jaccard-{vary.replace('_', '-')}-{k}-{ctx.setting}",

@@ -98,6 +98,17 @@ def _title(fig: Figure, title: str) -> None:
         fig.suptitle(title, fontsize=10)
 
 
+def _shared_legend(fig: Figure, axes, max_columns: int, title: str | None = None) -> None:
+    """One legend below the panels with every label of every panel once (a label may be missing from
+    some panels, e.g. an fc-only variant from the convolution panels)."""
+    handles: dict[str, object] = {}
+    for ax in axes:
+        for h, n in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(n, h)
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center",
+               ncols=max(1, min(len(handles), max_columns)), fontsize=7, frameon=False, title=title, title_fontsize=7)
+
+
 def _check_nonempty(data, what: str) -> None:
     if not data:
         raise ValueError(f"nothing to plot: {what} is empty")
@@ -216,13 +227,7 @@ def ablation_panels(panels: Mapping[str, Mapping[str, Curve]], dense: tuple[floa
         _sparsity_axis(ax, [s for c in lines.values() for s in c.arrays()[0]])
         ax.set_title(name, fontsize=9)
     axes[0, 0].set_ylabel(ylabel, fontsize=9)
-    handles, names = [], []
-    for ax in axes[0]:
-        for h, n in zip(*ax.get_legend_handles_labels()):
-            if n not in names:
-                handles.append(h)
-                names.append(n)
-    fig.legend(handles, names, loc="outside lower center", ncols=min(len(names), 6), fontsize=7, frameon=False)
+    _shared_legend(fig, axes.flat, max_columns=6)
     _title(fig, title)
     return fig
 
@@ -421,9 +426,7 @@ def jaccard_vs_iteration(panels: Mapping[str, Mapping[str, Curve]], reference: s
         ax.set_visible(False)
     for ax in axes[:, 0]:
         ax.set_ylabel("Jaccard distance", fontsize=8)
-    handles, names = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="outside lower center", ncols=min(len(names), 5), fontsize=7, frameon=False,
-               title=f"compared with {reference}" if reference else None, title_fontsize=7)
+    _shared_legend(fig, axes.flat, max_columns=5, title=f"compared with {reference}" if reference else None)
     _title(fig, title)
     return fig
 
