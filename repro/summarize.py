@@ -31,6 +31,12 @@ def table(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def script_results(results: Path, folder: str) -> dict | None:
+    """``<results>/<folder>/results.json`` written by one of the repro scripts, or None before it ran."""
+    path = results / folder / "results.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def dense_stats(df: pd.DataFrame, model: str, train: str) -> tuple[float, float, int]:
     d = df[(df.kind == "dense") & (df.model == model) & (df["training.train"] == train) & (df.status == "done")]
     return d.test_accuracy.mean(), d.test_accuracy.std(), len(d)
@@ -128,10 +134,9 @@ def family4(df: pd.DataFrame) -> str:
 
 
 def family5(results: Path) -> str:
-    path = results / "layer_collapse" / "results.json"
-    if not path.is_file():
+    data = script_results(results, "layer_collapse")
+    if data is None:
         return ""
-    data = json.loads(path.read_text())
     methods = ["random", "magnitude", "snip", "grasp", "synflow"]
     rows = [["network", "max compression N/L"] + methods]
     for net, entry in data.items():
@@ -150,10 +155,9 @@ def family5(results: Path) -> str:
 def family6_convnets(results: Path) -> str:
     """Neuron collapse of the papers' convnets at their highest matching sparsity (000 §5, Fig. 5), from
     ``repro/neuron_collapse_convnets.py``."""
-    path = results / "neuron_collapse" / "results.json"
-    if not path.is_file():
+    data = script_results(results, "neuron_collapse")
+    if data is None:
         return ""
-    data = json.loads(path.read_text())
     methods = ["random", "magnitude", "snip", "grasp", "synflow", "synflow shuffled"]
     rows = [["network", "sparsity", "neurons"] + methods]
     for net, entry in data.items():
@@ -168,10 +172,9 @@ def family6_convnets(results: Path) -> str:
 def family6_shortcuts(results: Path) -> str:
     """How each criterion prunes the 1x1 shortcut convolutions of ResNets (000 App. J, Fig. 15), from
     ``repro/shortcut_pruning.py``."""
-    path = results / "shortcuts" / "results.json"
-    if not path.is_file():
+    data = script_results(results, "shortcuts")
+    if data is None:
         return ""
-    data = json.loads(path.read_text())
     rows = [["network", "sparsity", "criterion", "shortcut density (mean density of its block's convs)",
              "shortcuts emptied"]]
     for net, entries in data.items():
@@ -300,11 +303,11 @@ def _ensembles(res: dict) -> list[str]:
 def family7_analyses(results: Path) -> str:
     """Mask similarity, emergent structure, weight stability and ensembles (002 §4-5, App. D) from
     ``repro/imp_analysis.py``, one section per training budget."""
-    path = results / "imp" / "results.json"
-    if not path.is_file():
+    data = script_results(results, "imp")
+    if data is None:
         return ""
     out = []
-    budgets = json.loads(path.read_text()).items()
+    budgets = data.items()
     for train, res in sorted(budgets, key=lambda kv: (kv[0][-2:], float(kv[0][:-2]))):  # "1ep" < "4ep" < "10ep"
         out.append(f"## Family 7 analyses, {train} per level: similarity, structure, stability, ensembles "
                    "(002 §4-5, App. D)\n")
