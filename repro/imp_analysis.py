@@ -43,8 +43,8 @@ REWIND = "0it"
 STRUCTURES = ["unstructured", "l1", "l2", "lneginf", "random", "random_unstructured", "hybrid", "fc_only"]
 
 
-def lottery_runs(root: Path, model: str) -> pd.DataFrame:
-    df = runs_table(root)
+def lottery_runs(df: pd.DataFrame, model: str) -> pd.DataFrame:
+    """The finished layer-wise lottery runs of ``model`` in the run table ``df``."""
     if "structure" not in df.columns:
         return df.iloc[0:0]
     return df[(df.kind == "lottery") & (df.model == model) & (df.status == "done") & (df.scope == "layer")]
@@ -176,10 +176,10 @@ def main() -> None:
     ap.add_argument("--model", default="lenet5")
     args = ap.parse_args()
     root, out = Path(args.root), Path(args.out)
-    runs = lottery_runs(root, args.model)
+    all_runs = runs_table(root)
+    runs = lottery_runs(all_runs, args.model)
     if runs.empty:
         raise SystemExit(f"no finished layer-wise lottery runs of {args.model} in {root}")
-    all_runs = runs_table(root)
     path = out / "results.json"
     previous = json.loads(path.read_text()) if path.is_file() else {}
     results = {}
