@@ -1,10 +1,20 @@
 """prunelab: neural-network pruning research, centred on pruning at initialization."""
 
-from prunelab.masks import Mask, prunable_parameters
+from prunelab.coverage import (
+    Coverage,
+    CoverageWarning,
+    coverage,
+    mask_coverage,
+    prunable_parameters,
+    register_layer_type,
+)
+from prunelab.masks import Mask, remove_mask
 from prunelab.pruning import LayerCollapseWarning, density_schedule, prune, remove, score
 from prunelab.scores import Method, Scores, get_method, methods, register_method
 
 __all__ = [
+    "Coverage",
+    "CoverageWarning",
     "LayerCollapseWarning",
     "Mask",
     "Method",
@@ -12,9 +22,13 @@ __all__ = [
     "density_schedule",
     "get_method",
     "methods",
+    "coverage",
+    "mask_coverage",
     "prunable_parameters",
     "prune",
+    "register_layer_type",
     "register_method",
+    "remove_mask",
     "remove",
     "score",
 ]

@@ -3,69 +3,31 @@
 Masks are keyed by ``model.named_parameters()`` names, so a mask found on one copy of a network
 applies to another copy, to a checkpoint, or to a torchvision model without custom layer classes
 (the design of ``torch.nn.utils.prune``, minus its per-forward recomputation of ``weight``).
-
-Keeping pruned weights at exactly zero during training: :meth:`Mask.apply` zeroes them once and
-registers a gradient hook on each masked parameter that sets the gradient's pruned entries to 0. A weight
-that is 0 and always receives a 0 gradient stays exactly 0 under SGD (with momentum, Nesterov and
-weight decay: every term is a multiple of the weight or the gradient), Adam (both moments stay 0) and
-AdamW (decoupled decay multiplies 0). This costs one masked fill per masked tensor per step, instead of
-a forward pre-hook that rebuilds every weight on every call.
+Which parameters a mask covers is decided in :mod:`prunelab.coverage`; how an applied mask keeps
+pruned weights at exactly 0.0 through training, copies, saves and loads, in
+:mod:`prunelab.mask_binding`.
 """
 
 from __future__ import annotations
 
 import os
-import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from prunelab import mask_binding
+from prunelab.coverage import prunable_parameters
 from prunelab.io import atomic_torch_save
+
+__all__ = ["Mask", "prunable_parameters", "remove_mask"]
 
 _FORMAT = "prunelab.mask"
 _VERSION = 2  # 2: bits packed 8 to a byte (1: one bool per byte, still readable)
 
-_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
-
-
-def prunable_parameters(
-    model: nn.Module,
-    *,
-    include_bias: bool = False,
-    include_norm: bool = False,
-    exclude: Iterable[str] = (),
-    filter: Callable[[str, nn.Parameter], bool] | None = None,  # noqa: A002 - public option name
-) -> dict[str, nn.Parameter]:
-    """The parameters a mask covers, in ``named_parameters`` order.
-
-    By default the weights of convolutions and linear layers (what every paper in ``papers/`` prunes).
-    ``include_bias`` adds their biases, ``include_norm`` adds normalization weights and biases,
-    ``exclude`` drops exact names (e.g. the output layer), and ``filter(name, param)`` has the last word.
-    """
-    exclude = set(exclude)
-    chosen: dict[str, nn.Parameter] = {}
-    for module_name, module in model.named_modules():
-        is_layer = isinstance(module, (nn.modules.conv._ConvNd, nn.Linear))
-        is_norm = isinstance(module, _NORM_TYPES)
-        if not (is_layer or (include_norm and is_norm)):
-            continue
-        for pname, param in module.named_parameters(recurse=False):
-            name = f"{module_name}.{pname}" if module_name else pname
-            if is_layer and not (pname == "weight" or (include_bias and pname == "bias")):
-                continue
-            if name in exclude or (filter is not None and not filter(name, param)):
-                continue
-            chosen[name] = param
-    # Keep named_parameters order (and drop duplicates of shared parameters).
-    order = {name: i for i, (name, _) in enumerate(model.named_parameters())}
-    return {n: chosen[n] for n in sorted(chosen, key=lambda n: order.get(n, len(order))) if n in order}
-
-
-# model -> list of hook handles installed by Mask.apply
-_HOOKS: weakref.WeakKeyDictionary[nn.Module, list] = weakref.WeakKeyDictionary()
+remove_mask = mask_binding.remove_mask
 
 
 class Mask(Mapping[str, torch.Tensor]):
@@ -88,7 +50,9 @@ class Mask(Mapping[str, torch.Tensor]):
         params = prunable_parameters(model, **prunable_options)
         if not params:
             what = (
-                f"parameters matching {dict(prunable_options)}" if prunable_options else "convolution or linear weights"
+                f"parameters matching {dict(prunable_options)}"
+                if prunable_options
+                else "weights of convolution, linear, attention or recurrent layers"
             )
             raise ValueError(f"{type(model).__name__} has no prunable parameters ({what}); nothing to prune")
         return cls({n: torch.ones_like(p, dtype=torch.bool, device="cpu") for n, p in params.items()})
@@ -198,22 +162,15 @@ class Mask(Mapping[str, torch.Tensor]):
             p.masked_fill_(~self._t[n].to(p.device), 0.0)
 
     def apply(self, model: nn.Module) -> Mask:
-        """Zero the pruned weights and keep them at exactly 0.0 through any later training.
+        """Zero the pruned weights and keep them at exactly 0.0 until :func:`prunelab.remove_mask`.
 
-        Replaces the hooks of a mask applied to ``model`` before. See the module docstring for why a
-        gradient hook is enough for SGD, Adam and AdamW. Parameters that do not require gradients
-        (frozen) are zeroed but get no hook: they receive no gradient to mask. The hooks follow the
-        gradient's device and dtype, so ``model.to(device)`` or ``model.half()`` after ``apply`` is fine.
+        The mask then belongs to ``model``: it survives ``copy.deepcopy``, whole-module save and load,
+        ``load_state_dict`` (pruned entries are zeroed again at once) and device or dtype moves, and
+        replaces any mask applied to ``model`` before (see :mod:`prunelab.mask_binding`). Parameters
+        that do not require gradients (frozen) are zeroed but not hooked.
         """
-        params = self.check_compatible(model)
-        remove_mask_hooks(model)
-        self.zero_pruned(model)
-        handles = []
-        for n, p in params.items():
-            if not p.requires_grad or bool(self._t[n].all()):
-                continue  # frozen, or nothing pruned in this tensor: no hook, no cost
-            handles.append(p.register_hook(_GradMask(~self._t[n].to(p.device))))
-        _HOOKS[model] = handles
+        self.check_compatible(model)
+        mask_binding.bind(model, self._t)
         return self
 
     # ---- persistence ----------------------------------------------------------------------------
@@ -248,27 +205,3 @@ def _unpack(shape: list[int], bits: torch.Tensor) -> torch.Tensor:
     if flat.size != count:
         raise ValueError("packed mask is shorter than its shape")
     return torch.from_numpy(flat.astype(bool)).reshape(shape)  # reshape, not view(*shape): shape [] is 0-d
-
-
-class _GradMask:
-    """Gradient hook: the gradient with the pruned entries set to exactly 0.
-
-    ``masked_fill`` rather than a multiply by the mask: a NaN or inf gradient entry of a pruned
-    weight still becomes 0, and no float copy of the mask is kept. The bool mask is moved to the
-    gradient's device on first use there and cached, so the hook survives ``model.to(device)``.
-    """
-
-    def __init__(self, pruned: torch.Tensor):
-        self._on = {pruned.device: pruned}
-
-    def __call__(self, g: torch.Tensor) -> torch.Tensor:
-        pruned = self._on.get(g.device)
-        if pruned is None:
-            pruned = self._on[g.device] = next(iter(self._on.values())).to(g.device)
-        return g.masked_fill(pruned, 0)
-
-
-def remove_mask_hooks(model: nn.Module) -> None:
-    """Detach the gradient hooks that :meth:`Mask.apply` installed on ``model`` (weights stay as they are)."""
-    for h in _HOOKS.pop(model, []):
-        h.remove()

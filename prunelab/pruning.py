@@ -36,7 +36,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from prunelab.masks import Mask, prunable_parameters
+from prunelab.coverage import COVERAGE_OPTIONS, coverage, prunable_parameters
+from prunelab.masks import Mask
 from prunelab.scores._common import fill_at
 from prunelab.scores.registry import Method, Scores, get_method
 
@@ -51,7 +52,7 @@ __all__ = [
 
 SCOPES = ("global", "layer")
 SCHEDULES = ("exponential", "linear")
-PRUNABLE_OPTIONS = ("include_bias", "include_norm", "exclude", "filter")
+PRUNABLE_OPTIONS = COVERAGE_OPTIONS  # which parameters a mask covers: prunelab.coverage
 COMMON_OPTIONS = ("input_shape", "seed")  # prune() arguments; score() accepts them as options too
 
 _CHUNK = 1 << 22  # elements per pass over a tensor: bounds temporaries to a few MB
@@ -812,8 +813,8 @@ def score(model: nn.Module, method: str, batch=None, mask: Mask | None = None, *
 
     ``batch=(inputs, targets)`` for data-driven criteria. ``mask``: score the masked network
     (pruned weights count as zero); by default the dense mask over the prunable parameters, chosen
-    by ``include_bias``, ``include_norm``, ``exclude`` and ``filter`` (see
-    :func:`prunelab.masks.prunable_parameters`). Other ``options`` go to the criterion (e.g.
+    by ``include_bias``, ``include_norm``, ``include_embeddings``, ``include``, ``exclude`` and
+    ``filter`` (see :mod:`prunelab.coverage`). Other ``options`` go to the criterion (e.g.
     ``input_shape`` for SynFlow, ``seed`` for random ones, ``temperature`` for GraSP, ``axis`` for
     structured criteria; ``input_shape`` and ``seed`` are ignored by criteria that do not use them).
     The model is left as it was: weights, dtype, requires_grad, modes and BatchNorm statistics.
@@ -898,10 +899,12 @@ def prune(
     or ``"layer"``; default the criterion's own (global, or per layer for the structured criteria of
     paper 002). ``invert``: remove the other end of the ranking (Frankle et al. §5). ``mask``:
     continue from it (its pruned weights stay pruned). ``seed``: for criteria that draw random
-    numbers. ``input_shape``: for SynFlow. Other ``options``: the prunable-parameter options
-    (``include_bias``, ``include_norm``, ``exclude``, ``filter``) and the criterion's own.
-    Warns :class:`LayerCollapseWarning` when a covered tensor ends with no weight at all. The mask
-    is on the CPU, wherever the model and the scores are.
+    numbers. ``input_shape``: for SynFlow. Other ``options``: the coverage options
+    (``include_bias``, ``include_norm``, ``include_embeddings``, ``include``, ``exclude``, ``filter``;
+    see :mod:`prunelab.coverage`) and the criterion's own. Warns :class:`~prunelab.coverage.CoverageWarning`
+    when weight tensors of no known layer type are left out of a new mask, and
+    :class:`LayerCollapseWarning` when a covered tensor ends with no weight at all. The mask is on
+    the CPU, wherever the model and the scores are.
     """
     s = _check_fraction(sparsity, "sparsity")
     m = get_method(method)
@@ -909,8 +912,11 @@ def prune(
     _check_choice(schedule, "schedule", SCHEDULES)
     scope = m.default_scope if scope is None else _check_choice(scope, "scope", SCOPES)
     prunable, options = _split_options(m, dict(options), {"input_shape": input_shape, "seed": seed})
+    new_mask = mask is None
     mask = _resolve_mask(model, mask, prunable)
     _check_needs(m, batch, options)
+    if new_mask:
+        coverage(model, **prunable).warn_unexpected(f"the {method} mask")
     highest = bool(m.prune_highest) != bool(invert)
 
     start = mask.density

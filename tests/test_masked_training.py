@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from prunelab import Mask
-from prunelab.masks import prunable_parameters, remove_mask_hooks
+from prunelab.mask_binding import _GradMask
+from prunelab.masks import prunable_parameters, remove_mask
 
 
 def small_convnet():
@@ -57,7 +58,7 @@ def test_apply_replaces_previous_hooks_and_remove_detaches():
     model(x).sum().backward()
     w = model[0].weight
     # gradient of a surviving conv weight is dense (no hook zeroes entries); compare with a hook-free copy
-    remove_mask_hooks(model)
+    remove_mask(model)
     clone = small_convnet()
     clone.load_state_dict(model.state_dict())
     clone(x).sum().backward()
@@ -145,16 +146,20 @@ def test_pruned_nan_and_inf_weights_become_exactly_zero():
         assert torch.isfinite(p).all(), name
 
 
-def test_gradient_hook_follows_the_gradients_device_and_zeroes_nan():
-    model = small_convnet()
-    mask = half_mask(model).apply(model)
-    w, keep = model[0].weight, mask["0.weight"]
-    (hook,) = w._backward_hooks.values()  # the hook apply() registered
+def test_gradient_hook_follows_the_gradients_device_and_dtype():
+    keep = torch.rand(4, 6, generator=torch.Generator().manual_seed(0)) < 0.5
+    hook = _GradMask(keep)
     # After model.cuda() the gradient lives elsewhere: the hook must not mix in a CPU tensor. ("meta"
-    # stands in for another device on a CPU-only machine; model.to("meta") would replace the params.)
-    assert hook(torch.ones(w.shape, device="meta")).device.type == "meta"
-    out = hook(torch.full(w.shape, float("nan")))
-    assert torch.all(out[~keep] == 0.0) and out[keep].isnan().all()  # a fill, not a multiply by 0
+    # stands in for another device on a CPU-only machine.)
+    p = torch.zeros(4, 6, device="meta", requires_grad=True)
+    p.grad = torch.ones(4, 6, device="meta")
+    hook(p)
+    assert p.grad.device.type == "meta"
+    q = torch.zeros(4, 6, dtype=torch.float64, requires_grad=True)
+    q.grad = torch.arange(24, dtype=torch.float64).reshape(4, 6) + 1
+    hook(q)
+    assert q.grad.dtype == torch.float64
+    assert torch.equal(q.grad != 0, keep)  # every pruned entry 0, every kept one untouched (all nonzero)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -16,14 +16,15 @@ disconnected **from the output or from the input** (both directions, in one back
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 
 from prunelab.analysis.layerwise import as_mask
-from prunelab.masks import _NORM_TYPES, Mask
+from prunelab.coverage import NORM_TYPES as _NORM_TYPES
+from prunelab.mask_binding import unbound_copy
+from prunelab.masks import Mask
 
 _MAX_TO_AVG = {
     nn.MaxPool1d: nn.AvgPool1d,
@@ -79,7 +80,7 @@ def _bounded_hook(module, inputs, output):
 def _reachability_net(model: nn.Module, mask: Mask) -> tuple[nn.Module, dict[str, nn.Parameter], set[str]]:
     """The float64 copy of App. M, ready for one forward and backward pass; its covered parameters;
     and the covered parameters of skipped normalization layers (left as the mask has them)."""
-    net = copy.deepcopy(model)
+    net = unbound_copy(model)
     net.double().eval()
     # A max-pool sends its gradient to one input of each window only (on a ones input, the first of
     # equal values), which would mark connected units as disconnected; structurally a max-pool output

@@ -139,6 +139,11 @@ class PruneHparams:
     scope: str | None = None  # None: the method's default
     ablation: str | None = None
     batch_per_class: int = 10  # SNIP/GraSP batch: 10 examples per class, not augmented (000 App. B.2)
+    # What the mask covers (prunelab.coverage): biases, embedding tables, and parameters by exact name.
+    include_bias: bool = False
+    include_embeddings: bool = False
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         from prunelab.registry import check_name
@@ -146,6 +151,8 @@ class PruneHparams:
 
         get_method(self.method)  # unknown criterion: the registry's message, with the closest name
         _canonical(self, floats=("sparsity",), durations=("prune_at",) if self.prune_at != "end" else ())
+        for name in ("include", "exclude"):  # a set of names: the same set, the same run
+            object.__setattr__(self, name, tuple(sorted(set(getattr(self, name)))))
         check_name("schedule", self.schedule, ["exponential", "linear"])
         if self.scope is not None:
             check_name("scope", self.scope, ["global", "layer"])
@@ -159,6 +166,12 @@ class PruneHparams:
             check_name("ablation", self.ablation, ABLATIONS)
         if self.prune_at != "end":
             _check_duration(self.prune_at, "prune_at")
+
+
+    def coverage_options(self) -> dict[str, Any]:
+        """The options of :func:`prunelab.coverage` this run sets (none by default)."""
+        names = ("include_bias", "include_embeddings", "include", "exclude")
+        return {n: getattr(self, n) for n in names if getattr(self, n)}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,7 +32,7 @@ from prunelab.training.checkpoints import CheckpointFolder
 _SHUFFLE_SEED, _REINIT_SEED = 1_000, 2_000
 
 
-def _result(res, mask: Mask, dense: dict[str, Any], **extra) -> dict[str, Any]:
+def _result(res, mask: Mask, model: nn.Module, dense: dict[str, Any], **extra) -> dict[str, Any]:
     return {
         "status": "done",
         "test_accuracy": res.test_accuracy,
@@ -41,6 +41,7 @@ def _result(res, mask: Mask, dense: dict[str, Any], **extra) -> dict[str, Any]:
         "sparsity": mask.sparsity,
         "layer_sparsity": mask.layer_sparsity(),
         "layer_collapse": collapsed_layers(mask),
+        "coverage": prunelab.mask_coverage(model, mask).to_dict(),
         "wall_time": res.wall_time,
         "steps": res.step,
         "finished_at": time.time(),
@@ -93,12 +94,14 @@ def find_mask(runner: Runner, rep: Replicate, model: nn.Module, hp: PruneHparams
         kwargs["input_shape"] = ds.input_shape
     return prunelab.prune(
         model, hp.method, hp.sparsity, iterations=hp.iterations, schedule=hp.schedule, scope=hp.scope,
-        invert=hp.ablation == "invert", seed=rep.seed, **kwargs,
+        invert=hp.ablation == "invert", seed=rep.seed, **hp.coverage_options(), **kwargs,
     )
 
 
 def prune_at_step(runner: Runner, rep: Replicate, hp: PruneHparams) -> dict[str, Any]:
     run_id = prune_id(rep, hp)
+    if hp.coverage_options():  # unknown parameter names fail now, not after the dense training
+        prunelab.coverage(runner.model(rep), **hp.coverage_options())
     t = runner.step(rep, hp.prune_at)
     if hp.ablation == "fixed_variance" and t != 0:
         raise ValueError("the fixed_variance ablation changes the initialization, so it needs --prune-at 0it")
@@ -140,7 +143,7 @@ def _prune_at_step(runner: Runner, rep: Replicate, hp: PruneHparams, run_id: str
     except Diverged as e:
         return runner.store.finish(run_id, {"status": "diverged", "step": e.step, "kind": "prune",
                                             "dense_accuracy": dense.get("test_accuracy"), "sparsity": mask.sparsity})
-    return runner.store.finish(run_id, _result(res, mask, dense, kind="prune", prune_step=t))
+    return runner.store.finish(run_id, _result(res, mask, model, dense, kind="prune", prune_step=t))
 
 
 def _ablate_weights(model: nn.Module, ablation: str | None, mask: Mask, reference_state, seed: int) -> None:
@@ -243,4 +246,4 @@ def _lottery_level(runner: Runner, rep: Replicate, hp: LotteryHparams, level: in
     except Diverged as e:
         return runner.store.finish(run_id, {"status": "diverged", "step": e.step, "kind": "lottery", "level": level,
                                             "dense_accuracy": dense.get("test_accuracy"), "sparsity": mask.sparsity})
-    return runner.store.finish(run_id, _result(res, mask, dense, kind="lottery", level=level, rewind_step=start))
+    return runner.store.finish(run_id, _result(res, mask, model, dense, kind="lottery", level=level, rewind_step=start))

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from prunelab.models import convnets, lenet, resnet_cifar, resnet_imagenet, vgg  # noqa: F401 - registers models
+from prunelab.models import convnets, lenet, resnet_cifar, resnet_imagenet, sequence, vgg  # noqa: F401 - registers
 from prunelab.models.initializers import check_init_options, initialize
 from prunelab.models.registry import MODELS, ModelFactory
 from prunelab.models.resnet_cifar import WIDE_RESNET_PATTERN, parse_wide_resnet_name, wide_resnet

@@ -20,6 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from prunelab.coverage import layer_rule
 from prunelab.registry import Registry, check_name
 
 FAN_MODES = ["fan_in", "fan_out"]
@@ -103,13 +104,17 @@ def initialize(
     seed: int = 0,
     generator: torch.Generator | None = None,
 ) -> nn.Module:
-    """Re-draw the weights of every conv, linear and BatchNorm layer of ``model``; returns ``model``.
+    """Re-draw the parameters of ``model``; returns ``model``.
 
-    - conv / linear weights: the initializer ``init`` (one of :data:`INITIALIZERS`); ``mode``
-      (``"fan_in"`` or ``"fan_out"``) applies to the Kaiming initializers; biases are set to 0.
+    - The weights a mask covers by default (convolutions, linear and bilinear layers, attention
+      projections, recurrent weights; see :mod:`prunelab.coverage`): the initializer ``init`` (one of
+      :data:`INITIALIZERS`); ``mode`` (``"fan_in"`` or ``"fan_out"``) applies to the Kaiming
+      initializers; their biases are set to 0.
     - BatchNorm: ``gamma`` ~ U(0, 1) (``bn_init="uniform"``, Frankle et al. App. D.3) or 1
       (``"ones"``, Tanaka et al.); ``beta`` = 0; running statistics reset, as in a freshly built layer.
-    - Other modules keep their parameters.
+    - Any other module with parameters of its own (embeddings, LayerNorm, a user's layer) is reset
+      by its own ``reset_parameters()``, under a global RNG seeded from the generator and restored
+      after; so the reinitialization ablation re-draws every parameter, not only the convolutions.
 
     Values come from ``generator`` if given (a CPU generator), else from a new one seeded with
     ``seed``. Layers are visited in ``model.modules()`` order, so the same model and seed give the same
@@ -123,11 +128,15 @@ def initialize(
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an integer, got {seed!r}")
         generator = torch.Generator().manual_seed(seed)
+    reset_seed = None
     for module in model.modules():
-        if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
-            module.weight.copy_(draw(module.weight.shape, mode, generator))
-            if module.bias is not None:
-                module.bias.zero_()
+        rule = layer_rule(module)
+        if rule is not None and rule.role == "layer":
+            for name, p in module.named_parameters(recurse=False):
+                if rule.is_weight(name):
+                    p.copy_(draw(p.shape, mode, generator))
+                elif rule.is_bias(name):
+                    p.zero_()
         elif isinstance(module, nn.modules.batchnorm._BatchNorm):
             if module.affine:
                 if bn_init == "uniform":
@@ -139,4 +148,11 @@ def initialize(
                 module.bias.zero_()
             if module.track_running_stats:
                 module.reset_running_stats()
+        elif hasattr(module, "reset_parameters") and next(module.parameters(recurse=False), None) is not None:
+            if reset_seed is None:  # drawn only when needed: models without such layers keep their bits
+                reset_seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(reset_seed)
+                reset_seed += 1
+                module.reset_parameters()
     return model

@@ -11,6 +11,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+import prunelab
+
 
 def register(subparsers) -> None:
     """Add ``report`` and ``analyze`` to ``subparsers`` (from ``parser.add_subparsers()``)."""
@@ -139,6 +141,8 @@ def cmd_analyze(args) -> int:
              + ([f"{effective['effective']:.4f}"] if effective else []) + [""]]
     _print_table(rows + total)
     print()
+    if model is not None:
+        print(prunelab.mask_coverage(model, mask))
     if collapsed:
         print(f"layer collapse: {', '.join(sorted(collapsed))} fully pruned while other layers keep weights "
               "(Tanaka et al. 2020, §3): the network is disconnected")

@@ -79,6 +79,21 @@ def batchnorm_train_mode(model: nn.Module, enabled: bool = True) -> Iterator[Non
             m.train(flag)
 
 
+def math_attention() -> contextlib.AbstractContextManager:
+    """Scaled dot-product attention by its plain math implementation for the block's duration.
+
+    The fused kernels (flash attention, memory-efficient attention) have no double backward, which
+    GraSP's Hessian-gradient product needs (Wang et al. 2020, §4); the math kernel is ordinary
+    autograd. ``torch.nn.attention.sdpa_kernel`` exists from torch 2.3; older releases have no CPU
+    fused kernel to avoid.
+    """
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # pragma: no cover - torch < 2.3
+        return contextlib.nullcontext()
+    return sdpa_kernel(SDPBackend.MATH)
+
+
 def masked_leaves(params: Mapping[str, torch.Tensor], mask: Mask) -> dict[str, torch.Tensor]:
     """Detached copies ``w * m`` of the covered weights that require grad (the caller's stay intact)."""
     leaves = {}

@@ -15,6 +15,7 @@ from prunelab.scores._common import (
     batchnorm_train_mode,
     forward,
     masked_leaves,
+    math_attention,
     model_device,
     resolve_loss,
     split_batches,
@@ -90,7 +91,7 @@ def _grasp_hg(model, mask, batch, temperature, loss_fn, batchnorm_train):
         out = forward(model, leaves, x)
         return loss_fn(out / t if t != 1.0 else out, y) * (len(x) / total)
 
-    with batchnorm_train_mode(model, batchnorm_train):
+    with batchnorm_train_mode(model, batchnorm_train), math_attention():
         if len(pairs) == 1:
             # One batch: a single forward pass serves both g and Hg. z = <stop_grad(g), g(w)> and
             # dz/dw = H g (double back-propagation, Wang et al. 2020, Algorithm 2).

@@ -74,14 +74,25 @@ _IMAGENET = dict(
     train="90ep", batch_size=1024, momentum=0.9, lr=0.4, milestones=("30ep", "60ep", "80ep"), weight_decay=1e-4
 )
 
+# Models outside Appendix A.3, with recipes of our choosing for Fashion-MNIST-sized data (README).
+_MODEL_RECIPES = {
+    # AdamW with warm-up, as vision transformers are usually trained (Dosovitskiy et al. 2021, App. B.1).
+    "vit_tiny": dict(train="10ep", batch_size=128, optimizer="adamw", lr=1e-3, weight_decay=0.05, warmup="1ep",
+                     milestones=("7ep", "9ep")),
+    "lstm": dict(train="10ep", batch_size=128, optimizer="adam", lr=1e-3, milestones=("7ep",)),
+}
+
 
 def recipe(model: str, dataset: str) -> TrainSettings:
     """Default hyperparameters of Appendix A.3 (000): LeNet 40 epochs, batch 128, SGD lr 0.1, no momentum;
     CIFAR ResNets/VGGs 160 epochs, momentum 0.9, lr 0.1 dropped 10x at 80 and 120, weight decay 1e-4;
     (modified) ResNet-18 on TinyImageNet 200 epochs, batch 256, lr 0.2, drops at 100 and 150;
     ResNet-50 on ImageNet 90 epochs, batch 1024, lr 0.4, drops at 30, 60, 80.
-    Models outside the appendix (the Conv-k lottery nets, wide ResNets) take the nearest recipe.
+    Models outside the appendix (the Conv-k lottery nets, wide ResNets) take the nearest recipe;
+    ``vit_tiny`` and ``lstm`` have recipes of their own (AdamW / Adam, 10 epochs).
     """
+    if model in _MODEL_RECIPES:
+        return TrainSettings(**_MODEL_RECIPES[model])
     if model.startswith("lenet"):
         return TrainSettings()
     if dataset == "imagenet":
