@@ -191,7 +191,7 @@ def _select(
         why[n] = "covered"
     chosen, left = {}, {}
     for name, reason in why.items():
-        if reason == "covered" and name in exclude:
+        if name in exclude:
             reason = "excluded"
         elif reason == "covered" and filter is not None and not filter(name, params[name]):
             reason = "filtered"

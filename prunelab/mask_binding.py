@@ -29,7 +29,6 @@ binding; call ``mask.apply(model)`` again after them.
 from __future__ import annotations
 
 import copy
-import weakref
 from collections.abc import Mapping
 
 import torch
@@ -69,8 +68,9 @@ class _Binding:
 
     It is copied and pickled with the module, without its record of which tensors it armed: a copy
     arms the copy's own parameters on its first forward pass. A parameter counts as armed while it is
-    the same Python object over the same tensor (``_cdata``): ``swap_tensors`` keeps the object but
-    replaces the tensor, and its gradient hooks with it.
+    the same Python object (``id``) over the same tensor (``_cdata``) and still holds our hook:
+    ``swap_tensors`` keeps the object but replaces the tensor, and its gradient hooks with it. No
+    reference to the parameter is kept (``swap_tensors`` refuses tensors that have weak references).
     """
 
     def __init__(self, keep: Mapping[str, torch.Tensor]):
@@ -79,7 +79,7 @@ class _Binding:
 
     def _reset(self) -> None:
         self._pruned = {n: not bool(k.all()) for n, k in self.keep.items()}
-        self._armed: dict[str, tuple] = {}  # local name -> (weakref(param), param._cdata, hook handle)
+        self._armed: dict[str, tuple] = {}  # local name -> (id(param), param._cdata, hook handle or None)
 
     def __getstate__(self) -> dict:
         return {"keep": self.keep}
@@ -97,9 +97,10 @@ class _Binding:
             armed = self._armed.get(name)
             fresh = (
                 armed is None
-                or armed[0]() is not p
+                or armed[0] != id(p)
                 or armed[1] != p._cdata
                 or (armed[2] is None and p.requires_grad and self._pruned[name])
+                or (armed[2] is not None and armed[2].id not in (p._post_accumulate_grad_hooks or ()))
             )
             if (fresh or zero) and self._pruned[name]:
                 with torch.no_grad():
@@ -107,10 +108,14 @@ class _Binding:
             if fresh:
                 if armed is not None and armed[2] is not None:
                     armed[2].remove()
+                if p._post_accumulate_grad_hooks is not None:
+                    # After swap_tensors the hook dict stays on the Python object but is no longer
+                    # registered with the new tensor; setting it again registers it (idempotent).
+                    p._post_accumulate_grad_hooks = p._post_accumulate_grad_hooks
                 hook = None
                 if p.requires_grad and self._pruned[name]:
                     hook = p.register_post_accumulate_grad_hook(_GradMask(keep))
-                self._armed[name] = (weakref.ref(p), p._cdata, hook)
+                self._armed[name] = (id(p), p._cdata, hook)
 
     def disarm(self) -> None:
         for _, _, hook in self._armed.values():
@@ -126,6 +131,22 @@ class _Binding:
         self.arm(module, zero=True)
 
 
+class _ArmAll:
+    """Forward pre-hook of the model a mask was applied to: arms every binding below it.
+
+    An owner's own pre-hook is not enough: ``nn.MultiheadAttention`` reads ``out_proj.weight``
+    without calling ``out_proj``. References to the owners are copied and pickled with the model,
+    so a copy's hook arms the copy's modules.
+    """
+
+    def __init__(self, owners: list[tuple[nn.Module, _Binding]]):
+        self.owners = owners
+
+    def __call__(self, module: nn.Module, args) -> None:
+        for owner, binding in self.owners:
+            binding.arm(owner)
+
+
 def _bindings(module: nn.Module) -> list[tuple[int, _Binding]]:
     return [
         (key, hook.__self__)
@@ -137,6 +158,9 @@ def _bindings(module: nn.Module) -> list[tuple[int, _Binding]]:
 def remove_mask(model: nn.Module) -> None:
     """Unbind the mask applied to ``model`` (and its submodules); the weights stay as they are."""
     for module in model.modules():
+        for key, hook in list(module._forward_pre_hooks.items()):
+            if isinstance(hook, _ArmAll):
+                del module._forward_pre_hooks[key]
         for key, binding in _bindings(module):
             binding.disarm()
             del module._forward_pre_hooks[key]
@@ -153,12 +177,15 @@ def bind(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
     for name, keep in masks.items():
         owner, _, local = name.rpartition(".")
         by_module.setdefault(owner, {})[local] = keep
+    owners = []
     for owner, keep in by_module.items():
         module = model.get_submodule(owner)
         binding = _Binding(keep)
         module.register_forward_pre_hook(binding.before_forward)
         module.register_load_state_dict_post_hook(binding.after_load)
         binding.arm(module)
+        owners.append((module, binding))
+    model.register_forward_pre_hook(_ArmAll(owners))
 
 
 def applied_mask(model: nn.Module) -> dict[str, torch.Tensor] | None:

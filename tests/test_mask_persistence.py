@@ -1,0 +1,206 @@
+"""An applied mask stays with its model: copies, whole-module saves, state-dict loads, dtype moves.
+
+Pruned weights must read exactly 0.0 after each of these and after a few optimizer steps; the
+reference for gradients is plain autograd on a hook-free model with the same weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import prunelab
+import prunelab.models
+from prunelab import Mask
+from prunelab.mask_binding import applied_mask
+
+
+class TinyTransformer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.head(self.layer(x).mean(1))
+
+
+class TinyLSTM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(6, 8, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        out, _ = self.lstm(x)
+        return self.head(out[:, -1])
+
+
+def make(kind):
+    """(fresh model, input maker, classes); the same kind and seed give the same weights."""
+    if kind == "transformer":
+        torch.manual_seed(0)
+        return TinyTransformer(), (5, 16), 3
+    if kind == "lstm":
+        torch.manual_seed(0)
+        return TinyLSTM(), (5, 6), 3
+    return prunelab.models.create("resnet20", num_classes=10, input_shape=(3, 8, 8), seed=0), (3, 8, 8), 10
+
+
+def batch(shape, classes, i, dtype=torch.float32, n=4):
+    g = torch.Generator().manual_seed(i)
+    return torch.randn(n, *shape, generator=g, dtype=dtype), torch.randint(0, classes, (n,), generator=g)
+
+
+def half_mask(model, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return Mask({n: torch.rand(p.shape, generator=g) < 0.5 for n, p in prunelab.prunable_parameters(model).items()})
+
+
+OPTIMIZERS = {
+    "sgd_momentum_wd": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, weight_decay=5e-4),
+    "sgd_nesterov": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4),
+    "adam": lambda ps: torch.optim.Adam(ps, lr=1e-2, weight_decay=1e-4),
+    "adamw": lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1),
+}
+MODELS = ("transformer", "lstm", "resnet20")
+
+
+def train(model, shape, classes, opt, steps=3, dtype=torch.float32):
+    optimizer = OPTIMIZERS[opt](model.parameters())
+    model.train()
+    for i in range(steps):
+        x, y = batch(shape, classes, i, dtype)
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+
+def assert_pruned_zero(model, mask):
+    params = dict(model.named_parameters())
+    for name, keep in mask.items():
+        assert torch.all(params[name].detach()[~keep] == 0.0), name
+
+
+def assert_kept_changed(model, before, mask):
+    params = dict(model.named_parameters())
+    for name, keep in mask.items():
+        now = params[name].detach().to(before[name].dtype)
+        assert not torch.equal(now[keep], before[name][keep]), f"{name} did not train"
+
+
+def dense_random_state(model, seed=5):
+    """The model's state dict with every floating parameter replaced by values in [0.5, 1.5): no zero."""
+    g = torch.Generator().manual_seed(seed)
+    params = dict(model.named_parameters())
+    return {k: (torch.rand(v.shape, generator=g, dtype=v.dtype) + 0.5) if k in params else v.clone()
+            for k, v in model.state_dict().items()}
+
+
+def save_load(model):
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=False)
+
+
+def cases():
+    for how in ("deepcopy", "save_load", "load_state_dict", "load_state_dict_assign", "to_float64",
+                "to_float64_inplace"):
+        for kind in MODELS:
+            for opt in sorted(OPTIMIZERS):
+                yield pytest.param(how, kind, opt, id=f"{how}-{kind}-{opt}")
+
+
+@pytest.mark.parametrize("how,kind,opt", list(cases()))
+def test_pruned_weights_stay_zero(how, kind, opt):
+    model, shape, classes = make(kind)
+    mask = half_mask(model).apply(model)
+    dtype = torch.float32
+    if how == "deepcopy":
+        model = copy.deepcopy(model)
+    elif how == "save_load":
+        model = save_load(model)
+    elif how.startswith("load_state_dict"):
+        state = dense_random_state(model)
+        model.load_state_dict(state, assign=how.endswith("assign"))
+        params = dict(model.named_parameters())
+        for name, keep in mask.items():  # zero at once, before any forward or step
+            assert torch.all(params[name].detach()[~keep] == 0.0), name
+            assert torch.equal(params[name].detach()[keep], state[name][keep]), name
+    else:
+        previous = torch.__future__.get_swap_module_params_on_conversion()
+        try:
+            torch.__future__.set_swap_module_params_on_conversion(how == "to_float64")
+            model = model.to(torch.float64)
+        finally:
+            torch.__future__.set_swap_module_params_on_conversion(previous)
+        dtype = torch.float64
+        assert all(p.dtype == torch.float64 for p in model.parameters())
+    assert_pruned_zero(model, mask)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train(model, shape, classes, opt, dtype=dtype)
+    assert_pruned_zero(model, mask)
+    assert_kept_changed(model, before, mask)
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_state_dict_keys_and_strict_load_into_plain_model(kind):
+    model, shape, classes = make(kind)
+    fresh, _, _ = make(kind)
+    mask = half_mask(model).apply(model)
+    state = model.state_dict()
+    assert list(state) == list(fresh.state_dict())
+    fresh.load_state_dict(state, strict=True)
+    params = dict(fresh.named_parameters())
+    for name, keep in mask.items():
+        assert torch.all(params[name].detach()[~keep] == 0.0)
+    assert applied_mask(fresh) is None
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_applied_mask_and_remove_mask(kind):
+    model, shape, classes = make(kind)
+    assert applied_mask(model) is None
+    mask = half_mask(model).apply(model)
+    bound = applied_mask(model)
+    assert set(bound) == set(mask)
+    for name, keep in mask.items():
+        assert torch.equal(bound[name].cpu().bool(), keep), name
+    prunelab.remove_mask(model)
+    assert applied_mask(model) is None
+    train(model, shape, classes, "sgd_momentum_wd", steps=1)
+    params = dict(model.named_parameters())
+    revived = sum(int((params[n].detach()[~keep] != 0).sum()) for n, keep in mask.items())
+    assert revived > 0
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_masked_gradient_is_plain_gradient_times_mask(kind):
+    model, shape, classes = make(kind)
+    model = model.double()
+    mask = half_mask(model).apply(model)
+    # a hook-free model with the same (masked) weights, built from scratch
+    plain, _, _ = make(kind)
+    plain = plain.double()
+    plain.load_state_dict(model.state_dict())
+    model.train()
+    plain.train()
+    x, y = batch(shape, classes, 7, torch.float64)
+    F.cross_entropy(model(x), y).backward()
+    reference = dict(zip(
+        [n for n, _ in plain.named_parameters()],
+        torch.autograd.grad(F.cross_entropy(plain(x), y), list(plain.parameters()), allow_unused=True),
+    ))
+    params = dict(model.named_parameters())
+    for name, p in params.items():
+        want = reference[name]
+        if name in mask:
+            want = want * mask[name].to(want.dtype)
+            assert torch.all(p.grad[~mask[name]] == 0.0), name
+        torch.testing.assert_close(p.grad, want, rtol=1e-10, atol=1e-12, msg=name)
