@@ -8,19 +8,27 @@ from prunelab.coverage import (
     prunable_parameters,
     register_layer_type,
 )
+from prunelab.densities import layer_densities
 from prunelab.masks import Mask, remove_mask
 from prunelab.pruning import LayerCollapseWarning, density_schedule, prune, remove, score
 from prunelab.scores import Method, Scores, get_method, methods, register_method
+from prunelab.sparse_training import SET, GradualMagnitude, MaskSchedule, MaskUpdates, RigL
 
 __all__ = [
     "Coverage",
     "CoverageWarning",
+    "GradualMagnitude",
     "LayerCollapseWarning",
     "Mask",
+    "MaskSchedule",
+    "MaskUpdates",
     "Method",
+    "RigL",
+    "SET",
     "Scores",
     "density_schedule",
     "get_method",
+    "layer_densities",
     "methods",
     "coverage",
     "mask_coverage",

@@ -10,8 +10,7 @@ import torch
 from torch import nn
 
 import prunelab
-from prunelab import pruning
-from prunelab.pruning import LayerCollapseWarning
+from prunelab.pruning import LayerCollapseWarning, selection
 
 
 def convnet(seed=0):
@@ -136,8 +135,8 @@ def test_remove_never_revives_and_ranks_pruned_first(highest, sparsity):
 @pytest.mark.parametrize("sparsity", [0.003, 0.05, 0.5, 0.97])
 @pytest.mark.parametrize("with_mask", [False, True])
 def test_large_selection_matches_brute_force(monkeypatch, highest, sparsity, with_mask):
-    monkeypatch.setattr(pruning, "_CHUNK", 30_000)  # several chunks per tensor
-    monkeypatch.setattr(pruning, "_CAP", 40_000)  # exercise the two-sided bracket too
+    monkeypatch.setattr(selection, "_CHUNK", 30_000)  # several chunks per tensor
+    monkeypatch.setattr(selection, "_CAP", 40_000)  # exercise the two-sided bracket too
     scores = random_scores([(300, 300), (50_000,), (20, 20, 20)], seed=7)
     mask = random_mask_for(scores, 0.8) if with_mask else None
     full = mask or prunelab.Mask({n: torch.ones_like(s, dtype=torch.bool) for n, s in scores.items()})
@@ -147,8 +146,8 @@ def test_large_selection_matches_brute_force(monkeypatch, highest, sparsity, wit
 
 @pytest.mark.parametrize("levels", [1, 3, 50])
 def test_large_selection_with_massive_ties(monkeypatch, levels):
-    monkeypatch.setattr(pruning, "_CHUNK", 25_000)
-    monkeypatch.setattr(pruning, "_CAP", 5_000)  # ties overflow the candidate buffer
+    monkeypatch.setattr(selection, "_CHUNK", 25_000)
+    monkeypatch.setattr(selection, "_CAP", 5_000)  # ties overflow the candidate buffer
     scores = random_scores([(400, 200), (30_000,)], seed=9, levels=levels)
     mask = random_mask_for(scores, 0.9)
     for s in (0.01, 0.4, 0.9):
@@ -230,9 +229,9 @@ def test_iterative_schedule_densities_and_monotone_masks(schedule, sparsity):
 
 
 def test_density_schedule():
-    assert pruning.density_schedule(0.99, 2) == pytest.approx([0.1, 0.01])
-    assert pruning.density_schedule(0.9, 3, "linear") == pytest.approx([0.7, 0.4, 0.1])
-    assert pruning.density_schedule(0.75, 2, start_density=0.5) == pytest.approx([0.5 * 0.5**0.5, 0.25])
+    assert prunelab.density_schedule(0.99, 2) == pytest.approx([0.1, 0.01])
+    assert prunelab.density_schedule(0.9, 3, "linear") == pytest.approx([0.7, 0.4, 0.1])
+    assert prunelab.density_schedule(0.75, 2, start_density=0.5) == pytest.approx([0.5 * 0.5**0.5, 0.25])
 
 
 def test_default_iterations_and_continuing_from_a_mask():
@@ -507,11 +506,11 @@ def test_low_precision_scores_prune_the_exact_count(dtype):
 @pytest.mark.parametrize("with_mask", [False, True])
 def test_an_overflowing_bracket_narrows_instead_of_gathering_everything(monkeypatch, highest, sparsity, with_mask):
     cap = 3_000
-    monkeypatch.setattr(pruning, "_CAP", cap)
-    monkeypatch.setattr(pruning, "_SAMPLE_MAX", 0)  # no cap-sized sample: the first bracket overflows
-    monkeypatch.setattr(pruning, "_CHUNK", 40_000)
+    monkeypatch.setattr(selection, "_CAP", cap)
+    monkeypatch.setattr(selection, "_SAMPLE_MAX", 0)  # no cap-sized sample: the first bracket overflows
+    monkeypatch.setattr(selection, "_CHUNK", 40_000)
     gathered, rounds = [], []
-    kthvalue, select_bracket = torch.Tensor.kthvalue, pruning._select_bracket
+    kthvalue, select_bracket = torch.Tensor.kthvalue, selection._select_bracket
 
     def spy_kthvalue(self, *args, **kwargs):
         gathered.append(self.numel())
@@ -522,7 +521,7 @@ def test_an_overflowing_bracket_narrows_instead_of_gathering_everything(monkeypa
         return select_bracket(*args)
 
     monkeypatch.setattr(torch.Tensor, "kthvalue", spy_kthvalue)
-    monkeypatch.setattr(pruning, "_select_bracket", spy_select_bracket)
+    monkeypatch.setattr(selection, "_select_bracket", spy_select_bracket)
     scores = random_scores([(400, 300), (80_000,)], seed=11)
     mask = random_mask_for(scores, 0.8) if with_mask else None
     full = mask or prunelab.Mask({n: torch.ones_like(s, dtype=torch.bool) for n, s in scores.items()})

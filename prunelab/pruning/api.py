@@ -1,0 +1,233 @@
+"""The public functions: ``score`` (ask a criterion) and ``prune`` (score and remove, iterated)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from prunelab.coverage import COVERAGE_OPTIONS, coverage, prunable_parameters
+from prunelab.masks import Mask
+from prunelab.pruning.removal import _Remover
+from prunelab.pruning.targets import (
+    SCHEDULES,
+    SCOPES,
+    _check_choice,
+    _check_fraction,
+    _check_iterations,
+    _global_targets,
+    _layer_targets,
+)
+from prunelab.scores.registry import Method, Scores, get_method
+
+PRUNABLE_OPTIONS = COVERAGE_OPTIONS  # which parameters a mask covers: prunelab.coverage
+COMMON_OPTIONS = ("input_shape", "seed")  # prune() arguments; score() accepts them as options too
+
+
+class LayerCollapseWarning(UserWarning):
+    """A covered tensor lost every weight: the network is disconnected (Tanaka et al. 2020, §3)."""
+
+
+def _split_options(method: Method, options: dict, extra: Mapping[str, object]):
+    prunable = {k: options.pop(k) for k in PRUNABLE_OPTIONS if k in options}
+    for k in COMMON_OPTIONS:  # given to every criterion that takes them, ignored by the others
+        if k in options:
+            v = options.pop(k)
+            extra = {**extra, k: v} if extra.get(k) is None else extra
+    accepted = set(method.options)
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        valid = sorted(accepted | set(PRUNABLE_OPTIONS))
+        raise ValueError(
+            f"{method.name} does not take option(s) {', '.join(map(repr, unknown))}; it takes: {', '.join(valid)}"
+        )
+    for k, v in extra.items():  # prune()'s own arguments, for criteria that take them
+        if k in accepted and k not in options and v is not None:
+            options[k] = v
+    return prunable, options
+
+
+def _resolve_mask(model: nn.Module, mask: Mask | None, prunable: Mapping) -> Mask:
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if mask is None:
+        return Mask.ones(model, **prunable)
+    if not isinstance(mask, Mask):
+        if isinstance(mask, Mapping):
+            mask = Mask(mask)
+        else:
+            raise ValueError(f"mask must be a prunelab.Mask, got {type(mask).__name__}")
+    mask.check_compatible(model)
+    if prunable:
+        expected = set(prunable_parameters(model, **prunable))
+        if expected != set(mask):
+            raise ValueError(
+                "the mask covers other parameters than the prunable-parameter options select "
+                f"({sorted(set(mask) ^ expected)[:3]}...); pass one or the other"
+            )
+    return mask
+
+
+def _check_needs(method: Method, batch, options: Mapping) -> None:
+    if method.needs_data and batch is None:
+        raise ValueError(
+            f"{method.name} needs data: pass batch=(inputs, targets) (e.g. ten examples per class, "
+            "Frankle et al. App. B.2); data-free criteria: "
+            + ", ".join(n for n, m in _methods().items() if not m.needs_data)
+        )
+    if method.needs_input_shape and options.get("input_shape") is None:
+        raise ValueError(
+            f"{method.name} needs input_shape, the shape of one input without the batch dimension, e.g. "
+            "input_shape=(3, 32, 32) for CIFAR-10; it cannot be inferred from a module"
+        )
+
+
+def _methods():
+    from prunelab.scores.registry import methods
+
+    return methods()
+
+
+def score(model: nn.Module, method: str, batch=None, mask: Mask | None = None, **options) -> Scores:
+    """``{param_name: scores}`` of criterion ``method`` for the prunable parameters of ``model``.
+
+    ``batch=(inputs, targets)`` for data-driven criteria. ``mask``: score the masked network
+    (pruned weights count as zero); by default the dense mask over the prunable parameters, chosen
+    by ``include_bias``, ``include_norm``, ``include_embeddings``, ``include``, ``exclude`` and
+    ``filter`` (see :mod:`prunelab.coverage`). Other ``options`` go to the criterion (e.g.
+    ``input_shape`` for SynFlow, ``seed`` for random ones, ``temperature`` for GraSP, ``axis`` for
+    structured criteria; ``input_shape`` and ``seed`` are ignored by criteria that do not use them).
+    The model is left as it was: weights, dtype, requires_grad, modes and BatchNorm statistics.
+    """
+    m = get_method(method)
+    prunable, options = _split_options(m, dict(options), {})
+    mask = _resolve_mask(model, mask, prunable)
+    if m.needs_input_shape:
+        options.setdefault("input_shape", None)
+    _check_needs(m, batch, options)
+    out = m.fn(model, mask, batch, **options)
+    return out if isinstance(out, Scores) else Scores(out)
+
+
+def _check_criterion_scores(scores, mask: Mask, method: str) -> None:
+    """A criterion's scores name exactly the mask's tensors, each a tensor of its shape.
+
+    Checked once, on the first iteration: a custom criterion that returns a transposed or flattened
+    tensor of the right size would otherwise be ranked silently in the wrong order.
+    """
+    if not isinstance(scores, Mapping):
+        raise ValueError(f"criterion {method!r} must return {{param_name: Tensor}}, got {type(scores).__name__}")
+    missing = [n for n in mask if n not in scores]
+    if missing:
+        raise ValueError(
+            f"criterion {method!r} returned no scores for {missing[0]!r}"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+            + "; it must score every parameter the mask covers"
+        )
+    extra = [n for n in scores if n not in mask]
+    if extra:
+        raise ValueError(
+            f"criterion {method!r} returned scores for {extra[0]!r}, which the mask does not cover; "
+            f"it must score exactly the mask's parameters ({', '.join(list(mask)[:3])}...)"
+        )
+    for n in mask:
+        t = scores[n]
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"criterion {method!r} returned a {type(t).__name__} for {n!r}, not a tensor")
+        if tuple(t.shape) != tuple(mask[n].shape):
+            raise ValueError(
+                f"criterion {method!r} returned scores of shape {tuple(t.shape)} for {n!r}, whose weight has "
+                f"shape {tuple(mask[n].shape)}; scores must have the parameter's shape"
+            )
+
+
+def _warn_collapse(mask: Mask, method: str, sparsity: float) -> None:
+    # Biases are left out: without them a layer still passes signal; without weights it does not.
+    empty = [
+        n for n, (kept, total) in mask.layer_counts().items() if kept == 0 and total > 0 and not n.endswith("bias")
+    ]
+    if empty:
+        shown = ", ".join(empty[:8]) + (f" and {len(empty) - 8} more" if len(empty) > 8 else "")
+        warnings.warn(
+            f"layer collapse: {method} at sparsity {sparsity:g} pruned every weight of {shown}; the network "
+            "is disconnected (Tanaka et al. 2020). Try more iterations, scope='layer', or a lower sparsity.",
+            LayerCollapseWarning,
+            stacklevel=3,
+        )
+
+
+def prune(
+    model: nn.Module,
+    method: str,
+    sparsity: float,
+    batch=None,
+    input_shape: Sequence[int] | None = None,
+    iterations: int | None = None,
+    schedule: str = "exponential",
+    scope: str | None = None,
+    invert: bool = False,
+    mask: Mask | None = None,
+    seed: int = 0,
+    distribution: str | Mapping[str, float] | None = None,
+    **options,
+) -> Mask:
+    """Prune ``model`` to ``sparsity`` with criterion ``method``; returns the :class:`Mask` (the
+    model's weights are not changed; ``mask.apply(model)`` zeroes them).
+
+    Each of ``iterations`` (default: the criterion's own, 100 for SynFlow and iterative SNIP, else 1)
+    scores the masked network and removes weights down to the next density of ``schedule``
+    (:func:`density_schedule`; Frankle et al. §3, Tanaka et al. Algorithm 1). ``scope``: ``"global"``
+    or ``"layer"``; default the criterion's own (global, or per layer for the structured criteria of
+    paper 002). ``invert``: remove the other end of the ranking (Frankle et al. §5). ``mask``:
+    continue from it (its pruned weights stay pruned). ``seed``: for criteria that draw random
+    numbers. ``input_shape``: for SynFlow. ``distribution``: prune each tensor to its own density,
+    ``"uniform"``, ``"er"`` or ``"erk"`` (Evci et al. 2020, §3; see :func:`prunelab.layer_densities`)
+    or ``{name: density}`` (e.g. another mask's ``layer_density()``: the random baseline at another
+    method's layer densities, Frankle et al. 2021, §5); unstructured criteria only, scope ``"layer"``.
+    Other ``options``: the coverage options
+    (``include_bias``, ``include_norm``, ``include_embeddings``, ``include``, ``exclude``, ``filter``;
+    see :mod:`prunelab.coverage`) and the criterion's own. Warns :class:`~prunelab.coverage.CoverageWarning`
+    when weight tensors of no known layer type are left out of a new mask, and
+    :class:`LayerCollapseWarning` when a covered tensor ends with no weight at all. The mask is on
+    the CPU, wherever the model and the scores are.
+    """
+    s = _check_fraction(sparsity, "sparsity")
+    m = get_method(method)
+    n_iter = m.default_iterations if iterations is None else _check_iterations(iterations)
+    _check_choice(schedule, "schedule", SCHEDULES)
+    if scope is None:
+        scope = "layer" if distribution is not None else m.default_scope
+    else:
+        _check_choice(scope, "scope", SCOPES)
+    prunable, options = _split_options(m, dict(options), {"input_shape": input_shape, "seed": seed})
+    new_mask = mask is None
+    mask = _resolve_mask(model, mask, prunable)
+    _check_needs(m, batch, options)
+    if new_mask:
+        coverage(model, **prunable).warn_unexpected(f"the {method} mask")
+    highest = bool(m.prune_highest) != bool(invert)
+
+    if distribution is not None:
+        targets = _layer_targets(model, m, s, distribution, scope, n_iter, schedule, mask, prunable)
+    else:
+        targets = _global_targets(s, n_iter, schedule, scope, mask)
+    scorer = m.scorer(model, batch, **options)
+    notify = getattr(scorer, "pruned", None)
+    fast = getattr(scorer, "score_flat", None)  # scores only where the remover ranks (SynFlow)
+    state = None
+    for i, target in enumerate(targets):
+        if fast is not None and state is not None:
+            # The fast path's scorer guarantees finite scores itself (SynFlow checks that R is finite).
+            values = fast(state.mask(), state.index())
+            state.step_values(values, target, scope, highest, notify, seed + i, check_nan=False)
+            continue
+        scores = scorer(mask if state is None else state.mask())
+        if state is None:
+            _check_criterion_scores(scores, mask, method)
+            state = _Remover(mask, next(iter(scores.values())).device, compact=True)
+        state.step(scores, target, scope, highest, notify=notify, groups=getattr(scores, "groups", None), seed=seed + i)
+    result = mask.to("cpu").clone() if state is None else state.final_mask()  # CPU either way
+    _warn_collapse(result, method, s)
+    return result

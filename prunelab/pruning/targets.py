@@ -1,0 +1,101 @@
+"""How much to prune: argument checks, exact counts, density schedules and per-iteration targets."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+
+from prunelab.masks import Mask
+from prunelab.scores.registry import Method
+
+SCOPES = ("global", "layer")
+SCHEDULES = ("exponential", "linear")
+
+
+def _check_fraction(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (0.0 <= float(value) < 1.0):
+        extra = ""
+        if isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value) >= 1.0:
+            extra = "; for a compression ratio rho use sparsity = 1 - 1/rho (e.g. 0.999 for rho = 1000)"
+        raise ValueError(f"{name} must be a number in [0, 1), the fraction of weights pruned; got {value!r}{extra}")
+    return float(value)
+
+
+def _check_sparsity(sparsity=None, density=None) -> float:
+    if (sparsity is None) == (density is None):
+        raise ValueError("give exactly one of sparsity (fraction pruned) or density (fraction kept)")
+    if sparsity is not None:
+        return _check_fraction(sparsity, "sparsity")
+    if isinstance(density, bool) or not isinstance(density, numbers.Real) or not (0.0 < float(density) <= 1.0):
+        raise ValueError(f"density must be a number in (0, 1], the fraction of weights kept; got {density!r}")
+    return 1.0 - float(density)
+
+
+def _check_choice(value, name: str, valid: Sequence[str]) -> str:
+    if value not in valid:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, valid))}; got {value!r}")
+    return value
+
+
+def _check_iterations(iterations) -> int:
+    if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral) or iterations < 1:
+        raise ValueError(f"iterations must be an integer >= 1 (1 = one-shot pruning); got {iterations!r}")
+    return int(iterations)
+
+
+def num_to_prune(sparsity: float, n: int) -> int:
+    """``round(sparsity * n)`` with halves rounded up (deterministic, unlike banker's rounding)."""
+    return min(n, max(0, math.floor(sparsity * n + 0.5)))
+
+
+def density_schedule(
+    sparsity: float, iterations: int, schedule: str = "exponential", start_density: float = 1.0
+) -> list[float]:
+    """Target density after each of ``iterations`` iterations, ending at ``1 - sparsity``.
+
+    ``"exponential"``: after iteration n of N the density is ``d0 * (d/d0)^(n/N)``, i.e.
+    ``(1 - sparsity)^(n/N)`` from a dense start: each iteration removes the same fraction of the
+    remaining weights (Frankle et al. §3 and App. D.1; Tanaka et al. Algorithm 1, compression
+    ``rho^(-k/n)``). ``"linear"``: the density falls by the same amount each iteration.
+    """
+    s = _check_fraction(sparsity, "sparsity")
+    n = _check_iterations(iterations)
+    _check_choice(schedule, "schedule", SCHEDULES)
+    d0, d = float(start_density), 1.0 - s
+    if d >= d0:
+        return [d0] * n
+    if schedule == "exponential":
+        out = [d0 * (d / d0) ** (i / n) for i in range(1, n)]
+    else:
+        out = [d0 + (d - d0) * i / n for i in range(1, n)]
+    return out + [d]
+
+
+def _global_targets(s: float, n_iter: int, schedule: str, scope: str, mask: Mask) -> list[float]:
+    """The sparsity after each iteration."""
+    if mask.num_total - mask.num_kept < num_to_prune(s, mask.num_total):
+        densities = density_schedule(s, n_iter, schedule, mask.density)
+        return [1.0 - d for d in densities[:-1]] + [s]
+    if scope == "layer":
+        return [s]  # globally sparse enough, but some tensor may not be
+    return []  # already at the target: pruned weights are never revived
+
+
+def _layer_targets(model, method: Method, s: float, distribution, scope, n_iter: int, schedule: str, mask: Mask,
+                   prunable) -> list[dict[str, float]]:
+    """Per iteration, the sparsity of each tensor: its own schedule from its density in ``mask`` to
+    the density ``distribution`` gives it."""
+    from prunelab.densities import layer_densities
+
+    if method.structured:
+        raise ValueError(f"distribution sets per-tensor densities of single weights; {method.name} prunes whole "
+                         "channels (use scope='layer' instead)")
+    if scope not in (None, "layer"):
+        raise ValueError(f"distribution prunes each tensor to its own density, so scope must be 'layer', got {scope!r}")
+    target = layer_densities(model, s, distribution, **prunable)
+    if set(target) != set(mask):
+        raise ValueError("distribution and mask cover different parameters")
+    now = mask.layer_density()
+    per_layer = {n: density_schedule(1.0 - target[n], n_iter, schedule, now[n]) for n in mask}
+    return [{n: 1.0 - per_layer[n][i] for n in mask} for i in range(n_iter)]

@@ -1,0 +1,332 @@
+"""Masks that change during training: gradual magnitude pruning, SET and RigL.
+
+Pruning at initialization fixes the mask before training; the methods here change it while the
+network trains, which Frankle et al. 2021 (§7) name as the next step beyond the methods they study:
+
+``GradualMagnitude``
+    Zhu & Gupta 2018 (§3, eq. 1): the sparsity rises from ``s_i`` at step ``t_0`` to ``s_f`` at step
+    ``t_0 + n Δt`` along ``s_t = s_f + (s_i - s_f) (1 - (t - t_0) / (n Δt))^3``, pruning the
+    smallest magnitudes every ``Δt`` steps (globally or per layer), never reviving a weight.
+``SET``
+    Mocanu et al. 2018 (§2, "Sparse Evolutionary Training"): every ``Δt`` steps each layer drops the
+    fraction ``ζ`` of its kept weights with the smallest magnitude and regrows as many at random.
+``RigL``
+    Evci et al. 2020 (§3, Algorithm 1): every ``Δt`` steps until ``T_end`` each layer drops the
+    smallest magnitudes and grows the positions with the largest dense-gradient magnitude, the drop
+    fraction annealed from ``α`` to 0 with ``α/2 (1 + cos(π t / T_end))``.
+
+SET and RigL keep each layer's number of weights and start from a random mask at the
+Erdős–Rényi-Kernel layer densities (Evci et al. 2020, §3) by default. Regrown weights start at exactly
+zero, and the optimizer state (momentum, Adam's moments) of every position whose membership changed
+is reset to zero: a dropped weight must not drift away from zero on its old momentum, and a regrown
+one starts fresh (Evci et al. 2020, §3). Between updates the mask is an ordinary applied mask (see
+:mod:`prunelab.mask_binding`), so pruned weights stay exact zeros with every optimizer.
+
+Use in any training loop, after each optimizer step::
+
+    updates = prunelab.MaskUpdates(model, prunelab.RigL(sparsity=0.9, end=7500), optimizer)
+    for step, (x, y) in enumerate(batches, start=1):
+        optimizer.zero_grad(); loss_fn(model(x), y).backward(); optimizer.step()
+        updates.after_step(step, batch=(x, y))
+
+A step is the number of optimizer steps completed; an update "at step t" happens after step t.
+Every choice is a pure function of the step, the weights, the batch and the seed, so a run resumed
+from a checkpoint (weights, optimizer state and current mask) continues bitwise as it would have.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from prunelab.masks import Mask
+
+__all__ = ["GradualMagnitude", "MaskSchedule", "MaskUpdates", "RigL", "SET", "reset_optimizer_state"]
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def _check_int(value, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _check_fraction(value, name: str, low_open: bool = False) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or not (0 < value < 1 if low_open else 0 <= value < 1):
+        raise ValueError(f"{name} must be in {'(0, 1)' if low_open else '[0, 1)'}, got {value!r}")
+    return float(value)
+
+
+def _stable_order(values: torch.Tensor, descending: bool) -> torch.Tensor:
+    """Flat indices of ``values`` sorted, ties broken by position (the first comes first)."""
+    return torch.sort(values, descending=descending, stable=True).indices
+
+
+@dataclass(frozen=True)
+class MaskSchedule(ABC):
+    """When and how a mask changes during training; subclasses define the two abstract methods.
+
+    ``every``: steps between updates (Δt); ``start``/``end``: first and last step at which an update
+    may happen (``end=None``: no last step).
+    """
+
+    every: int = 100
+    start: int = 0
+    end: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_int(self.every, "every (steps between mask updates)", 1)
+        _check_int(self.start, "start (first update step)", 0)
+        if self.end is not None and _check_int(self.end, "end (last update step)", 0) < self.start:
+            raise ValueError(f"end ({self.end}) must not come before start ({self.start})")
+
+    def due(self, step: int) -> bool:
+        """Whether the mask is updated after optimizer step ``step``."""
+        if step < max(self.start, 1) or (self.end is not None and step > self.end):
+            return False
+        return (step - self.start) % self.every == 0
+
+    def update_steps(self, total_steps: int) -> list[int]:
+        """The steps in ``1..total_steps`` after which the mask changes."""
+        return [t for t in range(1, total_steps + 1) if self.due(t)]
+
+    @abstractmethod
+    def initial_mask(self, model: nn.Module, **coverage_options) -> Mask:
+        """The mask training starts from."""
+
+    @abstractmethod
+    def next_mask(self, step: int, model: nn.Module, mask: Mask, batch: Batch | None,
+                  loss_fn: Callable | None) -> Mask:
+        """The mask after the update at ``step``, from the current weights (and batch, for RigL)."""
+
+    def density(self, step: int, initial_density: float) -> float:
+        """Overall density during the steps after ``step`` (constant unless the schedule prunes)."""
+        return initial_density
+
+    needs_batch: ClassVar[bool] = False  # next_mask needs the step's batch (a dense gradient)
+
+
+# ---- gradual magnitude pruning (Zhu & Gupta 2018) ----------------------------------------------
+
+@dataclass(frozen=True)
+class GradualMagnitude(MaskSchedule):
+    """Zhu & Gupta 2018, §3: cubic sparsity schedule from ``initial_sparsity`` at ``start`` to
+    ``sparsity`` at ``end``, pruning by magnitude every ``every`` steps; ``scope`` global or layer.
+
+    ``end`` is required (the step at which the final sparsity is reached); ``(end - start)`` should
+    be a multiple of ``every`` so that the last update lands on ``end`` (it is checked).
+    """
+
+    sparsity: float = 0.9
+    initial_sparsity: float = 0.0
+    scope: str = "global"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_fraction(self.sparsity, "sparsity")
+        _check_fraction(self.initial_sparsity, "initial_sparsity")
+        if self.initial_sparsity > self.sparsity:
+            raise ValueError(f"initial_sparsity {self.initial_sparsity} exceeds the final sparsity {self.sparsity}")
+        if self.end is None:
+            raise ValueError("gradual pruning needs end, the step at which the final sparsity is reached")
+        if (self.end - self.start) % self.every:
+            raise ValueError(
+                f"end - start = {self.end - self.start} steps is not a multiple of every = {self.every}; the "
+                "last pruning step would miss the final sparsity"
+            )
+        if self.scope not in ("global", "layer"):
+            raise ValueError(f"scope must be 'global' or 'layer', got {self.scope!r}")
+
+    def sparsity_at(self, step: int) -> float:
+        """s_t of Zhu & Gupta's eq. (1): s_i before ``start``, s_f from ``end`` on."""
+        if step <= self.start:
+            return self.initial_sparsity
+        if step >= self.end:
+            return self.sparsity
+        done = (step - self.start) // self.every * self.every  # the schedule moves only at update steps
+        frac = done / (self.end - self.start)
+        return self.sparsity + (self.initial_sparsity - self.sparsity) * (1.0 - frac) ** 3
+
+    def density(self, step: int, initial_density: float) -> float:
+        return 1.0 - self.sparsity_at(step)
+
+    def initial_mask(self, model: nn.Module, **coverage_options) -> Mask:
+        import prunelab
+
+        if self.initial_sparsity == 0:
+            return Mask.ones(model, **coverage_options)
+        return prunelab.prune(model, "magnitude", self.initial_sparsity, scope=self.scope, **coverage_options)
+
+    def next_mask(self, step, model, mask, batch=None, loss_fn=None) -> Mask:
+        import prunelab
+
+        return prunelab.prune(model, "magnitude", self.sparsity_at(step), scope=self.scope, mask=mask)
+
+
+# ---- dynamic sparse training: SET and RigL --------------------------------------------------------
+
+@dataclass(frozen=True)
+class _DropAndGrow(MaskSchedule):
+    """Per layer: drop the ``k`` kept weights of smallest magnitude, grow ``k`` pruned positions.
+
+    ``k = round(f(t) · kept)`` with the drop fraction ``f`` of the subclass. Candidates for growth are
+    the positions inactive after the drop (a weight dropped now may be regrown, at zero), as in
+    Evci et al. 2020, Algorithm 1. Ties are broken by position.
+    """
+
+    sparsity: float = 0.9
+    drop_fraction: float = 0.3
+    distribution: str = "erk"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_fraction(self.sparsity, "sparsity")
+        _check_fraction(self.drop_fraction, "drop_fraction", low_open=True)
+
+    def initial_mask(self, model: nn.Module, **coverage_options) -> Mask:
+        """A random mask at the layer densities of ``distribution`` (ERK by default, Evci et al. 2020, §3)."""
+        import prunelab
+
+        return prunelab.prune(model, "random", self.sparsity, distribution=self.distribution, seed=self.seed,
+                              **coverage_options)
+
+    def fraction(self, step: int) -> float:
+        return self.drop_fraction
+
+    @abstractmethod
+    def grow_scores(self, step: int, model: nn.Module, mask: Mask, batch, loss_fn) -> dict[str, torch.Tensor]:
+        """Per tensor, a score per position: the largest scores among inactive positions grow."""
+
+    def next_mask(self, step, model, mask, batch=None, loss_fn=None) -> Mask:
+        params = mask.check_compatible(model)
+        grow = self.grow_scores(step, model, mask, batch, loss_fn)
+        f = self.fraction(step)
+        out = {}
+        for name, keep in mask.items():
+            keep = keep.reshape(-1).clone()
+            w = params[name].detach().reshape(-1).abs().to("cpu", torch.float64)
+            k = math.floor(f * int(keep.sum()) + 0.5)  # round, halves up
+            if k == 0:
+                out[name] = keep.view(mask[name].shape)
+                continue
+            # drop: the k smallest |w| among kept positions
+            w_kept = w.masked_fill(~keep, math.inf)
+            dropped = _stable_order(w_kept, descending=False)[:k]
+            keep[dropped] = False
+            # grow: the k largest scores among positions inactive after the drop
+            g = grow[name].reshape(-1).to("cpu", torch.float64).masked_fill(keep, -math.inf)
+            grown = _stable_order(g, descending=True)[:k]
+            keep[grown] = True
+            out[name] = keep.view(mask[name].shape)
+        return Mask(out)
+
+
+@dataclass(frozen=True)
+class SET(_DropAndGrow):
+    """Sparse Evolutionary Training (Mocanu et al. 2018): constant drop fraction ``ζ = 0.3``,
+    random regrowth (seeded by ``seed`` and the step, so a resumed run regrows the same positions)."""
+
+    def grow_scores(self, step, model, mask, batch, loss_fn):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        return {name: torch.rand(keep.shape, generator=g, dtype=torch.float64) for name, keep in mask.items()}
+
+
+@dataclass(frozen=True)
+class RigL(_DropAndGrow):
+    """Rigging the Lottery (Evci et al. 2020): drop fraction ``α/2 (1 + cos(π t / T_end))`` with
+    ``α = drop_fraction`` and ``T_end = end``; growth by the magnitude of the dense gradient of the
+    loss on the step's batch (one extra forward and backward pass at each update step)."""
+
+    needs_batch: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.end is None:
+            raise ValueError("RigL needs end (T_end), the step after which the mask stops changing "
+                             "(Evci et al. 2020 use 75% of training)")
+
+    def fraction(self, step: int) -> float:
+        return self.drop_fraction / 2 * (1 + math.cos(math.pi * step / self.end))
+
+    def grow_scores(self, step, model, mask, batch, loss_fn):
+        if batch is None:
+            raise ValueError("RigL grows where the dense gradient is largest: pass the step's batch=(inputs, targets)")
+        return {n: g.abs() for n, g in dense_gradients(model, mask, batch, loss_fn).items()}
+
+
+def dense_gradients(model: nn.Module, mask: Mask, batch: Batch, loss_fn: Callable | None = None
+                    ) -> dict[str, torch.Tensor]:
+    """dL/dw of the masked network for every weight the mask covers, pruned positions included.
+
+    Computed on detached copies of the weights with cloned buffers (see
+    :mod:`prunelab.scores._common`), so the model's gradients, BatchNorm statistics and mask hooks
+    are untouched. In the model's current train/eval mode.
+    """
+    from prunelab.scores import _common
+
+    x, y = batch
+    params = mask.check_compatible(model)
+    leaves = _common.masked_leaves(params, mask)
+    dev = _common.model_device(model)
+    loss = _common.resolve_loss(loss_fn)(_common.forward(model, leaves, x.to(dev)), y.to(dev))
+    grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+    return {n: torch.zeros_like(w) if g is None else g for (n, w), g in zip(leaves.items(), grads)}
+
+
+# ---- applying an update -------------------------------------------------------------------------
+
+@torch.no_grad()
+def reset_optimizer_state(optimizer: torch.optim.Optimizer, positions: Mapping[nn.Parameter, torch.Tensor]) -> None:
+    """Zero every per-weight optimizer state tensor (momentum, Adam's moments, ...) at ``positions``
+    (a bool tensor per parameter); scalar state such as Adam's step count is left alone."""
+    for p, where in positions.items():
+        state = optimizer.state.get(p)
+        if not state:
+            continue
+        for value in state.values():
+            if isinstance(value, torch.Tensor) and value.shape == p.shape:
+                value.masked_fill_(where.to(value.device), 0)
+
+
+class MaskUpdates:
+    """Drives a :class:`MaskSchedule` in a training loop: applies its initial mask to ``model`` at
+    construction and, after each due optimizer step, computes the next mask, zeroes every weight
+    whose membership changed (dropped ones and regrown ones alike), resets their optimizer state and
+    applies the new mask. ``mask`` continues from an existing mask instead of the initial one
+    (resuming from a checkpoint)."""
+
+    def __init__(self, model: nn.Module, schedule: MaskSchedule, optimizer: torch.optim.Optimizer | None = None,
+                 mask: Mask | None = None, loss_fn: Callable | None = None, **coverage_options):
+        if not isinstance(schedule, MaskSchedule):
+            raise ValueError(f"schedule must be a MaskSchedule (GradualMagnitude, SET, RigL), got {schedule!r}")
+        self.model, self.schedule, self.optimizer, self.loss_fn = model, schedule, optimizer, loss_fn
+        self.mask = (mask if mask is not None else schedule.initial_mask(model, **coverage_options)).apply(model)
+        self.updates = 0
+
+    def after_step(self, step: int, batch: Batch | None = None) -> bool:
+        """Update the mask if ``step`` is an update step; returns whether it was."""
+        if not self.schedule.due(step):
+            return False
+        new = self.schedule.next_mask(step, self.model, self.mask, batch, self.loss_fn)
+        self.replace(new)
+        self.updates += 1
+        return True
+
+    @torch.no_grad()
+    def replace(self, new: Mask) -> None:
+        params = new.check_compatible(self.model)
+        changed = {params[n]: (new[n] != self.mask[n]) for n in new}
+        for p, where in changed.items():
+            p.masked_fill_(where.to(p.device), 0.0)  # regrown weights start at exactly zero
+        if self.optimizer is not None:
+            reset_optimizer_state(self.optimizer, changed)
+        self.mask = new.apply(self.model)
