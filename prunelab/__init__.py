@@ -8,7 +8,8 @@ from prunelab.coverage import (
     prunable_parameters,
     register_layer_type,
 )
-from prunelab.densities import layer_densities
+from prunelab.densities import layer_densities, register_distribution
+from prunelab.flops import FlopCount, flops
 from prunelab.masks import Mask, remove_mask
 from prunelab.pruning import LayerCollapseWarning, density_schedule, prune, remove, score
 from prunelab.scores import Method, Scores, get_method, methods, register_method
@@ -17,6 +18,7 @@ from prunelab.sparse_training import SET, GradualMagnitude, MaskSchedule, MaskUp
 __all__ = [
     "Coverage",
     "CoverageWarning",
+    "FlopCount",
     "GradualMagnitude",
     "LayerCollapseWarning",
     "Mask",
@@ -27,6 +29,7 @@ __all__ = [
     "SET",
     "Scores",
     "density_schedule",
+    "flops",
     "get_method",
     "layer_densities",
     "methods",
@@ -34,6 +37,7 @@ __all__ = [
     "mask_coverage",
     "prunable_parameters",
     "prune",
+    "register_distribution",
     "register_layer_type",
     "register_method",
     "remove_mask",
