@@ -84,7 +84,7 @@ def test_kill_and_resume_is_bitwise_identical(data_root, reference, tmp_path, po
     assert not list(root.rglob(".*.tmp"))  # the half-written temporary files were cleared
 
 
-def test_corrupt_files_are_set_aside_and_recovered(data_root, reference, tmp_path):
+def test_corrupt_files_are_set_aside_and_recovered(data_root, reference, tmp_path, capsys):
     root = tmp_path / "runs"
     assert main(cli_args(data_root, root)) == 0
     store = RunStore(root)
@@ -95,10 +95,12 @@ def test_corrupt_files_are_set_aside_and_recovered(data_root, reference, tmp_pat
     (folder / "mask.pt").write_bytes(b"garbage")
     latest = folder / "checkpoints" / "latest.pt"
     latest.write_bytes(latest.read_bytes()[:100])
-    with pytest.warns(UserWarning) as record:
-        assert main(cli_args(data_root, root)) == 0
-    messages = " ".join(str(w.message) for w in record)
-    assert "mask.pt" in messages and "latest.pt" in messages
+    capsys.readouterr()
+    assert main(cli_args(data_root, root)) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if line.startswith("prunelab: warning:")]
+    assert len(warned) == 2, warned  # one line for each damaged file, naming it
+    assert "mask.pt" in warned[0] and "set aside as mask.pt.corrupt" in warned[0]
+    assert "latest.pt" in warned[1] and "set aside as latest.pt.corrupt" in warned[1]
     assert (folder / "mask.pt.corrupt").exists() and (folder / "checkpoints" / "latest.pt.corrupt").exists()
     want = snapshot(reference)[prune_id]
     got = snapshot(root)[prune_id]
