@@ -108,7 +108,11 @@ def check_prune(runner: Runner, rep: Replicate, hp: PruneHparams) -> int:
 def prune_at_step(runner: Runner, rep: Replicate, hp: PruneHparams) -> dict[str, Any]:
     run_id = prune_id(rep, hp)
     t = check_prune(runner, rep, hp)
-    return runner.store.once(run_id, lambda: _prune_at_step(runner, rep, hp, run_id, t))
+    return runner.store.once(run_id, lambda: _prune_at_step(runner, rep, hp, run_id, t), _prune_hparams(rep, hp))
+
+
+def _prune_hparams(rep: Replicate, hp: PruneHparams) -> dict[str, Any]:
+    return {"kind": "prune", **rep.describe(), "pruning": dataclasses.asdict(hp)}
 
 
 def _dense_first(runner: Runner, rep: Replicate, t: int) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -125,7 +129,7 @@ def _dense_first(runner: Runner, rep: Replicate, t: int) -> tuple[dict[str, Any]
 
 def _prune_at_step(runner: Runner, rep: Replicate, hp: PruneHparams, run_id: str, t: int) -> dict[str, Any]:
     # The folder first, so that a run whose dense network fails is listed (and its failure recorded).
-    folder = runner.begin(run_id, {"kind": "prune", **rep.describe(), "pruning": dataclasses.asdict(hp)})
+    folder = runner.begin(run_id, _prune_hparams(rep, hp))
     dense, state_t = _dense_first(runner, rep, t)
     model = runner.model(rep)
     model.load_state_dict(state_t)
@@ -215,13 +219,17 @@ def lottery_level(runner: Runner, rep: Replicate, hp: LotteryHparams, level: int
     run_id = lottery_id(rep, hp, level)
     rewinding = _rewinds(hp)
     t = check_lottery(runner, rep, hp)
-    return runner.store.once(run_id, lambda: _lottery_level(runner, rep, hp, level, run_id, rewinding, t))
+    return runner.store.once(run_id, lambda: _lottery_level(runner, rep, hp, level, run_id, rewinding, t),
+                             _lottery_hparams(rep, hp, level))
+
+
+def _lottery_hparams(rep: Replicate, hp: LotteryHparams, level: int) -> dict[str, Any]:
+    return {"kind": "lottery", **rep.describe(), "lottery": dataclasses.asdict(dataclasses.replace(hp, levels=level))}
 
 
 def _lottery_level(runner: Runner, rep: Replicate, hp: LotteryHparams, level: int, run_id: str, rewinding: bool,
                    t: int) -> dict[str, Any]:
-    folder = runner.begin(run_id, {"kind": "lottery", **rep.describe(),
-                                   "lottery": dataclasses.asdict(dataclasses.replace(hp, levels=level))})
+    folder = runner.begin(run_id, _lottery_hparams(rep, hp, level))
     dense, _ = _dense_first(runner, rep, t)
     if level > 1:
         previous = lottery_level(runner, rep, hp, level - 1)

@@ -37,7 +37,7 @@ def _process() -> dict[str, Any]:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "git": git_state(Path(prunelab.__file__).resolve().parent.parent),
-        "command": [Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python", *sys.argv[1:]],
+        "command": list(sys.argv),
         "host": socket.gethostname(),
     }
 

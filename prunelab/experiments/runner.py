@@ -130,10 +130,14 @@ class Runner:
     def dense(self, rep: Replicate) -> dict[str, Any]:
         """Train the dense network of the replicate fully (once); its result holds the dense accuracy."""
         run_id = self.dense_id(rep)
-        return self.store.once(run_id, lambda: self._train_dense(run_id, rep))
+        return self.store.once(run_id, lambda: self._train_dense(run_id, rep), self.dense_hparams(rep))
+
+    @staticmethod
+    def dense_hparams(rep: Replicate) -> dict[str, Any]:
+        return {"kind": "dense", **rep.describe()}
 
     def _train_dense(self, run_id: str, rep: Replicate) -> dict[str, Any]:
-        folder = self.begin(run_id, {"kind": "dense", **rep.describe()})
+        folder = self.begin(run_id, self.dense_hparams(rep))
         model = self.model(rep)
         self._save_init(folder, model)
         end = self.total_steps(rep)
@@ -169,7 +173,7 @@ class Runner:
             return self._produce_weights_at(run_id, rep, step, ck)
 
     def _produce_weights_at(self, run_id: str, rep: Replicate, step: int, ck: CheckpointFolder):
-        folder = self.begin(run_id, {"kind": "dense", **rep.describe()})
+        folder = self.begin(run_id, self.dense_hparams(rep))
         state = distributed.broadcast_object(ck.load_step(step) if distributed.is_main() else None)
         if state is not None:
             return state["model"]

@@ -93,7 +93,7 @@ class RunStore:
         system's limits on the length of a name or a path."""
         root = self.root.absolute()
         existing = root
-        while not existing.exists() and existing != existing.parent:
+        while not _exists(existing) and existing != existing.parent:
             existing = existing.parent
         name_max, path_max = _limit(existing, "PC_NAME_MAX", 255), _limit(existing, "PC_PATH_MAX", 4096)
         for part in root.parts:
@@ -114,8 +114,7 @@ class RunStore:
             return folder
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            if self._read_or_set_aside(folder / "hparams.json") is None:
-                atomic_write_json(folder / "hparams.json", {"id": run_id, **hparams})
+            self._ensure_hparams(run_id, hparams)
         except PermissionError:
             raise PermissionError(f"run root {self.root} is not writable") from None
         except OSError as e:
@@ -124,6 +123,18 @@ class RunStore:
             self._open_session(folder, session)
         distributed.barrier()
         return folder
+
+    def _ensure_hparams(self, run_id: str, hparams: dict[str, Any]) -> None:
+        """Write ``hparams.json`` unless a good one is there; a damaged one is set aside first."""
+        path = self.folder(run_id) / "hparams.json"
+        if self._read_or_set_aside(path) is None:
+            atomic_write_json(path, {"id": run_id, **hparams})
+
+    def _hparams_ok(self, run_id: str) -> bool:
+        try:
+            return runfiles.read(self.folder(run_id) / "hparams.json") is not None
+        except (DamagedRunFile, OSError):
+            return False
 
     # ---- provenance: one record per session that computes part of a run ----------------------------
     def provenance(self, run_id: str) -> dict[str, Any] | None:
@@ -136,9 +147,15 @@ class RunStore:
             return
         path = folder / "provenance.json"
         record = self._read_or_set_aside(path) or {"sessions": []}
-        record["sessions"].append({**session, "started_at": provenance.now()})
+        sessions = record["sessions"]
+        last = sessions[-1] if sessions else {}
+        if last.get("pid") == session.get("pid") and last.get("host") == session.get("host"):
+            for key in ("ended_at", "outcome"):  # this process again (weights at step t, then the rest)
+                last.pop(key, None)
+        else:
+            sessions.append({**session, "started_at": provenance.now()})
         atomic_write_json(path, record)
-        held[2] = len(record["sessions"]) - 1
+        held[2] = len(sessions) - 1
 
     def _close_session(self, folder: Path, index: int, outcome: str | None) -> None:
         path = folder / "provenance.json"
@@ -236,17 +253,24 @@ class RunStore:
             return result["status"]
         return "running" if self.running(run_id) else "interrupted"
 
-    def once(self, run_id: str, compute) -> dict[str, Any]:
+    def once(self, run_id: str, compute, hparams: dict[str, Any]) -> dict[str, Any]:
         """The stored result of a finished run, else ``compute()`` under the run's lock (checked again inside).
 
-        Under torch.distributed rank 0 reads and decides, so every rank takes the same path.
+        A finished run whose ``hparams.json`` is damaged gets it back from ``hparams`` (the damaged one set
+        aside), so that listings see it again. Under torch.distributed rank 0 reads and decides, so every
+        rank takes the same path.
         """
-        done = distributed.broadcast_object(self.result(run_id) if distributed.is_main() else None)
-        if done is not None:
+        main = distributed.is_main()
+        done = distributed.broadcast_object(self.result(run_id) if main else None)
+        if done is not None and distributed.broadcast_object(self._hparams_ok(run_id) if main else None):
             return done
         with self.lock(run_id):
-            done = distributed.broadcast_object(self.result(run_id) if distributed.is_main() else None)
-            return done if done is not None else compute()
+            done = distributed.broadcast_object(self.result(run_id) if main else None)
+            if done is None:
+                return compute()
+            if main:
+                self._ensure_hparams(run_id, hparams)
+            return done
 
     def record_failure(self, run_id: str, error: BaseException) -> bool:
         """Keep a failed run's error in its folder (result.json with status "failed", error.txt); it is retried.
@@ -311,6 +335,13 @@ def open_run(ref: str, root: str | os.PathLike = "runs") -> tuple[RunStore, str]
         raise FileNotFoundError(f"no run {ref!r}: run store {store.root} does not exist (give --root the folder the "
                                 "runs were written to, or a run folder)")
     return store, store.resolve(ref)
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # e.g. a name too long to look up
+        return False
 
 
 def _limit(path: Path, name: str, default: int) -> int:
