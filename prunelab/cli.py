@@ -157,10 +157,16 @@ def _warnings_as_lines(skipped: list[str]):
     from prunelab.experiments.store import SkippedRunWarning
     from prunelab.io import DamagedFileWarning
 
+    shown: set[str] = set()
+
     def show(message, category, filename, lineno, file=None, line=None):
+        text = " ".join(str(message).split())
+        if text in shown:  # e.g. a report reads the store for its run table and for its layer table
+            return
+        shown.add(text)
         if issubclass(category, SkippedRunWarning):
-            skipped.append(str(message))
-        print(f"prunelab: warning: {' '.join(str(message).split())}", file=sys.stderr)
+            skipped.append(text)
+        print(f"prunelab: warning: {text}", file=sys.stderr)
 
     with warnings.catch_warnings():
         warnings.simplefilter("always", DamagedFileWarning)  # one line for every damaged file, every time

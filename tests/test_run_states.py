@@ -31,11 +31,23 @@ def cli_args(data_root, root, method="magnitude"):
             "--no-progress", "--device", "cpu"]
 
 
+def git_state():
+    """The checkout's commit and dirtiness, asked of git here (None outside a checkout)."""
+    checkout = str(Path(prunelab.__file__).parent.parent)
+    head = subprocess.run(["git", "-C", checkout, "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        return None
+    status = subprocess.run(["git", "-C", checkout, "status", "--porcelain", "--untracked-files=no"],
+                            capture_output=True, text=True).stdout
+    return {"commit": head.stdout.strip(), "dirty": status.strip() != ""}
+
+
 @pytest.fixture(scope="module")
 def store_root(data_root, tmp_path_factory):
     root = tmp_path_factory.mktemp("store") / "runs"
+    git = git_state()  # just before the runs, so that no edit of the tree can come in between
     assert main(cli_args(data_root, root)) == 0
-    return root
+    return root, git
 
 
 def ls_states(root, capsys) -> dict[str, str]:
@@ -55,6 +67,7 @@ def hold_lock(folder: Path) -> subprocess.Popen:
 
 
 def test_ls_tells_running_interrupted_and_failed_runs_apart(store_root, tmp_path, capsys):
+    store_root, _ = store_root
     root = tmp_path / "runs"
     shutil.copytree(store_root, root)
     store = RunStore(root)
@@ -75,6 +88,7 @@ def test_ls_tells_running_interrupted_and_failed_runs_apart(store_root, tmp_path
 
 
 def test_show_and_analyze_take_a_run_folder_of_any_store(store_root, tmp_path, capsys, monkeypatch):
+    store_root, _ = store_root
     monkeypatch.chdir(tmp_path)  # the default --root ./runs does not exist here
     store = RunStore(store_root)
     pruned = next(i for i in store.ids() if store.hparams(i)["kind"] == "prune")
@@ -90,9 +104,8 @@ def test_show_and_analyze_take_a_run_folder_of_any_store(store_root, tmp_path, c
 
 
 def test_every_run_records_where_it_came_from(store_root, capsys):
+    store_root, git = store_root
     store = RunStore(store_root)
-    git = subprocess.run(["git", "-C", str(Path(prunelab.__file__).parent.parent), "rev-parse", "HEAD"],
-                         capture_output=True, text=True)
     for run_id in store.ids():
         hp = json.loads((store_root / run_id / "hparams.json").read_text())
         assert set(hp) <= {"id", "kind", "model", "dataset", "training", "seed", "pruning"}  # not in the hash
@@ -103,18 +116,14 @@ def test_every_run_records_where_it_came_from(store_root, capsys):
         assert session["threads"] == torch.get_num_threads() and session["outcome"] == "done"
         start, end = (datetime.datetime.fromisoformat(session[k]) for k in ("started_at", "ended_at"))
         assert start <= end and start.tzinfo is not None
-        if git.returncode == 0:  # running from a checkout
-            dirty = subprocess.run(["git", "-C", str(Path(prunelab.__file__).parent.parent), "status", "--porcelain",
-                                    "--untracked-files=no"], capture_output=True, text=True).stdout.strip() != ""
-            assert session["git"] == {"commit": git.stdout.strip(), "dirty": dirty}
-        else:
-            assert session["git"] is None
+        assert session["git"] == git
         capsys.readouterr()
         assert main(["show", run_id, "--root", str(store_root)]) == 0
         assert json.loads(capsys.readouterr().out)["provenance"]["sessions"] == [session]
 
 
 def test_a_rerun_of_a_finished_run_adds_no_session(data_root, store_root, tmp_path):
+    store_root, _ = store_root
     root = tmp_path / "runs"
     shutil.copytree(store_root, root)
     before = {i: RunStore(root).provenance(i) for i in RunStore(root).ids()}
