@@ -155,18 +155,18 @@ def _signals_as_interrupts():
 def _warnings_as_lines(skipped: list[str]):
     """Warnings as single lines on stderr (``prunelab: warning: ...``); runs skipped by a listing counted."""
     from prunelab.experiments.store import SkippedRunWarning
-    from prunelab.io import DamagedFileWarning
+    from prunelab.io import DamagedFileWarning, warning_line
 
     shown: set[str] = set()
 
     def show(message, category, filename, lineno, file=None, line=None):
-        text = " ".join(str(message).split())
+        text = warning_line(message)
         if text in shown:  # e.g. a report reads the store for its run table and for its layer table
             return
         shown.add(text)
         if issubclass(category, SkippedRunWarning):
             skipped.append(text)
-        print(f"prunelab: warning: {text}", file=sys.stderr)
+        print(text, file=sys.stderr)
 
     with warnings.catch_warnings():
         warnings.simplefilter("always", DamagedFileWarning)  # one line for every damaged file, every time
@@ -180,7 +180,8 @@ def _what_was_saved(e: KeyboardInterrupt) -> str:
 
     folder = getattr(e, "prunelab_run", None)
     if folder is None:
-        return "finished runs are kept; rerun the same command to go on"
+        return "finished runs are kept, and runs in progress resume from their last checkpoint when the same " \
+               "command is rerun"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -94,6 +94,11 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write(path, lambda f: torch.save(obj, f))
 
 
+def warning_line(message: Warning | str) -> str:
+    """A warning as the one line prunelab prints on stderr."""
+    return f"prunelab: warning: {' '.join(str(message).split())}"
+
+
 class DamagedFileWarning(UserWarning):
     """A file prunelab wrote earlier could not be read back; it was set aside or its run skipped."""
 

@@ -200,3 +200,20 @@ def test_a_rerun_recovers_a_damaged_file(data_root, pristine, tmp_path, capsys, 
     assert main(["ls", "--root", str(root)]) == 0
     if name == "provenance.json":  # a fresh record of this session replaced the damaged one
         assert len(runfiles.read(root / victim / name)["sessions"]) == 1
+
+
+def test_report_reads_the_rest_of_a_damaged_store(pristine, tmp_path, capsys):
+    root = tmp_path / "runs"
+    shutil.copytree(pristine, root)
+    victim = victim_of(root)
+    (root / victim / "result.json").write_bytes(b"\x00\x01binary")
+    capsys.readouterr()
+    assert main(["report", "--root", str(root), "--out", str(tmp_path / "report")]) == 1
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [  # once, although the report reads the store twice (runs and layers)
+        f"prunelab: warning: skipped run {victim}: {root / victim / 'result.json'} is damaged: not valid JSON "
+        "(Expecting value at line 1 column 1)",
+        "prunelab: 1 run(s) skipped because of damaged files (named above)"]
+    runs = (tmp_path / "report" / "runs.csv").read_text()
+    assert victim not in runs and all(i in runs for i in RunStore(root).ids() if i != victim)
+    assert (root / victim / "result.json").read_bytes() == b"\x00\x01binary"  # a listing changes nothing

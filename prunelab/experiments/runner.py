@@ -55,6 +55,7 @@ class Runner:
     progress: bool = False
     steps_executed: int = 0
     _datasets: dict = field(default_factory=dict, repr=False)
+    _checked: set = field(default_factory=set, repr=False)
 
     # ---- building blocks ------------------------------------------------------------------------
     def dataset(self, hp: DataHparams):
@@ -84,7 +85,9 @@ class Runner:
     def check(self, rep: Replicate) -> None:
         """Everything about a replicate that needs its dataset, checked before any work or write: the
         model fits the dataset, the batch fits the training split, the schedule has a sane length and its
-        warm-up and learning-rate drops lie within it."""
+        warm-up and learning-rate drops lie within it. Once per replicate (a sweep checks every job)."""
+        if rep in self._checked:
+            return
         self.model(rep)  # a model that does not fit the dataset's input shape fails here
         ds, s = self.dataset(rep.dataset), rep.training
         if s.batch_size > len(ds.train):
@@ -99,6 +102,7 @@ class Runner:
             if t > total:
                 raise ValueError(f"{what} {when} ({t:,} it) is past the end of training {s.train} ({total:,} it); "
                                  f"give --{what}{'s' if what == 'milestone' else ''} within it")
+        self._checked.add(rep)
 
     def begin(self, run_id: str, hparams: dict[str, Any]) -> Path:
         """The run's folder with its hyperparameters and this session's provenance record (under its lock)."""

@@ -310,9 +310,14 @@ def default_workers() -> int:
 
 
 def _init_worker(threads: int) -> None:
+    import warnings
+
     import torch
 
+    from prunelab.io import warning_line
+
     torch.set_num_threads(threads)
+    warnings.formatwarning = lambda message, *args, **kwargs: warning_line(message) + "\n"  # as the CLI's lines
 
 
 def run_local(phases: list[list[Job]], ctx: Context, workers: int, on_done: Callable[[dict], None]) -> None:
