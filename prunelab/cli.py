@@ -175,23 +175,23 @@ def _warnings_as_lines(skipped: list[str]):
 
 
 def _what_was_saved(e: KeyboardInterrupt) -> str:
-    """What a rerun starts from: the last checkpoint of the run in progress (the lock noted which)."""
-    from prunelab.training.checkpoints import CheckpointFolder
+    """What a rerun starts from: the last checkpoint of the run in progress (the lock noted which). Only
+    reads: a damaged checkpoint is left for the rerun to set aside, with its warning."""
+    from prunelab.training.checkpoints import CheckpointFolder, load_checkpoint
 
     folder = getattr(e, "prunelab_run", None)
     if folder is None:
         return "finished runs are kept, and runs in progress resume from their last checkpoint when the same " \
                "command is rerun"
+    ck = CheckpointFolder(folder / "checkpoints")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            state = CheckpointFolder(folder / "checkpoints").load_latest()
-    except (OSError, ValueError, RuntimeError):
-        state = None
-    if state is None:
+        step = load_checkpoint(ck.latest_path)["step"]
+    except (OSError, ValueError, RuntimeError, KeyError):
+        step = max(ck.kept_steps(), default=None)
+    if step is None:
         return f"finished runs are kept; run {folder.name} had no checkpoint yet and starts again when rerun"
-    return (f"finished runs are kept; run {folder.name} saved its checkpoint at step {state['step']} "
-            f"({folder / 'checkpoints'}), and rerunning the same command resumes from there")
+    return (f"finished runs are kept; run {folder.name} saved its checkpoint at step {step} "
+            f"({ck.folder}), and rerunning the same command resumes from there")
 
 
 def _one_line(e: BaseException) -> str:

@@ -84,6 +84,12 @@ def test_ls_tells_running_interrupted_and_failed_runs_apart(store_root, tmp_path
     assert ls_states(root, capsys)[pruned] == "interrupted"  # the kernel released the dead holder's lock
     assert store.record_failure(pruned, ValueError("boom"))
     assert ls_states(root, capsys)[pruned] == "failed"
+    holder = hold_lock(root / pruned)
+    try:
+        assert ls_states(root, capsys)[pruned] == "running"  # a failed run being retried
+    finally:
+        holder.kill()
+        holder.wait()
     assert ls_states(root, capsys)[dense] == "done"
 
 

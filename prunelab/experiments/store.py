@@ -40,6 +40,9 @@ class SkippedRunWarning(DamagedFileWarning):
 # Locks this process holds: path -> [file object, depth]. flock is per open file, so a second open in
 # the same process would deadlock; nested protocol calls (a pruned run needing its dense run) re-enter.
 _HELD: dict[str, list] = {}
+# Provenance sessions this process opened: run folder -> index in its provenance.json. A process that
+# comes back to a run (weights at step t first, then the rest of the training) goes on with its session.
+_SESSIONS: dict[str, int] = {}
 _HELD_GUARD = threading.Lock()
 
 
@@ -57,7 +60,6 @@ class RunStore:
 
     def __init__(self, root: str | os.PathLike = "runs"):
         self.root = Path(root)
-        self.skipped = 0  # runs the last listing left out (damaged files)
 
     def folder(self, run_id: str) -> Path:
         return self.root / run_id
@@ -147,15 +149,16 @@ class RunStore:
             return
         path = folder / "provenance.json"
         record = self._read_or_set_aside(path) or {"sessions": []}
-        sessions = record["sessions"]
-        last = sessions[-1] if sessions else {}
-        if last.get("pid") == session.get("pid") and last.get("host") == session.get("host"):
-            for key in ("ended_at", "outcome"):  # this process again (weights at step t, then the rest)
-                last.pop(key, None)
+        sessions, key = record["sessions"], str(folder.resolve())
+        index = _SESSIONS.get(key)
+        if index is not None and index < len(sessions) and sessions[index].get("pid") == session.get("pid"):
+            for name in ("ended_at", "outcome"):
+                sessions[index].pop(name, None)
         else:
             sessions.append({**session, "started_at": provenance.now()})
+            index = _SESSIONS[key] = len(sessions) - 1
         atomic_write_json(path, record)
-        held[2] = len(sessions) - 1
+        held[2] = index
 
     def _close_session(self, folder: Path, index: int, outcome: str | None) -> None:
         path = folder / "provenance.json"
@@ -248,10 +251,13 @@ class RunStore:
             os.close(fd)
 
     def state(self, run_id: str, result: dict[str, Any] | None) -> str:
-        """One of :data:`STATES`: the result's status, else ``running`` (its lock is held) or ``interrupted``."""
-        if result is not None:
+        """One of :data:`STATES`: a finished run's status, else ``running`` while some process holds its lock
+        (a failed run may be retried now), else ``failed`` or ``interrupted`` (no result: its process died)."""
+        if result is not None and result["status"] in FINISHED:
             return result["status"]
-        return "running" if self.running(run_id) else "interrupted"
+        if self.running(run_id):
+            return "running"
+        return result["status"] if result is not None else "interrupted"
 
     def once(self, run_id: str, compute, hparams: dict[str, Any]) -> dict[str, Any]:
         """The stored result of a finished run, else ``compute()`` under the run's lock (checked again inside).
@@ -300,14 +306,12 @@ class RunStore:
     def runs(self) -> Iterator[tuple[str, dict[str, Any], dict[str, Any] | None]]:
         """(id, hparams, result or None) of every readable run. A run with a damaged or unreadable
         ``hparams.json`` or ``result.json`` is skipped with one :class:`SkippedRunWarning` naming the file
-        (nothing is moved: listing never changes the store) and counted in :attr:`skipped`."""
-        self.skipped = 0
+        (nothing is moved: listing never changes the store)."""
         for run_id in self.ids():
             try:
                 hp = self.hparams(run_id)
                 result = runfiles.read(self.folder(run_id) / "result.json")
             except (DamagedRunFile, OSError) as e:
-                self.skipped += 1
                 warnings.warn(f"skipped run {run_id}: {e}", SkippedRunWarning, stacklevel=2)
                 continue
             yield run_id, hp, result
