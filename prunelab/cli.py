@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
+import threading
+import warnings
 
 from prunelab.experiments.hparams import (
     DataHparams,
@@ -15,14 +19,25 @@ from prunelab.experiments.hparams import (
     dataclass_from_flags,
     load_toml,
 )
-from prunelab.training.settings import TrainSettings
-from prunelab.training.trainer import Diverged
+from prunelab.training.settings import TrainSettings, check_seed
+from prunelab.training.trainer import Diverged, check_device
 
 EXIT_USER_ERROR = 2
+EXIT_SKIPPED = 1  # a listing left out runs with damaged files (each named in a warning line)
+EXIT_SIGINT, EXIT_SIGTERM = 130, 143  # 128 + the signal number, as shells report them
 
 
 class UserError(Exception):
     """A mistake of the user's, reported as one line."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what Slurm, ``timeout`` and ``kill`` send), raised where the program is, so that it is
+    handled exactly as Ctrl-C: temporary files removed, locks released, the session's end recorded."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -101,18 +116,82 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    skipped: list[str] = []
+    with _signals_as_interrupts(), _warnings_as_lines(skipped):
+        try:
+            args = parser.parse_args(argv)
+            status = int(args.func(args) or 0)
+        except (UserError, ValueError, OSError) as e:  # OSError: missing files, no permission, disk full
+            print(f"prunelab: error: {_one_line(e)}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        except Diverged as e:  # a run that was not recorded as diverged (e.g. a dense prefix): not a user error
+            print(f"prunelab: {e}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt as e:
+            how, code = ("terminated (SIGTERM)", EXIT_SIGTERM) if isinstance(e, Terminated) else ("interrupted",
+                                                                                              EXIT_SIGINT)
+            print(f"prunelab: {how}; {_what_was_saved(e)}", file=sys.stderr)
+            return code
+    if skipped and status == 0:
+        print(f"prunelab: {len(skipped)} run(s) skipped because of damaged files (named above)", file=sys.stderr)
+        return EXIT_SKIPPED
+    return status
+
+
+@contextlib.contextmanager
+def _signals_as_interrupts():
+    """SIGTERM raises :class:`Terminated` while a command runs (only the main thread can set handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        args = parser.parse_args(argv)
-        return int(args.func(args) or 0)
-    except (UserError, ValueError, OSError) as e:  # OSError: missing files, no permission, disk full
-        print(f"prunelab: error: {_one_line(e)}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except Diverged as e:  # a run that was not recorded as diverged (e.g. a dense prefix): not a user error
-        print(f"prunelab: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("prunelab: interrupted; finished work is kept and an unfinished run resumes when rerun", file=sys.stderr)
-        return 130
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _warnings_as_lines(skipped: list[str]):
+    """Warnings as single lines on stderr (``prunelab: warning: ...``); runs skipped by a listing counted."""
+    from prunelab.experiments.store import SkippedRunWarning
+    from prunelab.io import DamagedFileWarning, warning_line
+
+    shown: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = warning_line(message)
+        if text in shown:  # e.g. a report reads the store for its run table and for its layer table
+            return
+        shown.add(text)
+        if issubclass(category, SkippedRunWarning):
+            skipped.append(text)
+        print(text, file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", DamagedFileWarning)  # one line for every damaged file, every time
+        warnings.showwarning = show
+        yield
+
+
+def _what_was_saved(e: KeyboardInterrupt) -> str:
+    """What a rerun starts from: the last checkpoint of the run in progress (the lock noted which). Only
+    reads: a damaged checkpoint is left for the rerun to set aside, with its warning."""
+    from prunelab.training.checkpoints import CheckpointFolder, load_checkpoint
+
+    folder = getattr(e, "prunelab_run", None)
+    if folder is None:
+        return "finished runs are kept, and runs in progress resume from their last checkpoint when the same " \
+               "command is rerun"
+    ck = CheckpointFolder(folder / "checkpoints")
+    try:
+        step = load_checkpoint(ck.latest_path)["step"]
+    except (OSError, ValueError, RuntimeError, KeyError):
+        step = max(ck.kept_steps(), default=None)
+    if step is None:
+        return f"finished runs are kept; run {folder.name} had no checkpoint yet and starts again when rerun"
+    return (f"finished runs are kept; run {folder.name} saved its checkpoint at step {step} "
+            f"({ck.folder}), and rerunning the same command resumes from there")
 
 
 def _one_line(e: BaseException) -> str:
@@ -143,17 +222,17 @@ def _experiment(args, *extra: type):
     base = recipe(model.model, dataset.dataset).replace(**cfg.get("training", {}))
     training = dataclass_from_flags(TrainSettings, args, base=base)
     parts = [dataclass_from_flags(cls, args, base=cls(**cfg.get(_section(cls), {}))) for cls in extra]
-    seed = args.seed if args.seed is not None else cfg.get("seed", 0)
-    if seed < 0:
-        raise UserError(f"prunelab: --seed must be >= 0, got {seed}")
-    device = args.device
+    seed = check_seed(args.seed if args.seed is not None else cfg.get("seed", 0), "--seed")
+    device = check_device(args.device)
+    store = RunStore(args.root)
+    store.check_root()
     if args.distributed:
         from prunelab.training import distributed
 
         device = distributed.init_from_env(args.device)
-    runner = Runner(RunStore(args.root), data_root=args.data_root, device=device, progress=args.progress)
+    runner = Runner(store, data_root=args.data_root, device=device, progress=args.progress)
     rep = Replicate(model, dataset, training, seed)
-    runner.model(rep)  # a bad model/dataset pair fails here, before anything is written
+    runner.check(rep)  # a bad model/dataset pair or schedule fails here, before anything is written
     return (runner, rep, *parts)
 
 
@@ -221,8 +300,10 @@ def cmd_sweep(args) -> int:
     check_name("executor", args.executor, sweep.EXECUTORS)
     if args.workers is not None and args.workers < 1:
         raise UserError(f"prunelab: --workers must be >= 1, got {args.workers}")
+    check_device(args.device)
     spec = sweep.load_spec(args.spec, args.set)
     ctx = sweep.Context(str(args.root), args.data_root, args.device)
+    ctx.runner().store.check_root()
     plan = sweep.make_plan(ctx.runner(), spec.jobs)
     print(f"sweep {args.spec}: {len(spec.jobs)} {spec.protocol} jobs, {len(plan.skipped)} already done, "
           f"{plan.todo} to do in {len(plan.phases)} phase(s), about {plan.steps:,} training steps")
@@ -264,8 +345,9 @@ def _phase_name(phase: list) -> str:
 def cmd_ls(args) -> int:
     from prunelab.experiments.store import RunStore
 
+    store = RunStore(args.root)
     rows = [["id", "kind", "model", "dataset", "seed", "what", "sparsity", "status", "accuracy"]]
-    for run_id, hp, result in RunStore(args.root).runs():
+    for run_id, hp, result in store.runs():
         what = ""
         if "pruning" in hp:
             pr = hp["pruning"]
@@ -273,10 +355,10 @@ def cmd_ls(args) -> int:
         elif "lottery" in hp:
             lt = hp["lottery"]
             what = f"{lt['structure']} L{lt['levels']} rewind {lt['rewind_to']}"
+        state = store.state(run_id, result)
         result = result or {}
-        rows.append([run_id, hp.get("kind", "?"), hp["model"]["model"], hp["dataset"]["dataset"], str(hp["seed"]),
-                     what, _fmt(result.get("sparsity")), result.get("status", "unfinished"),
-                     _fmt(result.get("test_accuracy"))])
+        rows.append([run_id, hp["kind"], hp["model"]["model"], hp["dataset"]["dataset"], str(hp["seed"]),
+                     what, _fmt(result.get("sparsity")), state, _fmt(result.get("test_accuracy"))])
     if len(rows) == 1:
         print(f"no runs in {args.root}")
         return 0
@@ -285,13 +367,21 @@ def cmd_ls(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from prunelab.experiments.store import RunStore
+    """Hyperparameters, result (or state) and provenance of one run; a damaged result or provenance file is
+    named in a warning and left out (exit status 1), a damaged hparams.json is an error."""
+    from prunelab.experiments import runfiles
+    from prunelab.experiments.store import SkippedRunWarning, open_run
 
-    store = RunStore(args.root)
-    run_id = store.resolve(args.run)
-    path = store.folder(run_id) / "result.json"
-    result = json.loads(path.read_text()) if path.is_file() else {"status": "unfinished"}
-    print(json.dumps({"hparams": store.hparams(run_id), "result": result}, indent=2, sort_keys=True))
+    store, run_id = open_run(args.run, args.root)
+    out: dict = {"id": run_id, "folder": str(store.folder(run_id)), "hparams": store.hparams(run_id)}
+    for key, read in (("result", lambda: runfiles.read(store.folder(run_id) / "result.json")),
+                      ("provenance", lambda: store.provenance(run_id))):
+        try:
+            out[key] = read()
+        except (runfiles.DamagedRunFile, OSError) as e:
+            warnings.warn(f"{e}; left out", SkippedRunWarning, stacklevel=1)
+    out["state"] = store.state(run_id, out["result"]) if "result" in out else "unknown (damaged result.json)"
+    print(json.dumps(out, indent=2, sort_keys=True))
     return 0
 
 
@@ -304,6 +394,7 @@ def cmd_demo(args) -> int:
         raise UserError(f"--sparsity must be in [0, 1), got {args.sparsity}")
     if args.epochs < 1:
         raise UserError(f"--epochs must be >= 1, got {args.epochs}")
+    check_device(args.device)
     ds = data.load("fashion_mnist", data_root=args.data_root)
     settings = TrainSettings(train=f"{args.epochs}ep")
     rows = [["network", "mask", "weights kept", "sparsity", "test accuracy", "time (s)"]]

@@ -1,6 +1,8 @@
 """Runs the prunelab CLI and kills its own process with SIGKILL at a chosen point (fault injection).
 
-    python tests/crash_harness.py POINT N -- prunelab-args...
+    python tests/crash_harness.py POINT N [SIGNAL] -- prunelab-args...
+
+SIGNAL (default KILL) is the signal sent instead, e.g. TERM (Slurm, timeout) or INT (Ctrl-C).
 
 POINT is one of
   train       before the N-th optimizer step (counted over the whole process)
@@ -19,9 +21,11 @@ import prunelab.io
 import prunelab.training.trainer as trainer
 from prunelab.cli import main
 
+SIGNAL = signal.SIGKILL
+
 
 def die():
-    os.kill(os.getpid(), signal.SIGKILL)
+    os.kill(os.getpid(), SIGNAL)
 
 
 def install(point: str, n: int) -> None:
@@ -77,6 +81,9 @@ def install(point: str, n: int) -> None:
 
 if __name__ == "__main__":
     point, n = sys.argv[1], int(sys.argv[2])
-    assert sys.argv[3] == "--"
+    rest = sys.argv[3:]
+    if rest[0] != "--":
+        SIGNAL = signal.Signals[f"SIG{rest.pop(0)}"]
+    assert rest[0] == "--"
     install(point, n)
-    sys.exit(main(sys.argv[4:]))
+    sys.exit(main(rest[1:]))

@@ -100,7 +100,8 @@ def test_run_lottery_ls_show_and_config(mnist_root, tmp_path, capsys):
 
 
 def test_run_user_errors(mnist_root, tmp_path, capsys):
-    common = ["--model", "lenet_300_100", "--dataset", "mnist", "--data-root", mnist_root, "--root", tmp_path / "r"]
+    common = ["--model", "lenet_300_100", "--dataset", "mnist", "--data-root", mnist_root, "--root", tmp_path / "r",
+              "--batch-size", "10"]
     for extra, message in [
         (["--sparsity", "1.2"], "sparsity must be in [0, 1)"),
         (["--method", "snipp"], "did you mean 'snip'"),

@@ -84,7 +84,32 @@ def test_kill_and_resume_is_bitwise_identical(data_root, reference, tmp_path, po
     assert not list(root.rglob(".*.tmp"))  # the half-written temporary files were cleared
 
 
-def test_corrupt_files_are_set_aside_and_recovered(data_root, reference, tmp_path):
+@pytest.mark.parametrize("name,code,words,point,n,step", [
+    ("TERM", 143, "terminated (SIGTERM)", "train", 19, 4),  # what Slurm and `timeout` send
+    ("INT", 130, "interrupted", "train", 6, 4),  # Ctrl-C
+])
+def test_a_signal_stops_with_one_line_and_a_rerun_resumes(data_root, reference, tmp_path, name, code, words, point,
+                                                           n, step):
+    root = tmp_path / "runs"
+    proc = subprocess.run([sys.executable, "tests/crash_harness.py", point, str(n), name, "--",
+                           *cli_args(data_root, root)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == code, proc.stderr[-2000:]
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith(f"prunelab: {words}; finished runs are kept; run "), line
+    assert f"saved its checkpoint at step {step}" in line and "rerunning the same command resumes" in line, line
+    stopped = line.split("; run ")[1].split()[0]
+    assert not list(root.rglob(".*.tmp"))
+    session = RunStore(root).provenance(stopped)["sessions"][-1]
+    assert session["outcome"] == "interrupted" and session["ended_at"] >= session["started_at"]
+    assert main(cli_args(data_root, root)) == 0
+    got, want = snapshot(root), snapshot(reference)
+    for run_id in want:
+        assert got[run_id]["result"] == want[run_id]["result"] and got[run_id]["metrics"] == want[run_id]["metrics"]
+        assert all(torch.equal(got[run_id]["weights"][k], w) for k, w in want[run_id]["weights"].items())
+    assert [s["outcome"] for s in RunStore(root).provenance(stopped)["sessions"]] == ["interrupted", "done"]
+
+
+def test_corrupt_files_are_set_aside_and_recovered(data_root, reference, tmp_path, capsys):
     root = tmp_path / "runs"
     assert main(cli_args(data_root, root)) == 0
     store = RunStore(root)
@@ -95,10 +120,12 @@ def test_corrupt_files_are_set_aside_and_recovered(data_root, reference, tmp_pat
     (folder / "mask.pt").write_bytes(b"garbage")
     latest = folder / "checkpoints" / "latest.pt"
     latest.write_bytes(latest.read_bytes()[:100])
-    with pytest.warns(UserWarning) as record:
-        assert main(cli_args(data_root, root)) == 0
-    messages = " ".join(str(w.message) for w in record)
-    assert "mask.pt" in messages and "latest.pt" in messages
+    capsys.readouterr()
+    assert main(cli_args(data_root, root)) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if line.startswith("prunelab: warning:")]
+    assert len(warned) == 2, warned  # one line for each damaged file, naming it
+    assert "mask.pt" in warned[0] and "set aside as mask.pt.corrupt" in warned[0]
+    assert "latest.pt" in warned[1] and "set aside as latest.pt.corrupt" in warned[1]
     assert (folder / "mask.pt.corrupt").exists() and (folder / "checkpoints" / "latest.pt.corrupt").exists()
     want = snapshot(reference)[prune_id]
     got = snapshot(root)[prune_id]

@@ -53,23 +53,36 @@ def test_bad_specs(tmp_path, text, message):
 
 
 def test_local_sweep_runs_skips_and_survives_failures(data_root, tmp_path, capsys):
+    # Two replicates: lr 0.1 trains; lr 1e30 diverges, so its runs that prune the weights at step 1 fail
+    # (there are no trained dense weights to go on from) and its runs at step 0 diverge in turn.
     spec = write_spec(tmp_path / "s.toml", '[pruning]\nmethod = ["magnitude", "snip"]\nsparsity = 0.5\n'
-                                           'prune_at = ["0it", "1it"]\nbatch_per_class = [1, 1000]', seeds="[0]")
+                                           'prune_at = ["0it", "1it"]\nbatch_per_class = 1', seeds="[0]",
+                      training="lr = [0.1, 1e30]")
     args = ["sweep", str(spec), "--root", str(tmp_path / "runs"), "--data-root", str(data_root), "--device", "cpu",
             "--no-progress"]
     assert main(args + ["--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "8 run jobs" in out and "dense prefixes to step t" in out and not (tmp_path / "runs").exists()
-    assert main(args + ["--workers", "2"]) == 1  # snip with 1000 examples per class cannot get its batch
+    assert main(args + ["--workers", "2"]) == 1
     out = capsys.readouterr().out
-    assert "failed: 2" in out and "per_class=1000" in out
+    assert "failed: 2" in out and "diverged at step" in out
     store = RunStore(tmp_path / "runs")
     statuses = sorted(r["status"] for _, _, r in store.runs() if r)
-    assert statuses.count("failed") == 2 and statuses.count("done") == 7  # 6 runs + the dense replicate
+    assert statuses.count("failed") == 2 and statuses.count("done") == 5  # 4 runs + a dense replicate
+    assert statuses.count("diverged") == 3  # a dense replicate and its two runs at step 0
     failed_dirs = [store.folder(i) for i, _, r in store.runs() if r and r["status"] == "failed"]
     assert all((d / "error.txt").is_file() for d in failed_dirs)
     assert main(args + ["--workers", "2", "--dry-run"]) == 0
-    assert "6 already done, 2 to do" in capsys.readouterr().out  # failures are retried, successes skipped
+    assert "6 already done, 2 to do" in capsys.readouterr().out  # failures are retried, finished runs skipped
+
+
+def test_a_job_the_dataset_cannot_serve_is_refused_before_any_work(data_root, tmp_path, capsys):
+    spec = write_spec(tmp_path / "s.toml", '[pruning]\nmethod = "snip"\nbatch_per_class = [1, 1000]', seeds="[0]")
+    code = main(["sweep", str(spec), "--root", str(tmp_path / "runs"), "--data-root", str(data_root), "--device",
+                 "cpu", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "per_class=1000" in err, err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_submitit_local_executor_runs_real_jobs(data_root, tmp_path):

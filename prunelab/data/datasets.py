@@ -147,6 +147,22 @@ class Dataset:
             return MemoryLoader(part, batch_size, self.normalize, **common)
         return FolderLoader(part, batch_size, self.normalize, num_workers=num_workers, **common)
 
+    def check_per_class(self, per_class: int, split: str = "train") -> torch.Tensor:
+        """The examples per class of ``split``, after checking that every class has ``per_class`` of them
+        (a one-line ValueError otherwise), so a protocol can refuse a batch size before any work."""
+        if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
+            raise ValueError(f"per_class must be a positive integer, got {per_class!r}")
+        counts = torch.bincount(self.split(split).targets, minlength=self.num_classes)
+        short = [c for c in range(self.num_classes) if counts[c] < per_class]
+        if short:
+            c = short[0]
+            raise ValueError(
+                f"{self.name} {split} split has only {int(counts[c])} examples of class {c} "
+                f"({self.classes[c] if c < len(self.classes) else c}), fewer than per_class={per_class}"
+                + (f" ({len(short)} classes are short)" if len(short) > 1 else "")
+            )
+        return counts
+
     def balanced_batch(
         self, per_class: int = 10, seed: int = 0, device: str | torch.device = "cpu", split: str = "train"
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,19 +173,9 @@ class Dataset:
         each class are a seeded choice without replacement and the batch order is a seeded shuffle,
         both from a generator of ``seed`` alone.
         """
-        if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
-            raise ValueError(f"per_class must be a positive integer, got {per_class!r}")
+        counts = self.check_per_class(per_class, split)
         part = self.split(split)
         targets = part.targets
-        counts = torch.bincount(targets, minlength=self.num_classes)
-        short = [c for c in range(self.num_classes) if counts[c] < per_class]
-        if short:
-            c = short[0]
-            raise ValueError(
-                f"{self.name} {split} split has only {int(counts[c])} examples of class {c} "
-                f"({self.classes[c] if c < len(self.classes) else c}), fewer than per_class={per_class}"
-                + (f" ({len(short)} classes are short)" if len(short) > 1 else "")
-            )
         by_class = torch.argsort(targets, stable=True)
         starts = torch.cumsum(counts, 0) - counts
         g = generator(BALANCED, seed)

@@ -110,6 +110,11 @@ def dataclass_from_flags(cls: type, args: argparse.Namespace, base: Any = None, 
 
 ABLATIONS = ["shuffle", "reinit", "invert", "fixed_variance", "sign", "sigma_sign"]
 REWIND_CHOICES = ["finetune", "sign", "sigma_sign"]  # besides a duration such as "0it" or "1000it"
+# Upper bounds that catch a mistyped number before it starts days of work: 100x the pruning iterations of
+# the papers (SynFlow and iterative SNIP use 100; Tanaka et al. 2020, §6), and levels past which
+# (1 - rate)^levels leaves no weight of any network at the smallest rate anyone uses.
+MAX_PRUNE_ITERATIONS = 10_000
+MAX_LEVELS = 100
 STRUCTURES = ["unstructured", "l1", "l2", "linf", "lneginf", "random", "random_unstructured", "hybrid", "fc_only"]
 
 
@@ -160,6 +165,9 @@ class PruneHparams:
             raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
         if self.iterations is not None and self.iterations < 1:
             raise ValueError(f"iterations must be >= 1, got {self.iterations}")
+        if self.iterations is not None and self.iterations > MAX_PRUNE_ITERATIONS:
+            raise ValueError(f"iterations must be <= {MAX_PRUNE_ITERATIONS:,} (the papers use 100), "
+                             f"got {self.iterations}")
         if self.batch_per_class < 1:
             raise ValueError(f"batch_per_class must be >= 1, got {self.batch_per_class}")
         if self.ablation is not None:
@@ -190,8 +198,8 @@ class LotteryHparams:
 
         _canonical(self, floats=("rate",),
                    durations=("rewind_to",) if self.rewind_to not in REWIND_CHOICES else ())
-        if self.levels < 1:
-            raise ValueError(f"levels must be >= 1, got {self.levels}")
+        if not 1 <= self.levels <= MAX_LEVELS:
+            raise ValueError(f"levels must be in [1, {MAX_LEVELS}], got {self.levels}")
         if not 0 < self.rate < 1:
             raise ValueError(f"rate must be in (0, 1), got {self.rate}")
         if self.rewind_to not in REWIND_CHOICES:
@@ -244,6 +252,8 @@ def read_toml(path) -> dict[str, Any]:
         raise FileNotFoundError(f"config file not found: {path}") from None
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"config {path} is not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"config {path} is not UTF-8 text (byte at offset {e.start})") from None
 
 
 def section_fields(section: str) -> dict[str, Any]:
@@ -265,7 +275,11 @@ def check_section(path, section: str, values: Any, grid: bool = False) -> dict[s
     for key, value in values.items():
         if key not in hints:
             raise ValueError(f"config {path}: " + unknown_name_message(f"key in [{section}]", key, list(hints)))
-        for v in grid_values(value, hints[key]) if grid else [value]:
+        values = grid_values(value, hints[key]) if grid else [value]
+        if not values:
+            raise ValueError(f"config {path}: [{section}] {key} is an empty list; an axis of the grid needs at least "
+                             "one value")
+        for v in values:
             _check_type(path, section, key, v, hints[key])
     return values
 
@@ -286,9 +300,9 @@ def load_toml(path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for section, values in read_toml(path).items():
         if section == "seed":
-            if not isinstance(values, int) or isinstance(values, bool):
-                raise ValueError(f"config {path}: seed must be an integer, got {values!r}")
-            out["seed"] = values
+            from prunelab.training.settings import check_seed
+
+            out["seed"] = check_seed(values, f"config {path}: seed")
             continue
         if section not in SECTIONS:
             from prunelab.registry import unknown_name_message

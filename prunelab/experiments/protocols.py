@@ -24,6 +24,7 @@ from prunelab import ablations
 from prunelab.analysis import layer_collapse as collapsed_layers
 from prunelab.experiments.hparams import LotteryHparams, PruneHparams, run_hash
 from prunelab.experiments.runner import Replicate, Runner
+from prunelab.io import set_aside
 from prunelab.masks import Mask
 from prunelab.training import Diverged, distributed
 from prunelab.training.checkpoints import CheckpointFolder
@@ -67,12 +68,8 @@ def _load_mask(path) -> Mask | None:
         return None
     try:
         return Mask.load(path)
-    except ValueError:
-        import os
-        import warnings
-
-        os.replace(path, path.with_name(path.name + ".corrupt"))
-        warnings.warn(f"mask {path} is unreadable; set aside and recomputed", stacklevel=2)
+    except ValueError as e:
+        set_aside(path, f"{e}; recomputed")
         return None
 
 
@@ -98,14 +95,27 @@ def find_mask(runner: Runner, rep: Replicate, model: nn.Module, hp: PruneHparams
     )
 
 
-def prune_at_step(runner: Runner, rep: Replicate, hp: PruneHparams) -> dict[str, Any]:
-    run_id = prune_id(rep, hp)
+def check_prune(runner: Runner, rep: Replicate, hp: PruneHparams) -> int:
+    """The pruning step t, after every check that needs the dataset (before any work or write)."""
+    runner.check(rep)
     if hp.coverage_options():  # unknown parameter names fail now, not after the dense training
         prunelab.coverage(runner.model(rep), **hp.coverage_options())
     t = runner.step(rep, hp.prune_at)
     if hp.ablation == "fixed_variance" and t != 0:
         raise ValueError("the fixed_variance ablation changes the initialization, so it needs --prune-at 0it")
-    return runner.store.once(run_id, lambda: _prune_at_step(runner, rep, hp, run_id, t))
+    if prunelab.get_method(hp.method).needs_data:
+        runner.dataset(rep.dataset).check_per_class(hp.batch_per_class)
+    return t
+
+
+def prune_at_step(runner: Runner, rep: Replicate, hp: PruneHparams) -> dict[str, Any]:
+    run_id = prune_id(rep, hp)
+    t = check_prune(runner, rep, hp)
+    return runner.store.once(run_id, lambda: _prune_at_step(runner, rep, hp, run_id, t), _prune_hparams(rep, hp))
+
+
+def _prune_hparams(rep: Replicate, hp: PruneHparams) -> dict[str, Any]:
+    return {"kind": "prune", **rep.describe(), "pruning": dataclasses.asdict(hp)}
 
 
 def _dense_first(runner: Runner, rep: Replicate, t: int) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -121,8 +131,9 @@ def _dense_first(runner: Runner, rep: Replicate, t: int) -> tuple[dict[str, Any]
 
 
 def _prune_at_step(runner: Runner, rep: Replicate, hp: PruneHparams, run_id: str, t: int) -> dict[str, Any]:
+    # The folder first, so that a run whose dense network fails is listed (and its failure recorded).
+    folder = runner.begin(run_id, _prune_hparams(rep, hp))
     dense, state_t = _dense_first(runner, rep, t)
-    folder = runner.store.begin(run_id, {"kind": "prune", **rep.describe(), "pruning": dataclasses.asdict(hp)})
     model = runner.model(rep)
     model.load_state_dict(state_t)
 
@@ -197,23 +208,37 @@ def _trained_state(runner: Runner, rep: Replicate, hp: LotteryHparams, level: in
     return CheckpointFolder(folder / "checkpoints").load_step(end)["model"]
 
 
+def check_lottery(runner: Runner, rep: Replicate, hp: LotteryHparams) -> int:
+    """The rewinding step t (0 when not rewinding), after every check that needs the dataset."""
+    runner.check(rep)
+    return runner.step(rep, hp.rewind_to) if _rewinds(hp) else 0
+
+
+def _rewinds(hp: LotteryHparams) -> bool:
+    return hp.rewind_to not in ("finetune", "sign", "sigma_sign")
+
+
 def lottery_level(runner: Runner, rep: Replicate, hp: LotteryHparams, level: int) -> dict[str, Any]:
     run_id = lottery_id(rep, hp, level)
-    rewinding = hp.rewind_to not in ("finetune", "sign", "sigma_sign")
-    t = runner.step(rep, hp.rewind_to) if rewinding else 0
-    return runner.store.once(run_id, lambda: _lottery_level(runner, rep, hp, level, run_id, rewinding, t))
+    rewinding = _rewinds(hp)
+    t = check_lottery(runner, rep, hp)
+    return runner.store.once(run_id, lambda: _lottery_level(runner, rep, hp, level, run_id, rewinding, t),
+                             _lottery_hparams(rep, hp, level))
+
+
+def _lottery_hparams(rep: Replicate, hp: LotteryHparams, level: int) -> dict[str, Any]:
+    return {"kind": "lottery", **rep.describe(), "lottery": dataclasses.asdict(dataclasses.replace(hp, levels=level))}
 
 
 def _lottery_level(runner: Runner, rep: Replicate, hp: LotteryHparams, level: int, run_id: str, rewinding: bool,
                    t: int) -> dict[str, Any]:
+    folder = runner.begin(run_id, _lottery_hparams(rep, hp, level))
     dense, _ = _dense_first(runner, rep, t)
     if level > 1:
         previous = lottery_level(runner, rep, hp, level - 1)
         if previous["status"] != "done":
             raise ValueError(f"level {level - 1} of this lottery run ended {previous['status']}; cannot go on")
     end = runner.total_steps(rep)
-    folder = runner.store.begin(run_id, {"kind": "lottery", **rep.describe(),
-                                         "lottery": dataclasses.asdict(dataclasses.replace(hp, levels=level))})
     trained = _trained_state(runner, rep, hp, level - 1)
     model = runner.model(rep)
 

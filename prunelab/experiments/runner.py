@@ -18,10 +18,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunelab.experiments import provenance
 from prunelab.experiments.hparams import DataHparams, ModelHparams, run_hash
 from prunelab.experiments.store import RunStore
 from prunelab.training import Diverged, TrainSettings, distributed, iterations, resolve_device, train
 from prunelab.training.checkpoints import CheckpointFolder
+
+# A training schedule longer than this is a typo, not an experiment: ~900x ResNet-50's 90 ImageNet epochs
+# at batch 1024 (Frankle et al. 2021, App. A.3), ~1600x ResNet-20's 160 CIFAR-10 epochs.
+MAX_TRAINING_STEPS = 10**8
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,7 @@ class Runner:
     progress: bool = False
     steps_executed: int = 0
     _datasets: dict = field(default_factory=dict, repr=False)
+    _checked: set = field(default_factory=set, repr=False)
 
     # ---- building blocks ------------------------------------------------------------------------
     def dataset(self, hp: DataHparams):
@@ -75,6 +81,32 @@ class Runner:
 
     def total_steps(self, rep: Replicate) -> int:
         return iterations(rep.training.train, self.iters_per_epoch(rep))
+
+    def check(self, rep: Replicate) -> None:
+        """Everything about a replicate that needs its dataset, checked before any work or write: the
+        model fits the dataset, the batch fits the training split, the schedule has a sane length and its
+        warm-up and learning-rate drops lie within it. Once per replicate (a sweep checks every job)."""
+        if rep in self._checked:
+            return
+        self.model(rep)  # a model that does not fit the dataset's input shape fails here
+        ds, s = self.dataset(rep.dataset), rep.training
+        if s.batch_size > len(ds.train):
+            raise ValueError(f"batch size {s.batch_size} is larger than the {len(ds.train)} training examples of "
+                             f"{rep.dataset.dataset}")
+        total = self.total_steps(rep)
+        if total > MAX_TRAINING_STEPS:
+            raise ValueError(f"training length {s.train} is {total:,} iterations, more than the {MAX_TRAINING_STEPS:,} "
+                             "prunelab accepts")
+        for what, when in [("warmup", s.warmup), *(("milestone", m) for m in s.milestones)]:
+            t = iterations(when, self.iters_per_epoch(rep))
+            if t > total:
+                raise ValueError(f"{what} {when} ({t:,} it) is past the end of training {s.train} ({total:,} it); "
+                                 f"give --{what}{'s' if what == 'milestone' else ''} within it")
+        self._checked.add(rep)
+
+    def begin(self, run_id: str, hparams: dict[str, Any]) -> Path:
+        """The run's folder with its hyperparameters and this session's provenance record (under its lock)."""
+        return self.store.begin(run_id, hparams, provenance.session(self.device))
 
     def step(self, rep: Replicate, when: str) -> int:
         """A duration ("0it", "1000it", "2ep") or "end" as an iteration count, checked against the schedule."""
@@ -102,10 +134,14 @@ class Runner:
     def dense(self, rep: Replicate) -> dict[str, Any]:
         """Train the dense network of the replicate fully (once); its result holds the dense accuracy."""
         run_id = self.dense_id(rep)
-        return self.store.once(run_id, lambda: self._train_dense(run_id, rep))
+        return self.store.once(run_id, lambda: self._train_dense(run_id, rep), self.dense_hparams(rep))
+
+    @staticmethod
+    def dense_hparams(rep: Replicate) -> dict[str, Any]:
+        return {"kind": "dense", **rep.describe()}
 
     def _train_dense(self, run_id: str, rep: Replicate) -> dict[str, Any]:
-        folder = self.store.begin(run_id, {"kind": "dense", **rep.describe()})
+        folder = self.begin(run_id, self.dense_hparams(rep))
         model = self.model(rep)
         self._save_init(folder, model)
         end = self.total_steps(rep)
@@ -141,7 +177,7 @@ class Runner:
             return self._produce_weights_at(run_id, rep, step, ck)
 
     def _produce_weights_at(self, run_id: str, rep: Replicate, step: int, ck: CheckpointFolder):
-        folder = self.store.begin(run_id, {"kind": "dense", **rep.describe()})
+        folder = self.begin(run_id, self.dense_hparams(rep))
         state = distributed.broadcast_object(ck.load_step(step) if distributed.is_main() else None)
         if state is not None:
             return state["model"]

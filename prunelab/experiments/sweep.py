@@ -47,6 +47,7 @@ from prunelab.experiments.hparams import (
 from prunelab.experiments.runner import Replicate, Runner
 from prunelab.experiments.store import RunStore
 from prunelab.registry import check_name, unknown_name_message
+from prunelab.training.settings import check_seed
 
 PROTOCOLS = ["train", "run", "lottery"]
 EXECUTORS = ["local", "slurm"]
@@ -133,8 +134,10 @@ def load_spec(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Spec:
     protocol = check_name("sweep protocol", protocol, PROTOCOLS)
     seeds = raw.pop("seeds", raw.pop("seed", 0))
     seeds = seeds if isinstance(seeds, list) else [seeds]
-    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
-        raise ValueError(f"sweep {path}: seeds must be an integer >= 0 or a list of them")
+    if not seeds:
+        raise ValueError(f"sweep {path}: seeds is an empty list; the grid would have no jobs")
+    for s in seeds:
+        check_seed(s, f"sweep {path}: each seed")
     slurm = raw.pop("slurm", {})
     if not isinstance(slurm, dict):
         raise ValueError(f"sweep {path}: [slurm] must be a table")
@@ -151,7 +154,10 @@ def load_spec(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Spec:
         check_section(path, section, values, grid=True)
     if "model" not in raw.get("model", {}) or "dataset" not in raw.get("dataset", {}):
         raise ValueError(f"sweep {path}: [model] model and [dataset] dataset are required")
-    return Spec(protocol, expand(protocol, raw, seeds), slurm)
+    jobs = expand(protocol, raw, seeds)
+    if not jobs:  # unreachable while every axis is non-empty (checked above); kept as the last word
+        raise ValueError(f"sweep {path}: the grid expands to no jobs")
+    return Spec(protocol, jobs, slurm)
 
 
 def _axes(section: str, values: dict[str, Any]) -> list[dict[str, Any]]:
@@ -206,6 +212,17 @@ def job_id(runner: Runner, job: Job) -> str:
     return lottery_id(job.rep, job.hp, job.hp.levels)
 
 
+def check_job(runner: Runner, job: Job) -> None:
+    """Every check of a job that needs its dataset, as the protocol itself makes it before any work."""
+    from prunelab.experiments.protocols import check_lottery, check_prune
+
+    checks = {"run": check_prune, "lottery": check_lottery}
+    if job.kind in checks:
+        checks[job.kind](runner, job.rep, job.hp)
+    else:
+        runner.check(job.rep)
+
+
 def _intermediate_step(runner: Runner, job: Job) -> str | None:
     when = job.hp.prune_at if job.kind == "run" else job.hp.rewind_to if job.kind == "lottery" else None
     if when is None or when in ("end", "finetune", "sign", "sigma_sign"):
@@ -222,6 +239,7 @@ def make_plan(runner: Runner, jobs: list[Job]) -> Plan:
     prefixes: dict[tuple[Replicate, int], Job] = {}
     runs, skipped, steps = [], [], 0
     for job in jobs:
+        check_job(runner, job)
         total = runner.total_steps(job.rep)
         step = _intermediate_step(runner, job)  # also checks the step lies within the schedule
         if runner.store.result(job_id(runner, job)) is not None:
@@ -292,9 +310,14 @@ def default_workers() -> int:
 
 
 def _init_worker(threads: int) -> None:
+    import warnings
+
     import torch
 
+    from prunelab.io import warning_line
+
     torch.set_num_threads(threads)
+    warnings.formatwarning = lambda message, *args, **kwargs: warning_line(message) + "\n"  # as the CLI's lines
 
 
 def run_local(phases: list[list[Job]], ctx: Context, workers: int, on_done: Callable[[dict], None]) -> None:
@@ -319,17 +342,28 @@ def run_local(phases: list[list[Job]], ctx: Context, workers: int, on_done: Call
             with pool() as executor:
                 futures = {executor.submit(execute, job, ctx): job for job in pending}
                 pending = []
-                for future in cf.as_completed(futures):
-                    job = futures[future]
-                    try:
-                        on_done(future.result())
-                    except cf.process.BrokenProcessPool as e:  # a worker died (OOM kill, segfault)
-                        if job in retried:
-                            on_done({"id": None, "status": "failed", "label": job.label(),
-                                     "error": f"worker process died twice: {e}"})
-                        else:
-                            retried.add(job)
-                            pending.append(job)  # once more, in a fresh pool
+                try:
+                    for future in cf.as_completed(futures):
+                        job = futures[future]
+                        try:
+                            on_done(future.result())
+                        except cf.process.BrokenProcessPool as e:  # a worker died (OOM kill, segfault)
+                            if job in retried:
+                                on_done({"id": None, "status": "failed", "label": job.label(),
+                                         "error": f"worker process died twice: {e}"})
+                            else:
+                                retried.add(job)
+                                pending.append(job)  # once more, in a fresh pool
+                except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stop the workers instead of waiting for them
+                    _stop_workers(executor)
+                    raise
+
+
+def _stop_workers(executor) -> None:
+    """SIGTERM to every worker process (their runs' locks die with them, so a rerun resumes those runs)."""
+    for process in list(getattr(executor, "_processes", {}).values()):
+        process.terminate()
+    executor.shutdown(wait=False, cancel_futures=True)
 
 
 def run_submitit(phases: list[list[Job]], ctx: Context, slurm: dict[str, Any], on_done: Callable[[dict], None],

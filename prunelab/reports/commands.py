@@ -56,22 +56,16 @@ def cmd_report(args) -> int:
 def _locate(args) -> tuple[Any, str, dict[str, Any] | None]:
     """(mask, description, run hyperparameters or None) for the MASK_OR_RUN argument."""
     from prunelab import Mask
-    from prunelab.experiments.store import RunStore
+    from prunelab.experiments.store import open_run
 
     ref = args.mask_or_run
     path = Path(ref)
     if path.is_file():
         return Mask.load(path), f"mask {path}", None
-    if (path / "hparams.json").is_file():
-        folder = path
-    else:
-        if ref.endswith(".pt") or "/" in ref:
-            raise FileNotFoundError(f"no mask file or run folder {ref}")
-        store = RunStore(args.root)
-        if not store.root.is_dir():
-            raise FileNotFoundError(f"run store {store.root} does not exist; give --root, or a mask file")
-        folder = store.folder(store.resolve(ref))
-    hp = json.loads((folder / "hparams.json").read_text())
+    if ref.endswith(".pt"):
+        raise FileNotFoundError(f"no mask file {ref}")
+    store, run_id = open_run(ref, args.root)
+    folder, hp = store.folder(run_id), store.hparams(run_id)
     if not (folder / "mask.pt").is_file():
         what = "a dense run, which has no mask" if hp.get("kind") == "dense" else "unfinished: it has no mask yet"
         raise ValueError(f"run {folder.name} is {what}; give a prune or lottery run")

@@ -12,13 +12,12 @@ import io
 import os
 import pickle
 import re
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from prunelab.io import atomic_write_bytes
+from prunelab.io import atomic_write_bytes, set_aside  # noqa: F401 - set_aside: also imported from here
 
 _MAGIC = b"PRUNELAB-CKPT-1\n"
 
@@ -102,17 +101,5 @@ class CheckpointFolder:
         try:
             return load_checkpoint(path)
         except (CorruptCheckpoint, RuntimeError, EOFError, pickle.UnpicklingError) as e:
-            set_aside(path, f"checkpoint {path} is unreadable ({e})")
+            set_aside(path, str(e) if str(path) in str(e) else f"checkpoint {path} is unreadable ({e})")
             return None
-
-
-def set_aside(path: Path, why: str) -> Path:
-    """Keep a damaged file as evidence under a new name (never overwriting earlier evidence) and warn."""
-    aside = path.with_name(path.name + ".corrupt")
-    n = 1
-    while aside.exists():
-        aside = path.with_name(f"{path.name}.corrupt{n}")
-        n += 1
-    os.replace(path, aside)
-    warnings.warn(f"{why}; set aside as {aside.name}", stacklevel=3)
-    return aside

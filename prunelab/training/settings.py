@@ -7,12 +7,24 @@ layer; every field has a default, and adding a field with a default never change
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from prunelab.registry import check_name
 from prunelab.training.durations import Duration
 
 OPTIMIZERS = ["sgd", "adam", "adamw"]
+
+# torch takes 64-bit seeds; protocols add small offsets (ablation streams, lottery levels) to a replicate's
+# seed, so seeds stop well below 2**63.
+MAX_SEED = 2**62
+
+
+def check_seed(seed, what: str = "seed") -> int:
+    """``seed`` if it is an integer torch accepts (0 <= seed <= 2**62), else a one-line ValueError."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"{what} must be an integer in [0, 2**62], got {seed!r}")
+    return seed
 
 
 @dataclass(frozen=True)
@@ -51,14 +63,17 @@ class TrainSettings:
         check_name("optimizer", self.optimizer, OPTIMIZERS)
         if not self.batch_size >= 1:
             raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
+        for name in ("lr", "momentum", "weight_decay", "gamma"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name.replace('_', ' ')} must be a finite number, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"learning rate must be > 0, got {self.lr}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov needs momentum > 0")
-        if self.data_seed is not None and self.data_seed < 0:
-            raise ValueError(f"data seed must be >= 0, got {self.data_seed}")
+        if self.data_seed is not None:
+            check_seed(self.data_seed, "data seed")
         if self.weight_decay < 0:
             raise ValueError(f"weight decay must be >= 0, got {self.weight_decay}")
         if not 0 < self.gamma <= 1:

@@ -48,6 +48,30 @@ class TrainResult:
     metrics: list[dict[str, Any]] = field(default_factory=list)
 
 
+def check_device(device: str) -> str:
+    """``device`` if it names a device this machine has ("auto", "cpu", "cuda", "cuda:1", "mps"), else a
+    one-line ValueError that says what is available; so that a bad name fails before any work."""
+    if device == "auto":
+        return device
+    try:
+        d = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps") from None
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} was asked for, but CUDA is not available on this machine "
+                             "(use --device cpu or auto)")
+        n = torch.cuda.device_count()
+        if d.index is not None and d.index >= n:
+            raise ValueError(f"device {device!r}: this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}")
+    elif d.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise ValueError(f"device {device!r} was asked for, but MPS is not available on this machine")
+    elif d.type != "cpu":
+        raise ValueError(f"device {device!r} is not supported: use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """``"auto"``/None picks CUDA when available, else CPU."""
     if device is None or str(device) == "auto":

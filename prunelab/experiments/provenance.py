@@ -1,0 +1,73 @@
+"""Where a run came from: versions, git commit, command line, host, device, threads, start and end times.
+
+Kept in ``<run>/provenance.json``, outside ``hparams.json``, so it never changes a run's hash. A run
+may be computed in several sessions (interrupted, then resumed elsewhere): each session that computed
+part of a run appends one record, and closes it with its end time and outcome when it releases the
+run's lock, so a record without an end is a session that was killed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def now() -> str:
+    """The current time in UTC, ISO 8601 to the second."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+@functools.lru_cache(maxsize=1)
+def _process() -> dict[str, Any]:
+    """What does not change within a process (the git call is made once)."""
+    import torch
+
+    import prunelab
+
+    return {
+        "prunelab": prunelab.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "git": git_state(Path(prunelab.__file__).resolve().parent.parent),
+        "command": list(sys.argv),
+        "host": socket.gethostname(),
+    }
+
+
+def git_state(checkout: Path) -> dict[str, Any] | None:
+    """``{"commit": sha, "dirty": bool}`` when prunelab runs from a git checkout, else None."""
+    git = shutil.which("git")
+    if git is None or not (checkout / ".git").exists():
+        return None
+    try:
+        def call(*args: str) -> str:
+            return subprocess.run([git, "-C", str(checkout), *args], capture_output=True, text=True, timeout=10,
+                                  check=True).stdout
+
+        commit = call("rev-parse", "HEAD").strip()
+        dirty = bool(call("status", "--porcelain", "--untracked-files=no").strip())
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "dirty": dirty}
+
+
+def session(device: str) -> dict[str, Any]:
+    """The record of one computing session of a run on ``device`` (as the runner was given it)."""
+    import torch
+
+    from prunelab.training import resolve_device
+
+    resolved = resolve_device(device)
+    name = str(resolved)
+    if resolved.type == "cuda":
+        name += f" ({torch.cuda.get_device_name(resolved)})"
+    return {**_process(), "device": name, "threads": torch.get_num_threads(), "pid": os.getpid()}
+
