@@ -12,13 +12,12 @@ import warnings
 
 from prunelab.experiments.hparams import (
     DataHparams,
-    LotteryHparams,
     ModelHparams,
-    PruneHparams,
     add_dataclass_flags,
     dataclass_from_flags,
     load_toml,
 )
+from prunelab.experiments.protocols import PROTOCOLS, Protocol
 from prunelab.training.settings import TrainSettings, check_seed
 from prunelab.training.trainer import Diverged, check_device
 
@@ -51,35 +50,30 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
 
 
-def _add_experiment(p: argparse.ArgumentParser, *extra: type) -> None:
+def _add_experiment(p: argparse.ArgumentParser, protocol: Protocol) -> None:
     p.add_argument("--seed", type=int, default=None, help="replicate seed: initialization and data order (default 0)")
     p.add_argument("--root", default="runs", help="run store folder (default ./runs)")
-    p.add_argument("--config", default=None, help="TOML file with [model] [dataset] [training] [pruning] [lottery]")
+    sections = " ".join(f"[{s}]" for s in ("model", "dataset", "training", protocol.section) if s)
+    p.add_argument("--config", default=None, help=f"TOML file with {sections}")
     p.add_argument("--distributed", action="store_true",
                    help="one run on several GPUs/machines with DDP; launch with torchrun")
     _add_common(p)
     add_dataclass_flags(p, ModelHparams, group="model", required=["model"])
     add_dataclass_flags(p, DataHparams, group="dataset", required=["dataset"])
     add_dataclass_flags(p, TrainSettings, group="training (default: the Appendix A.3 recipe of the model)")
-    for cls in extra:
-        add_dataclass_flags(p, cls, group=cls.__name__.replace("Hparams", "").lower())
+    if protocol.hparams is not None:
+        add_dataclass_flags(p, protocol.hparams, group=protocol.section)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="prunelab", description="Neural-network pruning research, at initialization and after.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("train", help="train the dense network of a replicate (shared by every protocol)")
-    _add_experiment(p)
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("run", help="prune at step t (0it = init, end = after training), ablate, retrain")
-    _add_experiment(p, PruneHparams)
-    p.set_defaults(func=cmd_run)
-
-    p = sub.add_parser("lottery", help="lottery-ticket rewinding / iterative magnitude pruning over levels")
-    _add_experiment(p, LotteryHparams)
-    p.set_defaults(func=cmd_lottery)
+    for name in PROTOCOLS:  # one command per registered protocol
+        protocol = PROTOCOLS.get(name)
+        p = sub.add_parser(name, help=protocol.help)
+        _add_experiment(p, protocol)
+        p.set_defaults(func=cmd_protocol, protocol=protocol)
 
     p = sub.add_parser("sweep", help="run a grid of experiments from a TOML spec (locally or on Slurm)")
     p.add_argument("spec", help="sweep spec (TOML); see repro/ for examples")
@@ -177,13 +171,14 @@ def _warnings_as_lines(skipped: list[str]):
 def _what_was_saved(e: KeyboardInterrupt) -> str:
     """What a rerun starts from: the last checkpoint of the run in progress (the lock noted which). Only
     reads: a damaged checkpoint is left for the rerun to set aside, with its warning."""
+    from prunelab.experiments import runfiles
     from prunelab.training.checkpoints import CheckpointFolder, load_checkpoint
 
     folder = getattr(e, "prunelab_run", None)
     if folder is None:
         return "finished runs are kept, and runs in progress resume from their last checkpoint when the same " \
                "command is rerun"
-    ck = CheckpointFolder(folder / "checkpoints")
+    ck = CheckpointFolder(folder / runfiles.CHECKPOINTS)
     try:
         step = load_checkpoint(ck.latest_path)["step"]
     except (OSError, ValueError, RuntimeError, KeyError):
@@ -206,8 +201,8 @@ def _one_line(e: BaseException) -> str:
 
 # ---- commands -----------------------------------------------------------------------------------
 
-def _experiment(args, *extra: type):
-    """(runner, replicate, *extra hparams) from defaults < recipe < TOML config < flags."""
+def _experiment(args, protocol: Protocol):
+    """(runner, replicate, the protocol's hparams or None) from defaults < recipe < TOML config < flags."""
     from prunelab.experiments.runner import Replicate, Runner
     from prunelab.experiments.store import RunStore
     from prunelab.training import recipe
@@ -221,7 +216,10 @@ def _experiment(args, *extra: type):
         raise UserError("prunelab: --dataset is required (or [dataset] dataset = ... in --config)")
     base = recipe(model.model, dataset.dataset).replace(**cfg.get("training", {}))
     training = dataclass_from_flags(TrainSettings, args, base=base)
-    parts = [dataclass_from_flags(cls, args, base=cls(**cfg.get(_section(cls), {}))) for cls in extra]
+    hp = None
+    if protocol.hparams is not None:
+        cls = protocol.hparams
+        hp = dataclass_from_flags(cls, args, base=cls(**cfg.get(protocol.section, {})))
     seed = check_seed(args.seed if args.seed is not None else cfg.get("seed", 0), "--seed")
     device = check_device(args.device)
     store = RunStore(args.root)
@@ -233,11 +231,7 @@ def _experiment(args, *extra: type):
     runner = Runner(store, data_root=args.data_root, device=device, progress=args.progress)
     rep = Replicate(model, dataset, training, seed)
     runner.check(rep)  # a bad model/dataset pair or schedule fails here, before anything is written
-    return (runner, rep, *parts)
-
-
-def _section(cls: type) -> str:
-    return {PruneHparams: "pruning", LotteryHparams: "lottery"}[cls]
+    return runner, rep, hp
 
 
 def _summary(results: list[dict], label: str, where) -> None:
@@ -266,28 +260,14 @@ def _exit_status(results: list[dict]) -> int:
     return 1 if diverged else 0
 
 
-def cmd_train(args) -> int:
-    runner, rep = _experiment(args)
-    result = runner.dense(rep)
-    _summary([result], "run", runner.store.folder(result["id"]))
-    return _exit_status([result])
-
-
-def cmd_run(args) -> int:
-    from prunelab.experiments.protocols import prune_at_step
-
-    runner, rep, hp = _experiment(args, PruneHparams)
-    result = prune_at_step(runner, rep, hp)
-    _summary([result], "run", runner.store.folder(result["id"]))
-    return _exit_status([result])
-
-
-def cmd_lottery(args) -> int:
-    from prunelab.experiments.protocols import lottery
-
-    runner, rep, hp = _experiment(args, LotteryHparams)
-    results = lottery(runner, rep, hp)
-    _summary(results, "level", f"{runner.store.root}: " + " ".join(r["id"] for r in results))
+def cmd_protocol(args) -> int:
+    """One run (or one series of levels) of the protocol the command names."""
+    protocol: Protocol = args.protocol
+    runner, rep, hp = _experiment(args, protocol)
+    results = protocol.run(runner, rep, hp)
+    where = runner.store.folder(results[0]["id"]) if len(results) == 1 else \
+        f"{runner.store.root}: " + " ".join(r["id"] for r in results)
+    _summary(results, protocol.result_label, where)
     return _exit_status(results)
 
 
@@ -343,18 +323,13 @@ def _phase_name(phase: list) -> str:
 
 
 def cmd_ls(args) -> int:
+    from prunelab.experiments.protocols import protocol_of_kind
     from prunelab.experiments.store import RunStore
 
     store = RunStore(args.root)
     rows = [["id", "kind", "model", "dataset", "seed", "what", "sparsity", "status", "accuracy"]]
     for run_id, hp, result in store.runs():
-        what = ""
-        if "pruning" in hp:
-            pr = hp["pruning"]
-            what = f"{pr['method']}@{pr['prune_at']}" + (f"+{pr['ablation']}" if pr.get("ablation") else "")
-        elif "lottery" in hp:
-            lt = hp["lottery"]
-            what = f"{lt['structure']} L{lt['levels']} rewind {lt['rewind_to']}"
+        what = protocol_of_kind(hp["kind"]).describe(hp)
         state = store.state(run_id, result)
         result = result or {}
         rows.append([run_id, hp["kind"], hp["model"]["model"], hp["dataset"]["dataset"], str(hp["seed"]),
@@ -374,7 +349,7 @@ def cmd_show(args) -> int:
 
     store, run_id = open_run(args.run, args.root)
     out: dict = {"id": run_id, "folder": str(store.folder(run_id)), "hparams": store.hparams(run_id)}
-    for key, read in (("result", lambda: runfiles.read(store.folder(run_id) / "result.json")),
+    for key, read in (("result", lambda: runfiles.read(store.folder(run_id) / runfiles.RESULT_JSON)),
                       ("provenance", lambda: store.provenance(run_id))):
         try:
             out[key] = read()

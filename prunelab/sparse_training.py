@@ -16,8 +16,8 @@ network trains, which Frankle et al. 2021 (§7) name as the next step beyond the
     fraction annealed from ``α`` to 0 with ``α/2 (1 + cos(π t / T_end))``.
 
 SET and RigL keep each layer's number of weights and start from a random mask at the
-Erdős–Rényi-Kernel layer densities (Evci et al. 2020, §3) by default. Regrown weights start at exactly
-zero, and the optimizer state (momentum, Adam's moments) of every position whose membership changed
+Erdős–Rényi-Kernel layer densities (Evci et al. 2020, §3) by default. Newly grown weights start at
+exactly zero, and the optimizer state (momentum, Adam's moments) of every position whose membership changed
 is reset to zero: a dropped weight must not drift away from zero on its old momentum, and a regrown
 one starts fresh (Evci et al. 2020, §3). Between updates the mask is an ordinary applied mask (see
 :mod:`prunelab.mask_binding`), so pruned weights stay exact zeros with every optimizer.
@@ -178,8 +178,10 @@ class _DropAndGrow(MaskSchedule):
     """Per layer: drop the ``k`` kept weights of smallest magnitude, grow ``k`` pruned positions.
 
     ``k = round(f(t) · kept)`` with the drop fraction ``f`` of the subclass. Candidates for growth are
-    the positions inactive after the drop (a weight dropped now may be regrown, at zero), as in
-    Evci et al. 2020, Algorithm 1. Ties are broken by position.
+    the positions inactive after the drop, as in Evci et al. 2020, Algorithm 1, so a weight dropped now
+    may be grown back at once; its membership then did not change, and it keeps its value and optimizer
+    state (as in Evci et al.'s code, which zeroes only connections that were inactive before the
+    update). Ties are broken by position.
     """
 
     sparsity: float = 0.9

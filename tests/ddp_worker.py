@@ -12,6 +12,7 @@ import torch
 import prunelab.io
 from prunelab.experiments import protocols
 from prunelab.experiments.hparams import DataHparams, ModelHparams, PruneHparams
+from prunelab.experiments.protocols import prune_at
 from prunelab.experiments.runner import Replicate, Runner
 from prunelab.experiments.store import RunStore
 from prunelab.training import TrainSettings, distributed
@@ -28,13 +29,13 @@ def main(data_root: str, root: str, out: str) -> None:
 
         prunelab.io.atomic_write = refuse
 
-    real_find_mask = protocols.find_mask
+    real_find_mask = prune_at.find_mask
 
     def counted_find_mask(*args, **kwargs):
         (out / f"pruned_by_rank{rank}").touch()
         return real_find_mask(*args, **kwargs)
 
-    protocols.find_mask = counted_find_mask
+    prune_at.find_mask = counted_find_mask
 
     class Recording(Runner):
         def run_training(self, model, rep, folder, **kwargs):

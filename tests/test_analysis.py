@@ -42,9 +42,9 @@ def test_layer_collapse_and_max_compression_by_hand():
 
 
 def test_protocols_use_the_analysis_function():
-    from prunelab.experiments import protocols
+    from prunelab.experiments.protocols import base
 
-    assert protocols.collapsed_layers is analysis.layer_collapse
+    assert base.collapsed_layers is analysis.layer_collapse
 
 
 def staircase_mlp():

@@ -149,6 +149,10 @@ class PruneHparams:
     include_embeddings: bool = False
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    # Per-layer densities instead of one ranking: uniform | er | erk (Evci et al. 2020, §3), or those of
+    # another run's mask (like = its id, or a mask file: Frankle et al. 2021, §5's random baseline).
+    distribution: str | None = None
+    like: str | None = None
 
     def __post_init__(self) -> None:
         from prunelab.registry import check_name
@@ -174,6 +178,12 @@ class PruneHparams:
             check_name("ablation", self.ablation, ABLATIONS)
         if self.prune_at != "end":
             _check_duration(self.prune_at, "prune_at")
+        if self.distribution is not None:
+            from prunelab.densities import DISTRIBUTIONS
+
+            check_name("distribution", self.distribution, list(DISTRIBUTIONS))
+        if self.distribution is not None and self.like is not None:
+            raise ValueError("give distribution or like, not both: like takes the layer densities of another mask")
 
 
     def coverage_options(self) -> dict[str, Any]:
@@ -210,6 +220,58 @@ class LotteryHparams:
             check_name("lottery ablation", self.ablation, ["shuffle", "reinit"])
 
 
+@dataclasses.dataclass(frozen=True)
+class GradualHparams:
+    """Gradual magnitude pruning during training (Zhu & Gupta 2018, §3): the cubic schedule from
+    ``initial_sparsity`` at ``start`` to ``sparsity`` at ``end``, pruning every ``every`` steps."""
+
+    sparsity: float = 0.9
+    initial_sparsity: float = 0.0
+    start: str = "0it"
+    end: str | None = None  # None: 75% of training, rounded down to a multiple of every after start
+    every: str = "100it"
+    scope: str = "global"
+
+    def __post_init__(self) -> None:
+        from prunelab.registry import check_name
+
+        _canonical(self, floats=("sparsity", "initial_sparsity"),
+                   durations=("start", "every") + (("end",) if self.end is not None else ()))
+        if not 0 <= self.sparsity < 1 or not 0 <= self.initial_sparsity <= self.sparsity:
+            raise ValueError(f"need 0 <= initial_sparsity <= sparsity < 1, got {self.initial_sparsity} and "
+                             f"{self.sparsity}")
+        for name in ("start", "every") + (("end",) if self.end is not None else ()):
+            _check_duration(getattr(self, name), name)
+        check_name("scope", self.scope, ["global", "layer"])
+
+
+@dataclasses.dataclass(frozen=True)
+class DynamicHparams:
+    """Dynamic sparse training, SET (Mocanu et al. 2018) and RigL (Evci et al. 2020, §3): every ``every``
+    steps until ``end`` each layer drops ``drop_fraction`` of its weights (RigL: annealed to 0 by a
+    cosine) and grows as many, starting from a random mask at the ``distribution`` layer densities."""
+
+    sparsity: float = 0.9
+    drop_fraction: float = 0.3
+    every: str = "100it"
+    end: str | None = None  # None: 75% of training (Evci et al.'s T_end)
+    distribution: str = "erk"
+
+    def __post_init__(self) -> None:
+        from prunelab.densities import DISTRIBUTIONS
+        from prunelab.registry import check_name
+
+        _canonical(self, floats=("sparsity", "drop_fraction"),
+                   durations=("every",) + (("end",) if self.end is not None else ()))
+        if not 0 <= self.sparsity < 1:
+            raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
+        if not 0 < self.drop_fraction < 1:
+            raise ValueError(f"drop_fraction must be in (0, 1), got {self.drop_fraction}")
+        for name in ("every",) + (("end",) if self.end is not None else ()):
+            _check_duration(getattr(self, name), name)
+        check_name("distribution", self.distribution, list(DISTRIBUTIONS))
+
+
 def _canonical(obj: Any, floats: tuple[str, ...] = (), durations: tuple[str, ...] = ()) -> None:
     """Normalize fields in place so that equal settings hash equally ("1" vs "1.0", "0ep" vs "0it")."""
     from prunelab.training.durations import Duration
@@ -236,7 +298,7 @@ def _check_duration(text: str, what: str, extra: list[str] = ()) -> None:
 
 
 SECTIONS = {"model": ModelHparams, "dataset": DataHparams, "training": None, "pruning": PruneHparams,
-            "lottery": LotteryHparams}
+            "lottery": LotteryHparams, "gradual": GradualHparams, "dynamic": DynamicHparams}
 
 
 def read_toml(path) -> dict[str, Any]:

@@ -120,30 +120,37 @@ class Table:
         return None
 
 
-# ---- the files of a run folder ---------------------------------------------------------------------
+# ---- the files of a run folder: their names, in one place ---------------------------------------------
 
-KINDS = ("dense", "prune", "lottery")
+HPARAMS_JSON = "hparams.json"  # written first
+PROVENANCE_JSON = "provenance.json"
+METRICS = "metrics.jsonl"
+MASK = "mask.pt"
+CHECKPOINTS = "checkpoints"
+RESULT_JSON = "result.json"  # written last
+ERROR = "error.txt"
+LOCK = ".lock"
+
 STATUSES = ("done", "diverged", "failed")
 
-HPARAMS = Table(
-    required={
-        "kind": OneOf(*KINDS),
-        "model": Table({"model": STR}, {"init": STR, "init_mode": STR, "bn_init": STR}),
-        "dataset": Table({"dataset": STR}, {"augment": BOOL}),
-        "training": ANY_TABLE,
-        "seed": INT,
-    },
-    optional={"id": STR},
-    when={
-        ("kind", "prune"): {"pruning": Table(
-            {"method": STR, "sparsity": NUM, "prune_at": STR},
-            {"ablation": Maybe(STR), "iterations": Maybe(INT), "schedule": STR, "scope": Maybe(STR),
-             "batch_per_class": INT})},
-        ("kind", "lottery"): {"lottery": Table(
-            {"levels": INT, "rate": NUM, "rewind_to": STR, "structure": STR},
-            {"scope": STR, "ablation": Maybe(STR)})},
-    },
-)
+
+def _hparams_schema() -> Table:
+    """``hparams.json``: the replicate, plus the keys each protocol's kind adds (from the registry)."""
+    from prunelab.experiments.protocols import PROTOCOLS
+
+    protocols = [PROTOCOLS.get(name) for name in PROTOCOLS]
+    return Table(
+        required={
+            "kind": OneOf(*(p.kind for p in protocols)),
+            "model": Table({"model": STR}, {"init": STR, "init_mode": STR, "bn_init": STR}),
+            "dataset": Table({"dataset": STR}, {"augment": BOOL}),
+            "training": ANY_TABLE,
+            "seed": INT,
+        },
+        optional={"id": STR},
+        when={("kind", p.kind): p.hparams_schema() for p in protocols if p.hparams_schema()},
+    )
+
 
 RESULT = Table(
     required={"status": OneOf(*STATUSES)},
@@ -159,7 +166,7 @@ RESULT = Table(
 
 PROVENANCE = Table(required={"sessions": ListOf(Table(required={"started_at": STR}))})
 
-SCHEMAS = {"hparams.json": HPARAMS, "result.json": RESULT, "provenance.json": PROVENANCE}
+SCHEMAS = {HPARAMS_JSON: _hparams_schema, RESULT_JSON: lambda: RESULT, PROVENANCE_JSON: lambda: PROVENANCE}
 
 
 def read(path: str | os.PathLike, schema: Check | None = None) -> dict[str, Any] | None:
@@ -170,7 +177,7 @@ def read(path: str | os.PathLike, schema: Check | None = None) -> dict[str, Any]
     ``OSError`` (naming the file) when it cannot be read at all (no permission, a folder).
     """
     path = Path(path)
-    schema = schema or SCHEMAS[path.name]
+    schema = schema or SCHEMAS[path.name]()
     try:
         raw = path.read_bytes()
     except FileNotFoundError:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunelab.experiments import provenance
+from prunelab.experiments import provenance, runfiles
 from prunelab.experiments.hparams import DataHparams, ModelHparams, run_hash
 from prunelab.experiments.store import RunStore
 from prunelab.training import Diverged, TrainSettings, distributed, iterations, resolve_device, train
@@ -56,6 +56,7 @@ class Runner:
     steps_executed: int = 0
     _datasets: dict = field(default_factory=dict, repr=False)
     _checked: set = field(default_factory=set, repr=False)
+    _flops: dict = field(default_factory=dict, repr=False)
 
     # ---- building blocks ------------------------------------------------------------------------
     def dataset(self, hp: DataHparams):
@@ -124,8 +125,23 @@ class Runner:
 
         return train(
             model, self.dataset(rep.dataset), rep.training, seed=rep.seed, device=self.device,
-            progress=self.progress, checkpoint_dir=folder / "checkpoints", on_step=count, **kwargs,
+            progress=self.progress, checkpoint_dir=folder / runfiles.CHECKPOINTS, on_step=count, **kwargs,
         )
+
+    def flop_count(self, rep: Replicate):
+        """Dense forward FLOPs of one example of the replicate's network, per covered tensor (cached)."""
+        import prunelab
+
+        key = (rep.model, rep.dataset)
+        if key not in self._flops:
+            self._flops[key] = prunelab.flops(self.model(rep), self.dataset(rep.dataset).input_shape)
+        return self._flops[key]
+
+    def cost(self, rep: Replicate, own: list, before: list = ()) -> dict[str, Any]:
+        """The training-cost fields of a result (see :mod:`prunelab.experiments.cost`)."""
+        from prunelab.experiments.cost import account
+
+        return account(self.flop_count(rep), rep.training.batch_size, own, before)
 
     # ---- the shared dense run -------------------------------------------------------------------
     def dense_id(self, rep: Replicate) -> str:
@@ -147,17 +163,19 @@ class Runner:
         end = self.total_steps(rep)
         t0 = time.time()
         try:
-            res = self.run_training(model, rep, folder, metrics_path=folder / "metrics.jsonl", keep_steps=[end])
+            res = self.run_training(model, rep, folder, metrics_path=folder / runfiles.METRICS, keep_steps=[end])
         except Diverged as e:
             return self.store.finish(run_id, {"status": "diverged", "step": e.step, "kind": "dense"})
+        from prunelab.experiments.cost import Segment
+
         return self.store.finish(run_id, {
             "status": "done", "kind": "dense", "test_accuracy": res.test_accuracy, "test_loss": res.test_loss,
             "dense_accuracy": res.test_accuracy, "sparsity": 0.0, "wall_time": res.wall_time, "steps": res.step,
-            "finished_at": time.time(), "started_at": t0,
+            "finished_at": time.time(), "started_at": t0, **self.cost(rep, [Segment(end)]),
         })
 
     def _save_init(self, folder: Path, model: nn.Module) -> None:
-        ck = CheckpointFolder(folder / "checkpoints")
+        ck = CheckpointFolder(folder / runfiles.CHECKPOINTS)
         if distributed.is_main() and 0 not in ck.kept_steps():
             ck.folder.mkdir(parents=True, exist_ok=True)
             from prunelab.training.checkpoints import save_checkpoint
@@ -169,7 +187,7 @@ class Runner:
         run_id = self.dense_id(rep)
         if step == self.total_steps(rep):
             self.dense(rep)
-        ck = CheckpointFolder(self.store.folder(run_id) / "checkpoints")
+        ck = CheckpointFolder(self.store.folder(run_id) / runfiles.CHECKPOINTS)
         state = distributed.broadcast_object(ck.load_step(step) if distributed.is_main() else None)
         if state is not None:
             return state["model"]

@@ -70,7 +70,7 @@ class RunStore:
         A damaged ``result.json`` is set aside with a warning (rank 0 only) and the run counts as unfinished,
         so it is computed again.
         """
-        result = self._read_or_set_aside(self.folder(run_id) / "result.json")
+        result = self._read_or_set_aside(self.folder(run_id) / runfiles.RESULT_JSON)
         return result if result is not None and result["status"] in FINISHED else None
 
     @staticmethod
@@ -84,7 +84,7 @@ class RunStore:
 
     def hparams(self, run_id: str) -> dict[str, Any]:
         """The run's validated hyperparameters; DamagedRunFile or FileNotFoundError name the file."""
-        path = self.folder(run_id) / "hparams.json"
+        path = self.folder(run_id) / runfiles.HPARAMS_JSON
         hp = runfiles.read(path)
         if hp is None:
             raise FileNotFoundError(f"run {run_id} has no hparams.json in {self.folder(run_id)}")
@@ -128,26 +128,26 @@ class RunStore:
 
     def _ensure_hparams(self, run_id: str, hparams: dict[str, Any]) -> None:
         """Write ``hparams.json`` unless a good one is there; a damaged one is set aside first."""
-        path = self.folder(run_id) / "hparams.json"
+        path = self.folder(run_id) / runfiles.HPARAMS_JSON
         if self._read_or_set_aside(path) is None:
             atomic_write_json(path, {"id": run_id, **hparams})
 
     def _hparams_ok(self, run_id: str) -> bool:
         try:
-            return runfiles.read(self.folder(run_id) / "hparams.json") is not None
+            return runfiles.read(self.folder(run_id) / runfiles.HPARAMS_JSON) is not None
         except (DamagedRunFile, OSError):
             return False
 
     # ---- provenance: one record per session that computes part of a run ----------------------------
     def provenance(self, run_id: str) -> dict[str, Any] | None:
         """The run's ``provenance.json`` (validated; DamagedRunFile names it), or None for a run without one."""
-        return runfiles.read(self.folder(run_id) / "provenance.json")
+        return runfiles.read(self.folder(run_id) / runfiles.PROVENANCE_JSON)
 
     def _open_session(self, folder: Path, session: dict[str, Any]) -> None:
         held = _HELD.get(str(folder.resolve()))
         if held is None or held[2] is not None:  # not under the lock, or already opened by this process
             return
-        path = folder / "provenance.json"
+        path = folder / runfiles.PROVENANCE_JSON
         record = self._read_or_set_aside(path) or {"sessions": []}
         sessions, key = record["sessions"], str(folder.resolve())
         index = _SESSIONS.get(key)
@@ -161,9 +161,9 @@ class RunStore:
         held[2] = index
 
     def _close_session(self, folder: Path, index: int, outcome: str | None) -> None:
-        path = folder / "provenance.json"
+        path = folder / runfiles.PROVENANCE_JSON
         if outcome is None:
-            result = self._read_or_set_aside(folder / "result.json")
+            result = self._read_or_set_aside(folder / runfiles.RESULT_JSON)
             outcome = result["status"] if result is not None else "no result"
         try:
             record = runfiles.read(path)
@@ -178,7 +178,7 @@ class RunStore:
     def finish(self, run_id: str, result: dict[str, Any]) -> dict[str, Any]:
         result = {"id": run_id, **result}
         if distributed.is_main():
-            atomic_write_json(self.folder(run_id) / "result.json", result)
+            atomic_write_json(self.folder(run_id) / runfiles.RESULT_JSON, result)
         distributed.barrier()
         return result
 
@@ -202,7 +202,7 @@ class RunStore:
             if held is not None:
                 held[1] += 1
         if held is None:
-            f = open(folder / ".lock", "a+")  # noqa: SIM115 - held across the context
+            f = open(folder / runfiles.LOCK, "a+")  # noqa: SIM115 - held across the context
             fcntl.flock(f, fcntl.LOCK_EX)
             with _HELD_GUARD:
                 _HELD[key] = held = [f, 1, None]  # file, depth, index of this process's provenance session
@@ -238,7 +238,7 @@ class RunStore:
         if str(folder.resolve()) in _HELD:
             return True
         try:
-            fd = os.open(folder / ".lock", os.O_RDONLY)
+            fd = os.open(folder / runfiles.LOCK, os.O_RDONLY)
         except OSError:
             return False
         try:
@@ -293,15 +293,15 @@ class RunStore:
                 return False
             folder = self.folder(run_id)
             text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-            atomic_write_json(folder / "result.json", {"id": run_id, "status": "failed",
+            atomic_write_json(folder / runfiles.RESULT_JSON, {"id": run_id, "status": "failed",
                                                        "error": f"{type(error).__name__}: {error}"})
-            atomic_write_text(folder / "error.txt", text)
+            atomic_write_text(folder / runfiles.ERROR, text)
         return True
 
     def ids(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if (p / "hparams.json").is_file())
+        return sorted(p.name for p in self.root.iterdir() if (p / runfiles.HPARAMS_JSON).is_file())
 
     def runs(self) -> Iterator[tuple[str, dict[str, Any], dict[str, Any] | None]]:
         """(id, hparams, result or None) of every readable run. A run with a damaged or unreadable
@@ -310,7 +310,7 @@ class RunStore:
         for run_id in self.ids():
             try:
                 hp = self.hparams(run_id)
-                result = runfiles.read(self.folder(run_id) / "result.json")
+                result = runfiles.read(self.folder(run_id) / runfiles.RESULT_JSON)
             except (DamagedRunFile, OSError) as e:
                 warnings.warn(f"skipped run {run_id}: {e}", SkippedRunWarning, stacklevel=2)
                 continue
@@ -329,7 +329,7 @@ class RunStore:
 def open_run(ref: str, root: str | os.PathLike = "runs") -> tuple[RunStore, str]:
     """(store, run id) for a run given as a folder path (of any store) or as an id or unique prefix in ``root``."""
     path = Path(ref)
-    if (path / "hparams.json").is_file():
+    if (path / runfiles.HPARAMS_JSON).is_file():
         path = path.resolve()
         return RunStore(path.parent), path.name
     if os.sep in ref:

@@ -2,7 +2,7 @@
 
 Spec (see ``repro/`` for real ones)::
 
-    protocol = "run"            # train | run | lottery
+    protocol = "run"            # any registered protocol: train | run | lottery | gradual | set | rigl
     seeds = [0, 1, 2]
     [model]
     model = "lenet_300_100"
@@ -34,24 +34,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prunelab.experiments import runfiles
 from prunelab.experiments.hparams import (
     DataHparams,
-    LotteryHparams,
     ModelHparams,
-    PruneHparams,
     check_section,
     grid_values,
     read_toml,
     section_fields,
 )
+from prunelab.experiments.protocols import PROTOCOLS, get_protocol
 from prunelab.experiments.runner import Replicate, Runner
 from prunelab.experiments.store import RunStore
 from prunelab.registry import check_name, unknown_name_message
 from prunelab.training.settings import check_seed
 
-PROTOCOLS = ["train", "run", "lottery"]
 EXECUTORS = ["local", "slurm"]
-_PROTOCOL_SECTION = {"train": None, "run": "pruning", "lottery": "lottery"}
 _SLURM_KEYS = {"partition": str, "time_min": int, "gpus_per_node": int, "cpus_per_task": int, "mem_gb": int,
                "array_parallelism": int, "nodes": int, "account": str, "qos": str}
 
@@ -60,18 +58,22 @@ _SLURM_KEYS = {"partition": str, "time_min": int, "gpus_per_node": int, "cpus_pe
 class Job:
     """One unit of work: a dense replicate, the dense weights at step t, or a protocol run."""
 
-    kind: str  # dense | prefix | train | run | lottery
+    kind: str  # "dense", "prefix", or the name of a registered protocol
     rep: Replicate
-    hp: PruneHparams | LotteryHparams | None = None
-    step: str | None = None  # for prefix jobs: the duration t
+    hp: Any = None  # the protocol's hyperparameters
+    step: int | None = None  # for prefix jobs: the step t
+
+    @property
+    def protocol(self):
+        return get_protocol("train" if self.kind in ("dense", "prefix") else self.kind)
 
     def label(self) -> str:
-        what = {"dense": "dense", "prefix": f"dense to {self.step}", "train": "dense"}.get(self.kind)
-        if self.kind == "run":
-            what = f"{self.hp.method} {self.hp.sparsity} @{self.hp.prune_at}" + (
-                f" {self.hp.ablation}" if self.hp.ablation else "")
-        elif self.kind == "lottery":
-            what = f"lottery {self.hp.structure} x{self.hp.levels} rewind {self.hp.rewind_to}"
+        if self.kind == "prefix":
+            what = f"dense to step {self.step}"
+        elif self.hp is None:
+            what = "dense"
+        else:
+            what = self.protocol.describe({self.protocol.section: dataclasses.asdict(self.hp)})
         return f"{self.rep.model.model}/{self.rep.dataset.dataset} seed {self.rep.seed}: {what}"
 
 
@@ -131,7 +133,7 @@ def load_spec(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Spec:
     protocol = raw.pop("protocol", "run")
     if not isinstance(protocol, str):
         raise ValueError(f"sweep {path}: protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
-    protocol = check_name("sweep protocol", protocol, PROTOCOLS)
+    protocol = check_name("sweep protocol", protocol, list(PROTOCOLS))
     seeds = raw.pop("seeds", raw.pop("seed", 0))
     seeds = seeds if isinstance(seeds, list) else [seeds]
     if not seeds:
@@ -146,7 +148,7 @@ def load_spec(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Spec:
             raise ValueError(f"sweep {path}: " + unknown_name_message("key in [slurm]", key, list(_SLURM_KEYS)))
         if not isinstance(value, _SLURM_KEYS[key]):
             raise ValueError(f"sweep {path}: [slurm] {key} must be {_SLURM_KEYS[key].__name__}")
-    allowed = {"model", "dataset", "training", _PROTOCOL_SECTION[protocol]} - {None}
+    allowed = {"model", "dataset", "training", get_protocol(protocol).section} - {None}
     for section, values in raw.items():
         if section not in allowed:
             raise ValueError(f"sweep {path}: " + unknown_name_message(
@@ -173,7 +175,7 @@ def expand(protocol: str, tables: dict[str, dict[str, Any]], seeds: Iterable[int
     """The grid of jobs, in a stable order, without duplicates."""
     from prunelab.training import recipe
 
-    section = _PROTOCOL_SECTION[protocol]
+    section = get_protocol(protocol).section
     jobs: dict[tuple, Job] = {}
     for m, d, t, p in itertools.product(
         _axes("model", tables.get("model", {})), _axes("dataset", tables.get("dataset", {})),
@@ -182,7 +184,7 @@ def expand(protocol: str, tables: dict[str, dict[str, Any]], seeds: Iterable[int
     ):
         model, dataset = ModelHparams(**m), DataHparams(**d)
         training = recipe(model.model, dataset.dataset).replace(**t)
-        hp = {"run": PruneHparams, "lottery": LotteryHparams}[protocol](**p) if section else None
+        hp = get_protocol(protocol).hparams(**p) if section else None
         for seed in seeds:
             job = Job(protocol, Replicate(model, dataset, training, seed), hp)
             jobs.setdefault((job.rep, job.hp), job)
@@ -203,32 +205,17 @@ class Plan:
 
 
 def job_id(runner: Runner, job: Job) -> str:
-    from prunelab.experiments.protocols import lottery_id, prune_id
-
-    if job.kind in ("dense", "train", "prefix"):
+    if job.kind in ("dense", "prefix"):
         return runner.dense_id(job.rep)
-    if job.kind == "run":
-        return prune_id(job.rep, job.hp)
-    return lottery_id(job.rep, job.hp, job.hp.levels)
+    return job.protocol.run_id(runner, job.rep, job.hp)
 
 
 def check_job(runner: Runner, job: Job) -> None:
     """Every check of a job that needs its dataset, as the protocol itself makes it before any work."""
-    from prunelab.experiments.protocols import check_lottery, check_prune
-
-    checks = {"run": check_prune, "lottery": check_lottery}
-    if job.kind in checks:
-        checks[job.kind](runner, job.rep, job.hp)
-    else:
+    if job.kind in ("dense", "prefix"):
         runner.check(job.rep)
-
-
-def _intermediate_step(runner: Runner, job: Job) -> str | None:
-    when = job.hp.prune_at if job.kind == "run" else job.hp.rewind_to if job.kind == "lottery" else None
-    if when is None or when in ("end", "finetune", "sign", "sigma_sign"):
-        return None
-    t = runner.step(job.rep, when)
-    return when if 0 < t < runner.total_steps(job.rep) else None
+    else:
+        job.protocol.check(runner, job.rep, job.hp)
 
 
 def make_plan(runner: Runner, jobs: list[Job]) -> Plan:
@@ -241,7 +228,7 @@ def make_plan(runner: Runner, jobs: list[Job]) -> Plan:
     for job in jobs:
         check_job(runner, job)
         total = runner.total_steps(job.rep)
-        step = _intermediate_step(runner, job)  # also checks the step lies within the schedule
+        t = None if job.hp is None else job.protocol.dense_step(runner, job.rep, job.hp)
         if runner.store.result(job_id(runner, job)) is not None:
             skipped.append(job)
             continue
@@ -249,20 +236,13 @@ def make_plan(runner: Runner, jobs: list[Job]) -> Plan:
         if not dense_done and job.rep not in dense:
             dense[job.rep] = Job("dense", job.rep)
             steps += total
-        if step is not None:
-            t = runner.step(job.rep, step)
-            ck = CheckpointFolder(runner.store.folder(runner.dense_id(job.rep)) / "checkpoints")
+        if t is not None:
+            ck = CheckpointFolder(runner.store.folder(runner.dense_id(job.rep)) / runfiles.CHECKPOINTS)
             if (job.rep, t) not in prefixes and t not in ck.kept_steps():
-                prefixes[(job.rep, t)] = Job("prefix", job.rep, step=step)
+                prefixes[(job.rep, t)] = Job("prefix", job.rep, step=t)
                 steps += t if dense_done else 0  # otherwise these steps are part of the dense training
-        if job.kind == "run":
-            steps += total
-        elif job.kind == "lottery":
-            start = runner.step(job.rep, job.hp.rewind_to) if step is not None else 0
-            steps += sum(total - start for level in range(1, job.hp.levels + 1)
-                         if runner.store.result(job_id(runner, dataclasses.replace(
-                             job, hp=dataclasses.replace(job.hp, levels=level)))) is None)
-        if job.kind != "train":
+        if job.hp is not None:
+            steps += job.protocol.steps_left(runner, job.rep, job.hp)
             runs.append(job)
     # Prefixes first, in ascending step, so each dense training resumes from the largest one instead of
     # training 0..t again; then the rest of each dense training; then the runs.
@@ -275,8 +255,6 @@ def make_plan(runner: Runner, jobs: list[Job]) -> Plan:
 
 def execute(job: Job, ctx: Context) -> dict[str, Any]:
     """Run one job; never raises (a failure is recorded in the run's folder and returned)."""
-    from prunelab.experiments.protocols import lottery, prune_at_step
-
     if ctx.threads:
         import torch
 
@@ -285,15 +263,10 @@ def execute(job: Job, ctx: Context) -> dict[str, Any]:
     run_id = None
     try:
         run_id = job_id(runner, job)
-        if job.kind in ("dense", "train"):
-            result = runner.dense(job.rep)
-        elif job.kind == "prefix":
-            runner.weights_at(job.rep, runner.step(job.rep, job.step))
+        if job.kind == "prefix":
+            runner.weights_at(job.rep, job.step)
             return {"id": run_id, "status": "done", "label": job.label()}
-        elif job.kind == "run":
-            result = prune_at_step(runner, job.rep, job.hp)
-        else:
-            result = lottery(runner, job.rep, job.hp)[-1]
+        result = job.protocol.run(runner, job.rep, job.hp)[-1]
         return {"id": run_id, "status": result["status"], "label": job.label(),
                 "test_accuracy": result.get("test_accuracy")}
     except Exception as e:  # noqa: BLE001 - a sweep goes on; the error is kept with the run

@@ -56,6 +56,7 @@ def cmd_report(args) -> int:
 def _locate(args) -> tuple[Any, str, dict[str, Any] | None]:
     """(mask, description, run hyperparameters or None) for the MASK_OR_RUN argument."""
     from prunelab import Mask
+    from prunelab.experiments import runfiles
     from prunelab.experiments.store import open_run
 
     ref = args.mask_or_run
@@ -66,23 +67,17 @@ def _locate(args) -> tuple[Any, str, dict[str, Any] | None]:
         raise FileNotFoundError(f"no mask file {ref}")
     store, run_id = open_run(ref, args.root)
     folder, hp = store.folder(run_id), store.hparams(run_id)
-    if not (folder / "mask.pt").is_file():
+    if not (folder / runfiles.MASK).is_file():
         what = "a dense run, which has no mask" if hp.get("kind") == "dense" else "unfinished: it has no mask yet"
-        raise ValueError(f"run {folder.name} is {what}; give a prune or lottery run")
-    return Mask.load(folder / "mask.pt"), f"run {folder.name} ({_describe(hp)})", hp
+        raise ValueError(f"run {folder.name} is {what}; give a run of a sparse protocol")
+    return Mask.load(folder / runfiles.MASK), f"run {folder.name} ({_describe(hp)})", hp
 
 
 def _describe(hp: dict[str, Any]) -> str:
+    from prunelab.experiments.protocols import protocol_of_kind
+
     text = f"{hp['model']['model']} on {hp['dataset']['dataset']}, seed {hp.get('seed')}"
-    if "pruning" in hp:
-        pr = hp["pruning"]
-        text += f", {pr['method']} to {pr['sparsity']:g} at {pr['prune_at']}"
-        if pr.get("ablation"):
-            text += f", {pr['ablation']}"
-    elif "lottery" in hp:
-        lt = hp["lottery"]
-        text += f", {lt['structure']} level {lt['levels']} rewind {lt['rewind_to']}"
-    return text
+    return f"{text}, {protocol_of_kind(hp['kind']).describe(hp)}"
 
 
 def _model_for(args, mask, hp: dict[str, Any] | None):

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from prunelab.experiments import runfiles
 from prunelab.reports import plots
 from prunelab.reports.tables import RESULT_COLUMNS, aggregate, layers_table, runs_table
 
@@ -141,7 +142,7 @@ def _percent(s: float) -> str:
 def _load_mask(folder: Path):
     from prunelab import Mask
 
-    path = folder / "mask.pt"
+    path = folder / runfiles.MASK
     if not path.is_file():
         raise FileNotFoundError(f"no mask.pt in {folder}")
     return Mask.load(path)
@@ -150,7 +151,7 @@ def _load_mask(folder: Path):
 def _trained_weights(folder: Path, steps) -> dict:
     from prunelab.training import load_checkpoint
 
-    return load_checkpoint(folder / "checkpoints" / f"step_{int(steps)}.pt")["model"]
+    return load_checkpoint(folder / runfiles.CHECKPOINTS / f"step_{int(steps)}.pt")["model"]
 
 
 def _input_shape(dataset: str) -> tuple[int, ...] | None:

@@ -20,6 +20,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from prunelab.experiments.protocols import protocol_of_kind
+from prunelab.experiments.protocols.base import table_value
+
 # Metrics averaged over seeds by :func:`aggregate` (``drop`` = dense accuracy - test accuracy).
 METRICS = ["test_accuracy", "dense_accuracy", "drop", "sparsity", "test_loss", "wall_time"]
 
@@ -27,17 +30,11 @@ METRICS = ["test_accuracy", "dense_accuracy", "drop", "sparsity", "test_loss", "
 RESULT_COLUMNS = ["status", "sparsity", "prune_step", "rewind_step", "steps", "layer_collapse", "test_accuracy",
                   "dense_accuracy", "drop", "test_loss", "wall_time"]
 
-# Short names for the swept hyperparameters, in the order the tables show them.
-_PRUNING_NAMES = {"method": "method", "sparsity": "sparsity_target", "prune_at": "prune_at", "ablation": "ablation",
-                  "iterations": "iterations", "schedule": "schedule", "scope": "scope",
-                  "batch_per_class": "batch_per_class"}
-_LOTTERY_NAMES = {"levels": "level", "rate": "rate", "rewind_to": "rewind_to", "structure": "structure",
-                  "scope": "scope", "ablation": "ablation"}
-
 LEADING = ["id", "setting", "kind", "status", "model", "dataset", "seed", "method", "sparsity_target", "sparsity",
            "prune_at", "prune_step", "ablation", "level", "rate", "rewind_to", "rewind_step", "structure", "scope",
-           "iterations", "schedule", "batch_per_class", "test_accuracy", "dense_accuracy", "drop", "test_loss",
-           "layer_collapse", "wall_time", "steps"]
+           "iterations", "schedule", "batch_per_class", "distribution", "test_accuracy", "dense_accuracy", "drop",
+           "test_loss", "train_flops", "total_train_flops", "density_auc", "forward_flops", "layer_collapse",
+           "wall_time", "steps"]
 
 
 def setting_of(hparams: dict[str, Any]) -> str:
@@ -45,14 +42,6 @@ def setting_of(hparams: dict[str, Any]) -> str:
     parts = {k: hparams.get(k) for k in ("model", "dataset", "training")}
     text = json.dumps(parts, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:8]
-
-
-def _scalar(value: Any) -> Any:
-    if isinstance(value, (list, tuple)):
-        return " ".join(str(v) for v in value)
-    if isinstance(value, dict):
-        return json.dumps(value, sort_keys=True)
-    return value
 
 
 def run_row(run_id: str, hp: dict[str, Any], result: dict[str, Any] | None) -> dict[str, Any]:
@@ -63,18 +52,13 @@ def run_row(run_id: str, hp: dict[str, Any], result: dict[str, Any] | None) -> d
                            "status": result.get("status", "unfinished"),
                            "model": hp.get("model", {}).get("model"), "dataset": hp.get("dataset", {}).get("dataset"),
                            "seed": hp.get("seed")}
-    pruning, lot = hp.get("pruning") or {}, hp.get("lottery") or {}
-    for key, value in pruning.items():
-        row[_PRUNING_NAMES.get(key, f"pruning.{key}")] = _scalar(value)
-    for key, value in lot.items():
-        row[_LOTTERY_NAMES.get(key, f"lottery.{key}")] = _scalar(value)
-    if kind == "dense":
-        row["sparsity_target"] = 0.0
-    elif kind == "lottery" and "rate" in lot:
-        # Level L of iterative magnitude pruning keeps (1 - rate)^L of the weights (002 §3.1).
-        row["sparsity_target"] = 1.0 - (1.0 - float(lot["rate"])) ** int(lot.get("levels", 1))
+    try:
+        row.update(protocol_of_kind(kind).table_row(hp))
+    except ValueError:  # a kind this version does not know: its settings are left out of the table
+        pass
     for key in ("sparsity", "prune_step", "rewind_step", "steps", "test_accuracy", "dense_accuracy", "test_loss",
-                "wall_time"):
+                "wall_time", "train_flops", "total_train_flops", "density_auc", "forward_flops", "dense_forward_flops",
+                "mask_updates"):
         if key in result:
             row[key] = result[key]
     if "layer_collapse" in result:
@@ -84,7 +68,7 @@ def run_row(run_id: str, hp: dict[str, Any], result: dict[str, Any] | None) -> d
     for section in ("model", "dataset", "training"):
         for key, value in (hp.get(section) or {}).items():
             if not (section in ("model", "dataset") and key == section):
-                row[f"{section}.{key}"] = _scalar(value)
+                row[f"{section}.{key}"] = table_value(value)
     return row
 
 

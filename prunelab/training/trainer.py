@@ -23,6 +23,7 @@ from torch import nn
 
 from prunelab.io import atomic_write_text
 from prunelab.masks import Mask
+from prunelab.sparse_training import MaskSchedule, MaskUpdates
 from prunelab.training import distributed
 from prunelab.training.checkpoints import CheckpointFolder
 from prunelab.training.durations import iterations
@@ -46,6 +47,9 @@ class TrainResult:
     test_loss: float | None
     wall_time: float
     metrics: list[dict[str, Any]] = field(default_factory=list)
+    mask: Mask | None = None  # the mask at the end (it changes under a mask schedule)
+    mask_log: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # (step, layer densities) per change
+    mask_updates: int = 0
 
 
 def check_device(device: str) -> str:
@@ -126,6 +130,7 @@ def train(
     evaluate_at_end: bool = True,
     save_latest: bool = True,
     on_step: Callable[[int, nn.Module], None] | None = None,
+    mask_schedule: MaskSchedule | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``dataset`` (a :class:`prunelab.data.Dataset`) from ``start_step`` to ``end_step``.
 
@@ -137,6 +142,9 @@ def train(
     ``evaluate_at_end=False`` evaluates only at the regular ``eval_every`` steps and ``save_latest=False``
     writes only the ``keep_steps`` checkpoints: both for producing an intermediate state of a longer
     training (the weights at step t) without disturbing that training's own metrics and checkpoints.
+    ``mask_schedule`` (gradual pruning, SET, RigL; :mod:`prunelab.sparse_training`) changes the mask
+    after its update steps, starting from ``mask`` (else its own initial mask); the current mask is part
+    of every checkpoint, so a resumed run continues with the mask it had.
     """
     device = resolve_device(device)
     amp = settings.amp if amp is None else amp
@@ -163,6 +171,11 @@ def train(
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     writer = distributed.is_main()  # only rank 0 writes checkpoints and metrics
     optimizer = make_optimizer(model.parameters(), settings)
+    updates = None
+    if mask_schedule is not None:
+        updates = MaskUpdates(model, mask_schedule, optimizer, mask=mask)
+        mask = updates.mask
+    mask_log = [] if mask is None else [(start_step, mask.layer_density())]
     scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
     folder = CheckpointFolder(checkpoint_dir) if checkpoint_dir is not None else None
 
@@ -179,6 +192,11 @@ def train(
         step, metrics, wall = int(state["step"]), list(state["metrics"]), float(state["wall_time"])
         loss_sum.fill_(float(state["loss_sum"]))
         loss_count = int(state["loss_count"])
+        if state.get("mask") is not None:  # a mask schedule's mask at that step
+            mask = Mask(state["mask"])
+            mask_log = [(int(a), dict(b)) for a, b in state["mask_log"]]
+            if updates is not None:
+                updates.mask = mask
         if mask is not None:
             mask.apply(model)  # hooks again; weights came masked from the checkpoint
 
@@ -192,6 +210,8 @@ def train(
             "wall_time": wall + (time.perf_counter() - t0),
             "loss_sum": float(loss_sum),
             "loss_count": loss_count,
+            "mask": None if updates is None else updates.mask.state_dict(),
+            "mask_log": mask_log,
         }
 
     def write_metrics() -> None:
@@ -234,6 +254,8 @@ def train(
                     metrics.append({"step": step, "diverged": True})
                     write_metrics()
                     raise Diverged(step, float(loss.detach()))
+            if updates is not None and updates.after_step(step, batch=(x, y)):
+                mask_log.append((step, updates.mask.layer_density()))
             if on_step is not None:
                 on_step(step, model)
             if step in eval_steps:
@@ -271,6 +293,9 @@ def train(
         test_loss=last["test_loss"] if last else None,
         wall_time=wall,
         metrics=metrics,
+        mask=updates.mask if updates is not None else mask,
+        mask_log=mask_log,
+        mask_updates=max(len(mask_log) - 1, 0),
     )
 
 

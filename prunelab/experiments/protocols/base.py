@@ -1,0 +1,180 @@
+"""A protocol is an object: its hyperparameters, its runs' identity, the dense training it shares, how
+it runs and resumes, and how it is labelled. The CLI, sweeps, ``ls``, ``show`` and the report loop over
+:data:`PROTOCOLS` instead of matching kind strings, so a new protocol is one class and one
+registration (see :mod:`prunelab.experiments.protocols`)."""
+
+from __future__ import annotations
+
+import json
+import time
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+import prunelab
+from prunelab.analysis import layer_collapse as collapsed_layers
+from prunelab.experiments import runfiles
+from prunelab.experiments.runner import Replicate, Runner
+from prunelab.io import set_aside
+from prunelab.masks import Mask
+from prunelab.registry import Registry
+from prunelab.training import distributed
+
+# Seed offsets keep ablation randomness independent of the replicate's init and data order.
+SHUFFLE_SEED, REINIT_SEED = 1_000, 2_000
+
+
+class Protocol(ABC):
+    """One way of producing a trained (sparse) network from a replicate.
+
+    ``name`` is the CLI command and the sweep's ``protocol = ...``; ``kind`` is what its run folders
+    record (and hash: never change it); ``hparams`` its dataclass and ``section`` that dataclass's TOML
+    table (None: the protocol has no hyperparameters beyond the replicate).
+    """
+
+    name: ClassVar[str]
+    kind: ClassVar[str]
+    hparams: ClassVar[type | None] = None
+    section: ClassVar[str | None] = None
+    help: ClassVar[str] = ""
+    citation: ClassVar[str] = ""
+    result_label: ClassVar[str] = "run"  # what one row of the command's summary is ("level" for IMP)
+
+    # ---- identity and checks --------------------------------------------------------------------
+    @abstractmethod
+    def run_id(self, runner: Runner, rep: Replicate, hp: Any) -> str:
+        """The id of the (last) run this protocol produces."""
+
+    def check(self, runner: Runner, rep: Replicate, hp: Any) -> None:
+        """Every check that needs the dataset, made before any work or write."""
+        runner.check(rep)
+
+    def dense_step(self, runner: Runner, rep: Replicate, hp: Any) -> int | None:
+        """The step t whose dense weights this protocol starts from, when 0 < t < the end (a training prefix
+        a sweep produces first); None otherwise."""
+        return None
+
+    def steps_left(self, runner: Runner, rep: Replicate, hp: Any) -> int:
+        """Training steps this protocol's unfinished runs will take (the sweep's estimate)."""
+        return runner.total_steps(rep)
+
+    # ---- running --------------------------------------------------------------------------------
+    @abstractmethod
+    def run(self, runner: Runner, rep: Replicate, hp: Any) -> list[dict[str, Any]]:
+        """Run (or read back) the protocol; its results in order (one per level for IMP)."""
+
+    # ---- labels ---------------------------------------------------------------------------------
+    def describe(self, hp: dict[str, Any]) -> str:
+        """A short label of a run's protocol settings from its stored ``hparams.json`` (the ``what``
+        column of ``ls`` and the sweep's job labels)."""
+        return self.kind
+
+    columns: ClassVar[dict[str, str]] = {}  # short table names of the section's keys (others: "section.key")
+
+    def table_row(self, hp: dict[str, Any]) -> dict[str, Any]:
+        """The run-table columns of a run's protocol settings (``prunelab.reports.tables``)."""
+        section = hp.get(self.section) or {} if self.section else {}
+        row = {self.columns.get(k, f"{self.section}.{k}"): table_value(v) for k, v in section.items()}
+        target = self.target_sparsity(section)
+        if target is not None:
+            row["sparsity_target"] = target
+        return row
+
+    def target_sparsity(self, section: dict[str, Any]) -> float | None:
+        """The sparsity the run aims at, from its settings."""
+        return section.get("sparsity")
+
+    def hparams_schema(self) -> dict[str, runfiles.Check]:
+        """Keys this kind adds to ``hparams.json`` and their checks (see :mod:`runfiles`)."""
+        return {}
+
+
+def table_value(value: Any) -> Any:
+    """A hyperparameter as one table cell: lists joined by spaces, tables as JSON."""
+    if isinstance(value, (list, tuple)):
+        return " ".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return value
+
+
+PROTOCOLS: Registry[Protocol] = Registry("protocol")
+
+
+def register_protocol(protocol: Protocol) -> Protocol:
+    PROTOCOLS.register(protocol.name, protocol, kind=protocol.kind, help=protocol.help, citation=protocol.citation)
+    return protocol
+
+
+def get_protocol(name: str) -> Protocol:
+    return PROTOCOLS.get(name)
+
+
+def protocol_of_kind(kind: str) -> Protocol:
+    """The protocol whose runs record ``kind``."""
+    for name in PROTOCOLS:
+        if PROTOCOLS.get(name).kind == kind:
+            return PROTOCOLS.get(name)
+    raise ValueError(f"unknown run kind {kind!r} (known: {', '.join(PROTOCOLS.get(n).kind for n in PROTOCOLS)})")
+
+
+# ---- pieces shared by the protocols that prune ------------------------------------------------------
+
+def sparse_result(res, mask: Mask, model: nn.Module, dense: dict[str, Any], **extra) -> dict[str, Any]:
+    """The ``result.json`` of a finished sparse run."""
+    return {
+        "status": "done",
+        "test_accuracy": res.test_accuracy,
+        "test_loss": res.test_loss,
+        "dense_accuracy": dense.get("test_accuracy"),
+        "sparsity": mask.sparsity,
+        "layer_sparsity": mask.layer_sparsity(),
+        "layer_collapse": collapsed_layers(mask),
+        "coverage": prunelab.mask_coverage(model, mask).to_dict(),
+        "wall_time": res.wall_time,
+        "steps": res.step,
+        "finished_at": time.time(),
+        **extra,
+    }
+
+
+def diverged_result(kind: str, step: int, dense: dict[str, Any], mask: Mask, **extra) -> dict[str, Any]:
+    return {"status": "diverged", "step": step, "kind": kind, "dense_accuracy": dense.get("test_accuracy"),
+            "sparsity": mask.sparsity, **extra}
+
+
+def mask_once(folder, compute) -> Mask:
+    """The run's mask: loaded from ``mask.pt`` (resume) or computed once, on rank 0, saved, and broadcast
+    so that every rank of a distributed run holds the identical mask."""
+    state = None
+    if distributed.is_main():
+        mask = load_mask(folder / runfiles.MASK)
+        if mask is None:
+            mask = compute()
+            mask.save(folder / runfiles.MASK)
+        state = mask.state_dict()
+    return Mask(distributed.broadcast_object(state))
+
+
+def load_mask(path) -> Mask | None:
+    if not path.is_file():
+        return None
+    try:
+        return Mask.load(path)
+    except ValueError as e:
+        set_aside(path, f"{e}; recomputed")
+        return None
+
+
+def dense_first(runner: Runner, rep: Replicate, t: int) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The dense result and the dense weights at step t, training each step once: the weights at t come
+    first, so that the full dense training then resumes from them instead of training 0..t twice."""
+    end = runner.total_steps(rep)
+    state_t = runner.weights_at(rep, t) if t < end else None
+    dense = runner.dense(rep)
+    if dense["status"] != "done" and t > 0:
+        raise ValueError(f"the dense network of this replicate diverged at step {dense.get('step')}; "
+                         "there are no trained weights to prune or rewind (lower the learning rate?)")
+    return dense, state_t if state_t is not None else runner.weights_at(rep, t)

@@ -1,0 +1,202 @@
+"""Lottery-ticket rewinding (one level) and iterative magnitude pruning (several levels).
+
+Rewinding to step t, finetuning, or sign / sigma*sign reinitialization; unstructured, structured,
+hybrid or fc-only; local or global (Frankle et al. 2021, §3 and App. E-F; Paganini & Forde 2020,
+§3.1-3.2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch import nn
+
+import prunelab
+from prunelab import ablations
+from prunelab.experiments import runfiles
+from prunelab.experiments.cost import Segment, masked
+from prunelab.experiments.hparams import LotteryHparams, run_hash
+from prunelab.experiments.protocols.base import (
+    REINIT_SEED,
+    SHUFFLE_SEED,
+    Protocol,
+    dense_first,
+    diverged_result,
+    mask_once,
+    sparse_result,
+)
+from prunelab.experiments.runner import Replicate, Runner
+from prunelab.masks import Mask
+from prunelab.training import Diverged
+from prunelab.training.checkpoints import CheckpointFolder
+
+STRUCTURE_METHOD = {
+    "unstructured": "magnitude", "fc_only": "magnitude", "random_unstructured": "random",
+    "l1": "l1_channel", "l2": "l2_channel", "linf": "linf_channel", "lneginf": "lneginf_channel",
+    "random": "random_channel", "hybrid": "hybrid",
+}
+NOT_REWINDING = ("finetune", "sign", "sigma_sign")
+
+
+def lottery_id(rep: Replicate, hp: LotteryHparams, level: int) -> str:
+    return run_hash("lottery", **rep.parts(), lottery=dataclasses.replace(hp, levels=level))
+
+
+def _prunable_options(model: nn.Module, structure: str) -> dict[str, Any]:
+    if structure == "fc_only":
+        return {"filter": lambda name, p: isinstance(model.get_submodule(name.rsplit(".", 1)[0]), nn.Linear)}
+    return {}
+
+
+def _rewinds(hp: LotteryHparams) -> bool:
+    return hp.rewind_to not in NOT_REWINDING
+
+
+class Lottery(Protocol):
+    name = "lottery"
+    kind = "lottery"
+    hparams = LotteryHparams
+    section = "lottery"
+    help = "lottery-ticket rewinding / iterative magnitude pruning over levels"
+    citation = "Frankle et al. 2021, §3; Paganini & Forde 2020, §3"
+    result_label = "level"
+    columns = {"levels": "level", "rate": "rate", "rewind_to": "rewind_to", "structure": "structure",
+               "scope": "scope", "ablation": "ablation"}
+
+    def target_sparsity(self, section: dict[str, Any]) -> float | None:
+        """Level L of iterative magnitude pruning keeps (1 - rate)^L of the weights (Paganini & Forde 2020, §3.1)."""
+        if "rate" not in section:
+            return None
+        return 1.0 - (1.0 - float(section["rate"])) ** int(section.get("levels", 1))
+
+    def run_id(self, runner: Runner, rep: Replicate, hp: LotteryHparams) -> str:
+        return lottery_id(rep, hp, hp.levels)
+
+    def check(self, runner: Runner, rep: Replicate, hp: LotteryHparams) -> None:
+        self.step(runner, rep, hp)
+
+    def step(self, runner: Runner, rep: Replicate, hp: LotteryHparams) -> int:
+        """The rewinding step t (0 when not rewinding), after every check that needs the dataset."""
+        runner.check(rep)
+        return runner.step(rep, hp.rewind_to) if _rewinds(hp) else 0
+
+    def dense_step(self, runner: Runner, rep: Replicate, hp: LotteryHparams) -> int | None:
+        t = self.step(runner, rep, hp)
+        return t if 0 < t < runner.total_steps(rep) else None
+
+    def steps_left(self, runner: Runner, rep: Replicate, hp: LotteryHparams) -> int:
+        total, start = runner.total_steps(rep), self.step(runner, rep, hp)
+        return sum(total - start for level in range(1, hp.levels + 1)
+                   if runner.store.result(lottery_id(rep, hp, level)) is None)
+
+    def hparams_record(self, rep: Replicate, hp: LotteryHparams, level: int) -> dict[str, Any]:
+        return {"kind": self.kind, **rep.describe(),
+                self.section: dataclasses.asdict(dataclasses.replace(hp, levels=level))}
+
+    def run(self, runner: Runner, rep: Replicate, hp: LotteryHparams) -> list[dict[str, Any]]:
+        """Levels 1..hp.levels, each a cached run built on the previous level (level 0: the dense run).
+
+        Level L keeps a density of (1 - rate)^L of the prunable weights, found by pruning the trained
+        weights of level L-1 with the structure's criterion, never reviving a pruned weight (Paganini &
+        Forde 2020, §3.1). Its weights: rewound to the dense run's weights at step t and trained from t
+        to the end (Frankle et al. 2021, §3, LTR; t = 0 is the original lottery ticket), or finetuned
+        from level L-1's trained weights for a whole schedule (Paganini & Forde 2020, §3.2, same budget),
+        or sign / sigma*sign of the initial weights (Zhou et al. 2019).
+        """
+        results = []
+        for level in range(1, hp.levels + 1):
+            results.append(self.level(runner, rep, hp, level))
+            if results[-1]["status"] != "done":
+                break  # a diverged level ends the series: the next one has no trained weights to prune
+        return results
+
+    def level(self, runner: Runner, rep: Replicate, hp: LotteryHparams, level: int) -> dict[str, Any]:
+        run_id = lottery_id(rep, hp, level)
+        t = self.step(runner, rep, hp)
+        return runner.store.once(run_id, lambda: self._level(runner, rep, hp, level, run_id, t),
+                                 self.hparams_record(rep, hp, level))
+
+    def _trained_state(self, runner: Runner, rep: Replicate, hp: LotteryHparams, level: int
+                       ) -> dict[str, torch.Tensor]:
+        end = runner.total_steps(rep)
+        if level == 0:
+            return runner.weights_at(rep, end)
+        folder = runner.store.folder(lottery_id(rep, hp, level))
+        return CheckpointFolder(folder / runfiles.CHECKPOINTS).load_step(end)["model"]
+
+    def _level(self, runner: Runner, rep: Replicate, hp: LotteryHparams, level: int, run_id: str, t: int
+               ) -> dict[str, Any]:
+        rewinding = _rewinds(hp)
+        folder = runner.begin(run_id, self.hparams_record(rep, hp, level))
+        dense, _ = dense_first(runner, rep, t)
+        if level > 1:
+            previous = self.level(runner, rep, hp, level - 1)
+            if previous["status"] != "done":
+                raise ValueError(f"level {level - 1} of this lottery run ended {previous['status']}; cannot go on")
+        end = runner.total_steps(rep)
+        trained = self._trained_state(runner, rep, hp, level - 1)
+        model = runner.model(rep)
+
+        def compute() -> Mask:
+            model.load_state_dict(trained)
+            previous_mask = None
+            if level > 1:
+                previous_mask = Mask.load(runner.store.folder(lottery_id(rep, hp, level - 1)) / runfiles.MASK)
+            sparsity = 1.0 - (1.0 - hp.rate) ** level
+            mask = prunelab.prune(model, STRUCTURE_METHOD[hp.structure], sparsity, scope=hp.scope,
+                                  mask=previous_mask, seed=rep.seed + level, **_prunable_options(model, hp.structure))
+            return ablations.shuffle(mask, seed=rep.seed + SHUFFLE_SEED + level) if hp.ablation == "shuffle" else mask
+
+        mask = mask_once(folder, compute)
+
+        if hp.rewind_to == "finetune":
+            model.load_state_dict(trained)
+            start = 0
+        else:
+            init = runner.weights_at(rep, t if rewinding else 0)
+            model.load_state_dict(init)
+            start = t
+            if hp.rewind_to in ("sign", "sigma_sign"):
+                ablations.sign_reinit(model, init, mask, scale="sigma" if hp.rewind_to == "sigma_sign" else "one")
+        if hp.ablation == "reinit":
+            ablations.reinitialize(model, seed=rep.seed + REINIT_SEED + level, mask=mask)
+        try:
+            res = runner.run_training(model, rep, folder, mask=mask, start_step=start, keep_steps=[end],
+                                      metrics_path=folder / runfiles.METRICS)
+        except Diverged as e:
+            return runner.store.finish(run_id, diverged_result(self.kind, e.step, dense, mask, level=level))
+        cost = runner.cost(rep, own=[masked(end - start, mask)], before=self._before(runner, rep, hp, level, start))
+        return runner.store.finish(run_id, sparse_result(res, mask, model, dense, kind=self.kind, level=level,
+                                                         rewind_step=start, **cost))
+
+    def _before(self, runner: Runner, rep: Replicate, hp: LotteryHparams, level: int, start: int) -> list[Segment]:
+        """The training a level needs first: the dense run, then every earlier level at its own mask."""
+        end = runner.total_steps(rep)
+        earlier = [Mask.load(runner.store.folder(lottery_id(rep, hp, k)) / runfiles.MASK) for k in range(1, level)]
+        return [Segment(end), *(masked(end - start, m) for m in earlier)]
+
+    def describe(self, hp: dict[str, Any]) -> str:
+        lt = hp["lottery"]
+        return f"{lt['structure']} L{lt['levels']} rewind {lt['rewind_to']}"
+
+    def hparams_schema(self) -> dict[str, runfiles.Check]:
+        return {"lottery": runfiles.Table(
+            {"levels": runfiles.INT, "rate": runfiles.NUM, "rewind_to": runfiles.STR, "structure": runfiles.STR},
+            {"scope": runfiles.STR, "ablation": runfiles.Maybe(runfiles.STR)})}
+
+
+LOTTERY = Lottery()
+
+
+def check_lottery(runner: Runner, rep: Replicate, hp: LotteryHparams) -> int:
+    return LOTTERY.step(runner, rep, hp)
+
+
+def lottery(runner: Runner, rep: Replicate, hp: LotteryHparams) -> list[dict[str, Any]]:
+    return LOTTERY.run(runner, rep, hp)
+
+
+def lottery_level(runner: Runner, rep: Replicate, hp: LotteryHparams, level: int) -> dict[str, Any]:
+    return LOTTERY.level(runner, rep, hp, level)

@@ -1,0 +1,172 @@
+"""Prune at step t and retrain: at initialization (t = 0), early in training, or after training.
+
+Train the dense network for t steps (t = 0: initialization), prune with any criterion, optionally
+ablate, then retrain the *whole* schedule from step 0 starting from the weights at t (Frankle et al.
+2021, §3 and §6; Renda et al. 2020). ``prune_at="end"`` with ``method="magnitude"`` is magnitude
+pruning after training (Frankle et al. 2021, §3).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from torch import nn
+
+import prunelab
+from prunelab import ablations
+from prunelab.experiments import runfiles
+from prunelab.experiments.cost import Segment, masked
+from prunelab.experiments.hparams import PruneHparams, run_hash
+from prunelab.experiments.protocols.base import (
+    REINIT_SEED,
+    SHUFFLE_SEED,
+    Protocol,
+    dense_first,
+    diverged_result,
+    mask_once,
+    sparse_result,
+)
+from prunelab.experiments.runner import Replicate, Runner
+from prunelab.masks import Mask
+from prunelab.training import Diverged
+
+
+def prune_id(rep: Replicate, hp: PruneHparams) -> str:
+    return run_hash("prune", **rep.parts(), pruning=hp)
+
+
+def find_mask(runner: Runner, rep: Replicate, model: nn.Module, hp: PruneHparams, **options) -> Mask:
+    """Run criterion ``hp.method`` on ``model``, with the data the criterion needs."""
+    method = prunelab.get_method(hp.method)
+    ds = runner.dataset(rep.dataset)
+    kwargs: dict[str, Any] = dict(options)
+    if method.needs_data:
+        device = next(model.parameters()).device
+        kwargs["batch"] = ds.balanced_batch(per_class=hp.batch_per_class, seed=rep.seed, device=device)
+    if method.needs_input_shape:
+        kwargs["input_shape"] = ds.input_shape
+    distribution = like_densities(runner, hp) if hp.like else hp.distribution
+    if distribution is not None:
+        kwargs["distribution"] = distribution
+    return prunelab.prune(
+        model, hp.method, hp.sparsity, iterations=hp.iterations, schedule=hp.schedule, scope=hp.scope,
+        invert=hp.ablation == "invert", seed=rep.seed, **hp.coverage_options(), **kwargs,
+    )
+
+
+def like_densities(runner: Runner, hp: PruneHparams) -> dict[str, float]:
+    """The per-layer densities of the mask ``hp.like`` names: a run id (or unique prefix) of this store,
+    or a mask file (Frankle et al. 2021, §5: random pruning at another method's layerwise densities)."""
+    from pathlib import Path
+
+    path = Path(hp.like)
+    if not path.is_file():
+        from prunelab.experiments.store import open_run
+
+        store, run_id = open_run(hp.like, runner.store.root)
+        path = store.folder(run_id) / runfiles.MASK
+        if not path.is_file():
+            raise ValueError(f"--like {hp.like}: run {run_id} has no mask (a dense or unfinished run?)")
+    return Mask.load(path).layer_density()
+
+
+def ablate_weights(model: nn.Module, ablation: str | None, mask: Mask, reference_state, seed: int) -> None:
+    if ablation == "reinit":
+        ablations.reinitialize(model, seed=seed + REINIT_SEED, mask=mask)
+    elif ablation in ("sign", "sigma_sign"):
+        ablations.sign_reinit(model, reference_state, mask, scale="sigma" if ablation == "sigma_sign" else "one")
+
+
+class PruneAtStep(Protocol):
+    name = "run"
+    kind = "prune"
+    hparams = PruneHparams
+    section = "pruning"
+    help = "prune at step t (0it = init, end = after training), ablate, retrain"
+    citation = "Frankle et al. 2021, §3, §5, §6"
+    columns = {"method": "method", "sparsity": "sparsity_target", "prune_at": "prune_at", "ablation": "ablation",
+               "iterations": "iterations", "schedule": "schedule", "scope": "scope",
+               "batch_per_class": "batch_per_class", "distribution": "distribution", "like": "like"}
+
+    def run_id(self, runner: Runner, rep: Replicate, hp: PruneHparams) -> str:
+        return prune_id(rep, hp)
+
+    def check(self, runner: Runner, rep: Replicate, hp: PruneHparams) -> None:
+        self.step(runner, rep, hp)
+
+    def step(self, runner: Runner, rep: Replicate, hp: PruneHparams) -> int:
+        """The pruning step t, after every check that needs the dataset (before any work or write)."""
+        runner.check(rep)
+        if hp.coverage_options():  # unknown parameter names fail now, not after the dense training
+            prunelab.coverage(runner.model(rep), **hp.coverage_options())
+        if hp.like:
+            like_densities(runner, hp)  # the mask must exist and be readable before any work
+        t = runner.step(rep, hp.prune_at)
+        if hp.ablation == "fixed_variance" and t != 0:
+            raise ValueError("the fixed_variance ablation changes the initialization, so it needs --prune-at 0it")
+        if prunelab.get_method(hp.method).needs_data:
+            runner.dataset(rep.dataset).check_per_class(hp.batch_per_class)
+        return t
+
+    def dense_step(self, runner: Runner, rep: Replicate, hp: PruneHparams) -> int | None:
+        t = runner.step(rep, hp.prune_at)
+        return t if 0 < t < runner.total_steps(rep) else None
+
+    def hparams_record(self, rep: Replicate, hp: PruneHparams) -> dict[str, Any]:
+        return {"kind": self.kind, **rep.describe(), self.section: dataclasses.asdict(hp)}
+
+    def run(self, runner: Runner, rep: Replicate, hp: PruneHparams) -> list[dict[str, Any]]:
+        run_id = prune_id(rep, hp)
+        t = self.step(runner, rep, hp)
+        return [runner.store.once(run_id, lambda: self._run(runner, rep, hp, run_id, t), self.hparams_record(rep, hp))]
+
+    def _run(self, runner: Runner, rep: Replicate, hp: PruneHparams, run_id: str, t: int) -> dict[str, Any]:
+        # The folder first, so that a run whose dense network fails is listed (and its failure recorded).
+        folder = runner.begin(run_id, self.hparams_record(rep, hp))
+        dense, state_t = dense_first(runner, rep, t)
+        model = runner.model(rep)
+        model.load_state_dict(state_t)
+
+        def compute() -> Mask:
+            scored = model
+            if hp.ablation == "fixed_variance":
+                # Frankle et al. 2021, §5 "Init": the criterion sees a network whose every layer is N(0, 1),
+                # so per-layer variances carry no information; the mask is trained on the usual init.
+                scored = runner.model(rep, init="standard_normal")
+            mask = find_mask(runner, rep, scored, hp)
+            return ablations.shuffle(mask, seed=rep.seed + SHUFFLE_SEED) if hp.ablation == "shuffle" else mask
+
+        mask = mask_once(folder, compute)
+        ablate_weights(model, hp.ablation, mask, state_t, rep.seed)
+        try:
+            res = runner.run_training(model, rep, folder, mask=mask, metrics_path=folder / runfiles.METRICS)
+        except Diverged as e:
+            return runner.store.finish(run_id, diverged_result(self.kind, e.step, dense, mask))
+        cost = runner.cost(rep, own=[masked(res.step, mask)], before=[Segment(t)])
+        return runner.store.finish(run_id, sparse_result(res, mask, model, dense, kind=self.kind, prune_step=t,
+                                                         **cost))
+
+    def describe(self, hp: dict[str, Any]) -> str:
+        pr = hp["pruning"]
+        what = f"{pr['method']}@{pr['prune_at']}"
+        if pr.get("distribution") or pr.get("like"):
+            what += f" ({pr.get('like') and 'like ' + pr['like'][:8] or pr['distribution']})"
+        return what + (f"+{pr['ablation']}" if pr.get("ablation") else "")
+
+    def hparams_schema(self) -> dict[str, runfiles.Check]:
+        return {"pruning": runfiles.Table(
+            {"method": runfiles.STR, "sparsity": runfiles.NUM, "prune_at": runfiles.STR},
+            {"ablation": runfiles.Maybe(runfiles.STR), "iterations": runfiles.Maybe(runfiles.INT),
+             "schedule": runfiles.STR, "scope": runfiles.Maybe(runfiles.STR), "batch_per_class": runfiles.INT})}
+
+
+PRUNE_AT_STEP = PruneAtStep()
+
+
+def check_prune(runner: Runner, rep: Replicate, hp: PruneHparams) -> int:
+    return PRUNE_AT_STEP.step(runner, rep, hp)
+
+
+def prune_at_step(runner: Runner, rep: Replicate, hp: PruneHparams) -> dict[str, Any]:
+    return PRUNE_AT_STEP.run(runner, rep, hp)[0]

@@ -1,0 +1,153 @@
+"""Protocols whose mask changes during training: gradual magnitude pruning, SET and RigL.
+
+Each trains the replicate's network once, from initialization, with a mask schedule of
+:mod:`prunelab.sparse_training`; the dense run of the replicate is trained too (shared, once) so that
+every result reads as a drop from dense. Steps are durations ("100it", "2ep") resolved against the
+replicate's schedule; ``end`` defaults to 75% of training (Evci et al. 2020's T_end; Zhu & Gupta 2018
+end pruning well before training ends so the network recovers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from prunelab.experiments import runfiles
+from prunelab.experiments.cost import Segment
+from prunelab.experiments.hparams import DynamicHparams, GradualHparams, run_hash
+from prunelab.experiments.protocols.base import Protocol, sparse_result
+from prunelab.experiments.runner import Replicate, Runner
+from prunelab.sparse_training import SET, GradualMagnitude, MaskSchedule, RigL
+from prunelab.training import Diverged
+
+END_FRACTION = 0.75
+
+
+class _DuringTraining(Protocol):
+    """Shared by the three: identity, checks, running with a mask schedule, cost accounting."""
+
+    columns = {"sparsity": "sparsity_target", "every": "update_every", "end": "update_end", "scope": "scope",
+               "distribution": "distribution", "drop_fraction": "drop_fraction",
+               "initial_sparsity": "initial_sparsity", "start": "update_start"}
+
+    def run_id(self, runner: Runner, rep: Replicate, hp: Any) -> str:
+        return run_hash(self.kind, **rep.parts(), **{self.section: hp})
+
+    def check(self, runner: Runner, rep: Replicate, hp: Any) -> None:
+        runner.check(rep)
+        self.schedule(runner, rep, hp)  # steps within the schedule, a consistent schedule
+
+    def _steps(self, runner: Runner, rep: Replicate, hp: Any) -> tuple[int, int, int]:
+        total = runner.total_steps(rep)
+        every = runner.step(rep, hp.every)
+        if every < 1:
+            raise ValueError(f"every must be at least one step, got {hp.every}")
+        end = runner.step(rep, hp.end) if hp.end is not None else int(END_FRACTION * total)
+        return total, every, end
+
+    def schedule(self, runner: Runner, rep: Replicate, hp: Any) -> MaskSchedule:
+        raise NotImplementedError
+
+    def hparams_record(self, rep: Replicate, hp: Any) -> dict[str, Any]:
+        return {"kind": self.kind, **rep.describe(), self.section: dataclasses.asdict(hp)}
+
+    def run(self, runner: Runner, rep: Replicate, hp: Any) -> list[dict[str, Any]]:
+        run_id = self.run_id(runner, rep, hp)
+        self.check(runner, rep, hp)
+        return [runner.store.once(run_id, lambda: self._run(runner, rep, hp, run_id), self.hparams_record(rep, hp))]
+
+    def _run(self, runner: Runner, rep: Replicate, hp: Any, run_id: str) -> dict[str, Any]:
+        folder = runner.begin(run_id, self.hparams_record(rep, hp))
+        dense = runner.dense(rep)
+        schedule = self.schedule(runner, rep, hp)
+        model = runner.model(rep)
+        try:
+            res = runner.run_training(model, rep, folder, mask_schedule=schedule,
+                                      metrics_path=folder / runfiles.METRICS)
+        except Diverged as e:
+            return runner.store.finish(run_id, {"status": "diverged", "step": e.step, "kind": self.kind,
+                                                "dense_accuracy": dense.get("test_accuracy")})
+        mask = res.mask
+        mask.save(folder / runfiles.MASK)
+        return runner.store.finish(run_id, sparse_result(res, mask, model, dense, kind=self.kind,
+                                                         mask_updates=res.mask_updates,
+                                                         **self._cost(runner, rep, res, schedule)))
+
+    def _cost(self, runner: Runner, rep: Replicate, res, schedule: MaskSchedule) -> dict[str, Any]:
+        from prunelab.experiments.cost import forward_flops
+
+        count = runner.flop_count(rep)
+        sizes = {n: res.mask[n].numel() for n in res.mask}
+        total = sum(sizes.values())
+        log = [*res.mask_log, (res.step, None)]
+        segments = []
+        for (t, layer_density), (t_next, _) in zip(log, log[1:]):
+            density = sum(layer_density[n] * k for n, k in sizes.items()) / total
+            segments.append(Segment(t_next - t, layer_density, density))
+        if schedule.needs_batch:  # RigL: one dense-gradient pass per update step (Evci et al. 2020, App. H)
+            extra = sum(rep.training.batch_size * (2 * forward_flops(count, ld) + count.dense)
+                        for t, ld in res.mask_log[1:])
+            segments.append(Segment(0, None, 1.0, extra))
+        return runner.cost(rep, own=segments)
+
+
+class Gradual(_DuringTraining):
+    name = "gradual"
+    kind = "gradual"
+    hparams = GradualHparams
+    section = "gradual"
+    help = "gradual magnitude pruning during training, cubic schedule (Zhu & Gupta 2018)"
+    citation = "Zhu & Gupta 2018, §3"
+
+    def schedule(self, runner: Runner, rep: Replicate, hp: GradualHparams) -> GradualMagnitude:
+        total, every, end = self._steps(runner, rep, hp)
+        start = runner.step(rep, hp.start)
+        if hp.end is None:  # the default end: the last update step at or before 75% of training
+            end = start + max(0, (end - start) // every) * every
+        if not start <= end <= total:
+            raise ValueError(f"gradual pruning from step {start} to {end} must lie within the {total} training steps")
+        return GradualMagnitude(every=every, start=start, end=end, sparsity=hp.sparsity,
+                                initial_sparsity=hp.initial_sparsity, scope=hp.scope)
+
+    def describe(self, hp: dict[str, Any]) -> str:
+        g = hp["gradual"]
+        return f"gradual {g['sparsity']} every {g['every']}"
+
+    def hparams_schema(self) -> dict[str, runfiles.Check]:
+        return {"gradual": runfiles.Table({"sparsity": runfiles.NUM, "every": runfiles.STR})}
+
+
+class _Dynamic(_DuringTraining):
+    hparams = DynamicHparams
+    section = "dynamic"
+    schedule_class: type = SET
+
+    def schedule(self, runner: Runner, rep: Replicate, hp: DynamicHparams) -> MaskSchedule:
+        total, every, end = self._steps(runner, rep, hp)
+        if end > total:
+            raise ValueError(f"end {hp.end} ({end} it) is past the end of training ({total} it)")
+        return self.schedule_class(every=every, end=end, sparsity=hp.sparsity, drop_fraction=hp.drop_fraction,
+                                   distribution=hp.distribution, seed=rep.seed)
+
+    def describe(self, hp: dict[str, Any]) -> str:
+        d = hp["dynamic"]
+        return f"{self.name} {d['sparsity']} {d.get('distribution', 'erk')} every {d['every']}"
+
+    def hparams_schema(self) -> dict[str, runfiles.Check]:
+        return {"dynamic": runfiles.Table({"sparsity": runfiles.NUM, "every": runfiles.STR})}
+
+
+class SetProtocol(_Dynamic):
+    name = "set"
+    kind = "set"
+    schedule_class = SET
+    help = "sparse evolutionary training: drop smallest, regrow at random (Mocanu et al. 2018)"
+    citation = "Mocanu et al. 2018"
+
+
+class RigLProtocol(_Dynamic):
+    name = "rigl"
+    kind = "rigl"
+    schedule_class = RigL
+    help = "RigL: drop smallest, grow largest dense gradient, cosine-annealed (Evci et al. 2020)"
+    citation = "Evci et al. 2020, §3, Algorithm 1"
