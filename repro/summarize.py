@@ -340,6 +340,80 @@ def family6(df: pd.DataFrame, root: str) -> str:
             + table(rows) + "\n")
 
 
+_FAMILY14 = [  # (label, selection) over the runs of LeNet-300-100, 10 epochs
+    ("dense", lambda d: d.kind == "dense"),
+    ("magnitude after training", lambda d: (d.kind == "prune") & (d.method == "magnitude") & (d.prune_at == "end")),
+    ("LTR (rewind to 0)", lambda d: (d.kind == "lottery") & (d.level == 1) & (d.rewind_to == "0it")
+     & (d.structure == "unstructured")),
+    ("SNIP at init", lambda d: _at_init(d, "snip")),
+    ("SynFlow at init", lambda d: _at_init(d, "synflow")),
+    ("random, uniform", lambda d: _at_init(d, "random")),
+    ("random, ERK", lambda d: _at_init(d, "random", distribution="erk")),
+    ("random, SynFlow's layer densities", lambda d: _at_init(d, "random", like="synflow")),
+    ("gradual magnitude", lambda d: d.kind == "gradual"),
+    ("SET", lambda d: d.kind == "set"),
+    ("RigL", lambda d: d.kind == "rigl"),
+]
+
+
+def _at_init(d: pd.DataFrame, method: str, distribution=None, like=None) -> pd.Series:
+    sel = (d.kind == "prune") & (d.method == method) & (d.prune_at == "0it") & d.ablation.isna()
+    for col, value in (("distribution", distribution), ("like", like)):
+        sel &= d[col].isna() if value is None else d[col] == value
+    return sel
+
+
+def _backfilled_cost(root: str, r: pd.Series) -> tuple[float, float, float]:
+    """(train, total FLOPs, density AUC) of a run that finished before results recorded them, by the same
+    convention (prunelab.experiments.cost) from its hparams, steps and mask."""
+    import prunelab
+    from prunelab import Mask, models
+    from prunelab.experiments.cost import Segment, account, masked
+
+    count = prunelab.flops(models.create(r.model, num_classes=10, input_shape=(1, 28, 28)), (1, 28, 28))
+    batch, total = int(r["training.batch_size"]) if "training.batch_size" in r and not pd.isna(
+        r["training.batch_size"]) else 128, int(r.steps)
+    if r.kind == "dense":
+        c = account(count, batch, [Segment(total)])
+    else:
+        mask = Mask.load(Path(root) / r.id / "mask.pt")
+        if r.kind == "lottery":
+            start = int(r.rewind_step)
+            c = account(count, batch, [masked(total - start, mask)], [Segment(total)])
+        else:
+            c = account(count, batch, [masked(total, mask)], [Segment(int(r.prune_step))])
+    return c["train_flops"], c["total_train_flops"], c["density_auc"]
+
+
+def family14(df: pd.DataFrame, root: str) -> str:
+    """Accuracy and training cost side by side (Frankle et al. 2021, Fig. 1 and §7), 3 seeds."""
+    for col in ("distribution", "like", "train_flops", "total_train_flops", "density_auc"):
+        if col not in df.columns:
+            df[col] = None
+    d = df[(df.model == "lenet_300_100") & (df["training.train"] == "10ep") & (df.status == "done")].copy()
+    backfilled = 0
+    for i, r in d.iterrows():
+        if pd.isna(r.train_flops):
+            d.loc[i, ["train_flops", "total_train_flops", "density_auc"]] = _backfilled_cost(root, r)
+            backfilled += 1
+    rows = [["method", "sparsity", "accuracy %", "train FLOPs", "total train FLOPs", "density AUC", "seeds"]]
+    for target in (0.931280523, 0.981985201):
+        for label, select in _FAMILY14:
+            part = d[select(d)]
+            if label != "dense":
+                part = part[(part.sparsity_target - target).abs() < 1e-6]
+            if part.empty:
+                rows.append([label, f"{target:.1%}", "not run", "", "", "", "0"])
+                continue
+            rows.append([label, f"{target:.1%}" if label != "dense" else "0%", pct(part.test_accuracy.mean(),
+                         part.test_accuracy.std()), f"{part.train_flops.mean():.3g}",
+                         f"{part.total_train_flops.mean():.3g}", f"{part.density_auc.mean():.3f}", str(len(part))])
+    note = (f"\nTraining FLOPs of {backfilled} runs that finished before results recorded them were computed "
+            "afterwards from their hyperparameters, steps and masks by the same convention.\n") if backfilled else ""
+    return ("## Family 14: accuracy and training cost (LeNet-300-100, Fashion-MNIST, 10 epochs)\n\n"
+            + table(rows) + "\n" + note)
+
+
 def costs(root: str, specs: Path) -> str:
     """Training time of each sweep spec: the sum of its runs' wall times (one thread each), counting the
     dense networks it shares with other specs once per spec."""
@@ -377,7 +451,7 @@ def main() -> None:
     parts = [family1(df), family2(df), family3(df), family4(df), family5(Path(args.results)),
              family6(df, args.root), family6_convnets(Path(args.results)), family6_shortcuts(Path(args.results)),
              family7(df),
-             family7_analyses(Path(args.results)), costs(args.root, Path(args.specs))]
+             family7_analyses(Path(args.results)), family14(df, args.root), costs(args.root, Path(args.specs))]
     print("\n".join(p for p in parts if p))
 
 

@@ -187,7 +187,8 @@ def test_report_embeds_every_figure_and_its_tables_agree_with_the_csvs(report):
     kinds = {re.sub(r"-[0-9a-f]{8}$", "", e["name"]) for e in manifest}
     assert {"accuracy-vs-sparsity", "ablations-0it", "accuracy-vs-step-90", "layer-sparsity", "neuron-collapse",
             "layer-density", "conservation", "first-layer-masks", "lottery-accuracy", "jaccard-structure-0",
-            "conv-masks", "weight-trajectories-l1", "weight-trajectories-unstructured"} == kinds
+            "conv-masks", "weight-trajectories-l1", "weight-trajectories-unstructured", "training-cost-over-time",
+            "accuracy-vs-training-cost"} == kinds
     for name in ("runs", "summary", "settings"):
         csv = pd.read_csv(path.parent / f"{name}.csv", keep_default_na=True)
         header, *rows = parser.tables[name]
@@ -268,7 +269,7 @@ def test_analyze_a_run_of_the_store_and_the_user_errors(store, capsys):
     assert _run("analyze", run["id"][:10], "--root", store) == 0
     out = capsys.readouterr().out
     kept = Mask.load(store / run["id"] / "mask.pt").num_kept
-    assert "synflow to 0.9 at 0it" in out and f"{kept:,}" in out and "effective sparsity: " in out
+    assert "synflow@0it, target sparsity 0.9" in out and f"{kept:,}" in out and "effective sparsity: " in out
     dense = df[df["kind"] == "dense"].iloc[0]["id"]
     with pytest.raises(ValueError, match="dense run"):
         _run("analyze", dense, "--root", store)

@@ -150,7 +150,8 @@ class PruneHparams:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     # Per-layer densities instead of one ranking: uniform | er | erk (Evci et al. 2020, §3), or those of
-    # another run's mask (like = its id, or a mask file: Frankle et al. 2021, §5's random baseline).
+    # another mask (Frankle et al. 2021, §5's random baseline): like = a criterion (its run on the same
+    # replicate, sparsity and step), a run id, or a mask file.
     distribution: str | None = None
     like: str | None = None
 

@@ -76,8 +76,10 @@ def _locate(args) -> tuple[Any, str, dict[str, Any] | None]:
 def _describe(hp: dict[str, Any]) -> str:
     from prunelab.experiments.protocols import protocol_of_kind
 
-    text = f"{hp['model']['model']} on {hp['dataset']['dataset']}, seed {hp.get('seed')}"
-    return f"{text}, {protocol_of_kind(hp['kind']).describe(hp)}"
+    protocol = protocol_of_kind(hp["kind"])
+    text = f"{hp['model']['model']} on {hp['dataset']['dataset']}, seed {hp.get('seed')}, {protocol.describe(hp)}"
+    target = protocol.target_sparsity(hp.get(protocol.section) or {}) if protocol.section else None
+    return text if target is None else f"{text}, target sparsity {target:g}"
 
 
 def _model_for(args, mask, hp: dict[str, Any] | None):

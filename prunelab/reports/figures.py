@@ -632,10 +632,167 @@ def _weight_trajectories(ctx: Context, n_weights: int = 40) -> Iterable[ReportFi
             list(shown["id"]))
 
 
+# ---- training cost (Frankle et al. 2021, Fig. 1; Evci et al. 2020, App. H) -----------------------
+
+_DURING_TRAINING = ("gradual", "set", "rigl")  # kinds whose mask changes during their own training
+_FLOPS_CONVENTION = (
+    "A training step costs 3 × the forward FLOPs of its batch at the step's layer densities (backward = 2 × "
+    "forward; RigL adds its dense-gradient passes; Evci et al. 2020, App. H), and totals include the dense "
+    "training a protocol needs first (the dense steps to the pruning step, the dense run and earlier levels "
+    "of iterative pruning).")
+_COST_COLUMNS = ["train_flops", "total_train_flops", "density_auc", "forward_flops", "dense_forward_flops",
+                 "mask_updates", "accuracy_percent"]
+
+
+def _cost_hparams(rows: pd.DataFrame) -> dict[str, Any]:
+    """:func:`common_hparams` without the cost results (shared FLOPs are a result, not a setting)."""
+    return common_hparams(rows.drop(columns=_COST_COLUMNS, errors="ignore"))
+
+
+def _protocol_labels(rows: pd.DataFrame, methods: bool = True) -> pd.Series:
+    """A label per run telling protocols apart: "dense"; for prune-at-step runs the criterion (when
+    ``methods``) and when it prunes ("magnitude at init", "magnitude after training", "random at 4it");
+    "lottery" plus the lottery settings that vary; other kinds by name plus their varying settings."""
+    from prunelab.experiments.protocols import protocol_of_kind
+
+    labels = pd.Series("", index=rows.index, dtype=object)
+    for kind, part in rows.groupby("kind", sort=False):
+        if kind == "prune":
+            base = variant_labels(part, "method", _VARIANT_COLUMNS) if methods else pd.Series("pruned", part.index)
+            when = part["prune_at"].map(lambda at: "at init" if at == "0it" else (
+                "after training" if at == "end" else f"at {at}"))
+            labels[part.index] = base + " " + when
+        elif kind == "lottery":
+            varying = [c for c in _LOTTERY_VARIANT if part[c].astype(str).nunique() > 1]
+            labels[part.index] = ("lottery " + _lottery_labels(part)) if varying else "lottery"
+        elif kind == "dense":
+            labels[part.index] = "dense"
+        else:
+            try:
+                extra = [c for c in protocol_of_kind(str(kind)).columns.values() if c != "sparsity_target"]
+            except ValueError:
+                extra = []
+            labels[part.index] = variant_labels(part, "kind", extra)
+    return labels
+
+
+def _targets(rows: pd.DataFrame) -> list[float]:
+    return sorted({round(float(t), 6) for t in rows["sparsity_target"].dropna()})
+
+
+def _at_target(rows: pd.DataFrame, target: float) -> pd.DataFrame:
+    return rows[(rows["sparsity_target"].astype(float) - target).abs() < 1e-6]
+
+
+def _read_result(ctx: Context, run_id: str) -> dict[str, Any]:
+    import json
+
+    return json.loads((ctx.folder(run_id) / runfiles.RESULT_JSON).read_text())
+
+
+def curve_area(curve: list, end: float) -> float:
+    """Mean density of a ``density_curve`` held from its last breakpoint until ``end`` (its ``density_auc``)."""
+    steps = [float(s) for s, _ in curve] + [float(end)]
+    area = sum(float(d) * (b - a) for (_, d), a, b in zip(curve, steps, steps[1:]))
+    return area / steps[-1] if steps[-1] > 0 else 1.0
+
+
+def curve_end(curve: list, row: pd.Series) -> int:
+    """The cumulative step at which a run's training ends, for its ``density_curve``.
+
+    The run's own training is its ``steps`` less the step it resumed from (a lottery level rewound to
+    ``rewind_step`` trains from there to the end). Kinds with a fixed mask during their own training
+    (dense, prune, lottery) start it at the curve's last breakpoint; kinds whose mask changes during
+    training (gradual, SET, RigL) start at the curve's first. The end whose mean density equals the
+    recorded ``density_auc`` is taken when only one candidate does, so unknown kinds are handled too.
+    """
+    own = int(row["steps"])
+    if row["kind"] == "lottery" and not _is_missing(row.get("rewind_step")):
+        own -= int(row["rewind_step"])
+    first, last = int(curve[0][0]), int(curve[-1][0])
+    candidates = [first + own, last + own] if row["kind"] in _DURING_TRAINING else [last + own, first + own]
+    candidates = [c for c in dict.fromkeys(candidates) if c > last]
+    auc = row.get("density_auc")
+    if not _is_missing(auc):
+        matching = [c for c in candidates if math.isclose(curve_area(curve, c), float(auc), rel_tol=1e-6)]
+        if matching:
+            return matching[0]
+    if not candidates:
+        raise ValueError(f"run {row['id']}: its density curve's last breakpoint {last} is past its {own} steps")
+    return candidates[0]
+
+
+def _training_cost_over_time(ctx: Context) -> Iterable[ReportFigure]:
+    runs = _no_ablation(ctx.runs)
+    runs = runs[runs["steps"].notna()]
+    sparse = runs[runs["kind"] != "dense"]
+    if sparse.empty or "density_auc" not in runs.columns or sparse["density_auc"].isna().all():
+        return
+    runs = runs[runs["density_auc"].notna()].assign(label=lambda d: _protocol_labels(d, methods=False))
+    first = runs.sort_values(["seed", "method", "id"], na_position="last", kind="stable")
+    lines_of: dict[float | None, dict[str, tuple]] = {}
+    used = []
+    for (label, target), part in first.groupby(["label", "sparsity_target"], sort=True, dropna=False):
+        row = part.iloc[0]  # the first seed (and the first criterion: all prune the same weights' share)
+        curve = _read_result(ctx, row["id"]).get("density_curve")
+        if not curve:
+            continue
+        key = None if row["kind"] == "dense" or _is_missing(target) else round(float(target), 6)  # dense: every panel
+        lines_of.setdefault(key, {})[label] = ([s for s, _ in curve], [d for _, d in curve], curve_end(curve, row))
+        used.append(part.iloc[:1])
+    dense_lines = lines_of.pop(None, {})
+    if not lines_of:
+        return
+    panels = {f"sparsity {_percent(t)}": {**dense_lines, **lines} for t, lines in sorted(lines_of.items())}
+    rows = pd.concat(used)
+    seeds = ", ".join(str(int(s)) for s in sorted(rows["seed"].unique()))
+    yield ReportFigure(
+        f"training-cost-over-time-{ctx.setting}", f"Training cost over time — {ctx.label}",
+        "Overall density (fraction of the prunable weights kept) against the training step, counted over the "
+        "whole protocol including the dense training it needs first, one step function per protocol and one "
+        "panel per sparsity target, the dense run in every panel; each line is one run of seed " + seeds + " (the "
+        "first seed; for pruning at a step, the first criterion: all reach the same density) drawn from its "
+        "density_curve, whose last density holds to the end of the run's own training (the curve's last "
+        "breakpoint plus the run's steps for dense, prune-at-step and lottery runs, the run's steps for "
+        "gradual, SET and RigL) (Frankle et al. 2021, Fig. 1).",
+        plots.density_over_time(panels, title=ctx.label), _cost_hparams(rows), list(rows["id"]))
+
+
+def _accuracy_vs_training_cost(ctx: Context) -> Iterable[ReportFigure]:
+    runs = _no_ablation(ctx.runs)
+    if "total_train_flops" not in runs.columns:
+        return
+    runs = runs[pd.to_numeric(runs["total_train_flops"], errors="coerce").notna() & runs["test_accuracy"].notna()]
+    if (runs["kind"] == "dense").all():
+        return
+    runs = runs.assign(label=_protocol_labels(runs), total_train_flops=runs["total_train_flops"].astype(float),
+                       accuracy_percent=100 * runs["test_accuracy"])
+    dense, sparse = runs[runs["kind"] == "dense"], runs[runs["kind"] != "dense"]
+
+    def point(rows: pd.DataFrame) -> plots.Curve:
+        x = rows["total_train_flops"].to_numpy(float)
+        y = rows["accuracy_percent"].to_numpy(float)
+        return plots.Curve([x.mean()], [y.mean()], [y.std(ddof=1) if y.size > 1 else np.nan])
+
+    panels: dict[str, dict[str, plots.Curve]] = {}
+    for target in _targets(sparse):
+        at = _at_target(sparse, target)
+        lines = {"dense": point(dense)} if not dense.empty else {}
+        lines.update({label: point(part) for label, part in at.groupby("label", sort=True)})
+        panels[f"sparsity {_percent(target)}"] = lines
+    rows = pd.concat([dense, sparse[sparse["sparsity_target"].notna()]])
+    yield ReportFigure(
+        f"accuracy-vs-training-cost-{ctx.setting}", f"Accuracy vs training cost — {ctx.label}",
+        "Test accuracy (%) against the total training FLOPs (log scale) of each protocol, one panel per sparsity "
+        "target, the dense network in every panel; points are means over seeds with the standard deviation as "
+        f"error bars. {_FLOPS_CONVENTION}",
+        plots.accuracy_vs_cost(panels, title=ctx.label), _cost_hparams(rows), list(rows["id"]))
+
+
 BUILDERS: list[Callable[[Context], Iterable[ReportFigure]]] = [
     _accuracy_vs_sparsity, _ablations, _accuracy_vs_step, _layer_sparsity, _neuron_collapse,
     _density_vs_compression, _conservation, _first_layer_masks, _lottery_accuracy, _jaccard, _conv_masks,
-    _weight_trajectories,
+    _weight_trajectories, _training_cost_over_time, _accuracy_vs_training_cost,
 ]
 
 

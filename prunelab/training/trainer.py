@@ -185,6 +185,12 @@ def train(
     if folder is not None:  # rank 0 decides what to resume from; every rank gets the same state
         state = distributed.broadcast_object(folder.load_latest(max_step=end_step) if writer else None)
     if state is not None and state["step"] > start_step:
+        if state.get("mask") is not None:  # a mask schedule's mask at that step, bound before the weights load:
+            mask = Mask(state["mask"])  # the binding re-zeroes on load, and the weights grown since must survive
+            mask_log = [(int(a), dict(b)) for a, b in state["mask_log"]]
+            if updates is not None:
+                updates.mask = mask
+            mask.apply(model)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if state["scaler"]:  # empty when the checkpoint was written without loss scaling
@@ -192,11 +198,6 @@ def train(
         step, metrics, wall = int(state["step"]), list(state["metrics"]), float(state["wall_time"])
         loss_sum.fill_(float(state["loss_sum"]))
         loss_count = int(state["loss_count"])
-        if state.get("mask") is not None:  # a mask schedule's mask at that step
-            mask = Mask(state["mask"])
-            mask_log = [(int(a), dict(b)) for a, b in state["mask_log"]]
-            if updates is not None:
-                updates.mask = mask
         if mask is not None:
             mask.apply(model)  # hooks again; weights came masked from the checkpoint
 

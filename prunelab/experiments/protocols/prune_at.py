@@ -46,7 +46,7 @@ def find_mask(runner: Runner, rep: Replicate, model: nn.Module, hp: PruneHparams
         kwargs["batch"] = ds.balanced_batch(per_class=hp.batch_per_class, seed=rep.seed, device=device)
     if method.needs_input_shape:
         kwargs["input_shape"] = ds.input_shape
-    distribution = like_densities(runner, hp) if hp.like else hp.distribution
+    distribution = like_densities(runner, rep, hp) if hp.like else hp.distribution
     if distribution is not None:
         kwargs["distribution"] = distribution
     return prunelab.prune(
@@ -55,13 +55,20 @@ def find_mask(runner: Runner, rep: Replicate, model: nn.Module, hp: PruneHparams
     )
 
 
-def like_densities(runner: Runner, hp: PruneHparams) -> dict[str, float]:
-    """The per-layer densities of the mask ``hp.like`` names: a run id (or unique prefix) of this store,
-    or a mask file (Frankle et al. 2021, §5: random pruning at another method's layerwise densities)."""
+def like_densities(runner: Runner, rep: Replicate, hp: PruneHparams) -> dict[str, float]:
+    """The per-layer densities of the mask ``hp.like`` names (Frankle et al. 2021, §5: random pruning at
+    another method's layerwise densities): a criterion's name (that criterion's run on the same replicate
+    at the same sparsity and step, produced first if needed), a run id (or unique prefix) of this store,
+    or a mask file."""
     from pathlib import Path
 
-    path = Path(hp.like)
-    if not path.is_file():
+    if hp.like in prunelab.methods():
+        other = PruneHparams(method=hp.like, sparsity=hp.sparsity, prune_at=hp.prune_at, **hp.coverage_options())
+        result = prune_at_step(runner, rep, other)
+        path = runner.store.folder(result["id"]) / runfiles.MASK
+    elif Path(hp.like).is_file():
+        path = Path(hp.like)
+    else:
         from prunelab.experiments.store import open_run
 
         store, run_id = open_run(hp.like, runner.store.root)
@@ -100,8 +107,10 @@ class PruneAtStep(Protocol):
         runner.check(rep)
         if hp.coverage_options():  # unknown parameter names fail now, not after the dense training
             prunelab.coverage(runner.model(rep), **hp.coverage_options())
-        if hp.like:
-            like_densities(runner, hp)  # the mask must exist and be readable before any work
+        if hp.like and hp.like not in prunelab.methods():
+            like_densities(runner, rep, hp)  # the mask must exist and be readable before any work
+        if hp.like == hp.method:
+            raise ValueError(f"like {hp.like!r} names this run's own criterion; name another one")
         t = runner.step(rep, hp.prune_at)
         if hp.ablation == "fixed_variance" and t != 0:
             raise ValueError("the fixed_variance ablation changes the initialization, so it needs --prune-at 0it")
@@ -150,8 +159,10 @@ class PruneAtStep(Protocol):
     def describe(self, hp: dict[str, Any]) -> str:
         pr = hp["pruning"]
         what = f"{pr['method']}@{pr['prune_at']}"
-        if pr.get("distribution") or pr.get("like"):
-            what += f" ({pr.get('like') and 'like ' + pr['like'][:8] or pr['distribution']})"
+        if pr.get("like"):
+            what += f" like {pr['like']}"
+        elif pr.get("distribution"):
+            what += f" {pr['distribution']}"
         return what + (f"+{pr['ablation']}" if pr.get("ablation") else "")
 
     def hparams_schema(self) -> dict[str, runfiles.Check]:
