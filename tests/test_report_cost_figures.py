@@ -122,7 +122,8 @@ def test_training_cost_over_time_draws_each_protocols_density_curve(store, figur
             assert line.get_drawstyle() == "steps-post"
             np.testing.assert_allclose(line.get_xdata(), [s for s, _ in curve] + [end])
             np.testing.assert_allclose(line.get_ydata(), [d for _, d in curve] + [curve[-1][1]])
-            assert curve_area(curve, end) == pytest.approx(res["density_auc"])  # the end is the recorded one
+            assert res["protocol_steps"] == end  # recorded where the curve ends, as computed from the hparams
+            assert curve_area(curve, end) == pytest.approx(res["density_auc"])
             if hp["kind"] == "gradual":
                 assert curve[0] == [0, 1.0] and len(curve) > 2  # dense at first, pruned in several steps
             if hp["kind"] == "rigl":
@@ -185,13 +186,12 @@ def test_report_writes_the_cost_figures_and_a_store_without_cost_fields_skips_th
     assert "accuracy-vs-sparsity" in names  # the other figures are still drawn
 
 
-def test_curve_end_conventions_and_plot_checks():
-    row = pd.Series({"id": "x", "kind": "prune", "steps": 10, "rewind_step": None, "density_auc": np.nan})
-    assert curve_end([[0, 1.0], [10, 0.1]], row) == 20  # fixed mask: from the last breakpoint
-    assert curve_end([[0, 1.0], [4, 0.5]], pd.Series({**row, "kind": "gradual"})) == 10  # from the first
-    unknown = row.copy()
-    unknown["kind"], unknown["density_auc"] = "future", curve_area([[0, 1.0], [4, 0.5]], 10)
-    assert curve_end([[0, 1.0], [4, 0.5]], unknown) == 10  # chosen by the recorded density_auc
+def test_curve_end_and_plot_checks():
+    row = pd.Series({"id": "x", "kind": "prune", "steps": 10, "protocol_steps": 20})
+    assert curve_end([[0, 1.0], [10, 0.1]], row) == 20
+    assert curve_area([[0, 1.0], [10, 0.1]], 20) == pytest.approx((10 * 1.0 + 10 * 0.1) / 20)
+    with pytest.raises(ValueError, match="protocol_steps"):
+        curve_end([[0, 1.0], [10, 0.1]], pd.Series({"id": "x", "protocol_steps": np.nan}))
     fig = plots.density_over_time({"p": {"a": ([0, 5], [1.0, 0.2], 9)}})
     assert list(fig.axes[0].get_lines()[0].get_xdata()) == [0, 5, 9]
     with pytest.raises(ValueError, match="before its last breakpoint"):

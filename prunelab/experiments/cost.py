@@ -15,7 +15,8 @@ densities (``None`` = dense). Conventions (``docs/guide.md``, "Training cost"):
   run and every earlier level (lottery tickets, IMP).
 * ``density_curve`` is ``[[step, density], ...]``: the overall density from each listed step on,
   over the cumulative steps of the whole protocol (dense pre-training included, so that Fig. 1 of
-  Frankle et al. 2021 can be drawn from it); ``density_auc`` is its mean over those steps.
+  Frankle et al. 2021 can be drawn from it), which end at ``protocol_steps``; ``density_auc`` is its
+  mean over those steps.
 """
 
 from __future__ import annotations
@@ -72,5 +73,6 @@ def account(count: FlopCount, batch_size: int, own: Sequence[Segment], before: S
         "train_flops": own_flops,
         "total_train_flops": own_flops + flops_of(before),
         "density_curve": curve,
+        "protocol_steps": step,  # where the curve ends: the protocol's cumulative training steps
         "density_auc": area / step if step else 1.0,
     }

@@ -634,7 +634,6 @@ def _weight_trajectories(ctx: Context, n_weights: int = 40) -> Iterable[ReportFi
 
 # ---- training cost (Frankle et al. 2021, Fig. 1; Evci et al. 2020, App. H) -----------------------
 
-_DURING_TRAINING = ("gradual", "set", "rigl")  # kinds whose mask changes during their own training
 _FLOPS_CONVENTION = (
     "A training step costs 3 × the forward FLOPs of its batch at the step's layer densities (backward = 2 × "
     "forward; RigL adds its dense-gradient passes; Evci et al. 2020, App. H), and totals include the dense "
@@ -685,9 +684,12 @@ def _at_target(rows: pd.DataFrame, target: float) -> pd.DataFrame:
 
 
 def _read_result(ctx: Context, run_id: str) -> dict[str, Any]:
-    import json
+    return runfiles.read(ctx.folder(run_id) / runfiles.RESULT_JSON) or {}
 
-    return json.loads((ctx.folder(run_id) / runfiles.RESULT_JSON).read_text())
+
+def _read_result_field(row: pd.Series, key: str):
+    value = row.get(key)
+    return None if _is_missing(value) else value
 
 
 def curve_area(curve: list, end: float) -> float:
@@ -698,28 +700,11 @@ def curve_area(curve: list, end: float) -> float:
 
 
 def curve_end(curve: list, row: pd.Series) -> int:
-    """The cumulative step at which a run's training ends, for its ``density_curve``.
-
-    The run's own training is its ``steps`` less the step it resumed from (a lottery level rewound to
-    ``rewind_step`` trains from there to the end). Kinds with a fixed mask during their own training
-    (dense, prune, lottery) start it at the curve's last breakpoint; kinds whose mask changes during
-    training (gradual, SET, RigL) start at the curve's first. The end whose mean density equals the
-    recorded ``density_auc`` is taken when only one candidate does, so unknown kinds are handled too.
-    """
-    own = int(row["steps"])
-    if row["kind"] == "lottery" and not _is_missing(row.get("rewind_step")):
-        own -= int(row["rewind_step"])
-    first, last = int(curve[0][0]), int(curve[-1][0])
-    candidates = [first + own, last + own] if row["kind"] in _DURING_TRAINING else [last + own, first + own]
-    candidates = [c for c in dict.fromkeys(candidates) if c > last]
-    auc = row.get("density_auc")
-    if not _is_missing(auc):
-        matching = [c for c in candidates if math.isclose(curve_area(curve, c), float(auc), rel_tol=1e-6)]
-        if matching:
-            return matching[0]
-    if not candidates:
-        raise ValueError(f"run {row['id']}: its density curve's last breakpoint {last} is past its {own} steps")
-    return candidates[0]
+    """The cumulative step at which a run's ``density_curve`` ends (its recorded ``protocol_steps``)."""
+    end = _read_result_field(row, "protocol_steps")
+    if end is None or int(end) <= int(curve[-1][0]):
+        raise ValueError(f"run {row['id']}: its result has no protocol_steps past its density curve")
+    return int(end)
 
 
 def _training_cost_over_time(ctx: Context) -> Iterable[ReportFigure]:
@@ -734,9 +719,12 @@ def _training_cost_over_time(ctx: Context) -> Iterable[ReportFigure]:
     used = []
     for (label, target), part in first.groupby(["label", "sparsity_target"], sort=True, dropna=False):
         row = part.iloc[0]  # the first seed (and the first criterion: all prune the same weights' share)
-        curve = _read_result(ctx, row["id"]).get("density_curve")
-        if not curve:
+        result = _read_result(ctx, row["id"])
+        curve = result.get("density_curve")
+        if not curve or result.get("protocol_steps") is None:
             continue
+        row = row.copy()
+        row["protocol_steps"] = result["protocol_steps"]
         key = None if row["kind"] == "dense" or _is_missing(target) else round(float(target), 6)  # dense: every panel
         lines_of.setdefault(key, {})[label] = ([s for s, _ in curve], [d for _, d in curve], curve_end(curve, row))
         used.append(part.iloc[:1])
@@ -752,9 +740,8 @@ def _training_cost_over_time(ctx: Context) -> Iterable[ReportFigure]:
         "whole protocol including the dense training it needs first, one step function per protocol and one "
         "panel per sparsity target, the dense run in every panel; each line is one run of seed " + seeds + " (the "
         "first seed; for pruning at a step, the first criterion: all reach the same density) drawn from its "
-        "density_curve, whose last density holds to the end of the run's own training (the curve's last "
-        "breakpoint plus the run's steps for dense, prune-at-step and lottery runs, the run's steps for "
-        "gradual, SET and RigL) (Frankle et al. 2021, Fig. 1).",
+        "density_curve, whose last density holds to the end of the protocol's training (protocol_steps) "
+        "(Frankle et al. 2021, Fig. 1).",
         plots.density_over_time(panels, title=ctx.label), _cost_hparams(rows), list(rows["id"]))
 
 
