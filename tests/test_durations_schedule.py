@@ -56,3 +56,15 @@ def test_recipes_follow_appendix_a3():
     assert (r20.train, r20.momentum, r20.milestones, r20.weight_decay) == ("160ep", 0.9, ("80ep", "120ep"), 1e-4)
     r50 = recipe("resnet50", "imagenet")
     assert (r50.batch_size, r50.lr, r50.milestones) == (1024, 0.4, ("30ep", "60ep", "80ep"))
+
+
+def test_step_end_resolves_to_the_length_of_training():
+    from prunelab.training import Step
+
+    assert Step.parse("end", allow_end=True).resolve(iters_per_epoch=7, total=40) == 40
+    assert str(Step.parse("end", allow_end=True)) == "end"
+    assert Step.parse("2ep3it").resolve(iters_per_epoch=7, total=40) == 2 * 7 + 3
+    with pytest.raises(ValueError, match="malformed"):
+        Step.parse("end")  # only where a point in training may be the end
+    with pytest.raises(ValueError, match="beyond the training length"):
+        Step.parse("6ep").resolve(iters_per_epoch=7, total=40)

@@ -275,7 +275,7 @@ class DynamicHparams:
 
 def _canonical(obj: Any, floats: tuple[str, ...] = (), durations: tuple[str, ...] = ()) -> None:
     """Normalize fields in place so that equal settings hash equally ("1" vs "1.0", "0ep" vs "0it")."""
-    from prunelab.training.durations import Duration
+    from prunelab.training.durations import Step
 
     for name in floats:
         value = getattr(obj, name)
@@ -283,16 +283,16 @@ def _canonical(obj: Any, floats: tuple[str, ...] = (), durations: tuple[str, ...
             object.__setattr__(obj, name, float(value))
     for name in durations:
         try:
-            object.__setattr__(obj, name, str(Duration.parse(getattr(obj, name))))
+            object.__setattr__(obj, name, str(Step.parse(getattr(obj, name))))
         except ValueError:
             pass  # reported with the field's own message below
 
 
 def _check_duration(text: str, what: str, extra: list[str] = ()) -> None:
-    from prunelab.training.durations import Duration
+    from prunelab.training.durations import Step
 
     try:
-        Duration.parse(text)
+        Step.parse(text)
     except ValueError:
         others = "".join(f", {e!r}" for e in extra)
         raise ValueError(f"{what} {text!r} is not a duration like '0it', '1000it' or '2ep'{others}") from None

@@ -21,7 +21,7 @@ from torch import nn
 from prunelab.experiments import provenance, runfiles
 from prunelab.experiments.hparams import DataHparams, ModelHparams, run_hash
 from prunelab.experiments.store import RunStore
-from prunelab.training import Diverged, TrainSettings, distributed, iterations, resolve_device, train
+from prunelab.training import Diverged, Step, TrainSettings, distributed, iterations, resolve_device, train
 from prunelab.training.checkpoints import CheckpointFolder
 
 # A training schedule longer than this is a typo, not an experiment: ~900x ResNet-50's 90 ImageNet epochs
@@ -110,12 +110,9 @@ class Runner:
         return self.store.begin(run_id, hparams, provenance.session(self.device))
 
     def step(self, rep: Replicate, when: str) -> int:
-        """A duration ("0it", "1000it", "2ep") or "end" as an iteration count, checked against the schedule."""
-        total = self.total_steps(rep)
-        t = total if when == "end" else iterations(when, self.iters_per_epoch(rep))
-        if t > total:
-            raise ValueError(f"step {when} ({t} it) is beyond the training length {rep.training.train} ({total} it)")
-        return t
+        """A :class:`~prunelab.training.Step` ("0it", "1000it", "2ep", "end") as an iteration count of the
+        replicate's schedule; ValueError past its end."""
+        return Step.parse(when, allow_end=True).resolve(self.iters_per_epoch(rep), self.total_steps(rep))
 
     def run_training(self, model, rep: Replicate, folder: Path, **kwargs):
         """The trainer, with this runner's device/progress settings and step counting."""

@@ -168,7 +168,7 @@ def _lr_drops(runs: pd.DataFrame) -> list[int]:
 
     Iterations per epoch come from a run's step count and its schedule length ``training.train``.
     """
-    from prunelab.training.durations import Duration
+    from prunelab.training.durations import Step
 
     if "training.milestones" not in runs.columns or runs["steps"].dropna().empty:
         return []
@@ -176,11 +176,11 @@ def _lr_drops(runs: pd.DataFrame) -> list[int]:
     text = first.get("training.milestones")
     if _is_missing(text) or not str(text).strip():
         return []
-    total = Duration.parse(str(first.get("training.train", "0it")))
+    total = Step.parse(str(first.get("training.train", "0it")))
     per_epoch = (int(first["steps"]) - total.iterations) / total.epochs if total.epochs else None
     drops = []
     for m in str(text).split():
-        d = Duration.parse(m)
+        d = Step.parse(m)
         if d.epochs and not per_epoch:
             return []
         drops.append(int(round(d.epochs * (per_epoch or 0) + d.iterations)))

@@ -6,7 +6,7 @@ from prunelab.training.checkpoints import (
     load_checkpoint,
     save_checkpoint,
 )
-from prunelab.training.durations import Duration, iterations
+from prunelab.training.durations import Duration, Step, iterations
 from prunelab.training.optim import lr_factor, make_optimizer
 from prunelab.training.settings import OPTIMIZERS, TrainSettings, recipe
 from prunelab.training.trainer import Diverged, TrainResult, evaluate, resolve_device, train
@@ -16,6 +16,7 @@ __all__ = [
     "CorruptCheckpoint",
     "Diverged",
     "Duration",
+    "Step",
     "OPTIMIZERS",
     "TrainResult",
     "TrainSettings",

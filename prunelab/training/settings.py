@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 
 from prunelab.registry import check_name
-from prunelab.training.durations import Duration
+from prunelab.training.durations import Step
 
 OPTIMIZERS = ["sgd", "adam", "adamw"]
 
@@ -51,14 +51,14 @@ class TrainSettings:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 object.__setattr__(self, name, float(value))
         for name in ("train", "warmup", "eval_every"):
-            object.__setattr__(self, name, str(Duration.parse(getattr(self, name))))
-        object.__setattr__(self, "milestones", tuple(str(Duration.parse(m)) for m in self.milestones))
+            object.__setattr__(self, name, str(Step.parse(getattr(self, name))))
+        object.__setattr__(self, "milestones", tuple(str(Step.parse(m)) for m in self.milestones))
         self.validate()
 
     def validate(self) -> None:
-        if Duration.parse(self.train) == Duration(0, 0):
+        if Step.parse(self.train) == Step(0, 0):
             raise ValueError("training length must be positive, e.g. '40ep'")
-        if Duration.parse(self.eval_every) == Duration(0, 0):
+        if Step.parse(self.eval_every) == Step(0, 0):
             raise ValueError("eval_every must be positive, e.g. '1ep'")
         check_name("optimizer", self.optimizer, OPTIMIZERS)
         if not self.batch_size >= 1:
