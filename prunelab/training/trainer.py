@@ -3,8 +3,12 @@
 Steps count completed iterations. The learning rate at a step is a pure function of the step
 (:func:`prunelab.training.optim.lr_factor`) and the batches of a step are a pure function of
 (data seed, epoch, batch index), so training can begin at any step without replaying the loader:
-the prune-at-step-t protocol retrains the whole schedule from step 0 (Renda et al., 000 §6), a
-rewound lottery ticket continues from step t (000 §3, LTR).
+the prune-at-step-t protocol retrains the whole schedule from step 0 (Renda et al. 2020; Frankle et al.
+2021, §6), a rewound lottery ticket continues from step t (Frankle et al. 2021, §3, LTR).
+
+:func:`train` is a short :class:`Loop` (learning rate, forward, backward, optimizer step, divergence
+check) and :class:`Callback` objects for everything else: evaluation, the metrics file, checkpoints,
+mask updates during training, a user's per-step hook.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from prunelab.training.settings import TrainSettings
 
 
 class Diverged(RuntimeError):
-    """The training loss became NaN or infinite (e.g. SNIP at 98% sparsity, 000 App. B.5)."""
+    """The training loss became NaN or infinite (e.g. SNIP at 98% sparsity, Frankle et al. 2021, App. B.5)."""
 
     def __init__(self, step: int, loss: float):
         super().__init__(f"training diverged at step {step} (loss {loss})")
@@ -111,6 +115,265 @@ def evaluation_steps(settings: TrainSettings, iters_per_epoch: int, end_step: in
     return set(range(every, total + 1, every)) | ({end_step} if end_step is not None else set())
 
 
+class Callback:
+    """One concern of the training loop (evaluation, metrics file, checkpoints, mask updates, a user's
+    hook), called at fixed points of :meth:`Loop.run`.
+
+    ``state_dict`` returns what the callback must carry across a resume (merged into every checkpoint;
+    the keys must not clash with the loop's own), ``load_state_dict`` gets the checkpoint back before
+    the model's weights are loaded.
+    """
+
+    def start(self, loop: Loop) -> None:
+        """Before the first step (after a resume: before the first step still to do)."""
+
+    def after_step(self, loop: Loop, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """After every optimizer step; ``loop.step`` counts the steps completed."""
+
+    def end(self, loop: Loop) -> None:
+        """After the last step."""
+
+    def diverged(self, loop: Loop) -> None:
+        """The loss became NaN or infinite at ``loop.step``; :class:`Diverged` is raised next."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any], loop: Loop) -> None:
+        """Restore from a checkpoint, before the model's weights are loaded."""
+
+
+@dataclass
+class Loop:
+    """The state of one training: what the callbacks read and change."""
+
+    model: nn.Module
+    net: nn.Module  # the model, or its DDP wrapper
+    dataset: Any
+    loader: Any  # the training batches
+    settings: TrainSettings
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    amp: bool
+    ipe: int  # iterations per epoch
+    start_step: int
+    end_step: int
+    step: int
+    mask: Mask | None = None
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    loss_sum: torch.Tensor | None = None
+    loss_count: int = 0
+    wall: float = 0.0
+    t0: float = 0.0
+    writer: bool = True  # rank 0: the one that writes files
+    sync_steps: set[int] = field(default_factory=set)  # steps at which divergence is always checked
+
+    def snapshot(self, callbacks: Iterable[Callback]) -> dict[str, Any]:
+        state = {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "metrics": self.metrics,
+            "wall_time": self.wall + (time.perf_counter() - self.t0),
+            "loss_sum": float(self.loss_sum),
+            "loss_count": self.loss_count,
+        }
+        for cb in callbacks:
+            state.update(cb.state_dict())
+        return state
+
+    def resume(self, state: dict[str, Any], callbacks: Iterable[Callback]) -> None:
+        for cb in callbacks:  # first: a mask schedule binds the checkpoint's mask before the weights load
+            cb.load_state_dict(state, self)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state["scaler"]:  # empty when the checkpoint was written without loss scaling
+            self.scaler.load_state_dict(state["scaler"])
+        self.step, self.metrics, self.wall = int(state["step"]), list(state["metrics"]), float(state["wall_time"])
+        self.loss_sum.fill_(float(state["loss_sum"]))
+        self.loss_count = int(state["loss_count"])
+        if self.mask is not None:
+            self.mask.apply(self.model)  # weights came masked from the checkpoint; hooks again
+
+    def run(self, callbacks: list[Callback], progress: bool = False) -> TrainResult:
+        """The loop: learning rate, forward, backward, step, divergence check, callbacks."""
+        self.t0 = time.perf_counter()
+        for cb in callbacks:
+            cb.start(self)
+        check_every = 1 if self.device.type == "cpu" else 25  # a CUDA sync per step would cost throughput
+        bar = _progress_bar(progress and self.writer, total=self.end_step - self.start_step,
+                            initial=self.step - self.start_step)
+        self.model.train()
+        while self.step < self.end_step:
+            epoch, first = divmod(self.step, self.ipe)
+            for x, y in self.loader.epoch(epoch, start_batch=first):
+                loss = self._train_step(x, y)
+                if self.step % check_every == 0 or self.step == self.end_step or self.step in self.sync_steps:
+                    if distributed.any_rank(not math.isfinite(float(self.loss_sum)), self.device):
+                        bar.close()
+                        self.metrics.append({"step": self.step, "diverged": True})
+                        for cb in callbacks:
+                            cb.diverged(self)
+                        raise Diverged(self.step, float(loss.detach()))
+                for cb in callbacks:
+                    cb.after_step(self, (x, y))
+                last = self.metrics[-1] if self.metrics else {}
+                if last.get("step") == self.step and "test_accuracy" in last:
+                    bar.set_postfix(acc=f"{last['test_accuracy']:.4f}")
+                bar.update(1)
+                if self.step >= self.end_step:
+                    break
+        bar.close()
+        for cb in callbacks:
+            cb.end(self)
+        distributed.barrier()  # rank 0's checkpoints are on disk before any rank goes on
+        self.wall += time.perf_counter() - self.t0
+        last = next((m for m in reversed(self.metrics) if "test_accuracy" in m), None)
+        return TrainResult(step=self.step, test_accuracy=last["test_accuracy"] if last else None,
+                           test_loss=last["test_loss"] if last else None, wall_time=self.wall, metrics=self.metrics,
+                           mask=self.mask, **_mask_record(callbacks))
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        set_lr(self.optimizer, self.settings.lr, lr_factor(self.step, self.settings, self.ipe))
+        self.optimizer.zero_grad(set_to_none=True)
+        with _autocast(self.device, self.amp):
+            out = self.net(x)
+        if distributed.active():
+            # this rank's share of the global mean: exact with uneven (even empty) parts, since DDP
+            # averages gradients over the ranks
+            lo, hi = self.loader.bounds(self.step % self.ipe)
+            loss = F.cross_entropy(out.float(), y, reduction="sum") * (distributed.world_size() / (hi - lo))
+        else:
+            loss = F.cross_entropy(out.float(), y)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.step += 1
+        self.loss_sum += loss.detach().double()
+        self.loss_count += 1
+        return loss
+
+
+# ---- the standard callbacks ------------------------------------------------------------------------
+
+class Evaluation(Callback):
+    """Test accuracy and loss at ``steps`` (and at the start with ``at_start``), appended to the metrics
+    with the mean training loss since the previous evaluation and the learning rate."""
+
+    def __init__(self, steps: set[int], at_start: bool = False):
+        self.steps, self.at_start = steps, at_start
+
+    def start(self, loop: Loop) -> None:
+        loop.sync_steps |= self.steps  # never evaluate a diverged network
+        self.test_loader = loop.dataset.loader("test", max(loop.settings.batch_size, 256), seed=0, device=loop.device)
+        if self.at_start and loop.step == loop.start_step and not any(m["step"] == loop.step for m in loop.metrics):
+            acc, loss = evaluate(loop.model, self.test_loader.epoch(0), loop.device, loop.amp)
+            loop.metrics.append({"step": loop.step, "test_accuracy": acc, "test_loss": loss, "train_loss": None})
+
+    def after_step(self, loop: Loop, batch) -> None:
+        if loop.step not in self.steps:
+            return
+        acc, tl = evaluate(loop.model, self.test_loader.epoch(0), loop.device, loop.amp)
+        loop.metrics.append({
+            "step": loop.step,
+            "epoch": round(loop.step / loop.ipe, 4),
+            "test_accuracy": acc,
+            "test_loss": tl,
+            "train_loss": float(loop.loss_sum) / max(loop.loss_count, 1),
+            "lr": loop.optimizer.param_groups[0]["lr"],
+        })
+        loop.loss_sum.zero_()
+        loop.loss_count = 0
+
+
+class MetricsFile(Callback):
+    """``metrics.jsonl``, rewritten (atomically, by rank 0) whenever an evaluation added a line, and
+    when training diverges. Comes after :class:`Evaluation` in the callbacks."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def write(self, loop: Loop) -> None:
+        if loop.writer:
+            atomic_write_text(self.path, "".join(_json_line(m) for m in loop.metrics))
+
+    def _evaluated_now(self, loop: Loop) -> bool:
+        return bool(loop.metrics) and loop.metrics[-1].get("step") == loop.step
+
+    def start(self, loop: Loop) -> None:
+        if loop.step == loop.start_step and self._evaluated_now(loop):  # the evaluation at the start
+            self.write(loop)
+
+    def after_step(self, loop: Loop, batch) -> None:
+        if self._evaluated_now(loop):
+            self.write(loop)
+
+    def diverged(self, loop: Loop) -> None:
+        self.write(loop)
+
+
+class Checkpoints(Callback):
+    """``latest.pt`` at every epoch boundary and the end (``save_latest``), ``step_<n>.pt`` kept at
+    ``keep_steps``; written by rank 0 through a checksummed atomic write."""
+
+    def __init__(self, folder: CheckpointFolder, keep_steps: set[int], save_latest: bool, callbacks: list):
+        self.folder, self.keep_steps, self.save_latest = folder, keep_steps, save_latest
+        self.callbacks = callbacks  # whose state goes into each checkpoint
+
+    def after_step(self, loop: Loop, batch) -> None:
+        keep = loop.step in self.keep_steps
+        if loop.writer and (keep or (self.save_latest and (loop.step % loop.ipe == 0 or loop.step == loop.end_step))):
+            self.folder.save(loop.snapshot(self.callbacks), keep=keep, latest=self.save_latest)
+
+    def end(self, loop: Loop) -> None:
+        if loop.writer and loop.step in self.keep_steps and not self.folder.path_for(loop.step).is_file():
+            self.folder.save(loop.snapshot(self.callbacks), keep=True, latest=False)  # resumed exactly at it
+
+
+class MaskScheduleUpdates(Callback):
+    """A mask that changes during training (:mod:`prunelab.sparse_training`): updated after its update
+    steps; the current mask and the log of its changes are part of every checkpoint."""
+
+    def __init__(self, schedule: MaskSchedule, loop: Loop, mask: Mask | None):
+        self.updates = MaskUpdates(loop.model, schedule, loop.optimizer, mask=mask)
+        loop.mask = self.updates.mask
+        self.log = [(loop.start_step, loop.mask.layer_density())]
+
+    def after_step(self, loop: Loop, batch) -> None:
+        if self.updates.after_step(loop.step, batch=batch):
+            loop.mask = self.updates.mask
+            self.log.append((loop.step, loop.mask.layer_density()))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mask": self.updates.mask.state_dict(), "mask_log": self.log}
+
+    def load_state_dict(self, state: dict[str, Any], loop: Loop) -> None:
+        if state.get("mask") is None:
+            return
+        # Bound before the weights load: the binding re-zeroes on load, and weights grown since must survive.
+        self.updates.mask = loop.mask = Mask(state["mask"]).apply(loop.model)
+        self.log = [(int(a), dict(b)) for a, b in state["mask_log"]]
+
+
+class StepHook(Callback):
+    """``fn(step, model)`` after every step."""
+
+    def __init__(self, fn: Callable[[int, nn.Module], None]):
+        self.fn = fn
+
+    def after_step(self, loop: Loop, batch) -> None:
+        self.fn(loop.step, loop.model)
+
+
+def _mask_record(callbacks: Iterable[Callback]) -> dict[str, Any]:
+    for cb in callbacks:
+        if isinstance(cb, MaskScheduleUpdates):
+            return {"mask_log": cb.log, "mask_updates": len(cb.log) - 1}
+    return {}
+
+
 def train(
     model: nn.Module,
     dataset,
@@ -120,31 +383,37 @@ def train(
     start_step: int = 0,
     end_step: int | None = None,
     mask: Mask | None = None,
+    mask_schedule: MaskSchedule | None = None,
     device: str | torch.device | None = "auto",
+    amp: bool | None = None,
+    progress: bool = False,
     checkpoint_dir: str | Path | None = None,
     keep_steps: Iterable[int] = (),
     metrics_path: str | Path | None = None,
-    amp: bool | None = None,
-    progress: bool = False,
     evaluate_at_start: bool = False,
     evaluate_at_end: bool = True,
     save_latest: bool = True,
     on_step: Callable[[int, nn.Module], None] | None = None,
-    mask_schedule: MaskSchedule | None = None,
+    callbacks: Iterable[Callback] = (),
 ) -> TrainResult:
     """Train ``model`` on ``dataset`` (a :class:`prunelab.data.Dataset`) from ``start_step`` to ``end_step``.
 
-    ``mask`` keeps pruned weights at exactly 0. With ``checkpoint_dir`` a checkpoint is written at every
-    epoch boundary (``latest.pt``) and at each step of ``keep_steps`` (``step_<n>.pt``, kept), and an
-    existing checkpoint past ``start_step`` is resumed from, giving the same result as an uninterrupted
-    run. The optimizer starts fresh at ``start_step`` (no momentum carried across protocol phases).
-    ``on_step(step, model)`` is called after every step (used to capture weights at a rewind point).
-    ``evaluate_at_end=False`` evaluates only at the regular ``eval_every`` steps and ``save_latest=False``
-    writes only the ``keep_steps`` checkpoints: both for producing an intermediate state of a longer
-    training (the weights at step t) without disturbing that training's own metrics and checkpoints.
-    ``mask_schedule`` (gradual pruning, SET, RigL; :mod:`prunelab.sparse_training`) changes the mask
-    after its update steps, starting from ``mask`` (else its own initial mask); the current mask is part
-    of every checkpoint, so a resumed run continues with the mask it had.
+    The loop itself (:class:`Loop`) only steps; everything else is a :class:`Callback`, built here from
+    the keyword arguments, plus any given in ``callbacks``:
+
+    - :class:`Evaluation` at every ``eval_every`` of the settings and, with ``evaluate_at_end``, at
+      ``end_step`` (``evaluate_at_start``: at the start too); :class:`MetricsFile` at ``metrics_path``;
+    - :class:`Checkpoints` in ``checkpoint_dir``: ``latest.pt`` at every epoch boundary (unless
+      ``save_latest=False``) and ``step_<n>.pt`` kept at each of ``keep_steps``; an existing checkpoint
+      past ``start_step`` is resumed from, giving the same result as an uninterrupted run;
+    - :class:`MaskScheduleUpdates` for ``mask_schedule`` (gradual pruning, SET, RigL;
+      :mod:`prunelab.sparse_training`), starting from ``mask`` (else the schedule's own initial mask);
+    - :class:`StepHook` for ``on_step(step, model)``.
+
+    ``mask`` keeps pruned weights at exactly 0. The optimizer starts fresh at ``start_step`` (no
+    momentum carried across protocol phases). ``evaluate_at_end=False`` and ``save_latest=False`` are
+    for producing an intermediate state of a longer training (the weights at step t) without disturbing
+    that training's own metrics and checkpoints.
     """
     device = resolve_device(device)
     amp = settings.amp if amp is None else amp
@@ -158,8 +427,6 @@ def train(
         raise ValueError(f"start step {start_step} must lie in [0, end step {end_step}]")
     if end_step > total:
         raise ValueError(f"end step {end_step} is beyond the training length {settings.train} ({total} it)")
-    keep_steps = {int(s) for s in keep_steps}
-    eval_steps = evaluation_steps(settings, ipe, end_step if evaluate_at_end else None)
 
     model.to(device)
     if mask is not None:
@@ -169,135 +436,29 @@ def train(
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    writer = distributed.is_main()  # only rank 0 writes checkpoints and metrics
-    optimizer = make_optimizer(model.parameters(), settings)
-    updates = None
+    loop = Loop(model=model, net=net, dataset=dataset, loader=loader, settings=settings,
+                optimizer=make_optimizer(model.parameters(), settings),
+                scaler=torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda"),
+                device=device, amp=amp, ipe=ipe, start_step=start_step, end_step=end_step, step=start_step,
+                mask=mask, loss_sum=torch.zeros((), device=device, dtype=torch.float64),
+                writer=distributed.is_main())
+    cbs: list[Callback] = []
     if mask_schedule is not None:
-        updates = MaskUpdates(model, mask_schedule, optimizer, mask=mask)
-        mask = updates.mask
-    mask_log = [] if mask is None else [(start_step, mask.layer_density())]
-    scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
-    folder = CheckpointFolder(checkpoint_dir) if checkpoint_dir is not None else None
-
-    step, metrics, wall = start_step, [], 0.0
-    loss_sum, loss_count = torch.zeros((), device=device, dtype=torch.float64), 0
-    state = None
-    if folder is not None:  # rank 0 decides what to resume from; every rank gets the same state
-        state = distributed.broadcast_object(folder.load_latest(max_step=end_step) if writer else None)
-    if state is not None and state["step"] > start_step:
-        if state.get("mask") is not None:  # a mask schedule's mask at that step, bound before the weights load:
-            mask = Mask(state["mask"])  # the binding re-zeroes on load, and the weights grown since must survive
-            mask_log = [(int(a), dict(b)) for a, b in state["mask_log"]]
-            if updates is not None:
-                updates.mask = mask
-            mask.apply(model)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if state["scaler"]:  # empty when the checkpoint was written without loss scaling
-            scaler.load_state_dict(state["scaler"])
-        step, metrics, wall = int(state["step"]), list(state["metrics"]), float(state["wall_time"])
-        loss_sum.fill_(float(state["loss_sum"]))
-        loss_count = int(state["loss_count"])
-        if mask is not None:
-            mask.apply(model)  # hooks again; weights came masked from the checkpoint
-
-    def snapshot() -> dict[str, Any]:
-        return {
-            "step": step,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict(),
-            "metrics": metrics,
-            "wall_time": wall + (time.perf_counter() - t0),
-            "loss_sum": float(loss_sum),
-            "loss_count": loss_count,
-            "mask": None if updates is None else updates.mask.state_dict(),
-            "mask_log": mask_log,
-        }
-
-    def write_metrics() -> None:
-        if metrics_path is not None and writer:
-            atomic_write_text(metrics_path, "".join(_json_line(m) for m in metrics))
-
-    t0 = time.perf_counter()
-    test_loader = dataset.loader("test", max(settings.batch_size, 256), seed=0, device=device)
-    if evaluate_at_start and step == start_step and not any(m["step"] == step for m in metrics):
-        acc, loss = evaluate(model, test_loader.epoch(0), device, amp)
-        metrics.append({"step": step, "test_accuracy": acc, "test_loss": loss, "train_loss": None})
-        write_metrics()
-
-    check_every = 1 if device.type == "cpu" else 25  # a CUDA sync per step would cost throughput
-    bar = _progress_bar(progress and writer, total=end_step - start_step, initial=step - start_step)
-    model.train()
-    while step < end_step:
-        epoch, first = divmod(step, ipe)
-        for x, y in loader.epoch(epoch, start_batch=first):
-            set_lr(optimizer, settings.lr, lr_factor(step, settings, ipe))
-            optimizer.zero_grad(set_to_none=True)
-            with _autocast(device, amp):
-                out = net(x)
-            if distributed.active():
-                # this rank's share of the global mean: exact with uneven (even empty) parts, since DDP
-                # averages gradients over the ranks
-                lo, hi = loader.bounds(step % ipe)
-                loss = F.cross_entropy(out.float(), y, reduction="sum") * (distributed.world_size() / (hi - lo))
-            else:
-                loss = F.cross_entropy(out.float(), y)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            loss_sum += loss.detach().double()
-            loss_count += 1
-            if step % check_every == 0 or step in eval_steps or step == end_step:
-                if distributed.any_rank(not math.isfinite(float(loss_sum)), device):
-                    bar.close()
-                    metrics.append({"step": step, "diverged": True})
-                    write_metrics()
-                    raise Diverged(step, float(loss.detach()))
-            if updates is not None and updates.after_step(step, batch=(x, y)):
-                mask_log.append((step, updates.mask.layer_density()))
-            if on_step is not None:
-                on_step(step, model)
-            if step in eval_steps:
-                acc, tl = evaluate(model, test_loader.epoch(0), device, amp)
-                metrics.append(
-                    {
-                        "step": step,
-                        "epoch": round(step / ipe, 4),
-                        "test_accuracy": acc,
-                        "test_loss": tl,
-                        "train_loss": float(loss_sum) / max(loss_count, 1),
-                        "lr": optimizer.param_groups[0]["lr"],
-                    }
-                )
-                loss_sum.zero_()
-                loss_count = 0
-                write_metrics()
-                bar.set_postfix(acc=f"{acc:.4f}")
-            bar.update(1)
-            if writer and folder is not None and (
-                step in keep_steps or (save_latest and (step % ipe == 0 or step == end_step))
-            ):
-                folder.save(snapshot(), keep=step in keep_steps, latest=save_latest)
-            if step >= end_step:
-                break
-    bar.close()
-    if writer and folder is not None and step in keep_steps and not folder.path_for(step).is_file():
-        folder.save(snapshot(), keep=True, latest=False)  # resumed exactly at a kept step: keep it now
-    distributed.barrier()  # rank 0's checkpoints are on disk before any rank goes on
-    wall += time.perf_counter() - t0
-    last = next((m for m in reversed(metrics) if "test_accuracy" in m), None)
-    return TrainResult(
-        step=step,
-        test_accuracy=last["test_accuracy"] if last else None,
-        test_loss=last["test_loss"] if last else None,
-        wall_time=wall,
-        metrics=metrics,
-        mask=updates.mask if updates is not None else mask,
-        mask_log=mask_log,
-        mask_updates=max(len(mask_log) - 1, 0),
-    )
+        cbs.append(MaskScheduleUpdates(mask_schedule, loop, mask))
+    if on_step is not None:
+        cbs.append(StepHook(on_step))
+    cbs.append(Evaluation(evaluation_steps(settings, ipe, end_step if evaluate_at_end else None), evaluate_at_start))
+    if metrics_path is not None:
+        cbs.append(MetricsFile(metrics_path))
+    cbs.extend(callbacks)
+    if checkpoint_dir is not None:
+        folder = CheckpointFolder(checkpoint_dir)
+        cbs.append(Checkpoints(folder, {int(s) for s in keep_steps}, save_latest, cbs))
+        # rank 0 decides what to resume from; every rank gets the same state
+        state = distributed.broadcast_object(folder.load_latest(max_step=end_step) if loop.writer else None)
+        if state is not None and state["step"] > start_step:
+            loop.resume(state, cbs)
+    return loop.run(cbs, progress)
 
 
 def _json_line(obj: dict) -> str:
