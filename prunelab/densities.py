@@ -17,14 +17,14 @@ density in advance. Three distributions are standard:
 Other numbers of dimensions: ``erk`` always uses sum(shape) / prod(shape) (a bilinear ``(o, i1, i2)``
 included); ``er`` uses the first two dimensions only (a kernel's spatial size is what ERK adds). A 1-D
 tensor (a bias or normalization scale, if covered) gets the factor n / n = 1 under both, the largest
-factor any tensor can have, so it is the first to be kept dense, as in Evci et al.'s code where every
+factor any tensor can have, so it is the first to be kept dense, as in Evci et al.'s (2020) code where every
 1-D variable ends up dense; a 0-D tensor also gets 1.
 
 The factor is raised to ``power_scale`` (JaxPruner's and RigL's ``erk_power_scale``: 1.0 is the paper,
 0.0 is uniform). The scale ε is then chosen so that ε · factor_l · n_l summed over layers keeps exactly
 ``(1 - sparsity) · N`` of the N covered weights. A layer whose density ε · factor_l would exceed 1 is
 kept dense and ε recomputed over the rest, the largest factors first, until no layer exceeds 1 — the
-procedure of Evci et al.'s released code (``sparse_utils.get_sparsities``). Since ε only grows as
+procedure of Evci et al.'s (2020) released code (``sparse_utils.get_sparsities``). Since ε only grows as
 layers are removed from the pool, a layer that exceeds 1 at some ε still exceeds 1 at the final one,
 so the result does not depend on how many layers are moved per round.
 
@@ -114,7 +114,8 @@ def _from_mapping(
         sparsity = _check_sparsity(sparsity)
         total = sum(math.prod(s) for s in shapes.values())
         implied = 1.0 - sum(out[n] * math.prod(s) for n, s in shapes.items()) / total
-        if abs(implied - sparsity) > _MAPPING_TOLERANCE:
+        # a mask's achieved sparsity is a whole number of weights: round(s * N) / N, within 1 / N of s
+        if abs(implied - sparsity) > max(_MAPPING_TOLERANCE, 1.0 / total):
             raise ValueError(
                 f"sparsity={sparsity!r} disagrees with the density mapping, whose overall sparsity is "
                 f"{implied:.6f}; pass sparsity=None or that value"

@@ -170,3 +170,18 @@ def test_unknown_name_and_bad_power_scale():
     with pytest.raises(ValueError, match="power_scale"):
         layer_densities(convnet(), 0.9, "erk", power_scale=-1.0)
     assert not math.isnan(layer_densities(convnet(), 0.9, "er", power_scale=2.0)["0.weight"])
+
+
+def test_a_masks_own_densities_are_accepted_at_its_target_sparsity():
+    """A mask holds round(s * N) weights, so its overall sparsity differs from s by up to 1/N; taking its
+    layer densities at the same target must not be refused (random at SynFlow's densities, Frankle et al.
+    2021, §5)."""
+    import prunelab
+    from prunelab import models
+
+    model = models.create("lenet_300_100", num_classes=10, input_shape=(1, 28, 28), seed=0)
+    target = 0.981985201
+    mask = prunelab.prune(model, "synflow", target, input_shape=(1, 28, 28), iterations=2)
+    assert mask.sparsity != target  # a whole number of weights
+    densities = prunelab.layer_densities(model, target, mask.layer_density())
+    assert densities == mask.layer_density()
