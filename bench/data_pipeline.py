@@ -3,7 +3,7 @@
     python bench/data_pipeline.py [--epochs 1] [--data-root DIR] [--workers 0 2]
 
 Both pipelines train the same network from the same initialization with the LeNet recipe of
-Frankle et al. (ICLR 2021), App. A.3 (batch 128, SGD, lr 0.1), in one process, one after the other
+Frankle et al. 2021, App. A.3 (batch 128, SGD, lr 0.1), in one process, one after the other
 for each epoch. The standard pipeline is ``torchvision.datasets.FashionMNIST`` with
 ``ToTensor() + Normalize()`` behind a ``torch.utils.data.DataLoader``: every example goes through
 PIL and the transforms one at a time, and the default collate stacks them. prunelab keeps the

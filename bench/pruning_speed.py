@@ -83,7 +83,7 @@ def bench_data(name: str, reps: int, sparsity: float = 0.9) -> None:
     model = models.create(name, num_classes=10, input_shape=(3, 32, 32), seed=0)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(100, 3, 32, 32, generator=g)
-    y = torch.arange(100) % 10  # ten examples per class, as Frankle et al. App. B.2 / C.2 use
+    y = torch.arange(100) % 10  # ten examples per class, as Frankle et al. 2021, App. B.2 / C.2 use
     net = copy.deepcopy(model).train()
     ws = prunable_weights(net)
 

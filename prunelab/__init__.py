@@ -45,3 +45,23 @@ __all__ = [
     "score",
 ]
 __version__ = "0.1.0"
+
+# ---- subpackages on first access (PEP 562) ---------------------------------------------------------
+# ``prunelab.analysis``, ``prunelab.models``, ... work after a bare ``import prunelab`` without importing
+# each of them up front: the data, training and report layers pull in torchvision, pandas or matplotlib,
+# which a user who only prunes a model should not pay for at import time.
+_LAZY_SUBMODULES = ("ablations", "analysis", "data", "experiments", "models", "reports", "training")
+
+
+def __getattr__(name: str):
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        module = importlib.import_module(f"{__name__}.{name}")
+        globals()[name] = module  # later accesses skip this function
+        return module
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES))

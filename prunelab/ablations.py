@@ -1,16 +1,18 @@
-"""Ablations of pruned networks: Frankle et al. §5 (000_e9bcdbe0f53ebd33.txt) and Zhou et al. via 002 App. A.1.
+"""Ablations of pruned networks: Frankle et al. 2021, §5, and Zhou et al. 2019 via
+Paganini & Forde 2020, App. A.1.
 
 - :func:`shuffle` permutes each layer's mask independently: per-layer counts stay, positions change
-  ("Random shuffling", 000 §5). The permuted mask is *returned* — a reference implementation rebound a
+  ("Random shuffling", Frankle et al. 2021, §5). The permuted mask is *returned* — a reference implementation rebound a
   local variable and silently changed nothing; the test suite checks positions really move.
 - :func:`reinitialize` draws new weights from the model's own initializer with another seed, mask kept
-  ("Reinitialization", 000 §5).
+  ("Reinitialization", Frankle et al. 2021, §5).
 - Inversion is ``prunelab.prune(..., invert=True)``: it ranks, never takes 1/score.
-- The fixed-variance ablation ("Init", 000 §5: every layer N(0, 1), so magnitude pruning loses the
+- The fixed-variance ablation ("Init", Frankle et al. 2021, §5: every layer N(0, 1), so magnitude pruning loses the
   per-layer variances of He initialization) is the model initializer ``standard_normal``; see
   :func:`fixed_variance_init`.
 - :func:`sign_reinit` sets each kept weight to sigma_L * sign(w_init) where sigma_L is the empirical
-  standard deviation of layer L's initial weights (Zhou et al. 2019, as used in 002 §3.2), or to sign(w_init).
+  standard deviation of layer L's initial weights (Zhou et al. 2019, as used in Paganini & Forde
+  2020, §3.2), or to sign(w_init).
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def reinitialize(model: nn.Module, seed: int, mask: Mask | None = None) -> nn.Mo
 
 
 def fixed_variance_init(model: nn.Module, seed: int) -> nn.Module:
-    """Every conv/linear weight N(0, 1): the fixed-variance initialization of 000 §5."""
+    """Every conv/linear weight N(0, 1): the fixed-variance initialization of Frankle et al. 2021, §5."""
     from prunelab.models import initialize
 
     init = dict(getattr(model, "prunelab_init", {}))
@@ -75,7 +77,7 @@ def sign_reinit(
 ) -> nn.Module:
     """Rewind to ``init_state``, then set each masked tensor to sigma_L * sign(w_init) (or sign(w_init)).
 
-    sigma_L is the empirical standard deviation of the layer's weights in ``init_state`` (002 §3.2,
+    sigma_L is the empirical standard deviation of the layer's weights in ``init_state`` (Paganini & Forde 2020, §3.2,
     following Zhou et al. 2019); pruned weights stay 0.
     """
     check_name("sign scale", scale, SIGN_SCALES)

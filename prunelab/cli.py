@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import signal
 import sys
 import threading
@@ -67,6 +68,7 @@ def _add_experiment(p: argparse.ArgumentParser, protocol: Protocol) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="prunelab", description="Neural-network pruning research, at initialization and after.")
+    parser.add_argument("--version", action="version", version=f"prunelab {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     for name in PROTOCOLS:  # one command per registered protocol
@@ -94,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run id, unique prefix, or folder")
     p.add_argument("--root", default="runs")
     p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("list", help="the registered methods, models, datasets or protocols, with their citations")
+    p.add_argument("registry", help=f"one of: {', '.join(LISTS)}")
+    p.set_defaults(func=cmd_list)
 
     from prunelab.reports.commands import register as register_report_commands
 
@@ -381,6 +387,78 @@ def cmd_demo(args) -> int:
         rows.append(["lenet_300_100", label, f"{mask.num_kept:,} / {mask.num_total:,}", f"{mask.sparsity:.4f}",
                      f"{res.test_accuracy:.4f}", f"{res.wall_time:.1f}"])
     _print_table(rows)
+    return 0
+
+
+def _version() -> str:
+    """The installed distribution's version; the package's own when run from a source tree not installed."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("prunelab")
+    except metadata.PackageNotFoundError:
+        import prunelab
+
+        return prunelab.__version__
+
+
+def _split_citation(text: str) -> tuple[str, str]:
+    """``"|dL/dw * w| on a batch (Lee et al. 2019)"`` -> ``("|dL/dw * w| on a batch", "Lee et al. 2019")``:
+    a trailing parenthesis that names a year is the citation."""
+    m = re.match(r"^(.*?)\s*\(([^()]*\b(?:19|20)\d\d\b[^()]*)\)\s*$", text)
+    return (m.group(1), m.group(2)) if m else (text, "")
+
+
+def _first_sentence(doc: str | None, limit: int = 72) -> str:
+    """The first sentence of a docstring's first paragraph; when too long, its first clause (up to "; " or
+    ": ") or its first ``limit`` characters."""
+    paragraph = " ".join((doc or "").strip().split("\n\n")[0].replace("``", "").split())
+    sentence = re.split(r"(?<!et al\.)(?<=\.)\s+(?=[A-Z])", paragraph, maxsplit=1)[0].rstrip(".")
+    for sep in ("; ", ": "):
+        if len(sentence) > limit and sep in sentence[:limit]:
+            sentence = sentence[: sentence.index(sep)]
+    return sentence if len(sentence) <= limit else sentence[: limit - 3].rsplit(" ", 1)[0].rstrip(",") + "..."
+
+
+def _list_methods() -> list[list[str]]:
+    from prunelab.scores import get_method, methods
+
+    return [[name, *_split_citation(get_method(name).description)] for name in methods()]
+
+
+def _list_models() -> list[list[str]]:
+    from prunelab import models
+
+    return [[name, _first_sentence(models.MODELS.get(name).__doc__), models.MODELS.meta(name).get("paper", "")]
+            for name in models.names()]
+
+
+def _list_datasets() -> list[list[str]]:
+    from prunelab import data
+
+    return [[name, data.info(name).get("description", ""), data.info(name).get("citation", "")]
+            for name in data.names()]
+
+
+def _list_protocols() -> list[list[str]]:
+    rows = []
+    for name in PROTOCOLS:
+        meta = PROTOCOLS.meta(name)
+        help_text, cited = _split_citation(meta.get("help", ""))
+        rows.append([name, help_text, meta.get("citation") or cited])
+    return rows
+
+
+LISTS = {"methods": _list_methods, "models": _list_models, "datasets": _list_datasets,
+         "protocols": _list_protocols}
+
+
+def cmd_list(args) -> int:
+    """One registry as a table: name, one-line description, citation (full entries in docs/references.md)."""
+    from prunelab.registry import check_name
+
+    rows = LISTS[check_name("registry", args.registry, list(LISTS))]()
+    _print_table([["name", "description", "citation"]] + [[n, d, c or "-"] for n, d, c in rows])
     return 0
 
 

@@ -146,7 +146,7 @@ class GradualMagnitude(MaskSchedule):
             raise ValueError(f"scope must be 'global' or 'layer', got {self.scope!r}")
 
     def sparsity_at(self, step: int) -> float:
-        """s_t of Zhu & Gupta's eq. (1): s_i before ``start``, s_f from ``end`` on."""
+        """s_t of Zhu & Gupta's (2018) eq. (1): s_i before ``start``, s_f from ``end`` on."""
         if step <= self.start:
             return self.initial_sparsity
         if step >= self.end:
@@ -180,7 +180,7 @@ class _DropAndGrow(MaskSchedule):
     ``k = round(f(t) · kept)`` with the drop fraction ``f`` of the subclass. Candidates for growth are
     the positions inactive after the drop, as in Evci et al. 2020, Algorithm 1, so a weight dropped now
     may be grown back at once; its membership then did not change, and it keeps its value and optimizer
-    state (as in Evci et al.'s code, which zeroes only connections that were inactive before the
+    state (as in Evci et al.'s (2020) code, which zeroes only connections that were inactive before the
     update). Ties are broken by position.
     """
 

@@ -1,10 +1,10 @@
-"""Family 7 analyses (002 §4-5, App. A and D) of the iterative-pruning runs of ``repro/07*.toml``.
+"""Family 7 analyses (Paganini & Forde 2020, §4-5, App. A and D) of the iterative-pruning runs of ``repro/07*.toml``.
 
     python repro/imp_analysis.py [--root repro/runs] [--out repro/results/imp]
 
 From the masks (committed with the runs):
 - ``jaccard_to_l2``: per layer and pruning level, the Jaccard distance of each structure's mask to the
-  L2-structured mask of the same seed and level (002 §4, Fig. 3);
+  L2-structured mask of the same seed and level (Paganini & Forde 2020, §4, Fig. 3);
 - ``jaccard_to_l1_unstructured``: the same against L1-unstructured masks (Fig. 4);
 - ``rewind_vs``: per layer and level, the distance between the masks found with rewinding and with
   finetuning or sigma*sign reinitialization, same structure and seed (§4.1, App. A Fig. 9);

@@ -1,4 +1,4 @@
-"""Family 5 (no training): layer collapse and conservation of synaptic saliency, 001 Figs. 1-4.
+"""Family 5 (no training): layer collapse and conservation of synaptic saliency, Tanaka et al. 2020, Figs. 1-4.
 
 For each network at its CIFAR input shape and each criterion at initialization: the critical
 compression (largest compression before a layer is emptied) against the max compression N/L, the

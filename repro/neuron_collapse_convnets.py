@@ -1,7 +1,7 @@
 """Family 6 (no training): neuron collapse of the papers' convnets at their highest matching sparsity,
-000 §5 ("SynFlow", Fig. 5).
+Frankle et al. 2021, §5 ("SynFlow", Fig. 5).
 
-Frankle et al. (000 §5) count the neurons (convolutional channels) whose incoming weights are all
+Frankle et al. (2021, §5) count the neurons (convolutional channels) whose incoming weights are all
 pruned: at the highest matching sparsities (footnote 2: 73.8% ResNet-20, 93.1% VGG-16, 96.5% ResNet-18,
 67.2% ResNet-50) SynFlow prunes 31%, 52%, 69% and 29% of them, SNIP 5%, 11%, 32% and 7%, GraSP 1%, 6%,
 14% and 1%, magnitude 0%, 0%, <1% and 0%; shuffling SynFlow's mask layerwise brings it down to 1%, 0%,
@@ -14,7 +14,7 @@ GraSP on 1000 Gaussian inputs take about 40 minutes of one CPU thread (``--metho
     OMP_NUM_THREADS=1 python repro/neuron_collapse_convnets.py [--nets resnet20 vgg16 resnet18 resnet50]
 
 Results are cached entry by entry in ``repro/results/neuron_collapse/results.json``; the figure
-``<net>_neuron_collapse.png`` follows 000 Fig. 5.
+``<net>_neuron_collapse.png`` follows Frankle et al. 2021, Fig. 5.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""Family 6 (no training): how the criteria prune the 1x1 shortcut convolutions, 000 App. J and Fig. 15.
+"""Family 6 (no training): how the criteria prune the 1x1 shortcut convolutions,
+Frankle et al. 2021, App. J and Fig. 15.
 
-Frankle et al. (000, App. J, "Skip connections"; also §5 and its footnote 6) report that SynFlow prunes
+Frankle et al. (2021, App. J, "Skip connections"; also §5 and its footnote 6) report that SynFlow prunes
 the 1x1 convolutions on the downsampling skip connections (``shortcut`` on ResNet-20, ``downsample``
 on ResNet-18/50) much more heavily than the rest of the network, that the other criteria prune them to
 similar or lower sparsities than adjacent layers, and that on ResNet-50 SynFlow empties three of the
@@ -14,16 +15,17 @@ random, magnitude, SNIP, GraSP and SynFlow, and records:
   convolutions of the main branch of the same residual block (conv1, conv2 of a basic block; conv1..3
   of a bottleneck): the layers the shortcut runs parallel to, from the block's input to its output.
 
-Networks and sparsities follow 000: ResNet-20 on CIFAR-10 (3x32x32, 10 classes), torchvision's
+Networks and sparsities follow Frankle et al. 2021: ResNet-20 on CIFAR-10 (3x32x32, 10 classes), torchvision's
 ResNet-18 on TinyImageNet (3x64x64, 200 classes), ResNet-50 on ImageNet (3x224x224, 1000 classes),
-at the grid sparsities 1 - 0.8^k closest to 000's highest matching sparsity (footnote 2: 73.8%, 96.5%
+at the grid sparsities 1 - 0.8^k closest to Frankle et al. 2021's highest matching sparsity (footnote 2: 73.8%, 96.5%
 and 67.2%; for ResNet-18 also 79.0%, where SynFlow still reaches full accuracy, §4), plus 93.1%
 (k = 12) on every network as a heavier point. ``--sparsities NET:S,S`` replaces a network's list.
 
 SNIP and GraSP need a batch; no CIFAR-10, TinyImageNet or ImageNet is available offline here, so they
 score class-balanced Gaussian inputs instead: ceil(100 / classes) per class (100 inputs on ResNet-20,
-one per class on ResNet-18 and ResNet-50, i.e. 200 and 1000 inputs, as Wang et al.'s ImageNet
-configuration; 000 App. B.2 and C.2 use ten real examples per class), fed in chunks (train-mode BatchNorm
+one per class on ResNet-18 and ResNet-50, i.e. 200 and 1000 inputs, as Wang et al. 2020's ImageNet
+configuration; Frankle et al. 2021, App. B.2 and C.2 use ten real examples per class),
+fed in chunks (train-mode BatchNorm
 normalizes each chunk with its own statistics). One-shot criteria are scored once per network and
 thresholded at each sparsity (``prunelab.remove``, what ``prunelab.prune`` does in its single
 iteration); SynFlow runs ``prunelab.prune`` with its 100 iterations. Results are cached entry by

@@ -43,7 +43,7 @@ def dense_stats(df: pd.DataFrame, model: str, train: str) -> tuple[float, float,
 
 
 def family1(df: pd.DataFrame) -> str:
-    out = ["## Family 1: SNIP at initialization (004 Table 1 analogue, Fashion-MNIST)\n"]
+    out = ["## Family 1: SNIP at initialization (Lee et al. 2019, Table 1 analogue, Fashion-MNIST)\n"]
     rows = [["network", "epochs", "sparsity", "error %", "dense error %", "error change (points)"]]
     snip = df[(df.kind == "prune") & (df.method == "snip") & (df.status == "done") & (df.prune_at == "0it")]
     for (model, train), part in snip.groupby(["model", "training.train"]):
@@ -57,7 +57,7 @@ def family1(df: pd.DataFrame) -> str:
 
 
 def family2(df: pd.DataFrame) -> str:
-    out = ["## Family 2: criteria at initialization vs. after training (000 Fig. 3, App. K)\n"]
+    out = ["## Family 2: criteria at initialization vs. after training (Frankle et al. 2021, Fig. 3, App. K)\n"]
     sel = df[(df.model == "lenet_300_100") & (df["training.train"] == "10ep") & (df.status == "done")]
     init = sel[(sel.kind == "prune") & (sel.prune_at == "0it") & sel.ablation.isna()]
     after = sel[(sel.kind == "prune") & (sel.prune_at == "end") & sel.ablation.isna()]
@@ -87,7 +87,7 @@ def family2(df: pd.DataFrame) -> str:
 
 
 def family3(df: pd.DataFrame) -> str:
-    """Ablations at initialization and after training (000 §5 Fig. 4, App. F)."""
+    """Ablations at initialization and after training (Frankle et al. 2021, §5 Fig. 4, App. F)."""
     sel = df[(df.kind == "prune") & (df.model == "lenet_300_100") & (df["training.train"] == "10ep")
              & (df.status == "done") & df.sparsity_target.isin([0.737856, 0.931280523, 0.981985201])]
     sel = sel.assign(ablation=sel.ablation.fillna("unmodified"), when=sel.prune_at.map({"0it": "init", "end": "after"}))
@@ -101,12 +101,13 @@ def family3(df: pd.DataFrame) -> str:
         rows.append([method, when, f"{target:.1%}"] + [
             f"{pct(agg[a].mean(), agg[a].std())} (n={len(agg[a])})" if a in agg else "-"
             for a in rows[0][3:]])
-    return ("## Family 3: ablations at initialization and after training (000 §5 Fig. 4, App. F)\n\n"
+    return ("## Family 3: ablations at initialization and after training (Frankle et al. 2021, §5 Fig. 4, App. F)\n\n"
             + table(rows) + "\n")
 
 
 def family4(df: pd.DataFrame) -> str:
-    """Pruning after initialization (000 §6, Fig. 6): prune at step t, or LTR rewound to t, at one sparsity."""
+    """Pruning after initialization (Frankle et al. 2021, §6, Fig. 6): prune at step t, or LTR rewound to t,
+    at one sparsity."""
     target = 0.931280523
     sel = df[(df.model == "lenet_300_100") & (df["training.train"] == "10ep") & (df.status == "done")]
     later = sel[(sel.kind == "prune") & sel.ablation.isna() & (sel.sparsity_target == target)
@@ -126,10 +127,11 @@ def family4(df: pd.DataFrame) -> str:
             cells.append(f"{pct(values.mean(), values.std())} (n={len(values)})" if len(values) else "-")
         rows.append([name] + cells)
     dense, dense_std, n = dense_stats(df, "lenet_300_100", "10ep")
-    return (f"## Family 4: pruning after initialization at {target:.1%} sparsity (000 §6, Fig. 6)\n\n"
+    return (f"## Family 4: pruning after initialization at {target:.1%} sparsity (Frankle et al. 2021, §6, Fig. 6)\n\n"
             "LeNet-300-100, 10 epochs (4690 steps). A criterion prunes the dense network at step t and the "
-            "pruned network trains a whole schedule from the weights at t (000 §6); LTR keeps the weights at t "
-            "under the after-training magnitude mask and trains from t to the end (000 §4). "
+            "pruned network trains a whole schedule from the weights at t (Frankle et al. 2021, §6); "
+            "LTR keeps the weights at t "
+            "under the after-training magnitude mask and trains from t to the end (Frankle et al. 2021, §4). "
             f"Dense: {pct(dense, dense_std)} (n={n}).\n\n" + table(rows) + "\n")
 
 
@@ -147,13 +149,14 @@ def family5(results: Path) -> str:
         if "conservation" in entry:
             c = entry["conservation"]
             cons.append([net, "yes" if c["exact"] else "approximate", f"{c['max_relative_error']:.2e}"])
-    return ("## Family 5: layer collapse and conservation at initialization (001 Figs. 1-4)\n\n"
+    return ("## Family 5: layer collapse and conservation at initialization (Tanaka et al. 2020, Figs. 1-4)\n\n"
             "Critical compression (largest compression without an empty layer; bisection, 12% tolerance):\n\n"
             + table(rows) + "\n\n" + table(cons) + "\n")
 
 
 def family6_convnets(results: Path) -> str:
-    """Neuron collapse of the papers' convnets at their highest matching sparsity (000 §5, Fig. 5), from
+    """Neuron collapse of the papers' convnets at their highest matching sparsity (Frankle et al. 2021, §5,
+    Fig. 5), from
     ``repro/neuron_collapse_convnets.py``."""
     data = script_results(results, "neuron_collapse")
     if data is None:
@@ -164,13 +167,14 @@ def family6_convnets(results: Path) -> str:
         some = next(e for e in entry.values() if isinstance(e, dict))
         rows.append([net, f"{entry['sparsity_target']:.1%}", some["neurons"]]
                     + [f"{entry[m]['dead']:.1%}" if m in entry else "-" for m in methods])
-    return ("## Family 6: neuron collapse of convnets at initialization (000 §5, Fig. 5)\n\n"
-            "Neurons (output channels and units) whose incoming weights are all pruned, at 000's highest matching "
+    return ("## Family 6: neuron collapse of convnets at initialization (Frankle et al. 2021, §5, Fig. 5)\n\n"
+            "Neurons (output channels and units) whose incoming weights are all pruned, at Frankle et al. 2021's "
+            "highest matching "
             "sparsity of each network; no training, SNIP and GraSP on Gaussian inputs.\n\n" + table(rows) + "\n")
 
 
 def family6_shortcuts(results: Path) -> str:
-    """How each criterion prunes the 1x1 shortcut convolutions of ResNets (000 App. J, Fig. 15), from
+    """How each criterion prunes the 1x1 shortcut convolutions of ResNets (Frankle et al. 2021, App. J, Fig. 15), from
     ``repro/shortcut_pruning.py``."""
     data = script_results(results, "shortcuts")
     if data is None:
@@ -186,7 +190,8 @@ def family6_shortcuts(results: Path) -> str:
             cells = " ".join(f"{shortcuts[n]['density']:.2g} ({shortcuts[n]['adjacent_mean']:.2f})" for n in names)
             emptied = sum(shortcuts[n]["fully_pruned"] for n in names)
             rows.append([net, f"{float(sparsity):.1%}", method, cells, f"{emptied}/{len(names)}"])
-    return ("## Family 6: pruning of the shortcut convolutions at initialization (000 App. J, Fig. 15)\n\n"
+    return ("## Family 6: pruning of the shortcut convolutions at initialization (Frankle et al. 2021, App. J, "
+            "Fig. 15)\n\n"
             "No training; SNIP and GraSP score Gaussian inputs. Shortcuts in network order.\n\n" + table(rows) + "\n")
 
 
@@ -200,7 +205,8 @@ def family7(df: pd.DataFrame) -> str:
         by = {int(r.level): r for _, r in part.iterrows()}
         rows.append([train, structure, rewind] + [
             f"{pct(by[i].test_accuracy)} @ {by[i].sparsity:.1%}" if i in by else "-" for i in levels])
-    return ("## Family 7: iterative pruning of LeNet-5 (002)\n\nTest accuracy @ sparsity per level:\n\n"
+    return ("## Family 7: iterative pruning of LeNet-5 (Paganini & Forde 2020)\n\n"
+            "Test accuracy @ sparsity per level:\n\n"
             + table(rows) + "\n")
 
 
@@ -223,18 +229,19 @@ def _similarity(res: dict) -> list[str]:
     out = []
     to_l2 = pd.DataFrame(res["jaccard_to_l2"])
     if not to_l2.empty:
-        out.append("Jaccard distance to the L2-structured mask, same seed and level, per layer (002 Fig. 3):\n")
+        out.append("Jaccard distance to the L2-structured mask, same seed and level, per layer "
+                   "(Paganini & Forde 2020, Fig. 3):\n")
         out.append(table(_by_level(to_l2, ["other", "layer"], "distance", _dist)) + "\n")
     to_us = pd.DataFrame(res["jaccard_to_l1_unstructured"])
     convs = [n for n, shape in res["layers"].items() if len(shape) == 4]
     if not to_us.empty and len(convs) > 1:
         out.append(f"Jaccard distance of the second convolution ({convs[1]}) to the L1-unstructured mask "
-                   "(002 Fig. 4):\n")
+                   "(Paganini & Forde 2020, Fig. 4):\n")
         out.append(table(_by_level(to_us[to_us.layer == convs[1]], ["other"], "distance", _dist)) + "\n")
     rv = pd.DataFrame(res["rewind_vs"])
     if not rv.empty:
         out.append("Jaccard distance between the masks found with rewinding and with finetuning or sigma*sign "
-                   "reinitialization, same structure and seed, per layer (002 §4.1, App. A):\n")
+                   "reinitialization, same structure and seed, per layer (Paganini & Forde 2020, §4.1, App. A):\n")
         out.append(table(_by_level(rv, ["other", "layer"], "distance", _dist)) + "\n")
     return out
 
@@ -252,7 +259,8 @@ def _structure(res: dict) -> list[str]:
         rows.append([structure, rewind, layer] + [
             f"{part.loc[lv, 'removed']:.0%}; {part.loc[lv, 'dispersion']:.1f} / {part.loc[lv, 'output_dispersion']:.1f}"
             if lv in part.index else "-" for lv in levels])
-    return ["Emergent structure (002 §4, Fig. 5): per layer, the fraction of input channels (input features for the "
+    return ["Emergent structure (Paganini & Forde 2020, §4, Fig. 5): per layer, the fraction of input channels "
+            "(input features for the "
             "linear layer) removed whole, then the dispersion of the kept counts over the input / output channels: "
             "their variance over its value for a random mask with the same number of weights (1 = no structure; "
             f"a random mask removes a given input channel whole with probability at most "
@@ -277,13 +285,14 @@ def _stability(res: dict) -> list[str]:
         rows.append([structure] + ["-" if pd.isna(v) else f"{v:.4f}" for v in r])
     en = pd.DataFrame(res.get("ensembles", {}).get("rows", []))
     if not en.empty and len(piv) >= 3:
-        # 002 §5: the more stable the weights, the more accurate the sub-network at high sparsity
+        # Paganini & Forde 2020, §5: the more stable the weights, the more accurate the sub-network at high sparsity
         last = en[en.level == en.level.max()].drop(columns=["seed", "level"]).mean()
         acc = last.reindex(piv.index)
         rows.append([f"Spearman ρ with the level-{int(en.level.max())} accuracy"]
                     + [f"{_spearman(piv[c], acc):.2f}" for c in piv.columns])
     return ["Weight stability: mean |w_i - w_(i-1)| of the weights kept at consecutive levels (level 0 = dense), "
-            "averaged over levels; lower is more stable (002 §5, Fig. 8). The last row correlates it across "
+            "averaged over levels; lower is more stable (Paganini & Forde 2020, §5, Fig. 8). "
+            "The last row correlates it across "
             "structures with their accuracy at the last level (negative: the more stable, the more accurate):\n",
             table(rows) + "\n"]
 
@@ -296,12 +305,12 @@ def _ensembles(res: dict) -> list[str]:
     agg = en.groupby("level")[cols].mean()
     rows = [["level"] + cols] + [[int(level)] + [pct(r[c]) for c in cols] for level, r in agg.iterrows()]
     return ["Ensembles: test accuracy of each structure's network (weights rewound) and of averaging the softmax "
-            "outputs of all of them or of L1 structured + L1 unstructured (002 App. D, Table 2):\n",
+            "outputs of all of them or of L1 structured + L1 unstructured (Paganini & Forde 2020, App. D, Table 2):\n",
             table(rows) + "\n"]
 
 
 def family7_analyses(results: Path) -> str:
-    """Mask similarity, emergent structure, weight stability and ensembles (002 §4-5, App. D) from
+    """Mask similarity, emergent structure, weight stability and ensembles (Paganini & Forde 2020, §4-5, App. D) from
     ``repro/imp_analysis.py``, one section per training budget."""
     data = script_results(results, "imp")
     if data is None:
@@ -310,13 +319,14 @@ def family7_analyses(results: Path) -> str:
     budgets = data.items()
     for train, res in sorted(budgets, key=lambda kv: (kv[0][-2:], float(kv[0][:-2]))):  # "1ep" < "4ep" < "10ep"
         out.append(f"## Family 7 analyses, {train} per level: similarity, structure, stability, ensembles "
-                   "(002 §4-5, App. D)\n")
+                   "(Paganini & Forde 2020, §4-5, App. D)\n")
         out += _similarity(res) + _structure(res) + _stability(res) + _ensembles(res)
     return "\n".join(out)
 
 
 def family6(df: pd.DataFrame, root: str) -> str:
-    """Layerwise proportions, neuron collapse and effective sparsity of the family-2 masks (000 §5 Fig. 5,
+    """Layerwise proportions, neuron collapse and effective sparsity of the family-2 masks (Frankle et al. 2021,
+    §5 Fig. 5,
     App. J Fig. 15, App. M), seed 0."""
     from prunelab import Mask, analysis, models
 

@@ -126,7 +126,7 @@ def test_jaccard_against_sets():
     assert analysis.jaccard(empty, empty) == 1.0 and analysis.jaccard(m1, empty) == 0.0
     with pytest.raises(ValueError, match="different parameters"):
         analysis.jaccard(m1, Mask({"a": m1["a"]}))
-    # an fc-only mask (002) against a whole-network one: compared on the tensors both cover
+    # an fc-only mask (Paganini & Forde 2020) against a whole-network one: compared on the tensors both cover
     partial = Mask({"a": m2["a"]})
     assert analysis.jaccard_per_layer(m1, partial, shared_only=True) == {"a": per["a"]}
     with pytest.raises(ValueError, match="no tensor in common"):

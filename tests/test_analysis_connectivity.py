@@ -4,7 +4,7 @@ Each test builds the unit graph by hand from the layer shapes (units of an MLP; 
 positions of a convnet, padding included; a residual block's identity edges), adds one edge per
 kept weight, and runs two breadth-first searches: forward from the input units and backward from
 the output units. A kept weight is effective iff one of its edges goes from an input-reachable unit
-to an output-reaching unit (Frankle et al. 2021 App. M; Paganini & Forde App. B).
+to an output-reaching unit (Frankle et al. 2021, App. M; Paganini & Forde 2020, App. B).
 """
 
 from __future__ import annotations

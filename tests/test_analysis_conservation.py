@@ -12,7 +12,7 @@ from prunelab import analysis
 
 
 def signed_saliency(model, x, y, include_bias=False):
-    """``dL/dw * w`` with its sign (synaptic saliency, 001 eq. (1)), float64, by plain autograd."""
+    """``dL/dw * w`` with its sign (synaptic saliency, Tanaka et al. 2020, eq. (1)), float64, by plain autograd."""
     params = dict(model.named_parameters())
     names = [n for n in params if n.endswith("weight") or (include_bias and n.endswith("bias"))]
     names = [n for n in names if params[n].dim() >= 2 or include_bias]

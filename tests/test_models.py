@@ -168,7 +168,7 @@ def test_resnet_width_option_and_wide_resnet_names():
     wide = models.create("resnet20", width=2)
     assert count(wide) == cifar_resnet_count(20, width=2)
     assert count(models.create("wrn_20_2")) == count(wide)
-    # WRN-14-8 of Frankle et al. App. B.3 (Zagoruyko & Komodakis's WRN-16-8): n = 2, k = 8
+    # WRN-14-8 of Frankle et al. 2021, App. B.3 (WRN-16-8 of Zagoruyko & Komodakis 2016): n = 2, k = 8
     assert count(models.create("wrn_14_8")) == cifar_resnet_count(14, width=8)
     m = models.create("wrn_8_1", input_shape=(1, 28, 28), num_classes=3)
     assert m(torch.zeros(2, 1, 28, 28)).shape == (2, 3)

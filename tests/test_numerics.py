@@ -11,7 +11,7 @@ from prunelab import models
 @pytest.mark.parametrize("name,shape,overflows_float32", [
     ("resnet110", (3, 32, 32), True), ("vgg19", (3, 32, 32), False), ("resnet50", (3, 224, 224), True)])
 def test_synflow_scores_are_finite_on_deep_networks(name, shape, overflows_float32):
-    """float64 is mandatory: the product of |w| over 50-110 layers overflows float32 (000 App. D.2)."""
+    """float64 is mandatory: the product of |w| over 50-110 layers overflows float32 (Frankle et al. 2021, App. D.2)."""
     model = models.create(name, num_classes=10, input_shape=shape, seed=0)
     scores = prunelab.score(model, "synflow", input_shape=shape)
     flat = torch.cat([s.flatten() for s in scores.values()])

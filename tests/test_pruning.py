@@ -365,7 +365,7 @@ def test_layer_collapse_warning_names_the_layer():
 
 
 def test_synflow_avoids_the_collapse_that_one_shot_magnitude_suffers():
-    """001 §3/§6 in miniature: at 99% sparsity global magnitude empties the two later layers of this
+    """Tanaka et al. 2020, §3/§6 in miniature: at 99% sparsity global magnitude empties the two later layers of this
     MLP (their init bound is smaller), while SynFlow's 100 iterations keep every layer connected."""
     torch.manual_seed(0)
     model = nn.Sequential(
@@ -445,7 +445,7 @@ def lenet5(in_channels, seed=0):
 @pytest.mark.parametrize("in_channels", [1, 3])
 @pytest.mark.parametrize("method", ["l1_channel", "random_channel"])
 def test_structured_pruning_never_removes_a_layers_last_channel(in_channels, method):
-    """Paper 002 §3.1: 20% of the remaining channels per level; a 1-channel layer is never emptied."""
+    """Paganini & Forde 2020, §3.1: 20% of the remaining channels per level; a 1-channel layer is never emptied."""
     model = lenet5(in_channels)
     mask = None
     for level in range(1, 21):

@@ -251,7 +251,7 @@ def test_analyze_prints_the_kept_counts_of_a_hand_built_mask(tmp_path, capsys):
     assert lines["3.weight"][2:4] == ["100", "30,000"]
     assert lines["5.weight"][2:4] == ["1,000", "1,000"]
     assert lines["total"][1:3] == ["8,940", "266,200"]
-    # effective: 7,840 + 50 + 50 weights lie on an input-to-output path (000 App. M)
+    # effective: 7,840 + 50 + 50 weights lie on an input-to-output path (Frankle et al. 2021, App. M)
     assert lines["3.weight"][5] == f"{1 - 50 / 30000:.4f}" and lines["5.weight"][5] == f"{1 - 50 / 1000:.4f}"
     assert f"{1 - 7940 / 266200:.4f}" in out and "layer collapse: none" in out
     assert f"max compression N/L: {266200 / 3:,.0f}x" in out

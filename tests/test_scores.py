@@ -78,7 +78,7 @@ def test_snip_equals_gradient_wrt_multiplicative_gates(masked):
     mask = random_mask(model) if masked else None
     got = prunelab.score(model, "snip", batch=(x, y), mask=mask)
 
-    # Lee et al.: gates c = 1 multiply each weight; the score is |dL/dc|.
+    # Lee et al. 2019: gates c = 1 multiply each weight; the score is |dL/dc|.
     ws = [w.detach() for w in weights(model)]
     ms = [mask[f"{i}.weight"].float() for i in (0, 2)] if masked else [torch.ones_like(w) for w in ws]
     cs = [torch.ones_like(w, requires_grad=True) for w in ws]
@@ -157,7 +157,7 @@ def test_grasp_metadata_prunes_highest_and_abs_lowest():
 # SynFlow
 # ------------------------------------------------------------------------------------------------
 def synflow_eq3(ws):
-    """001 eq. (3): S(w_ij^l) = [1^T prod_{k>l} |W^k|]_i |w_ij^l| [prod_{k<l} |W^k| 1]_j."""
+    """Tanaka et al. 2020, eq. (3): S(w_ij^l) = [1^T prod_{k>l} |W^k|]_i |w_ij^l| [prod_{k<l} |W^k| 1]_j."""
     a = [w.detach().double().abs() for w in ws]
     out = []
     for l, w in enumerate(a):
@@ -198,7 +198,7 @@ def test_synflow_equals_brute_force_path_sum_with_mask():
 
 
 def test_synflow_conservation_per_neuron_and_layer():
-    """001 Theorems 1-2 on a bias-free ReLU MLP: per hidden neuron, incoming = outgoing score; all
+    """Tanaka et al. 2020, Theorems 1-2 on a bias-free ReLU MLP: per hidden neuron, incoming = outgoing score; all
     layers have the same total (R)."""
     model = mlp(bias=False, dims=(6, 8, 7, 4))
     s = prunelab.score(model, "synflow", input_shape=(6,))

@@ -1,15 +1,15 @@
 """Analyses of pruned networks: pure functions over models, masks, scores and predictions.
 
-- :mod:`~prunelab.analysis.layerwise`: per-layer counts (Frankle et al. 2021 App. J).
+- :mod:`~prunelab.analysis.layerwise`: per-layer counts (Frankle et al. 2021, App. J).
 - :mod:`~prunelab.analysis.collapse`: layer collapse, max and critical compression (Tanaka et al.
-  2020 §3), neuron collapse (Frankle et al. §5, Fig. 5).
-- :mod:`~prunelab.analysis.connectivity`: effective mask and sparsity (Frankle et al. App. M;
-  Paganini & Forde App. B).
-- :mod:`~prunelab.analysis.conservation`: conservation of synaptic saliency (Tanaka et al. §4).
+  2020, §3), neuron collapse (Frankle et al. 2021, §5, Fig. 5).
+- :mod:`~prunelab.analysis.connectivity`: effective mask and sparsity (Frankle et al. 2021, App. M;
+  Paganini & Forde 2020, App. B).
+- :mod:`~prunelab.analysis.conservation`: conservation of synaptic saliency (Tanaka et al. 2020, §4).
 - :mod:`~prunelab.analysis.similarity`: Jaccard similarity of masks, weight stability (Paganini &
   Forde §4-5).
-- :mod:`~prunelab.analysis.ensembles`: prediction agreement and ensembles (Paganini & Forde App. D).
-- :mod:`~prunelab.analysis.structure`: emergent input-channel structure (Paganini & Forde §4, App. E).
+- :mod:`~prunelab.analysis.ensembles`: prediction agreement and ensembles (Paganini & Forde 2020, App. D).
+- :mod:`~prunelab.analysis.structure`: emergent input-channel structure (Paganini & Forde 2020, §4, App. E).
 """
 
 from prunelab.analysis.collapse import critical_compression, layer_collapse, max_compression, neuron_collapse

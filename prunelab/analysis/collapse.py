@@ -1,7 +1,7 @@
-"""Layer collapse, max and critical compression (Tanaka et al. 2020 = paper 001, §3) and neuron
-collapse (Frankle et al. 2021 = paper 000, §5, Fig. 5).
+"""Layer collapse, max and critical compression (Tanaka et al. 2020, §3) and neuron
+collapse (Frankle et al. 2021, §5, Fig. 5).
 
-Compression ratio ``rho`` is what 001 §3 calls it: covered weights before pruning divided by weights
+Compression ratio ``rho`` is what Tanaka et al. (2020, §3) call it: covered weights before pruning divided by weights
 kept, so ``rho = 1 / density`` and ``sparsity = 1 - 1 / rho``.
 """
 
@@ -23,10 +23,10 @@ DEFAULT_THRESHOLDS = tuple(i / 20 for i in range(21))
 
 
 def layer_collapse(mask: Mapping[str, torch.Tensor]) -> list[str]:
-    """Names of masked tensors with no weight left while other tensors keep some (001 §3).
+    """Names of masked tensors with no weight left while other tensors keep some (Tanaka et al. 2020, §3).
 
     Such a network is disconnected: no signal crosses the empty layer, and accuracy drops to chance
-    (001 Fig. 1). An all-empty mask returns ``[]``: that is no longer one layer collapsing but the
+    (Tanaka et al. 2020, Fig. 1). An all-empty mask returns ``[]``: that is no longer one layer collapsing but the
     whole network pruned. Zero-sized tensors never count as collapsed.
     """
     counts = as_mask(mask).layer_counts()
@@ -35,7 +35,7 @@ def layer_collapse(mask: Mapping[str, torch.Tensor]) -> list[str]:
 
 
 def max_compression(mask: Mapping[str, torch.Tensor]) -> float:
-    """``rho_max = N / L``: covered weights over the number of covered tensors (001 §3).
+    """``rho_max = N / L``: covered weights over the number of covered tensors (Tanaka et al. 2020, §3).
 
     The compression that keeps exactly one weight per layer; no criterion can compress further
     without collapsing a layer, so every critical compression is at most this. Zero-sized tensors
@@ -64,11 +64,12 @@ def critical_compression(
     tol: float = 0.05,
     **prune_options,
 ) -> float:
-    """The largest compression ``rho`` at which ``method`` leaves no layer empty: 001 §3's critical
-    compression (the arrows of its Fig. 1), found without any training.
+    """The largest compression ``rho`` at which ``method`` leaves no layer empty: the critical
+    compression of Tanaka et al. (2020, §3; the arrows of their Fig. 1), found without any training.
 
     Bisection on ``log10(rho)`` between ``low`` (default 1: nothing pruned) and ``high`` (default
-    :func:`max_compression` of the covered parameters, the bound ``rho_cr <= rho_max`` of 001 §3).
+    :func:`max_compression` of the covered parameters, the bound ``rho_cr <= rho_max`` of Tanaka et al.
+    2020, §3).
     Each probe is one :func:`prunelab.prune` call at ``sparsity = 1 - 1/rho`` with ``batch``,
     ``input_shape``, ``iterations`` (default: the criterion's own, e.g. 100 for SynFlow) and
     ``prune_options`` (``scope``, ``schedule``, ``seed``, ``include_bias``, ...), then
@@ -76,8 +77,8 @@ def critical_compression(
     units and returns its lower end, the largest compression seen not to collapse: the true
     critical compression lies in ``[result, result * 10**tol)``. Returns ``high`` when even that does
     not collapse. Bisection assumes that once a criterion collapses a layer it keeps doing so at
-    higher compression, which holds for one-shot global pruning of fixed scores and is what 001
-    Fig. 1 reads off; iterative criteria are probed each at the same iterations.
+    higher compression, which holds for one-shot global pruning of fixed scores and is what
+    Tanaka et al. 2020, Fig. 1 reads off; iterative criteria are probed each at the same iterations.
     """
     low = _positive(low, "low")
     tol = _positive(tol, "tol")
@@ -118,13 +119,13 @@ def critical_compression(
 
 def neuron_collapse(mask: Mapping[str, torch.Tensor], thresholds: Sequence[float] | None = None) -> dict:
     """Fraction of neurons whose incoming weights are at least ``s`` sparse, for each threshold ``s``
-    (Frankle et al. 2021 = 000, §5 "neuron collapse", Fig. 5).
+    (Frankle et al. 2021, §5 "neuron collapse", Fig. 5).
 
     A neuron is an output unit of a linear layer or an output channel of a convolution: index ``i``
     along dimension 0 of a masked weight with at least two dimensions (1-D tensors such as biases
     are skipped). Its incoming weights are ``mask[name][i]`` (for a convolution, all input channels
     and kernel positions). The threshold ``1.0`` counts fully dead neurons, the ones SynFlow prunes
-    at a high rate (000 §5). Default thresholds: 0, 0.05, ..., 1.
+    at a high rate (Frankle et al. 2021, §5). Default thresholds: 0, 0.05, ..., 1.
 
     Returns ``{"thresholds": [...], "fraction": [...], "per_layer": {name: [...]},
     "neurons": total count, "per_layer_neurons": {name: count}}``; ``fraction[k]`` is over all

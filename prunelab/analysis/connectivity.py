@@ -1,6 +1,6 @@
 """Effective sparsity: kept weights that no signal can use count as pruned.
 
-Frankle et al. 2021 (paper 000), App. M, and Paganini & Forde (paper 002), App. B ("effective
+Frankle et al. 2021, App. M, and Paganini & Forde 2020, App. B ("effective
 pruning rate"): a kept weight whose output never reaches the network's output cannot change what
 the network computes; neither can one whose input unit never receives anything from the input.
 Such weights are pruned in effect, and the *effective* sparsity counts them.
@@ -135,7 +135,7 @@ def _reachability_net(model: nn.Module, mask: Mask) -> tuple[nn.Module, dict[str
 def effective_mask(model: nn.Module, mask: Mapping[str, torch.Tensor], input_shape: Sequence[int]) -> Mask:
     """``mask`` minus the kept weights that are disconnected from the output or from the input.
 
-    Frankle et al. 2021 (000) App. M, steps 1-5, on a float64 deep copy (the caller's model is not
+    Frankle et al. 2021, App. M, steps 1-5, on a float64 deep copy (the caller's model is not
     touched): covered weights set to 1 if kept and 0 if pruned, other conv/linear weights to 1 where
     nonzero; all biases 0 (a constant carries no signal from the input); BatchNorm made an identity
     (running mean 0, variance 1 - eps, scale 1, shift 0); other normalization layers skipped;
@@ -143,8 +143,8 @@ def effective_mask(model: nn.Module, mask: Mapping[str, torch.Tensor], input_sha
     input per window only); eval mode; one all-ones example of shape ``input_shape``; gradient of
     the sum of the outputs. A kept weight stays kept iff its gradient is nonzero, which (see the
     module docstring) happens iff its input unit is reachable from the input *and* its output unit
-    reaches an output: 000 App. M's "disconnected from the output" and the "implicitly pruned"
-    weights of 002 App. B, plus weights fed by units that nothing reaches. A covered bias is kept iff
+    reaches an output: Frankle et al. 2021, App. M's "disconnected from the output" and the "implicitly pruned"
+    weights of Paganini & Forde 2020, App. B, plus weights fed by units that nothing reaches. A covered bias is kept iff
     kept and its unit reaches an output.
 
     Assumes activations with ``phi(0) = 0`` and ``phi(x) > 0`` for ``x > 0`` (ReLU and its kin):
@@ -173,12 +173,13 @@ def effective_mask(model: nn.Module, mask: Mapping[str, torch.Tensor], input_sha
 
 
 def effective_sparsity(model: nn.Module, mask: Mapping[str, torch.Tensor], input_shape: Sequence[int]) -> dict:
-    """Actual vs effective sparsity, overall and per tensor (000 App. M; 002 App. B).
+    """Actual vs effective sparsity, overall and per tensor (Frankle et al. 2021, App. M;
+    Paganini & Forde 2020, App. B).
 
     ``actual`` counts the weights the mask prunes; ``effective`` also counts kept weights that
     :func:`effective_mask` finds disconnected. Returns ``{"actual", "effective", "total", "kept",
     "effective_kept", "per_layer": {name: {"actual", "effective", "total", "kept", "effective_kept"}}}``.
-    000 App. M compares networks by the ratio of effective parameters (``effective_kept``), e.g.
+    Frankle et al. (2021, App. M) compare networks by the ratio of effective parameters (``effective_kept``), e.g.
     shuffled over unmodified.
     """
     mask = as_mask(mask)
@@ -206,7 +207,7 @@ def effective_sparsity(model: nn.Module, mask: Mapping[str, torch.Tensor], input
 
 def effective_parameter_ratio(model: nn.Module, mask: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor],
                               input_shape: Sequence[int]) -> float:
-    """Effective parameters of ``mask`` over those of ``reference``: 000 App. M's ratio of the
+    """Effective parameters of ``mask`` over those of ``reference``: Frankle et al. 2021, App. M's ratio of the
     layerwise-shuffled network to the unmodified one (Fig. 16; at most 1.0353 in that paper)."""
     ours = effective_sparsity(model, mask, input_shape)["effective_kept"]
     theirs = effective_sparsity(model, reference, input_shape)["effective_kept"]

@@ -1,12 +1,12 @@
-"""Conservation of synaptic saliency (Tanaka et al. 2020 = paper 001, §4, Theorems 1-2, Figs. 3-4).
+"""Conservation of synaptic saliency (Tanaka et al. 2020, §4, Theorems 1-2, Figs. 3-4).
 
-Synaptic saliency is any score of the form ``S = dR/dtheta * theta`` (001 eq. (1)). For a network
+Synaptic saliency is any score of the form ``S = dR/dtheta * theta`` (Tanaka et al. 2020, eq. (1)). For a network
 whose activations are homogeneous (``phi(x) = phi'(x) x``: ReLU, leaky ReLU, identity, max- and
 average-pooling), Theorem 1 says that the saliency entering a hidden neuron (its incoming weights
 and its bias) equals the saliency leaving it (its outgoing weights), and Theorem 2 that every set of
 parameters separating input from output carries the same total: in a plain chain of layers each
 layer's total score is the same, so the *average* score of a layer is inversely proportional to its
-size (001 Fig. 4), which is why one-shot gradient criteria empty the largest layers first.
+size (Tanaka et al. 2020, Fig. 4), which is why one-shot gradient criteria empty the largest layers first.
 """
 
 from __future__ import annotations
@@ -139,8 +139,8 @@ def conservation(
     pairs: Mapping[str, Sequence[str]] | None = None,
     rtol: float = 1e-4,
 ) -> dict:
-    """Per hidden neuron, incoming vs outgoing score (001 Theorem 1, Fig. 3); per layer, total score
-    and size (001 Theorem 2, Fig. 4).
+    """Per hidden neuron, incoming vs outgoing score (Tanaka et al. 2020, Theorem 1, Fig. 3); per layer, total score
+    and size (Tanaka et al. 2020, Theorem 2, Fig. 4).
 
     ``scores`` maps parameter names to score tensors, e.g. from :func:`prunelab.score`. A hidden
     neuron is an output unit (linear) or output channel (convolution) of a layer whose weight is
@@ -160,7 +160,7 @@ def conservation(
     takes its share of the incoming saliency; BatchNorm in train mode makes the output invariant to
     the scale of the incoming weights (incoming saliency near 0), in eval mode it adds a shift;
     non-homogeneous activations (tanh, GELU) break ``phi(x) = phi'(x) x``; SNIP's ``|dL/dw * w|`` and
-    GraSP's Hessian-gradient scores are not of the form ``dR/dw * w`` (001 §4: "closely related").
+    GraSP's Hessian-gradient scores are not of the form ``dR/dw * w`` (Tanaka et al. 2020, §4: "closely related").
 
     Returns ``{"neurons": {producer: {"incoming", "outgoing", "consumers"}}, "incoming", "outgoing"
     (all hidden neurons concatenated, float64, for a scatter plot), "max_abs_error",

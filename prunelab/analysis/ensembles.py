@@ -1,4 +1,4 @@
-"""Predictions of several sub-networks: agreement and ensembles (Paganini & Forde = paper 002,
+"""Predictions of several sub-networks: agreement and ensembles (Paganini & Forde 2020,
 App. D, Table 2 and Fig. 14)."""
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def _classes(pred: torch.Tensor) -> torch.Tensor:
 
 
 def agreement(pred_a: torch.Tensor, pred_b: torch.Tensor) -> float:
-    """Fraction of examples on which two networks predict the same class (002 App. D, Fig. 14).
+    """Fraction of examples on which two networks predict the same class (Paganini & Forde 2020, App. D, Fig. 14).
 
     Each argument is logits (examples x classes) or predicted class indices."""
     a, b = _classes(pred_a), _classes(pred_b)
@@ -98,7 +98,7 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def ensemble_accuracy(logits: Sequence[torch.Tensor], labels: torch.Tensor) -> float:
-    """Accuracy of averaging the softmax probabilities of several networks (002 App. D, Table 2:
+    """Accuracy of averaging the softmax probabilities of several networks (Paganini & Forde 2020, App. D, Table 2:
     "averaging all their predictions"); computed in float64."""
     if len(logits) == 0:
         raise ValueError("ensemble_accuracy needs at least one set of logits")

@@ -1,7 +1,7 @@
 """Per-layer counts of a mask: the table behind the layerwise-proportion plots.
 
-Frankle et al. 2021 (paper 000), App. J, compare criteria by the fraction of each layer they keep;
-Tanaka et al. 2020 (paper 001), Fig. 2, plot the same per-layer density against compression.
+Frankle et al. 2021, App. J, compare criteria by the fraction of each layer they keep;
+Tanaka et al. 2020, Fig. 2, plot the same per-layer density against compression.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def layer_table(mask: Mapping[str, torch.Tensor]) -> list[dict]:
 
     ``density`` is the fraction kept and ``sparsity`` the fraction pruned (never mixed). A
     zero-sized tensor has density 1.0 (nothing of it is pruned). The rows are plain dicts so that
-    they become a pandas DataFrame, a CSV file or a terminal table without conversion (000 App. J).
+    they become a pandas DataFrame, a CSV file or a terminal table without conversion (Frankle et al. 2021, App. J).
     """
     rows = []
     for name, keep in as_mask(mask).items():

@@ -1,4 +1,4 @@
-"""Mask similarity and weight stability (Paganini & Forde = paper 002, §4 Figs. 3-4, 9, 11; §5 Fig. 8)."""
+"""Mask similarity and weight stability (Paganini & Forde 2020, §4 Figs. 3-4, 9, 11; §5 Fig. 8)."""
 
 from __future__ import annotations
 
@@ -31,11 +31,11 @@ def _counts(a: torch.Tensor, b: torch.Tensor) -> tuple[int, int]:
 def jaccard_per_layer(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor],
                       shared_only: bool = False) -> dict[str, float]:
     """Per tensor, the Jaccard similarity (intersection over union) of the *kept* weights of two masks
-    (002 §4: "Jaccard similarity coefficient ... IoU between the masks", per layer in Figs. 3-4).
+    (Paganini & Forde 2020, §4: "Jaccard similarity coefficient ... IoU between the masks", per layer in Figs. 3-4).
 
     1.0 for a tensor that both masks prune entirely (empty union: the two agree). The masks must cover
     the same tensors, unless ``shared_only``: then only the tensors both cover are compared (e.g. an
-    fc-only mask of 002 against a mask of the whole network)."""
+    fc-only mask of Paganini & Forde 2020 against a mask of the whole network)."""
     a, b = as_mask(a), as_mask(b)
     if shared_only:
         names = [n for n in a if n in b]
@@ -51,7 +51,7 @@ def jaccard_per_layer(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tenso
 
 
 def jaccard(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float:
-    """Jaccard similarity of the kept weights over all covered tensors together (002 §4); 1.0 when
+    """Jaccard similarity of the kept weights over all covered tensors together (Paganini & Forde 2020, §4); 1.0 when
     neither mask keeps anything."""
     a, b = as_mask(a), as_mask(b)
     _same_cover(a, b)
@@ -64,7 +64,8 @@ def jaccard(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> flo
 
 
 def jaccard_distance(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float:
-    """``1 - jaccard(a, b)``: the distance plotted against pruning iteration in 002 Figs. 3, 4, 9, 11."""
+    """``1 - jaccard(a, b)``: the distance plotted against pruning iteration
+    in Paganini & Forde 2020, Figs. 3, 4, 9, 11."""
     return 1.0 - jaccard(a, b)
 
 
@@ -77,12 +78,14 @@ def _state(x) -> Mapping[str, torch.Tensor]:
 
 
 def weight_stability(prev_state, next_state, prev_mask, next_mask) -> dict[str, float]:
-    """Per tensor, the mean ``|w_next - w_prev|`` over the weights kept by both masks (002 §5, Fig. 8).
+    """Per tensor, the mean ``|w_next - w_prev|`` over the weights kept by both masks
+    (Paganini & Forde 2020, §5, Fig. 8).
 
     Between two levels of iterative pruning: ``prev_state``/``next_state`` are the trained weights
     (state dicts or models) of consecutive levels and the masks those levels trained under. Small
     values mean the surviving weights converge to the same solution from one level to the next,
-    which 002 §5 relates to the sub-network's accuracy. ``nan`` for a tensor with no weight kept by both.
+    which Paganini & Forde (2020, §5) relate to the sub-network's accuracy.
+    ``nan`` for a tensor with no weight kept by both.
     """
     pm, nm = as_mask(prev_mask), as_mask(next_mask)
     _same_cover(pm, nm)

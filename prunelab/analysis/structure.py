@@ -1,8 +1,8 @@
-"""Emergent structure of unstructured masks (Paganini & Forde = paper 002, §4 Fig. 5; App. E Fig. 15).
+"""Emergent structure of unstructured masks (Paganini & Forde 2020, §4 Fig. 5; App. E Fig. 15).
 
 Magnitude pruning with rewinding removes whole input channels of convolutions (rows of filters)
 although it prunes weight by weight: structure "resembling the effects of structured pruning"
-along the input dimension (002 §4). How much more than chance? A random mask with the same number
+along the input dimension (Paganini & Forde 2020, §4). How much more than chance? A random mask with the same number
 of weights kept in a layer removes a given slice of ``k`` of the layer's ``N`` weights entirely with
 the hypergeometric probability ``C(N - k, K) / C(N, K)`` (``K`` kept), and by linearity this is also
 the expected fraction of such slices removed.
@@ -64,7 +64,7 @@ def _removed(keep: torch.Tensor, axis: int) -> float:
 
 def emergent_structure(mask: Mapping[str, torch.Tensor], seed: int = 0) -> dict[str, dict]:
     """Per convolution, and for the first linear layer, the fraction of input slices removed whole
-    versus what a random mask with the same kept count would remove (002 §4 Fig. 5, App. E).
+    versus what a random mask with the same kept count would remove (Paganini & Forde 2020, §4 Fig. 5, App. E).
 
     For a convolution weight ``(out, in, kh, kw)`` an input slice is ``weight[:, j]`` (all outputs and
     kernel positions reading input channel ``j``); for the first 2-D tensor of the mask (the first
@@ -78,7 +78,7 @@ def emergent_structure(mask: Mapping[str, torch.Tensor], seed: int = 0) -> dict[
     ``seed`` (a torch generator; layers in mask order). ``dispersion`` grades the structure short of
     whole slices: the variance of the kept counts across the input slices over its value for a random
     mask with the same kept count (:func:`slice_count_variance`): about 1 for a random mask, far above 1
-    when the kept weights concentrate on some input channels (the rows of filters of 002 Fig. 5).
+    when the kept weights concentrate on some input channels (the rows of filters of Paganini & Forde 2020, Fig. 5).
     """
     gen = torch.Generator().manual_seed(int(seed))
     out: dict[str, dict] = {}

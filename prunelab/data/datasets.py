@@ -169,7 +169,7 @@ class Dataset:
         """Exactly ``per_class`` examples of every class, normalized, never augmented.
 
         SNIP and GraSP score a network on such a batch: "we randomly sample ten examples from each
-        class" (Frankle et al., ICLR 2021, App. C.2, following Wang et al., 2020). The examples of
+        class" (Frankle et al. 2021, App. C.2, following Wang et al. 2020). The examples of
         each class are a seeded choice without replacement and the batch order is a seeded shuffle,
         both from a generator of ``seed`` alone.
         """
@@ -309,12 +309,16 @@ def _cifar(
 _REGISTRY: Registry[Callable[[Path, bool, bool | str], Dataset]] = Registry("dataset")
 
 
-@_REGISTRY.register("mnist", num_classes=10, input_shape=(1, 28, 28), in_memory=True)
+@_REGISTRY.register("mnist", num_classes=10, input_shape=(1, 28, 28), in_memory=True,
+                    description="handwritten digits, 60k train / 10k test, 28x28 grey",
+                    citation="LeCun et al. 1998")
 def _mnist(root: Path, download: bool, augment: bool | str) -> Dataset:
     return _idx_family("mnist", torchvision.datasets.MNIST, root, download, augment, list, "")
 
 
-@_REGISTRY.register("fashion_mnist", num_classes=10, input_shape=(1, 28, 28), in_memory=True)
+@_REGISTRY.register("fashion_mnist", num_classes=10, input_shape=(1, 28, 28), in_memory=True,
+                    description="Zalando clothing images, 60k train / 10k test, 28x28 grey",
+                    citation="Xiao et al. 2017")
 def _fashion_mnist(root: Path, download: bool, augment: bool | str) -> Dataset:
     debian = Path(roots.DEBIAN_FASHION_MNIST)  # looked up now, so tests can move it
     hint = f" (or install the Debian package dataset-fashion-mnist, which puts them in {debian})"
@@ -323,13 +327,17 @@ def _fashion_mnist(root: Path, download: bool, augment: bool | str) -> Dataset:
     )
 
 
-@_REGISTRY.register("cifar10", num_classes=10, input_shape=(3, 32, 32), in_memory=True)
+@_REGISTRY.register("cifar10", num_classes=10, input_shape=(3, 32, 32), in_memory=True,
+                    description="natural images in 10 classes, 50k train / 10k test, 32x32 colour",
+                    citation="Krizhevsky 2009")
 def _cifar10(root: Path, download: bool, augment: bool | str) -> Dataset:
     files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
     return _cifar("cifar10", torchvision.datasets.CIFAR10, files, root, download, augment)
 
 
-@_REGISTRY.register("cifar100", num_classes=100, input_shape=(3, 32, 32), in_memory=True)
+@_REGISTRY.register("cifar100", num_classes=100, input_shape=(3, 32, 32), in_memory=True,
+                    description="natural images in 100 classes, 50k train / 10k test, 32x32 colour",
+                    citation="Krizhevsky 2009")
 def _cifar100(root: Path, download: bool, augment: bool | str) -> Dataset:
     return _cifar(
         "cifar100", torchvision.datasets.CIFAR100, ["train", "test", "meta"], root, download, augment
@@ -361,7 +369,9 @@ def _image_folder(
     return ds
 
 
-@_REGISTRY.register("tiny_imagenet", num_classes=200, input_shape=(3, 64, 64), in_memory=False)
+@_REGISTRY.register("tiny_imagenet", num_classes=200, input_shape=(3, 64, 64), in_memory=False,
+                    description="200 ImageNet classes, 100k train / 10k val, 64x64 colour",
+                    citation="Le & Yang 2015")
 def _tiny_imagenet(root: Path, download: bool, augment: bool | str) -> Dataset:
     folder = root / "tiny-imagenet-200"
     if download and not folder.is_dir():
@@ -376,7 +386,9 @@ def _tiny_imagenet(root: Path, download: bool, augment: bool | str) -> Dataset:
     return _image_folder("tiny_imagenet", folder, 64, 64, augment, True, how)
 
 
-@_REGISTRY.register("imagenet", num_classes=1000, input_shape=(3, 224, 224), in_memory=False)
+@_REGISTRY.register("imagenet", num_classes=1000, input_shape=(3, 224, 224), in_memory=False,
+                    description="ILSVRC-2012, 1000 classes, 1.28M train / 50k val, resized to 224x224",
+                    citation="Russakovsky et al. 2015")
 def _imagenet(root: Path, download: bool, augment: bool | str) -> Dataset:
     folder = root / "imagenet"
     how = (
@@ -392,7 +404,8 @@ def names() -> list[str]:
 
 
 def info(name: str) -> dict:
-    """Static facts about a dataset without loading it: num_classes, input_shape, in_memory."""
+    """Static facts about a dataset without loading it: num_classes, input_shape, in_memory, description,
+    citation."""
     return _REGISTRY.meta(name)
 
 
@@ -404,8 +417,8 @@ def load(
 ) -> Dataset:
     """Load dataset ``name`` from the data root (see :func:`resolve_root` and this module's table).
 
-    ``augment=True`` gives training loaders the augmentation of the dataset's recipe (Frankle et al.,
-    ICLR 2021, App. A.2): flip + 4 px shift for CIFAR, random resized crop + flip for Tiny ImageNet
+    ``augment=True`` gives training loaders the augmentation of the dataset's recipe (Frankle et al.
+    2021, App. A.2): flip + 4 px shift for CIFAR, random resized crop + flip for Tiny ImageNet
     and ImageNet, none for the MNIST family (the LeNet recipe uses none). ``augment="shift"`` on
     tiny_imagenet gives their "modified TinyImageNet"; ``False`` turns augmentation off.
     Raises ValueError for an unknown name and FileNotFoundError, in one line saying which files go

@@ -33,7 +33,7 @@ from prunelab.data.transforms import (
     generator,
 )
 
-#: Random-resized-crop parameters of Frankle et al. (ICLR 2021), App. A.2, for TinyImageNet and
+#: Random-resized-crop parameters of Frankle et al. (2021), App. A.2, for TinyImageNet and
 #: ImageNet: "a random aspect ratio between 0.8 and 1.25 and a random scale between 0.1 and 1".
 CROP_SCALE = (0.1, 1.0)
 CROP_RATIO = (0.8, 1.25)
@@ -156,8 +156,8 @@ class FolderLoader(EpochLoader):
     """Batches of a :class:`FolderSplit` through a torchvision-style ``DataLoader``.
 
     ``augment``: ``None`` (resize + center crop), ``"crop"`` (random resized crop, scale (0.1, 1),
-    ratio (0.8, 1.25), + horizontal flip: TinyImageNet and ImageNet in App. A.2 of Frankle et al.,
-    ICLR 2021) or ``"shift"`` (flip + shift of up to 4 px done batch-wise on the device: their
+    ratio (0.8, 1.25), + horizontal flip: TinyImageNet and ImageNet in Frankle et al. 2021,
+    App. A.2) or ``"shift"`` (flip + shift of up to 4 px done batch-wise on the device: their
     "modified TinyImageNet").
     """
 

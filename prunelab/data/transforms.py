@@ -127,7 +127,7 @@ def apply_flip_and_shift(
 def flip_and_shift(images: torch.Tensor, gen: torch.Generator, max_shift: int = 4) -> torch.Tensor:
     """Random horizontal flip and random shift of up to ``max_shift`` px, independently per image.
 
-    The CIFAR-10 and modified TinyImageNet augmentation of Frankle et al. (ICLR 2021), App. A.2:
+    The CIFAR-10 and modified TinyImageNet augmentation of Frankle et al. (2021), App. A.2:
     "randomly flipping horizontally, and randomly shifting by up to four pixels in any direction".
     """
     flip, dy, dx = draw_flip_and_shift(images.shape[0], gen, max_shift)

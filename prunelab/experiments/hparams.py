@@ -143,7 +143,7 @@ class PruneHparams:
     schedule: str = "exponential"
     scope: str | None = None  # None: the method's default
     ablation: str | None = None
-    batch_per_class: int = 10  # SNIP/GraSP batch: 10 examples per class, not augmented (000 App. B.2)
+    batch_per_class: int = 10  # SNIP/GraSP batch: 10 examples per class, not augmented (Frankle et al. 2021, App. B.2)
     # What the mask covers (prunelab.coverage): biases, embedding tables, and parameters by exact name.
     include_bias: bool = False
     include_embeddings: bool = False
@@ -195,14 +195,15 @@ class PruneHparams:
 
 @dataclasses.dataclass(frozen=True)
 class LotteryHparams:
-    """Lottery-ticket rewinding (one level) and iterative magnitude pruning (several), 000 §3 and 002 §3."""
+    """Lottery-ticket rewinding (one level) and iterative magnitude pruning (several),
+    Frankle et al. 2021, §3 and Paganini & Forde 2020, §3."""
 
     levels: int = 1
     rate: float = 0.2  # fraction of the remaining weights pruned per level
     rewind_to: str = "0it"  # a step, or finetune | sign | sigma_sign
     structure: str = "unstructured"
     scope: str = "global"
-    ablation: str | None = None  # shuffle | reinit (000 App. F)
+    ablation: str | None = None  # shuffle | reinit (Frankle et al. 2021, App. F)
 
     def __post_init__(self) -> None:
         from prunelab.registry import check_name
@@ -255,7 +256,7 @@ class DynamicHparams:
     sparsity: float = 0.9
     drop_fraction: float = 0.3
     every: str = "100it"
-    end: str | None = None  # None: 75% of training (Evci et al.'s T_end)
+    end: str | None = None  # None: 75% of training (Evci et al.'s (2020) T_end)
     distribution: str = "erk"
 
     def __post_init__(self) -> None:

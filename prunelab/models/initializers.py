@@ -2,7 +2,7 @@
 
 Frankle et al. (2021, App. A.3, "Pruning Neural Networks at Initialization: Why Are We Missing the
 Mark?") initialize every network with Kaiming (He) normal based on the fan-in and BatchNorm ``gamma``
-uniform in [0, 1) -- the PyTorch defaults of the time (App. D.3); Tanaka et al. (SynFlow) use fan-out
+uniform in [0, 1) -- the PyTorch defaults of the time (App. D.3); Tanaka et al. (2020, SynFlow) use fan-out
 and ``gamma = 1``, a difference App. D.3 suggests may matter when pruning at initialization, so both
 are options here. ``standard_normal`` draws every conv/linear weight from N(0, 1): the fixed-variance
 ablation of §5, under which magnitude pruning at initialization loses its per-layer information.
@@ -110,8 +110,8 @@ def initialize(
       projections, recurrent weights; see :mod:`prunelab.coverage`): the initializer ``init`` (one of
       :data:`INITIALIZERS`); ``mode`` (``"fan_in"`` or ``"fan_out"``) applies to the Kaiming
       initializers; their biases are set to 0.
-    - BatchNorm: ``gamma`` ~ U(0, 1) (``bn_init="uniform"``, Frankle et al. App. D.3) or 1
-      (``"ones"``, Tanaka et al.); ``beta`` = 0; running statistics reset, as in a freshly built layer.
+    - BatchNorm: ``gamma`` ~ U(0, 1) (``bn_init="uniform"``, Frankle et al. 2021, App. D.3) or 1
+      (``\"ones\"``, Tanaka et al. 2020); ``beta`` = 0; running statistics reset, as in a freshly built layer.
     - Any other module with parameters of its own (embeddings, LayerNorm, a user's layer) is reset
       by its own ``reset_parameters()``, under a global RNG seeded from the generator and restored
       after; so the reinitialization ablation re-draws every parameter, not only the convolutions.

@@ -9,11 +9,11 @@ from torch import nn
 from prunelab.models.registry import register
 
 
-@register("lenet_300_100", paper="LeCun et al. 1998; Frankle et al. 2021 App. A.1 / K", min_hw=1)
+@register("lenet_300_100", paper="LeCun et al. 1998; Frankle et al. 2021, App. A.1, K", min_hw=1)
 def lenet_300_100(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
     """Input flattened -> 300 -> 100 -> classes, ReLU after both hidden layers.
 
-    Frankle et al. (2021, App. A.1) and Lee et al. (SNIP, §5.1: "267k parameters"): 266,610 parameters
+    Frankle et al. (2021, App. A.1) and Lee et al. (2019, §5.1: "267k parameters"): 266,610 parameters
     on 28x28x1 inputs with 10 classes.
     """
     return nn.Sequential(
@@ -26,7 +26,7 @@ def lenet_300_100(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Mod
     )
 
 
-@register("lenet5", paper="Lee et al. 2019 (SNIP) §5.1, LeNet-5-Caffe", min_hw=16)
+@register("lenet5", paper="Lee et al. 2019, §5.1 (SNIP's LeNet-5-Caffe)", min_hw=16)
 def lenet5(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
     """LeNet-5-Caffe as used by SNIP (Lee et al. 2019, §5.1, Table 1): two convolutions, two fc layers.
 

@@ -16,7 +16,7 @@ Wide ResNets ``wrn_<depth>_<k>`` are this body with ``width = k`` and the same d
 of Frankle et al. (2021, App. B.3 and C.3): their WRN-14-8, WRN-14-10 and WRN-20-8 are Zagoruyko &
 Komodakis's WRN-16-8, WRN-16-10 and WRN-22-8 (who count depth as 6n + 4), and their WRN-32-2 is the
 doubled-width ResNet-32 of the GraSP paper. So ``wrn_<d>_<k>`` is exactly ``resnet<d>`` with
-``width=k``. Unlike Zagoruyko & Komodakis, blocks are post-activation without dropout and the stem
+``width=k``. Unlike Zagoruyko & Komodakis (2016), blocks are post-activation without dropout and the stem
 already has ``16 * k`` channels.
 """
 
@@ -39,7 +39,7 @@ def blocks_per_stage(depth: int) -> int:
             f"CIFAR ResNet depth must be 6n + 2 with n >= 1 (8, 14, 20, 26, 32, 44, 56, 110, ...), "
             f"got {depth!r}; "
             "depth counts the stem, block convolutions and output layer (Frankle et al. 2021, App. B.3), "
-            "so Zagoruyko & Komodakis's WRN-16-8 is wrn_14_8 here"
+            "so the WRN-16-8 of Zagoruyko & Komodakis 2016 is wrn_14_8 here"
         )
     return (depth - 2) // 6
 
@@ -105,7 +105,7 @@ class CifarResNet(nn.Module):
 
 
 def _register(depth: int) -> None:
-    @register(f"resnet{depth}", paper="He et al. 2016 §4.2; Frankle et al. 2021 App. A.1 (OpenLTH)", min_hw=1)
+    @register(f"resnet{depth}", paper="He et al. 2016, §4.2; Frankle et al. 2021, App. A.1 (OpenLTH)", min_hw=1)
     def factory(num_classes: int, input_shape: tuple[int, int, int], width: int = 1) -> nn.Module:
         return CifarResNet(depth, num_classes, width, input_shape[0])
 

@@ -28,14 +28,14 @@ def _replace_stem(model: nn.Module, in_channels: int, kernel_size: int, stride: 
     return model
 
 
-@register("resnet18", paper="He et al. 2016; torchvision (Frankle et al. 2021 App. A.1)", min_hw=1)
+@register("resnet18", paper="He et al. 2016; torchvision (Frankle et al. 2021, App. A.1)", min_hw=1)
 def resnet18(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
     """torchvision's ResNet-18 (7x7 stride-2 stem, max-pool), 11,689,512 parameters with 1000 classes."""
     model = _torchvision_resnet("resnet18", num_classes)
     return model if input_shape[0] == 3 else _replace_stem(model, input_shape[0], 7, 2)
 
 
-@register("resnet50", paper="He et al. 2016; torchvision (Frankle et al. 2021 App. A.1)", min_hw=1)
+@register("resnet50", paper="He et al. 2016; torchvision (Frankle et al. 2021, App. A.1)", min_hw=1)
 def resnet50(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
     """torchvision's ResNet-50 (bottleneck blocks), 25,557,032 parameters with 1000 classes."""
     model = _torchvision_resnet("resnet50", num_classes)
@@ -43,7 +43,7 @@ def resnet50(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
 
 
 @register(
-    "resnet18_modified", paper="Tanaka et al. 2020 (SynFlow); Frankle et al. 2021 App. A.1, D.3", min_hw=1
+    "resnet18_modified", paper="Tanaka et al. 2020 (SynFlow); Frankle et al. 2021, App. A.1, D.3", min_hw=1
 )
 def resnet18_modified(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
     """ResNet-18 with a 3x3 stride-1 stem (padding 1) and no max-pool, for 32x32 or 64x64 inputs.

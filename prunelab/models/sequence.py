@@ -30,7 +30,7 @@ class TokenPositions(nn.Module):
     def reset_parameters(self) -> None:
         with torch.no_grad():
             self.class_token.zero_()
-            self.positions.normal_(std=0.02)  # Dosovitskiy et al.'s reference code draws N(0, 0.02^2)
+            self.positions.normal_(std=0.02)  # Dosovitskiy et al.'s (2021) reference code draws N(0, 0.02^2)
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         cls = self.class_token.expand(patches.shape[0], -1, -1)
@@ -65,7 +65,7 @@ class VisionTransformer(nn.Module):
         return self.head(self.encoder(tokens)[:, 0])
 
 
-@register("vit_tiny", paper="Dosovitskiy et al. 2021 (ViT), small: patches 7x7, dim 64, 4 layers, 4 heads", min_hw=7)
+@register("vit_tiny", paper="Dosovitskiy et al. 2021 (ViT), scaled down", min_hw=7)
 def vit_tiny(num_classes: int, input_shape: tuple[int, int, int], patch: int = 7, dim: int = 64, depth: int = 4,
              heads: int = 4, mlp: int = 128) -> nn.Module:
     """A small vision transformer: 16 patches of 7x7 on 28x28 inputs, width 64, 4 pre-norm layers of

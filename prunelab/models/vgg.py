@@ -2,7 +2,7 @@
 
 3x3 convolutions (padding 1) each followed by BatchNorm and then ReLU ("batch normalization before
 each ReLU activation"), 2x2 max-pooling after every stage but the last, global average pooling and a
-single linear layer 512 -> classes (the "VGG-like" network of SNIP, which Frankle et al. call VGG-16:
+single linear layer 512 -> classes (the "VGG-like" network of SNIP, which Frankle et al. 2021 call VGG-16:
 App. B.3). VGG-16 has about 14.7M parameters. The convolutions keep their bias, as OpenLTH's do.
 
 Global average pooling equals OpenLTH's final 2x2 average pooling on 32x32 inputs and also works on
@@ -73,7 +73,7 @@ class CifarVGG(nn.Module):
 
 def _register(name: str) -> None:
     @register(
-        name, paper="Frankle et al. 2021 App. A.1 (OpenLTH cifar_vgg); Lee et al. 2019 VGG-like", min_hw=16
+        name, paper="Frankle et al. 2021, App. A.1 (OpenLTH cifar_vgg); Lee et al. 2019 (VGG-like)", min_hw=16
     )
     def factory(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
         return CifarVGG(PLANS[name], num_classes, input_shape[0])

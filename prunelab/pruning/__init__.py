@@ -15,7 +15,7 @@ Ranking rules shared by every path (each has a test):
 * Ties in score are broken by position: the weight that comes first (in ``named_parameters`` order,
   then in flattened order) is pruned first, whichever direction is pruned.
 * ``invert=True`` prunes the other end of the same ranking (the inversion ablation, Frankle et al.
-  §5). It uses ranks, never ``1/score``, which is wrong for GraSP's negative scores and infinite at 0.
+  2021, §5). It uses ranks, never ``1/score``, which is wrong for GraSP's negative scores and infinite at 0.
 
 Selecting the k-th score never concatenates and sorts all scores: a seeded sample brackets the
 threshold, one counting pass over the tensors (in chunks) confirms the bracket and collects the few

@@ -74,7 +74,7 @@ def _check_needs(method: Method, batch, options: Mapping) -> None:
     if method.needs_data and batch is None:
         raise ValueError(
             f"{method.name} needs data: pass batch=(inputs, targets) (e.g. ten examples per class, "
-            "Frankle et al. App. B.2); data-free criteria: "
+            "Frankle et al. 2021, App. B.2); data-free criteria: "
             + ", ".join(n for n, m in _methods().items() if not m.needs_data)
         )
     if method.needs_input_shape and options.get("input_shape") is None:
@@ -178,9 +178,9 @@ def prune(
 
     Each of ``iterations`` (default: the criterion's own, 100 for SynFlow and iterative SNIP, else 1)
     scores the masked network and removes weights down to the next density of ``schedule``
-    (:func:`density_schedule`; Frankle et al. §3, Tanaka et al. Algorithm 1). ``scope``: ``"global"``
+    (:func:`density_schedule`; Frankle et al. 2021, §3, Tanaka et al. 2020, Algorithm 1). ``scope``: ``"global"``
     or ``"layer"``; default the criterion's own (global, or per layer for the structured criteria of
-    paper 002). ``invert``: remove the other end of the ranking (Frankle et al. §5). ``mask``:
+    Paganini & Forde 2020). ``invert``: remove the other end of the ranking (Frankle et al. 2021, §5). ``mask``:
     continue from it (its pruned weights stay pruned). ``seed``: for criteria that draw random
     numbers. ``input_shape``: for SynFlow. ``distribution``: prune each tensor to its own density,
     ``"uniform"``, ``"er"`` or ``"erk"`` (Evci et al. 2020, §3; see :func:`prunelab.layer_densities`)

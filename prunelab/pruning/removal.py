@@ -223,7 +223,7 @@ class _Remover:
         """Prune units (channels or single weights) in rank order until the count is nearest ``target``.
 
         A tensor with channels always keeps its top-ranked live channel: removing the last one would
-        disconnect the network. Paper 002 §3.1 removes 20% of the remaining channels of each layer
+        disconnect the network. Paganini & Forde (2020, §3.1) remove 20% of the remaining channels of each layer
         per iteration, rounded like ``torch.nn.utils.prune`` (``round(0.2 * 1) = 0``), so a layer with
         a single channel (LeNet-5's first convolution has one input channel on MNIST) is never
         emptied there; here the top channel of each tensor is left out of the candidates (in layer
@@ -260,7 +260,7 @@ class _Remover:
                 warnings.warn(
                     f"structured pruning kept the last channel of {', '.join(map(repr, names))}: removing it "
                     f"would disconnect the network, so {count} weights are pruned instead of the {count_all} "
-                    "nearest to the target (paper 002 §3.1 never empties a layer)",
+                    "nearest to the target (Paganini & Forde 2020, §3.1 never empties a layer)",
                     stacklevel=5,
                 )
         drop_units = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
@@ -301,7 +301,7 @@ def remove(
 ) -> Mask:
     """The mask that removes the lowest-ranked weights until ``sparsity`` (or ``1 - density``) is reached.
 
-    Frankle et al. §3's ``remove(Z, s)``. Weights already pruned in ``mask`` rank first and stay
+    Frankle et al. 2021, §3's ``remove(Z, s)``. Weights already pruned in ``mask`` rank first and stay
     pruned, so the new mask is never denser than ``mask`` where they overlap; if ``mask`` is already
     sparser than asked it is returned unchanged. ``scope``: ``"global"`` ranks all covered weights
     together; ``"layer"`` prunes each tensor to ``sparsity``. ``prune_highest``: the criterion

@@ -56,7 +56,7 @@ def density_schedule(
 
     ``"exponential"``: after iteration n of N the density is ``d0 * (d/d0)^(n/N)``, i.e.
     ``(1 - sparsity)^(n/N)`` from a dense start: each iteration removes the same fraction of the
-    remaining weights (Frankle et al. §3 and App. D.1; Tanaka et al. Algorithm 1, compression
+    remaining weights (Frankle et al. 2021, §3 and App. D.1; Tanaka et al. 2020, Algorithm 1, compression
     ``rho^(-k/n)``). ``"linear"``: the density falls by the same amount each iteration.
     """
     s = _check_fraction(sparsity, "sparsity")

@@ -164,7 +164,8 @@ def _input_shape(dataset: str) -> tuple[int, ...] | None:
 
 
 def _lr_drops(runs: pd.DataFrame) -> list[int]:
-    """The iterations where the learning rate drops (training.milestones), for vertical lines (000 Fig. 6).
+    """The iterations where the learning rate drops (training.milestones), for vertical lines
+    (Frankle et al. 2021, Fig. 6).
 
     Iterations per epoch come from a run's step count and its schedule length ``training.train``.
     """
@@ -193,7 +194,7 @@ def _slug(text: str) -> str:
 
 def _pick_sparsity(ctx: Context, init: pd.DataFrame) -> tuple[float, str]:
     """The sparsity at which to compare criteria layer by layer: the highest *matching* sparsity of
-    000 (§4 footnote 2: magnitude pruning after training still matches the dense accuracy, here within
+    Frankle et al. 2021 (§4 footnote 2: magnitude pruning after training still matches the dense accuracy, here within
     one standard deviation) among those pruned at initialization; else the highest sparsity most
     criteria share."""
     targets = sorted(init["sparsity_target"].dropna().unique())
@@ -245,7 +246,7 @@ def _accuracy_vs_sparsity(ctx: Context) -> Iterable[ReportFigure]:
         f"accuracy-vs-sparsity-{ctx.setting}", f"Accuracy vs sparsity, pruning at initialization — {ctx.label}",
         "Test accuracy of each criterion pruning at initialization, against sparsity on a log-density axis, "
         "with magnitude pruning after training and lottery-ticket rewinding as baselines and the dense network "
-        "as the gray line; error bars are the standard deviation over seeds (Frankle et al. 000, Figs. 3 and 8).",
+        "as the gray line; error bars are the standard deviation over seeds (Frankle et al. 2021, Figs. 3 and 8).",
         plots.accuracy_vs_sparsity(curves, dense=ctx.dense(), title=ctx.label), common_hparams(rows),
         list(rows["id"]))
 
@@ -260,7 +261,8 @@ def _lottery_accuracy(ctx: Context) -> Iterable[ReportFigure]:
         f"lottery-accuracy-{ctx.setting}", f"Iterative pruning: accuracy vs sparsity — {ctx.label}",
         "Test accuracy of each pruning level of iterative magnitude pruning, per structure and weight treatment "
         "(rewinding, finetuning, sign reinitialization), against the level's sparsity; error bars are the "
-        "standard deviation over seeds (paper 002, Fig. 2; lottery-ticket rewinding in 000, Fig. 8).",
+        "standard deviation over seeds (Paganini & Forde 2020, Fig. 2; "
+        "lottery-ticket rewinding in Frankle et al. 2021, Fig. 8).",
         plots.accuracy_vs_sparsity(curves, dense=ctx.dense(), title=ctx.label), common_hparams(lot), list(lot["id"]))
 
 
@@ -270,7 +272,8 @@ def _lottery_labels(lot: pd.DataFrame) -> pd.Series:
                                          if not _is_missing(r[c])) or "unstructured", axis=1)
 
 
-_ABLATION_TITLES = {"0it": ("at initialization", "000, Fig. 4"), "end": ("after training", "000, Fig. 9")}
+_ABLATION_TITLES = {"0it": ("at initialization", "Frankle et al. 2021, Fig. 4"),
+                    "end": ("after training", "Frankle et al. 2021, Fig. 9")}
 
 
 def _ablations(ctx: Context) -> Iterable[ReportFigure]:
@@ -292,7 +295,8 @@ def _ablations(ctx: Context) -> Iterable[ReportFigure]:
                 lines[str(ablation)] = _curve(abl)
             panels[label] = lines
             used.append(part)
-        when, figure_ref = _ABLATION_TITLES.get(prune_at, (f"at step {prune_at}", "000, Figs. 4, 9 and 10"))
+        when, figure_ref = _ABLATION_TITLES.get(prune_at,
+            (f"at step {prune_at}", "Frankle et al. 2021, Figs. 4, 9 and 10"))
         rows = pd.concat(used)
         yield ReportFigure(
             f"ablations-{_slug(str(prune_at))}-{ctx.setting}", f"Ablations when pruning {when} — {ctx.label}",
@@ -323,7 +327,7 @@ def _accuracy_vs_step(ctx: Context) -> Iterable[ReportFigure]:
             f"Accuracy when pruning at step t, sparsity {_percent(target)} — {ctx.label}",
             "Test accuracy of each criterion when pruning after t training iterations and retraining the whole "
             "schedule, against t; LTR prunes after training and rewinds to the weights at t. Dotted vertical lines "
-            "mark learning-rate drops (000, §6, Fig. 6).",
+            "mark learning-rate drops (Frankle et al. 2021, §6, Fig. 6).",
             plots.accuracy_vs_step(curves, dense=ctx.dense(), lr_drops=_lr_drops(rows),
                                    title=f"{ctx.label}, sparsity {_percent(target)}"),
             common_hparams(rows), list(rows["id"]))
@@ -358,7 +362,7 @@ def _layer_sparsity(ctx: Context) -> Iterable[ReportFigure]:
     yield ReportFigure(
         f"layer-sparsity-{ctx.setting}", f"Per-layer sparsity at {_percent(target)} — {ctx.label}",
         f"Sparsity of each prunable layer (input to output) chosen by each criterion at {_percent(target)}, "
-        f"{why}; mean over seeds (000, Appendix J, Fig. 15).",
+        f"{why}; mean over seeds (Frankle et al. 2021, Appendix J, Fig. 15).",
         plots.layer_sparsity_bars(per, title=f"{ctx.label}, sparsity {_percent(target)}"),
         common_hparams(chosen), list(chosen["id"]))
 
@@ -389,7 +393,7 @@ def _neuron_collapse(ctx: Context) -> Iterable[ReportFigure]:
     yield ReportFigure(
         f"neuron-collapse-{ctx.setting}", f"Neuron collapse at {_percent(target)} — {ctx.label}",
         f"Percent of neurons (units, conv channels) whose incoming weights are at least s sparse, against s, "
-        f"for each criterion at {_percent(target)} ({why}); shaded: std over seeds (000, §5, Fig. 5).",
+        f"for each criterion at {_percent(target)} ({why}); shaded: std over seeds (Frankle et al. 2021, §5, Fig. 5).",
         plots.neuron_collapse(curves, title=f"{ctx.label}, sparsity {_percent(target)}"),
         common_hparams(chosen), list(chosen["id"]))
 
@@ -422,7 +426,7 @@ def _density_vs_compression(ctx: Context) -> Iterable[ReportFigure]:
         f"layer-density-{ctx.setting}", f"Per-layer density across compression ratios — {ctx.label}",
         "Fraction of weights remaining in each layer (input to output) for each compression ratio (total / kept), "
         "one panel per criterion pruning at initialization; more transparent = higher compression, dashed = a "
-        "layer is fully pruned (layer collapse) (Tanaka et al. 001, §3, Fig. 2).",
+        "layer is fully pruned (layer collapse) (Tanaka et al. 2020, §3, Fig. 2).",
         plots.layer_density_vs_compression(panels, title=ctx.label), common_hparams(rows), list(rows["id"]))
 
 
@@ -462,14 +466,15 @@ def _conservation(ctx: Context) -> Iterable[ReportFigure]:
         f"conservation-{ctx.setting}", f"Conservation of synaptic saliency — {ctx.label}",
         "Left: each hidden neuron's total incoming vs outgoing SynFlow score on the initial network (dotted: "
         "equality, Theorem 1); right: each layer's average score vs the inverse of its size (dotted: equal layer "
-        f"totals, Theorem 2) (Tanaka et al. 001, §4, Figs. 3-4). Conservation here is {exact}.",
+        f"totals, Theorem 2) (Tanaka et al. 2020, §4, Figs. 3-4). Conservation here is {exact}.",
         plots.conservation(neurons, weights, title=f"{ctx.label}, seed {int(first['seed'])}"), hparams,
         [str(first["id"])])
 
 
 def _jaccard(ctx: Context) -> Iterable[ReportFigure]:
     """Per layer, Jaccard distance of each variant's masks to a reference variant's, same seed and level
-    (002 §4): varying the structure (Figs. 3-4) or the weight treatment, rewinding vs finetuning (Fig. 9)."""
+    (Paganini & Forde 2020, §4): varying the structure (Figs. 3-4) or the weight treatment,
+    rewinding vs finetuning (Fig. 9)."""
     from prunelab import analysis
 
     lot = ctx.of_kind("lottery")
@@ -516,7 +521,7 @@ def _jaccard(ctx: Context) -> Iterable[ReportFigure]:
                 f"Mask similarity across pruning iterations ({vary}) — {ctx.label}",
                 f"Jaccard distance (1 - intersection over union of the kept weights) between the masks of "
                 f"{vary} = {reference} and those of the other values of {vary}, same seed and pruning iteration, "
-                f"one panel per layer; error bars: std over seeds (paper 002, §4, {ref_fig}).",
+                f"one panel per layer; error bars: std over seeds (Paganini & Forde 2020, §4, {ref_fig}).",
                 plots.jaccard_vs_iteration(panels, reference=f"{vary}={reference}", title=ctx.label),
                 common_hparams(shown), list(shown["id"]))
 
@@ -548,7 +553,7 @@ def _first_layer_masks(ctx: Context) -> Iterable[ReportFigure]:
         f"first-layer-masks-{ctx.setting}", f"First-layer masks — {ctx.label}",
         f"The mask of the first fully-connected layer ({name}) averaged over its units and reshaped to the input "
         "image: bright pixels keep their connections; one column per criterion, one row per sparsity "
-        f"(seed {int(seed)}; Lee et al. 004, Fig. 2).",
+        f"(seed {int(seed)}; Lee et al. 2019, Fig. 2).",
         plots.mask_images(grid, title=ctx.label), common_hparams(rows), list(rows["id"]))
 
 
@@ -581,7 +586,7 @@ def _conv_masks(ctx: Context) -> Iterable[ReportFigure]:
         f"conv-masks-{ctx.setting}", f"Masked weights of {layer} — {ctx.label}",
         f"Trained weights of the convolution {layer} under each pruning variant, at two pruning iterations: input "
         "channels in rows, output channels in columns, one small square per kernel; pruned weights gray, kept "
-        f"positive weights red, negative blue (seed {int(seed)}; paper 002, §4, Fig. 5).",
+        f"positive weights red, negative blue (seed {int(seed)}; Paganini & Forde 2020, §4, Fig. 5).",
         plots.conv_masks(grid, title=ctx.label), common_hparams(rows), list(rows["id"]))
 
 
@@ -627,7 +632,7 @@ def _weight_trajectories(ctx: Context, n_weights: int = 40) -> Iterable[ReportFi
             f"weight-trajectories-{_slug(label)}-{ctx.setting}", f"Weight trajectories ({label}) — {ctx.label}",
             f"Values after training of {n_weights} randomly chosen weights of a convolution and of the output layer "
             "at consecutive pruning levels (x: sparsity, 0 = the dense network); a line ends when its weight is "
-            f"pruned (seed {int(seed)}; paper 002, §5, Figs. 6-7).",
+            f"pruned (seed {int(seed)}; Paganini & Forde 2020, §5, Figs. 6-7).",
             plots.weight_trajectories(panels, title=f"{ctx.label}, {label}"), common_hparams(shown),
             list(shown["id"]))
 

@@ -4,7 +4,7 @@ Figures are built on ``matplotlib.figure.Figure`` and drawn with the Agg canvas,
 ``pyplot``: no display is needed, no global figure list grows in a long report, and a notebook's
 own backend is left alone. :func:`to_png` and :func:`save` render one.
 
-Colours follow Frankle et al. (000_e9bcdbe0f53ebd33.txt §4, Fig. 3): magnitude after training blue,
+Colours follow Frankle et al. (2021, §4, Fig. 3): magnitude after training blue,
 random orange, magnitude green, SNIP red, GraSP purple, SynFlow brown, the dense network gray; the
 ablations of Fig. 4 are unmodified blue, shuffle orange, reinitialize green, invert red, fixed
 variance purple.
@@ -135,10 +135,10 @@ _MIN_DENSITY = 1e-6
 
 
 def _sparsity_axis(ax, sparsities: Sequence[float]) -> None:
-    """x = density on a log scale, reversed, labelled in sparsity %: the axis of 000 Figs. 3 and 8.
+    """x = density on a log scale, reversed, labelled in sparsity %: the axis of Frankle et al. 2021, Figs. 3 and 8.
 
     Equal steps on it are equal compression factors, so sparsities such as 50%, 75%, 87.5%, ...
-    (each a further halving of the weights, 000 App. C) are evenly spaced.
+    (each a further halving of the weights, Frankle et al. 2021, App. C) are evenly spaced.
     """
     ax.set_xscale("log")
     ticks = sorted({round(float(s), 6) for s in sparsities if np.isfinite(s)})
@@ -192,7 +192,7 @@ def _errorbar_curves(ax, curves: Mapping[str, Curve], transform=lambda x: x, pal
 
 def accuracy_vs_sparsity(curves: Mapping[str, Curve], dense: tuple[float, float | None] | None = None,
                          title: str = "", ylabel: str = "Test accuracy") -> Figure:
-    """Accuracy against sparsity, one line per criterion, as in 000 Figs. 3 and 8.
+    """Accuracy against sparsity, one line per criterion, as in Frankle et al. 2021, Figs. 3 and 8.
 
     ``curves``: label -> Curve(x = sparsity (fraction pruned), y = mean accuracy, err = std over
     seeds). ``dense``: (mean, std) of the unpruned network, drawn as a gray dashed line with a
@@ -212,7 +212,8 @@ def accuracy_vs_sparsity(curves: Mapping[str, Curve], dense: tuple[float, float 
 
 def ablation_panels(panels: Mapping[str, Mapping[str, Curve]], dense: tuple[float, float | None] | None = None,
                     title: str = "", ylabel: str = "Test accuracy") -> Figure:
-    """One panel per criterion, one line per ablation, as in 000 Figs. 4 (at init.) and 9 (after training).
+    """One panel per criterion, one line per ablation, as in Frankle et al. 2021,
+    Figs. 4 (at init.) and 9 (after training).
 
     ``panels``: criterion -> {ablation label -> Curve(sparsity, accuracy, std)}; the labels
     "unmodified", "shuffle", "reinit", "invert", "fixed_variance" take the paper's colours.
@@ -234,7 +235,7 @@ def ablation_panels(panels: Mapping[str, Mapping[str, Curve]], dense: tuple[floa
 
 def accuracy_vs_step(curves: Mapping[str, Curve], dense: tuple[float, float | None] | None = None,
                      lr_drops: Sequence[int] = (), title: str = "", ylabel: str = "Test accuracy") -> Figure:
-    """Accuracy when pruning at the iteration on the x-axis, one line per criterion, as in 000 Fig. 6.
+    """Accuracy when pruning at the iteration on the x-axis, one line per criterion, as in Frankle et al. 2021, Fig. 6.
 
     ``curves``: label -> Curve(x = pruning (or, for LTR, rewinding) iteration, accuracy, std). Vertical
     dotted lines mark ``lr_drops``, the iterations where the learning rate drops (as in the paper).
@@ -256,7 +257,7 @@ def accuracy_vs_step(curves: Mapping[str, Curve], dense: tuple[float, float | No
 # ---- per-layer views -----------------------------------------------------------------------------
 
 def layer_sparsity_bars(layers: Mapping[str, Mapping[str, float]], title: str = "") -> Figure:
-    """Per-layer sparsity, grouped bars per layer with one bar per criterion, as in 000 App. J Fig. 15.
+    """Per-layer sparsity, grouped bars per layer with one bar per criterion, as in Frankle et al. 2021, App. J Fig. 15.
 
     ``layers``: criterion -> {layer name -> sparsity}; layers in input-to-output order (the union of
     the criteria's layers, in the order first seen).
@@ -284,7 +285,7 @@ def layer_sparsity_bars(layers: Mapping[str, Mapping[str, float]], title: str = 
 
 def neuron_collapse(curves: Mapping[str, Curve], title: str = "") -> Figure:
     """Percent of neurons (units, conv channels) whose incoming weights have sparsity >= s, against s,
-    one line per criterion: 000 §5, Fig. 5 (neuron collapse of SynFlow).
+    one line per criterion: Frankle et al. 2021, §5, Fig. 5 (neuron collapse of SynFlow).
 
     ``curves``: label -> Curve(x = thresholds s as fractions, y = fraction of neurons, err = std).
     """
@@ -309,7 +310,7 @@ def neuron_collapse(curves: Mapping[str, Curve], title: str = "") -> Figure:
 def layer_density_vs_compression(panels: Mapping[str, Sequence[tuple[float, Mapping[str, float]]]],
                                  title: str = "") -> Figure:
     """Fraction of weights remaining in each layer, one line per compression ratio, one panel per
-    criterion: 001 Fig. 2 ("where does layer collapse occur?").
+    criterion: Tanaka et al. 2020, Fig. 2 ("where does layer collapse occur?").
 
     ``panels``: criterion -> [(compression ratio = total / kept, {layer -> density}), ...]. Higher
     compression is drawn more transparent; a line with a fully pruned layer (layer collapse) is
@@ -349,7 +350,7 @@ def layer_density_vs_compression(panels: Mapping[str, Sequence[tuple[float, Mapp
 
 def conservation(neurons: Mapping[str, tuple[Sequence[float], Sequence[float]]],
                  layers: Mapping[str, tuple[int, float]], title: str = "") -> Figure:
-    """Two panels of 001 §4: (left, Fig. 3) each hidden neuron's total incoming score against its
+    """Two panels of Tanaka et al. 2020, §4: (left, Fig. 3) each hidden neuron's total incoming score against its
     total outgoing score, with the identity as a dotted line (Theorem 1); (right, Fig. 4) each
     layer's average score against the inverse of its number of weights, with the line average =
     mean total / size as a dotted line (Theorem 2: every layer's total is the same).
@@ -402,12 +403,12 @@ def _loglog(ax) -> None:
         axis.set_minor_formatter(NullFormatter())
 
 
-# ---- mask similarity and weight evolution (paper 002) --------------------------------------------
+# ---- mask similarity and weight evolution (Paganini & Forde 2020) --------------------------------------------
 
 def jaccard_vs_iteration(panels: Mapping[str, Mapping[str, Curve]], reference: str = "",
                          title: str = "") -> Figure:
     """Jaccard distance (1 - IoU) between the masks of a reference pruning method and others, against
-    the pruning iteration, one panel per layer: 002 §4, Figs. 3-4.
+    the pruning iteration, one panel per layer: Paganini & Forde 2020, §4, Figs. 3-4.
 
     ``panels``: layer -> {compared method -> Curve(iteration, distance, std over seeds)}.
     """
@@ -433,7 +434,7 @@ def jaccard_vs_iteration(panels: Mapping[str, Mapping[str, Curve]], reference: s
 
 def first_layer_image(mask, input_shape: Sequence[int]) -> np.ndarray:
     """A first fully-connected layer's mask (units x inputs) averaged over units and reshaped to the
-    input image (channels averaged): the fraction of units still connected to each pixel (004 Fig. 2)."""
+    input image (channels averaged): the fraction of units still connected to each pixel (Lee et al. 2019, Fig. 2)."""
     array = np.asarray(mask, dtype=float)
     c, h, w = (list(input_shape) + [1, 1])[:3] if len(input_shape) == 3 else (1, *input_shape)
     if array.ndim != 2 or array.shape[1] != c * h * w:
@@ -443,7 +444,7 @@ def first_layer_image(mask, input_shape: Sequence[int]) -> np.ndarray:
 
 
 def mask_images(grid: Mapping[str, Mapping[str, np.ndarray]], title: str = "", normalize: bool = True) -> Figure:
-    """A grid of images with values in [0, 1], rows and columns labelled: 004 Fig. 2, where each image
+    """A grid of images with values in [0, 1], rows and columns labelled: Lee et al. 2019, Fig. 2, where each image
     is the LeNet-300-100 first-layer mask averaged over units (bright = the pixel's weights survived).
 
     ``grid``: row label (e.g. sparsity) -> {column label (e.g. criterion) -> 2-D array}.
@@ -482,7 +483,7 @@ def mask_images(grid: Mapping[str, Mapping[str, np.ndarray]], title: str = "", n
 def kernel_grid(weight, mask, rows: str = "input", max_channels: int = 32) -> np.ndarray:
     """The (out, in, kh, kw) weights of a convolution laid out as a grid of kernels with one-pixel
     gaps: pruned weights are NaN (drawn gray), gaps -inf (drawn white). ``rows="input"`` puts
-    input channels in rows and output channels in columns, as 002 Fig. 5 does (an input channel that
+    input channels in rows and output channels in columns, as Paganini & Forde 2020, Fig. 5 does (an input channel that
     unstructured pruning removed entirely is then a gray row); ``rows="output"`` transposes it.
     At most ``max_channels`` of each axis are shown."""
     w = np.asarray(weight, dtype=float)
@@ -504,7 +505,7 @@ def kernel_grid(weight, mask, rows: str = "input", max_channels: int = 32) -> np
 
 def conv_masks(grid: Mapping[str, Mapping[str, tuple]], rows: str = "input", title: str = "") -> Figure:
     """Masked convolution weights as kernel grids (see :func:`kernel_grid`): pruned weights gray,
-    kept positive weights red, negative blue, as in 002 Fig. 5.
+    kept positive weights red, negative blue, as in Paganini & Forde 2020, Fig. 5.
 
     ``grid``: row label (e.g. pruning iteration) -> {column label (e.g. pruning method) -> (weight,
     mask)} with (out, in, kh, kw) arrays.
@@ -550,7 +551,7 @@ def conv_masks(grid: Mapping[str, Mapping[str, tuple]], rows: str = "input", tit
 def weight_trajectories(panels: Mapping[str, tuple[Sequence[float], np.ndarray]], title: str = "",
                         xlabel: str = "Sparsity (%)") -> Figure:
     """Trained weight values at consecutive pruning levels, one line per weight, ending when the weight
-    is pruned: 002 §5, Figs. 6-7.
+    is pruned: Paganini & Forde 2020, §5, Figs. 6-7.
 
     ``panels``: layer -> (x: one value per level, e.g. sparsity in %, values: (levels, weights) with
     NaN where the weight is pruned).

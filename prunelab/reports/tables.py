@@ -126,7 +126,7 @@ def aggregate(df: pd.DataFrame, by: Sequence[str] | None = None,
 
     ``by``: the grouping columns, by default :func:`group_columns` (all hyperparameters but the seed).
     The standard deviation is the sample one (``ddof=1``; empty for a single seed), the error bars of
-    the papers' plots (000 §3: "error bars are the standard deviation over replicates"). Output
+    the papers' plots (Frankle et al. 2021, §3: "error bars are the standard deviation over replicates"). Output
     columns: ``by``, then ``<metric>_mean`` and ``<metric>_std`` for each metric, then ``count``.
     Missing values in ``by`` form their own group (a dense run has no method).
     """

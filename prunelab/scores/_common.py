@@ -35,7 +35,7 @@ def split_batches(batch, name: str) -> list[Batch]:
     """``(inputs, targets)`` or a sequence of such pairs -> list of pairs; ValueError otherwise."""
     hint = (
         f"{name} needs data: pass batch=(inputs, targets), e.g. ten examples per class (Frankle et al. "
-        "App. B.2), or a list of such pairs"
+        "2021, App. B.2), or a list of such pairs"
     )
     if batch is None:
         raise ValueError(hint)
@@ -118,7 +118,7 @@ def forward(model: nn.Module, leaves: Mapping[str, torch.Tensor], x: torch.Tenso
 
 
 def default_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy: the classification loss of every paper in ``papers/``."""
+    """Mean cross-entropy: the classification loss of every paper prunelab implements (docs/references.md)."""
     return F.cross_entropy(output, target)
 
 

@@ -7,9 +7,10 @@ import torch
 from prunelab.scores.registry import Scores, register_method
 
 
-@register_method("random", needs_data=False, description="uniform random scores from the seed")
+@register_method("random", needs_data=False,
+                 description="uniform random scores from the seed (Frankle et al. 2021, §3)")
 def random(model, mask, batch=None, *, seed: int = 0) -> Scores:
-    """Scores drawn uniformly from [0, 1) with a generator seeded by ``seed`` (Frankle et al. §3).
+    """Scores drawn uniformly from [0, 1) with a generator seeded by ``seed`` (Frankle et al. 2021, §3).
 
     Removing the lowest scores then prunes an exact number of weights chosen uniformly at random;
     it is never a Bernoulli draw per weight, whose count would vary. The draws are float64 on the
@@ -20,9 +21,9 @@ def random(model, mask, batch=None, *, seed: int = 0) -> Scores:
     return Scores({n: torch.rand(p.shape, generator=gen, dtype=torch.float64).to(p.device) for n, p in params.items()})
 
 
-@register_method("magnitude", needs_data=False, description="|w|")
+@register_method("magnitude", needs_data=False, description="|w| (Han et al. 2015; Frankle et al. 2021, §3)")
 def magnitude(model, mask, batch=None) -> Scores:
-    """``|w|`` (Frankle et al. §3; Han et al. 2015). Applied to trained weights this is magnitude
+    """``|w|`` (Frankle et al. 2021, §3; Han et al. 2015). Applied to trained weights this is magnitude
     pruning after training; applied at initialization it is the "magnitude at init" baseline."""
     params = mask.check_compatible(model)
     out = Scores()

@@ -41,14 +41,14 @@ def _grads(loss, leaves, create_graph=False):
     "iterative_snip",
     needs_data=True,
     default_iterations=100,
-    description="SNIP |dL/dw * w| re-scored over 100 iterations (Frankle et al. App. G)",
+    description="SNIP |dL/dw * w| re-scored over 100 iterations (Frankle et al. 2021, App. G)",
 )
 @register_method("snip", needs_data=True, description="|dL/dw * w| on a batch (Lee et al. 2019)")
 def snip(model, mask, batch, *, loss_fn: Callable | None = None, batchnorm_train: bool = True) -> Scores:
     """SNIP's connection sensitivity ``|dL/dc|`` at gates ``c = 1``, computed as ``|dL/dw * w|``.
 
-    Lee et al. 2019 (paper 004) define the score with a multiplicative gate ``c`` per weight;
-    Frankle et al. App. B.2 show it equals ``|dL/dw * w|``, which costs one forward and one backward
+    Lee et al. 2019 define the score with a multiplicative gate ``c`` per weight;
+    Frankle et al. 2021, App. B.2 show it equals ``|dL/dw * w|``, which costs one forward and one backward
     pass. ``L`` is the mean cross-entropy (``loss_fn(output, target)`` to change it) over the whole
     ``batch``; a list of ``(inputs, targets)`` pairs is scored as one batch of their union, except
     that train-mode BatchNorm normalizes each pair with its own statistics. ``iterative_snip`` is this
@@ -73,7 +73,8 @@ def _check_temperature(temperature):
     if temperature is None:
         return 1.0
     if not (isinstance(temperature, (int, float)) and temperature > 0):
-        raise ValueError(f"temperature must be a positive number (200 in Wang et al.; 1 = none), got {temperature!r}")
+        raise ValueError(f"temperature must be a positive number (200 in Wang et al. 2020; 1 = none), "
+                         f"got {temperature!r}")
     return float(temperature)
 
 
@@ -125,7 +126,7 @@ def _grasp_hg(model, mask, batch, temperature, loss_fn, batchnorm_train):
     "grasp",
     needs_data=True,
     prune_highest=True,
-    description="-w * (H g), pruning the highest scores (Wang et al. 2020; Frankle et al. App. C)",
+    description="-w * (H g), pruning the highest scores (Wang et al. 2020; Frankle et al. 2021, App. C)",
 )
 def grasp(
     model,
@@ -138,12 +139,12 @@ def grasp(
 ) -> Scores:
     """GraSP: ``-w * (H g)`` with ``g = dL/dw`` and ``H`` the Hessian of ``L`` over the covered weights.
 
-    Frankle et al. App. C.1, eq. (4): removing ``w_i`` changes the gradient norm by about
+    Frankle et al. 2021, App. C.1, eq. (4): removing ``w_i`` changes the gradient norm by about
     ``-w_i (H g)_i``, and GraSP removes the weights with the *highest* scores (registered with
     ``prune_highest=True``; ``invert=True`` removes the lowest instead). ``H g`` comes from double
-    back-propagation, never from an explicit Hessian. ``temperature``: Wang et al.'s implementation
-    divides the logits by T = 200 before the loss (on by default, as in Frankle et al.'s replication
-    of that code, App. C.2); pass ``temperature=1`` (or ``None``) for the plain loss.
+    back-propagation, never from an explicit Hessian. ``temperature``: the implementation of Wang et al. (2020)
+    divides the logits by T = 200 before the loss (on by default, as in the replication of that code by
+    Frankle et al. 2021, App. C.2); pass ``temperature=1`` (or ``None``) for the plain loss.
     """
     leaves, hg = _grasp_hg(model, mask, batch, temperature, loss_fn, batchnorm_train)
     return Scores({n: h.mul_(w.detach()).neg_() for (n, w), h in zip(leaves.items(), hg)})
@@ -152,7 +153,7 @@ def grasp(
 @register_method(
     "grasp_abs",
     needs_data=True,
-    description="|-w * (H g)|, pruning the lowest magnitudes (Frankle et al. App. H)",
+    description="|-w * (H g)|, pruning the lowest magnitudes (Frankle et al. 2021, App. H)",
 )
 def grasp_abs(
     model,
@@ -163,7 +164,7 @@ def grasp_abs(
     loss_fn: Callable | None = None,
     batchnorm_train: bool = True,
 ) -> Scores:
-    """``|w * (H g)|``: Frankle et al.'s GraSP variant that prunes the lowest-magnitude GraSP scores
+    """``|w * (H g)|``: the GraSP variant of Frankle et al. 2021 that prunes the lowest-magnitude GraSP scores
     (App. H, Figure 13; the improved GraSP of App. I)."""
     leaves, hg = _grasp_hg(model, mask, batch, temperature, loss_fn, batchnorm_train)
     return Scores({n: h.mul_(w.detach()).abs_() for (n, w), h in zip(leaves.items(), hg)})

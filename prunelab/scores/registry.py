@@ -13,9 +13,9 @@ method is a ``score`` function plus ``remove``):
 ``default_iterations``
     iterations used when ``prune(iterations=None)`` (100 for SynFlow and iterative SNIP, else 1);
 ``prune_highest``
-    remove the highest scores instead of the lowest (GraSP, Frankle et al. App. C.1);
+    remove the highest scores instead of the lowest (GraSP, Frankle et al. 2021, App. C.1);
 ``default_scope``
-    ``"global"`` or ``"layer"`` (the structured criteria of Paganini & Forde §3.1 are local);
+    ``"global"`` or ``"layer"`` (the structured criteria of Paganini & Forde 2020, §3.1 are local);
 ``structured``
     scores are per channel (see :class:`Scores.groups`);
 ``prepare``

@@ -1,6 +1,6 @@
-"""Structured criteria: whole channels by norm or at random, and the hybrid of paper 002 §3.1.
+"""Structured criteria: whole channels by norm or at random, and the hybrid of Paganini & Forde 2020, §3.1.
 
-"Structured pruning removes entire units or channels ... along the input axis" (002 §3.1): for a
+"Structured pruning removes entire units or channels ... along the input axis" (Paganini & Forde 2020, §3.1): for a
 convolution weight ``(out, in, kh, kw)`` an input channel ``c`` is the slice ``w[:, c]`` (every
 filter's kernel for that channel); for a linear weight ``(out, in)`` it is the column ``w[:, c]`` (an
 input feature). ``axis="output"`` prunes ``w[c]`` instead (a filter / an output unit). Each channel
@@ -9,10 +9,10 @@ tells :func:`prunelab.remove` to keep or remove the channel whole. Tensors with 
 (biases, normalization parameters when covered) have no channels and are scored entry by entry.
 Grouped convolutions take only the axis whose dimension holds every channel (``axis="output"``,
 or ``"input"`` for a transposed one); the other raises a ``ValueError`` (see :func:`_check_grouped`).
-Paper 002 prunes locally (``default_scope="layer"``).
+Paganini & Forde (2020) prune locally (``default_scope="layer"``).
 
 Norms: ``l1_channel``, ``l2_channel``, ``linf_channel`` (largest ``|w|`` of the channel) and
-``lneginf_channel`` (smallest ``|w|``). Paper 002's text and tables name the last structured variant
+``lneginf_channel`` (smallest ``|w|``). Paganini & Forde's (2020) text and tables name the last structured variant
 "L_{-inf}" (``torch.nn.utils.prune.ln_structured`` with ``n=-inf``), so ``lneginf_channel`` is the
 one that reproduces it; ``linf_channel`` is the usual max-norm that the issue's name suggests.
 """
@@ -39,7 +39,7 @@ def _owners(model: nn.Module) -> dict[str, nn.Module]:
 def channel_dim(module: nn.Module | None, param: torch.Tensor, axis: str) -> int | None:
     """The tensor dimension indexing input (or output) channels of ``param``; None without channels."""
     if axis not in _AXES:
-        raise ValueError(f"axis must be 'input' (paper 002's default) or 'output', got {axis!r}")
+        raise ValueError(f"axis must be 'input' (the default of Paganini & Forde 2020) or 'output', got {axis!r}")
     if param.dim() < 2:
         return None
     # ConvTranspose stores (in, out/groups, ...); every other layer stores (out, in, ...).
@@ -113,7 +113,7 @@ def _register_norm(name: str, norm: str, what: str):
 
     fn.__name__ = name
     fn.__doc__ = (
-        f"Whole channels scored by the {what} of their weights (paper 002 §3.1, structured "
+        f"Whole channels scored by the {what} of their weights (Paganini & Forde 2020, §3.1, structured "
         f"{what} pruning); ``axis='input'`` (default) or ``'output'``."
     )
     register_method(
@@ -121,7 +121,7 @@ def _register_norm(name: str, norm: str, what: str):
         needs_data=False,
         default_scope="layer",
         structured=True,
-        description=f"channels by the {what} of their weights (paper 002 §3.1)",
+        description=f"channels by the {what} of their weights (Paganini & Forde 2020, §3.1)",
     )(fn)
     return fn
 
@@ -137,10 +137,10 @@ lneginf_channel = _register_norm("lneginf_channel", "lneginf", "L-(-infinity) no
     needs_data=False,
     default_scope="layer",
     structured=True,
-    description="whole channels at random from the seed (paper 002 §3.1)",
+    description="whole channels at random from the seed (Paganini & Forde 2020, §3.1)",
 )
 def random_channel(model, mask, batch=None, *, axis: str = "input", seed: int = 0) -> Scores:
-    """Random structured pruning (paper 002 §3.1): a uniform score per channel from ``seed``."""
+    """Random structured pruning (Paganini & Forde 2020, §3.1): a uniform score per channel from ``seed``."""
     return _channel_scores(model, mask, "random", axis, seed=seed)
 
 
@@ -149,9 +149,9 @@ def random_channel(model, mask, batch=None, *, axis: str = "input", seed: int = 
     needs_data=False,
     default_scope="layer",
     structured=True,
-    description="L1 channels in convolutions, L1 weights in linear layers (paper 002 §3.1)",
+    description="L1 channels in convolutions, L1 weights in linear layers (Paganini & Forde 2020, §3.1)",
 )
 def hybrid(model, mask, batch=None, *, axis: str = "input") -> Scores:
-    """Paper 002 §3.1's hybrid: convolutions lose whole channels by L1 norm, fully-connected layers
+    """Paganini & Forde 2020, §3.1's hybrid: convolutions lose whole channels by L1 norm, fully-connected layers
     lose single weights by magnitude (L1 unstructured)."""
     return _channel_scores(model, mask, "l1", axis, only_convs=True)

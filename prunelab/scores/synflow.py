@@ -71,14 +71,14 @@ class SynFlowScorer:
         # A deep copy: the caller's weights, dtype, requires_grad, mode and BatchNorm statistics are
         # never touched, not even temporarily.
         net = unbound_copy(model)
-        # Always float64: in float32 the activations overflow on deep networks (Frankle et al. App. D.2).
+        # Always float64: in float32 the activations overflow on deep networks (Frankle et al. 2021, App. D.2).
         net.double()
         # Eval mode: BatchNorm uses its (absolute) running statistics, not those of a batch of ones
         # (Tanaka et al. 2020, Algorithm 1 and its footnote on eval mode).
         net.eval()
         with torch.no_grad():
             # Every parameter and floating buffer by its absolute value (Tanaka et al. 2020, eq. (2): |theta|;
-            # Frankle et al. App. D.1 step 1), BatchNorm's included.
+            # Frankle et al. 2021, App. D.1 step 1), BatchNorm's included.
             for t in net.state_dict(keep_vars=True).values():
                 if t.is_floating_point():
                     t.abs_()

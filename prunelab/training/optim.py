@@ -26,7 +26,7 @@ def lr_factor(step: int, s: TrainSettings, iters_per_epoch: int) -> float:
     """Multiplier of the base LR at iteration ``step`` (0-based): warm-up, then gamma per milestone passed.
 
     A pure function of the step, so training can start at any step (the prune-at-step-t protocol of
-    000 §6 replays the whole schedule from 0; a rewound network continues from t) without replaying.
+    Frankle et al. 2021, §6 replays the whole schedule from 0; a rewound network continues from t) without replaying.
     """
     warm = iterations(s.warmup, iters_per_epoch)
     factor = min(1.0, (step + 1) / warm) if warm > 0 else 1.0

@@ -1,4 +1,4 @@
-"""Training settings and the per-model recipes of Appendix A.3 of Frankle et al. (000_e9bcdbe0f53ebd33.txt).
+"""Training settings and the per-model recipes of Appendix A.3 of Frankle et al. 2021.
 
 ``TrainSettings`` is a frozen dataclass so it can be hashed into a run's identity by the experiment
 layer; every field has a default, and adding a field with a default never changes an existing hash.
@@ -99,7 +99,8 @@ _MODEL_RECIPES = {
 
 
 def recipe(model: str, dataset: str) -> TrainSettings:
-    """Default hyperparameters of Appendix A.3 (000): LeNet 40 epochs, batch 128, SGD lr 0.1, no momentum;
+    """Default hyperparameters of Appendix A.3 (Frankle et al. 2021): LeNet 40 epochs, batch 128, SGD lr 0.1,
+    no momentum;
     CIFAR ResNets/VGGs 160 epochs, momentum 0.9, lr 0.1 dropped 10x at 80 and 120, weight decay 1e-4;
     (modified) ResNet-18 on TinyImageNet 200 epochs, batch 256, lr 0.2, drops at 100 and 150;
     ResNet-50 on ImageNet 90 epochs, batch 1024, lr 0.4, drops at 30, 60, 80.

@@ -4,7 +4,7 @@
 command      kind        what it does
 ===========  ==========  ==============================================================================
 ``train``    dense       the dense network of a replicate, shared by every other protocol
-``run``      prune       prune at step t (init, early, after training), ablate, retrain (Frankle et al.
+``run``      prune       prune at step t (init, early, after training), ablate, retrain (Frankle et al. 2021,
                          2021, §3, §5, §6)
 ``lottery``  lottery     lottery-ticket rewinding and IMP (Frankle et al. 2021, §3; Paganini & Forde 2020)
 ``gradual``  gradual     gradual magnitude pruning during training (Zhu & Gupta 2018)

@@ -12,6 +12,7 @@ class Dense(Protocol):
     name = "train"
     kind = "dense"
     help = "train the dense network of a replicate (shared by every protocol)"
+    citation = "Frankle et al. 2021, App. A.3 (training recipes)"
 
     def run_id(self, runner: Runner, rep: Replicate, hp: Any = None) -> str:
         return runner.dense_id(rep)

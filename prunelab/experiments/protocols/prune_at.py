@@ -1,7 +1,7 @@
 """Prune at step t and retrain: at initialization (t = 0), early in training, or after training.
 
 Train the dense network for t steps (t = 0: initialization), prune with any criterion, optionally
-ablate, then retrain the *whole* schedule from step 0 starting from the weights at t (Frankle et al.
+ablate, then retrain the *whole* schedule from step 0 starting from the weights at t (Frankle et al. 2021,
 2021, §3 and §6; Renda et al. 2020). ``prune_at="end"`` with ``method="magnitude"`` is magnitude
 pruning after training (Frankle et al. 2021, §3).
 """

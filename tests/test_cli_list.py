@@ -1,0 +1,95 @@
+"""``prunelab list methods|models|datasets|protocols``: each registry as an aligned table of name,
+one-line description and citation, read from the registries themselves."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+import prunelab
+from prunelab import data, models
+from prunelab.cli import main
+from prunelab.experiments.protocols import PROTOCOLS
+
+REFERENCES = (Path(__file__).resolve().parents[1] / "docs" / "references.md").read_text(encoding="utf-8")
+CITATION = re.compile(r"\b([A-Z][\w-]+(?: et al\.| & [A-Z][\w-]+)|Krizhevsky),? ((?:19|20)\d\d)\b")
+
+
+def table(capsys, registry):
+    assert main(["list", registry]) == 0
+    out = capsys.readouterr().out.splitlines()
+    header, rule, rows = out[0], out[1], out[2:]
+    starts = [header.index("name"), header.index("description"), header.index("citation")]
+    assert starts[0] == 0 and set(rule) == {"-", " "}
+    parsed = {}
+    for line in rows:  # every row's columns start where the header's do
+        name = line[: starts[1]].rstrip()
+        description = line[starts[1]: starts[2]].rstrip()
+        citation = line[starts[2]:]
+        assert name and " " not in name and description and line[starts[1] - 2: starts[1]] == "  ", line
+        parsed[name] = (description, citation)
+    return parsed
+
+
+def test_methods(capsys):
+    rows = table(capsys, "methods")
+    assert list(rows) == list(prunelab.methods())
+    for name, (description, citation) in rows.items():
+        full = prunelab.get_method(name).description
+        assert full.startswith(description)
+        assert citation == "-" or f"({citation})" in full
+    assert rows["snip"][1] == "Lee et al. 2019"
+    assert rows["synflow"][1] == "Tanaka et al. 2020"
+    assert rows["grasp"][1].startswith("Wang et al. 2020")
+    assert rows["l1_channel"][1] == "Paganini & Forde 2020, §3.1"
+    assert rows["magnitude"] == ("|w|", "Han et al. 2015; Frankle et al. 2021, §3")
+
+
+def test_models(capsys):
+    rows = table(capsys, "models")
+    assert list(rows) == models.names()
+    for name, (_, citation) in rows.items():
+        assert citation == models.MODELS.meta(name)["paper"]
+    assert rows["conv2"][1] == "Frankle & Carbin 2019, Fig. 2"
+    assert rows["vgg16"][0] == "VGG16 for CIFAR"
+    assert all(len(description) <= 72 for description, _ in rows.values())
+
+
+def test_datasets(capsys):
+    rows = table(capsys, "datasets")
+    assert list(rows) == data.names()
+    for name, (description, citation) in rows.items():
+        assert (description, citation) == (data.info(name)["description"], data.info(name)["citation"])
+    assert rows["mnist"][1] == "LeCun et al. 1998"
+
+
+def test_protocols(capsys):
+    rows = table(capsys, "protocols")
+    assert list(rows) == list(PROTOCOLS)
+    for name, (description, citation) in rows.items():
+        meta = PROTOCOLS.meta(name)
+        assert meta["help"].startswith(description)
+        assert citation == meta["citation"]
+    assert rows["rigl"][1].startswith("Evci et al. 2020")
+    assert rows["set"] == ("sparse evolutionary training: drop smallest, regrow at random", "Mocanu et al. 2018")
+
+
+@pytest.mark.parametrize("registry", ["methods", "models", "datasets", "protocols"])
+def test_every_listed_citation_has_a_reference_entry(capsys, registry):
+    rows = table(capsys, registry)
+    cited = {f"{a} {y}" for _, citation in rows.values() for a, y in CITATION.findall(citation)}
+    assert cited, registry
+    assert all(f"**{key}**" in REFERENCES for key in cited), cited
+
+
+def test_unknown_registry_is_one_line_and_exit_2(capsys):
+    assert main(["list", "modles"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert "unknown registry 'modles'" in err and "did you mean 'models'" in err
+    assert all(name in err for name in ("methods", "models", "datasets", "protocols"))
+
+
+def test_missing_registry_is_one_line_and_exit_2(capsys):
+    assert main(["list"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
