@@ -1,4 +1,4 @@
-"""Layer collapse on VGG-16 at CIFAR shape (Tanaka et al. 2020, §3 and Figure 1; Frankle et al. App. D).
+"""Layer collapse on VGG-16 at CIFAR shape (Tanaka et al. 2020, §3 and Figure 1; Frankle et al. 2021, App. D).
 
 1. SynFlow with 100 iterations at compression 10^3 (sparsity 0.999): does every layer keep a weight?
    (Issue 3's acceptance check; too slow for the test suite on a shared 2-core CPU.)
