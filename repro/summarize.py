@@ -352,7 +352,8 @@ def family6(df: pd.DataFrame, root: str) -> str:
 
 _FAMILY14 = [  # (label, selection) over the runs of LeNet-300-100, 10 epochs
     ("dense", lambda d: d.kind == "dense"),
-    ("magnitude after training", lambda d: (d.kind == "prune") & (d.method == "magnitude") & (d.prune_at == "end")),
+    ("magnitude after training", lambda d: (d.kind == "prune") & (d.method == "magnitude") & (d.prune_at == "end")
+     & d.ablation.isna()),
     ("LTR (rewind to 0)", lambda d: (d.kind == "lottery") & (d.level == 1) & (d.rewind_to == "0it")
      & (d.structure == "unstructured")),
     ("SNIP at init", lambda d: _at_init(d, "snip")),
@@ -401,22 +402,25 @@ def family14(df: pd.DataFrame, root: str) -> str:
         if col not in df.columns:
             df[col] = None
     d = df[(df.model == "lenet_300_100") & (df["training.train"] == "10ep") & (df.status == "done")].copy()
-    backfilled = 0
-    for i, r in d.iterrows():
-        if pd.isna(r.train_flops):
-            d.loc[i, ["train_flops", "total_train_flops", "density_auc"]] = _backfilled_cost(root, r)
-            backfilled += 1
     rows = [["method", "sparsity", "accuracy %", "train FLOPs", "total train FLOPs", "density AUC", "seeds"]]
-    for target in (0.931280523, 0.981985201):
+    backfilled = 0
+    for target in (None, 0.931280523, 0.981985201):
         for label, select in _FAMILY14:
+            if (label == "dense") != (target is None):
+                continue
             part = d[select(d)]
-            if label != "dense":
+            if target is not None:
                 part = part[(part.sparsity_target - target).abs() < 1e-6]
             if part.empty:
                 rows.append([label, f"{target:.1%}", "not run", "", "", "", "0"])
                 continue
-            rows.append([label, f"{target:.1%}" if label != "dense" else "0%", pct(part.test_accuracy.mean(),
-                         part.test_accuracy.std()), f"{part.train_flops.mean():.3g}",
+            part = part.copy()
+            for i, r in part.iterrows():
+                if pd.isna(r.train_flops):
+                    part.loc[i, ["train_flops", "total_train_flops", "density_auc"]] = _backfilled_cost(root, r)
+                    backfilled += 1
+            rows.append([label, "0%" if target is None else f"{target:.1%}",
+                         pct(part.test_accuracy.mean(), part.test_accuracy.std()), f"{part.train_flops.mean():.3g}",
                          f"{part.total_train_flops.mean():.3g}", f"{part.density_auc.mean():.3f}", str(len(part))])
     note = (f"\nTraining FLOPs of {backfilled} runs that finished before results recorded them were computed "
             "afterwards from their hyperparameters, steps and masks by the same convention.\n") if backfilled else ""
