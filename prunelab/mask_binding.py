@@ -5,19 +5,21 @@ pruned weights stay exactly 0.0 through training with any elementwise optimizer,
 travels with the model:
 
 * ``copy.deepcopy(model)`` and ``torch.save(model)`` / ``torch.load(..., weights_only=False)`` of the
-  whole module: the binding is an ordinary module hook object, so it is copied and pickled with the
-  module; the copy re-arms itself on its first forward pass (zeroing its pruned weights once).
+  whole module or of any part of it: the binding is a module hook object holding the keep-masks and
+  its parameters, so it is copied and pickled with the module, and arms the copy's parameters (zeroes
+  their pruned entries, hooks their gradients) as soon as it is rebuilt (``__setstate__``).
 * ``model.load_state_dict(state)``: a load post-hook zeroes the pruned entries again at once, so
-  rewinding by ``load_state_dict`` is safe (``assign=True`` included).
-* ``model.to(...)`` with ``torch.__future__.set_swap_module_params_on_conversion(True)`` (or any
-  other way a parameter is replaced by a new tensor): the next forward pass notices the new tensor
-  and arms it.
+  rewinding by ``load_state_dict`` is safe (``assign=True`` included: new parameters are armed).
+* ``model.to(...)``, ``.cuda()``, ``.double()`` (``Module._apply``), also with
+  ``torch.__future__.set_swap_module_params_on_conversion(True)``, which replaces the tensor under each
+  parameter and drops its gradient hooks: the owner module's ``_apply`` is wrapped to re-arm after it.
 * ``state_dict()`` keys are those of the unmasked model (no ``weight_orig``, no ``parametrizations``):
   checkpoints load into plain models.
 
 The cost is one in-place multiply of each masked gradient by the mask (a post-accumulate-grad hook,
-which runs before DDP's all-reduce hook, so the averaged gradients are masked too), and a few
-dictionary look-ups per module per forward pass. A weight that is 0 and always receives a 0
+which runs before DDP's all-reduce hook, so the averaged gradients are masked too), and nothing per
+forward pass: no forward hook, which would send every call of the module down ``nn.Module``'s slow
+path. A weight that is 0 and always receives a 0
 gradient stays exactly 0 under SGD (momentum, Nesterov, weight decay: every term is a multiple of
 the weight or the gradient), Adam and AdamW. A NaN or infinite gradient at a pruned position gives
 NaN there (``nan * 0``); such a step is already divergent, and AMP's loss scaler skips it.
@@ -63,17 +65,19 @@ class _GradMask:
 
 
 class _Binding:
-    """The keep-masks of one module's own parameters, installed on that module as a forward pre-hook
-    and a ``load_state_dict`` post-hook.
+    """The keep-masks of one module's own parameters and those parameters: installed on the module as a
+    ``load_state_dict`` post-hook, with the module's ``_apply`` wrapped to re-arm after device and dtype
+    moves.
 
-    It is copied and pickled with the module, without its record of which tensors it armed: a copy
-    arms the copy's own parameters on its first forward pass. A parameter counts as armed while it is
-    the same Python object (``id``) over the same tensor (``_cdata``) and still holds our hook:
-    ``swap_tensors`` keeps the object but replaces the tensor, and its gradient hooks with it. No
-    reference to the parameter is kept (``swap_tensors`` refuses tensors that have weak references).
+    It is copied and pickled with the module (the parameters it holds map to the copy's parameters) and
+    arms them as soon as it is rebuilt. A parameter counts as armed while it is the same Python object
+    (``id``) over the same tensor (``_cdata``) and still holds our hook: ``swap_tensors`` keeps the
+    object but replaces the tensor, and its gradient hooks with it. No weak reference to a parameter
+    is kept (``swap_tensors`` refuses tensors that have one).
     """
 
-    def __init__(self, keep: Mapping[str, torch.Tensor]):
+    def __init__(self, module: nn.Module, keep: Mapping[str, torch.Tensor]):
+        self.module = module
         self.keep = {n: k.detach().to("cpu", torch.bool) for n, k in keep.items()}
         self._reset()
 
@@ -82,40 +86,48 @@ class _Binding:
         self._armed: dict[str, tuple] = {}  # local name -> (id(param), param._cdata, hook handle or None)
 
     def __getstate__(self) -> dict:
-        return {"keep": self.keep}
+        params = {n: self.module._parameters.get(n) for n in self.keep}
+        return {"keep": self.keep, "module": self.module, "params": params}
 
     def __setstate__(self, state: dict) -> None:
-        self.keep = state["keep"]
+        self.keep, self.module = state["keep"], state["module"]
         self._reset()
+        # The copy's parameters are complete here (a state is rebuilt before it is set); its module may
+        # not be, so they are armed from the state, not looked up in the module.
+        for name, p in state["params"].items():
+            if isinstance(p, nn.Parameter):
+                self._arm_one(name, p, zero=True)
 
-    def arm(self, module: nn.Module, zero: bool = False) -> None:
+    def arm(self, zero: bool = False) -> None:
         """Zero and hook every parameter not armed yet; with ``zero``, zero every pruned entry again."""
-        for name, keep in self.keep.items():
-            p = module._parameters.get(name)
-            if not isinstance(p, nn.Parameter):
-                continue  # temporarily replaced (torch.func.functional_call) or deleted
-            armed = self._armed.get(name)
-            fresh = (
-                armed is None
-                or armed[0] != id(p)
-                or armed[1] != p._cdata
-                or (armed[2] is None and p.requires_grad and self._pruned[name])
-                or (armed[2] is not None and armed[2].id not in (p._post_accumulate_grad_hooks or ()))
-            )
-            if (fresh or zero) and self._pruned[name]:
-                with torch.no_grad():
-                    p.masked_fill_(~keep.to(p.device), 0.0)
-            if fresh:
-                if armed is not None and armed[2] is not None:
-                    armed[2].remove()
-                if p._post_accumulate_grad_hooks is not None:
-                    # After swap_tensors the hook dict stays on the Python object but is no longer
-                    # registered with the new tensor; setting it again registers it (idempotent).
-                    p._post_accumulate_grad_hooks = p._post_accumulate_grad_hooks
-                hook = None
-                if p.requires_grad and self._pruned[name]:
-                    hook = p.register_post_accumulate_grad_hook(_GradMask(keep))
-                self._armed[name] = (id(p), p._cdata, hook)
+        for name in self.keep:
+            p = self.module._parameters.get(name)
+            if isinstance(p, nn.Parameter):  # else deleted, or temporarily replaced (functional_call)
+                self._arm_one(name, p, zero)
+
+    def _arm_one(self, name: str, p: nn.Parameter, zero: bool) -> None:
+        armed = self._armed.get(name)
+        fresh = (
+            armed is None
+            or armed[0] != id(p)
+            or armed[1] != p._cdata
+            or (armed[2] is None and p.requires_grad and self._pruned[name])
+            or (armed[2] is not None and armed[2].id not in (p._post_accumulate_grad_hooks or ()))
+        )
+        if (fresh or zero) and self._pruned[name]:
+            with torch.no_grad():
+                p.masked_fill_(~self.keep[name].to(p.device), 0.0)
+        if fresh:
+            if armed is not None and armed[2] is not None:
+                armed[2].remove()
+            if p._post_accumulate_grad_hooks is not None:
+                # After swap_tensors the hook dict stays on the Python object but is no longer
+                # registered with the new tensor; setting it again registers it (idempotent).
+                p._post_accumulate_grad_hooks = p._post_accumulate_grad_hooks
+            hook = None
+            if p.requires_grad and self._pruned[name]:
+                hook = p.register_post_accumulate_grad_hook(_GradMask(self.keep[name]))
+            self._armed[name] = (id(p), p._cdata, hook)
 
     def disarm(self) -> None:
         for _, _, hook in self._armed.values():
@@ -123,34 +135,21 @@ class _Binding:
                 hook.remove()
         self._armed = {}
 
-    # the two module hooks (bound methods: copied and pickled together with their instance)
-    def before_forward(self, module: nn.Module, args) -> None:
-        self.arm(module)
-
+    # installed on the module (bound methods: copied and pickled together with their instance)
     def after_load(self, module: nn.Module, incompatible_keys) -> None:
-        self.arm(module, zero=True)
+        self.arm(zero=True)
 
-
-class _ArmAll:
-    """Forward pre-hook of the model a mask was applied to: arms every binding below it.
-
-    An owner's own pre-hook is not enough: ``nn.MultiheadAttention`` reads ``out_proj.weight``
-    without calling ``out_proj``. References to the owners are copied and pickled with the model,
-    so a copy's hook arms the copy's modules.
-    """
-
-    def __init__(self, owners: list[tuple[nn.Module, _Binding]]):
-        self.owners = owners
-
-    def __call__(self, module: nn.Module, args) -> None:
-        for owner, binding in self.owners:
-            binding.arm(owner)
+    def apply_then_arm(self, fn, *args, **kwargs):
+        """``Module._apply`` of the owner, then arming: ``model.to()`` may have swapped its tensors."""
+        out = type(self.module)._apply(self.module, fn, *args, **kwargs)
+        self.arm()
+        return out
 
 
 def _bindings(module: nn.Module) -> list[tuple[int, _Binding]]:
     return [
         (key, hook.__self__)
-        for key, hook in module._forward_pre_hooks.items()
+        for key, hook in module._load_state_dict_post_hooks.items()
         if isinstance(getattr(hook, "__self__", None), _Binding)
     ]
 
@@ -158,15 +157,11 @@ def _bindings(module: nn.Module) -> list[tuple[int, _Binding]]:
 def remove_mask(model: nn.Module) -> None:
     """Unbind the mask applied to ``model`` (and its submodules); the weights stay as they are."""
     for module in model.modules():
-        for key, hook in list(module._forward_pre_hooks.items()):
-            if isinstance(hook, _ArmAll):
-                del module._forward_pre_hooks[key]
         for key, binding in _bindings(module):
             binding.disarm()
-            del module._forward_pre_hooks[key]
-            for k, hook in list(module._load_state_dict_post_hooks.items()):
-                if getattr(hook, "__self__", None) is binding:
-                    del module._load_state_dict_post_hooks[k]
+            del module._load_state_dict_post_hooks[key]
+            if getattr(module.__dict__.get("_apply"), "__self__", None) is binding:
+                del module.__dict__["_apply"]
 
 
 def bind(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
@@ -177,15 +172,12 @@ def bind(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
     for name, keep in masks.items():
         owner, _, local = name.rpartition(".")
         by_module.setdefault(owner, {})[local] = keep
-    owners = []
     for owner, keep in by_module.items():
         module = model.get_submodule(owner)
-        binding = _Binding(keep)
-        module.register_forward_pre_hook(binding.before_forward)
+        binding = _Binding(module, keep)
         module.register_load_state_dict_post_hook(binding.after_load)
-        binding.arm(module)
-        owners.append((module, binding))
-    model.register_forward_pre_hook(_ArmAll(owners))
+        module.__dict__["_apply"] = binding.apply_then_arm  # an instance attribute: copied with the module
+        binding.arm()
 
 
 def applied_mask(model: nn.Module) -> dict[str, torch.Tensor] | None:

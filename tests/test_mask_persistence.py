@@ -204,3 +204,33 @@ def test_masked_gradient_is_plain_gradient_times_mask(kind):
             want = want * mask[name].to(want.dtype)
             assert torch.all(p.grad[~mask[name]] == 0.0), name
         torch.testing.assert_close(p.grad, want, rtol=1e-10, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_a_copied_submodule_keeps_its_part_of_the_mask(kind):
+    """A part of a masked model copied out on its own (a backbone to finetune) is armed when it is built."""
+    model, shape, classes = make(kind)
+    mask = half_mask(model).apply(model)
+    name, child = next((n, c) for n, c in model.named_children() if any(k.startswith(n + ".") for k in mask))
+    part = copy.deepcopy(child)
+    kept = {k[len(name) + 1:]: v for k, v in mask.items() if k.startswith(name + ".")}
+    params = dict(part.named_parameters())
+    with torch.no_grad():
+        for p in params.values():
+            p.add_(1.0)  # pruned entries nonzero: only the gradient masking can keep them from moving further
+    before = {n: p.detach().clone() for n, p in params.items()}
+    optimizer = torch.optim.SGD(part.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(2):
+        optimizer.zero_grad()
+        out = part(torch.randn(4, *shape))
+        (out[0] if isinstance(out, tuple) else out).float().pow(2).mean().backward()
+        optimizer.step()
+    for n, keep in kept.items():
+        assert torch.equal(params[n].detach()[~keep], before[n][~keep]), n  # pruned entries got no update
+
+
+def test_applying_a_mask_adds_no_forward_hook():
+    """Any module hook sends nn.Module.__call__ down its slow path (3-4% per step on LeNet-300-100)."""
+    model, _, _ = make("resnet20")
+    half_mask(model).apply(model)
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in model.modules())
