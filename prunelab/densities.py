@@ -163,7 +163,8 @@ def layer_densities(
     ``distribution`` is a registered name (``uniform``, ``er``, ``erk``; see the module docstring) or a
     mapping ``{name: density}`` / a :class:`Mask`, whose densities are returned as they are; it must
     name exactly the covered tensors, and ``sparsity`` must then be None or that mapping's overall
-    sparsity (within 1e-6), so that a mismatch between the two is caught rather than silently resolved.
+    sparsity (within 1e-6, or one weight: a mask holds a whole number of them), so that a mismatch
+    between the two is caught rather than silently resolved.
     For a named distribution the densities keep ``(1 - sparsity)`` of the covered weights in total
     (up to float rounding; the caller rounds each layer's count).
     """
