@@ -5,6 +5,7 @@ registration (see :mod:`prunelab.experiments.protocols`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from abc import ABC, abstractmethod
@@ -59,6 +60,13 @@ class Protocol(ABC):
     def steps_left(self, runner: Runner, rep: Replicate, hp: Any) -> int:
         """Training steps this protocol's unfinished runs will take (the sweep's estimate)."""
         return runner.total_steps(rep)
+
+    def hparams_record(self, rep: Replicate, hp: Any) -> dict[str, Any]:
+        """What a run's ``hparams.json`` holds: its kind, the replicate and the protocol's settings."""
+        record = {"kind": self.kind, **rep.describe()}
+        if self.section is not None:
+            record[self.section] = dataclasses.asdict(hp)
+        return record
 
     # ---- running --------------------------------------------------------------------------------
     @abstractmethod

@@ -91,9 +91,9 @@ class Lottery(Protocol):
         return sum(total - start for level in range(1, hp.levels + 1)
                    if runner.store.result(lottery_id(rep, hp, level)) is None)
 
-    def hparams_record(self, rep: Replicate, hp: LotteryHparams, level: int) -> dict[str, Any]:
-        return {"kind": self.kind, **rep.describe(),
-                self.section: dataclasses.asdict(dataclasses.replace(hp, levels=level))}
+    def level_record(self, rep: Replicate, hp: LotteryHparams, level: int) -> dict[str, Any]:
+        """``hparams.json`` of one level: the series' settings with ``levels`` = that level."""
+        return self.hparams_record(rep, dataclasses.replace(hp, levels=level))
 
     def run(self, runner: Runner, rep: Replicate, hp: LotteryHparams) -> list[dict[str, Any]]:
         """Levels 1..hp.levels, each a cached run built on the previous level (level 0: the dense run).
@@ -116,7 +116,7 @@ class Lottery(Protocol):
         run_id = lottery_id(rep, hp, level)
         t = self.step(runner, rep, hp)
         return runner.store.once(run_id, lambda: self._level(runner, rep, hp, level, run_id, t),
-                                 self.hparams_record(rep, hp, level))
+                                 self.level_record(rep, hp, level))
 
     def _trained_state(self, runner: Runner, rep: Replicate, hp: LotteryHparams, level: int
                        ) -> dict[str, torch.Tensor]:
@@ -129,7 +129,7 @@ class Lottery(Protocol):
     def _level(self, runner: Runner, rep: Replicate, hp: LotteryHparams, level: int, run_id: str, t: int
                ) -> dict[str, Any]:
         rewinding = _rewinds(hp)
-        folder = runner.begin(run_id, self.hparams_record(rep, hp, level))
+        folder = runner.begin(run_id, self.level_record(rep, hp, level))
         dense, _ = dense_first(runner, rep, t)
         if level > 1:
             previous = self.level(runner, rep, hp, level - 1)

@@ -8,7 +8,6 @@ pruning after training (Frankle et al. 2021, §3).
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from torch import nn
@@ -121,9 +120,6 @@ class PruneAtStep(Protocol):
     def dense_step(self, runner: Runner, rep: Replicate, hp: PruneHparams) -> int | None:
         t = runner.step(rep, hp.prune_at)
         return t if 0 < t < runner.total_steps(rep) else None
-
-    def hparams_record(self, rep: Replicate, hp: PruneHparams) -> dict[str, Any]:
-        return {"kind": self.kind, **rep.describe(), self.section: dataclasses.asdict(hp)}
 
     def run(self, runner: Runner, rep: Replicate, hp: PruneHparams) -> list[dict[str, Any]]:
         run_id = prune_id(rep, hp)

@@ -9,7 +9,7 @@ end pruning well before training ends so the network recovers).
 
 from __future__ import annotations
 
-import dataclasses
+from abc import abstractmethod
 from typing import Any
 
 from prunelab.experiments import runfiles
@@ -45,11 +45,12 @@ class _DuringTraining(Protocol):
         end = runner.step(rep, hp.end) if hp.end is not None else int(END_FRACTION * total)
         return total, every, end
 
+    @abstractmethod
     def schedule(self, runner: Runner, rep: Replicate, hp: Any) -> MaskSchedule:
-        raise NotImplementedError
+        """The mask schedule of this run, its steps resolved against the replicate's training."""
 
-    def hparams_record(self, rep: Replicate, hp: Any) -> dict[str, Any]:
-        return {"kind": self.kind, **rep.describe(), self.section: dataclasses.asdict(hp)}
+    def hparams_schema(self) -> dict[str, runfiles.Check]:
+        return {self.section: runfiles.Table({"sparsity": runfiles.NUM, "every": runfiles.STR})}
 
     def run(self, runner: Runner, rep: Replicate, hp: Any) -> list[dict[str, Any]]:
         run_id = self.run_id(runner, rep, hp)
@@ -113,8 +114,6 @@ class Gradual(_DuringTraining):
         g = hp["gradual"]
         return f"gradual {g['sparsity']} every {g['every']}"
 
-    def hparams_schema(self) -> dict[str, runfiles.Check]:
-        return {"gradual": runfiles.Table({"sparsity": runfiles.NUM, "every": runfiles.STR})}
 
 
 class _Dynamic(_DuringTraining):
@@ -133,8 +132,6 @@ class _Dynamic(_DuringTraining):
         d = hp["dynamic"]
         return f"{self.name} {d['sparsity']} {d.get('distribution', 'erk')} every {d['every']}"
 
-    def hparams_schema(self) -> dict[str, runfiles.Check]:
-        return {"dynamic": runfiles.Table({"sparsity": runfiles.NUM, "every": runfiles.STR})}
 
 
 class SetProtocol(_Dynamic):
