@@ -19,14 +19,18 @@ Masked FLOPs follow Evci et al. 2020 (App. H): a sparse layer costs its dense FL
 so each covered tensor's FLOPs are scaled by that tensor's density in the mask; ``other`` is
 unchanged, since no pruned weight enters it.
 
-PyTorch's fused inference paths for attention (``torch.backends.mha`` "fast path") run as one
-operator the counter has no formula for, so they are switched off while counting; the CPU kernel of
-flash attention (``_scaled_dot_product_flash_attention_for_cpu``) is counted with the library's
-formula for ``_scaled_dot_product_flash_attention``.
+PyTorch's fused kernels that run a whole layer as one operator the counter has no formula for are
+switched off while counting, so that the layer runs as the matrix products it is made of: the
+attention "fast path" (``torch.backends.mha``), and the oneDNN and cuDNN kernels of ``nn.LSTM``,
+``nn.GRU`` and ``nn.RNN`` (``torch.backends.mkldnn``, ``torch.backends.cudnn``; the decomposed
+recurrence performs 2 x (sequence length) x (weight elements) FLOPs per weight matrix, what the fused
+kernels do too). The CPU kernel of flash attention (``_scaled_dot_product_flash_attention_for_cpu``)
+is counted with the library's formula for ``_scaled_dot_product_flash_attention``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections import defaultdict
@@ -157,8 +161,8 @@ class _AttributingCounter(FlopCounterMode):
 
 
 def _warn_uncounted(model: nn.Module, covered: dict[str, nn.Parameter], counted: dict[str, int]) -> None:
-    """Warn about weight matrices no counted operator used (recurrent layers: torch.utils.flop_counter
-    has no formula for ``aten.lstm`` and its kin), so a 0 is not mistaken for a measurement. Embedding
+    """Warn about weight matrices no counted operator used (a custom operator or fused kernel
+    torch.utils.flop_counter has no formula for), so a 0 is not mistaken for a measurement. Embedding
     tables are exempt: a lookup is, by the library's convention, 0 FLOPs."""
     tables = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))}
     missed = [n for n, p in covered.items() if p.dim() >= 2 and not counted.get(n) and id(p) not in tables]
@@ -166,10 +170,20 @@ def _warn_uncounted(model: nn.Module, covered: dict[str, nn.Parameter], counted:
         more = f" and {len(missed) - 3} more" if len(missed) > 3 else ""
         warnings.warn(
             f"no operator with a FLOP formula in torch.utils.flop_counter used {', '.join(missed[:3])}{more}; "
-            "their FLOPs are counted as 0 (recurrent layers have no formula)",
+            "their FLOPs are counted as 0 (an operator the library has no formula for)",
             UserWarning,
             stacklevel=3,
         )
+
+
+@contextlib.contextmanager
+def _unfused_recurrent_layers():
+    """oneDNN and cuDNN off: ``nn.LSTM``/``nn.GRU``/``nn.RNN`` then run as ``addmm`` per step, which the
+    counter has formulas for. (Switching oneDNN's flags off warns about TF32 on Intel GPUs; not ours.)"""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*TF32 acceleration on top of oneDNN.*")
+        with torch.backends.mkldnn.flags(enabled=False), torch.backends.cudnn.flags(enabled=False):
+            yield
 
 
 def _check_shape(input_shape) -> tuple[int, ...]:
@@ -239,7 +253,7 @@ def flops(
         torch.backends.mha.set_fastpath_enabled(False)
         model.eval()
         x = torch.zeros((1, *shape), dtype=input_dtype, device=device)
-        with torch.no_grad(), counter:
+        with torch.no_grad(), _unfused_recurrent_layers(), counter:
             model(x)
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)

@@ -7,6 +7,7 @@ convolution; bias additions, activations, normalization, pooling and embedding l
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -184,7 +185,37 @@ def test_weights_sharing_one_storage_are_told_apart():
     assert count.per_layer == {"a.weight": (2 * 4 * 3, 24.0), "b.weight": (2 * 3 * 2, 12.0)}
 
 
-def test_recurrent_weights_warn_that_they_count_zero():
-    with pytest.warns(UserWarning, match="weight_ih_l0, weight_hh_l0"):
-        count = flops(nn.LSTM(4, 6, batch_first=True), (3, 4))
+@pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU, nn.RNN])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_recurrent_weights_count_two_flops_per_weight_per_step(cls, bidirectional):
+    """Each step multiplies one example's input (or hidden state) by every weight matrix once: 2 FLOPs per
+    weight element per step, the same for both directions and every layer (a formula, not the counter)."""
+    steps = 3
+    model = cls(4, 6, num_layers=2, batch_first=True, bidirectional=bidirectional)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "counted as 0" warning
+        count = flops(model, (steps, 4))
+    expected = {n: 2 * steps * p.numel() for n, p in model.named_parameters() if p.dim() == 2}
+    assert {n: d for n, (d, _) in count.per_layer.items()} == expected
+    assert count.other == 0
+
+
+def test_projected_lstm_counts_the_projection():
+    steps = 5
+    model = nn.LSTM(4, 6, proj_size=3, batch_first=True)
+    count = flops(model, (steps, 4))
+    assert count.per_layer["weight_hr_l0"][0] == 2 * steps * 6 * 3
+
+
+def test_an_operator_without_formula_warns_that_its_weights_count_zero():
+    class Custom(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(3, 4))
+
+        def forward(self, x):
+            return (x.unsqueeze(1) * self.weight).sum(-1)  # elementwise: no formula
+
+    with pytest.warns(UserWarning, match="weight.*counted as 0"):
+        count = flops(Custom(), (4,), include=["weight"])
     assert count.dense == 0
