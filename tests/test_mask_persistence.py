@@ -234,3 +234,27 @@ def test_applying_a_mask_adds_no_forward_hook():
     model, _, _ = make("resnet20")
     half_mask(model).apply(model)
     assert not any(m._forward_pre_hooks or m._forward_hooks for m in model.modules())
+
+
+def test_tensor_subclass_parameter_keeps_its_mask_through_a_dtype_move():
+    """A traceable tensor-subclass parameter makes ``Module._apply`` swap tensors (as
+    ``set_swap_module_params_on_conversion(True)`` does), dropping gradient hooks: the binding re-arms."""
+    two_tensor = pytest.importorskip("torch.testing._internal.two_tensor")
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    weight = model[0].weight.detach()
+    model[0].weight = nn.Parameter(two_tensor.TwoTensor(weight.clone(), weight.clone()))
+    mask = half_mask(model).apply(model)
+    model.to(torch.float64)
+    assert isinstance(model[0].weight, two_tensor.TwoTensor) and model[0].weight.dtype == torch.float64
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        opt.zero_grad()
+        model(torch.randn(4, 6, generator=g, dtype=torch.float64)).sum().backward()
+        opt.step()
+    params = dict(model.named_parameters())
+    for name, keep in mask.items():
+        p = params[name].detach()
+        for part in ((p.a, p.b) if isinstance(p, two_tensor.TwoTensor) else (p,)):
+            assert torch.all(part[~keep] == 0.0), name
+            assert torch.any(part[keep] != 0.0), name
