@@ -258,3 +258,26 @@ def test_tensor_subclass_parameter_keeps_its_mask_through_a_dtype_move():
         for part in ((p.a, p.b) if isinstance(p, two_tensor.TwoTensor) else (p,)):
             assert torch.all(part[~keep] == 0.0), name
             assert torch.any(part[keep] != 0.0), name
+
+
+@pytest.mark.parametrize("make_opt", [lambda ps: torch.optim.SGD(ps, lr=0.5),
+                                      lambda ps: torch.optim.SparseAdam(ps, lr=0.1)], ids=["sgd", "sparse_adam"])
+def test_sparse_embedding_gradients_are_masked(make_opt):
+    """``nn.Embedding(sparse=True)`` gives sparse COO gradients, with repeated indices uncoalesced."""
+    emb = nn.Embedding(10, 4, sparse=True)
+    g = torch.Generator().manual_seed(0)
+    mask = Mask({"weight": torch.rand(10, 4, generator=g) < 0.5})
+    mask.apply(emb)
+    opt = make_opt(emb.parameters())
+    tokens = torch.tensor([[1, 1, 3, 7], [7, 2, 1, 9]])  # repeated tokens: duplicate sparse indices
+    for _ in range(3):
+        opt.zero_grad()
+        emb(tokens).pow(2).sum().backward()
+        assert emb.weight.grad.is_sparse
+        assert torch.all(emb.weight.grad.to_dense()[~mask["weight"]] == 0.0)
+        opt.step()
+    w = emb.weight.detach()
+    assert torch.all(w[~mask["weight"]] == 0.0)
+    used = torch.zeros(10, dtype=torch.bool)
+    used[tokens.unique()] = True
+    assert torch.any(w[mask["weight"] & used[:, None]] != emb.weight.new_zeros(()))

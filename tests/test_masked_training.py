@@ -148,7 +148,7 @@ def test_pruned_nan_and_inf_weights_become_exactly_zero():
 
 def test_gradient_hook_follows_the_gradients_device_and_dtype():
     keep = torch.rand(4, 6, generator=torch.Generator().manual_seed(0)) < 0.5
-    hook = _GradMask(keep)
+    hook = _GradMask(keep, like=torch.zeros(4, 6))  # fitted to a float32 CPU parameter
     # After model.cuda() the gradient lives elsewhere: the hook must not mix in a CPU tensor. ("meta"
     # stands in for another device on a CPU-only machine.)
     p = torch.zeros(4, 6, device="meta", requires_grad=True)
