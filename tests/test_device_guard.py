@@ -104,6 +104,7 @@ def _scoring_case():
     return model, x, y
 
 
+@pytest.mark.filterwarnings("ignore::prunelab.scores.batching.MicroBatchWarning")  # BatchNorm: said elsewhere
 @pytest.mark.parametrize("method", list(prunelab.methods()))
 def test_scoring_and_pruning_every_criterion_on_the_device(method):
     model, x, y = _scoring_case()
