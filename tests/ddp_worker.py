@@ -1,6 +1,7 @@
 """Run under torchrun by tests/test_distributed.py: one prune-at-init run with DDP over 2 CPU processes.
 
-Each rank records what it holds after training (weights and mask) and whether it ran the criterion;
+Each rank records what it holds after training (weights and mask) and whether it ran the criterion
+(SNIP: every rank scores its share of the batch);
 ranks other than 0 fail loudly if they try to write any file through prunelab's writers.
 """
 

@@ -15,11 +15,28 @@ import typing
 from collections.abc import Iterable
 from typing import Any
 
+# Field metadata of a setting that says how a run is computed, not what it computes (like the device): it is a
+# flag and a TOML key, but never part of the run's hash or hparams.json, so the same run is found whatever it is.
+EXECUTION = {"identity": False}
+
+
+def is_execution_field(f: dataclasses.Field) -> bool:
+    return f.metadata.get("identity") is False
+
+
+def identity_dict(obj: Any) -> dict[str, Any]:
+    """``dataclasses.asdict(obj)`` without its execution fields: what ``hparams.json`` records."""
+    return {k: v for k, v in dataclasses.asdict(obj).items()
+            if not is_execution_field(next(f for f in dataclasses.fields(obj) if f.name == k))}
+
 
 def nondefault_fields(obj: Any) -> dict[str, Any]:
-    """The fields of dataclass ``obj`` whose values differ from their defaults, as JSON-ready values."""
+    """The fields of dataclass ``obj`` whose values differ from their defaults, as JSON-ready values
+    (execution fields left out: they never enter a run's identity)."""
     out = {}
     for f in dataclasses.fields(obj):
+        if is_execution_field(f):
+            continue
         value = getattr(obj, f.name)
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING
@@ -154,10 +171,16 @@ class PruneHparams:
     # replicate, sparsity and step), a run id, or a mask file.
     distribution: str | None = None
     like: str | None = None
+    # SNIP/GraSP forward at most this many examples at a time (None: the whole batch at once), to fit the
+    # scoring batch in GPU memory. An execution setting like the device, outside the run's identity: the
+    # score is the same sum (prunelab.scores.batching), except that train-mode BatchNorm normalizes each
+    # micro-batch alone, which prune() reports with a MicroBatchWarning.
+    score_batch_size: int | None = dataclasses.field(default=None, metadata=EXECUTION)
 
     def __post_init__(self) -> None:
         from prunelab.registry import check_name
         from prunelab.scores import get_method
+        from prunelab.scores.batching import check_score_batch_size
 
         get_method(self.method)  # unknown criterion: the registry's message, with the closest name
         _canonical(self, floats=("sparsity",), durations=("prune_at",) if self.prune_at != "end" else ())
@@ -185,6 +208,7 @@ class PruneHparams:
             check_name("distribution", self.distribution, list(DISTRIBUTIONS))
         if self.distribution is not None and self.like is not None:
             raise ValueError("give distribution or like, not both: like takes the layer densities of another mask")
+        check_score_batch_size(self.score_batch_size)
 
 
     def coverage_options(self) -> dict[str, Any]:

@@ -20,10 +20,14 @@ from prunelab.pruning.targets import (
     _global_targets,
     _layer_targets,
 )
+from prunelab.scores.batching import check_score_batch_size
 from prunelab.scores.registry import Method, Scores, get_method
 
 PRUNABLE_OPTIONS = COVERAGE_OPTIONS  # which parameters a mask covers: prunelab.coverage
 COMMON_OPTIONS = ("input_shape", "seed")  # prune() arguments; score() accepts them as options too
+# How a batch is scored (prunelab.scores.batching): given to the criteria that score a batch; a criterion that
+# takes none (SynFlow, magnitude, ...) has nothing to split, and prune() / score() say so once.
+BATCH_OPTIONS = ("score_batch_size", "distributed")
 
 
 class LayerCollapseWarning(UserWarning):
@@ -32,6 +36,13 @@ class LayerCollapseWarning(UserWarning):
 
 def _split_options(method: Method, options: dict, extra: Mapping[str, object]):
     prunable = {k: options.pop(k) for k in PRUNABLE_OPTIONS if k in options}
+    if options.get("score_batch_size") is not None:
+        check_score_batch_size(options["score_batch_size"])
+    for k in BATCH_OPTIONS:
+        if k in options and k not in method.options:
+            value = options.pop(k)
+            if value:
+                warnings.warn(f"{method.name} scores no batch of data: {k}={value!r} is ignored", stacklevel=3)
     for k in COMMON_OPTIONS:  # given to every criterion that takes them, ignored by the others
         if k in options:
             v = options.pop(k)
@@ -90,7 +101,9 @@ def _methods():
     return methods()
 
 
-def score(model: nn.Module, method: str, batch=None, mask: Mask | None = None, **options) -> Scores:
+def score(
+    model: nn.Module, method: str, batch=None, mask: Mask | None = None, score_batch_size: int | None = None, **options
+) -> Scores:
     """``{param_name: scores}`` of criterion ``method`` for the prunable parameters of ``model``.
 
     ``batch=(inputs, targets)`` for data-driven criteria. ``mask``: score the masked network
@@ -99,9 +112,15 @@ def score(model: nn.Module, method: str, batch=None, mask: Mask | None = None, *
     ``filter`` (see :mod:`prunelab.coverage`). Other ``options`` go to the criterion (e.g.
     ``input_shape`` for SynFlow, ``seed`` for random ones, ``temperature`` for GraSP, ``axis`` for
     structured criteria; ``input_shape`` and ``seed`` are ignored by criteria that do not use them).
+    ``score_batch_size``: criteria that score a batch (SNIP, GraSP) forward at most that many examples
+    at a time and sum, with the same result up to rounding (:mod:`prunelab.scores.batching`; with
+    train-mode BatchNorm each micro-batch has its own statistics, and a ``MicroBatchWarning`` says so);
+    ``distributed=True`` shares the batch out over the ranks of a DDP job (every rank calls ``score``).
     The model is left as it was: weights, dtype, requires_grad, modes and BatchNorm statistics.
     """
     m = get_method(method)
+    if score_batch_size is not None:
+        options["score_batch_size"] = score_batch_size
     prunable, options = _split_options(m, dict(options), {})
     mask = _resolve_mask(model, mask, prunable)
     if m.needs_input_shape:
@@ -171,6 +190,7 @@ def prune(
     mask: Mask | None = None,
     seed: int = 0,
     distribution: str | Mapping[str, float] | None = None,
+    score_batch_size: int | None = None,
     **options,
 ) -> Mask:
     """Prune ``model`` to ``sparsity`` with criterion ``method``; returns the :class:`Mask` (the
@@ -186,6 +206,8 @@ def prune(
     ``"uniform"``, ``"er"`` or ``"erk"`` (Evci et al. 2020, §3; see :func:`prunelab.layer_densities`)
     or ``{name: density}`` (e.g. another mask's ``layer_density()``: the random baseline at another
     method's layer densities, Frankle et al. 2021, §5); unstructured criteria only, scope ``"layer"``.
+    ``score_batch_size`` (and ``distributed=True`` under DDP): score the batch in micro-batches (and
+    across ranks), as in :func:`score`; the batch may stay on the CPU, each micro-batch moves alone.
     Other ``options``: the coverage options
     (``include_bias``, ``include_norm``, ``include_embeddings``, ``include``, ``exclude``, ``filter``;
     see :mod:`prunelab.coverage`) and the criterion's own. Warns :class:`~prunelab.coverage.CoverageWarning`
@@ -195,6 +217,8 @@ def prune(
     """
     s = _check_fraction(sparsity, "sparsity")
     m = get_method(method)
+    if score_batch_size is not None:
+        options["score_batch_size"] = score_batch_size
     n_iter = m.default_iterations if iterations is None else _check_iterations(iterations)
     _check_choice(schedule, "schedule", SCHEDULES)
     if scope is None:

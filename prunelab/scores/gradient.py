@@ -18,8 +18,8 @@ from prunelab.scores._common import (
     math_attention,
     model_device,
     resolve_loss,
-    split_batches,
 )
+from prunelab.scores.batching import score_batches, warn_if_batchnorm_split
 from prunelab.scores.registry import Scores, register_method
 
 
@@ -44,7 +44,16 @@ def _grads(loss, leaves, create_graph=False):
     description="SNIP |dL/dw * w| re-scored over 100 iterations (Frankle et al. 2021, App. G)",
 )
 @register_method("snip", needs_data=True, description="|dL/dw * w| on a batch (Lee et al. 2019)")
-def snip(model, mask, batch, *, loss_fn: Callable | None = None, batchnorm_train: bool = True) -> Scores:
+def snip(
+    model,
+    mask,
+    batch,
+    *,
+    loss_fn: Callable | None = None,
+    batchnorm_train: bool = True,
+    score_batch_size: int | None = None,
+    distributed: bool = False,
+) -> Scores:
     """SNIP's connection sensitivity ``|dL/dc|`` at gates ``c = 1``, computed as ``|dL/dw * w|``.
 
     Lee et al. 2019 define the score with a multiplicative gate ``c`` per weight;
@@ -53,20 +62,40 @@ def snip(model, mask, batch, *, loss_fn: Callable | None = None, batchnorm_train
     ``batch``; a list of ``(inputs, targets)`` pairs is scored as one batch of their union, except
     that train-mode BatchNorm normalizes each pair with its own statistics. ``iterative_snip`` is this
     score re-evaluated on the masked network over 100 iterations (App. G).
+
+    ``score_batch_size``: forward at most that many examples at a time, summing the gradient (memory
+    bounded, same score; see :mod:`prunelab.scores.batching`). ``distributed``: every rank of the
+    process group calls with the same batch, scores its share of it, and the gradients are all-reduced.
     """
-    pairs = split_batches(batch, "snip")
+    batches = score_batches(batch, "snip", score_batch_size, distributed)
+    warn_if_batchnorm_split(model, batches, "snip", batchnorm_train)
     loss_fn = resolve_loss(loss_fn)
     params = mask.check_compatible(model)
     leaves = masked_leaves(params, mask)
-    total = sum(len(x) for x, _ in pairs)
-    grads = None
     with batchnorm_train_mode(model, batchnorm_train):
-        for x, y in pairs:
-            x, y = _inputs(model, x, y)
-            loss = loss_fn(forward(model, leaves, x), y) * (len(x) / total)
-            g = _grads(loss, leaves)
-            grads = g if grads is None else [a.add_(b) for a, b in zip(grads, g)]
+        grads = _summed_grads(model, leaves, batches, loss_fn)
+    batches.sum_over_ranks(grads)
     return Scores({n: g.mul_(w.detach()).abs_() for (n, w), g in zip(leaves.items(), grads)})
+
+
+def _summed_grads(model, leaves, batches, loss_of, hg_at=None):
+    """Sum over this rank's micro-batches of d(weighted loss)/d leaves, or, with ``hg_at = g``, of the
+    Hessian-gradient product ``H g`` (g held fixed: Wang et al. 2020, Algorithm 2). Zeros without any."""
+    total = [torch.zeros_like(w) for w in leaves.values()]
+    for x, y in batches.local:
+        x, y = _inputs(model, x, y)
+        loss = loss_of(forward(model, leaves, x), y) * batches.weight(x)
+        if hg_at is None:
+            part = _grads(loss, leaves)
+        else:
+            gi = _grads(loss, leaves, create_graph=True)
+            z = sum((a * b).sum() for a, b in zip(hg_at, gi) if b.requires_grad)
+            if not (isinstance(z, torch.Tensor) and z.requires_grad):
+                continue
+            part = _grads(z, leaves)
+        for a, b in zip(total, part):
+            a.add_(b)
+    return total
 
 
 def _check_temperature(temperature):
@@ -78,25 +107,24 @@ def _check_temperature(temperature):
     return float(temperature)
 
 
-def _grasp_hg(model, mask, batch, temperature, loss_fn, batchnorm_train):
+def _grasp_hg(model, mask, batch, temperature, loss_fn, batchnorm_train, score_batch_size, distributed):
     """(leaves, H g) with g = dL/dw and H the Hessian of L over the covered weights."""
-    pairs = split_batches(batch, "grasp")
+    batches = score_batches(batch, "grasp", score_batch_size, distributed)
+    warn_if_batchnorm_split(model, batches, "grasp", batchnorm_train)
     loss_fn = resolve_loss(loss_fn)
     t = _check_temperature(temperature)
     params = mask.check_compatible(model)
     leaves = masked_leaves(params, mask)
-    total = sum(len(x) for x, _ in pairs)
 
-    def loss_of(x, y):
-        x, y = _inputs(model, x, y)
-        out = forward(model, leaves, x)
-        return loss_fn(out / t if t != 1.0 else out, y) * (len(x) / total)
+    def loss_of(out, y):
+        return loss_fn(out / t if t != 1.0 else out, y)
 
     with batchnorm_train_mode(model, batchnorm_train), math_attention():
-        if len(pairs) == 1:
+        if batches.one_pass:
             # One batch: a single forward pass serves both g and Hg. z = <stop_grad(g), g(w)> and
             # dz/dw = H g (double back-propagation, Wang et al. 2020, Algorithm 2).
-            g = _grads(loss_of(*pairs[0]), leaves, create_graph=True)
+            x, y = _inputs(model, *batches.local[0])
+            g = _grads(loss_of(forward(model, leaves, x), y), leaves, create_graph=True)
             z = sum((gi.detach() * gi).sum() for gi in g if gi.requires_grad)
             hg = (
                 _grads(z, leaves)
@@ -104,21 +132,10 @@ def _grasp_hg(model, mask, batch, temperature, loss_fn, batchnorm_train):
                 else [torch.zeros_like(w) for w in leaves.values()]
             )
         else:
-            # Several batches: g must be the gradient of the whole loss before any Hg is taken.
-            g_all = None
-            for x, y in pairs:
-                gi = _grads(loss_of(x, y), leaves)
-                g_all = gi if g_all is None else [a.add_(b) for a, b in zip(g_all, gi)]
-            hg = None
-            for x, y in pairs:
-                gi = _grads(loss_of(x, y), leaves, create_graph=True)
-                z = sum((a * b).sum() for a, b in zip(g_all, gi) if b.requires_grad)
-                if not (isinstance(z, torch.Tensor) and z.requires_grad):
-                    continue
-                h = _grads(z, leaves)
-                hg = h if hg is None else [a.add_(b) for a, b in zip(hg, h)]
-            if hg is None:
-                hg = [torch.zeros_like(w) for w in leaves.values()]
+            # Micro-batches, pairs or ranks: g must be the gradient of the whole loss (summed over every
+            # micro-batch of every rank) before any H g is taken; H g is then a sum over micro-batches too.
+            g_all = batches.sum_over_ranks(_summed_grads(model, leaves, batches, loss_of))
+            hg = batches.sum_over_ranks(_summed_grads(model, leaves, batches, loss_of, hg_at=g_all))
     return leaves, hg
 
 
@@ -136,6 +153,8 @@ def grasp(
     temperature: float | None = 200.0,
     loss_fn: Callable | None = None,
     batchnorm_train: bool = True,
+    score_batch_size: int | None = None,
+    distributed: bool = False,
 ) -> Scores:
     """GraSP: ``-w * (H g)`` with ``g = dL/dw`` and ``H`` the Hessian of ``L`` over the covered weights.
 
@@ -146,7 +165,7 @@ def grasp(
     divides the logits by T = 200 before the loss (on by default, as in the replication of that code by
     Frankle et al. 2021, App. C.2); pass ``temperature=1`` (or ``None``) for the plain loss.
     """
-    leaves, hg = _grasp_hg(model, mask, batch, temperature, loss_fn, batchnorm_train)
+    leaves, hg = _grasp_hg(model, mask, batch, temperature, loss_fn, batchnorm_train, score_batch_size, distributed)
     return Scores({n: h.mul_(w.detach()).neg_() for (n, w), h in zip(leaves.items(), hg)})
 
 
@@ -163,8 +182,10 @@ def grasp_abs(
     temperature: float | None = 200.0,
     loss_fn: Callable | None = None,
     batchnorm_train: bool = True,
+    score_batch_size: int | None = None,
+    distributed: bool = False,
 ) -> Scores:
     """``|w * (H g)|``: the GraSP variant of Frankle et al. 2021 that prunes the lowest-magnitude GraSP scores
     (App. H, Figure 13; the improved GraSP of App. I)."""
-    leaves, hg = _grasp_hg(model, mask, batch, temperature, loss_fn, batchnorm_train)
+    leaves, hg = _grasp_hg(model, mask, batch, temperature, loss_fn, batchnorm_train, score_batch_size, distributed)
     return Scores({n: h.mul_(w.detach()).abs_() for (n, w), h in zip(leaves.items(), hg)})

@@ -2,8 +2,9 @@
 
 Every rank draws the same global batch (same data seed) and trains on its contiguous shard of it, and
 DDP averages the gradients, so an update equals single-process training with the same global batch
-(exactly so for networks without BatchNorm; BatchNorm statistics are per rank). Pruning happens once,
-on rank 0, and the mask is broadcast; only rank 0 writes to the run store.
+(exactly so for networks without BatchNorm; BatchNorm statistics are per rank). SNIP and GraSP share
+their scoring batch out over the ranks and all-reduce (``prunelab.scores.batching``); other criteria run
+on rank 0; the mask is broadcast; only rank 0 writes to the run store.
 """
 
 from __future__ import annotations

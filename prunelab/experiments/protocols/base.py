@@ -5,7 +5,6 @@ registration (see :mod:`prunelab.experiments.protocols`)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from abc import ABC, abstractmethod
@@ -17,6 +16,7 @@ from torch import nn
 import prunelab
 from prunelab.analysis import layer_collapse as collapsed_layers
 from prunelab.experiments import runfiles
+from prunelab.experiments.hparams import identity_dict
 from prunelab.experiments.runner import Replicate, Runner
 from prunelab.io import set_aside
 from prunelab.masks import Mask
@@ -65,7 +65,7 @@ class Protocol(ABC):
         """What a run's ``hparams.json`` holds: its kind, the replicate and the protocol's settings."""
         record = {"kind": self.kind, **rep.describe()}
         if self.section is not None:
-            record[self.section] = dataclasses.asdict(hp)
+            record[self.section] = identity_dict(hp)
         return record
 
     # ---- running --------------------------------------------------------------------------------
@@ -153,17 +153,23 @@ def diverged_result(kind: str, step: int, dense: dict[str, Any], mask: Mask, **e
             "sparsity": mask.sparsity, **extra}
 
 
-def mask_once(folder, compute) -> Mask:
-    """The run's mask: loaded from ``mask.pt`` (resume) or computed once, on rank 0, saved, and broadcast
-    so that every rank of a distributed run holds the identical mask."""
-    state = None
-    if distributed.is_main():
-        mask = load_mask(folder / runfiles.MASK)
-        if mask is None:
-            mask = compute()
-            mask.save(folder / runfiles.MASK)
-        state = mask.state_dict()
-    return Mask(distributed.broadcast_object(state))
+def mask_once(folder, compute, collective: bool = False) -> Mask:
+    """The run's mask: loaded from ``mask.pt`` (resume) or computed once, saved by rank 0, and broadcast so
+    that every rank of a distributed run holds the identical mask. ``collective``: every rank takes part in
+    ``compute`` (a criterion that shares its scoring batch out over the ranks); otherwise rank 0 alone."""
+    path = folder / runfiles.MASK
+    main = distributed.is_main()
+    mask = load_mask(path) if main else None
+    if collective and distributed.active():
+        if distributed.broadcast_object(mask is None):
+            computed = compute()
+            if main:
+                mask = computed
+                mask.save(path)
+    elif main and mask is None:
+        mask = compute()
+        mask.save(path)
+    return Mask(distributed.broadcast_object(mask.state_dict() if main else None))
 
 
 def load_mask(path) -> Mask | None:

@@ -28,7 +28,7 @@ from prunelab.experiments.protocols.base import (
 )
 from prunelab.experiments.runner import Replicate, Runner
 from prunelab.masks import Mask
-from prunelab.training import Diverged
+from prunelab.training import Diverged, distributed
 
 
 def prune_id(rep: Replicate, hp: PruneHparams) -> str:
@@ -41,8 +41,13 @@ def find_mask(runner: Runner, rep: Replicate, model: nn.Module, hp: PruneHparams
     ds = runner.dataset(rep.dataset)
     kwargs: dict[str, Any] = dict(options)
     if method.needs_data:
-        device = next(model.parameters()).device
+        # Scored in micro-batches, the batch stays in host memory and each micro-batch moves alone.
+        device = "cpu" if hp.score_batch_size else next(model.parameters()).device
         kwargs["batch"] = ds.balanced_batch(per_class=hp.batch_per_class, seed=rep.seed, device=device)
+    if scores_collectively(hp):
+        kwargs["distributed"] = True
+    if hp.score_batch_size is not None:
+        kwargs["score_batch_size"] = hp.score_batch_size
     if method.needs_input_shape:
         kwargs["input_shape"] = ds.input_shape
     distribution = like_densities(runner, rep, hp) if hp.like else hp.distribution
@@ -52,6 +57,11 @@ def find_mask(runner: Runner, rep: Replicate, model: nn.Module, hp: PruneHparams
         model, hp.method, hp.sparsity, iterations=hp.iterations, schedule=hp.schedule, scope=hp.scope,
         invert=hp.ablation == "invert", seed=rep.seed, **hp.coverage_options(), **kwargs,
     )
+
+
+def scores_collectively(hp: PruneHparams) -> bool:
+    """Under DDP, a criterion that scores a batch shares it out over the ranks (each scores its part)."""
+    return distributed.active() and "distributed" in prunelab.get_method(hp.method).options
 
 
 def like_densities(runner: Runner, rep: Replicate, hp: PruneHparams) -> dict[str, float]:
@@ -142,7 +152,7 @@ class PruneAtStep(Protocol):
             mask = find_mask(runner, rep, scored, hp)
             return ablations.shuffle(mask, seed=rep.seed + SHUFFLE_SEED) if hp.ablation == "shuffle" else mask
 
-        mask = mask_once(folder, compute)
+        mask = mask_once(folder, compute, collective=scores_collectively(hp))
         ablate_weights(model, hp.ablation, mask, state_t, rep.seed)
         try:
             res = runner.run_training(model, rep, folder, mask=mask, metrics_path=folder / runfiles.METRICS)
