@@ -15,10 +15,12 @@ from prunelab.experiments.hparams import (
     DataHparams,
     ModelHparams,
     add_dataclass_flags,
+    add_switch_with_mode,
     dataclass_from_flags,
     load_toml,
 )
 from prunelab.experiments.protocols import PROTOCOLS, Protocol
+from prunelab.training.runtime import RuntimeOptions
 from prunelab.training.settings import TrainSettings, check_seed
 from prunelab.training.trainer import Diverged, check_device
 
@@ -49,6 +51,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None, help="dataset folder (else $PRUNELAB_DATA, else the user cache)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
+    add_dataclass_flags(p, RuntimeOptions, group="run-time options (not part of a run's identity; docs/guide.md)")
+
+
+def _runtime(args) -> RuntimeOptions:
+    return dataclass_from_flags(RuntimeOptions, args)
 
 
 def _add_experiment(p: argparse.ArgumentParser, protocol: Protocol) -> None:
@@ -108,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="LeNet-300-100 on Fashion-MNIST, dense vs 90%% random sparse, a few epochs")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--sparsity", type=float, default=0.9)
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False, help="mixed precision")
+    add_switch_with_mode(p, "--amp", "amp", "mixed precision: bf16 or fp16", default=False)
     _add_common(p)
     p.set_defaults(func=cmd_demo)
     return parser
@@ -234,7 +241,7 @@ def _experiment(args, protocol: Protocol):
         from prunelab.training import distributed
 
         device = distributed.init_from_env(args.device)
-    runner = Runner(store, data_root=args.data_root, device=device, progress=args.progress)
+    runner = Runner(store, data_root=args.data_root, device=device, progress=args.progress, runtime=_runtime(args))
     rep = Replicate(model, dataset, training, seed)
     runner.check(rep)  # a bad model/dataset pair or schedule fails here, before anything is written
     return runner, rep, hp
@@ -288,7 +295,7 @@ def cmd_sweep(args) -> int:
         raise UserError(f"prunelab: --workers must be >= 1, got {args.workers}")
     check_device(args.device)
     spec = sweep.load_spec(args.spec, args.set)
-    ctx = sweep.Context(str(args.root), args.data_root, args.device)
+    ctx = sweep.Context(str(args.root), args.data_root, args.device, runtime=_runtime(args))
     ctx.runner().store.check_root()
     plan = sweep.make_plan(ctx.runner(), spec.jobs)
     print(f"sweep {args.spec}: {len(spec.jobs)} {spec.protocol} jobs, {len(plan.skipped)} already done, "
@@ -376,6 +383,8 @@ def cmd_demo(args) -> int:
     if args.epochs < 1:
         raise UserError(f"--epochs must be >= 1, got {args.epochs}")
     check_device(args.device)
+    runtime = _runtime(args)
+    TrainSettings(amp=args.amp)  # a bad mode fails here, before the data is read
     ds = data.load("fashion_mnist", data_root=args.data_root)
     settings = TrainSettings(train=f"{args.epochs}ep")
     rows = [["network", "mask", "weights kept", "sparsity", "test accuracy", "time (s)"]]
@@ -383,7 +392,8 @@ def cmd_demo(args) -> int:
         model = models.create("lenet_300_100", num_classes=ds.num_classes, input_shape=ds.input_shape, seed=0)
         mask = prunelab.Mask.ones(model) if sparsity == 0 else prunelab.prune(model, "random", sparsity, seed=0)
         print(f"training LeNet-300-100 on Fashion-MNIST, {label}, {args.epochs} epochs", file=sys.stderr)
-        res = train(model, ds, settings, seed=0, mask=mask, device=args.device, amp=args.amp, progress=args.progress)
+        res = train(model, ds, settings, seed=0, mask=mask, device=args.device, amp=args.amp, runtime=runtime,
+                    progress=args.progress)
         rows.append(["lenet_300_100", label, f"{mask.num_kept:,} / {mask.num_total:,}", f"{mask.sparsity:.4f}",
                      f"{res.test_accuracy:.4f}", f"{res.wall_time:.1f}"])
     _print_table(rows)

@@ -47,6 +47,7 @@ from prunelab.experiments.protocols import PROTOCOLS, get_protocol
 from prunelab.experiments.runner import Replicate, Runner
 from prunelab.experiments.store import RunStore
 from prunelab.registry import check_name, unknown_name_message
+from prunelab.training.runtime import RuntimeOptions
 from prunelab.training.settings import check_seed
 
 EXECUTORS = ["local", "slurm"]
@@ -85,9 +86,11 @@ class Context:
     data_root: str | None = None
     device: str = "auto"
     threads: int | None = None
+    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
 
     def runner(self, progress: bool = False) -> Runner:
-        return Runner(RunStore(self.root), data_root=self.data_root, device=self.device, progress=progress)
+        return Runner(RunStore(self.root), data_root=self.data_root, device=self.device, progress=progress,
+                      runtime=self.runtime)
 
 
 @dataclass
