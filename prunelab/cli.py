@@ -88,7 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", help="sweep spec (TOML); see repro/ for examples")
     p.add_argument("--root", default="runs", help="run store folder (default ./runs)")
     p.add_argument("--executor", default="local", help="local (worker processes) or slurm (submitit)")
-    p.add_argument("--workers", type=int, default=None, help="local worker processes (default: one per core)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="local worker processes (default: one per GPU, each on its own; without GPUs one per core)")
+    p.add_argument("--gpus-per-node", type=int, default=None,
+                   help="GPUs each Slurm job asks for (default: the spec's [slurm] gpus_per_node, else 0)")
     p.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a value of the spec, e.g. --set model.model=resnet20 --set dataset.dataset=cifar10")
@@ -293,11 +296,18 @@ def cmd_sweep(args) -> int:
     check_name("executor", args.executor, sweep.EXECUTORS)
     if args.workers is not None and args.workers < 1:
         raise UserError(f"prunelab: --workers must be >= 1, got {args.workers}")
-    check_device(args.device)
+    if args.gpus_per_node is not None and args.gpus_per_node < 0:
+        raise UserError(f"prunelab: --gpus-per-node must be >= 0, got {args.gpus_per_node}")
+    check_device(args.device, here=args.executor == "local")  # Slurm jobs run on the cluster's nodes
     spec = sweep.load_spec(args.spec, args.set)
+    slurm = {**spec.slurm, **({} if args.gpus_per_node is None else {"gpus_per_node": args.gpus_per_node})}
+    if args.executor == "slurm":
+        sweep.slurm_parameters(slurm, args.device)  # a GPU sweep with no GPUs fails here, before planning
     ctx = sweep.Context(str(args.root), args.data_root, args.device, runtime=_runtime(args))
     ctx.runner().store.check_root()
-    plan = sweep.make_plan(ctx.runner(), spec.jobs)
+    # planning builds each model once to check it: on the CPU when the jobs run elsewhere (a login node)
+    planner = ctx if args.executor == "local" else sweep.Context(ctx.root, ctx.data_root, "cpu")
+    plan = sweep.make_plan(planner.runner(), spec.jobs)
     print(f"sweep {args.spec}: {len(spec.jobs)} {spec.protocol} jobs, {len(plan.skipped)} already done, "
           f"{plan.todo} to do in {len(plan.phases)} phase(s), about {plan.steps:,} training steps")
     if args.dry_run:
@@ -316,9 +326,9 @@ def cmd_sweep(args) -> int:
         bar.update(1)
 
     if args.executor == "local":
-        sweep.run_local(plan.phases, ctx, args.workers or sweep.default_workers(), done)
+        sweep.run_local(plan.phases, ctx, args.workers or sweep.default_workers(args.device), done)
     else:
-        sweep.run_submitit(plan.phases, ctx, spec.slurm, done)
+        sweep.run_submitit(plan.phases, ctx, slurm, done)
     bar.close()
     failed = [o for o in outcomes if o["status"] == "failed"]
     diverged = [o for o in outcomes if o["status"] == "diverged"]

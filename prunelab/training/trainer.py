@@ -63,15 +63,18 @@ class TrainResult:
     mask_updates: int = 0
 
 
-def check_device(device: str) -> str:
+def check_device(device: str, here: bool = True) -> str:
     """``device`` if it names a device this machine has ("auto", "cpu", "cuda", "cuda:1", "mps"), else a
-    one-line ValueError that says what is available; so that a bad name fails before any work."""
+    one-line ValueError that says what is available; so that a bad name fails before any work.
+    ``here=False``: only the name is checked (the device of jobs that run on other machines)."""
     if device == "auto":
         return device
     try:
         d = torch.device(device)
     except (RuntimeError, ValueError, TypeError):
         raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps") from None
+    if not here and d.type in ("cpu", "cuda", "mps"):
+        return device
     if d.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {device!r} was asked for, but CUDA is not available on this machine "
