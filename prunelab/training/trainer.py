@@ -90,6 +90,17 @@ def check_device(device: str, here: bool = True) -> str:
     return device
 
 
+def device_arg(text: str) -> torch.device:
+    """``type=`` of a script's ``--device`` option (``bench/``, ``repro/``): the device, or argparse's error
+    with :func:`check_device`'s message."""
+    import argparse
+
+    try:
+        return resolve_device(check_device(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """``"auto"``/None picks CUDA when available, else CPU."""
     if device is None or str(device) == "auto":
