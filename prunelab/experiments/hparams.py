@@ -99,7 +99,7 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, prefix: str 
 def add_switch_with_mode(target, flag: str, dest: str, help_text: str, default: Any = None) -> None:
     """A switch that may name a mode: ``--amp`` (True), ``--amp bf16`` (the string), ``--no-amp`` (False)."""
     target.add_argument(flag, dest=dest, nargs="?", const=True, default=default, metavar="MODE",
-                        help=f"{help_text}; alone: on, the default mode")
+                        help=f"{help_text}; a mode name, or alone: on in its default mode")
     target.add_argument("--no-" + flag[2:], dest=dest, action="store_const", const=False, help=argparse.SUPPRESS)
 
 

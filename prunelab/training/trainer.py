@@ -134,7 +134,7 @@ def evaluate(model: nn.Module, batches: Iterable, device: torch.device, amp: boo
         correct += (out.argmax(1) == y).sum()
         n += y.numel()
     model.train(was_training)
-    totals = torch.stack([correct.double(), loss_sum, torch.tensor(float(n), dtype=torch.float64, device=device)])
+    totals = torch.stack([correct.double(), loss_sum, loss_sum.new_full((), n)])  # new_full: no host-to-device copy
     if all_reduce:
         distributed.all_reduce_sum(totals)
     correct_, loss_, n_ = totals.tolist()  # exact: counts stay far below 2**53
