@@ -16,7 +16,10 @@
 Timed blocks alternate between the two sides of each ratio, and the fastest block of each side is
 compared (the machine is shared; the minimum is the least disturbed measurement).
 
-    python bench/pruning_speed.py [--reps 2] [--threads N] [--only synflow,data,select,memory]
+    python bench/pruning_speed.py [--reps 2] [--threads N] [--only synflow,data,select,memory] [--device cuda]
+
+``--device``: where the networks, batches and scores live (timings wait for the device to finish);
+the memory measurement is of the CPU's resident set and always runs there.
 """
 
 from __future__ import annotations
@@ -36,11 +39,21 @@ import torch.nn.functional as F
 
 import prunelab
 from prunelab import models
+from prunelab.training.trainer import device_arg
+
+DEVICE = torch.device("cpu")  # --device
+
+
+def sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
 
 
 def timed(fn) -> float:
+    sync()
     t = time.perf_counter()
     fn()
+    sync()
     return time.perf_counter() - t
 
 
@@ -58,10 +71,10 @@ def prunable_weights(net):
 
 
 def bench_synflow(name: str, sparsity: float, reps: int) -> None:
-    model = models.create(name, num_classes=10, input_shape=(3, 32, 32), seed=0)
+    model = models.create(name, num_classes=10, input_shape=(3, 32, 32), seed=0).to(DEVICE)
     net = copy.deepcopy(model).double().eval()
     ws = prunable_weights(net)
-    x = torch.ones(1, 3, 32, 32, dtype=torch.float64)
+    x = torch.ones(1, 3, 32, 32, dtype=torch.float64, device=DEVICE)
 
     def bare():
         for _ in range(100):
@@ -80,10 +93,10 @@ def bench_synflow(name: str, sparsity: float, reps: int) -> None:
 
 
 def bench_data(name: str, reps: int, sparsity: float = 0.9) -> None:
-    model = models.create(name, num_classes=10, input_shape=(3, 32, 32), seed=0)
+    model = models.create(name, num_classes=10, input_shape=(3, 32, 32), seed=0).to(DEVICE)
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(100, 3, 32, 32, generator=g)
-    y = torch.arange(100) % 10  # ten examples per class, as Frankle et al. 2021, App. B.2 / C.2 use
+    x = torch.randn(100, 3, 32, 32, generator=g).to(DEVICE)
+    y = (torch.arange(100) % 10).to(DEVICE)  # ten examples per class, as Frankle et al. 2021, App. B.2 / C.2 use
     net = copy.deepcopy(model).train()
     ws = prunable_weights(net)
 
@@ -119,7 +132,7 @@ def resnet50_scores() -> dict[str, torch.Tensor]:
     with torch.device("meta"):
         net = torchvision.models.resnet50()
     g = torch.Generator().manual_seed(0)
-    return {n: torch.rand(p.shape, generator=g) for n, p in net.named_parameters()}
+    return {n: torch.rand(p.shape, generator=g).to(DEVICE) for n, p in net.named_parameters()}
 
 
 def bench_select(reps: int) -> None:
@@ -207,7 +220,10 @@ def main() -> None:
     ap.add_argument("--sparsities", default="0.9,0.99", help="SynFlow target sparsities")
     ap.add_argument("--memory-millions", type=int, default=200)
     ap.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--device", type=device_arg, default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     args = ap.parse_args()
+    global DEVICE
+    DEVICE = args.device
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.memory_child:
@@ -216,7 +232,7 @@ def main() -> None:
     only = set(args.only.split(","))
     load = os.getloadavg()[0]
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}, device {DEVICE}, {torch.get_num_threads()} threads, "
         f"load average {load:.1f} on {os.cpu_count()} cores"
     )
     if load > (os.cpu_count() or 1) and torch.get_num_threads() > 1:

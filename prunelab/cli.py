@@ -15,10 +15,12 @@ from prunelab.experiments.hparams import (
     DataHparams,
     ModelHparams,
     add_dataclass_flags,
+    add_switch_with_mode,
     dataclass_from_flags,
     load_toml,
 )
 from prunelab.experiments.protocols import PROTOCOLS, Protocol
+from prunelab.training.runtime import RuntimeOptions
 from prunelab.training.settings import TrainSettings, check_seed
 from prunelab.training.trainer import Diverged, check_device
 
@@ -49,6 +51,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None, help="dataset folder (else $PRUNELAB_DATA, else the user cache)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
+    add_dataclass_flags(p, RuntimeOptions, group="run-time options (not part of a run's identity; docs/guide.md)")
+
+
+def _runtime(args) -> RuntimeOptions:
+    return dataclass_from_flags(RuntimeOptions, args)
 
 
 def _add_experiment(p: argparse.ArgumentParser, protocol: Protocol) -> None:
@@ -81,7 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", help="sweep spec (TOML); see repro/ for examples")
     p.add_argument("--root", default="runs", help="run store folder (default ./runs)")
     p.add_argument("--executor", default="local", help="local (worker processes) or slurm (submitit)")
-    p.add_argument("--workers", type=int, default=None, help="local worker processes (default: one per core)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="local worker processes (default: one per GPU, each on its own; without GPUs one per core)")
+    p.add_argument("--gpus-per-node", type=int, default=None,
+                   help="GPUs each Slurm job asks for (default: the spec's [slurm] gpus_per_node, else 0)")
     p.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a value of the spec, e.g. --set model.model=resnet20 --set dataset.dataset=cifar10")
@@ -108,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="LeNet-300-100 on Fashion-MNIST, dense vs 90%% random sparse, a few epochs")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--sparsity", type=float, default=0.9)
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False, help="mixed precision")
+    add_switch_with_mode(p, "--amp", "amp", "mixed precision: bf16 or fp16", default=False)
     _add_common(p)
     p.set_defaults(func=cmd_demo)
     return parser
@@ -234,7 +244,7 @@ def _experiment(args, protocol: Protocol):
         from prunelab.training import distributed
 
         device = distributed.init_from_env(args.device)
-    runner = Runner(store, data_root=args.data_root, device=device, progress=args.progress)
+    runner = Runner(store, data_root=args.data_root, device=device, progress=args.progress, runtime=_runtime(args))
     rep = Replicate(model, dataset, training, seed)
     runner.check(rep)  # a bad model/dataset pair or schedule fails here, before anything is written
     return runner, rep, hp
@@ -286,11 +296,18 @@ def cmd_sweep(args) -> int:
     check_name("executor", args.executor, sweep.EXECUTORS)
     if args.workers is not None and args.workers < 1:
         raise UserError(f"prunelab: --workers must be >= 1, got {args.workers}")
-    check_device(args.device)
+    if args.gpus_per_node is not None and args.gpus_per_node < 0:
+        raise UserError(f"prunelab: --gpus-per-node must be >= 0, got {args.gpus_per_node}")
+    check_device(args.device, here=args.executor == "local")  # Slurm jobs run on the cluster's nodes
     spec = sweep.load_spec(args.spec, args.set)
-    ctx = sweep.Context(str(args.root), args.data_root, args.device)
+    slurm = {**spec.slurm, **({} if args.gpus_per_node is None else {"gpus_per_node": args.gpus_per_node})}
+    if args.executor == "slurm":
+        sweep.slurm_parameters(slurm, args.device)  # a GPU sweep with no GPUs fails here, before planning
+    ctx = sweep.Context(str(args.root), args.data_root, args.device, runtime=_runtime(args))
     ctx.runner().store.check_root()
-    plan = sweep.make_plan(ctx.runner(), spec.jobs)
+    # planning builds each model once to check it: on the CPU when the jobs run elsewhere (a login node)
+    planner = ctx if args.executor == "local" else sweep.Context(ctx.root, ctx.data_root, "cpu")
+    plan = sweep.make_plan(planner.runner(), spec.jobs)
     print(f"sweep {args.spec}: {len(spec.jobs)} {spec.protocol} jobs, {len(plan.skipped)} already done, "
           f"{plan.todo} to do in {len(plan.phases)} phase(s), about {plan.steps:,} training steps")
     if args.dry_run:
@@ -309,9 +326,9 @@ def cmd_sweep(args) -> int:
         bar.update(1)
 
     if args.executor == "local":
-        sweep.run_local(plan.phases, ctx, args.workers or sweep.default_workers(), done)
+        sweep.run_local(plan.phases, ctx, args.workers or sweep.default_workers(args.device), done)
     else:
-        sweep.run_submitit(plan.phases, ctx, spec.slurm, done)
+        sweep.run_submitit(plan.phases, ctx, slurm, done)
     bar.close()
     failed = [o for o in outcomes if o["status"] == "failed"]
     diverged = [o for o in outcomes if o["status"] == "diverged"]
@@ -376,6 +393,8 @@ def cmd_demo(args) -> int:
     if args.epochs < 1:
         raise UserError(f"--epochs must be >= 1, got {args.epochs}")
     check_device(args.device)
+    runtime = _runtime(args)
+    TrainSettings(amp=args.amp)  # a bad mode fails here, before the data is read
     ds = data.load("fashion_mnist", data_root=args.data_root)
     settings = TrainSettings(train=f"{args.epochs}ep")
     rows = [["network", "mask", "weights kept", "sparsity", "test accuracy", "time (s)"]]
@@ -383,7 +402,8 @@ def cmd_demo(args) -> int:
         model = models.create("lenet_300_100", num_classes=ds.num_classes, input_shape=ds.input_shape, seed=0)
         mask = prunelab.Mask.ones(model) if sparsity == 0 else prunelab.prune(model, "random", sparsity, seed=0)
         print(f"training LeNet-300-100 on Fashion-MNIST, {label}, {args.epochs} epochs", file=sys.stderr)
-        res = train(model, ds, settings, seed=0, mask=mask, device=args.device, amp=args.amp, progress=args.progress)
+        res = train(model, ds, settings, seed=0, mask=mask, device=args.device, amp=args.amp, runtime=runtime,
+                    progress=args.progress)
         rows.append(["lenet_300_100", label, f"{mask.num_kept:,} / {mask.num_total:,}", f"{mask.sparsity:.4f}",
                      f"{res.test_accuracy:.4f}", f"{res.wall_time:.1f}"])
     _print_table(rows)

@@ -38,6 +38,7 @@ from prunelab import Mask, analysis, data, models
 from prunelab.io import atomic_write_json
 from prunelab.reports.tables import runs_table
 from prunelab.training import load_checkpoint
+from prunelab.training.trainer import device_arg
 
 REWIND = "0it"
 STRUCTURES = ["unstructured", "l1", "l2", "lneginf", "random", "random_unstructured", "hybrid", "fc_only"]
@@ -113,7 +114,7 @@ def stability_table(root: Path, runs: pd.DataFrame, dense: pd.DataFrame) -> list
     return rows
 
 
-def ensemble_table(root: Path, runs: pd.DataFrame) -> list[dict]:
+def ensemble_table(root: Path, runs: pd.DataFrame, device: str | torch.device = "cpu") -> list[dict]:
     ds = data.load(runs.dataset.iloc[0], augment=False)
     batches = list(ds.loader("test", 1000, seed=0).epoch(0))
     labels = torch.cat([y for _, y in batches])
@@ -123,7 +124,7 @@ def ensemble_table(root: Path, runs: pd.DataFrame) -> list[dict]:
         for r in part.itertuples():
             net = models.create(r.model, num_classes=ds.num_classes, input_shape=ds.input_shape)
             net.load_state_dict(final_weights(root, r.id, r.steps))
-            logits[r.structure] = analysis.predictions(net, batches)
+            logits[r.structure] = analysis.predictions(net, batches, device=device)
         row = {"seed": int(seed), "level": int(level)}
         row.update({s: analysis.accuracy(v, labels) for s, v in logits.items()})
         if len(logits) == len(STRUCTURES):
@@ -148,7 +149,8 @@ def cached(results: dict, name: str, ids: list[str], compute) -> None:
         warnings.warn(f"{name}: kept the cached numbers ({e})", stacklevel=1)
 
 
-def analyze(root: Path, runs: pd.DataFrame, dense: pd.DataFrame, previous: dict) -> dict:
+def analyze(root: Path, runs: pd.DataFrame, dense: pd.DataFrame, previous: dict,
+            device: str | torch.device = "cpu") -> dict:
     """Every section for the runs of one training budget; ``previous``: this budget's earlier results."""
     masks = masks_of(root, runs)
     results = {
@@ -165,7 +167,7 @@ def analyze(root: Path, runs: pd.DataFrame, dense: pd.DataFrame, previous: dict)
             results[name] = previous[name]
     rewound = runs[runs.rewind_to == REWIND]
     cached(results, "stability", sorted(rewound.id) + sorted(dense.id), lambda: stability_table(root, runs, dense))
-    cached(results, "ensembles", sorted(rewound.id), lambda: ensemble_table(root, runs))
+    cached(results, "ensembles", sorted(rewound.id), lambda: ensemble_table(root, runs, device))
     return results
 
 
@@ -174,6 +176,8 @@ def main() -> None:
     ap.add_argument("--root", default="repro/runs")
     ap.add_argument("--out", default="repro/results/imp")
     ap.add_argument("--model", default="lenet5")
+    ap.add_argument("--device", type=device_arg, default="cpu",
+                    help="cpu, cuda, cuda:N or auto (default: cpu, where the stored results were computed)")
     args = ap.parse_args()
     root, out = Path(args.root), Path(args.out)
     all_runs = runs_table(root)
@@ -186,7 +190,7 @@ def main() -> None:
     for train, part in runs.groupby("training.train"):
         dense = all_runs[(all_runs.kind == "dense") & (all_runs.model == args.model) & (all_runs.status == "done")
                          & (all_runs["training.train"] == train) & (all_runs.dataset == part.dataset.iloc[0])]
-        results[train] = analyze(root, part, dense, previous.get(train, {}))
+        results[train] = analyze(root, part, dense, previous.get(train, {}), args.device)
     atomic_write_json(path, results)
     print(f"wrote {path}")
 

@@ -24,19 +24,21 @@ import torch
 import prunelab
 from prunelab import analysis, models
 from prunelab.io import atomic_write_json
+from prunelab.training.trainer import device_arg
 
 METHODS = ["random", "magnitude", "snip", "grasp", "synflow"]
 COMPRESSIONS = [10.0, 100.0, 1000.0]
 SHAPE = (3, 32, 32)
+DEVICE = torch.device("cpu")  # --device: where the networks are built and scored
 
 
 def batch(seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(100, *SHAPE, generator=g), torch.arange(100) % 10
+    return torch.randn(100, *SHAPE, generator=g).to(DEVICE), (torch.arange(100) % 10).to(DEVICE)
 
 
 def fresh(net: str):
-    return models.create(net, num_classes=10, input_shape=SHAPE, seed=0)
+    return models.create(net, num_classes=10, input_shape=SHAPE, seed=0).to(DEVICE)
 
 
 def options(method: str) -> dict:
@@ -54,7 +56,11 @@ def main() -> None:
     ap.add_argument("--nets", nargs="+", default=["vgg16", "vgg19", "resnet20"])
     ap.add_argument("--methods", nargs="+", default=METHODS)
     ap.add_argument("--out", default="repro/results/layer_collapse")
+    ap.add_argument("--device", type=device_arg, default="cpu",
+                    help="cpu, cuda, cuda:N or auto (default: cpu, where the stored results were computed)")
     args = ap.parse_args()
+    global DEVICE
+    DEVICE = args.device
     out = Path(args.out)
     path = out / "results.json"
     results = json.loads(path.read_text()) if path.is_file() else {}

@@ -25,6 +25,7 @@ import time
 import warnings
 from pathlib import Path
 
+import shortcut_pruning
 import torch
 from shortcut_pruning import METHODS, fresh, grid, options
 
@@ -32,6 +33,7 @@ import prunelab
 from prunelab import ablations, analysis
 from prunelab.io import atomic_write_json
 from prunelab.reports import plots
+from prunelab.training.trainer import device_arg
 
 MATCHING = {"resnet20": grid(6), "vgg16": grid(12), "resnet18": grid(15), "resnet50": grid(5)}
 DATA_FREE = ["random", "magnitude", "synflow"]
@@ -56,7 +58,10 @@ def main() -> None:
     ap.add_argument("--nets", nargs="+", default=list(MATCHING), choices=list(MATCHING))
     ap.add_argument("--methods", nargs="+", choices=METHODS, help="default: all five (data-free ones on resnet50)")
     ap.add_argument("--out", default="repro/results/neuron_collapse")
+    ap.add_argument("--device", type=device_arg, default="cpu",
+                    help="cpu, cuda, cuda:N or auto (default: cpu, where the stored results were computed)")
     args = ap.parse_args()
+    shortcut_pruning.DEVICE = args.device  # fresh() and options() build the networks and batches there
     out = Path(args.out)
     path = out / "results.json"
     results = json.loads(path.read_text()) if path.is_file() else {}

@@ -53,6 +53,7 @@ import torch
 import prunelab
 from prunelab import models
 from prunelab.io import atomic_write_json
+from prunelab.training.trainer import device_arg
 
 METHODS = ["random", "magnitude", "snip", "grasp", "synflow"]
 SHORTCUT_WORDS = ("shortcut", "downsample")
@@ -74,9 +75,12 @@ NETS = {
 WITH_SHORTCUTS = ["resnet20", "resnet18", "resnet50"]
 
 
+DEVICE = torch.device("cpu")  # --device: where the networks are built and scored
+
+
 def fresh(net: str):
     shape, classes, _, _ = NETS[net]
-    return models.create(net, num_classes=classes, input_shape=shape, seed=0)
+    return models.create(net, num_classes=classes, input_shape=shape, seed=0).to(DEVICE)
 
 
 def batch(net: str, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -85,7 +89,7 @@ def batch(net: str, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
     n = classes * math.ceil(MIN_BATCH / classes)
     g = torch.Generator().manual_seed(seed)
     targets = torch.arange(n) % classes
-    return [(torch.randn(len(y), *shape, generator=g), y) for y in targets.split(chunk)]
+    return [(torch.randn(len(y), *shape, generator=g).to(DEVICE), y.to(DEVICE)) for y in targets.split(chunk)]
 
 
 def options(net: str, method: str) -> dict:
@@ -173,7 +177,11 @@ def main() -> None:
     ap.add_argument("--sparsities", nargs="+", default=[], metavar="NET:S,S",
                     help="replace a network's sparsities, e.g. resnet50:0.672,0.931")
     ap.add_argument("--out", default="repro/results/shortcuts")
+    ap.add_argument("--device", type=device_arg, default="cpu",
+                    help="cpu, cuda, cuda:N or auto (default: cpu, where the stored results were computed)")
     args = ap.parse_args()
+    global DEVICE
+    DEVICE = args.device
     chosen = {net: NETS[net][2] for net in NETS} | parse_sparsities(args.sparsities)
     out = Path(args.out)
     path = out / "results.json"

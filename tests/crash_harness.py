@@ -9,15 +9,20 @@ POINT is one of
   prune       inside the N-th call of prunelab.prune, before it returns a mask
   checkpoint  halfway through writing the bytes of the N-th checkpoint file
   result      halfway through writing the N-th result.json
+  background  in the training thread, two steps after the checkpoint submitted at the N-th optimizer step
+              began to be written by the background writer thread, which hangs halfway through its bytes
 Nothing in prunelab itself knows about this: the harness wraps module functions from outside.
 """
 
 import os
 import signal
 import sys
+import threading
+import time
 
 import prunelab
 import prunelab.io
+import prunelab.training.checkpoints as checkpoints
 import prunelab.training.trainer as trainer
 from prunelab.cli import main
 
@@ -75,8 +80,58 @@ def install(point: str, n: int) -> None:
             return real_atomic_write(path, write)
 
         prunelab.io.atomic_write = atomic_write
+    elif point == "background":
+        install_background(n)
     else:
         raise SystemExit(f"unknown point {point}")
+
+
+def install_background(n: int) -> None:
+    """The writes of the checkpoint submitted at step ``n`` hang halfway; the training thread must go on
+    (a writer that stalled training would hang here for good) and kills the process two steps later."""
+    steps, after = [], []
+    submitted, writing, in_writer = threading.Event(), threading.Event(), threading.local()
+    real_set_lr, real_submit, real_atomic_write = trainer.set_lr, checkpoints.BackgroundWriter.submit, \
+        prunelab.io.atomic_write
+
+    def set_lr(*args, **kwargs):
+        if submitted.is_set():
+            assert writing.wait(60), "the background write never started"
+            after.append(1)
+            if len(after) == 2:
+                die()
+        steps.append(1)
+        return real_set_lr(*args, **kwargs)
+
+    def submit(self, fn, *args, **kwargs):
+        if len(steps) == n and not submitted.is_set():
+            submitted.set()
+
+            def hanging(*a, **kw):
+                in_writer.hang = True
+                return fn(*a, **kw)
+
+            return real_submit(self, hanging, *args, **kwargs)
+        return real_submit(self, fn, *args, **kwargs)
+
+    def atomic_write(path, write):
+        if not getattr(in_writer, "hang", False):
+            return real_atomic_write(path, write)
+
+        def half(f):
+            import io
+
+            buf = io.BytesIO()
+            write(buf)
+            data = buf.getvalue()
+            f.write(data[: len(data) // 2])
+            f.flush()
+            writing.set()
+            time.sleep(600)
+
+        return real_atomic_write(path, half)
+
+    trainer.set_lr, checkpoints.BackgroundWriter.submit, prunelab.io.atomic_write = set_lr, submit, atomic_write
 
 
 if __name__ == "__main__":

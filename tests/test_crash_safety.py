@@ -64,6 +64,8 @@ def snapshot(root):
     ("prune", 1),  # while pruning
     ("checkpoint", 2),  # while writing a checkpoint
     ("checkpoint", 7),  # (the pruned network's second; the dense run writes 5)
+    ("background", 4),  # while the background thread writes the dense run's latest.pt of step 4
+    ("background", 16),  # ... the pruned network's of step 4
     ("result", 1),  # while writing the dense run's result
     ("result", 2),  # while writing the pruned run's result
 ])
@@ -72,6 +74,8 @@ def test_kill_and_resume_is_bitwise_identical(data_root, reference, tmp_path, po
     proc = subprocess.run([sys.executable, "tests/crash_harness.py", point, str(n), "--", *cli_args(data_root, root)],
                           capture_output=True, text=True, timeout=120)  # one thread, as here (conftest)
     assert proc.returncode == -9, proc.stderr[-2000:]
+    if point == "background":  # killed while a checkpoint was half written, by the training thread
+        assert list(root.rglob(".*.pt.*.tmp"))
     assert main(cli_args(data_root, root)) == 0
     got, want = snapshot(root), snapshot(reference)
     assert got.keys() == want.keys()

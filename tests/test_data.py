@@ -537,3 +537,62 @@ def test_shards_partition_every_global_batch(cifar10):
         assert torch.equal(xs, x) and torch.equal(ys, y)
     with pytest.raises(ValueError, match="shard"):
         ds.loader("train", 7, shard=(3, 3))
+
+
+def expected_shift_batches(images: np.ndarray, labels: np.ndarray, batch: int, seed: int, epoch: int,
+                           shard=(0, 1)):
+    """The augmented batches as documented, recomputed one image at a time: the order a permutation from
+    the generator of (seed, epoch); batch b's flips, then row shifts, then column shifts drawn from the
+    generator of (seed, epoch, b) for the whole global batch; each rank keeps its contiguous part."""
+    from prunelab.data.transforms import AUGMENT, ORDER, generator
+
+    n = len(labels)
+    order = torch.randperm(n, generator=generator(ORDER, seed, epoch)).numpy()
+    rank, world = shard
+    out = []
+    for b in range(-(-n // batch)):
+        idx = order[b * batch : (b + 1) * batch]
+        g = generator(AUGMENT, seed, epoch, b)
+        flip = torch.randint(0, 2, (len(idx),), generator=g).tolist()
+        dy = torch.randint(-4, 5, (len(idx),), generator=g).tolist()
+        dx = torch.randint(-4, 5, (len(idx),), generator=g).tolist()
+        mine = np.array_split(np.arange(len(idx)), world)[rank]
+        x = np.stack([reference_flip_shift(images[idx[i]], bool(flip[i]), dy[i], dx[i]) for i in mine])
+        out.append((x, labels[idx[mine]]))
+    return out
+
+
+@pytest.mark.parametrize("shard", [(0, 1), (1, 3)])
+def test_augmentation_draws_equal_an_independent_recomputation(cifar10, shard):
+    """The per-epoch draws reach each batch unchanged: the same bits as drawing batch by batch, on any
+    device and for any number of ranks (resumed mid-epoch too)."""
+    ds, arrays = cifar10
+    images, labels = arrays["train"]
+    want = expected_shift_batches(images, np.asarray(labels), 7, seed=3, epoch=2, shard=shard)
+    loader = ds.loader("train", 7, seed=3, shard=shard)
+    for start in (0, 2):
+        got = collect(loader.epoch(2, start_batch=start))
+        assert len(got) == len(want) - start
+        for (x, y), (wx, wy) in zip(got, want[start:]):
+            assert y.tolist() == wy.tolist()
+            torch.testing.assert_close(x, normalized(wx, ds.mean, ds.std), rtol=0, atol=1e-5)
+
+
+def test_training_on_an_image_folder_is_the_same_with_loader_workers(tiny):
+    """The batches of every step are a function of (data seed, epoch, batch) alone: training with two
+    worker processes decoding the images gives the same bits as training without any."""
+    from torch import nn
+
+    from prunelab.training import TrainSettings, train
+    from prunelab.training.runtime import RuntimeOptions
+
+    root, _, _ = tiny
+    ds = data.load("tiny_imagenet", data_root=root)
+    states = []
+    for workers in (0, 2):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 2, 5, stride=4), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 15 * 15, 3))
+        train(model, ds, TrainSettings(train="2ep", batch_size=5, lr=0.1), device="cpu",
+              runtime=RuntimeOptions(loader_workers=workers))
+        states.append(model.state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])

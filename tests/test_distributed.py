@@ -1,7 +1,9 @@
 """DDP over two CPU processes (gloo) under torchrun, against single-process training."""
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -51,3 +53,36 @@ def test_ddp_two_ranks_match_single_process(tmp_path):
         assert torch.allclose(v, r0["state"][k], atol=1e-5), k
     ddp_result = store.result(prune_run)
     assert ddp_result["test_accuracy"] == pytest.approx(result["test_accuracy"], abs=1 / 32 + 1e-9)
+
+
+def test_evaluation_is_split_across_ranks_and_equals_the_whole_test_set(tmp_path):
+    """Each rank evaluates its part of every test batch (the last batch has one image: rank 1's part is
+    empty) and the sums are all-reduced: the figures are those of rank 0's network on the whole set,
+    each image counted once, computed here in one plain pass."""
+    pytest.importorskip("torch.distributed.run")
+    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    from conftest import make_learnable_images
+    from test_speed_options import convnet
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", "2",
+           "tests/ddp_eval_worker.py", str(tmp_path)]
+    path = os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "PYTHONPATH": path})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    def test_figures(record):
+        return [(m["step"], m["test_accuracy"], m["test_loss"]) for m in record["metrics"]]
+
+    assert test_figures(r0) == test_figures(r1)  # every rank holds the reduced figures (train loss: its own)
+    model = convnet()
+    model.load_state_dict(r0["state"])
+    model.eval()
+    images, labels = make_learnable_images(513, 4, 8, seed=1)
+    train_images = make_learnable_images(64, 4, 8, seed=0)[0].double() / 255
+    mean, std = train_images.mean().item(), train_images.std(unbiased=False).item()
+    with torch.no_grad():
+        out = model(((images.float() / 255 - mean) / std).float())
+    final = r0["metrics"][-1]
+    assert final["test_accuracy"] == (out.argmax(1) == labels).sum().item() / 513
+    assert final["test_loss"] == pytest.approx(torch.nn.functional.cross_entropy(out.double(), labels).item(), rel=1e-5)

@@ -132,3 +132,103 @@ def test_overrides_retarget_a_spec(tmp_path):
     assert spec.jobs[0].rep.training.momentum == 0.9 and spec.jobs[0].rep.training.batch_size == 16
     with pytest.raises(ValueError, match="SECTION.KEY=VALUE"):
         sweep.load_spec(path, ["nonsense"])
+
+
+# ---- devices ----------------------------------------------------------------------------------------
+
+def fake_gpus(monkeypatch, n):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: n > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
+
+
+def test_local_workers_one_per_gpu_each_on_its_own(monkeypatch):
+    fake_gpus(monkeypatch, 4)
+    assert sweep.default_workers("auto") == sweep.default_workers("cuda") == 4
+    assert sweep.worker_devices("auto", 4) == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
+    assert sweep.worker_devices("cuda", 6) == ["cuda:0", "cuda:1", "cuda:2", "cuda:3", "cuda:0", "cuda:1"]
+    assert sweep.worker_devices("cuda:2", 2) == ["cuda:2", "cuda:2"]  # one GPU named: all on it
+    assert sweep.worker_devices("cpu", 2) == ["cpu", "cpu"]
+    fake_gpus(monkeypatch, 0)
+    assert sweep.default_workers("auto") == len(os.sched_getaffinity(0))  # CPU sweeps as before
+    assert sweep.worker_devices("auto", 3) == ["auto"] * 3
+
+
+def test_a_worker_runs_its_jobs_on_the_device_it_was_given(monkeypatch, tmp_path):
+    import queue
+
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: None)
+    monkeypatch.setattr(sweep, "_WORKER_DEVICE", None)
+    slots = queue.Queue()
+    slots.put("cuda:1")
+    sweep._init_worker(torch.get_num_threads(), slots)
+    seen = []
+    monkeypatch.setattr(sweep.Context, "runner", lambda self, progress=False: seen.append(self.device) or object())
+    from prunelab.experiments.hparams import DataHparams, ModelHparams
+    from prunelab.experiments.runner import Replicate
+    from prunelab.training import TrainSettings
+
+    job = sweep.Job("dense", Replicate(ModelHparams(), DataHparams(), TrainSettings()))
+    outcome = sweep.execute(job, sweep.Context(str(tmp_path), device="auto"))
+    assert seen == ["cuda:1"] and outcome["status"] == "failed"
+
+
+class FakeExecutor:
+    """Stands in for submitit.AutoExecutor: records the parameters, runs nothing."""
+
+    made: list = []
+
+    def __init__(self, folder, cluster=None):
+        self.params = {}
+        FakeExecutor.made.append(self)
+
+    def update_parameters(self, **params):
+        self.params.update(params)
+
+    def map_array(self, fn, jobs, ctxs):
+        class Done:
+            def result(self):
+                return {"id": "x", "status": "done", "label": "fake"}
+
+        return [Done() for _ in jobs]
+
+
+@pytest.fixture
+def fake_submitit(monkeypatch):
+    import sys
+    import types
+
+    FakeExecutor.made = []
+    monkeypatch.setitem(sys.modules, "submitit", types.SimpleNamespace(AutoExecutor=FakeExecutor))
+    return FakeExecutor
+
+
+@pytest.mark.parametrize("extra,flags,gpus", [
+    ("[slurm]\ngpus_per_node = 2\n", [], 2),  # the spec says so
+    ("", ["--gpus-per-node", "4"], 4),  # the command says so
+    ("[slurm]\ngpus_per_node = 2\n", ["--gpus-per-node", "1"], 1),  # the command wins
+])
+def test_slurm_jobs_ask_for_the_gpus_the_spec_or_command_names(data_root, tmp_path, fake_submitit, extra, flags,
+                                                              gpus):
+    spec = write_spec(tmp_path / "s.toml", '[pruning]\nmethod = "magnitude"\nsparsity = 0.5', seeds="[0]",
+                      extra=extra)
+    # --device cuda is planned on this CPU-only machine: the jobs run on the cluster's GPU nodes
+    assert main(["sweep", str(spec), "--executor", "slurm", "--device", "cuda", "--root", str(tmp_path / "runs"),
+                 "--data-root", str(data_root), "--no-progress", *flags]) == 0
+    assert [e.params["gpus_per_node"] for e in fake_submitit.made] == [gpus]
+
+
+def test_a_gpu_sweep_with_no_gpus_per_node_is_refused_and_auto_warns(data_root, tmp_path, fake_submitit, capsys):
+    spec = write_spec(tmp_path / "s.toml", '[pruning]\nmethod = "magnitude"\nsparsity = 0.5', seeds="[0]")
+    args = ["sweep", str(spec), "--executor", "slurm", "--root", str(tmp_path / "runs"), "--data-root",
+            str(data_root), "--no-progress"]
+    assert main(args + ["--device", "cuda"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "device cuda needs GPUs on the Slurm nodes" in line and "gpus_per_node" in line
+    assert not fake_submitit.made and not (tmp_path / "runs").exists()
+    assert main(args + ["--device", "auto", "--dry-run"]) == 0
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("prunelab: warning: the Slurm jobs ask for no GPU") and "run on the nodes' CPUs" in line

@@ -22,16 +22,8 @@ import torchvision.transforms as T
 from torch.utils.data import DataLoader, Sampler
 from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader, find_classes, make_dataset
 
-from prunelab.data.memory import Batch, EpochLoader, as_device
-from prunelab.data.transforms import (
-    AUGMENT,
-    SAMPLE,
-    WORKERS,
-    Normalize,
-    derive_seed,
-    flip_and_shift,
-    generator,
-)
+from prunelab.data.memory import Batch, EpochLoader, as_device, to_device_async
+from prunelab.data.transforms import SAMPLE, WORKERS, Normalize, apply_flip_and_shift, derive_seed, generator
 
 #: Random-resized-crop parameters of Frankle et al. (2021), App. A.2, for TinyImageNet and
 #: ImageNet: "a random aspect ratio between 0.8 and 1.25 and a random scale between 0.1 and 1".
@@ -213,9 +205,12 @@ class FolderLoader(EpochLoader):
     def _batches(self, epoch: int, start_batch: int) -> Iterator[Batch]:
         self._plan.make = lambda: self._keys(epoch, start_batch)
         self._plan.count = len(self) - start_batch
-        for b, (x, y) in zip(range(start_batch, len(self)), self._loader):
-            x = x.to(self.device, non_blocking=True)
+        # the draws of the global batches, so that each rank shifts its images as one process would
+        draws = to_device_async(self.shift_draws(epoch, start_batch), self.device) if self.augment == "shift" else None
+        for (_, _, from_start), (x, y) in zip(self.shard_slices(start_batch), self._loader):
+            x = x.to(self.device, non_blocking=True)  # pinned by the DataLoader on CUDA
             y = y.to(self.device, non_blocking=True)
-            if self.augment == "shift":
-                x = flip_and_shift(x, generator(AUGMENT, self.seed, epoch, b))
+            if draws is not None:
+                flip, dy, dx = draws[:, from_start]
+                x = apply_flip_and_shift(x, flip.bool(), dy, dx)
             yield self.normalize(x), y

@@ -10,6 +10,10 @@ Resumability: the order of epoch ``e`` is a permutation drawn from a generator s
 ``epoch(e, start_batch=k)`` therefore yields exactly the tail of ``epoch(e)`` without producing the
 first ``k`` batches, so a trainer resumes at any step with no replay of the loader (the defect of
 OpenLTH's loop that DESIGN.md asks us to avoid).
+
+On a GPU: the order and the augmentation draws of an epoch are drawn on the CPU (so every device sees
+the same data) once per epoch, and reach the device in one non-blocking copy from pinned memory each;
+no batch waits on the host.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from collections.abc import Iterator
 
 import torch
 
-from prunelab.data.transforms import AUGMENT, ORDER, Normalize, flip_and_shift, generator
+from prunelab.data.transforms import AUGMENT, ORDER, Normalize, apply_flip_and_shift, draw_flip_and_shift, generator
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -29,6 +33,16 @@ def as_device(device: str | torch.device) -> torch.device:
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     return device
+
+
+def to_device_async(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    """``t`` on ``device``; from the CPU to a GPU through pinned memory with a non-blocking copy (queued on
+    the current stream before the kernels that read it, so the host never waits for it)."""
+    if t is None or t.device == device:
+        return t
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 class EpochLoader:
@@ -81,6 +95,26 @@ class EpochLoader:
         size, extra = divmod(n, world)
         lo = rank * size + min(rank, extra)
         return slice(lo, lo + size + (rank < extra))
+
+    def shift_draws(self, epoch: int, start_batch: int) -> torch.Tensor:
+        """``(3, n)`` int64 rows flip (0/1), dy, dx for every example of the global batches ``start_batch, ...``
+        of ``epoch``, in order: batch ``b``'s are drawn from the generator of ``(seed, epoch, b)`` exactly as
+        :func:`~prunelab.data.transforms.flip_and_shift` draws them, so they do not depend on where the
+        epoch starts, on the device, or on the number of ranks."""
+        parts = [torch.zeros(3, 0, dtype=torch.int64)]
+        for b in range(start_batch, len(self)):
+            lo, hi = self.bounds(b)
+            flip, dy, dx = draw_flip_and_shift(hi - lo, generator(AUGMENT, self.seed, epoch, b))
+            parts.append(torch.stack([flip.long(), dy, dx]))
+        return torch.cat(parts, 1)
+
+    def shard_slices(self, start_batch: int) -> Iterator[tuple[int, slice, slice]]:
+        """``(b, this shard's examples in the epoch order, the same counted from batch start_batch)``."""
+        base = start_batch * self.batch_size
+        for b in range(start_batch, len(self)):
+            lo, hi = self.bounds(b)
+            part = self.part(hi - lo)
+            yield b, slice(lo + part.start, lo + part.stop), slice(lo - base + part.start, lo - base + part.stop)
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
         """Batches ``start_batch, ..., len(self) - 1`` of ``epoch``; arguments are checked at once."""
@@ -169,17 +203,16 @@ class MemoryLoader(EpochLoader):
 
     def _batches(self, epoch: int, start_batch: int) -> Iterator[Batch]:
         images, labels = self.split.on(self.device)
-        order = self.order(epoch).to(self.device) if self.shuffle else None
-        for b in range(start_batch, len(self)):
-            lo, hi = self.bounds(b)
+        first = start_batch * self.batch_size
+        order = to_device_async(self.order(epoch)[first:], self.device) if self.shuffle else None
+        draws = to_device_async(self.shift_draws(epoch, start_batch), self.device) if self.augment == "shift" else None
+        for _, mine, from_start in self.shard_slices(start_batch):
             if order is None:
-                x, y = images[lo:hi], labels[lo:hi].clone()
+                x, y = images[mine], labels[mine].clone()
             else:
-                idx = order[lo:hi]
+                idx = order[from_start]
                 x, y = images.index_select(0, idx), labels.index_select(0, idx)
-            if self.augment == "shift":
-                x = flip_and_shift(x, generator(AUGMENT, self.seed, epoch, b))
-            if self.shard[1] > 1:
-                part = self.part(len(y))
-                x, y = x[part], y[part]
+            if draws is not None:
+                flip, dy, dx = draws[:, from_start]
+                x = apply_flip_and_shift(x, flip.bool(), dy, dx)
             yield self.normalize(x), y

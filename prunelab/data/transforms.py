@@ -33,8 +33,8 @@ def derive_seed(*parts: int) -> int:
 def generator(*parts: int) -> torch.Generator:
     """A CPU ``torch.Generator`` seeded from ``parts``; never the global RNG.
 
-    Draws are made on the CPU and moved to the device, so the same seed gives the same batches on
-    every device.
+    Draws are made on the CPU and moved to the device (the loaders: once per epoch, without blocking),
+    so the same seed gives the same batches on every device.
     """
     g = torch.Generator()
     g.manual_seed(derive_seed(*parts))

@@ -103,12 +103,21 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, prefix: str 
         help_text = "(required)" if f.name in set(required) else f"(default: {default})"
         if tp is bool:
             target.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif set(typing.get_args(tp)) == {bool, str}:
+            add_switch_with_mode(target, flag, dest, help_text)
         elif typing.get_origin(tp) is tuple:
             inner = typing.get_args(tp)[0]
             target.add_argument(flag, dest=dest, nargs="*", type=inner, default=None, help=help_text)
         else:
             kind = _parse_optional(tp) if optional else tp
             target.add_argument(flag, dest=dest, type=kind, default=None, help=help_text)
+
+
+def add_switch_with_mode(target, flag: str, dest: str, help_text: str, default: Any = None) -> None:
+    """A switch that may name a mode: ``--amp`` (True), ``--amp bf16`` (the string), ``--no-amp`` (False)."""
+    target.add_argument(flag, dest=dest, nargs="?", const=True, default=default, metavar="MODE",
+                        help=f"{help_text}; a mode name, or alone: on in its default mode")
+    target.add_argument("--no-" + flag[2:], dest=dest, action="store_const", const=False, help=argparse.SUPPRESS)
 
 
 def dataclass_from_flags(cls: type, args: argparse.Namespace, base: Any = None, prefix: str = "") -> Any:

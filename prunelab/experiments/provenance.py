@@ -59,15 +59,32 @@ def git_state(checkout: Path) -> dict[str, Any] | None:
     return {"commit": commit, "dirty": dirty}
 
 
-def session(device: str) -> dict[str, Any]:
-    """The record of one computing session of a run on ``device`` (as the runner was given it)."""
+def device_record(device: str) -> dict[str, Any]:
+    """The device a session computes on: ``type``, ``name`` (the GPU's model), ``index`` and ``count`` (of
+    that kind on the machine), and the CUDA and cuDNN versions torch was built with (None without CUDA)."""
     import torch
 
     from prunelab.training import resolve_device
 
     resolved = resolve_device(device)
-    name = str(resolved)
+    record: dict[str, Any] = {"type": resolved.type, "name": str(resolved), "index": resolved.index, "count": 1,
+                              "cuda": torch.version.cuda, "cudnn": None}
     if resolved.type == "cuda":
-        name += f" ({torch.cuda.get_device_name(resolved)})"
-    return {**_process(), "device": name, "threads": torch.get_num_threads(), "pid": os.getpid()}
+        index = resolved.index if resolved.index is not None else torch.cuda.current_device()
+        record.update(name=torch.cuda.get_device_name(index), index=index, count=torch.cuda.device_count(),
+                      cudnn=torch.backends.cudnn.version())
+    return record
 
+
+def session(device: str, runtime=None) -> dict[str, Any]:
+    """The record of one computing session of a run on ``device`` (as the runner was given it), with the
+    run-time options it ran under (:class:`prunelab.training.runtime.RuntimeOptions`)."""
+    import torch
+
+    from prunelab.training import resolve_device
+
+    record = {**_process(), "device": str(resolve_device(device)), "device_info": device_record(device),
+              "threads": torch.get_num_threads(), "pid": os.getpid()}
+    if runtime is not None:
+        record["runtime"] = runtime.record()
+    return record

@@ -23,6 +23,7 @@ from prunelab.experiments.hparams import DataHparams, ModelHparams, run_hash
 from prunelab.experiments.store import RunStore
 from prunelab.training import Diverged, Step, TrainSettings, distributed, iterations, resolve_device, train
 from prunelab.training.checkpoints import CheckpointFolder
+from prunelab.training.runtime import RuntimeOptions
 
 # A training schedule longer than this is a typo, not an experiment: ~900x ResNet-50's 90 ImageNet epochs
 # at batch 1024 (Frankle et al. 2021, App. A.3), ~1600x ResNet-20's 160 CIFAR-10 epochs.
@@ -53,6 +54,7 @@ class Runner:
     data_root: str | Path | None = None
     device: str = "auto"
     progress: bool = False
+    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)  # how to execute, never part of a hash
     steps_executed: int = 0
     _datasets: dict = field(default_factory=dict, repr=False)
     _checked: set = field(default_factory=set, repr=False)
@@ -107,7 +109,7 @@ class Runner:
 
     def begin(self, run_id: str, hparams: dict[str, Any]) -> Path:
         """The run's folder with its hyperparameters and this session's provenance record (under its lock)."""
-        return self.store.begin(run_id, hparams, provenance.session(self.device))
+        return self.store.begin(run_id, hparams, provenance.session(self.device, self.runtime))
 
     def step(self, rep: Replicate, when: str) -> int:
         """A :class:`~prunelab.training.Step` ("0it", "1000it", "2ep", "end") as an iteration count of the
@@ -121,7 +123,7 @@ class Runner:
             self.steps_executed += 1
 
         return train(
-            model, self.dataset(rep.dataset), rep.training, seed=rep.seed, device=self.device,
+            model, self.dataset(rep.dataset), rep.training, seed=rep.seed, device=self.device, runtime=self.runtime,
             progress=self.progress, checkpoint_dir=folder / runfiles.CHECKPOINTS, on_step=count, **kwargs,
         )
 

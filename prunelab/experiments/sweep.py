@@ -22,6 +22,11 @@ The plan has three phases, each waiting for the previous one: the dense replicat
 run of a seed), the dense weights at each intermediate pruning/rewinding step t (one training prefix
 each), then the runs themselves. Finished runs are skipped; a failing run is recorded in its folder
 and never stops the sweep; two workers never run the same run at once (run locks, see RunStore.lock).
+
+Devices: a local sweep on a machine with GPUs (device ``auto`` or ``cuda``) runs one worker process per
+GPU by default, each pinned to its own ``cuda:i``; on the CPU, one per core. On Slurm, each job gets
+``gpus_per_node`` GPUs (the spec's ``[slurm]``, or ``--gpus-per-node``); a sweep on device ``cuda``
+with none is refused, one on ``auto`` with none runs on the nodes' CPUs, with a warning.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +53,7 @@ from prunelab.experiments.protocols import PROTOCOLS, get_protocol
 from prunelab.experiments.runner import Replicate, Runner
 from prunelab.experiments.store import RunStore
 from prunelab.registry import check_name, unknown_name_message
+from prunelab.training.runtime import RuntimeOptions
 from prunelab.training.settings import check_seed
 
 EXECUTORS = ["local", "slurm"]
@@ -85,9 +92,11 @@ class Context:
     data_root: str | None = None
     device: str = "auto"
     threads: int | None = None
+    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
 
     def runner(self, progress: bool = False) -> Runner:
-        return Runner(RunStore(self.root), data_root=self.data_root, device=self.device, progress=progress)
+        return Runner(RunStore(self.root), data_root=self.data_root, device=self.device, progress=progress,
+                      runtime=self.runtime)
 
 
 @dataclass
@@ -255,6 +264,7 @@ def make_plan(runner: Runner, jobs: list[Job]) -> Plan:
 
 def execute(job: Job, ctx: Context) -> dict[str, Any]:
     """Run one job; never raises (a failure is recorded in the run's folder and returned)."""
+    ctx = _pinned(ctx)
     if ctx.threads:
         import torch
 
@@ -278,36 +288,77 @@ def execute(job: Job, ctx: Context) -> dict[str, Any]:
         return {"id": run_id, "status": "failed", "label": job.label(), "error": f"{type(e).__name__}: {e}"}
 
 
-def default_workers() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+def _gpus_for(device: str) -> int:
+    """How many GPUs a sweep on ``device`` spreads over: all of them for ``auto`` and ``cuda``, none for
+    another device (``cpu``, or ``cuda:N``: everything on that one)."""
+    import torch
+
+    if device not in ("auto", "cuda") or not torch.cuda.is_available():
+        return 0
+    return torch.cuda.device_count()
 
 
-def _init_worker(threads: int) -> None:
-    import warnings
+def default_workers(device: str = "cpu") -> int:
+    """One worker per GPU when the sweep runs on GPUs, else one per CPU core."""
+    from prunelab.training.runtime import available_cpus
 
+    return _gpus_for(device) or available_cpus()
+
+
+def worker_devices(device: str, workers: int) -> list[str]:
+    """The device of each of ``workers`` local worker processes: ``cuda:0, cuda:1, ...`` in turn over the
+    GPUs when the sweep runs on GPUs, else ``device`` for all."""
+    gpus = _gpus_for(device)
+    return [f"cuda:{i % gpus}" for i in range(workers)] if gpus else [device] * workers
+
+
+_WORKER_DEVICE: str | None = None  # the device this worker process was pinned to (set by _init_worker)
+
+
+def _init_worker(threads: int, devices=None) -> None:
+    """Set up one local worker process: its torch threads, the CLI's warning lines, and its own device
+    from the queue ``devices`` (one entry per worker)."""
     import torch
 
     from prunelab.io import warning_line
 
+    global _WORKER_DEVICE
     torch.set_num_threads(threads)
     warnings.formatwarning = lambda message, *args, **kwargs: warning_line(message) + "\n"  # as the CLI's lines
+    if devices is not None:
+        _WORKER_DEVICE = devices.get()
+        if _WORKER_DEVICE.startswith("cuda:"):
+            torch.cuda.set_device(torch.device(_WORKER_DEVICE))
+
+
+def _pinned(ctx: Context) -> Context:
+    """``ctx`` on this worker's own device, when it was given one."""
+    return ctx if _WORKER_DEVICE is None else dataclasses.replace(ctx, device=_WORKER_DEVICE)
 
 
 def run_local(phases: list[list[Job]], ctx: Context, workers: int, on_done: Callable[[dict], None]) -> None:
-    """N worker processes on this machine; each limits its torch threads so workers do not fight over cores."""
+    """N worker processes on this machine, each on its own GPU when there are GPUs (see
+    :func:`worker_devices`); each limits its torch threads so workers do not fight over cores."""
     import concurrent.futures as cf
     import multiprocessing as mp
 
-    threads = max(1, default_workers() // workers)
+    from prunelab.training.runtime import available_cpus
+
+    threads = max(1, available_cpus() // workers)
     ctx = dataclasses.replace(ctx, threads=threads)
     if workers == 1:
         for phase in phases:
             for job in phase:
                 on_done(execute(job, ctx))
         return
+    spawn = mp.get_context("spawn")
+
     def pool():
-        return cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                                      initargs=(threads,))
+        devices = spawn.Queue()
+        for d in worker_devices(ctx.device, workers):
+            devices.put(d)
+        return cf.ProcessPoolExecutor(workers, mp_context=spawn, initializer=_init_worker,
+                                      initargs=(threads, devices))
 
     for phase in phases:
         pending, retried = list(phase), set()
@@ -339,16 +390,22 @@ def _stop_workers(executor) -> None:
     executor.shutdown(wait=False, cancel_futures=True)
 
 
-def run_submitit(phases: list[list[Job]], ctx: Context, slurm: dict[str, Any], on_done: Callable[[dict], None],
-                 cluster: str | None = "slurm") -> None:
-    """Array jobs through submitit, one array per phase (``cluster="local"`` runs them as local processes,
-    exercising the same submission path in tests)."""
-    try:
-        import submitit
-    except ModuleNotFoundError:
-        raise ValueError("the slurm executor needs submitit: pip install 'prunelab[slurm]'") from None
-    executor = submitit.AutoExecutor(folder=str(Path(ctx.root) / ".submitit" / "%j"), cluster=cluster)
-    params: dict[str, Any] = {"timeout_min": slurm.get("time_min", 60), "gpus_per_node": slurm.get("gpus_per_node", 0),
+def slurm_parameters(slurm: dict[str, Any], device: str) -> dict[str, Any]:
+    """submitit's parameters for the ``[slurm]`` table of a spec (with the command's overrides merged in).
+
+    A sweep on device ``cuda`` (or ``cuda:N``) with no GPUs per node is refused with a one-line error;
+    one on ``auto`` gets a one-line warning that its jobs will run on the nodes' CPUs.
+    """
+    gpus = slurm.get("gpus_per_node", 0)
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
+        raise ValueError(f"gpus_per_node must be a non-negative integer, got {gpus!r}")
+    if gpus == 0 and device.split(":")[0] == "cuda":
+        raise ValueError(f"device {device} needs GPUs on the Slurm nodes, but the jobs would ask for none: set "
+                         "[slurm] gpus_per_node = N in the spec or give --gpus-per-node N")
+    if gpus == 0 and device == "auto":
+        warnings.warn("the Slurm jobs ask for no GPU ([slurm] gpus_per_node = 0), so they run on the nodes' CPUs; "
+                      "set gpus_per_node in the spec or give --gpus-per-node N for GPUs", UserWarning, stacklevel=2)
+    params: dict[str, Any] = {"timeout_min": slurm.get("time_min", 60), "gpus_per_node": gpus,
                               "cpus_per_task": slurm.get("cpus_per_task", 1), "nodes": slurm.get("nodes", 1)}
     if "mem_gb" in slurm:
         params["mem_gb"] = slurm["mem_gb"]
@@ -356,6 +413,19 @@ def run_submitit(phases: list[list[Job]], ctx: Context, slurm: dict[str, Any], o
                       ("account", "slurm_account"), ("qos", "slurm_qos")):
         if key in slurm:
             params[name] = slurm[key]
+    return params
+
+
+def run_submitit(phases: list[list[Job]], ctx: Context, slurm: dict[str, Any], on_done: Callable[[dict], None],
+                 cluster: str | None = "slurm") -> None:
+    """Array jobs through submitit, one array per phase (``cluster="local"`` runs them as local processes,
+    exercising the same submission path in tests)."""
+    params = slurm_parameters(slurm, ctx.device)
+    try:
+        import submitit
+    except ModuleNotFoundError:
+        raise ValueError("the slurm executor needs submitit: pip install 'prunelab[slurm]'") from None
+    executor = submitit.AutoExecutor(folder=str(Path(ctx.root) / ".submitit" / "%j"), cluster=cluster)
     executor.update_parameters(name="prunelab", **params)
     for phase in phases:
         submitted = executor.map_array(execute, phase, [ctx] * len(phase))

@@ -3,15 +3,24 @@
 File layout: a magic line, the SHA-256 of the payload in hex, a newline, then the payload (a
 ``torch.save`` of the state dict). A truncated or bit-flipped file fails the checksum and is detected
 before anything is loaded from it.
+
+During training, checkpoints are written by a :class:`BackgroundWriter`: the training thread only copies
+the state to host memory (:func:`to_host`); serializing, hashing, fsync and the atomic rename happen in
+one writer thread, in order. A kill at any moment leaves the previous file or the new one, never half
+of one (the rename is the last act of a write).
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import os
 import pickle
 import re
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -103,3 +112,66 @@ class CheckpointFolder:
         except (CorruptCheckpoint, RuntimeError, EOFError, pickle.UnpicklingError) as e:
             set_aside(path, str(e) if str(path) in str(e) else f"checkpoint {path} is unreadable ({e})")
             return None
+
+
+def to_host(obj: Any) -> Any:
+    """A copy of ``obj`` that later training cannot change: every tensor copied to CPU memory, every
+    container copied. CUDA tensors go to pinned memory without blocking, then one synchronization waits
+    for all of them (not one per tensor)."""
+    devices: set[torch.device] = set()
+
+    def copy_of(x: Any) -> Any:
+        if isinstance(x, torch.Tensor):
+            x = x.detach()
+            if x.device.type == "cuda":
+                devices.add(x.device)
+                return torch.empty_like(x, device="cpu", pin_memory=True).copy_(x, non_blocking=True)
+            return x.to("cpu", copy=True)
+        if type(x) in (dict, OrderedDict):  # state dicts are OrderedDicts
+            return type(x)((k, copy_of(v)) for k, v in x.items())
+        if type(x) in (list, tuple):
+            return type(x)(copy_of(v) for v in x)
+        return copy.deepcopy(x)
+
+    out = copy_of(obj)
+    for device in devices:
+        torch.cuda.synchronize(device)
+    return out
+
+
+class BackgroundWriter:
+    """Runs writes in one background thread, in the order they were submitted.
+
+    At most ``max_pending`` writes wait at a time: a further ``submit`` waits for the oldest, so host
+    memory holds at most that many copies of the state. An error in a write is raised by the next
+    ``submit`` or by ``flush``, on the caller's thread.
+    """
+
+    def __init__(self, max_pending: int = 2):
+        self.max_pending = max_pending
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: deque[Future] = deque()
+
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        self._reap(wait_for=len(self._pending) - self.max_pending + 1)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="prunelab-checkpoints")
+        self._pending.append(self._pool.submit(fn, *args, **kwargs))
+
+    def flush(self) -> None:
+        """Wait until every submitted write is on disk; the first error of one of them is raised."""
+        self._reap(wait_for=len(self._pending))
+
+    def _reap(self, wait_for: int) -> None:
+        while self._pending and (wait_for > 0 or self._pending[0].done()):
+            wait_for -= 1
+            self._pending.popleft().result()
+
+    def close(self) -> None:
+        """Flush, then stop the thread."""
+        try:
+            self.flush()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None

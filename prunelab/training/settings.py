@@ -14,6 +14,10 @@ from prunelab.registry import check_name
 from prunelab.training.durations import Step
 
 OPTIMIZERS = ["sgd", "adam", "adamw"]
+# Mixed-precision modes by name (prunelab.training.precision maps them to dtypes). ``amp=True``, the only
+# mode before these, keeps its meaning (and its runs their hashes): float16 with loss scaling on CUDA,
+# bfloat16 elsewhere.
+AMP_MODES = ["bf16", "fp16"]
 
 # torch takes 64-bit seeds; protocols add small offsets (ablation streams, lottery levels) to a replicate's
 # seed, so seeds stop well below 2**63.
@@ -41,7 +45,9 @@ class TrainSettings:
     warmup: str = "0it"  # linear warm-up from 0 to lr
     eval_every: str = "1ep"
     data_seed: int | None = None  # None: the replicate's seed
-    amp: bool = False  # mixed precision (float16 + loss scaling on CUDA, bfloat16 on CPU)
+    # mixed precision: "bf16" (bfloat16), "fp16" (float16 with loss scaling), True (fp16 on CUDA, bf16
+    # elsewhere: the meaning it had before the named modes) or False; part of the run's identity (numerics)
+    amp: bool | str = False
 
     def __post_init__(self) -> None:
         # Canonical values, so that equal settings hash equally whether they came from TOML or flags
@@ -61,6 +67,10 @@ class TrainSettings:
         if Step.parse(self.eval_every) == Step(0, 0):
             raise ValueError("eval_every must be positive, e.g. '1ep'")
         check_name("optimizer", self.optimizer, OPTIMIZERS)
+        if not isinstance(self.amp, bool):
+            if not isinstance(self.amp, str):
+                raise ValueError(f"amp must be true, false or one of {', '.join(AMP_MODES)}, got {self.amp!r}")
+            check_name("amp mode", self.amp, AMP_MODES)
         if not self.batch_size >= 1:
             raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
         for name in ("lr", "momentum", "weight_decay", "gamma"):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,10 +30,16 @@ from prunelab.io import atomic_write_text
 from prunelab.masks import Mask
 from prunelab.sparse_training import MaskSchedule, MaskUpdates
 from prunelab.training import distributed
-from prunelab.training.checkpoints import CheckpointFolder
+from prunelab.training.checkpoints import BackgroundWriter, CheckpointFolder, to_host
 from prunelab.training.durations import iterations
 from prunelab.training.optim import lr_factor, make_optimizer, set_lr
+from prunelab.training.precision import Precision
+from prunelab.training.runtime import RuntimeOptions
 from prunelab.training.settings import TrainSettings
+
+
+class DeviceChangeWarning(UserWarning):
+    """A run resumed on another kind of device than the one its checkpoint was written on."""
 
 
 class Diverged(RuntimeError):
@@ -56,15 +63,18 @@ class TrainResult:
     mask_updates: int = 0
 
 
-def check_device(device: str) -> str:
+def check_device(device: str, here: bool = True) -> str:
     """``device`` if it names a device this machine has ("auto", "cpu", "cuda", "cuda:1", "mps"), else a
-    one-line ValueError that says what is available; so that a bad name fails before any work."""
+    one-line ValueError that says what is available; so that a bad name fails before any work.
+    ``here=False``: only the name is checked (the device of jobs that run on other machines)."""
     if device == "auto":
         return device
     try:
         d = torch.device(device)
     except (RuntimeError, ValueError, TypeError):
         raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps") from None
+    if not here and d.type in ("cpu", "cuda", "mps"):
+        return device
     if d.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {device!r} was asked for, but CUDA is not available on this machine "
@@ -80,6 +90,17 @@ def check_device(device: str) -> str:
     return device
 
 
+def device_arg(text: str) -> torch.device:
+    """``type=`` of a script's ``--device`` option (``bench/``, ``repro/``): the device, or argparse's error
+    with :func:`check_device`'s message."""
+    import argparse
+
+    try:
+        return resolve_device(check_device(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """``"auto"``/None picks CUDA when available, else CPU."""
     if device is None or str(device) == "auto":
@@ -87,25 +108,37 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return torch.device(device)
 
 
-def _autocast(device: torch.device, amp: bool):
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype, enabled=amp)
-
-
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable, device: torch.device, amp: bool = False) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) over ``batches``; restores the model's train/eval mode."""
+def evaluate(model: nn.Module, batches: Iterable, device: torch.device, amp: bool | str | Precision = False, *,
+             all_reduce: bool = False, runtime: RuntimeOptions | None = None) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) over ``batches``; restores the model's train/eval mode.
+
+    The counts and the loss sum stay on the device until the end (one host synchronization per
+    evaluation, not two per batch). ``all_reduce``: each distributed rank passed its own part of the
+    test set (``shard=(rank, world)`` of the loader); the sums are all-reduced, so every rank returns
+    the figures of the whole set, each example counted once.
+    """
+    precision = amp if isinstance(amp, Precision) else Precision.of(amp, device)
+    runtime = runtime or RuntimeOptions()
     was_training = model.training
     model.eval()
-    correct, loss_sum, n = 0, 0.0, 0
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    n = 0
     for x, y in batches:
-        with _autocast(device, amp):
-            out = model(x)
-        loss_sum += float(F.cross_entropy(out.float(), y, reduction="sum"))
-        correct += int((out.argmax(1) == y).sum())
+        if y.numel() == 0:  # a rank's empty part of a small last batch
+            continue
+        with precision.autocast():
+            out = model(runtime.prepare_input(x))
+        loss_sum += F.cross_entropy(out.float(), y, reduction="sum").double()
+        correct += (out.argmax(1) == y).sum()
         n += y.numel()
     model.train(was_training)
-    return correct / max(n, 1), loss_sum / max(n, 1)
+    totals = torch.stack([correct.double(), loss_sum, loss_sum.new_full((), n)])  # new_full: no host-to-device copy
+    if all_reduce:
+        distributed.all_reduce_sum(totals)
+    correct_, loss_, n_ = totals.tolist()  # exact: counts stay far below 2**53
+    return correct_ / max(n_, 1), loss_ / max(n_, 1)
 
 
 def evaluation_steps(settings: TrainSettings, iters_per_epoch: int, end_step: int | None) -> set[int]:
@@ -133,6 +166,10 @@ class Callback:
     def end(self, loop: Loop) -> None:
         """After the last step."""
 
+    def close(self, loop: Loop) -> None:
+        """After the loop stopped, however it stopped (the end, divergence, an interrupt): release what
+        the callback holds, finish what it started."""
+
     def diverged(self, loop: Loop) -> None:
         """The loss became NaN or infinite at ``loop.step``; :class:`Diverged` is raised next."""
 
@@ -155,7 +192,7 @@ class Loop:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     device: torch.device
-    amp: bool
+    precision: Precision
     ipe: int  # iterations per epoch
     start_step: int
     end_step: int
@@ -168,6 +205,7 @@ class Loop:
     t0: float = 0.0
     writer: bool = True  # rank 0: the one that writes files
     sync_steps: set[int] = field(default_factory=set)  # steps at which divergence is always checked
+    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
 
     def snapshot(self, callbacks: Iterable[Callback]) -> dict[str, Any]:
         state = {
@@ -179,12 +217,18 @@ class Loop:
             "wall_time": self.wall + (time.perf_counter() - self.t0),
             "loss_sum": float(self.loss_sum),
             "loss_count": self.loss_count,
+            "device": self.device.type,
         }
         for cb in callbacks:
             state.update(cb.state_dict())
         return state
 
     def resume(self, state: dict[str, Any], callbacks: Iterable[Callback]) -> None:
+        written_on = state.get("device")  # absent from checkpoints of older versions
+        if written_on is not None and written_on != self.device.type and self.writer:
+            warnings.warn(f"resuming at step {state['step']} on {self.device.type} from a checkpoint written on "
+                          f"{written_on}: the rest of the run uses other kernels, so its result is not bitwise that "
+                          "of an uninterrupted run on either", DeviceChangeWarning, stacklevel=2)
         for cb in callbacks:  # first: a mask schedule binds the checkpoint's mask before the weights load
             cb.load_state_dict(state, self)
         self.model.load_state_dict(state["model"])
@@ -198,8 +242,30 @@ class Loop:
             self.mask.apply(self.model)  # weights came masked from the checkpoint; hooks again
 
     def run(self, callbacks: list[Callback], progress: bool = False) -> TrainResult:
-        """The loop: learning rate, forward, backward, step, divergence check, callbacks."""
+        """The loop (:meth:`steps`) under the run-time options' backend flags; every callback's ``close``
+        after it, however it ended."""
         self.t0 = time.perf_counter()
+        try:
+            with self.runtime.backends():
+                self.steps(callbacks, progress)
+        except BaseException:
+            for cb in callbacks:
+                try:
+                    cb.close(self)
+                except Exception as e:  # noqa: BLE001 - the error that stopped the loop is the one to report
+                    warnings.warn(f"while stopping: {type(e).__name__}: {e}", RuntimeWarning, stacklevel=2)
+            raise
+        for cb in callbacks:
+            cb.close(self)
+        distributed.barrier()  # rank 0's checkpoints are on disk before any rank goes on
+        self.wall += time.perf_counter() - self.t0
+        last = next((m for m in reversed(self.metrics) if "test_accuracy" in m), None)
+        return TrainResult(step=self.step, test_accuracy=last["test_accuracy"] if last else None,
+                           test_loss=last["test_loss"] if last else None, wall_time=self.wall, metrics=self.metrics,
+                           mask=self.mask, **_mask_record(callbacks))
+
+    def steps(self, callbacks: list[Callback], progress: bool = False) -> None:
+        """Learning rate, forward, backward, step, divergence check, callbacks, to ``end_step``."""
         for cb in callbacks:
             cb.start(self)
         check_every = 1 if self.device.type == "cpu" else 25  # a CUDA sync per step would cost throughput
@@ -228,18 +294,12 @@ class Loop:
         bar.close()
         for cb in callbacks:
             cb.end(self)
-        distributed.barrier()  # rank 0's checkpoints are on disk before any rank goes on
-        self.wall += time.perf_counter() - self.t0
-        last = next((m for m in reversed(self.metrics) if "test_accuracy" in m), None)
-        return TrainResult(step=self.step, test_accuracy=last["test_accuracy"] if last else None,
-                           test_loss=last["test_loss"] if last else None, wall_time=self.wall, metrics=self.metrics,
-                           mask=self.mask, **_mask_record(callbacks))
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         set_lr(self.optimizer, self.settings.lr, lr_factor(self.step, self.settings, self.ipe))
         self.optimizer.zero_grad(set_to_none=True)
-        with _autocast(self.device, self.amp):
-            out = self.net(x)
+        with self.precision.autocast():
+            out = self.net(self.runtime.prepare_input(x))
         if distributed.active():
             # this rank's share of the global mean: exact with uneven (even empty) parts, since DDP
             # averages gradients over the ranks
@@ -267,15 +327,23 @@ class Evaluation(Callback):
 
     def start(self, loop: Loop) -> None:
         loop.sync_steps |= self.steps  # never evaluate a diverged network
-        self.test_loader = loop.dataset.loader("test", max(loop.settings.batch_size, 256), seed=0, device=loop.device)
+        # Under DDP each rank evaluates its part of every test batch and the sums are all-reduced.
+        self.test_loader = loop.dataset.loader("test", max(loop.settings.batch_size, 256), seed=0, device=loop.device,
+                                               shard=(distributed.rank(), distributed.world_size()),
+                                               **_workers(loop.dataset, loop.runtime, loop.device, warn=False))
         if self.at_start and loop.step == loop.start_step and not any(m["step"] == loop.step for m in loop.metrics):
-            acc, loss = evaluate(loop.model, self.test_loader.epoch(0), loop.device, loop.amp)
+            acc, loss = self.evaluate(loop)
             loop.metrics.append({"step": loop.step, "test_accuracy": acc, "test_loss": loss, "train_loss": None})
+
+    def evaluate(self, loop: Loop) -> tuple[float, float]:
+        distributed.broadcast_buffers(loop.model)  # every rank evaluates rank 0's network
+        return evaluate(loop.model, self.test_loader.epoch(0), loop.device, loop.precision,
+                        all_reduce=distributed.active(), runtime=loop.runtime)
 
     def after_step(self, loop: Loop, batch) -> None:
         if loop.step not in self.steps:
             return
-        acc, tl = evaluate(loop.model, self.test_loader.epoch(0), loop.device, loop.amp)
+        acc, tl = self.evaluate(loop)
         loop.metrics.append({
             "step": loop.step,
             "epoch": round(loop.step / loop.ipe, 4),
@@ -316,20 +384,38 @@ class MetricsFile(Callback):
 
 class Checkpoints(Callback):
     """``latest.pt`` at every epoch boundary and the end (``save_latest``), ``step_<n>.pt`` kept at
-    ``keep_steps``; written by rank 0 through a checksummed atomic write."""
+    ``keep_steps``; written by rank 0 through a checksummed atomic write.
+
+    The training thread only copies the state to host memory; serializing, hashing and fsync run in a
+    :class:`~prunelab.training.checkpoints.BackgroundWriter` while training goes on. Every write is on
+    disk when the loop stops (``close``): the end of training, divergence or an interrupt.
+    """
 
     def __init__(self, folder: CheckpointFolder, keep_steps: set[int], save_latest: bool, callbacks: list):
         self.folder, self.keep_steps, self.save_latest = folder, keep_steps, save_latest
         self.callbacks = callbacks  # whose state goes into each checkpoint
+        self.writer = BackgroundWriter()
+        self.submitted: set[int] = set()  # kept steps this loop has written
+
+    def save(self, loop: Loop, keep: bool, latest: bool) -> None:
+        state = to_host(loop.snapshot(self.callbacks))
+        self.writer.submit(self.folder.save, state, keep=keep, latest=latest)
+        if keep:
+            self.submitted.add(loop.step)
 
     def after_step(self, loop: Loop, batch) -> None:
         keep = loop.step in self.keep_steps
         if loop.writer and (keep or (self.save_latest and (loop.step % loop.ipe == 0 or loop.step == loop.end_step))):
-            self.folder.save(loop.snapshot(self.callbacks), keep=keep, latest=self.save_latest)
+            self.save(loop, keep=keep, latest=self.save_latest)
 
     def end(self, loop: Loop) -> None:
-        if loop.writer and loop.step in self.keep_steps and not self.folder.path_for(loop.step).is_file():
-            self.folder.save(loop.snapshot(self.callbacks), keep=True, latest=False)  # resumed exactly at it
+        resumed_at_it = loop.step not in self.submitted and not self.folder.path_for(loop.step).is_file()
+        if loop.writer and loop.step in self.keep_steps and resumed_at_it:
+            self.save(loop, keep=True, latest=False)
+        self.writer.flush()  # the last checkpoint is complete before the run can be recorded done
+
+    def close(self, loop: Loop) -> None:
+        self.writer.close()
 
 
 class MaskScheduleUpdates(Callback):
@@ -385,7 +471,8 @@ def train(
     mask: Mask | None = None,
     mask_schedule: MaskSchedule | None = None,
     device: str | torch.device | None = "auto",
-    amp: bool | None = None,
+    amp: bool | str | None = None,
+    runtime: RuntimeOptions | None = None,
     progress: bool = False,
     checkpoint_dir: str | Path | None = None,
     keep_steps: Iterable[int] = (),
@@ -410,16 +497,21 @@ def train(
       :mod:`prunelab.sparse_training`), starting from ``mask`` (else the schedule's own initial mask);
     - :class:`StepHook` for ``on_step(step, model)``.
 
+    ``amp`` overrides ``settings.amp`` (:mod:`prunelab.training.precision`); ``runtime`` says how to execute
+    the run (:class:`~prunelab.training.runtime.RuntimeOptions`: loader workers, channels-last, cuDNN
+    benchmark, TF32, deterministic kernels), none of which changes what it computes beyond the last bits.
+
     ``mask`` keeps pruned weights at exactly 0. The optimizer starts fresh at ``start_step`` (no
     momentum carried across protocol phases). ``evaluate_at_end=False`` and ``save_latest=False`` are
     for producing an intermediate state of a longer training (the weights at step t) without disturbing
     that training's own metrics and checkpoints.
     """
     device = resolve_device(device)
-    amp = settings.amp if amp is None else amp
+    precision = Precision.of(settings.amp if amp is None else amp, device)
+    runtime = runtime or RuntimeOptions()
     data_seed = seed if settings.data_seed is None else settings.data_seed
     loader = dataset.loader("train", settings.batch_size, seed=data_seed, device=device,
-                            shard=(distributed.rank(), distributed.world_size()))
+                            shard=(distributed.rank(), distributed.world_size()), **_workers(dataset, runtime, device))
     ipe = len(loader)
     total = iterations(settings.train, ipe)
     end_step = total if end_step is None else end_step
@@ -428,7 +520,7 @@ def train(
     if end_step > total:
         raise ValueError(f"end step {end_step} is beyond the training length {settings.train} ({total} it)")
 
-    model.to(device)
+    runtime.prepare_model(model.to(device))
     if mask is not None:
         mask.apply(model)  # gradient hooks fire before DDP's all-reduce, so the reduced gradients are masked
     net = model
@@ -438,10 +530,10 @@ def train(
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     loop = Loop(model=model, net=net, dataset=dataset, loader=loader, settings=settings,
                 optimizer=make_optimizer(model.parameters(), settings),
-                scaler=torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda"),
-                device=device, amp=amp, ipe=ipe, start_step=start_step, end_step=end_step, step=start_step,
-                mask=mask, loss_sum=torch.zeros((), device=device, dtype=torch.float64),
-                writer=distributed.is_main())
+                scaler=precision.scaler(), device=device, precision=precision, ipe=ipe, start_step=start_step,
+                end_step=end_step, step=start_step, mask=mask,
+                loss_sum=torch.zeros((), device=device, dtype=torch.float64), writer=distributed.is_main(),
+                runtime=runtime)
     cbs: list[Callback] = []
     if mask_schedule is not None:
         cbs.append(MaskScheduleUpdates(mask_schedule, loop, mask))
@@ -459,6 +551,18 @@ def train(
         if state is not None and state["step"] > start_step:
             loop.resume(state, cbs)
     return loop.run(cbs, progress)
+
+
+def _workers(dataset, runtime: RuntimeOptions, device: torch.device, warn: bool = True) -> dict[str, int]:
+    """The loader's ``num_workers`` for an image-folder dataset; an in-memory one has no use for workers
+    (its batches are gathered on the device), and a count given for one is ignored with a warning."""
+    if not getattr(dataset, "in_memory", True):
+        return {"num_workers": runtime.workers_for(device)}
+    if runtime.loader_workers and warn:
+        warnings.warn(f"--loader-workers {runtime.loader_workers} ignored: {getattr(dataset, 'name', 'the dataset')} "
+                      "is held in memory and batched on the device, with no worker processes", UserWarning,
+                      stacklevel=3)
+    return {}
 
 
 def _json_line(obj: dict) -> str:

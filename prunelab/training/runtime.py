@@ -1,0 +1,117 @@
+"""Run-time options: how a run is executed on its hardware, never part of its identity (hash).
+
+What belongs here and what does not (``docs/guide.md``, "Speed options"):
+
+* ``loader_workers``, ``channels_last``, ``cudnn_benchmark``, ``deterministic``: they change how fast a
+  run goes, or which of several equally valid kernels computes a convolution; at most the last bits of
+  the result differ, exactly as between two GPUs, two thread counts, or a CPU and a GPU, none of which
+  enters a run's hash either.
+* ``tf32`` is the borderline case: TensorFloat-32 rounds the *inputs* of float32 matrix products and
+  convolutions to 10 bits of mantissa on Ampere and newer GPUs (and does nothing on CPUs and older
+  GPUs). It stays a run-time option because it is a property of the hardware's arithmetic (torch
+  already runs convolutions in TF32 by default on those GPUs), the difference it makes to a trained
+  network is of the size of the run-to-run noise of GPU training, and a run's hash should name the
+  experiment, not the machine. It is recorded in every session's provenance, so two results can be
+  told apart afterwards.
+* The mixed-precision mode (``TrainSettings.amp``) *is* part of the identity: bfloat16 and float16
+  activations change the training itself (float16 needs loss scaling).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+#: The most worker processes the automatic choice gives one training process for an image-folder dataset.
+MAX_AUTO_LOADER_WORKERS = 8
+#: cuBLAS needs a fixed workspace to be deterministic (torch's "Reproducibility" notes).
+CUBLAS_WORKSPACE = ":4096:8"
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (the Slurm/cgroup allocation, not the machine's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def auto_loader_workers(device: torch.device) -> int:
+    """Worker processes for decoding an image-folder dataset: the CPUs of this process's share of the
+    machine (its CPUs over the GPUs it has), at most :data:`MAX_AUTO_LOADER_WORKERS`, on CUDA; 0 on the
+    CPU, whose cores already run the training."""
+    if device.type != "cuda":
+        return 0
+    gpus = max(1, torch.cuda.device_count())
+    return max(1, min(MAX_AUTO_LOADER_WORKERS, available_cpus() // gpus))
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How to execute a run; see the module docstring for why none of these is part of its hash."""
+
+    loader_workers: int | None = None  # image-folder decoding processes; None: min(8, CPUs per GPU), 0 on CPU
+    channels_last: bool = False  # NHWC convolutions (tensor cores prefer them)
+    cudnn_benchmark: bool = False  # let cuDNN time its algorithms for each new input shape
+    tf32: bool | None = None  # TF32 matmuls and convolutions on Ampere+; None: torch's defaults
+    deterministic: bool = False  # deterministic kernels only (slower); see docs/guide.md
+
+    def __post_init__(self) -> None:
+        w = self.loader_workers
+        if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 0):
+            raise ValueError(f"loader workers must be a non-negative integer, got {w!r}")
+        if self.deterministic and self.cudnn_benchmark:
+            raise ValueError("--deterministic and --cudnn-benchmark exclude each other: benchmarking picks "
+                             "cuDNN algorithms by timing, which differ from run to run")
+
+    def record(self) -> dict[str, object]:
+        """The options as a provenance record."""
+        return dataclasses.asdict(self)
+
+    def workers_for(self, device: torch.device) -> int:
+        return auto_loader_workers(device) if self.loader_workers is None else self.loader_workers
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """``model`` in channels-last memory format when asked (4-d weights only; others are unchanged)."""
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    @contextlib.contextmanager
+    def backends(self) -> Iterator[None]:
+        """torch's global backend flags set as asked while the block runs, restored after it."""
+        cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+        saved = (cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32,
+                 torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+        try:
+            cudnn.benchmark = self.cudnn_benchmark or (saved[0] and not self.deterministic)
+            if self.tf32 is not None:
+                cudnn.allow_tf32 = matmul.allow_tf32 = self.tf32
+            if self.deterministic:
+                _set_cublas_workspace()
+                cudnn.deterministic = True
+                torch.use_deterministic_algorithms(True)
+            yield
+        finally:
+            cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32 = saved[:4]
+            torch.use_deterministic_algorithms(saved[4], warn_only=saved[5])
+
+
+def _set_cublas_workspace() -> None:
+    """``CUBLAS_WORKSPACE_CONFIG``, which cuBLAS reads when its first handle is made: set here when the
+    user has not set it, with a warning when CUDA is already in use (then it may come too late)."""
+    if os.environ.get("CUBLAS_WORKSPACE_CONFIG") in (CUBLAS_WORKSPACE, ":16:8"):
+        return
+    os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        warnings.warn(f"--deterministic: CUBLAS_WORKSPACE_CONFIG={CUBLAS_WORKSPACE} was set after CUDA started and "
+                      "may not take effect; export it before starting prunelab", RuntimeWarning, stacklevel=3)
