@@ -19,6 +19,7 @@ from prunelab.experiments.hparams import (
     load_toml,
 )
 from prunelab.experiments.protocols import PROTOCOLS, Protocol
+from prunelab.training.loggers import LOGGERS, check_loggers
 from prunelab.training.settings import TrainSettings, check_seed
 from prunelab.training.trainer import Diverged, check_device
 
@@ -51,6 +52,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
 
 
+def _add_logging(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log", action="append", default=[], metavar="TRACKER",
+                   help=f"also stream each run to an experiment tracker ({', '.join(LOGGERS.names())}; repeatable); "
+                        "run-time only: run ids do not change")
+
+
 def _add_experiment(p: argparse.ArgumentParser, protocol: Protocol) -> None:
     p.add_argument("--seed", type=int, default=None, help="replicate seed: initialization and data order (default 0)")
     p.add_argument("--root", default="runs", help="run store folder (default ./runs)")
@@ -59,6 +66,7 @@ def _add_experiment(p: argparse.ArgumentParser, protocol: Protocol) -> None:
     p.add_argument("--distributed", action="store_true",
                    help="one run on several GPUs/machines with DDP; launch with torchrun")
     _add_common(p)
+    _add_logging(p)
     add_dataclass_flags(p, ModelHparams, group="model", required=["model"])
     add_dataclass_flags(p, DataHparams, group="dataset", required=["dataset"])
     add_dataclass_flags(p, TrainSettings, group="training (default: the Appendix A.3 recipe of the model)")
@@ -86,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a value of the spec, e.g. --set model.model=resnet20 --set dataset.dataset=cifar10")
     _add_common(p)
+    _add_logging(p)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("ls", help="list the runs of a store")
@@ -228,13 +237,14 @@ def _experiment(args, protocol: Protocol):
         hp = dataclass_from_flags(cls, args, base=cls(**cfg.get(protocol.section, {})))
     seed = check_seed(args.seed if args.seed is not None else cfg.get("seed", 0), "--seed")
     device = check_device(args.device)
+    log = check_loggers(args.log)
     store = RunStore(args.root)
     store.check_root()
     if args.distributed:
         from prunelab.training import distributed
 
         device = distributed.init_from_env(args.device)
-    runner = Runner(store, data_root=args.data_root, device=device, progress=args.progress)
+    runner = Runner(store, data_root=args.data_root, device=device, progress=args.progress, log=log)
     rep = Replicate(model, dataset, training, seed)
     runner.check(rep)  # a bad model/dataset pair or schedule fails here, before anything is written
     return runner, rep, hp
@@ -288,7 +298,7 @@ def cmd_sweep(args) -> int:
         raise UserError(f"prunelab: --workers must be >= 1, got {args.workers}")
     check_device(args.device)
     spec = sweep.load_spec(args.spec, args.set)
-    ctx = sweep.Context(str(args.root), args.data_root, args.device)
+    ctx = sweep.Context(str(args.root), args.data_root, args.device, log=check_loggers(args.log))
     ctx.runner().store.check_root()
     plan = sweep.make_plan(ctx.runner(), spec.jobs)
     print(f"sweep {args.spec}: {len(spec.jobs)} {spec.protocol} jobs, {len(plan.skipped)} already done, "

@@ -85,9 +85,11 @@ class Context:
     data_root: str | None = None
     device: str = "auto"
     threads: int | None = None
+    log: tuple[str, ...] = ()  # experiment trackers, as --log names them
 
     def runner(self, progress: bool = False) -> Runner:
-        return Runner(RunStore(self.root), data_root=self.data_root, device=self.device, progress=progress)
+        return Runner(RunStore(self.root), data_root=self.data_root, device=self.device, progress=progress,
+                      log=self.log)
 
 
 @dataclass
