@@ -8,6 +8,7 @@ import argparse
 import base64
 import json
 import re
+import sys
 import warnings
 from html.parser import HTMLParser
 
@@ -25,7 +26,7 @@ from prunelab.experiments.store import RunStore
 from prunelab.reports import plots
 from prunelab.reports.commands import register
 from prunelab.reports.html import write_report
-from prunelab.reports.tables import aggregate, runs_table
+from prunelab.reports.tables import aggregate, metrics_table, runs_table
 
 # 64 examples, batch 16: 4 iterations per epoch, 8 in all; the learning rate drops after epoch 1.
 TRAINING_DICT = dict(train="2ep", batch_size=16, lr=0.05, momentum=0.9, milestones=("1ep",))
@@ -126,6 +127,95 @@ def test_aggregate_on_a_hand_made_table():
     assert agg["method"].isna().sum() == 1 and agg["count"].sum() == 4
     with pytest.raises(ValueError, match="no column 'seed'"):
         aggregate(df, by=["seed"])
+
+
+def _metrics_by_hand(store) -> set[tuple]:
+    """(run id, step, metric, value) of every number in every metrics.jsonl, read here line by line."""
+    rows = set()
+    for folder in store.iterdir():
+        path = folder / "metrics.jsonl"
+        for line in path.read_text().splitlines() if path.is_file() else []:
+            entry = json.loads(line)
+            for key, value in entry.items():
+                if key not in ("step", "epoch") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    rows.add((folder.name, entry["step"], key, float(value)))
+    return rows
+
+
+def test_metrics_table_has_a_row_per_run_step_and_metric_of_the_metrics_files(store):
+    df = metrics_table(store)
+    expected = _metrics_by_hand(store)
+    assert len(df) == len(expected) > 0
+    assert set(zip(df["id"], df["step"], df["metric"], df["value"])) == expected
+    assert list(df.columns[:5]) == ["id", "step", "epoch", "metric", "value"]
+    assert set(df["metric"]) == {"test_accuracy", "test_loss", "train_loss", "lr"}
+    with_epoch = df[df["epoch"].notna()]
+    assert (with_epoch["epoch"] == with_epoch["step"] / 4).all()  # 4 iterations per epoch
+    for run_id, part in df.groupby("id"):  # the hyperparameter columns are those of the run
+        hp = json.loads((store / run_id / "hparams.json").read_text())
+        assert set(part["kind"]) == {hp["kind"]} and set(part["seed"]) == {hp["seed"]}
+        assert set(part["training.lr"]) == {hp["training"]["lr"]} and set(part["status"]) == {"done"}
+        if hp["kind"] == "prune":
+            assert set(part["method"]) == {hp["pruning"]["method"]}
+    assert "test_accuracy" not in df.columns and "dense_accuracy" not in df.columns  # results stay in runs_table
+    bare = metrics_table(store, hparams=False)
+    assert list(bare.columns) == ["id", "step", "epoch", "metric", "value"] and len(bare) == len(df)
+
+
+def test_metrics_table_skips_a_damaged_metrics_file_with_a_warning(store, tmp_path):
+    import shutil
+
+    from prunelab.experiments.store import SkippedRunWarning
+
+    copy = tmp_path / "runs"
+    folders = sorted(store.iterdir())[:2]
+    for folder in folders:
+        shutil.copytree(folder, copy / folder.name, ignore=shutil.ignore_patterns("checkpoints", "*.pt"))
+    (copy / folders[0].name / "metrics.jsonl").write_text('{"step": 2, "test_accuracy": 0.5}\n{"step": 4, "te')
+    with pytest.warns(SkippedRunWarning, match=f"run {folders[0].name}.*line 2 is not a metrics entry"):
+        df = metrics_table(copy)
+    assert set(df["id"]) == {folders[1].name}
+
+
+def test_export_writes_the_run_table_and_the_metrics_as_csv_and_parquet(store, tmp_path, capsys):
+    assert _run("export", "--root", store, "--out", tmp_path / "csv") == 0
+    assert "metrics.csv" in capsys.readouterr().out
+    runs = pd.read_csv(tmp_path / "csv" / "runs.csv")
+    metrics = pd.read_csv(tmp_path / "csv" / "metrics.csv")
+    assert sorted(runs["id"]) == sorted(p.name for p in store.iterdir())
+    assert set(zip(metrics["id"], metrics["step"], metrics["metric"], metrics["value"])) == _metrics_by_hand(store)
+    pytest.importorskip("pyarrow")
+    assert _run("export", "--root", store, "--out", tmp_path / "pq", "--format", "parquet") == 0
+    for name, csv in (("runs", runs), ("metrics", metrics)):
+        parquet = pd.read_parquet(tmp_path / "pq" / f"{name}.parquet")
+        assert list(parquet.columns) == list(csv.columns) and len(parquet) == len(csv)
+    parquet = pd.read_parquet(tmp_path / "pq" / "metrics.parquet")
+    assert set(zip(parquet["id"], parquet["step"], parquet["metric"], parquet["value"])) == _metrics_by_hand(store)
+
+
+def _drop_report_modules(monkeypatch):
+    """Forget the imported report modules, so that importing them again meets the blocked packages."""
+    import prunelab.reports
+
+    for name in ("html", "plots", "figures"):
+        monkeypatch.delitem(sys.modules, f"prunelab.reports.{name}", raising=False)
+        monkeypatch.delattr(prunelab.reports, name, raising=False)
+
+
+@pytest.mark.parametrize("blocked, argv, message", [
+    ("matplotlib", ["report"], "prunelab report needs the plots extra: pip install 'prunelab[plots]'"),
+    ("pyarrow", ["export", "--format", "parquet"],
+     "prunelab export --format parquet needs the parquet extra: pip install 'prunelab[parquet]'"),
+])
+def test_a_missing_extra_is_one_line_and_nothing_is_written(store, tmp_path, monkeypatch, capsys, blocked, argv,
+                                                              message):
+    from prunelab.cli import main
+
+    _drop_report_modules(monkeypatch)
+    monkeypatch.setitem(sys.modules, blocked, None)  # `import matplotlib` now fails as if it were not installed
+    assert main([*argv, "--root", str(store), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"prunelab: error: {message}"]
+    assert not (tmp_path / "out").exists()
 
 
 # ---- the HTML report ---------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 
 from prunelab.experiments import runfiles
 from prunelab.reports import plots
-from prunelab.reports.tables import RESULT_COLUMNS, aggregate, layers_table, runs_table
+from prunelab.reports.tables import RESULT_COLUMNS, aggregate, is_missing, layers_table, runs_table
 
 _REWIND_ONLY = ("finetune", "sign", "sigma_sign")  # lottery ``rewind_to`` values that are not a step
 _VARIANT_COLUMNS = ["iterations", "schedule", "scope", "batch_per_class"]
@@ -96,10 +96,6 @@ def common_hparams(rows: pd.DataFrame) -> dict[str, Any]:
     return out
 
 
-def _is_missing(value) -> bool:
-    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
-
-
 def variant_labels(rows: pd.DataFrame, base: str, extra: Iterable[str]) -> pd.Series:
     """``base`` (e.g. the method), plus the ``extra`` hyperparameters that take several values among
     the rows of that base ("synflow iterations=10" vs "synflow iterations=100"). ``batch_per_class``
@@ -110,7 +106,7 @@ def variant_labels(rows: pd.DataFrame, base: str, extra: Iterable[str]) -> pd.Se
         relevant = [c for c in extra if c != "batch_per_class" or _needs_data(value)]
         varying = [c for c in relevant if part[c].astype(str).nunique() > 1]
         for idx, row in part.iterrows():
-            bits = [f"{c}={row[c]}" for c in varying if not _is_missing(row[c])]
+            bits = [f"{c}={row[c]}" for c in varying if not is_missing(row[c])]
             labels[idx] = " ".join([str(value), *bits])
     return labels
 
@@ -175,7 +171,7 @@ def _lr_drops(runs: pd.DataFrame) -> list[int]:
         return []
     first = runs.dropna(subset=["steps"]).iloc[0]
     text = first.get("training.milestones")
-    if _is_missing(text) or not str(text).strip():
+    if is_missing(text) or not str(text).strip():
         return []
     total = Step.parse(str(first.get("training.train", "0it")))
     per_epoch = (int(first["steps"]) - total.iterations) / total.epochs if total.epochs else None
@@ -269,7 +265,7 @@ def _lottery_accuracy(ctx: Context) -> Iterable[ReportFigure]:
 def _lottery_labels(lot: pd.DataFrame) -> pd.Series:
     varying = [c for c in _LOTTERY_VARIANT if lot[c].astype(str).nunique() > 1] or ["structure"]
     return lot.apply(lambda r: " ".join(f"{r[c]}" if c == "structure" else f"{c}={r[c]}" for c in varying
-                                         if not _is_missing(r[c])) or "unstructured", axis=1)
+                                         if not is_missing(r[c])) or "unstructured", axis=1)
 
 
 _ABLATION_TITLES = {"0it": ("at initialization", "Frankle et al. 2021, Fig. 4"),
@@ -694,7 +690,7 @@ def _read_result(ctx: Context, run_id: str) -> dict[str, Any]:
 
 def _read_result_field(row: pd.Series, key: str):
     value = row.get(key)
-    return None if _is_missing(value) else value
+    return None if is_missing(value) else value
 
 
 def curve_area(curve: list, end: float) -> float:
@@ -730,7 +726,7 @@ def _training_cost_over_time(ctx: Context) -> Iterable[ReportFigure]:
             continue
         row = row.copy()
         row["protocol_steps"] = result["protocol_steps"]
-        key = None if row["kind"] == "dense" or _is_missing(target) else round(float(target), 6)  # dense: every panel
+        key = None if row["kind"] == "dense" or is_missing(target) else round(float(target), 6)  # dense: every panel
         lines_of.setdefault(key, {})[label] = ([s for s, _ in curve], [d for _, d in curve], curve_end(curve, row))
         used.append(part.iloc[:1])
     dense_lines = lines_of.pop(None, {})
