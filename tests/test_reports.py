@@ -1,13 +1,16 @@
 """prunelab.reports end to end on a store of real runs made from tiny generated MNIST files:
-tidy tables against the JSON files, aggregates against numpy, the HTML page against its CSVs and
-figures, and the ``analyze`` command against a hand-built mask."""
+tidy tables against the JSON files, aggregates against numpy, the training curves against the
+metrics files, the HTML page against its CSVs and figures and in a real browser (headless Chromium),
+``export``, and the ``analyze`` command against a hand-built mask."""
 
 from __future__ import annotations
 
 import argparse
 import base64
 import json
+import os
 import re
+import shutil
 import sys
 import warnings
 from html.parser import HTMLParser
@@ -423,6 +426,70 @@ def test_guide_lines_are_drawn_to_be_seen():
     guides = [ln for ax in fig.axes for ln in ax.lines if ln.get_linestyle() == ":"]
     assert len(guides) == 2 and all(ln.get_linewidth() >= 1.4 for ln in guides)
     assert [ln.get_label() for ln in guides] == ["$S^{in} = S^{out}$ (Theorem 1)", "equal layer totals (Theorem 2)"]
+
+
+# ---- the page in a real browser: headless Chromium (Debian's chromium and chromium-driver, which .ci/run
+# installs when missing), driven by Selenium; every figure must decode and the console stay free of errors
+
+def _chromium() -> tuple[str, str] | None:
+    """(browser, driver) executables, or None."""
+    browser = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+    driver = shutil.which("chromedriver")
+    return (browser, driver) if browser and driver else None
+
+
+@pytest.fixture(scope="module")
+def browser():
+    found = _chromium()
+    if found is None:
+        pytest.skip("headless Chromium not found: install Debian's chromium and chromium-driver (.ci/run does)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[dev]')")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = found[0]
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,900",
+                "--allow-file-access-from-files"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=found[1]), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def test_the_report_page_loads_every_figure_without_a_console_error(browser, report, store):
+    """Set ``PRUNELAB_REPORT_SCREENSHOT=/path.png`` to keep a screenshot of the whole page."""
+    report_page, _ = report
+    browser.get(report_page.resolve().as_uri())
+    images = browser.execute_script(
+        "return Array.from(document.images, i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight]);")
+    n_figures = len(list((report_page.parent / "figures").glob("*.png")))
+    assert len(images) == n_figures >= 10
+    broken = [alt for alt, complete, width, height in images if not (complete and width > 0 and height > 0)]
+    assert broken == []
+    rows = browser.execute_script("return document.querySelectorAll('table#runs tbody tr').length")
+    assert rows == len(list(store.iterdir()))
+    errors = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+    assert errors == []
+    shot = os.environ.get("PRUNELAB_REPORT_SCREENSHOT")
+    if shot:
+        height = browser.execute_script("return document.documentElement.scrollHeight")
+        browser.set_window_size(1280, height)
+        browser.save_screenshot(shot)
+
+
+def test_the_browser_reports_a_broken_image_and_a_script_error(browser, tmp_path):
+    """The checks above can fail: a page with a missing image and a throwing script is caught by both."""
+    page = tmp_path / "broken.html"
+    page.write_text("<!DOCTYPE html><html><body><img alt='missing' src='nowhere.png'>"
+                    "<script>undefinedFunction();</script></body></html>")
+    browser.get_log("browser")  # drop what earlier pages logged
+    browser.get(page.as_uri())
+    images = browser.execute_script("return Array.from(document.images, i => [i.complete, i.naturalWidth]);")
+    assert images == [[True, 0]]
+    messages = " ".join(e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE")
+    assert "undefinedFunction" in messages
 
 
 # ---- the commands ------------------------------------------------------------------------------

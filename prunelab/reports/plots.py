@@ -118,13 +118,21 @@ def _check_nonempty(data, what: str) -> None:
 FORMATS = ("png", "pdf", "svg")
 
 
+# Vector files as papers want them: TrueType fonts in PDFs (venues reject Type 3 fonts), text as text in SVGs
+# (editable, and smaller than glyph outlines).
+_VECTOR_STYLE = {"pdf.fonttype": 42, "svg.fonttype": "none"}
+
+
 def to_bytes(fig: Figure, fmt: str = "png", dpi: int = 110) -> bytes:
     """The figure as a ``fmt`` file (png, pdf, svg; anything matplotlib writes), drawn by the Agg canvas
     (PDF and SVG keep lines and text as vectors; ``dpi`` sets the resolution of their embedded images)."""
+    import matplotlib
+
     FigureCanvasAgg(fig)
     buffer = io.BytesIO()
     metadata = {"Creator": "prunelab"} if fmt in ("pdf", "svg") else None
-    fig.savefig(buffer, format=fmt, dpi=dpi, metadata=metadata)
+    with matplotlib.rc_context(_VECTOR_STYLE):
+        fig.savefig(buffer, format=fmt, dpi=dpi, metadata=metadata)
     return buffer.getvalue()
 
 
