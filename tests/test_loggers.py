@@ -100,6 +100,42 @@ def test_logging_leaves_run_ids_and_results_alone(tensorboard_store, data_root):
     assert result["id"] == _runs(tensorboard_store)["prune"].name
 
 
+def test_a_resumed_run_shows_each_evaluation_once_in_tensorboard(tmp_path, data_root, monkeypatch):
+    """Interrupted after the evaluation at step 6 (its last checkpoint: step 4), then rerun: TensorBoard hides
+    what the first attempt logged and shows every evaluation once, with the values of metrics.jsonl."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from prunelab.experiments import runner as runner_module
+    from prunelab.training.trainer import Callback
+
+    class Interrupt(Callback):
+        def after_step(self, loop, batch):
+            if loop.step == 6:
+                raise KeyboardInterrupt
+
+    plain = runner_module.train
+
+    def interrupted(*args, callbacks=(), **kwargs):  # the pruned run's training only: the dense one finishes
+        extra = [Interrupt()] if kwargs.get("mask") is not None else []
+        return plain(*args, callbacks=[*callbacks, *extra], **kwargs)
+
+    monkeypatch.setattr(runner_module, "train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "runs", data_root, ("tensorboard",))
+    monkeypatch.setattr(runner_module, "train", plain)
+    _run(tmp_path / "runs", data_root, ("tensorboard",))
+    folder = _runs(tmp_path / "runs")["prune"]
+    assert len(list((folder / "tensorboard").glob("events.out.tfevents.*"))) == 2  # one file per attempt
+    events = EventAccumulator(str(folder / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    evaluations = [m for m in _metrics(folder) if "test_accuracy" in m]
+    for key in ("test_accuracy", "train_loss"):
+        shown = [(e.step, e.value) for e in events.Scalars(key)]
+        assert [s for s, _ in shown] == [m["step"] for m in evaluations] == [2, 4, 6, 8]
+        assert [v for _, v in shown] == pytest.approx([m[key] for m in evaluations], rel=1e-6)
+
+
 # ---- W&B offline -------------------------------------------------------------------------------
 
 def _wandb_records(path: Path):
