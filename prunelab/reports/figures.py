@@ -27,7 +27,6 @@ from matplotlib.figure import Figure
 from prunelab.experiments import runfiles
 from prunelab.reports import plots
 from prunelab.reports.tables import (
-    RESULT_COLUMNS,
     RESULT_ONLY,
     aggregate,
     is_missing,
@@ -129,10 +128,10 @@ def _network_labels(model: str, dataset: str) -> dict[str, str]:
 
 
 def _seeds_text(rows: pd.DataFrame) -> str:
-    """"3 seeds (0, 1, 2)" or "one seed (0)": what the error bars of a figure are computed over."""
+    """"3 seeds (0, 1, 2)" or "seed 0": what the error bars of a figure are computed over."""
     seeds = sorted(int(s) for s in rows["seed"].dropna().unique())
     listed = ", ".join(str(s) for s in seeds)
-    return f"{len(seeds)} seeds ({listed})" if len(seeds) > 1 else f"one seed ({listed})"
+    return f"{len(seeds)} seeds ({listed})" if len(seeds) > 1 else f"seed {listed}"
 
 
 def _spread_text(rows: pd.DataFrame, what: str = "error bars") -> str:
@@ -164,8 +163,9 @@ def _listing(items: list[str]) -> str:
 
 
 def common_hparams(rows: pd.DataFrame) -> dict[str, Any]:
-    """The hyperparameters every run in ``rows`` shares (columns with one value), plus the seeds."""
-    skip = set(RESULT_COLUMNS) | {"id", "seed", "kind", "label"}
+    """The hyperparameters every run in ``rows`` shares (columns with one value), plus the seeds; results
+    (accuracies, FLOPs, ...) are not hyperparameters and are left out."""
+    skip = set(RESULT_ONLY) | {"id", "seed", "kind", "label"}
     out: dict[str, Any] = {}
     for col in rows.columns:
         if col in skip:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,8 +95,10 @@ def _figure(ncols: int = 1, nrows: int = 1, width: float = 4.2, height: float = 
 
 
 def _title(fig: Figure, title: str) -> None:
+    """The figure's title, wrapped to the figure's width (a one-panel figure is narrower than a long title)."""
     if title:
-        fig.suptitle(title, fontsize=10)
+        per_line = max(20, int(fig.get_figwidth() * 12))  # characters of 10-point text per line
+        fig.suptitle(textwrap.fill(title, per_line), fontsize=10)
 
 
 def _shared_legend(fig: Figure, axes, max_columns: int, title: str | None = None) -> None:
