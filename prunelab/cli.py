@@ -20,6 +20,7 @@ from prunelab.experiments.hparams import (
     load_toml,
 )
 from prunelab.experiments.protocols import PROTOCOLS, Protocol
+from prunelab.training.loggers import LOGGERS, check_loggers
 from prunelab.training.runtime import RuntimeOptions
 from prunelab.training.settings import TrainSettings, check_seed
 from prunelab.training.trainer import Diverged, check_device
@@ -58,6 +59,12 @@ def _runtime(args) -> RuntimeOptions:
     return dataclass_from_flags(RuntimeOptions, args)
 
 
+def _add_logging(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log", action="append", default=[], metavar="TRACKER",
+                   help=f"also stream each run to an experiment tracker ({', '.join(LOGGERS.names())}; repeatable); "
+                        "run-time only: run ids do not change")
+
+
 def _add_experiment(p: argparse.ArgumentParser, protocol: Protocol) -> None:
     p.add_argument("--seed", type=int, default=None, help="replicate seed: initialization and data order (default 0)")
     p.add_argument("--root", default="runs", help="run store folder (default ./runs)")
@@ -66,6 +73,7 @@ def _add_experiment(p: argparse.ArgumentParser, protocol: Protocol) -> None:
     p.add_argument("--distributed", action="store_true",
                    help="one run on several GPUs/machines with DDP; launch with torchrun")
     _add_common(p)
+    _add_logging(p)
     add_dataclass_flags(p, ModelHparams, group="model", required=["model"])
     add_dataclass_flags(p, DataHparams, group="dataset", required=["dataset"])
     add_dataclass_flags(p, TrainSettings, group="training (default: the Appendix A.3 recipe of the model)")
@@ -96,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a value of the spec, e.g. --set model.model=resnet20 --set dataset.dataset=cifar10")
     _add_common(p)
+    _add_logging(p)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("ls", help="list the runs of a store")
@@ -238,13 +247,15 @@ def _experiment(args, protocol: Protocol):
         hp = dataclass_from_flags(cls, args, base=cls(**cfg.get(protocol.section, {})))
     seed = check_seed(args.seed if args.seed is not None else cfg.get("seed", 0), "--seed")
     device = check_device(args.device)
+    log = check_loggers(args.log)
     store = RunStore(args.root)
     store.check_root()
     if args.distributed:
         from prunelab.training import distributed
 
         device = distributed.init_from_env(args.device)
-    runner = Runner(store, data_root=args.data_root, device=device, progress=args.progress, runtime=_runtime(args))
+    runner = Runner(store, data_root=args.data_root, device=device, progress=args.progress, runtime=_runtime(args),
+                    log=log)
     rep = Replicate(model, dataset, training, seed)
     runner.check(rep)  # a bad model/dataset pair or schedule fails here, before anything is written
     return runner, rep, hp
@@ -303,7 +314,8 @@ def cmd_sweep(args) -> int:
     slurm = {**spec.slurm, **({} if args.gpus_per_node is None else {"gpus_per_node": args.gpus_per_node})}
     if args.executor == "slurm":
         sweep.slurm_parameters(slurm, args.device)  # a GPU sweep with no GPUs fails here, before planning
-    ctx = sweep.Context(str(args.root), args.data_root, args.device, runtime=_runtime(args))
+    ctx = sweep.Context(str(args.root), args.data_root, args.device, runtime=_runtime(args),
+                        log=check_loggers(args.log))
     ctx.runner().store.check_root()
     # planning builds each model once to check it: on the CPU when the jobs run elsewhere (a login node)
     planner = ctx if args.executor == "local" else sweep.Context(ctx.root, ctx.data_root, "cpu")

@@ -33,6 +33,19 @@ def test_layer_table_by_hand():
     assert (rows[2]["kept"], rows[2]["shape"]) == (2, (3,))
 
 
+def test_layer_labels_name_each_parameter_by_its_module_and_type():
+    from collections import OrderedDict
+
+    net = nn.Sequential(OrderedDict(conv1=nn.Conv2d(1, 2, 3), attn=nn.MultiheadAttention(4, 2), fc=nn.Linear(4, 2)))
+    net.add_module("1", nn.Linear(2, 2))
+    names = ["conv1.weight", "fc.bias", "attn.in_proj_weight", "attn.out_proj.weight", "1.weight", "missing.weight"]
+    assert analysis.layer_labels(net, names) == {
+        "conv1.weight": "conv1 (Conv2d)", "fc.bias": "fc.bias (Linear)",
+        "attn.in_proj_weight": "attn.in_proj_weight (MultiheadAttention)",
+        "attn.out_proj.weight": "attn.out_proj (NonDynamicallyQuantizableLinear)", "1.weight": "1 (Linear)",
+        "missing.weight": "missing.weight"}
+
+
 def test_layer_collapse_and_max_compression_by_hand():
     mask = hand_mask()
     assert analysis.layer_collapse(mask) == ["conv.weight"]

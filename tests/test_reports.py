@@ -1,13 +1,17 @@
 """prunelab.reports end to end on a store of real runs made from tiny generated MNIST files:
-tidy tables against the JSON files, aggregates against numpy, the HTML page against its CSVs and
-figures, and the ``analyze`` command against a hand-built mask."""
+tidy tables against the JSON files, aggregates against numpy, the training curves against the
+metrics files, the HTML page against its CSVs and figures and in a real browser (headless Chromium),
+``export``, and the ``analyze`` command against a hand-built mask."""
 
 from __future__ import annotations
 
 import argparse
 import base64
 import json
+import os
 import re
+import shutil
+import sys
 import warnings
 from html.parser import HTMLParser
 
@@ -17,15 +21,15 @@ import pytest
 import torch
 from test_data import write_idx_set
 
-from prunelab import Mask
+from prunelab import Mask, models
 from prunelab.experiments.hparams import DataHparams, LotteryHparams, ModelHparams, PruneHparams
 from prunelab.experiments.protocols import lottery, prune_at_step
 from prunelab.experiments.runner import Replicate, Runner
 from prunelab.experiments.store import RunStore
-from prunelab.reports import plots
+from prunelab.reports import figures, plots
 from prunelab.reports.commands import register
 from prunelab.reports.html import write_report
-from prunelab.reports.tables import aggregate, runs_table
+from prunelab.reports.tables import aggregate, layers_table, metrics_table, runs_table
 
 # 64 examples, batch 16: 4 iterations per epoch, 8 in all; the learning rate drops after epoch 1.
 TRAINING_DICT = dict(train="2ep", batch_size=16, lr=0.05, momentum=0.9, milestones=("1ep",))
@@ -64,6 +68,21 @@ def report(store, tmp_path_factory):
     manifest = json.loads((out / "figures.json").read_text())
     assert manifest["notes"] == []  # nothing was skipped
     return path, manifest["figures"]
+
+
+@pytest.fixture(scope="module")
+def contexts(store):
+    """model name -> the figures' view of its setting (finished runs), as report_figures builds it."""
+    runs, layers = runs_table(store), layers_table(store)
+    done = runs[runs["status"] == "done"]
+    return {part.iloc[0]["model"]: figures.Context(store, str(setting), part.reset_index(drop=True),
+                                                   layers[layers["id"].isin(part["id"])])
+            for setting, part in done.groupby("setting")}
+
+
+def _evaluations(store, run_id: str) -> list[dict]:
+    lines = (store / run_id / "metrics.jsonl").read_text().splitlines()
+    return [e for e in map(json.loads, lines) if "test_accuracy" in e]
 
 
 # ---- tables ------------------------------------------------------------------------------------
@@ -128,6 +147,95 @@ def test_aggregate_on_a_hand_made_table():
         aggregate(df, by=["seed"])
 
 
+def _metrics_by_hand(store) -> set[tuple]:
+    """(run id, step, metric, value) of every number in every metrics.jsonl, read here line by line."""
+    rows = set()
+    for folder in store.iterdir():
+        path = folder / "metrics.jsonl"
+        for line in path.read_text().splitlines() if path.is_file() else []:
+            entry = json.loads(line)
+            for key, value in entry.items():
+                if key not in ("step", "epoch") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    rows.add((folder.name, entry["step"], key, float(value)))
+    return rows
+
+
+def test_metrics_table_has_a_row_per_run_step_and_metric_of_the_metrics_files(store):
+    df = metrics_table(store)
+    expected = _metrics_by_hand(store)
+    assert len(df) == len(expected) > 0
+    assert set(zip(df["id"], df["step"], df["metric"], df["value"])) == expected
+    assert list(df.columns[:5]) == ["id", "step", "epoch", "metric", "value"]
+    assert set(df["metric"]) == {"test_accuracy", "test_loss", "train_loss", "lr"}
+    with_epoch = df[df["epoch"].notna()]
+    assert (with_epoch["epoch"] == with_epoch["step"] / 4).all()  # 4 iterations per epoch
+    for run_id, part in df.groupby("id"):  # the hyperparameter columns are those of the run
+        hp = json.loads((store / run_id / "hparams.json").read_text())
+        assert set(part["kind"]) == {hp["kind"]} and set(part["seed"]) == {hp["seed"]}
+        assert set(part["training.lr"]) == {hp["training"]["lr"]} and set(part["status"]) == {"done"}
+        if hp["kind"] == "prune":
+            assert set(part["method"]) == {hp["pruning"]["method"]}
+    assert "test_accuracy" not in df.columns and "dense_accuracy" not in df.columns  # results stay in runs_table
+    bare = metrics_table(store, hparams=False)
+    assert list(bare.columns) == ["id", "step", "epoch", "metric", "value"] and len(bare) == len(df)
+
+
+def test_metrics_table_skips_a_damaged_metrics_file_with_a_warning(store, tmp_path):
+    import shutil
+
+    from prunelab.experiments.store import SkippedRunWarning
+
+    copy = tmp_path / "runs"
+    folders = sorted(store.iterdir())[:2]
+    for folder in folders:
+        shutil.copytree(folder, copy / folder.name, ignore=shutil.ignore_patterns("checkpoints", "*.pt"))
+    (copy / folders[0].name / "metrics.jsonl").write_text('{"step": 2, "test_accuracy": 0.5}\n{"step": 4, "te')
+    with pytest.warns(SkippedRunWarning, match=f"run {folders[0].name}.*line 2 is not a metrics entry"):
+        df = metrics_table(copy)
+    assert set(df["id"]) == {folders[1].name}
+
+
+def test_export_writes_the_run_table_and_the_metrics_as_csv_and_parquet(store, tmp_path, capsys):
+    assert _run("export", "--root", store, "--out", tmp_path / "csv") == 0
+    assert "metrics.csv" in capsys.readouterr().out
+    runs = pd.read_csv(tmp_path / "csv" / "runs.csv")
+    metrics = pd.read_csv(tmp_path / "csv" / "metrics.csv")
+    assert sorted(runs["id"]) == sorted(p.name for p in store.iterdir())
+    assert set(zip(metrics["id"], metrics["step"], metrics["metric"], metrics["value"])) == _metrics_by_hand(store)
+    pytest.importorskip("pyarrow")
+    assert _run("export", "--root", store, "--out", tmp_path / "pq", "--format", "parquet") == 0
+    for name, csv in (("runs", runs), ("metrics", metrics)):
+        parquet = pd.read_parquet(tmp_path / "pq" / f"{name}.parquet")
+        assert list(parquet.columns) == list(csv.columns) and len(parquet) == len(csv)
+    parquet = pd.read_parquet(tmp_path / "pq" / "metrics.parquet")
+    assert set(zip(parquet["id"], parquet["step"], parquet["metric"], parquet["value"])) == _metrics_by_hand(store)
+
+
+def _drop_report_modules(monkeypatch):
+    """Forget the imported report modules, so that importing them again meets the blocked packages."""
+    import prunelab.reports
+
+    for name in ("html", "plots", "figures"):
+        monkeypatch.delitem(sys.modules, f"prunelab.reports.{name}", raising=False)
+        monkeypatch.delattr(prunelab.reports, name, raising=False)
+
+
+@pytest.mark.parametrize("blocked, argv, message", [
+    ("matplotlib", ["report"], "prunelab report needs the plots extra: pip install 'prunelab[plots]'"),
+    ("pyarrow", ["export", "--format", "parquet"],
+     "prunelab export --format parquet needs the parquet extra: pip install 'prunelab[parquet]'"),
+])
+def test_a_missing_extra_is_one_line_and_nothing_is_written(store, tmp_path, monkeypatch, capsys, blocked, argv,
+                                                              message):
+    from prunelab.cli import main
+
+    _drop_report_modules(monkeypatch)
+    monkeypatch.setitem(sys.modules, blocked, None)  # `import matplotlib` now fails as if it were not installed
+    assert main([*argv, "--root", str(store), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"prunelab: error: {message}"]
+    assert not (tmp_path / "out").exists()
+
+
 # ---- the HTML report ---------------------------------------------------------------------------
 
 class _Tables(HTMLParser):
@@ -184,11 +292,15 @@ def test_report_embeds_every_figure_and_its_tables_agree_with_the_csvs(report):
         png = (path.parent / entry["file"]).read_bytes()
         assert png.startswith(b"\x89PNG") and base64.b64decode(src.split(",", 1)[1]) == png
         assert entry["hparams"]["training.lr"] == 0.05 and entry["runs"]
+        files = {fmt: (path.parent / f).read_bytes() for fmt, f in entry["files"].items()}
+        assert set(files) == {"png", "pdf", "svg"} and files["png"] == png  # the vector files for a paper
+        assert files["pdf"].startswith(b"%PDF") and b"<svg" in files["svg"][:1000]
+        assert f'href="{entry["files"]["pdf"]}"' in text and f'href="{entry["files"]["svg"]}"' in text
     kinds = {re.sub(r"-[0-9a-f]{8}$", "", e["name"]) for e in manifest}
     assert {"accuracy-vs-sparsity", "ablations-0it", "accuracy-vs-step-90", "layer-sparsity", "neuron-collapse",
             "layer-density", "conservation", "first-layer-masks", "lottery-accuracy", "jaccard-structure-0",
             "conv-masks", "weight-trajectories-l1", "weight-trajectories-unstructured", "training-cost-over-time",
-            "accuracy-vs-training-cost"} == kinds
+            "accuracy-vs-training-cost", "learning-curves-50", "learning-curves-75", "learning-curves-90"} == kinds
     for name in ("runs", "summary", "settings"):
         csv = pd.read_csv(path.parent / f"{name}.csv", keep_default_na=True)
         header, *rows = parser.tables[name]
@@ -220,9 +332,164 @@ def test_report_of_a_store_with_only_dense_runs_has_tables_and_no_figures(store,
     path = write_report(only, tmp_path / "out")
     parser = _Tables()
     parser.feed(path.read_text())
-    assert parser.images == [] and len(parser.tables["runs"]) == 1 + 3
+    manifest = json.loads((tmp_path / "out" / "figures.json").read_text())["figures"]
+    assert [re.sub(r"-[0-9a-f]{8}$", "", e["name"]) for e in manifest] == ["learning-curves-dense"] * 2  # 2 settings
+    assert len(parser.images) == 2 and len(parser.tables["runs"]) == 1 + 3
     with pytest.raises(FileNotFoundError, match="does not exist"):
         write_report(tmp_path / "nowhere", tmp_path / "out2")
+
+
+def test_learning_curves_are_each_runs_metrics_file_and_their_mean_over_seeds(contexts, store):
+    ctx = contexts["lenet_300_100"]
+    curves = {re.sub(r"-[0-9a-f]{8}$", "", f.name): f for f in figures._learning_curves(ctx)}
+    assert set(curves) == {"learning-curves-50", "learning-curves-90"}
+    fig = curves["learning-curves-90"]
+    acc, loss = fig.figure.axes[:2]
+    assert (acc.get_ylabel(), loss.get_ylabel()) == ("Test accuracy (%)", "Test loss")
+    df = runs_table(store)
+    chosen = df[(df["kind"] == "prune") & (df["method"] == "synflow") & (df["sparsity_target"] == 0.9)]
+    assert len(chosen) == 2  # two seeds
+    by_seed = [_evaluations(store, run_id) for run_id in chosen["id"]]
+    steps = [e["step"] for e in by_seed[0]]
+    for ax, key, scale in ((acc, "test_accuracy", 100), (loss, "test_loss", 1)):
+        mean = np.mean([[scale * e[key] for e in run] for run in by_seed], axis=0)
+        line = next(ln for ln in ax.lines if ln.get_label() == "synflow at init")
+        assert list(line.get_xdata()) == steps and line.get_ydata() == pytest.approx(mean)
+        thin = [ln for ln in ax.lines if ln.get_linewidth() < 1]  # one per run shown
+        assert len(thin) == len(fig.runs) == len(set(fig.runs))
+        assert sorted(tuple(ln.get_ydata()) for ln in thin if ln.get_color() == line.get_color()) == sorted(
+            tuple(scale * e[key] for e in run) for run in by_seed)
+        configurations = {ln.get_label() for ln in ax.lines if not ln.get_label().startswith("_")}
+        assert len(ax.collections) == len(configurations - {"learning-rate drop"})  # a band each: 2 seeds each
+    labels = {ln.get_label() for ln in acc.lines if not ln.get_label().startswith("_")}
+    assert labels == {"dense", "magnitude at init", "magnitude at init shuffle", "magnitude after training",
+                      "magnitude at 4it", "synflow at init", "learning-rate drop"}
+    assert "2 seeds (0, 1)" in fig.caption and "learning-rate drops" in fig.caption
+
+
+def test_accuracy_is_in_percent_in_the_figures_and_the_tables(report, contexts, store):
+    path, _ = report
+    df = runs_table(store).set_index("id")
+    csv = pd.read_csv(path.parent / "runs.csv").set_index("id")
+    assert "test_accuracy" not in csv.columns
+    for column in ("test_accuracy", "dense_accuracy", "drop"):
+        assert csv[f"{column} (%)"].to_numpy() == pytest.approx(100 * df.loc[csv.index, column].to_numpy())
+    (fig,) = figures._accuracy_vs_sparsity(contexts["lenet_300_100"])
+    ax = fig.figure.axes[0]
+    assert ax.get_ylabel() == "Test accuracy (%)"
+    synflow = df[(df["method"] == "synflow") & (df["prune_at"] == "0it")]
+    handles, labels = ax.get_legend_handles_labels()
+    line = handles[labels.index("synflow")].lines[0]  # the data line of the errorbar container
+    assert line.get_ydata() == pytest.approx(100 * synflow.groupby("sparsity_target")["test_accuracy"].mean())
+    dense = next(ln for ln in ax.lines if ln.get_label() == "dense")
+    dense_runs = df[(df["kind"] == "dense") & (df["model"] == "lenet_300_100")]
+    assert dense.get_ydata()[0] == pytest.approx(100 * dense_runs["test_accuracy"].mean())
+
+
+def test_captions_name_only_what_the_store_holds(report):
+    _, manifest = report
+    caption = {re.sub(r"-[0-9a-f]{8}$", "", e["name"]) + "/" + str(e["hparams"].get("model")): e["caption"]
+               for e in manifest}
+    at_init = caption["accuracy-vs-sparsity/lenet_300_100"]
+    assert "magnitude pruning after training as a baseline" in at_init and "lottery" not in at_init.lower()
+    assert "2 seeds (0, 1)" in at_init and "dashed gray line is the dense network" in at_init
+    lot = caption["lottery-accuracy/lenet5"]
+    assert "no error bars" in lot and "rewinding to step 0it" in lot
+    assert "finetuning" not in lot and "sign" not in lot
+    ablations = caption["ablations-0it/lenet_300_100"]
+    assert "shuffle" in ablations and not any(a in ablations for a in ("reinit", "invert", "fixed_variance"))
+    step = caption["accuracy-vs-step-90/lenet_300_100"]
+    assert "LTR" not in step and "learning-rate drops" in step  # the lottery runs are of another network
+
+
+def test_layers_are_named_with_their_module_type(report, contexts):
+    (fig,) = figures._layer_sparsity(contexts["lenet_300_100"])
+    ticks = [t.get_text() for t in fig.figure.axes[0].get_xticklabels()]
+    assert ticks == ["1 (Linear)", "3 (Linear)", "5 (Linear)"]
+    _, manifest = report
+    conv = next(e for e in manifest if e["name"].startswith("conv-masks"))
+    assert conv["title"].startswith("Masked weights of 3 (Conv2d)")
+    lenet5 = dict(models.create("lenet5", num_classes=10, input_shape=(1, 28, 28)).named_modules())
+    assert isinstance(lenet5["3"], torch.nn.Conv2d)  # the second convolution, as the title says
+
+
+def test_guide_lines_are_drawn_to_be_seen():
+    fig = plots.accuracy_vs_sparsity({"snip": C(SPARSITY, np.linspace(90, 60, 5))}, dense=(91.0, 0.5))
+    dense = next(ln for ln in fig.axes[0].lines if ln.get_label() == "dense")
+    assert dense.get_linewidth() >= 1.4 and dense.get_color() == plots.GUIDE["color"]
+    panels = {"snip": [(2.0, {"a": 0.5, "b": 0.5}), (10.0, {"a": 0.1, "b": 0.1}), (100.0, {"a": 0.01, "b": 0.01})]}
+    ax = plots.layer_density_vs_compression(panels).axes[0]
+    assert [ln.get_label() for ln in ax.lines] == ["2x", "10x", "100x"]  # every ratio in the legend
+    assert min(ln.get_alpha() for ln in ax.lines) == pytest.approx(0.45)  # the highest compression stays readable
+    s = np.random.default_rng(0).lognormal(size=20)
+    fig = plots.conservation({"l1": (s, s)}, {"l1": (100, 3.0), "l2": (1000, 3.0)})
+    guides = [ln for ax in fig.axes for ln in ax.lines if ln.get_linestyle() == ":"]
+    assert len(guides) == 2 and all(ln.get_linewidth() >= 1.4 for ln in guides)
+    assert [ln.get_label() for ln in guides] == ["$S^{in} = S^{out}$ (Theorem 1)", "equal layer totals (Theorem 2)"]
+
+
+# ---- the page in a real browser: headless Chromium (Debian's chromium and chromium-driver, which .ci/run
+# installs when missing), driven by Selenium; every figure must decode and the console stay free of errors
+
+def _chromium() -> tuple[str, str] | None:
+    """(browser, driver) executables, or None."""
+    browser = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+    driver = shutil.which("chromedriver")
+    return (browser, driver) if browser and driver else None
+
+
+@pytest.fixture(scope="module")
+def browser():
+    found = _chromium()
+    if found is None:
+        pytest.skip("headless Chromium not found: install Debian's chromium and chromium-driver (.ci/run does)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[dev]')")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = found[0]
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,900",
+                "--allow-file-access-from-files"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=found[1]), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def test_the_report_page_loads_every_figure_without_a_console_error(browser, report, store):
+    """Set ``PRUNELAB_REPORT_SCREENSHOT=/path.png`` to keep a screenshot of the whole page."""
+    report_page, _ = report
+    browser.get(report_page.resolve().as_uri())
+    images = browser.execute_script(
+        "return Array.from(document.images, i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight]);")
+    n_figures = len(list((report_page.parent / "figures").glob("*.png")))
+    assert len(images) == n_figures >= 10
+    broken = [alt for alt, complete, width, height in images if not (complete and width > 0 and height > 0)]
+    assert broken == []
+    rows = browser.execute_script("return document.querySelectorAll('table#runs tbody tr').length")
+    assert rows == len(list(store.iterdir()))
+    errors = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+    assert errors == []
+    shot = os.environ.get("PRUNELAB_REPORT_SCREENSHOT")
+    if shot:
+        height = browser.execute_script("return document.documentElement.scrollHeight")
+        browser.set_window_size(1280, height)
+        browser.save_screenshot(shot)
+
+
+def test_the_browser_reports_a_broken_image_and_a_script_error(browser, tmp_path):
+    """The checks above can fail: a page with a missing image and a throwing script is caught by both."""
+    page = tmp_path / "broken.html"
+    page.write_text("<!DOCTYPE html><html><body><img alt='missing' src='nowhere.png'>"
+                    "<script>undefinedFunction();</script></body></html>")
+    browser.get_log("browser")  # drop what earlier pages logged
+    browser.get(page.as_uri())
+    images = browser.execute_script("return Array.from(document.images, i => [i.complete, i.naturalWidth]);")
+    assert images == [[True, 0]]
+    messages = " ".join(e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE")
+    assert "undefinedFunction" in messages
 
 
 # ---- the commands ------------------------------------------------------------------------------
@@ -317,7 +584,9 @@ def test_accuracy_plots_draw_one_line_per_curve_on_a_reversed_log_density_axis()
     panels = {m: {"unmodified": C(SPARSITY, np.ones(5)), "shuffle": C(SPARSITY, np.ones(5))} for m in ("a", "b")}
     assert len(plots.ablation_panels(panels).axes) == 2
     fig = plots.accuracy_vs_step({"ltr": C([0, 100, 1000], [0.8, 0.85, 0.9])}, lr_drops=[500, 750])
-    assert len([ln for ln in fig.axes[0].lines if ln.get_linestyle() == ":"]) == 2
+    drops = [ln for ln in fig.axes[0].lines if ln.get_linestyle() == "-."]
+    assert [ln.get_xdata()[0] for ln in drops] == [500, 750] and all(ln.get_linewidth() >= 1.4 for ln in drops)
+    assert sorted(fig.axes[0].get_legend_handles_labels()[1]) == ["learning-rate drop", "ltr"]
     with pytest.raises(ValueError, match="as many x as y"):
         plots.accuracy_vs_sparsity({"x": C([0.5, 0.9], [0.5])})
     with pytest.raises(ValueError, match="nothing to plot"):

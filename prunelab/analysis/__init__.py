@@ -16,7 +16,7 @@ from prunelab.analysis.collapse import critical_compression, layer_collapse, max
 from prunelab.analysis.connectivity import effective_mask, effective_parameter_ratio, effective_sparsity
 from prunelab.analysis.conservation import conservation
 from prunelab.analysis.ensembles import accuracy, agreement, agreement_matrix, ensemble_accuracy, predictions
-from prunelab.analysis.layerwise import layer_table
+from prunelab.analysis.layerwise import layer_labels, layer_table
 from prunelab.analysis.similarity import jaccard, jaccard_distance, jaccard_per_layer, weight_stability
 from prunelab.analysis.structure import emergent_structure, prob_slice_removed, slice_count_variance
 
@@ -35,6 +35,7 @@ __all__ = [
     "jaccard_distance",
     "jaccard_per_layer",
     "layer_collapse",
+    "layer_labels",
     "layer_table",
     "max_compression",
     "neuron_collapse",

@@ -6,9 +6,10 @@ Tanaka et al. 2020, Fig. 2, plot the same per-layer density against compression.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
+from torch import nn
 
 from prunelab.masks import Mask
 
@@ -41,3 +42,21 @@ def layer_table(mask: Mapping[str, torch.Tensor]) -> list[dict]:
             }
         )
     return rows
+
+
+def layer_labels(model: nn.Module, names: Iterable[str]) -> dict[str, str]:
+    """A readable label per parameter name: its module's path and type, ``"conv1 (Conv2d)"`` for
+    ``conv1.weight``, ``"1 (Linear)"`` for the ``1.weight`` of a ``Sequential``; a parameter other than
+    ``weight`` keeps its own name (``"layers.0.self_attn.in_proj_weight (MultiheadAttention)"``).
+    A name the model does not have keeps the name alone, so a label never hides what the mask holds."""
+    modules = dict(model.named_modules())
+    labels = {}
+    for name in names:
+        path, _, param = name.rpartition(".")
+        module = modules.get(path)
+        if module is None or param not in dict(module.named_parameters(recurse=False)):
+            labels[name] = name
+            continue
+        where = path if param == "weight" and path else name
+        labels[name] = f"{where} ({type(module).__name__})"
+    return labels

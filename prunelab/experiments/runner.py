@@ -55,10 +55,12 @@ class Runner:
     device: str = "auto"
     progress: bool = False
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)  # how to execute, never part of a hash
+    log: tuple[str, ...] = ()  # experiment trackers (prunelab.training.loggers): run-time only, not in any hash
     steps_executed: int = 0
     _datasets: dict = field(default_factory=dict, repr=False)
     _checked: set = field(default_factory=set, repr=False)
     _flops: dict = field(default_factory=dict, repr=False)
+    _loggers: dict = field(default_factory=dict, repr=False)  # run id -> its loggers, open until finish()
 
     # ---- building blocks ------------------------------------------------------------------------
     def dataset(self, hp: DataHparams):
@@ -117,15 +119,38 @@ class Runner:
         return Step.parse(when, allow_end=True).resolve(self.iters_per_epoch(rep), self.total_steps(rep))
 
     def run_training(self, model, rep: Replicate, folder: Path, **kwargs):
-        """The trainer, with this runner's device/progress settings and step counting."""
+        """The trainer, with this runner's device/progress settings and step counting. A training that
+        writes the run's metrics is streamed to this runner's loggers (``log``), which stay open until
+        :meth:`finish` records the run's result."""
 
         def count(step, m):
             self.steps_executed += 1
 
-        return train(
-            model, self.dataset(rep.dataset), rep.training, seed=rep.seed, device=self.device, runtime=self.runtime,
-            progress=self.progress, checkpoint_dir=folder / runfiles.CHECKPOINTS, on_step=count, **kwargs,
-        )
+        loggers = []
+        if self.log and kwargs.get("metrics_path") is not None:
+            from prunelab.training.loggers import create_loggers
+
+            loggers = create_loggers(self.log, folder.name, self.store.hparams(folder.name), folder)
+            self._loggers[folder.name] = loggers
+        try:
+            return train(
+                model, self.dataset(rep.dataset), rep.training, seed=rep.seed, device=self.device,
+                runtime=self.runtime, progress=self.progress, checkpoint_dir=folder / runfiles.CHECKPOINTS,
+                on_step=count, callbacks=[*kwargs.pop("callbacks", ()), *loggers], **kwargs,
+            )
+        except Diverged:
+            raise  # the protocol records the run as diverged; finish() closes its loggers
+        except BaseException:
+            for logger in self._loggers.pop(folder.name, []):
+                logger.abort()
+            raise
+
+    def finish(self, run_id: str, result: dict[str, Any]) -> dict[str, Any]:
+        """Record the run's result (``result.json``) and hand it to the run's loggers, which then close."""
+        result = self.store.finish(run_id, result)
+        for logger in self._loggers.pop(run_id, []):
+            logger.finish(result)
+        return result
 
     def flop_count(self, rep: Replicate):
         """Dense forward FLOPs of one example of the replicate's network, per covered tensor (cached)."""
@@ -164,10 +189,10 @@ class Runner:
         try:
             res = self.run_training(model, rep, folder, metrics_path=folder / runfiles.METRICS, keep_steps=[end])
         except Diverged as e:
-            return self.store.finish(run_id, {"status": "diverged", "step": e.step, "kind": "dense"})
+            return self.finish(run_id, {"status": "diverged", "step": e.step, "kind": "dense"})
         from prunelab.experiments.cost import Segment
 
-        return self.store.finish(run_id, {
+        return self.finish(run_id, {
             "status": "done", "kind": "dense", "test_accuracy": res.test_accuracy, "test_loss": res.test_loss,
             "dense_accuracy": res.test_accuracy, "sparsity": 0.0, "wall_time": res.wall_time, "steps": res.step,
             "finished_at": time.time(), "started_at": t0, **self.cost(rep, [Segment(end)]),

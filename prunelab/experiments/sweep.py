@@ -93,10 +93,11 @@ class Context:
     device: str = "auto"
     threads: int | None = None
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
+    log: tuple[str, ...] = ()  # experiment trackers, as --log names them
 
     def runner(self, progress: bool = False) -> Runner:
         return Runner(RunStore(self.root), data_root=self.data_root, device=self.device, progress=progress,
-                      runtime=self.runtime)
+                      runtime=self.runtime, log=self.log)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The ``report`` and ``analyze`` subcommands, added to the ``prunelab`` parser by :func:`register`.
+"""The ``report``, ``export`` and ``analyze`` subcommands, added to the ``prunelab`` parser by :func:`register`.
 
 Errors a user can make (a missing store, run or file, a model that does not fit the mask) raise
 ValueError or FileNotFoundError with a one-line message; the CLI prints it and exits with status 2.
@@ -6,6 +6,8 @@ ValueError or FileNotFoundError with a one-line message; the CLI prints it and e
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 from pathlib import Path
@@ -13,14 +15,42 @@ from typing import Any
 
 import prunelab
 
+# The packages of the extras the commands need beyond prunelab's own dependencies.
+EXTRAS = {"plots": ("matplotlib", "pandas"), "parquet": ("pyarrow",)}
+EXPORT_FORMATS = {"csv": None, "parquet": "parquet"}  # format -> the extra it needs
+
+
+@contextlib.contextmanager
+def needs_extra(command: str, extra: str):
+    """Imports inside the block that fail for a package of ``extra`` become one line, "prunelab report needs
+    the plots extra: pip install 'prunelab[plots]'" (a ValueError: exit status 2), instead of a
+    ModuleNotFoundError traceback. Used before anything is written."""
+    try:
+        yield
+    except ModuleNotFoundError as e:
+        if (e.name or "").partition(".")[0] in EXTRAS[extra]:
+            raise ValueError(f"{command} needs the {extra} extra: pip install 'prunelab[{extra}]'") from None
+        raise
+
 
 def register(subparsers) -> None:
-    """Add ``report`` and ``analyze`` to ``subparsers`` (from ``parser.add_subparsers()``)."""
+    """Add ``report``, ``export`` and ``analyze`` to ``subparsers`` (from ``parser.add_subparsers()``)."""
     p = subparsers.add_parser("report", help="HTML report (figures, tables, CSV files) of a run store")
     p.add_argument("--root", default="runs", help="run store folder (default ./runs)")
     p.add_argument("--out", default="report", help="output folder for index.html and the CSV files (default ./report)")
     p.add_argument("--dpi", type=int, default=110, help="resolution of the figures (default 110)")
     p.set_defaults(func=cmd_report)
+
+    p = subparsers.add_parser(
+        "export", help="the run table and every run's per-step metrics as CSV or Parquet files, for pandas",
+        description="Writes runs.<format> (one row per run, as prunelab.reports.runs_table) and "
+                    "metrics.<format> (one row per run, evaluation step and metric, with the run's "
+                    "hyperparameter columns, as prunelab.reports.metrics_table) into --out.")
+    p.add_argument("--root", default="runs", help="run store folder (default ./runs)")
+    p.add_argument("--format", default="csv", choices=list(EXPORT_FORMATS),
+                   help="csv, or parquet (needs pyarrow: pip install 'prunelab[parquet]') (default csv)")
+    p.add_argument("--out", default="export", help="output folder (default ./export)")
+    p.set_defaults(func=cmd_export)
 
     p = subparsers.add_parser(
         "analyze", help="per-layer table, layer collapse, max compression and effective sparsity of a mask",
@@ -39,7 +69,8 @@ def register(subparsers) -> None:
 
 
 def cmd_report(args) -> int:
-    from prunelab.reports.html import write_report
+    with needs_extra("prunelab report", "plots"):
+        from prunelab.reports.html import write_report
 
     if args.dpi < 20:
         raise ValueError(f"--dpi must be at least 20, got {args.dpi}")
@@ -49,6 +80,45 @@ def cmd_report(args) -> int:
         print(f"note: {note}")
     print(f"report {path} ({len(manifest['figures'])} figures); tables in {path.parent}/runs.csv and summary.csv")
     return 0
+
+
+def cmd_export(args) -> int:
+    with needs_extra("prunelab export", "plots"):
+        from prunelab.reports.tables import metrics_table, runs_table
+    extra = EXPORT_FORMATS[args.format]
+    if extra:
+        with needs_extra(f"prunelab export --format {args.format}", extra):
+            for module in EXTRAS[extra]:
+                __import__(module)
+    from prunelab.io import atomic_write_bytes
+
+    runs = runs_table(args.root)  # FileNotFoundError (one line) when the store does not exist
+    metrics = metrics_table(args.root)
+    out = Path(args.out)
+    for name, df in (("runs", runs), ("metrics", metrics)):
+        buffer = io.BytesIO()
+        if args.format == "csv":
+            df.to_csv(buffer, index=False)
+        else:
+            _parquet_ready(df).to_parquet(buffer, index=False)
+        atomic_write_bytes(out / f"{name}.{args.format}", buffer.getvalue())
+    print(f"wrote {out}/runs.{args.format} ({len(runs)} runs) and {out}/metrics.{args.format} ({len(metrics)} rows: "
+          "one per run, step and metric)")
+    return 0
+
+
+def _parquet_ready(df):
+    """``df`` with every object column that mixes value types (a hyperparameter that is a number in one
+    run and a string in another) as strings: Parquet columns have one type."""
+    from pandas.api.types import is_object_dtype
+
+    from prunelab.reports.tables import is_missing
+
+    df = df.copy()
+    for col in [c for c in df.columns if is_object_dtype(df[c])]:
+        if len({type(v) for v in df[col] if not is_missing(v)}) > 1:
+            df[col] = df[col].map(lambda v: None if is_missing(v) else str(v))
+    return df
 
 
 # ---- analyze ------------------------------------------------------------------------------------

@@ -4,7 +4,9 @@ Every figure is drawn per *setting* (one model, dataset and training recipe; see
 :func:`prunelab.reports.tables.setting_of`) and only when the store holds the runs it needs: no
 ablation panel without ablation runs, no mask image without a fully-connected first layer. Each
 :class:`ReportFigure` carries the hyperparameters common to all the runs it shows, so a reader
-knows what was held fixed.
+knows what was held fixed, and a caption written from what the figure shows: a baseline, an
+error bar or a guide line is mentioned only when the store has it. Accuracy is in percent throughout,
+and layers are named by their module and its type ("conv1 (Conv2d)").
 """
 
 from __future__ import annotations
@@ -24,7 +26,14 @@ from matplotlib.figure import Figure
 
 from prunelab.experiments import runfiles
 from prunelab.reports import plots
-from prunelab.reports.tables import RESULT_COLUMNS, aggregate, layers_table, runs_table
+from prunelab.reports.tables import (
+    RESULT_ONLY,
+    aggregate,
+    is_missing,
+    layers_table,
+    read_metrics,
+    runs_table,
+)
 
 _REWIND_ONLY = ("finetune", "sign", "sigma_sign")  # lottery ``rewind_to`` values that are not a step
 _VARIANT_COLUMNS = ["iterations", "schedule", "scope", "batch_per_class"]
@@ -53,6 +62,7 @@ class Context:
     setting: str
     runs: pd.DataFrame  # every finished run of the setting
     layers: pd.DataFrame
+    _labels: dict[str, str] | None = field(default=None, repr=False)
 
     @property
     def label(self) -> str:
@@ -75,12 +85,87 @@ class Context:
             return None
         return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else None
 
+    def dense_percent(self) -> tuple[float, float | None] | None:
+        """:meth:`dense` in percent, as the accuracy axes show it."""
+        dense = self.dense()
+        return None if dense is None else (100 * dense[0], None if dense[1] is None else 100 * dense[1])
+
+    def has_dense_line(self) -> bool:
+        return self.dense() is not None
+
+    def layer_label(self, name: str) -> str:
+        """``"conv1 (Conv2d)"`` for the parameter ``conv1.weight`` of this setting's network (rebuilt from its
+        model name, on the meta device: no memory, no initialization cost); the name itself when the
+        network cannot be rebuilt (a model this version does not know)."""
+        if self._labels is None:
+            self._labels = _network_labels(str(self.runs.iloc[0]["model"]), str(self.runs.iloc[0]["dataset"]))
+        return self._labels.get(name, name)
+
+    def metrics(self, run_id: str) -> list[dict[str, Any]]:
+        """The entries of the run's ``metrics.jsonl``."""
+        return read_metrics(self.folder(run_id) / runfiles.METRICS)
+
 
 # ---- helpers -----------------------------------------------------------------------------------
 
+def _network_labels(model: str, dataset: str) -> dict[str, str]:
+    """Parameter name -> "module (Type)" of a registered model built for ``dataset``; {} when it cannot be built."""
+    import torch
+
+    from prunelab import data, models
+    from prunelab.analysis import layer_labels
+
+    try:
+        info = data.info(dataset)
+        try:
+            with torch.device("meta"):
+                net = models.create(model, num_classes=info["num_classes"], input_shape=info["input_shape"])
+        except (RuntimeError, NotImplementedError, TypeError):  # a model whose construction computes on data
+            net = models.create(model, num_classes=info["num_classes"], input_shape=info["input_shape"])
+    except (ValueError, KeyError, RuntimeError, TypeError):
+        return {}
+    return layer_labels(net, [n for n, _ in net.named_parameters()])
+
+
+def _seeds_text(rows: pd.DataFrame) -> str:
+    """"3 seeds (0, 1, 2)" or "seed 0": what the error bars of a figure are computed over."""
+    seeds = sorted(int(s) for s in rows["seed"].dropna().unique())
+    listed = ", ".join(str(s) for s in seeds)
+    return f"{len(seeds)} seeds ({listed})" if len(seeds) > 1 else f"seed {listed}"
+
+
+def _spread_text(rows: pd.DataFrame, what: str = "error bars") -> str:
+    """How the spread over seeds is drawn: a sentence true of ``rows`` (no error bars from one seed)."""
+    per_point = rows.groupby([c for c in _config_columns(rows) if c != "id"], dropna=False)["seed"].nunique() \
+        if len(rows) else pd.Series(dtype=int)
+    if per_point.empty or per_point.max() < 2:
+        return f"points are single runs ({_seeds_text(rows)}), so there are no {what}"
+    return f"points are means over {_seeds_text(rows)}; {what} are the sample standard deviation over the seeds"
+
+
+def _dense_text(ctx: Context) -> str:
+    """The sentence on the gray dense line, only when the store has the dense accuracy."""
+    if not ctx.has_dense_line():
+        return ""
+    dense = ctx.dense()
+    band = " with a ±1 std band" if dense[1] is not None else ""
+    return f" The dashed gray line is the dense network ({100 * dense[0]:.2f}%{band})."
+
+
+def _config_columns(rows: pd.DataFrame) -> list[str]:
+    """The hyperparameter columns of ``rows`` (everything but results and the seed) that hold a value."""
+    skip = set(RESULT_ONLY) | {"seed", "label", "accuracy_percent"}
+    return [c for c in rows.columns if c not in skip and rows[c].notna().any()]
+
+
+def _listing(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
 def common_hparams(rows: pd.DataFrame) -> dict[str, Any]:
-    """The hyperparameters every run in ``rows`` shares (columns with one value), plus the seeds."""
-    skip = set(RESULT_COLUMNS) | {"id", "seed", "kind", "label"}
+    """The hyperparameters every run in ``rows`` shares (columns with one value), plus the seeds; results
+    (accuracies, FLOPs, ...) are not hyperparameters and are left out."""
+    skip = set(RESULT_ONLY) | {"id", "seed", "kind", "label"}
     out: dict[str, Any] = {}
     for col in rows.columns:
         if col in skip:
@@ -96,10 +181,6 @@ def common_hparams(rows: pd.DataFrame) -> dict[str, Any]:
     return out
 
 
-def _is_missing(value) -> bool:
-    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
-
-
 def variant_labels(rows: pd.DataFrame, base: str, extra: Iterable[str]) -> pd.Series:
     """``base`` (e.g. the method), plus the ``extra`` hyperparameters that take several values among
     the rows of that base ("synflow iterations=10" vs "synflow iterations=100"). ``batch_per_class``
@@ -110,7 +191,7 @@ def variant_labels(rows: pd.DataFrame, base: str, extra: Iterable[str]) -> pd.Se
         relevant = [c for c in extra if c != "batch_per_class" or _needs_data(value)]
         varying = [c for c in relevant if part[c].astype(str).nunique() > 1]
         for idx, row in part.iterrows():
-            bits = [f"{c}={row[c]}" for c in varying if not _is_missing(row[c])]
+            bits = [f"{c}={row[c]}" for c in varying if not is_missing(row[c])]
             labels[idx] = " ".join([str(value), *bits])
     return labels
 
@@ -125,10 +206,11 @@ def _needs_data(method) -> bool:
 
 
 def _curve(rows: pd.DataFrame, x: str = "sparsity", by: str = "sparsity_target") -> plots.Curve:
+    """Test accuracy in percent (mean and std over seeds) against ``x``, one point per value of ``by``."""
     agg = aggregate(rows, by=[by], metrics=["test_accuracy", x] if x != by else ["test_accuracy"])
     xs = agg[f"{x}_mean"] if x != by else agg[by]
-    return plots.Curve(xs.to_numpy(float), agg["test_accuracy_mean"].to_numpy(float),
-                       agg["test_accuracy_std"].to_numpy(float))
+    return plots.Curve(xs.to_numpy(float), 100 * agg["test_accuracy_mean"].to_numpy(float),
+                       100 * agg["test_accuracy_std"].to_numpy(float))
 
 
 def _no_ablation(rows: pd.DataFrame) -> pd.DataFrame:
@@ -175,7 +257,7 @@ def _lr_drops(runs: pd.DataFrame) -> list[int]:
         return []
     first = runs.dropna(subset=["steps"]).iloc[0]
     text = first.get("training.milestones")
-    if _is_missing(text) or not str(text).strip():
+    if is_missing(text) or not str(text).strip():
         return []
     total = Step.parse(str(first.get("training.train", "0it")))
     per_epoch = (int(first["steps"]) - total.iterations) / total.epochs if total.epochs else None
@@ -242,12 +324,16 @@ def _accuracy_vs_sparsity(ctx: Context) -> Iterable[ReportFigure]:
         curves[name] = _curve(part)
         used.append(part)
     rows = pd.concat(used)
+    baselines = [b for b, present in (("magnitude pruning after training", not after.empty),
+                                      ("lottery-ticket rewinding", not ltr.empty)) if present]
+    compared = f", with {_listing(baselines)} as {'a baseline' if len(baselines) == 1 else 'baselines'}" \
+        if baselines else ""
     yield ReportFigure(
         f"accuracy-vs-sparsity-{ctx.setting}", f"Accuracy vs sparsity, pruning at initialization — {ctx.label}",
-        "Test accuracy of each criterion pruning at initialization, against sparsity on a log-density axis, "
-        "with magnitude pruning after training and lottery-ticket rewinding as baselines and the dense network "
-        "as the gray line; error bars are the standard deviation over seeds (Frankle et al. 2021, Figs. 3 and 8).",
-        plots.accuracy_vs_sparsity(curves, dense=ctx.dense(), title=ctx.label), common_hparams(rows),
+        f"Test accuracy (%) of each criterion pruning at initialization ({_listing(sorted(init['label'].unique()))}), "
+        f"against sparsity on a log-density axis{compared}; {_spread_text(rows)}.{_dense_text(ctx)} "
+        "(Frankle et al. 2021, Figs. 3 and 8.)",
+        plots.accuracy_vs_sparsity(curves, dense=ctx.dense_percent(), title=ctx.label), common_hparams(rows),
         list(rows["id"]))
 
 
@@ -259,18 +345,39 @@ def _lottery_accuracy(ctx: Context) -> Iterable[ReportFigure]:
     curves = {label: _curve(part) for label, part in lot.groupby("label", sort=True)}
     yield ReportFigure(
         f"lottery-accuracy-{ctx.setting}", f"Iterative pruning: accuracy vs sparsity — {ctx.label}",
-        "Test accuracy of each pruning level of iterative magnitude pruning, per structure and weight treatment "
-        "(rewinding, finetuning, sign reinitialization), against the level's sparsity; error bars are the "
-        "standard deviation over seeds (Paganini & Forde 2020, Fig. 2; "
-        "lottery-ticket rewinding in Frankle et al. 2021, Fig. 8).",
-        plots.accuracy_vs_sparsity(curves, dense=ctx.dense(), title=ctx.label), common_hparams(lot), list(lot["id"]))
+        f"Test accuracy (%) of each pruning level of iterative magnitude pruning against the level's sparsity, one "
+        f"line per variant ({_listing(list(curves))}; after each pruning: {_lottery_treatments(lot)}); "
+        f"{_spread_text(lot)}."
+        f"{_dense_text(ctx)} (Paganini & Forde 2020, Fig. 2; lottery-ticket rewinding in Frankle et al. 2021, "
+        "Fig. 8.)",
+        plots.accuracy_vs_sparsity(curves, dense=ctx.dense_percent(), title=ctx.label), common_hparams(lot),
+        list(lot["id"]))
+
+
+_TREATMENTS = {"finetune": "finetuning the trained weights", "sign": "reinitializing to the signs of the weights",
+               "sigma_sign": "reinitializing to sigma times the signs"}
+
+
+def _lottery_treatments(lot: pd.DataFrame) -> str:
+    """What the lottery runs of the store do to the weights after each pruning: rewinding (to which steps),
+    finetuning, sign reinitialization."""
+    treatments = []
+    rewinds = sorted({str(r) for r in lot["rewind_to"].dropna() if r not in _TREATMENTS})
+    if rewinds:
+        treatments.append(f"rewinding to step {_listing(rewinds)}")
+    treatments += [_TREATMENTS[r] for r in sorted(set(lot["rewind_to"].dropna()) & set(_TREATMENTS))]
+    return _listing(treatments)
 
 
 def _lottery_labels(lot: pd.DataFrame) -> pd.Series:
     varying = [c for c in _LOTTERY_VARIANT if lot[c].astype(str).nunique() > 1] or ["structure"]
     return lot.apply(lambda r: " ".join(f"{r[c]}" if c == "structure" else f"{c}={r[c]}" for c in varying
-                                         if not _is_missing(r[c])) or "unstructured", axis=1)
+                                         if not is_missing(r[c])) or "unstructured", axis=1)
 
+
+_ABLATIONS = {"shuffle": "shuffle (the mask permuted within each layer)",
+              "reinit": "reinit (the kept weights reinitialized)", "invert": "invert (the lowest scores kept)",
+              "fixed_variance": "fixed_variance (a fixed-variance initialization)"}
 
 _ABLATION_TITLES = {"0it": ("at initialization", "Frankle et al. 2021, Fig. 4"),
                     "end": ("after training", "Frankle et al. 2021, Fig. 9")}
@@ -298,12 +405,15 @@ def _ablations(ctx: Context) -> Iterable[ReportFigure]:
         when, figure_ref = _ABLATION_TITLES.get(prune_at,
             (f"at step {prune_at}", "Frankle et al. 2021, Figs. 4, 9 and 10"))
         rows = pd.concat(used)
+        present = sorted(str(a) for a in rows["ablation"].dropna().unique())
+        described = [_ABLATIONS.get(a, a) for a in present]
+        unmodified = "unmodified and " if rows["ablation"].isna().any() else ""
         yield ReportFigure(
             f"ablations-{_slug(str(prune_at))}-{ctx.setting}", f"Ablations when pruning {when} — {ctx.label}",
-            f"Test accuracy against sparsity for each criterion pruning {when}, unmodified and under each ablation "
-            "present in the store: layerwise shuffle of the mask, reinitialization, inverted scores, fixed-variance "
-            f"initialization ({figure_ref}; §5).",
-            plots.ablation_panels(panels, dense=ctx.dense(), title=f"{ctx.label}, pruned {when}"),
+            f"Test accuracy (%) against sparsity for each criterion pruning {when}, {unmodified}under "
+            f"{'the ablation' if len(present) == 1 else 'each ablation'} in the store: {_listing(described)}; "
+            f"{_spread_text(rows)}.{_dense_text(ctx)} ({figure_ref}; §5.)",
+            plots.ablation_panels(panels, dense=ctx.dense_percent(), title=f"{ctx.label}, pruned {when}"),
             common_hparams(rows), list(rows["id"]))
 
 
@@ -322,13 +432,16 @@ def _accuracy_vs_step(ctx: Context) -> Iterable[ReportFigure]:
             curves["LTR"] = _curve(matched, x="rewind_step", by="rewind_step")
             used.append(matched)
         rows = pd.concat(used)
+        drops = _lr_drops(rows)
+        ltr_text = " LTR prunes after training and rewinds to the weights at t." if "LTR" in curves else ""
+        drop_text = " Dash-dotted vertical lines mark the learning-rate drops." if drops else ""
         yield ReportFigure(
             f"accuracy-vs-step-{_slug(_percent(target))}-{ctx.setting}",
             f"Accuracy when pruning at step t, sparsity {_percent(target)} — {ctx.label}",
-            "Test accuracy of each criterion when pruning after t training iterations and retraining the whole "
-            "schedule, against t; LTR prunes after training and rewinds to the weights at t. Dotted vertical lines "
-            "mark learning-rate drops (Frankle et al. 2021, §6, Fig. 6).",
-            plots.accuracy_vs_step(curves, dense=ctx.dense(), lr_drops=_lr_drops(rows),
+            "Test accuracy (%) of each criterion when pruning after t training iterations and retraining the whole "
+            f"schedule, against t; {_spread_text(rows)}.{ltr_text}{drop_text}{_dense_text(ctx)} "
+            "(Frankle et al. 2021, §6, Fig. 6.)",
+            plots.accuracy_vs_step(curves, dense=ctx.dense_percent(), lr_drops=drops,
                                    title=f"{ctx.label}, sparsity {_percent(target)}"),
             common_hparams(rows), list(rows["id"]))
 
@@ -358,11 +471,13 @@ def _layer_sparsity(ctx: Context) -> Iterable[ReportFigure]:
     per = {}
     for label, part in layers.groupby("label", sort=True):
         means = part.groupby(["index", "layer"], sort=True)["sparsity"].mean()
-        per[label] = {layer: float(v) for (_, layer), v in means.items()}
+        per[label] = {ctx.layer_label(layer): float(v) for (_, layer), v in means.items()}
+    shown = chosen[chosen["id"].isin(layers["id"])]
     yield ReportFigure(
         f"layer-sparsity-{ctx.setting}", f"Per-layer sparsity at {_percent(target)} — {ctx.label}",
-        f"Sparsity of each prunable layer (input to output) chosen by each criterion at {_percent(target)}, "
-        f"{why}; mean over seeds (Frankle et al. 2021, Appendix J, Fig. 15).",
+        f"Sparsity (%) of each prunable layer (input to output) chosen by each criterion at {_percent(target)}, "
+        f"{why}; {'mean over ' + _seeds_text(shown) if shown['seed'].nunique() > 1 else _seeds_text(shown)} "
+        "(Frankle et al. 2021, Appendix J, Fig. 15).",
         plots.layer_sparsity_bars(per, title=f"{ctx.label}, sparsity {_percent(target)}"),
         common_hparams(chosen), list(chosen["id"]))
 
@@ -390,10 +505,14 @@ def _neuron_collapse(ctx: Context) -> Iterable[ReportFigure]:
         values = np.asarray(fractions, float)
         std = values.std(axis=0, ddof=1) if len(values) > 1 else None
         curves[label] = plots.Curve(thresholds, values.mean(axis=0), std)
+    spread = "shaded: the standard deviation over " + _seeds_text(chosen) if chosen.groupby("label")["seed"].nunique(
+    ).max() > 1 else _seeds_text(chosen)
+    shuffled_text = "; \"shuffled\" masks are the shuffle ablation of the same criterion" if not shuffled.empty else ""
     yield ReportFigure(
         f"neuron-collapse-{ctx.setting}", f"Neuron collapse at {_percent(target)} — {ctx.label}",
         f"Percent of neurons (units, conv channels) whose incoming weights are at least s sparse, against s, "
-        f"for each criterion at {_percent(target)} ({why}); shaded: std over seeds (Frankle et al. 2021, §5, Fig. 5).",
+        f"for each criterion at {_percent(target)}, {why}{shuffled_text}; {spread} "
+        "(Frankle et al. 2021, §5, Fig. 5).",
         plots.neuron_collapse(curves, title=f"{ctx.label}, sparsity {_percent(target)}"),
         common_hparams(chosen), list(chosen["id"]))
 
@@ -415,7 +534,7 @@ def _density_vs_compression(ctx: Context) -> Iterable[ReportFigure]:
                 continue
             density = 1 - layers.groupby(["index", "layer"], sort=True)["sparsity"].mean()
             ratio = 1 / max(1 - float(level["sparsity"].mean()), 1e-12)
-            lines.append((ratio, {layer: float(d) for (_, layer), d in density.items()}))
+            lines.append((ratio, {ctx.layer_label(layer): float(d) for (_, layer), d in density.items()}))
         if lines:
             panels[label] = lines
             used.append(part)
@@ -425,15 +544,22 @@ def _density_vs_compression(ctx: Context) -> Iterable[ReportFigure]:
     yield ReportFigure(
         f"layer-density-{ctx.setting}", f"Per-layer density across compression ratios — {ctx.label}",
         "Fraction of weights remaining in each layer (input to output) for each compression ratio (total / kept), "
-        "one panel per criterion pruning at initialization; more transparent = higher compression, dashed = a "
-        "layer is fully pruned (layer collapse) (Tanaka et al. 2020, §3, Fig. 2).",
+        "one panel per criterion pruning at initialization; lighter = higher compression"
+        + (", dashed = a layer is fully pruned (layer collapse)" if _any_collapse(panels) else "")
+        + f"; {'means over ' + _seeds_text(rows) if rows['seed'].nunique() > 1 else _seeds_text(rows)} "
+        "(Tanaka et al. 2020, §3, Fig. 2).",
         plots.layer_density_vs_compression(panels, title=ctx.label), common_hparams(rows), list(rows["id"]))
+
+
+def _any_collapse(panels: dict) -> bool:
+    return any(d <= 0 for lines in panels.values() for _, per in lines for d in per.values())
 
 
 def _conservation(ctx: Context) -> Iterable[ReportFigure]:
     """SynFlow's scores on the initial network of the smallest seed: data-free, so the report needs no data."""
     import prunelab
     from prunelab import analysis, models
+    from prunelab.analysis import layer_labels
 
     prune = ctx.of_kind("prune")
     synflow = prune[prune["method"] == "synflow"]
@@ -451,7 +577,8 @@ def _conservation(ctx: Context) -> Iterable[ReportFigure]:
                           bn_init=first.get("model.bn_init", "uniform"), seed=int(first["seed"]))
     scores = prunelab.score(model, "synflow", input_shape=input_shape, include_bias=True)
     result = analysis.conservation(model, scores)
-    neurons = {name: (v["incoming"].cpu().numpy(), v["outgoing"].cpu().numpy())
+    labels = layer_labels(model, list(result["neurons"]))
+    neurons = {labels[name]: (v["incoming"].cpu().numpy(), v["outgoing"].cpu().numpy())
                for name, v in result["neurons"].items()}
     weights = {n: (result["layer_size"][n], result["layer_total"][n]) for n in result["layer_size"]
                if scores[n].dim() >= 2}
@@ -464,9 +591,10 @@ def _conservation(ctx: Context) -> Iterable[ReportFigure]:
         hparams.pop(key, None)
     yield ReportFigure(
         f"conservation-{ctx.setting}", f"Conservation of synaptic saliency — {ctx.label}",
-        "Left: each hidden neuron's total incoming vs outgoing SynFlow score on the initial network (dotted: "
-        "equality, Theorem 1); right: each layer's average score vs the inverse of its size (dotted: equal layer "
-        f"totals, Theorem 2) (Tanaka et al. 2020, §4, Figs. 3-4). Conservation here is {exact}.",
+        "Left: each hidden neuron's total incoming vs outgoing SynFlow score on the initial network, one colour "
+        "per layer the neurons belong to (dotted guide: equality, Theorem 1); right: each layer's average score vs "
+        "the inverse of its size (dotted guide: equal layer totals, Theorem 2) (Tanaka et al. 2020, §4, Figs. 3-4). "
+        f"Conservation here is {exact}.",
         plots.conservation(neurons, weights, title=f"{ctx.label}, seed {int(first['seed'])}"), hparams,
         [str(first["id"])])
 
@@ -514,14 +642,15 @@ def _jaccard(ctx: Context) -> Iterable[ReportFigure]:
             if not panels:
                 continue
             order = list(_load_mask(ctx.folder(ref_rows.iloc[0]["id"])))  # panels in the network's layer order
-            panels = dict(sorted(panels.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+            panels = {ctx.layer_label(layer): lines for layer, lines in
+                      sorted(panels.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))}
             shown = pd.concat(used).drop_duplicates("id")
             yield ReportFigure(
                 f"jaccard-{vary.replace('_', '-')}-{k}-{ctx.setting}",
                 f"Mask similarity across pruning iterations ({vary}) — {ctx.label}",
                 f"Jaccard distance (1 - intersection over union of the kept weights) between the masks of "
                 f"{vary} = {reference} and those of the other values of {vary}, same seed and pruning iteration, "
-                f"one panel per layer; error bars: std over seeds (Paganini & Forde 2020, §4, {ref_fig}).",
+                f"one panel per layer; {_spread_text(shown)} (Paganini & Forde 2020, §4, {ref_fig}).",
                 plots.jaccard_vs_iteration(panels, reference=f"{vary}={reference}", title=ctx.label),
                 common_hparams(shown), list(shown["id"]))
 
@@ -551,7 +680,8 @@ def _first_layer_masks(ctx: Context) -> Iterable[ReportFigure]:
         grid.setdefault(f"sparsity {_percent(row['sparsity_target'])}", {})[row["label"]] = image
     yield ReportFigure(
         f"first-layer-masks-{ctx.setting}", f"First-layer masks — {ctx.label}",
-        f"The mask of the first fully-connected layer ({name}) averaged over its units and reshaped to the input "
+        f"The mask of the first fully-connected layer, {ctx.layer_label(name)}, averaged over its units and reshaped "
+        "to the input "
         "image: bright pixels keep their connections; one column per criterion, one row per sparsity "
         f"(seed {int(seed)}; Lee et al. 2019, Fig. 2).",
         plots.mask_images(grid, title=ctx.label), common_hparams(rows), list(rows["id"]))
@@ -583,8 +713,9 @@ def _conv_masks(ctx: Context) -> Iterable[ReportFigure]:
             used.append(part.iloc[:1])
     rows = pd.concat(used)
     yield ReportFigure(
-        f"conv-masks-{ctx.setting}", f"Masked weights of {layer} — {ctx.label}",
-        f"Trained weights of the convolution {layer} under each pruning variant, at two pruning iterations: input "
+        f"conv-masks-{ctx.setting}", f"Masked weights of {ctx.layer_label(layer)} — {ctx.label}",
+        f"Trained weights of the convolution {ctx.layer_label(layer)} under each pruning variant, at "
+        f"{'two pruning iterations' if len(levels) > 1 else 'one pruning iteration'}: input "
         "channels in rows, output channels in columns, one small square per kernel; pruned weights gray, kept "
         f"positive weights red, negative blue (seed {int(seed)}; Paganini & Forde 2020, §4, Fig. 5).",
         plots.conv_masks(grid, title=ctx.label), common_hparams(rows), list(rows["id"]))
@@ -626,13 +757,13 @@ def _weight_trajectories(ctx: Context, n_weights: int = 40) -> Iterable[ReportFi
                 if mask is not None:
                     w = np.where(mask[name].flatten().numpy()[pick], w, np.nan)
                 values.append(w)
-            panels[name] = (np.array(x), np.array(values))
+            panels[ctx.layer_label(name)] = (np.array(x), np.array(values))
         shown = pd.concat([base.iloc[:1], part]) if not base.empty else part
         yield ReportFigure(
             f"weight-trajectories-{_slug(label)}-{ctx.setting}", f"Weight trajectories ({label}) — {ctx.label}",
-            f"Values after training of {n_weights} randomly chosen weights of a convolution and of the output layer "
-            "at consecutive pruning levels (x: sparsity, 0 = the dense network); a line ends when its weight is "
-            f"pruned (seed {int(seed)}; Paganini & Forde 2020, §5, Figs. 6-7).",
+            f"Values after training of up to {n_weights} randomly chosen weights of {_listing(list(panels))} at "
+            "consecutive pruning levels (x: sparsity" + (", 0 = the dense network" if not base.empty else "")
+            + f"); a line ends when its weight is pruned (seed {int(seed)}; Paganini & Forde 2020, §5, Figs. 6-7).",
             plots.weight_trajectories(panels, title=f"{ctx.label}, {label}"), common_hparams(shown),
             list(shown["id"]))
 
@@ -694,7 +825,7 @@ def _read_result(ctx: Context, run_id: str) -> dict[str, Any]:
 
 def _read_result_field(row: pd.Series, key: str):
     value = row.get(key)
-    return None if _is_missing(value) else value
+    return None if is_missing(value) else value
 
 
 def curve_area(curve: list, end: float) -> float:
@@ -730,7 +861,7 @@ def _training_cost_over_time(ctx: Context) -> Iterable[ReportFigure]:
             continue
         row = row.copy()
         row["protocol_steps"] = result["protocol_steps"]
-        key = None if row["kind"] == "dense" or _is_missing(target) else round(float(target), 6)  # dense: every panel
+        key = None if row["kind"] == "dense" or is_missing(target) else round(float(target), 6)  # dense: every panel
         lines_of.setdefault(key, {})[label] = ([s for s, _ in curve], [d for _, d in curve], curve_end(curve, row))
         used.append(part.iloc[:1])
     dense_lines = lines_of.pop(None, {})
@@ -743,7 +874,8 @@ def _training_cost_over_time(ctx: Context) -> Iterable[ReportFigure]:
         f"training-cost-over-time-{ctx.setting}", f"Training cost over time — {ctx.label}",
         "Overall density (fraction of the prunable weights kept) against the training step, counted over the "
         "whole protocol including the dense training it needs first, one step function per protocol and one "
-        "panel per sparsity target, the dense run in every panel; each line is one run of seed " + seeds + " (the "
+        "panel per sparsity target" + (", the dense run in every panel" if dense_lines else "")
+        + "; each line is one run of seed " + seeds + " (the "
         "first seed; for pruning at a step, the first criterion: all reach the same density) drawn from its "
         "density_curve, whose last density holds to the end of the protocol's training (protocol_steps) "
         "(Frankle et al. 2021, Fig. 1).",
@@ -776,15 +908,86 @@ def _accuracy_vs_training_cost(ctx: Context) -> Iterable[ReportFigure]:
     yield ReportFigure(
         f"accuracy-vs-training-cost-{ctx.setting}", f"Accuracy vs training cost — {ctx.label}",
         "Test accuracy (%) against the total training FLOPs (log scale) of each protocol, one panel per sparsity "
-        "target, the dense network in every panel; points are means over seeds with the standard deviation as "
-        f"error bars. {_FLOPS_CONVENTION}",
+        f"target{', the dense network in every panel' if not dense.empty else ''}; {_spread_text(rows)}. "
+        f"{_FLOPS_CONVENTION}",
         plots.accuracy_vs_cost(panels, title=ctx.label), _cost_hparams(rows), list(rows["id"]))
+
+
+# ---- training curves ----------------------------------------------------------------------------
+
+_CURVE_METRICS = {"test_accuracy": ("Test accuracy (%)", 100.0), "test_loss": ("Test loss", 1.0)}
+
+
+def _curve_labels(rows: pd.DataFrame) -> pd.Series:
+    """One label per configuration (the runs that differ only by their seed share it): the protocol's label,
+    the ablation when there is one; configurations that would share a label are numbered."""
+    labels = _protocol_labels(rows)
+    ablated = rows["ablation"].notna()
+    labels[ablated] = labels[ablated] + " " + rows.loc[ablated, "ablation"].astype(str)
+    config = [c for c in _config_columns(rows) if c != "id"]
+    keys = rows[config].apply(lambda r: "|".join(map(repr, r)), axis=1) if config else \
+        pd.Series("", index=rows.index)
+    named: dict[str, str] = {}
+    for key, label in zip(keys, labels):
+        if key not in named:
+            taken = sum(1 for v in named.values() if v == label or v.startswith(label + " #"))
+            named[key] = label if taken == 0 else f"{label} #{taken + 1}"
+    return keys.map(named)
+
+
+def _replicates(ctx: Context, rows: pd.DataFrame, metric: str, scale: float) -> plots.Replicates:
+    """Each run's curve of ``metric`` from its metrics.jsonl, and their mean and std per step."""
+    runs, points = [], []
+    for run_id in rows["id"]:
+        entries = [m for m in ctx.metrics(run_id) if isinstance(m.get(metric), (int, float))]
+        x = [int(m["step"]) for m in entries]
+        y = [scale * float(m[metric]) for m in entries]
+        if x:
+            runs.append(plots.Curve(x, y))
+            points += [(step, value) for step, value in zip(x, y)]
+    if not points:
+        raise ValueError(f"no {metric} in the metrics.jsonl of runs {', '.join(rows['id'])}")
+    per_step = pd.DataFrame(points, columns=["step", "value"]).groupby("step")["value"]
+    mean, std = per_step.mean(), per_step.std(ddof=1)
+    return plots.Replicates(plots.Curve(mean.index.to_numpy(float), mean.to_numpy(float), std.to_numpy(float)), runs)
+
+
+def _learning_curves(ctx: Context) -> Iterable[ReportFigure]:
+    """Test accuracy and loss against the step from every run's metrics.jsonl, one figure per sparsity target
+    (the dense runs in each), the seeds of a configuration as thin lines around their mean and its band."""
+    dense, sparse = ctx.runs[ctx.runs["kind"] == "dense"], ctx.runs[ctx.runs["kind"] != "dense"]
+    groups = [(t, pd.concat([dense, _at_target(sparse, t)])) for t in _targets(sparse)] or [(None, dense)]
+    for target, rows in groups:
+        if rows.empty:
+            continue
+        rows = rows.assign(label=_curve_labels(rows))
+        order = sorted(rows["label"].unique(), key=lambda lab: (lab != "dense", lab))
+        panels = {title: {label: _replicates(ctx, rows[rows["label"] == label], metric, scale) for label in order}
+                  for metric, (title, scale) in _CURVE_METRICS.items()}
+        drops = _lr_drops(rows)
+        seeds = rows.groupby("label")["seed"].nunique()
+        what = f"sparsity {_percent(target)}" if target is not None else "the dense network"
+        bands = ("thin lines are single runs, thick lines the mean over the seeds of a configuration "
+                 f"({_seeds_text(rows)}) with a ±1 standard deviation band") if seeds.max() > 1 else \
+            f"one run per configuration ({_seeds_text(rows)}), so no band"
+        rewound = rows[(rows["kind"] == "lottery") & rows["rewind_step"].fillna(0).gt(0)]
+        yield ReportFigure(
+            f"learning-curves-{_slug(_percent(target)) if target is not None else 'dense'}-{ctx.setting}",
+            f"Learning curves, {what} — {ctx.label}",
+            f"Test accuracy (%) and test loss against the training iteration, at each evaluation of the metrics "
+            f"files, for {_listing(order)}"
+            + (" (the dense network for reference)" if target is not None and not dense.empty else "")
+            + f"; {bands}."
+            + (" A rewound lottery ticket trains from its rewinding step." if not rewound.empty else "")
+            + (" Dash-dotted vertical lines mark the learning-rate drops." if drops else ""),
+            plots.learning_curves(panels, lr_drops=drops, title=f"{ctx.label}, {what}"), common_hparams(rows),
+            list(rows["id"]))
 
 
 BUILDERS: list[Callable[[Context], Iterable[ReportFigure]]] = [
     _accuracy_vs_sparsity, _ablations, _accuracy_vs_step, _layer_sparsity, _neuron_collapse,
     _density_vs_compression, _conservation, _first_layer_masks, _lottery_accuracy, _jaccard, _conv_masks,
-    _weight_trajectories, _training_cost_over_time, _accuracy_vs_training_cost,
+    _weight_trajectories, _training_cost_over_time, _accuracy_vs_training_cost, _learning_curves,
 ]
 
 

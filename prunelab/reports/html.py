@@ -1,11 +1,14 @@
 """The HTML report: one self-contained page (figures embedded as base64 PNG data URIs, tables inline,
-no external CSS, fonts or scripts) and, next to it, the tables as CSV files and the figures as PNGs.
+no external CSS, fonts or scripts) and, next to it, the tables as CSV files and every figure as PNG,
+PDF and SVG (vector files to put in a paper).
 
 ``out/`` receives ``index.html``, ``runs.csv`` (one row per run), ``summary.csv`` (mean, std and
 count over seeds), ``settings.csv`` (what fixes each dense network), ``layers.csv`` (per-layer
-sparsity of every run), ``figures/<name>.png`` and ``figures.json`` (``{"figures": [...], "notes": [...]}``:
-each figure's name, file, title, caption, hyperparameters and run ids; the figures that could not be
-drawn, and why). Every file is written atomically.
+sparsity of every run), ``figures/<name>.{png,pdf,svg}`` and ``figures.json`` (``{"figures": [...],
+"notes": [...]}``: each figure's name, files, title, caption, hyperparameters and run ids; the figures
+that could not be drawn, and why). Accuracies are in percent in the page and its CSV files (columns
+``test_accuracy (%)``, ``dense_accuracy (%)``, ``drop (%)`` = percentage points lost to pruning;
+:func:`prunelab.reports.runs_table` and ``prunelab export`` keep fractions). Every file is written atomically.
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ from prunelab.reports.figures import ReportFigure, report_figures
 from prunelab.reports.tables import aggregate, group_columns, layers_table, runs_table
 
 _SETTING_PREFIXES = ("model.", "dataset.", "training.")
+
+# Columns shown in percent (fractions in the tables of the library): the accuracies and the drop.
+_PERCENT = ("test_accuracy", "dense_accuracy", "drop")
 
 _CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1200px;
@@ -86,13 +92,26 @@ def settings_table(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[*cols, "seeds", "runs"])
 
 
+def in_percent(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with its accuracy columns (and their ``_mean``/``_std`` aggregates) times 100, named
+    ``<column> (%)``."""
+    renamed = {}
+    out = df.copy()
+    for col in df.columns:
+        base = col.removesuffix("_mean").removesuffix("_std")
+        if base in _PERCENT:
+            out[col] = 100 * pd.to_numeric(df[col], errors="coerce")
+            renamed[col] = f"{col} (%)"
+    return out.rename(columns=renamed)
+
+
 def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean/std/count over seeds per experiment point; the setting column stands for model/dataset/training."""
     by = [c for c in group_columns(runs) if not c.startswith(_SETTING_PREFIXES)]
     return aggregate(runs, by=by)
 
 
-def _figure_html(fig: ReportFigure, png: bytes) -> str:
+def _figure_html(fig: ReportFigure, png: bytes, files: dict[str, str]) -> str:
     specific = {k: v for k, v in fig.hparams.items()
                 if not str(k).startswith(_SETTING_PREFIXES) and k not in ("model", "dataset")}
     fixed = {k: v for k, v in fig.hparams.items() if str(k).startswith(_SETTING_PREFIXES)}
@@ -101,10 +120,15 @@ def _figure_html(fig: ReportFigure, png: bytes) -> str:
         f'<figure id="{html.escape(fig.name)}"><h3>{html.escape(fig.title)}</h3>'
         f'<img src="data:image/png;base64,{data}" alt="{html.escape(fig.title)}">'
         f"<figcaption><p>{html.escape(fig.caption)}</p>"
+        f"<p class='files'>Files: {' · '.join(_link(f, fmt.upper()) for fmt, f in files.items())}</p>"
         f"<p><b>Hyperparameters shared by the {len(fig.runs)} run(s) shown</b></p>{_hparam_table(specific)}"
         f"<details><summary>model, dataset and training settings</summary>{_hparam_table(fixed)}</details>"
         f"</figcaption></figure>"
     )
+
+
+def _link(path: str, text: str) -> str:
+    return f'<a href="{html.escape(path)}">{html.escape(text)}</a>'
 
 
 def write_report(root: str | os.PathLike = "runs", out: str | os.PathLike = "report", dpi: int = 110) -> Path:
@@ -117,21 +141,25 @@ def write_report(root: str | os.PathLike = "runs", out: str | os.PathLike = "rep
     root, out = Path(root), Path(out)
     runs = runs_table(root)
     layers = layers_table(root)
-    summary = summary_table(runs)
+    summary = in_percent(summary_table(runs))
     settings = settings_table(runs)
+    figures, notes = report_figures(root, runs, layers)
+    runs = in_percent(runs)
     out.mkdir(parents=True, exist_ok=True)
     for name, df in (("runs", runs), ("summary", summary), ("settings", settings), ("layers", layers)):
         atomic_write_text(out / f"{name}.csv", df.to_csv(index=False))
 
-    figures, notes = report_figures(root, runs, layers)
     manifest = []
     sections: dict[str, list[str]] = {}
     for fig in figures:
-        png = plots.to_png(fig.figure, dpi=dpi)
-        atomic_write_bytes(out / "figures" / f"{fig.name}.png", png)
-        sections.setdefault(str(fig.hparams.get("setting", "")), []).append(_figure_html(fig, png))
-        manifest.append({"name": fig.name, "title": fig.title, "caption": fig.caption,
-                         "file": f"figures/{fig.name}.png", "hparams": _jsonable(fig.hparams), "runs": fig.runs})
+        files = {fmt: f"figures/{fig.name}.{fmt}" for fmt in plots.FORMATS}
+        rendered = plots.render(fig.figure, plots.FORMATS, dpi=dpi)
+        for fmt, path in files.items():
+            atomic_write_bytes(out / path, rendered[fmt])
+        png = rendered["png"]
+        sections.setdefault(str(fig.hparams.get("setting", "")), []).append(_figure_html(fig, png, files))
+        manifest.append({"name": fig.name, "title": fig.title, "caption": fig.caption, "file": files["png"],
+                         "files": files, "hparams": _jsonable(fig.hparams), "runs": fig.runs})
     atomic_write_text(out / "figures.json", json.dumps({"figures": manifest, "notes": notes}, indent=2))
 
     counts = runs["status"].value_counts().to_dict() if not runs.empty else {}
@@ -142,8 +170,9 @@ def write_report(root: str | os.PathLike = "runs", out: str | os.PathLike = "rep
         "<h1>prunelab report</h1>",
         f"<p>Run store <code>{html.escape(str(root.resolve()))}</code>: {len(runs)} runs ({html.escape(status)}); "
         f"{len(figures)} figures. Written {datetime.datetime.now().isoformat(timespec='seconds')}. "
-        "Tables are also in <code>runs.csv</code>, <code>summary.csv</code>, <code>settings.csv</code> and "
-        "<code>layers.csv</code> next to this page.</p>",
+        "Accuracies are in percent. Tables are also in <code>runs.csv</code>, <code>summary.csv</code>, "
+        "<code>settings.csv</code> and <code>layers.csv</code> next to this page; every figure is also in "
+        "<code>figures/</code> as PDF and SVG, for a paper.</p>",
         "<h2>Contents</h2><ul>",
         *[f'<li><a href="#{html.escape(f.name)}">{html.escape(f.title)}</a></li>' for f in figures],
         '<li><a href="#settings">Settings</a></li><li><a href="#summary">Summary over seeds</a></li>'
@@ -165,7 +194,7 @@ def write_report(root: str | os.PathLike = "runs", out: str | os.PathLike = "rep
         "seed: mean, sample standard deviation and count (<code>summary.csv</code>).</p>",
         f"<div class='scroll'>{html_table(summary, 'summary')}</div>",
         "<h2 id='runs-title'>All runs</h2><p>One row per run, unfinished ones included (<code>runs.csv</code>); "
-        "drop = dense accuracy - test accuracy.</p>",
+        "drop = dense accuracy - test accuracy, in percentage points.</p>",
         f"<div class='scroll'>{html_table(runs, 'runs')}</div>",
         "</body></html>",
     ]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,8 +95,10 @@ def _figure(ncols: int = 1, nrows: int = 1, width: float = 4.2, height: float = 
 
 
 def _title(fig: Figure, title: str) -> None:
+    """The figure's title, wrapped to the figure's width (a one-panel figure is narrower than a long title)."""
     if title:
-        fig.suptitle(title, fontsize=10)
+        per_line = max(20, int(fig.get_figwidth() * 12))  # characters of 10-point text per line
+        fig.suptitle(textwrap.fill(title, per_line), fontsize=10)
 
 
 def _shared_legend(fig: Figure, axes, max_columns: int, title: str | None = None) -> None:
@@ -114,12 +117,42 @@ def _check_nonempty(data, what: str) -> None:
         raise ValueError(f"nothing to plot: {what} is empty")
 
 
-def to_png(fig: Figure, dpi: int = 110) -> bytes:
-    """The figure as PNG bytes, drawn by the Agg canvas."""
+# The formats a report writes every figure in: PNG for the page, PDF and SVG (vector) for a paper.
+FORMATS = ("png", "pdf", "svg")
+
+
+# Vector files as papers want them: TrueType fonts in PDFs (venues reject Type 3 fonts), text as text in SVGs
+# (editable, and smaller than glyph outlines).
+_VECTOR_STYLE = {"pdf.fonttype": 42, "svg.fonttype": "none"}
+
+
+def to_bytes(fig: Figure, fmt: str = "png", dpi: int = 110) -> bytes:
+    """The figure as a ``fmt`` file (png, pdf, svg; anything matplotlib writes), drawn by the Agg canvas
+    (PDF and SVG keep lines and text as vectors; ``dpi`` sets the resolution of their embedded images)."""
+    import matplotlib
+
     FigureCanvasAgg(fig)
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
+    metadata = {"Creator": "prunelab"} if fmt in ("pdf", "svg") else None
+    with matplotlib.rc_context(_VECTOR_STYLE):
+        fig.savefig(buffer, format=fmt, dpi=dpi, metadata=metadata)
     return buffer.getvalue()
+
+
+def to_png(fig: Figure, dpi: int = 110) -> bytes:
+    """The figure as PNG bytes, drawn by the Agg canvas."""
+    return to_bytes(fig, "png", dpi)
+
+
+def render(fig: Figure, formats: Sequence[str] = FORMATS, dpi: int = 110) -> dict[str, bytes]:
+    """The figure in each of ``formats``. The constrained layout is solved once, by the first render, then
+    frozen: the others show the same layout and cost about a third less."""
+    out = {}
+    for fmt in formats:
+        out[fmt] = to_bytes(fig, fmt, dpi)
+        if fig.get_layout_engine() is not None:
+            fig.set_layout_engine("none")
+    return out
 
 
 def save(fig: Figure, path: str | os.PathLike, dpi: int = 110) -> Path:
@@ -171,15 +204,26 @@ def _percent(s: float) -> str:
     return f"{p:.1f}" if p < 99.5 else f"{p:.2f}".rstrip("0").rstrip(".")
 
 
+# Reference lines (the dense accuracy, learning-rate drops, the identities of Tanaka et al. 2020, Figs. 3-4) share
+# one style, dark and wide enough to read in print next to the data's coloured lines.
+GUIDE = {"color": "#404040", "linewidth": 1.4, "zorder": 1}
+
+
 def _dense_line(ax, dense: tuple[float, float | None] | None, label: str = "dense") -> None:
     if dense is None:
         return
     mean, std = dense
     if mean is None or not np.isfinite(mean):
         return
-    ax.axhline(mean, color=_NAMED["dense"], linestyle="--", linewidth=1.2, label=label, zorder=1)
+    ax.axhline(mean, linestyle="--", label=label, **GUIDE)
     if std is not None and np.isfinite(std) and std > 0:
-        ax.axhspan(mean - std, mean + std, color=_NAMED["dense"], alpha=0.15, linewidth=0, zorder=0)
+        ax.axhspan(mean - std, mean + std, color=_NAMED["dense"], alpha=0.2, linewidth=0, zorder=0)
+
+
+def _lr_drop_lines(ax, steps: Sequence[int]) -> None:
+    """Dash-dotted vertical lines at the learning-rate drops, one legend entry for all."""
+    for k, step in enumerate(steps):
+        ax.axvline(step, linestyle="-.", label="learning-rate drop" if k == 0 else None, **GUIDE)
 
 
 def _errorbar_curves(ax, curves: Mapping[str, Curve], transform=lambda x: x, palette=None) -> None:
@@ -191,7 +235,7 @@ def _errorbar_curves(ax, curves: Mapping[str, Curve], transform=lambda x: x, pal
 
 
 def accuracy_vs_sparsity(curves: Mapping[str, Curve], dense: tuple[float, float | None] | None = None,
-                         title: str = "", ylabel: str = "Test accuracy") -> Figure:
+                         title: str = "", ylabel: str = "Test accuracy (%)") -> Figure:
     """Accuracy against sparsity, one line per criterion, as in Frankle et al. 2021, Figs. 3 and 8.
 
     ``curves``: label -> Curve(x = sparsity (fraction pruned), y = mean accuracy, err = std over
@@ -211,7 +255,7 @@ def accuracy_vs_sparsity(curves: Mapping[str, Curve], dense: tuple[float, float 
 
 
 def ablation_panels(panels: Mapping[str, Mapping[str, Curve]], dense: tuple[float, float | None] | None = None,
-                    title: str = "", ylabel: str = "Test accuracy") -> Figure:
+                    title: str = "", ylabel: str = "Test accuracy (%)") -> Figure:
     """One panel per criterion, one line per ablation, as in Frankle et al. 2021,
     Figs. 4 (at init.) and 9 (after training).
 
@@ -234,22 +278,63 @@ def ablation_panels(panels: Mapping[str, Mapping[str, Curve]], dense: tuple[floa
 
 
 def accuracy_vs_step(curves: Mapping[str, Curve], dense: tuple[float, float | None] | None = None,
-                     lr_drops: Sequence[int] = (), title: str = "", ylabel: str = "Test accuracy") -> Figure:
+                     lr_drops: Sequence[int] = (), title: str = "", ylabel: str = "Test accuracy (%)") -> Figure:
     """Accuracy when pruning at the iteration on the x-axis, one line per criterion, as in Frankle et al. 2021, Fig. 6.
 
     ``curves``: label -> Curve(x = pruning (or, for LTR, rewinding) iteration, accuracy, std). Vertical
-    dotted lines mark ``lr_drops``, the iterations where the learning rate drops (as in the paper).
+    dash-dotted lines mark ``lr_drops``, the iterations where the learning rate drops (as in the paper).
     """
     _check_nonempty(curves, "curves")
     fig, axes = _figure(width=5.4, height=3.8)
     ax = axes[0, 0]
     _errorbar_curves(ax, curves)
     _dense_line(ax, dense)
-    for step in lr_drops:
-        ax.axvline(step, color="black", linestyle=":", linewidth=0.9)
+    _lr_drop_lines(ax, lr_drops)
     ax.set_xlabel("Pruning iteration", fontsize=9)
     ax.set_ylabel(ylabel, fontsize=9)
     ax.legend(fontsize=7, frameon=False)
+    _title(fig, title)
+    return fig
+
+
+# ---- training curves ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Replicates:
+    """The curves of one configuration over its seeds: ``mean`` (x = step, y = mean, err = std over the
+    seeds, NaN where one seed) and ``runs``, one Curve per seed."""
+
+    mean: Curve
+    runs: Sequence[Curve] = ()
+
+
+def learning_curves(panels: Mapping[str, Mapping[str, Replicates]], lr_drops: Sequence[int] = (),
+                    title: str = "", xlabel: str = "Training iteration") -> Figure:
+    """Metrics against the training step, one panel per metric (e.g. test accuracy (%), test loss), one
+    colour per configuration: each seed's run as a thin line, the mean over the seeds as a thick line with
+    a ±1 standard deviation band (drawn only where there are two seeds or more). ``lr_drops``: iterations
+    where the learning rate drops, drawn as dash-dotted guides.
+
+    ``panels``: panel title (its y label) -> {configuration label -> :class:`Replicates`}.
+    """
+    _check_nonempty(panels, "panels")
+    labels = list(dict.fromkeys(label for lines in panels.values() for label in lines))
+    palette = colors(labels)
+    fig, axes = _figure(ncols=len(panels), width=4.6, height=3.5)
+    for ax, (name, lines) in zip(axes[0], panels.items()):
+        for label, rep in lines.items():
+            for run in rep.runs:
+                x, y, _ = run.arrays()
+                ax.plot(x, y, color=palette[label], linewidth=0.7, alpha=0.35, zorder=2)
+            x, y, err = rep.mean.arrays()
+            ax.plot(x, y, color=palette[label], linewidth=1.8, label=label, zorder=3,
+                    marker="o" if x.size == 1 else None, markersize=3)
+            if err is not None and np.any(err > 0):
+                ax.fill_between(x, y - err, y + err, color=palette[label], alpha=0.18, linewidth=0, zorder=1)
+        _lr_drop_lines(ax, lr_drops)
+        ax.set_ylabel(name, fontsize=9)
+        ax.set_xlabel(xlabel, fontsize=8)
+    _shared_legend(fig, axes.flat, max_columns=4)
     _title(fig, title)
     return fig
 
@@ -313,8 +398,10 @@ def layer_density_vs_compression(panels: Mapping[str, Sequence[tuple[float, Mapp
     criterion: Tanaka et al. 2020, Fig. 2 ("where does layer collapse occur?").
 
     ``panels``: criterion -> [(compression ratio = total / kept, {layer -> density}), ...]. Higher
-    compression is drawn more transparent; a line with a fully pruned layer (layer collapse) is
-    dashed, its empty layers drawn at the bottom edge with an x.
+    compression is drawn lighter (never below 45% opacity, so that the highest ratio stays readable) and
+    every ratio is named in the legend (the two extremes only past 8); a line with a fully pruned layer
+    (layer collapse) is dashed, its empty layers drawn at the bottom edge with an x. The x-axis is
+    labelled with the layer names (e.g. "conv1 (Conv2d)") in input-to-output order.
     """
     _check_nonempty(panels, "panels")
     fig, axes = _figure(ncols=len(panels), width=3.8, height=3.4, sharey=True)
@@ -330,16 +417,17 @@ def layer_density_vs_compression(panels: Mapping[str, Sequence[tuple[float, Mapp
             density = np.array([per.get(n, np.nan) for n in layer_names], dtype=float)
             collapsed = np.nan_to_num(density, nan=1.0) <= 0
             shown = np.where(collapsed, floor, density)
-            ax.plot(np.arange(len(layer_names)), shown, color=colors([name])[name], alpha=1.0 - 0.8 * frac,
-                    linestyle="--" if collapsed.any() else "-", linewidth=1.3,
-                    label=f"{ratio:.3g}x" if ratio in (ratios[0], ratios[-1]) else None)
+            named = len(ratios) <= 8 or ratio in (ratios[0], ratios[-1])
+            ax.plot(np.arange(len(layer_names)), shown, color=colors([name])[name], alpha=1.0 - 0.55 * frac,
+                    linestyle="--" if collapsed.any() else "-", linewidth=1.6,
+                    label=f"{ratio:.3g}x" if named else None)
             if collapsed.any():
                 ax.plot(np.flatnonzero(collapsed), np.full(collapsed.sum(), floor), "x", color="black", markersize=5)
         ax.set_yscale("log")
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("Layer (input → output)", fontsize=8)
         ax.set_xticks(np.arange(len(layer_names)))
-        ax.set_xticklabels([str(i) for i in range(len(layer_names))], fontsize=7)
+        ax.set_xticklabels(layer_names, fontsize=6, rotation=60, ha="right")
         ax.legend(fontsize=7, frameon=False, title="compression", title_fontsize=7)
     axes[0, 0].set_ylabel("Fraction of weights remaining", fontsize=9)
     _title(fig, title)
@@ -371,7 +459,7 @@ def conservation(neurons: Mapping[str, tuple[Sequence[float], Sequence[float]]],
         values.extend(s_out[keep])
     if values:
         lo, hi = min(values), max(values)
-        ax.plot([lo, hi], [lo, hi], ":", color="black", linewidth=1)
+        ax.plot([lo, hi], [lo, hi], ":", label="$S^{in} = S^{out}$ (Theorem 1)", **GUIDE)
         _loglog(ax)
     ax.set_xlabel("Incoming score  $S^{in}$", fontsize=9)
     ax.set_ylabel("Outgoing score  $S^{out}$", fontsize=9)
@@ -383,11 +471,12 @@ def conservation(neurons: Mapping[str, tuple[Sequence[float], Sequence[float]]],
     size = np.array([float(n) for n, _ in layers.values()])
     total = np.abs(np.array([float(t) for _, t in layers.values()]))
     inverse, average = 1 / size, total / size
-    ax.scatter(inverse, average, s=18, color=_TAB[0])
+    ax.scatter(inverse, average, s=18, color=_TAB[0], zorder=2)
     if (total > 0).all():
         line_x = np.array([inverse.min(), inverse.max()])
-        ax.plot(line_x, line_x * total.mean(), ":", color="black", linewidth=1)
+        ax.plot(line_x, line_x * total.mean(), ":", label="equal layer totals (Theorem 2)", **GUIDE)
         _loglog(ax)
+        ax.legend(fontsize=7, frameon=False)
     ax.set_xlabel("1 / layer size", fontsize=9)
     ax.set_ylabel("Average score", fontsize=9)
     ax.set_title("Layer size vs average score", fontsize=9)

@@ -1,4 +1,5 @@
-"""Tidy tables from the run store: one row per run, one row per (run, layer), and seed aggregates.
+"""Tidy tables from the run store: one row per run, one row per (run, layer), one row per (run, step,
+metric) of the training curves, and seed aggregates.
 
 The rows are flat so that pandas can group them without knowing the store's JSON layout: the
 swept hyperparameters get short names (``method``, ``sparsity_target``, ``prune_at``, ``ablation``,
@@ -29,6 +30,13 @@ METRICS = ["test_accuracy", "dense_accuracy", "drop", "sparsity", "test_loss", "
 # Columns read from the run's result rather than its hyperparameters: never grouped on.
 RESULT_COLUMNS = ["status", "sparsity", "prune_step", "rewind_step", "steps", "layer_collapse", "test_accuracy",
                   "dense_accuracy", "drop", "test_loss", "wall_time"]
+
+# Results of a run (never hyperparameters): left out of the columns :func:`metrics_table` repeats per row.
+RESULT_ONLY = [*RESULT_COLUMNS, "train_flops", "total_train_flops", "density_auc", "forward_flops",
+               "dense_forward_flops", "mask_updates"]
+
+# The leading columns of :func:`metrics_table`.
+METRIC_COLUMNS = ["id", "step", "epoch", "metric", "value"]
 
 LEADING = ["id", "setting", "kind", "status", "model", "dataset", "seed", "method", "sparsity_target", "sparsity",
            "prune_at", "prune_step", "ablation", "level", "rate", "rewind_to", "rewind_step", "structure", "scope",
@@ -101,6 +109,78 @@ def _ordered(df: pd.DataFrame) -> pd.DataFrame:
     return df.sort_values(sort, na_position="first", kind="stable").reset_index(drop=True)
 
 
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The entries of a ``metrics.jsonl`` (none when the file is missing). A line that is not a JSON
+    object is a damaged file: ValueError naming the file and the line."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    entries = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            entry = None
+        if not isinstance(entry, dict) or "step" not in entry:
+            raise ValueError(f"{path}: line {number} is not a metrics entry")
+        entries.append(entry)
+    return entries
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def metrics_table(root: str | os.PathLike, hparams: bool = True) -> pd.DataFrame:
+    """Every run's training curves from its ``metrics.jsonl``, in long ("tidy") form: one row per
+    (run, evaluation step, metric).
+
+    Columns: ``id``, ``step`` (training iterations), ``epoch``, ``metric`` (``test_accuracy`` as a
+    fraction, ``test_loss``, ``train_loss`` = mean training loss since the previous evaluation, ``lr``),
+    ``value``; then, with ``hparams``, the run's hyperparameter columns named as in :func:`runs_table`
+    (``setting``, ``kind``, ``model``, ``dataset``, ``seed``, ``method``, ``sparsity_target``, ...,
+    ``training.lr``) and its ``status``, so that curves group by configuration without a merge::
+
+        df = metrics_table("runs")
+        acc = df[df.metric == "test_accuracy"]
+        acc.groupby(["method", "sparsity_target", "step"])["value"].agg(["mean", "std"])   # over seeds
+        df.pivot_table(index=["id", "step"], columns="metric", values="value")         # wide, per step
+
+    Only observed numbers are rows (no NaN rows: the evaluation at the start has no training loss).
+    Unfinished runs are included (their status says so); a run with a damaged ``metrics.jsonl`` is left
+    out with a :class:`~prunelab.experiments.store.SkippedRunWarning` naming the file.
+    """
+    import warnings
+
+    from prunelab.experiments import runfiles
+    from prunelab.experiments.store import SkippedRunWarning
+
+    runs = runs_table(root)
+    rows = []
+    for run_id in runs["id"]:
+        path = Path(root) / run_id / runfiles.METRICS
+        try:
+            entries = read_metrics(path)
+        except (ValueError, OSError) as e:
+            warnings.warn(f"skipped the metrics of run {run_id}: {e}", SkippedRunWarning, stacklevel=2)
+            continue
+        for entry in entries:
+            epoch = entry.get("epoch")
+            for metric, value in entry.items():
+                if metric not in ("step", "epoch") and _is_number(value):
+                    rows.append((run_id, entry["step"], epoch, metric, float(value)))
+    df = pd.DataFrame(rows, columns=METRIC_COLUMNS)
+    df["step"] = df["step"].astype("int64")
+    df["epoch"] = pd.to_numeric(df["epoch"], errors="coerce").astype(float)
+    df["value"] = df["value"].astype(float)
+    if hparams:
+        config = [c for c in runs.columns if c not in RESULT_ONLY or c == "status"]
+        df = df.merge(runs[[*config]], on="id", how="left", validate="many_to_one")
+    return df
+
+
 def layers_table(root: str | os.PathLike) -> pd.DataFrame:
     """One row per (finished run, masked layer): ``id``, ``layer``, ``index`` (input to output) and ``sparsity``."""
     from prunelab.experiments.store import RunStore
@@ -142,7 +222,7 @@ def aggregate(df: pd.DataFrame, by: Sequence[str] | None = None,
     key_cols = []
     for col in by:  # group on a string key so that NaN/None and mixed types group reliably
         key = f"__key_{col}"
-        keyed[key] = keyed[col].map(lambda v: "\0" if _missing(v) else repr(v))
+        keyed[key] = keyed[col].map(lambda v: "\0" if is_missing(v) else repr(v))
         key_cols.append(key)
     rows = []
     for _, part in keyed.groupby(key_cols, sort=False, dropna=False):
@@ -158,5 +238,6 @@ def aggregate(df: pd.DataFrame, by: Sequence[str] | None = None,
     return pd.DataFrame(rows, columns=out_cols)
 
 
-def _missing(value: Any) -> bool:
+def is_missing(value: Any) -> bool:
+    """None, pandas' NA or a float NaN: an empty cell of a table."""
     return value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value))

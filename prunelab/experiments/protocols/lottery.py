@@ -166,9 +166,9 @@ class Lottery(Protocol):
             res = runner.run_training(model, rep, folder, mask=mask, start_step=start, keep_steps=[end],
                                       metrics_path=folder / runfiles.METRICS)
         except Diverged as e:
-            return runner.store.finish(run_id, diverged_result(self.kind, e.step, dense, mask, level=level))
+            return runner.finish(run_id, diverged_result(self.kind, e.step, dense, mask, level=level))
         cost = runner.cost(rep, own=[masked(end - start, mask)], before=self._before(runner, rep, hp, level, start))
-        return runner.store.finish(run_id, sparse_result(res, mask, model, dense, kind=self.kind, level=level,
+        return runner.finish(run_id, sparse_result(res, mask, model, dense, kind=self.kind, level=level,
                                                          rewind_step=start, **cost))
 
     def _before(self, runner: Runner, rep: Replicate, hp: LotteryHparams, level: int, start: int) -> list[Segment]:

@@ -157,9 +157,9 @@ class PruneAtStep(Protocol):
         try:
             res = runner.run_training(model, rep, folder, mask=mask, metrics_path=folder / runfiles.METRICS)
         except Diverged as e:
-            return runner.store.finish(run_id, diverged_result(self.kind, e.step, dense, mask))
+            return runner.finish(run_id, diverged_result(self.kind, e.step, dense, mask))
         cost = runner.cost(rep, own=[masked(res.step, mask)], before=[Segment(t)])
-        return runner.store.finish(run_id, sparse_result(res, mask, model, dense, kind=self.kind, prune_step=t,
+        return runner.finish(run_id, sparse_result(res, mask, model, dense, kind=self.kind, prune_step=t,
                                                          **cost))
 
     def describe(self, hp: dict[str, Any]) -> str:

@@ -66,11 +66,11 @@ class _DuringTraining(Protocol):
             res = runner.run_training(model, rep, folder, mask_schedule=schedule,
                                       metrics_path=folder / runfiles.METRICS)
         except Diverged as e:
-            return runner.store.finish(run_id, {"status": "diverged", "step": e.step, "kind": self.kind,
+            return runner.finish(run_id, {"status": "diverged", "step": e.step, "kind": self.kind,
                                                 "dense_accuracy": dense.get("test_accuracy")})
         mask = res.mask
         mask.save(folder / runfiles.MASK)
-        return runner.store.finish(run_id, sparse_result(res, mask, model, dense, kind=self.kind,
+        return runner.finish(run_id, sparse_result(res, mask, model, dense, kind=self.kind,
                                                          mask_updates=res.mask_updates,
                                                          **self._cost(runner, rep, res, schedule)))
 
