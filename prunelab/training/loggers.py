@@ -93,8 +93,10 @@ class RunLogger(Callback):
         """The final result (``result.json``) as the run's summary."""
         raise NotImplementedError
 
-    def close(self, failed: bool = False) -> None:
-        """Flush and end the tracker's run (``failed``: the training crashed)."""
+    def end_run(self, failed: bool = False) -> None:
+        """Flush and end the tracker's run (``failed``: the training crashed). Not the trainer's
+        ``Callback.close``, which runs when a training ends: a run's tracker stays open until the runner
+        has its result (:meth:`finish`) or the run failed (:meth:`abort`)."""
         raise NotImplementedError
 
     # ---- the callback ----------------------------------------------------------------------------
@@ -133,13 +135,13 @@ class RunLogger(Callback):
         if not self.active:
             return
         self.summarize(result)
-        self.close(failed=False)
+        self.end_run(failed=False)
         self.active = False
 
     def abort(self) -> None:
         """Close after a crash: what was logged stays, the run is marked failed where the tracker can."""
         if self.active:
-            self.close(failed=True)
+            self.end_run(failed=True)
             self.active = False
 
 
@@ -180,7 +182,7 @@ class TensorBoardLogger(RunLogger):
             self.writer.add_scalar(f"result/{key}", value, step)
         self.writer.add_text("result", f"status: {result.get('status')}", step)
 
-    def close(self, failed: bool = False) -> None:
+    def end_run(self, failed: bool = False) -> None:
         self.writer.close()
 
 
@@ -212,7 +214,7 @@ class WandbLogger(RunLogger):
         self.run.summary.update({f"result/{k}": v for k, v in result_scalars(result).items()})
         self.run.summary["result/status"] = str(result.get("status"))
 
-    def close(self, failed: bool = False) -> None:
+    def end_run(self, failed: bool = False) -> None:
         self.run.finish(exit_code=1 if failed else 0)
 
 
