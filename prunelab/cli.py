@@ -351,8 +351,7 @@ def cmd_protocol(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from tqdm.auto import tqdm
-
+    from prunelab import progress
     from prunelab.experiments import sweep
     from prunelab.registry import check_name
 
@@ -373,18 +372,18 @@ def cmd_sweep(args) -> int:
                 print(f"    {job.label()}")
         return 0
     outcomes: list[dict] = []
-    bar = tqdm(total=plan.todo, disable=not args.progress, unit="job", file=sys.stderr, dynamic_ncols=True)
+    # Progress in training steps over every job (the plan's estimate as the total), with jobs in the postfix.
+    bar = progress.bar(plan.steps, unit="steps", desc="sweep", enabled=args.progress)
 
     def done(outcome: dict) -> None:
         outcomes.append(outcome)
         failed = sum(o["status"] == "failed" for o in outcomes)
-        bar.set_postfix(failed=failed)
-        bar.update(1)
+        bar.set_postfix(jobs=f"{len(outcomes)}/{plan.todo}", failed=failed, refresh=False)
 
     if args.executor == "local":
-        sweep.run_local(plan.phases, ctx, args.workers or sweep.default_workers(), done)
+        sweep.run_local(plan.phases, ctx, args.workers or sweep.default_workers(), done, on_steps=bar.update)
     else:
-        sweep.run_submitit(plan.phases, ctx, spec.slurm, done)
+        sweep.run_submitit(plan.phases, ctx, spec.slurm, done, on_steps=bar.update)
     bar.close()
     failed = [o for o in outcomes if o["status"] == "failed"]
     diverged = [o for o in outcomes if o["status"] == "diverged"]

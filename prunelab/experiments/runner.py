@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ class Runner:
     device: str = "auto"
     progress: bool = False
     steps_executed: int = 0
+    step_listener: Callable[[int], None] | None = field(default=None, repr=False)  # told of each step trained
     _datasets: dict = field(default_factory=dict, repr=False)
     _checked: set = field(default_factory=set, repr=False)
     _flops: dict = field(default_factory=dict, repr=False)
@@ -119,6 +121,8 @@ class Runner:
 
         def count(step, m):
             self.steps_executed += 1
+            if self.step_listener is not None:
+                self.step_listener(1)
 
         return train(
             model, self.dataset(rep.dataset), rep.training, seed=rep.seed, device=self.device,
