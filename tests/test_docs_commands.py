@@ -17,7 +17,8 @@ results behind the user's back):
 - ``demo`` gets ``--epochs 1``;
 - everything runs on CPU, without progress bars, with ``--data-root`` a folder of tiny generated MNIST,
   Fashion-MNIST and CIFAR-10 files in their real formats, and in a fresh folder (so ``runs/`` is new);
-- ``RUN_ID`` and the example id prefix ``3f2a`` stand for a pruned run made by the commands before.
+- ``RUN_ID`` and the example id prefix ``3f2a`` stand for a pruned run made by the commands before;
+- ``> FILE`` at the end writes the command's output to FILE, as the shell would.
 
 Commands run in the order of the docs, in one process (``prunelab.cli.main``), sharing one run store; a
 command that appears twice runs once.
@@ -107,6 +108,8 @@ def tiny_data(tmp_path, monkeypatch):
 def tiny_argv(command: str, data_root: Path, store: RunStore) -> list[str]:
     """The command's arguments (after ``prunelab``) with the tiny budgets of the module docstring."""
     words = shlex.split(command)
+    if len(words) > 2 and words[-2] == ">":
+        words = words[:-2]
     words = words[3:] if words[:3] == ["python", "-m", "prunelab"] else words[1:]
     name, args = words[0], words[1:]
     if any(w in ("RUN_ID", "3f2a") for w in args):
@@ -147,6 +150,9 @@ def test_every_docs_command_runs(tiny_data, tmp_path, monkeypatch, capsys):
         argv = tiny_argv(command, tiny_data, store)
         code = main(argv)
         out = capsys.readouterr()
+        redirect = re.search(r"\s>\s*(\S+)$", command)
+        if redirect:
+            (tmp_path / redirect.group(1)).write_text(out.out)
         assert code == 0, f"{doc}: `{command}` ran as `prunelab {shlex.join(argv)}` and exited {code}: {out.err}"
         ran.append(argv[0])
     assert {"train", "run", "lottery", "gradual", "rigl", "set", "sweep", "report", "analyze", "ls", "show",
