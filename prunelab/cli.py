@@ -11,18 +11,21 @@ import sys
 import threading
 import warnings
 
+from rich_argparse import RichHelpFormatter
+
 from prunelab.experiments.hparams import (
     DataHparams,
     ModelHparams,
     add_dataclass_flags,
     add_switch_with_mode,
+    config_toml,
     dataclass_from_flags,
     load_toml,
 )
 from prunelab.experiments.protocols import PROTOCOLS, Protocol
 from prunelab.training.loggers import LOGGERS, check_loggers
 from prunelab.training.runtime import RuntimeOptions
-from prunelab.training.settings import TrainSettings, check_seed
+from prunelab.training.settings import TrainSettings, check_seed, recipe_default
 from prunelab.training.trainer import Diverged, check_device
 
 EXIT_USER_ERROR = 2
@@ -43,16 +46,36 @@ def _raise_terminated(signum, frame):
     raise Terminated()
 
 
+class _HelpFormatter(RichHelpFormatter):
+    """rich-argparse's layout and colours (none when not on a terminal); help text taken literally, so that
+    "[model]" is shown and not read as a style tag; group titles as written."""
+
+    help_markup = False
+    text_markup = False
+    group_name_formatter = staticmethod(lambda title: title[:1].upper() + title[1:])
+
+
 class _Parser(argparse.ArgumentParser):
+    """Help laid out by :class:`_HelpFormatter`; errors as one line."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str):  # one line, not usage + message
         raise UserError(f"{self.prog}: {message}")
 
 
+ROOT_HELP = "run store folder (default: ./runs)"
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-root", default=None, help="dataset folder (else $PRUNELAB_DATA, else the user cache)")
-    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
-    add_dataclass_flags(p, RuntimeOptions, group="run-time options (not part of a run's identity; docs/guide.md)")
+    p.add_argument("--data-root", default=None, metavar="DIR",
+                   help="dataset folder (default: $PRUNELAB_DATA, else ~/.cache/prunelab/data)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, mps (default: auto)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="progress bars on a terminal, a line every few seconds otherwise (default: on)")
+    add_dataclass_flags(p, RuntimeOptions, group="run-time options (not part of a run's identity; docs/guide.md §7)")
 
 
 def _runtime(args) -> RuntimeOptions:
@@ -61,24 +84,37 @@ def _runtime(args) -> RuntimeOptions:
 
 def _add_logging(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log", action="append", default=[], metavar="TRACKER",
-                   help=f"also stream each run to an experiment tracker ({', '.join(LOGGERS.names())}; repeatable); "
-                        "run-time only: run ids do not change")
+                   help=f"also stream each run to an experiment tracker; one of: {', '.join(LOGGERS.names())} "
+                        "(repeatable; run-time only: run ids do not change)")
 
 
 def _add_experiment(p: argparse.ArgumentParser, protocol: Protocol) -> None:
-    p.add_argument("--seed", type=int, default=None, help="replicate seed: initialization and data order (default 0)")
-    p.add_argument("--root", default="runs", help="run store folder (default ./runs)")
+    p.add_argument("--seed", type=int, default=None, metavar="INT",
+                   help="replicate seed: initialization and data order (default: 0)")
+    p.add_argument("--root", default="runs", help=ROOT_HELP)
     sections = " ".join(f"[{s}]" for s in ("model", "dataset", "training", protocol.section) if s)
-    p.add_argument("--config", default=None, help=f"TOML file with {sections}")
+    p.add_argument("--config", default=None, metavar="TOML",
+                   help=f"TOML file with {sections} and seed; flags override it, it overrides the recipe "
+                        "(--print-config writes one)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved settings and run id as a TOML config, and exit without running or "
+                        "writing anything")
     p.add_argument("--distributed", action="store_true",
                    help="one run on several GPUs/machines with DDP; launch with torchrun")
     _add_common(p)
     _add_logging(p)
     add_dataclass_flags(p, ModelHparams, group="model", required=["model"])
     add_dataclass_flags(p, DataHparams, group="dataset", required=["dataset"])
-    add_dataclass_flags(p, TrainSettings, group="training (default: the Appendix A.3 recipe of the model)")
+    add_dataclass_flags(p, TrainSettings, group="training (default: the recipe of the model, Frankle et al. 2021, "
+                        "App. A.3)", defaults=recipe_default)
     if protocol.hparams is not None:
         add_dataclass_flags(p, protocol.hparams, group=protocol.section)
+
+
+def _executors() -> list[str]:
+    from prunelab.experiments.sweep import EXECUTORS
+
+    return EXECUTORS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,11 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="run a grid of experiments from a TOML spec (locally or on Slurm)")
     p.add_argument("spec", help="sweep spec (TOML); see repro/ for examples")
-    p.add_argument("--root", default="runs", help="run store folder (default ./runs)")
-    p.add_argument("--executor", default="local", help="local (worker processes) or slurm (submitit)")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--root", default="runs", help=ROOT_HELP)
+    p.add_argument("--executor", default="local",
+                   help=f"where jobs run: local worker processes or a Slurm cluster through submitit; one of: "
+                        f"{', '.join(_executors())} (default: local)")
+    p.add_argument("--workers", type=int, default=None, metavar="INT",
                    help="local worker processes (default: one per GPU, each on its own; without GPUs one per core)")
-    p.add_argument("--gpus-per-node", type=int, default=None,
+    p.add_argument("--gpus-per-node", type=int, default=None, metavar="INT",
                    help="GPUs each Slurm job asks for (default: the spec's [slurm] gpus_per_node, else 0)")
     p.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -108,16 +146,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("ls", help="list the runs of a store")
-    p.add_argument("--root", default="runs")
+    p.add_argument("--root", default="runs", help=ROOT_HELP)
     p.set_defaults(func=cmd_ls)
 
     p = sub.add_parser("show", help="one run's hyperparameters and result")
     p.add_argument("run", help="run id, unique prefix, or folder")
-    p.add_argument("--root", default="runs")
+    p.add_argument("--root", default="runs", help=ROOT_HELP)
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("list", help="the registered methods, models, datasets or protocols, with their citations")
-    p.add_argument("registry", help=f"one of: {', '.join(LISTS)}")
+    p.add_argument("registry", help=f"which registry; one of: {', '.join(LISTS)}")
     p.set_defaults(func=cmd_list)
 
     from prunelab.reports.commands import register as register_report_commands
@@ -125,9 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     register_report_commands(sub)  # report, analyze
 
     p = sub.add_parser("demo", help="LeNet-300-100 on Fashion-MNIST, dense vs 90%% random sparse, a few epochs")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--sparsity", type=float, default=0.9)
-    add_switch_with_mode(p, "--amp", "amp", "mixed precision: bf16 or fp16", default=False)
+    p.add_argument("--epochs", type=int, default=3, metavar="INT", help="training epochs of each network (default: 3)")
+    p.add_argument("--sparsity", type=float, default=0.9, metavar="FLOAT",
+                   help="sparsity of the random mask, in [0, 1) (default: 0.9)")
+    add_switch_with_mode(p, "--amp", "amp", "mixed precision: bf16 or fp16 (default: off)", default=False)
     _add_common(p)
     p.set_defaults(func=cmd_demo)
     return parser
@@ -226,10 +265,10 @@ def _one_line(e: BaseException) -> str:
 
 # ---- commands -----------------------------------------------------------------------------------
 
-def _experiment(args, protocol: Protocol):
-    """(runner, replicate, the protocol's hparams or None) from defaults < recipe < TOML config < flags."""
-    from prunelab.experiments.runner import Replicate, Runner
-    from prunelab.experiments.store import RunStore
+def _resolve(args, protocol: Protocol):
+    """(replicate, the protocol's hparams or None) from defaults < recipe < TOML config < flags; reads no data
+    and writes nothing."""
+    from prunelab.experiments.runner import Replicate
     from prunelab.training import recipe
 
     cfg = load_toml(args.config) if args.config else {}
@@ -246,6 +285,15 @@ def _experiment(args, protocol: Protocol):
         cls = protocol.hparams
         hp = dataclass_from_flags(cls, args, base=cls(**cfg.get(protocol.section, {})))
     seed = check_seed(args.seed if args.seed is not None else cfg.get("seed", 0), "--seed")
+    return Replicate(model, dataset, training, seed), hp
+
+
+def _experiment(args, protocol: Protocol):
+    """(runner, replicate, the protocol's hparams or None), every check made before anything is written."""
+    from prunelab.experiments.runner import Runner
+    from prunelab.experiments.store import RunStore
+
+    rep, hp = _resolve(args, protocol)
     device = check_device(args.device)
     log = check_loggers(args.log)
     store = RunStore(args.root)
@@ -256,9 +304,26 @@ def _experiment(args, protocol: Protocol):
         device = distributed.init_from_env(args.device)
     runner = Runner(store, data_root=args.data_root, device=device, progress=args.progress, runtime=_runtime(args),
                     log=log)
-    rep = Replicate(model, dataset, training, seed)
     runner.check(rep)  # a bad model/dataset pair or schedule fails here, before anything is written
     return runner, rep, hp
+
+
+def print_config(args, protocol: Protocol) -> None:
+    """The resolved settings of the command as a TOML config (``--config`` reads it back), with the run id."""
+    from prunelab.experiments.runner import Runner
+    from prunelab.experiments.store import RunStore
+
+    rep, hp = _resolve(args, protocol)
+    store = RunStore(args.root)
+    run_id = protocol.run_id(Runner(store), rep, hp)
+    sections = {"model": rep.model, "dataset": rep.dataset, "training": rep.training}
+    if protocol.section is not None:
+        sections[protocol.section] = hp
+    header = [f"prunelab {protocol.name}: resolved settings (recipe of {rep.model.model} on {rep.dataset.dataset} "
+              "< --config < flags)",
+              f"run id {run_id}: {store.folder(run_id)}" + (" (finished)" if store.result(run_id) else ""),
+              f"rerun: prunelab {protocol.name} --config FILE (this text saved as FILE)"]
+    print(config_toml(sections, rep.seed, header), end="")
 
 
 def _summary(results: list[dict], label: str, where) -> None:
@@ -268,9 +333,12 @@ def _summary(results: list[dict], label: str, where) -> None:
         return
     print(f"run {where}" if len(results) == 1 else f"runs in {where}")
     rows = [[label, "status", "sparsity", "test accuracy", "dense accuracy", "wall time (s)"]]
-    for i, r in enumerate(results):
+    if label != "run":  # each row a level of one run: its level, then the id of the run it produced
+        rows[0].insert(1, "run")
+    for r in results:
         acc = r.get("test_accuracy")
-        rows.append([str(r.get("level", i)), r["status"], f"{r.get('sparsity', 0):.4f}",
+        first = [str(r.get("level", "-")), r["id"]] if label != "run" else [r["id"]]
+        rows.append([*first, r["status"], f"{r.get('sparsity', 0):.4f}",
                      "-" if acc is None else f"{acc:.4f}", _fmt(r.get("dense_accuracy")),
                      _fmt(r.get("wall_time"), ".1f")])
     _print_table(rows)
@@ -290,6 +358,9 @@ def _exit_status(results: list[dict]) -> int:
 def cmd_protocol(args) -> int:
     """One run (or one series of levels) of the protocol the command names."""
     protocol: Protocol = args.protocol
+    if args.print_config:
+        print_config(args, protocol)
+        return 0
     runner, rep, hp = _experiment(args, protocol)
     results = protocol.run(runner, rep, hp)
     where = runner.store.folder(results[0]["id"]) if len(results) == 1 else \
@@ -299,8 +370,7 @@ def cmd_protocol(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from tqdm.auto import tqdm
-
+    from prunelab import progress
     from prunelab.experiments import sweep
     from prunelab.registry import check_name
 
@@ -329,18 +399,19 @@ def cmd_sweep(args) -> int:
                 print(f"    {job.label()}")
         return 0
     outcomes: list[dict] = []
-    bar = tqdm(total=plan.todo, disable=not args.progress, unit="job", file=sys.stderr, dynamic_ncols=True)
+    # Progress in training steps over every job (the plan's estimate as the total), with jobs in the postfix.
+    bar = progress.bar(plan.steps, unit="steps", desc="sweep", enabled=args.progress)
 
     def done(outcome: dict) -> None:
         outcomes.append(outcome)
         failed = sum(o["status"] == "failed" for o in outcomes)
-        bar.set_postfix(failed=failed)
-        bar.update(1)
+        bar.set_postfix(jobs=f"{len(outcomes)}/{plan.todo}", failed=failed, refresh=False)
 
     if args.executor == "local":
-        sweep.run_local(plan.phases, ctx, args.workers or sweep.default_workers(args.device), done)
+        sweep.run_local(plan.phases, ctx, args.workers or sweep.default_workers(args.device), done,
+                        on_steps=bar.update)
     else:
-        sweep.run_submitit(plan.phases, ctx, slurm, done)
+        sweep.run_submitit(plan.phases, ctx, slurm, done, on_steps=bar.update)
     bar.close()
     failed = [o for o in outcomes if o["status"] == "failed"]
     diverged = [o for o in outcomes if o["status"] == "diverged"]

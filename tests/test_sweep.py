@@ -4,6 +4,7 @@ import multiprocessing as mp
 import os
 import signal
 import time
+import types
 
 import pytest
 from test_data import write_idx_set
@@ -164,9 +165,11 @@ def test_a_worker_runs_its_jobs_on_the_device_it_was_given(monkeypatch, tmp_path
     monkeypatch.setattr(sweep, "_WORKER_DEVICE", None)
     slots = queue.Queue()
     slots.put("cuda:1")
-    sweep._init_worker(torch.get_num_threads(), slots)
+    monkeypatch.setattr(sweep, "_step_sink", None)
+    sweep._init_worker(torch.get_num_threads(), devices=slots)
     seen = []
-    monkeypatch.setattr(sweep.Context, "runner", lambda self, progress=False: seen.append(self.device) or object())
+    monkeypatch.setattr(sweep.Context, "runner",
+                        lambda self, progress=False: seen.append(self.device) or types.SimpleNamespace())
     from prunelab.experiments.hparams import DataHparams, ModelHparams
     from prunelab.experiments.runner import Replicate
     from prunelab.training import TrainSettings

@@ -234,6 +234,12 @@ def from_tensors(
     return _in_memory(name, train, test, classes, augment, "shift", source="tensors")
 
 
+def _fetch_command(name: str, root: Path) -> str:
+    """The one command that downloads a dataset into ``root`` (the CLI has no download flag: a download is a
+    deliberate step, not a side effect of starting a run)."""
+    return f"python -c \"import prunelab.data as d; d.load('{name}', data_root='{root}', download=True)\""
+
+
 def _idx_family(
     name: str,
     tv_class: type,
@@ -267,8 +273,8 @@ def _idx_family(
         return from_torchvision(True)
     files = ", ".join(s for pair in IDX_FILES.values() for s in pair)
     raise FileNotFoundError(
-        f"{name} not found: put {files} (each may be .gz) in {raw}{hint}, "
-        "or pass download=True to fetch them when online"
+        f"{name} not found: put {files} (each may be .gz) in {raw}{hint}, or fetch them when online: "
+        f"{_fetch_command(name, root)}"
     )
 
 
@@ -282,11 +288,11 @@ def _cifar(
         if all((folder / f).is_file() for f in files):
             raise ValueError(
                 f"{name}: the files in {folder} fail torchvision's md5 check (corrupt or an incomplete "
-                f"download): delete {folder} and fetch it again with download=True ({err})"
+                f"download): delete {folder} and fetch it again: {_fetch_command(name, root)} ({err})"
             ) from None
         raise FileNotFoundError(
             f"{name} not found: put {', '.join(files)} (from {tv_class.filename}) in {folder}, "
-            "or pass download=True to fetch them when online"
+            f"or fetch them when online: {_fetch_command(name, root)}"
         ) from None
     pairs = [
         (
@@ -380,8 +386,8 @@ def _tiny_imagenet(root: Path, download: bool, augment: bool | str) -> Dataset:
         download_and_extract_archive(TINY_IMAGENET_URL, str(root))
     how = (
         f"put the class folders train/<wnid>/**/*.JPEG and val/ (class folders, or the official "
-        f"val/images + val_annotations.txt) in {folder}, or pass download=True to fetch "
-        f"tiny-imagenet-200.zip when online"
+        f"val/images + val_annotations.txt) in {folder}, or fetch tiny-imagenet-200.zip when online: "
+        f"{_fetch_command('tiny_imagenet', root)}"
     )
     return _image_folder("tiny_imagenet", folder, 64, 64, augment, True, how)
 

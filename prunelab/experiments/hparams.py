@@ -12,16 +12,10 @@ import hashlib
 import json
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-# Field metadata of a setting that says how a run is computed, not what it computes (like the device): it is a
-# flag and a TOML key, but never part of the run's hash or hparams.json, so the same run is found whatever it is.
-EXECUTION = {"identity": False}
-
-
-def is_execution_field(f: dataclasses.Field) -> bool:
-    return f.metadata.get("identity") is False
+from prunelab.options import describe, is_execution_field, option
 
 
 def identity_dict(obj: Any) -> dict[str, Any]:
@@ -88,29 +82,38 @@ def _parse_optional(inner):
 
 
 def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "", group: str | None = None,
-                        required: Iterable[str] = ()) -> None:
+                        required: Iterable[str] = (), defaults: Callable[[str], str] | None = None) -> None:
     """One flag per field of ``cls``; defaults are None so that only flags given on the command line override.
 
-    Booleans get ``--x/--no-x`` (never ``type=bool``, which treats the string "False" as true).
-    Tuples take several values (``--milestones 80ep 120ep``).
+    Each flag's help is the field's description (:func:`prunelab.options.option`), its valid names and its
+    default; ``defaults(name)`` replaces the dataclass's default in the help where the caller resolves
+    it otherwise (the training recipe of the model). Booleans get ``--x/--no-x`` (never ``type=bool``,
+    which treats the string "False" as true). Tuples take several values (``--milestones 80ep 120ep``).
     """
     target = parser.add_argument_group(group) if group else parser
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp, optional = _unwrap_optional(hints[f.name])
         flag, dest = _flag(f.name, prefix), prefix + f.name
-        default = f.default if f.default is not dataclasses.MISSING else None
-        help_text = "(required)" if f.name in set(required) else f"(default: {default})"
+        default = (defaults(f.name) or None) if defaults else None
+        help_text = describe(f, default, required=f.name in set(required)).replace("%", "%%")  # argparse's % format
         if tp is bool:
             target.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif set(typing.get_args(tp)) == {bool, str}:
             add_switch_with_mode(target, flag, dest, help_text)
         elif typing.get_origin(tp) is tuple:
             inner = typing.get_args(tp)[0]
-            target.add_argument(flag, dest=dest, nargs="*", type=inner, default=None, help=help_text)
+            target.add_argument(flag, dest=dest, nargs="*", type=inner, default=None, help=help_text,
+                                metavar=f.name.upper().rstrip("S"))
         else:
             kind = _parse_optional(tp) if optional else tp
-            target.add_argument(flag, dest=dest, type=kind, default=None, help=help_text)
+            target.add_argument(flag, dest=dest, type=kind, default=None, help=help_text,
+                                metavar=_metavar(f.name, tp))
+
+
+def _metavar(name: str, tp: Any) -> str:
+    """NAME for name-valued and path fields, the type for numbers (--lr FLOAT), else the field's name."""
+    return {int: "INT", float: "FLOAT"}.get(tp, name.upper())
 
 
 def add_switch_with_mode(target, flag: str, dest: str, help_text: str, default: Any = None) -> None:
@@ -135,7 +138,10 @@ def dataclass_from_flags(cls: type, args: argparse.Namespace, base: Any = None, 
 # ---- the hyperparameters of an experiment -------------------------------------------------------
 
 ABLATIONS = ["shuffle", "reinit", "invert", "fixed_variance", "sign", "sigma_sign"]
+LOTTERY_ABLATIONS = ["shuffle", "reinit"]  # Frankle et al. 2021, App. F
 REWIND_CHOICES = ["finetune", "sign", "sigma_sign"]  # besides a duration such as "0it" or "1000it"
+SCHEDULES = ["exponential", "linear"]
+SCOPES = ["global", "layer"]
 # Upper bounds that catch a mistyped number before it starts days of work: 100x the pruning iterations of
 # the papers (SynFlow and iterative SNIP use 100; Tanaka et al. 2020, §6), and levels past which
 # (1 - rate)^levels leaves no weight of any network at the smallest rate anyone uses.
@@ -144,47 +150,122 @@ MAX_LEVELS = 100
 STRUCTURES = ["unstructured", "l1", "l2", "linf", "lneginf", "random", "random_unstructured", "hybrid", "fc_only"]
 
 
+# ---- where name-valued fields take their choices from (read when help is shown) ------------------
+
+def _model_names() -> list[str]:
+    from prunelab import models
+
+    return models.names()
+
+
+def _initializers() -> list[str]:
+    from prunelab.models.initializers import INITIALIZERS
+
+    return INITIALIZERS.names()
+
+
+def _fan_modes() -> list[str]:
+    from prunelab.models.initializers import FAN_MODES
+
+    return FAN_MODES
+
+
+def _bn_inits() -> list[str]:
+    from prunelab.models.initializers import BN_INITS
+
+    return BN_INITS
+
+
+def _dataset_names() -> list[str]:
+    from prunelab import data
+
+    return data.names()
+
+
+def _methods() -> list[str]:
+    from prunelab.scores import methods
+
+    return list(methods())
+
+
+def _distributions() -> list[str]:
+    from prunelab.densities import DISTRIBUTIONS
+
+    return list(DISTRIBUTIONS)
+
+
+def _by_method(attribute: str, usual: Any) -> str:
+    """"100 for iterative_snip, synflow; 1 otherwise": a criterion default that some criteria change."""
+    from prunelab.scores import methods
+
+    others: dict[Any, list[str]] = {}
+    for name, method in methods().items():
+        value = getattr(method, attribute)
+        if value != usual:
+            others.setdefault(value, []).append(name)
+    return "".join(f"{v} for {', '.join(names)}; " for v, names in others.items()) + f"{usual} otherwise"
+
+
+def _default_iterations() -> str:
+    return "the criterion's own: " + _by_method("default_iterations", 1)
+
+
+def _default_scope() -> str:
+    return "layer with --distribution or --like, else the criterion's own: " + _by_method("default_scope", "global")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelHparams:
-    model: str = "lenet_300_100"
-    init: str = "kaiming_normal"
-    init_mode: str = "fan_in"
-    bn_init: str = "uniform"
+    model: str = option("lenet_300_100", help="network (also wide ResNets: wrn_<depth>_<k>)",
+                        choices=_model_names)
+    init: str = option("kaiming_normal", help="weight initializer", choices=_initializers)
+    init_mode: str = option("fan_in", help="fan the initializer's variance is scaled by", choices=_fan_modes)
+    bn_init: str = option("uniform", help="BatchNorm scale init: U[0, 1) or ones", choices=_bn_inits)
 
 
 @dataclasses.dataclass(frozen=True)
 class DataHparams:
-    dataset: str = "fashion_mnist"
-    augment: bool = True
+    dataset: str = option("fashion_mnist", help="dataset (prunelab list datasets)", choices=_dataset_names)
+    augment: bool = option(True, help="the dataset's training augmentation (CIFAR: flip + 4 px shift; Tiny "
+                           "ImageNet, ImageNet: random resized crop + flip; none for the MNIST family)")
 
 
 @dataclasses.dataclass(frozen=True)
 class PruneHparams:
     """One-shot or iterative pruning at step ``prune_at`` ("0it" = initialization, "end" = after training)."""
 
-    method: str = "magnitude"
-    sparsity: float = 0.9
-    prune_at: str = "0it"
-    iterations: int | None = None  # None: the method's default (100 for SynFlow, 1 otherwise)
-    schedule: str = "exponential"
-    scope: str | None = None  # None: the method's default
-    ablation: str | None = None
-    batch_per_class: int = 10  # SNIP/GraSP batch: 10 examples per class, not augmented (Frankle et al. 2021, App. B.2)
+    method: str = option("magnitude", help="pruning criterion (prunelab list methods)", choices=_methods)
+    sparsity: float = option(0.9, help="fraction of the covered weights pruned, in [0, 1)")
+    prune_at: str = option("0it", help="step whose dense weights are pruned: 0it = initialization, a duration such "
+                           "as 1000it, or end = after training")
+    iterations: int | None = option(None, help="rounds of scoring and pruning to the target (Tanaka et al. 2020, "
+                                    "Alg. 1)", unset=_default_iterations)
+    schedule: str = option("exponential", help="density schedule over the rounds", choices=lambda: SCHEDULES)
+    scope: str | None = option(None, help="rank all layers together (global) or each layer on its own",
+                               choices=lambda: SCOPES, unset=_default_scope)
+    ablation: str | None = option(None, help="ablation applied to the mask or weights (Frankle et al. 2021, §5)",
+                                  choices=lambda: ABLATIONS, unset="none")
+    # SNIP/GraSP batch: 10 examples per class, not augmented (Frankle et al. 2021, App. B.2)
+    batch_per_class: int = option(10, help="examples per class in the batch of data-driven criteria (Frankle et al. "
+                                  "2021, App. B.2)")
     # What the mask covers (prunelab.coverage): biases, embedding tables, and parameters by exact name.
-    include_bias: bool = False
-    include_embeddings: bool = False
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
+    include_bias: bool = option(False, help="prune biases too")
+    include_embeddings: bool = option(False, help="prune embedding tables too")
+    include: tuple[str, ...] = option((), help="parameter names the mask covers besides the default ones")
+    exclude: tuple[str, ...] = option((), help="parameter names the mask leaves out")
     # Per-layer densities instead of one ranking: uniform | er | erk (Evci et al. 2020, §3), or those of
     # another mask (Frankle et al. 2021, §5's random baseline): like = a criterion (its run on the same
     # replicate, sparsity and step), a run id, or a mask file.
-    distribution: str | None = None
-    like: str | None = None
-    # SNIP/GraSP forward at most this many examples at a time (None: the whole batch at once), to fit the
-    # scoring batch in GPU memory. An execution setting like the device, outside the run's identity: the
-    # score is the same sum (prunelab.scores.batching), except that train-mode BatchNorm normalizes each
-    # micro-batch alone, which prune() reports with a MicroBatchWarning.
-    score_batch_size: int | None = dataclasses.field(default=None, metadata=EXECUTION)
+    distribution: str | None = option(None, help="per-layer densities instead of one global ranking (Evci et al. "
+                                      "2020, §3)", choices=_distributions, unset="none")
+    like: str | None = option(None, help="per-layer densities of another mask: a criterion (its run on this "
+                              "replicate), a run id or a mask file (Frankle et al. 2021, §5)", unset="none")
+    # An execution setting like the device, outside the run's identity: the score is the same sum
+    # (prunelab.scores.batching), except that train-mode BatchNorm normalizes each micro-batch alone, which
+    # prune() reports with a MicroBatchWarning.
+    score_batch_size: int | None = option(None, help="SNIP/GraSP score at most this many examples per forward "
+                                          "pass, to fit GPU memory (the same score; not part of the run id)",
+                                          unset="the whole scoring batch at once", identity=False)
 
     def __post_init__(self) -> None:
         from prunelab.registry import check_name
@@ -195,9 +276,9 @@ class PruneHparams:
         _canonical(self, floats=("sparsity",), durations=("prune_at",) if self.prune_at != "end" else ())
         for name in ("include", "exclude"):  # a set of names: the same set, the same run
             object.__setattr__(self, name, tuple(sorted(set(getattr(self, name)))))
-        check_name("schedule", self.schedule, ["exponential", "linear"])
+        check_name("schedule", self.schedule, SCHEDULES)
         if self.scope is not None:
-            check_name("scope", self.scope, ["global", "layer"])
+            check_name("scope", self.scope, SCOPES)
         if not 0 <= self.sparsity < 1:
             raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
         if self.iterations is not None and self.iterations < 1:
@@ -231,12 +312,17 @@ class LotteryHparams:
     """Lottery-ticket rewinding (one level) and iterative magnitude pruning (several),
     Frankle et al. 2021, §3 and Paganini & Forde 2020, §3."""
 
-    levels: int = 1
-    rate: float = 0.2  # fraction of the remaining weights pruned per level
-    rewind_to: str = "0it"  # a step, or finetune | sign | sigma_sign
-    structure: str = "unstructured"
-    scope: str = "global"
-    ablation: str | None = None  # shuffle | reinit (Frankle et al. 2021, App. F)
+    levels: int = option(1, help="pruning levels: 1 = one-shot, more = iterative magnitude pruning")
+    rate: float = option(0.2, help="fraction of the remaining weights pruned per level")
+    rewind_to: str = option("0it", help="step the kept weights are rewound to before retraining (a duration), or "
+                            "finetune = keep the trained weights, sign / sigma_sign = reinitialize with the trained "
+                            "signs", choices=lambda: REWIND_CHOICES)
+    structure: str = option("unstructured", help="what is pruned: weights, or channels by a norm (Paganini & Forde "
+                            "2020, §3.1)", choices=lambda: STRUCTURES)
+    scope: str = option("global", help="rank all layers together (global) or each layer on its own",
+                        choices=lambda: SCOPES)
+    ablation: str | None = option(None, help="ablation of the ticket (Frankle et al. 2021, App. F)",
+                                  choices=lambda: LOTTERY_ABLATIONS, unset="none")
 
     def __post_init__(self) -> None:
         from prunelab.registry import check_name
@@ -250,9 +336,9 @@ class LotteryHparams:
         if self.rewind_to not in REWIND_CHOICES:
             _check_duration(self.rewind_to, "rewind_to", extra=REWIND_CHOICES)
         check_name("structure", self.structure, STRUCTURES)
-        check_name("scope", self.scope, ["global", "layer"])
+        check_name("scope", self.scope, SCOPES)
         if self.ablation is not None:
-            check_name("lottery ablation", self.ablation, ["shuffle", "reinit"])
+            check_name("lottery ablation", self.ablation, LOTTERY_ABLATIONS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,12 +346,14 @@ class GradualHparams:
     """Gradual magnitude pruning during training (Zhu & Gupta 2018, §3): the cubic schedule from
     ``initial_sparsity`` at ``start`` to ``sparsity`` at ``end``, pruning every ``every`` steps."""
 
-    sparsity: float = 0.9
-    initial_sparsity: float = 0.0
-    start: str = "0it"
-    end: str | None = None  # None: 75% of training, rounded down to a multiple of every after start
-    every: str = "100it"
-    scope: str = "global"
+    sparsity: float = option(0.9, help="final sparsity, in [0, 1)")
+    initial_sparsity: float = option(0.0, help="sparsity at the first pruning step")
+    start: str = option("0it", help="step of the first pruning, a duration")
+    end: str | None = option(None, help="step of the last pruning, a duration",
+                             unset="75% of training, rounded down to a multiple of every after start")
+    every: str = option("100it", help="interval between pruning steps, a duration")
+    scope: str = option("global", help="rank all layers together (global) or each layer on its own",
+                        choices=lambda: SCOPES)
 
     def __post_init__(self) -> None:
         from prunelab.registry import check_name
@@ -277,7 +365,7 @@ class GradualHparams:
                              f"{self.sparsity}")
         for name in ("start", "every") + (("end",) if self.end is not None else ()):
             _check_duration(getattr(self, name), name)
-        check_name("scope", self.scope, ["global", "layer"])
+        check_name("scope", self.scope, SCOPES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -286,11 +374,13 @@ class DynamicHparams:
     steps until ``end`` each layer drops ``drop_fraction`` of its weights (RigL: annealed to 0 by a
     cosine) and grows as many, starting from a random mask at the ``distribution`` layer densities."""
 
-    sparsity: float = 0.9
-    drop_fraction: float = 0.3
-    every: str = "100it"
-    end: str | None = None  # None: 75% of training (Evci et al.'s (2020) T_end)
-    distribution: str = "erk"
+    sparsity: float = option(0.9, help="sparsity kept throughout training, in [0, 1)")
+    drop_fraction: float = option(0.3, help="fraction of each layer's weights dropped and regrown per update")
+    every: str = option("100it", help="interval between mask updates, a duration")
+    end: str | None = option(None, help="step of the last mask update, a duration",
+                             unset="75% of training (Evci et al. 2020, §3: T_end)")
+    distribution: str = option("erk", help="layer densities of the initial random mask (Evci et al. 2020, §3)",
+                               choices=_distributions)
 
     def __post_init__(self) -> None:
         from prunelab.densities import DISTRIBUTIONS
@@ -334,6 +424,37 @@ def _check_duration(text: str, what: str, extra: list[str] = ()) -> None:
 
 SECTIONS = {"model": ModelHparams, "dataset": DataHparams, "training": None, "pruning": PruneHparams,
             "lottery": LotteryHparams, "gradual": GradualHparams, "dynamic": DynamicHparams}
+
+
+def config_toml(sections: dict[str, Any], seed: int | None = None, header: Iterable[str] = ()) -> str:
+    """Settings as a TOML config that ``--config`` reads back: one table per section (dataclass instances),
+    every key with its one-line description as a comment; a None value is a commented-out line saying
+    what None means. ``header`` lines become comments at the top."""
+    lines = [f"# {h}" for h in header]
+    if seed is not None:
+        lines.append(f"seed = {seed}  # replicate seed: initialization and data order")
+    for section, obj in sections.items():
+        lines += ["", f"[{section}]"]
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            about = describe(f, default="")
+            if value is None:
+                lines.append(f"# {f.name} = (not set: {describe(f).rpartition('default: ')[2]})  # {about}")
+            else:
+                lines.append(f"{f.name} = {_toml_value(value)}  # {about}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    """A TOML literal of a setting: booleans, integers, floats, strings and tuples of strings (JSON's string
+    escapes are TOML's)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(value)
 
 
 def read_toml(path) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,7 @@ class Runner:
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)  # how to execute, never part of a hash
     log: tuple[str, ...] = ()  # experiment trackers (prunelab.training.loggers): run-time only, not in any hash
     steps_executed: int = 0
+    step_listener: Callable[[int], None] | None = field(default=None, repr=False)  # told of each step trained
     _datasets: dict = field(default_factory=dict, repr=False)
     _checked: set = field(default_factory=set, repr=False)
     _flops: dict = field(default_factory=dict, repr=False)
@@ -125,6 +127,8 @@ class Runner:
 
         def count(step, m):
             self.steps_executed += 1
+            if self.step_listener is not None:
+                self.step_listener(1)
 
         loggers = []
         if self.log and kwargs.get("metrics_path") is not None:

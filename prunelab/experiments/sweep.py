@@ -34,6 +34,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
+import threading
+import time
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -263,30 +265,61 @@ def make_plan(runner: Runner, jobs: list[Job]) -> Plan:
 
 # ---- executing ------------------------------------------------------------------------------------
 
+# Where a job reports the training steps it takes while it runs: the sweep's progress bar (one process),
+# or a batching sender to it (worker processes, set by _init_worker); None: nobody is told (a cluster job).
+_step_sink: Callable[[int], None] | None = None
+STEP_REPORT_INTERVAL = 1.0  # seconds: a worker sends its step count at most this often (and when a job ends)
+
+
+class _StepSender:
+    """Counts a worker's training steps and puts the count on the sweep's queue at most once a second, so
+    that the per-step cost is an addition, not an inter-process message."""
+
+    def __init__(self, queue):
+        self.queue, self.count, self.sent_at = queue, 0, time.monotonic()
+
+    def __call__(self, n: int) -> None:
+        self.count += n
+        if time.monotonic() - self.sent_at >= STEP_REPORT_INTERVAL:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.count:
+            self.queue.put(self.count)
+            self.count = 0
+        self.sent_at = time.monotonic()
+
+
 def execute(job: Job, ctx: Context) -> dict[str, Any]:
-    """Run one job; never raises (a failure is recorded in the run's folder and returned)."""
+    """Run one job; never raises (a failure is recorded in the run's folder and returned). The outcome's
+    ``steps`` are the training steps the job took."""
     ctx = _pinned(ctx)
     if ctx.threads:
         import torch
 
         torch.set_num_threads(ctx.threads)
     runner = ctx.runner()
+    runner.step_listener = _step_sink
     run_id = None
     try:
         run_id = job_id(runner, job)
         if job.kind == "prefix":
             runner.weights_at(job.rep, job.step)
-            return {"id": run_id, "status": "done", "label": job.label()}
+            return {"id": run_id, "status": "done", "label": job.label(), "steps": runner.steps_executed}
         result = job.protocol.run(runner, job.rep, job.hp)[-1]
         return {"id": run_id, "status": result["status"], "label": job.label(),
-                "test_accuracy": result.get("test_accuracy")}
+                "test_accuracy": result.get("test_accuracy"), "steps": runner.steps_executed}
     except Exception as e:  # noqa: BLE001 - a sweep goes on; the error is kept with the run
         if run_id is not None and job.kind != "prefix":  # a prefix belongs to the (maybe finished) dense run
             try:
                 runner.store.record_failure(run_id, e)
             except OSError:
                 pass
-        return {"id": run_id, "status": "failed", "label": job.label(), "error": f"{type(e).__name__}: {e}"}
+        return {"id": run_id, "status": "failed", "label": job.label(), "error": f"{type(e).__name__}: {e}",
+                "steps": runner.steps_executed}
+    finally:
+        if isinstance(_step_sink, _StepSender):
+            _step_sink.flush()  # every step of this job is on the queue before its outcome is
 
 
 def _gpus_for(device: str) -> int:
@@ -316,14 +349,15 @@ def worker_devices(device: str, workers: int) -> list[str]:
 _WORKER_DEVICE: str | None = None  # the device this worker process was pinned to (set by _init_worker)
 
 
-def _init_worker(threads: int, devices=None) -> None:
-    """Set up one local worker process: its torch threads, the CLI's warning lines, and its own device
-    from the queue ``devices`` (one entry per worker)."""
+def _init_worker(threads: int, steps=None, devices=None) -> None:
+    """Set up one local worker process: its torch threads, the CLI's warning lines, the queue ``steps`` its
+    training steps are reported on, and its own device from the queue ``devices`` (one entry per worker)."""
     import torch
 
     from prunelab.io import warning_line
 
-    global _WORKER_DEVICE
+    global _WORKER_DEVICE, _step_sink
+    _step_sink = _StepSender(steps) if steps is not None else None
     torch.set_num_threads(threads)
     warnings.formatwarning = lambda message, *args, **kwargs: warning_line(message) + "\n"  # as the CLI's lines
     if devices is not None:
@@ -337,10 +371,13 @@ def _pinned(ctx: Context) -> Context:
     return ctx if _WORKER_DEVICE is None else dataclasses.replace(ctx, device=_WORKER_DEVICE)
 
 
-def run_local(phases: list[list[Job]], ctx: Context, workers: int, on_done: Callable[[dict], None]) -> None:
+def run_local(phases: list[list[Job]], ctx: Context, workers: int, on_done: Callable[[dict], None],
+              on_steps: Callable[[int], None] | None = None) -> None:
     """N worker processes on this machine, each on its own GPU when there are GPUs (see
-    :func:`worker_devices`); each limits its torch threads so workers do not fight over cores."""
-    import concurrent.futures as cf
+    :func:`worker_devices`); each limits its torch threads so workers do not fight over cores.
+    ``on_steps(n)`` is told of the training steps as the workers take them (through a queue, about once a
+    second per worker)."""
+    global _step_sink
     import multiprocessing as mp
 
     from prunelab.training.runtime import available_cpus
@@ -348,18 +385,41 @@ def run_local(phases: list[list[Job]], ctx: Context, workers: int, on_done: Call
     threads = max(1, available_cpus() // workers)
     ctx = dataclasses.replace(ctx, threads=threads)
     if workers == 1:
-        for phase in phases:
-            for job in phase:
-                on_done(execute(job, ctx))
+        _step_sink = on_steps
+        try:
+            for phase in phases:
+                for job in phase:
+                    on_done(execute(job, ctx))
+        finally:
+            _step_sink = None
         return
-    spawn = mp.get_context("spawn")
+    context = mp.get_context("spawn")
+    steps = context.Queue() if on_steps is not None else None
+    reader = threading.Thread(target=_read_steps, args=(steps, on_steps), daemon=True) if steps else None
+    if reader:
+        reader.start()
+    try:
+        _run_pools(phases, ctx, workers, on_done, context, threads, steps)
+    finally:
+        if reader:
+            steps.put(None)  # after every worker has flushed: the reader passes on the rest, then stops
+            reader.join()
+
+
+def _read_steps(queue, on_steps: Callable[[int], None]) -> None:
+    for n in iter(queue.get, None):
+        on_steps(n)
+
+
+def _run_pools(phases, ctx: Context, workers: int, on_done, context, threads: int, steps) -> None:
+    import concurrent.futures as cf
 
     def pool():
-        devices = spawn.Queue()
+        devices = context.Queue()
         for d in worker_devices(ctx.device, workers):
             devices.put(d)
-        return cf.ProcessPoolExecutor(workers, mp_context=spawn, initializer=_init_worker,
-                                      initargs=(threads, devices))
+        return cf.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                                      initargs=(threads, steps, devices))
 
     for phase in phases:
         pending, retried = list(phase), set()
@@ -418,9 +478,10 @@ def slurm_parameters(slurm: dict[str, Any], device: str) -> dict[str, Any]:
 
 
 def run_submitit(phases: list[list[Job]], ctx: Context, slurm: dict[str, Any], on_done: Callable[[dict], None],
-                 cluster: str | None = "slurm") -> None:
+                 cluster: str | None = "slurm", on_steps: Callable[[int], None] | None = None) -> None:
     """Array jobs through submitit, one array per phase (``cluster="local"`` runs them as local processes,
-    exercising the same submission path in tests)."""
+    exercising the same submission path in tests). ``on_steps(n)`` is told of a job's training steps when
+    it ends (cluster jobs have no channel back while they run)."""
     params = slurm_parameters(slurm, ctx.device)
     try:
         import submitit
@@ -432,6 +493,9 @@ def run_submitit(phases: list[list[Job]], ctx: Context, slurm: dict[str, Any], o
         submitted = executor.map_array(execute, phase, [ctx] * len(phase))
         for job, handle in zip(phase, submitted):
             try:
-                on_done(handle.result())
+                outcome = handle.result()
+                if on_steps is not None:
+                    on_steps(outcome.get("steps", 0))
+                on_done(outcome)
             except Exception as e:  # noqa: BLE001 - the cluster job itself died (time limit, node failure)
                 on_done({"id": None, "status": "failed", "label": job.label(), "error": f"{type(e).__name__}: {e}"})

@@ -35,6 +35,9 @@ def needs_extra(command: str, extra: str):
 
 def register(subparsers) -> None:
     """Add ``report``, ``export`` and ``analyze`` to ``subparsers`` (from ``parser.add_subparsers()``)."""
+    from prunelab.experiments.hparams import DataHparams, ModelHparams
+    from prunelab.options import one_of
+
     p = subparsers.add_parser("report", help="HTML report (figures, tables, CSV files) of a run store")
     p.add_argument("--root", default="runs", help="run store folder (default ./runs)")
     p.add_argument("--out", default="report", help="output folder for index.html and the CSV files (default ./report)")
@@ -59,10 +62,11 @@ def register(subparsers) -> None:
                     "give the network for effective sparsity.")
     p.add_argument("mask_or_run", metavar="MASK_OR_RUN", help="run id, unique prefix, run folder, or mask .pt file")
     p.add_argument("--root", default="runs", help="run store folder (default ./runs)")
-    p.add_argument("--model", default=None, help="model name, for a bare mask file")
+    p.add_argument("--model", default=None, help=f"model name, for a bare mask file; {one_of(ModelHparams, 'model')}")
     p.add_argument("--input-shape", type=int, nargs=3, metavar=("C", "H", "W"), default=None,
                    help="input shape, for a bare mask file")
-    p.add_argument("--dataset", default=None, help="dataset whose input shape and classes to use, for a bare mask")
+    p.add_argument("--dataset", default=None, help="dataset whose input shape and classes to use, for a bare mask; "
+                                                       f"{one_of(DataHparams, 'dataset')}")
     p.add_argument("--num-classes", type=int, default=None,
                    help="output classes, for a bare mask (default: the dataset's, else the mask's last layer's rows)")
     p.set_defaults(func=cmd_analyze)

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from prunelab.options import option
+
 #: The most worker processes the automatic choice gives one training process for an image-folder dataset.
 MAX_AUTO_LOADER_WORKERS = 8
 #: cuBLAS needs a fixed workspace to be deterministic (torch's "Reproducibility" notes).
@@ -56,11 +58,15 @@ def auto_loader_workers(device: torch.device) -> int:
 class RuntimeOptions:
     """How to execute a run; see the module docstring for why none of these is part of its hash."""
 
-    loader_workers: int | None = None  # image-folder decoding processes; None: min(8, CPUs per GPU), 0 on CPU
-    channels_last: bool = False  # NHWC convolutions (tensor cores prefer them)
-    cudnn_benchmark: bool = False  # let cuDNN time its algorithms for each new input shape
-    tf32: bool | None = None  # TF32 matmuls and convolutions on Ampere+; None: torch's defaults
-    deterministic: bool = False  # deterministic kernels only (slower); see docs/guide.md
+    loader_workers: int | None = option(None, help="processes decoding image-folder datasets (ImageNet, "
+                                        "TinyImageNet); in-memory datasets need none",
+                                        unset="min(8, CPUs per GPU) on CUDA, 0 on the CPU")
+    channels_last: bool = option(False, help="NHWC memory format for convolutions (tensor cores prefer it)")
+    cudnn_benchmark: bool = option(False, help="let cuDNN time its algorithms for each new input shape")
+    tf32: bool | None = option(None, help="TF32 matrix products and convolutions on Ampere and newer GPUs",
+                               unset="torch's defaults")
+    deterministic: bool = option(False, help="deterministic kernels only: slower, bitwise repeatable on one GPU "
+                                 "(docs/guide.md §7)")
 
     def __post_init__(self) -> None:
         w = self.loader_workers

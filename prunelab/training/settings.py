@@ -10,6 +10,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from prunelab.options import default_of, option, show_value
 from prunelab.registry import check_name
 from prunelab.training.durations import Step
 
@@ -33,21 +34,22 @@ def check_seed(seed, what: str = "seed") -> int:
 
 @dataclass(frozen=True)
 class TrainSettings:
-    train: str = "40ep"  # total length of the schedule
-    batch_size: int = 128
-    optimizer: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.0
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    milestones: tuple[str, ...] = ()  # LR drops, as durations
-    gamma: float = 0.1  # LR factor at each milestone
-    warmup: str = "0it"  # linear warm-up from 0 to lr
-    eval_every: str = "1ep"
-    data_seed: int | None = None  # None: the replicate's seed
-    # mixed precision: "bf16" (bfloat16), "fp16" (float16 with loss scaling), True (fp16 on CUDA, bf16
-    # elsewhere: the meaning it had before the named modes) or False; part of the run's identity (numerics)
-    amp: bool | str = False
+    train: str = option("40ep", help="total length of the schedule, a duration such as 160ep or 1000it")
+    batch_size: int = option(128, help="examples per optimizer step")
+    optimizer: str = option("sgd", help="optimizer", choices=lambda: OPTIMIZERS)
+    lr: float = option(0.1, help="peak learning rate")
+    momentum: float = option(0.0, help="momentum of sgd (adam and adamw use their default betas)")
+    nesterov: bool = option(False, help="Nesterov momentum (sgd)")
+    weight_decay: float = option(0.0, help="weight decay (L2 for sgd and adam, decoupled for adamw)")
+    milestones: tuple[str, ...] = option((), help="steps at which the learning rate drops by gamma, as durations")
+    gamma: float = option(0.1, help="learning-rate factor at each milestone")
+    warmup: str = option("0it", help="linear warm-up of the learning rate from 0, as a duration")
+    eval_every: str = option("1ep", help="test-set evaluation interval, as a duration (also at the end)")
+    data_seed: int | None = option(None, help="seed of the data order and augmentation",
+                                   unset="the replicate's seed")
+    # part of the run's identity (numerics); True keeps the meaning it had before the named modes
+    amp: bool | str = option(False, help="mixed precision: bf16 (bfloat16), fp16 (float16 with loss scaling), "
+                             "or on alone: fp16 on CUDA, bf16 elsewhere", choices=lambda: AMP_MODES)
 
     def __post_init__(self) -> None:
         # Canonical values, so that equal settings hash equally whether they came from TOML or flags
@@ -128,3 +130,21 @@ def recipe(model: str, dataset: str) -> TrainSettings:
     if dataset in ("mnist", "fashion_mnist") and model.startswith("conv"):
         return TrainSettings()
     return TrainSettings(**_CIFAR)
+
+
+# (model, dataset) pairs whose recipes the help text quotes: one per recipe of Appendix A.3, and ours.
+RECIPE_EXAMPLES = [("lenet_300_100", "fashion_mnist"), ("resnet20", "cifar10"), ("resnet18_modified", "tiny_imagenet"),
+                   ("resnet50", "imagenet"), *((m, "fashion_mnist") for m in _MODEL_RECIPES)]
+
+
+def recipe_default(name: str) -> str:
+    """What the CLI's default of training field ``name`` is: the same in every recipe, or each recipe's value
+    ("the recipe of the model: 40ep for lenet_300_100/fashion_mnist; 160ep for resnet20/cifar10; ...")."""
+    by_value: dict[str, list[str]] = {}
+    for model, dataset in RECIPE_EXAMPLES:
+        where = model if model in _MODEL_RECIPES else f"{model}/{dataset}"
+        by_value.setdefault(show_value(getattr(recipe(model, dataset), name)), []).append(where)
+    if len(by_value) == 1:
+        value = default_of(next(f for f in dataclasses.fields(TrainSettings) if f.name == name))
+        return next(iter(by_value)) if value is not None else ""
+    return "the recipe of the model: " + "; ".join(f"{v} for {', '.join(w)}" for v, w in by_value.items())

@@ -14,7 +14,6 @@ mask updates during training, a user's per-step hook.
 from __future__ import annotations
 
 import math
-import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -287,7 +286,7 @@ class Loop:
                     cb.after_step(self, (x, y))
                 last = self.metrics[-1] if self.metrics else {}
                 if last.get("step") == self.step and "test_accuracy" in last:
-                    bar.set_postfix(acc=f"{last['test_accuracy']:.4f}")
+                    bar.set_postfix(acc=f"{last['test_accuracy']:.4f}", refresh=False)
                 bar.update(1)
                 if self.step >= self.end_step:
                     break
@@ -572,8 +571,6 @@ def _json_line(obj: dict) -> str:
 
 
 def _progress_bar(enabled: bool, total: int, initial: int):
-    from tqdm.auto import tqdm
+    from prunelab import progress
 
-    return tqdm(
-        total=total, initial=initial, disable=not enabled, file=sys.stderr, leave=False, unit="it", dynamic_ncols=True
-    )
+    return progress.bar(total, initial=initial, enabled=enabled, unit="it", desc="training")
