@@ -552,16 +552,39 @@ def _list_protocols() -> list[list[str]]:
     return rows
 
 
-LISTS = {"methods": _list_methods, "models": _list_models, "datasets": _list_datasets,
-         "protocols": _list_protocols}
+def _list_settings() -> list[list[str]]:
+    """Every key of every TOML section (``--config`` files and sweep specs), from the same field
+    descriptions as the flags' help: ``section.key``, description with its choices, default."""
+    import dataclasses
+
+    from prunelab.experiments.hparams import SECTIONS
+    from prunelab.options import choices_of, default_of, help_of, show_value, unset_of
+
+    rows = []
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls or TrainSettings):
+            text = help_of(f) + (f"; one of: {', '.join(choices_of(f))}" if choices_of(f) else "")
+            value = default_of(f)
+            default = (unset_of(f) or "none") if value is None else show_value(value)
+            if section == "training":  # recipe(model, dataset) gives the defaults; TrainSettings' are LeNet's
+                default = f"recipe of the model (LeNets: {default})"
+            rows.append([f"{section}.{f.name}", text, default])
+    return rows
+
+
+# name -> (rows, header): each registry, and the settings' documentation
+LISTS = {"methods": (_list_methods, "citation"), "models": (_list_models, "citation"),
+         "datasets": (_list_datasets, "citation"), "protocols": (_list_protocols, "citation"),
+         "settings": (_list_settings, "default")}
 
 
 def cmd_list(args) -> int:
-    """One registry as a table: name, one-line description, citation (full entries in docs/references.md)."""
+    """One registry as a table: name, one-line description, citation (full entries in docs/references.md);
+    ``settings``: every config key with its description and default."""
     from prunelab.registry import check_name
 
-    rows = LISTS[check_name("registry", args.registry, list(LISTS))]()
-    _print_table([["name", "description", "citation"]] + [[n, d, c or "-"] for n, d, c in rows])
+    rows, last = LISTS[check_name("registry", args.registry, list(LISTS))]
+    _print_table([["name", "description", last]] + [[n, d, c or "-"] for n, d, c in rows()])
     return 0
 
 

@@ -93,3 +93,26 @@ def test_unknown_registry_is_one_line_and_exit_2(capsys):
 def test_missing_registry_is_one_line_and_exit_2(capsys):
     assert main(["list"]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_settings_document_every_key_of_every_config_section(capsys):
+    """``prunelab list settings`` is the TOML documentation: one row per field of each section's dataclass,
+    with the field's own description."""
+    import dataclasses
+
+    from prunelab.experiments.hparams import SECTIONS
+    from prunelab.options import help_of
+    from prunelab.training import TrainSettings
+
+    assert main(["list", "settings"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = lines[0]
+    assert header.split() == ["name", "description", "default"]
+    rows = {line.split()[0]: line for line in lines[2:]}
+    expected = {f"{section}.{f.name}": f for section, cls in SECTIONS.items()
+                for f in dataclasses.fields(cls or TrainSettings)}
+    assert set(rows) == set(expected)
+    for key, f in expected.items():
+        assert help_of(f) and help_of(f) in rows[key], key
+    assert "recipe of the model (LeNets: 40ep)" in rows["training.train"]
+    assert "one of: " in rows["pruning.method"] and "synflow" in rows["pruning.method"]
