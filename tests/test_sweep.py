@@ -169,7 +169,7 @@ def test_a_worker_runs_its_jobs_on_the_device_it_was_given(monkeypatch, tmp_path
     sweep._init_worker(torch.get_num_threads(), devices=slots)
     seen = []
     monkeypatch.setattr(sweep.Context, "runner",
-                        lambda self, progress=False: seen.append(self.device) or types.SimpleNamespace())
+                        lambda self, progress=False: seen.append(self.device) or types.SimpleNamespace(steps_executed=0))
     from prunelab.experiments.hparams import DataHparams, ModelHparams
     from prunelab.experiments.runner import Replicate
     from prunelab.training import TrainSettings
