@@ -42,24 +42,42 @@ def dense_stats(df: pd.DataFrame, model: str, train: str) -> tuple[float, float,
     return d.test_accuracy.mean(), d.test_accuracy.std(), len(d)
 
 
+def recipe(r: pd.Series) -> str:
+    """Which paper's training recipe a LeNet run follows: Lee et al. 2019, §5 (momentum 0.9, batch 100, weight
+    decay 5e-4, LR drops) or Frankle et al. 2021, App. A.3 (plain SGD, batch 128)."""
+    lee = r["training.momentum"] == 0.9 and r["training.batch_size"] == 100 and r["training.weight_decay"] == 5e-4
+    return ("Lee et al. 2019" if lee else "Frankle et al. 2021") + f", {r['training.train']}"
+
+
 def family1(df: pd.DataFrame) -> str:
-    out = ["## Family 1: SNIP at initialization (Lee et al. 2019, Table 1 analogue, Fashion-MNIST)\n"]
-    rows = [["network", "epochs", "sparsity", "error %", "dense error %", "error change (points)"]]
-    snip = df[(df.kind == "prune") & (df.method == "snip") & (df.status == "done") & (df.prune_at == "0it")]
-    for (model, train), part in snip.groupby(["model", "training.train"]):
-        dense, _, _ = dense_stats(df, model, train)
-        for _, r in part.sort_values("sparsity_target").iterrows():
-            if r.sparsity_target not in (0.9, 0.95, 0.98, 0.99) or r.seed != 0:
+    out = ["## Family 1: SNIP at initialization (Lee et al. 2019, Table 1 analogue, Fashion-MNIST)\n",
+           "Error of SNIP-pruned networks against the dense network of the same setting and seed; "
+           "mean ± standard deviation over seeds where there are several.\n\n"]
+    rows = [["network", "recipe", "sparsity", "error %", "dense error %", "error change (points)", "seeds"]]
+    done = df[df.status == "done"]
+    snip = done[(done.kind == "prune") & (done.method == "snip") & (done.prune_at == "0it") & done.ablation.isna()
+                & done.sparsity_target.isin([0.9, 0.95, 0.98, 0.99])]
+    for (model, setting), part in snip.groupby(["model", "setting"]):
+        dense = done[(done.kind == "dense") & (done.setting == setting)].set_index("seed").test_accuracy
+        for target, runs in part.groupby("sparsity_target"):
+            runs = runs[runs.seed.isin(dense.index)]
+            if runs.empty:
                 continue
-            rows.append([model, train, f"{r.sparsity_target:.0%}", pct(1 - r.test_accuracy), pct(1 - dense),
-                         f"{100 * (dense - r.test_accuracy):+.2f}"])
+            err, base = 1 - runs.test_accuracy.values, 1 - dense.loc[runs.seed].values
+            change = pd.Series(100 * (err - base))
+            rows.append([model, recipe(runs.iloc[0]), f"{target:.0%}", pct(err.mean(), pd.Series(err).std()),
+                         pct(base.mean(), pd.Series(base).std()),
+                         f"{change.mean():+.2f}" + ("" if len(change) < 2 else f" ± {change.std():.2f}"),
+                         str(len(runs))])
     return "\n".join(out) + table(rows) + "\n"
 
 
 def family2(df: pd.DataFrame) -> str:
     out = ["## Family 2: criteria at initialization vs. after training (Frankle et al. 2021, Fig. 3, App. K)\n"]
     sel = df[(df.model == "lenet_300_100") & (df["training.train"] == "10ep") & (df.status == "done")]
-    init = sel[(sel.kind == "prune") & (sel.prune_at == "0it") & sel.ablation.isna()]
+    # the criteria's own layer densities: random at ERK or at SynFlow's densities is family 14's
+    init = sel[(sel.kind == "prune") & (sel.prune_at == "0it") & sel.ablation.isna() & sel.distribution.isna()
+               & sel.like.isna()]
     after = sel[(sel.kind == "prune") & (sel.prune_at == "end") & sel.ablation.isna()]
     ltr = sel[(sel.kind == "lottery") & (sel.rewind_to == "0it") & (sel.level == 1) & sel.structure.eq("unstructured")]
     dense, dense_std, n = dense_stats(df, "lenet_300_100", "10ep")
@@ -111,7 +129,7 @@ def family4(df: pd.DataFrame) -> str:
     target = 0.931280523
     sel = df[(df.model == "lenet_300_100") & (df["training.train"] == "10ep") & (df.status == "done")]
     later = sel[(sel.kind == "prune") & sel.ablation.isna() & (sel.sparsity_target == target)
-                & ~sel.prune_at.isin(["end"])]
+                & ~sel.prune_at.isin(["end"]) & sel.distribution.isna() & sel.like.isna()]
     ltr = sel[(sel.kind == "lottery") & (sel.level == 1) & (sel.rate == target)
               & ~sel.rewind_to.isin(["finetune", "sign", "sigma_sign"])]
     if later.prune_at.nunique() < 2 and ltr.rewind_to.nunique() < 2:
@@ -459,7 +477,8 @@ def main() -> None:
     ap.add_argument("--specs", default="repro", help="folder of the sweep specs (for the compute table)")
     args = ap.parse_args()
     df = runs_table(args.root)
-    for col in ("method", "prune_at", "ablation", "rewind_to", "structure", "level", "rate", "sparsity_target"):
+    for col in ("method", "prune_at", "ablation", "rewind_to", "structure", "level", "rate", "sparsity_target",
+                "distribution", "like"):
         if col not in df.columns:
             df[col] = None
     parts = [family1(df), family2(df), family3(df), family4(df), family5(Path(args.results)),
