@@ -181,8 +181,8 @@ def family5(results: Path) -> str:
         if "conservation" in entry:
             c = entry["conservation"]
             cons.append([net, "yes" if c["exact"] else "approximate", f"{c['max_relative_error']:.2e}"])
-    sizes = [["network", "criterion", "layers", "slope of log mean |score| on log size", "correlation",
-              "largest / smallest layer total |score|"]]
+    sizes = [["network", "criterion", "layers", "slope of log mean abs(score) on log size", "correlation",
+              "largest / smallest abs(layer total)"]]
     for net, entry in data.items():
         for key in sorted(k for k in entry if k.startswith("layer_scores/")):
             layers = entry[key].values()  # [size, total, total |score|]
