@@ -203,6 +203,37 @@ def family5(results: Path) -> str:
             "inputs; GraSP's total is its absolute value (Tanaka et al. 2020, footnote 4):\n\n" + table(sizes) + "\n")
 
 
+def family5_training(results: Path) -> str:
+    """Conservation of the squared weights under training (Tanaka et al. 2020, §5, Fig. 5b), from
+    ``repro/conservation_training.py``."""
+    data = script_results(results, "conservation_training")
+    if not data:
+        return ""
+    rows = [["network", "seed", "layer", "size", "sum w² at init", "after training",
+             "change of sum w² + sum b²", "change of the next layer's sum w²"]]
+    fits = [["network", "seed", "slope of log mean w² on log size: init", "after training",
+             "largest / smallest sum w²: init", "after training"]]
+    for entry in sorted(data.values(), key=lambda e: (e["model"], e["seed"])):
+        layers = list(entry["layers"].items())
+        for i, (name, e) in enumerate(layers):
+            change = e["end"][0] + e["end"][1] - e["init"][0] - e["init"][1]
+            nxt = layers[i + 1][1] if i + 1 < len(layers) else None
+            rows.append([entry["model"], entry["seed"], name, e["size"], f"{e['init'][0]:.1f}", f"{e['end'][0]:.1f}",
+                         f"{change:+.1f}", "-" if nxt is None else f"{nxt['end'][0] - nxt['init'][0]:+.1f}"])
+        sizes = [e["size"] for _, e in layers]
+        cells = []
+        for when in ("init", "end"):
+            cells.append(f"{_loglog_fit(sizes, [e[when][0] / e['size'] for _, e in layers])[0]:.2f}")
+        spread = [max(t) / min(t) for t in ([e[w][0] for _, e in layers] for w in ("init", "end"))]
+        fits.append([entry["model"], entry["seed"], *cells, *(f"{x:.1f}" for x in spread)])
+    lr = {(e["lr"], e["momentum"]) for e in data.values()}
+    return ("## Family 5, under training: conservation of the squared weights (Tanaka et al. 2020, §5, Fig. 5b)\n\n"
+            "Dense networks of family 1/14 (Frankle et al. 2021's recipe, SGD with (lr, momentum) in "
+            f"{sorted(lr)}, 10 epochs). Under gradient flow, the change of a layer's sum w² + sum b² equals the change "
+            "of the next layer's sum w² (the last two columns); a slope of -1 means equal layer totals:\n\n"
+            + table(rows) + "\n\n" + table(fits) + "\n")
+
+
 def family6_convnets(results: Path) -> str:
     """Neuron collapse of the papers' convnets at their highest matching sparsity (Frankle et al. 2021, §5,
     Fig. 5), from
@@ -621,6 +652,7 @@ def main() -> None:
         if col not in df.columns:
             df[col] = None
     parts = [family1(df), family2(df), family3(df), family4(df), family5(Path(args.results)),
+             family5_training(Path(args.results)),
              family6(df, args.root), family6_effective(df, args.root, Path(args.results)),
              family6_convnets(Path(args.results)), family6_shortcuts(Path(args.results)),
              family7(df),
