@@ -32,8 +32,9 @@ runs elsewhere, e.g. ``/tmp/runs``; a run's id is the hash of its hyperparameter
 Sections computed from checkpoints merge with the cached numbers: runs whose checkpoints are missing keep
 theirs, and an accuracy recomputed from a rerun that differs from the cached one is reported.
 
-Each training budget (``training.train``) of the runs is analysed on its own: results.json maps it to
-the sections above.
+Each training budget (``training.train``) and initialization (``model.init``) of the runs is analysed on its own:
+results.json maps the budget ("1ep"; "30ep torch_default" for an initialization other than Kaiming normal) to the
+sections above. ``--model lenet_pf --out repro/results/imp_lenet_pf`` analyses ``repro/07e_imp_pf_lenet.toml``.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ ENSEMBLES = {
     "ensemble_l1_s_us": ["l1", "unstructured"],
 }
 BUDGET_PAIRS = [("1ep", "4ep"), ("1ep", "10ep"), ("4ep", "10ep")]
+DEFAULT_INIT = "kaiming_normal"
 
 
 def lottery_runs(df: pd.DataFrame, model: str) -> pd.DataFrame:
@@ -300,11 +302,13 @@ def main() -> None:
     path = out / "results.json"
     previous = json.loads(path.read_text()) if path.is_file() else {}
     results = {}
-    for train, part in runs.groupby("training.train"):
+    for (train, init), part in runs.groupby(["training.train", "model.init"]):
         dense = all_runs[(all_runs.kind == "dense") & (all_runs.model == args.model) & (all_runs.status == "done")
-                         & (all_runs["training.train"] == train) & (all_runs.dataset == part.dataset.iloc[0])]
-        results[train] = analyze(root, ckpts, part, dense, previous.get(train, {}))
-    results["across_budgets"] = across_budgets(root, runs)
+                         & (all_runs["training.train"] == train) & (all_runs["model.init"] == init)
+                         & (all_runs.dataset == part.dataset.iloc[0])]
+        key = train if init == DEFAULT_INIT else f"{train} {init}"  # the default keeps the keys of earlier results
+        results[key] = analyze(root, ckpts, part, dense, previous.get(key, {}))
+    results["across_budgets"] = across_budgets(root, runs[runs["model.init"] == DEFAULT_INIT])
     atomic_write_json(path, results)
     print(f"wrote {path}")
 

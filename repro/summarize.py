@@ -444,8 +444,8 @@ def family7_analyses(results: Path) -> str:
     if data is None:
         return ""
     out = []
-    budgets = [(k, v) for k, v in data.items() if k.endswith("ep")]
-    for train, res in sorted(budgets, key=lambda kv: float(kv[0][:-2])):  # "1ep" < "4ep" < "10ep"
+    budgets = [(k, v) for k, v in data.items() if k.split()[0].endswith("ep")]  # "1ep", "30ep torch_default"
+    for train, res in sorted(budgets, key=lambda kv: (float(kv[0].split()[0][:-2]), kv[0])):  # "1ep" < "4ep" < "10ep"
         out.append(f"## Family 7 analyses, {train} per level: similarity, structure, stability, ensembles "
                    "(Paganini & Forde 2020, §4-5, App. B, D)\n")
         out += (_similarity(res) + _structure(res) + _effective(res) + _stability(res) + _ensembles(res)
