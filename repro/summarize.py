@@ -99,7 +99,8 @@ def family2(df: pd.DataFrame) -> str:
         cells = [f"{pct(by[t].test_accuracy_mean, by[t].test_accuracy_std)} (n={int(by[t]['count'])})"
                  if t in by else "-" for t in targets]
         matching = [t for t in targets if t in by and by[t].test_accuracy_mean >= dense - dense_std]
-        rows.append([name] + cells + [f"{max(matching):.1%}" if matching else "none"])
+        partial = "" if len(by) == len(targets) else " (of those run)"
+        rows.append([name] + cells + [(f"{max(matching):.1%}" if matching else "none") + partial])
     out.append(f"Dense LeNet-300-100, 10 epochs: {pct(dense, dense_std)} (n={n}); 'matching' = mean accuracy within "
                "one standard deviation of dense.\n")
     return "\n".join(out) + "\n" + table(rows) + "\n"
