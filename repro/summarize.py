@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -42,24 +43,42 @@ def dense_stats(df: pd.DataFrame, model: str, train: str) -> tuple[float, float,
     return d.test_accuracy.mean(), d.test_accuracy.std(), len(d)
 
 
+def recipe(r: pd.Series) -> str:
+    """Which paper's training recipe a LeNet run follows: Lee et al. 2019, §5 (momentum 0.9, batch 100, weight
+    decay 5e-4, LR drops) or Frankle et al. 2021, App. A.3 (plain SGD, batch 128)."""
+    lee = r["training.momentum"] == 0.9 and r["training.batch_size"] == 100 and r["training.weight_decay"] == 5e-4
+    return ("Lee et al. 2019" if lee else "Frankle et al. 2021") + f", {r['training.train']}"
+
+
 def family1(df: pd.DataFrame) -> str:
-    out = ["## Family 1: SNIP at initialization (Lee et al. 2019, Table 1 analogue, Fashion-MNIST)\n"]
-    rows = [["network", "epochs", "sparsity", "error %", "dense error %", "error change (points)"]]
-    snip = df[(df.kind == "prune") & (df.method == "snip") & (df.status == "done") & (df.prune_at == "0it")]
-    for (model, train), part in snip.groupby(["model", "training.train"]):
-        dense, _, _ = dense_stats(df, model, train)
-        for _, r in part.sort_values("sparsity_target").iterrows():
-            if r.sparsity_target not in (0.9, 0.95, 0.98, 0.99) or r.seed != 0:
+    out = ["## Family 1: SNIP at initialization (Lee et al. 2019, Table 1 analogue, Fashion-MNIST)\n",
+           "Error of SNIP-pruned networks against the dense network of the same setting and seed; "
+           "mean ± standard deviation over seeds where there are several.\n\n"]
+    rows = [["network", "recipe", "sparsity", "error %", "dense error %", "error change (points)", "seeds"]]
+    done = df[df.status == "done"]
+    snip = done[(done.kind == "prune") & (done.method == "snip") & (done.prune_at == "0it") & done.ablation.isna()
+                & done.sparsity_target.isin([0.9, 0.95, 0.98, 0.99])]
+    for (model, setting), part in snip.groupby(["model", "setting"]):
+        dense = done[(done.kind == "dense") & (done.setting == setting)].set_index("seed").test_accuracy
+        for target, runs in part.groupby("sparsity_target"):
+            runs = runs[runs.seed.isin(dense.index)]
+            if runs.empty:
                 continue
-            rows.append([model, train, f"{r.sparsity_target:.0%}", pct(1 - r.test_accuracy), pct(1 - dense),
-                         f"{100 * (dense - r.test_accuracy):+.2f}"])
+            err, base = 1 - runs.test_accuracy.values, 1 - dense.loc[runs.seed].values
+            change = pd.Series(100 * (err - base))
+            rows.append([model, recipe(runs.iloc[0]), f"{target:.0%}", pct(err.mean(), pd.Series(err).std()),
+                         pct(base.mean(), pd.Series(base).std()),
+                         f"{change.mean():+.2f}" + ("" if len(change) < 2 else f" ± {change.std():.2f}"),
+                         str(len(runs))])
     return "\n".join(out) + table(rows) + "\n"
 
 
 def family2(df: pd.DataFrame) -> str:
     out = ["## Family 2: criteria at initialization vs. after training (Frankle et al. 2021, Fig. 3, App. K)\n"]
     sel = df[(df.model == "lenet_300_100") & (df["training.train"] == "10ep") & (df.status == "done")]
-    init = sel[(sel.kind == "prune") & (sel.prune_at == "0it") & sel.ablation.isna()]
+    # the criteria's own layer densities: random at ERK or at SynFlow's densities is family 14's
+    init = sel[(sel.kind == "prune") & (sel.prune_at == "0it") & sel.ablation.isna() & sel.distribution.isna()
+               & sel.like.isna()]
     after = sel[(sel.kind == "prune") & (sel.prune_at == "end") & sel.ablation.isna()]
     ltr = sel[(sel.kind == "lottery") & (sel.rewind_to == "0it") & (sel.level == 1) & sel.structure.eq("unstructured")]
     dense, dense_std, n = dense_stats(df, "lenet_300_100", "10ep")
@@ -80,7 +99,8 @@ def family2(df: pd.DataFrame) -> str:
         cells = [f"{pct(by[t].test_accuracy_mean, by[t].test_accuracy_std)} (n={int(by[t]['count'])})"
                  if t in by else "-" for t in targets]
         matching = [t for t in targets if t in by and by[t].test_accuracy_mean >= dense - dense_std]
-        rows.append([name] + cells + [f"{max(matching):.1%}" if matching else "none"])
+        partial = "" if len(by) == len(targets) else " (of those run)"
+        rows.append([name] + cells + [(f"{max(matching):.1%}" if matching else "none") + partial])
     out.append(f"Dense LeNet-300-100, 10 epochs: {pct(dense, dense_std)} (n={n}); 'matching' = mean accuracy within "
                "one standard deviation of dense.\n")
     return "\n".join(out) + "\n" + table(rows) + "\n"
@@ -111,7 +131,7 @@ def family4(df: pd.DataFrame) -> str:
     target = 0.931280523
     sel = df[(df.model == "lenet_300_100") & (df["training.train"] == "10ep") & (df.status == "done")]
     later = sel[(sel.kind == "prune") & sel.ablation.isna() & (sel.sparsity_target == target)
-                & ~sel.prune_at.isin(["end"])]
+                & ~sel.prune_at.isin(["end"]) & sel.distribution.isna() & sel.like.isna()]
     ltr = sel[(sel.kind == "lottery") & (sel.level == 1) & (sel.rate == target)
               & ~sel.rewind_to.isin(["finetune", "sign", "sigma_sign"])]
     if later.prune_at.nunique() < 2 and ltr.rewind_to.nunique() < 2:
@@ -135,23 +155,84 @@ def family4(df: pd.DataFrame) -> str:
             f"Dense: {pct(dense, dense_std)} (n={n}).\n\n" + table(rows) + "\n")
 
 
+VARIANTS = [("synflow_1it", "SynFlow, 1 iteration"), ("snip_b10", "SNIP, 10 inputs"),
+            ("iterative_snip_b10", "iterative SNIP, 10 inputs, 100 iterations")]
+
+
+def _loglog_fit(sizes: list[float], values: list[float]) -> tuple[float, float]:
+    """Slope and correlation of log10(values) against log10(sizes), by least squares."""
+    x = pd.Series(sizes, dtype=float).map(math.log10)
+    y = pd.Series(values, dtype=float).map(math.log10)
+    slope = ((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum()
+    return float(slope), float(x.corr(y))
+
+
 def family5(results: Path) -> str:
     data = script_results(results, "layer_collapse")
     if data is None:
         return ""
     methods = ["random", "magnitude", "snip", "grasp", "synflow"]
-    rows = [["network", "max compression N/L"] + methods]
+    rows = [["network", "max compression N/L"] + methods + [label for _, label in VARIANTS]]
     for net, entry in data.items():
         rows.append([net, f"{entry['max_compression']:.4g}"] +
-                    [f"{entry[f'critical/{m}']:.4g}" if f"critical/{m}" in entry else "-" for m in methods])
+                    [f"{entry[f'critical/{m}']:.4g}" if f"critical/{m}" in entry else "-"
+                     for m in methods + [k for k, _ in VARIANTS]])
     cons = [["network", "conservation exact?", "max relative error (neuron in vs out)"]]
     for net, entry in data.items():
         if "conservation" in entry:
             c = entry["conservation"]
             cons.append([net, "yes" if c["exact"] else "approximate", f"{c['max_relative_error']:.2e}"])
-    return ("## Family 5: layer collapse and conservation at initialization (Tanaka et al. 2020, Figs. 1-4)\n\n"
-            "Critical compression (largest compression without an empty layer; bisection, 12% tolerance):\n\n"
-            + table(rows) + "\n\n" + table(cons) + "\n")
+    sizes = [["network", "criterion", "layers", "slope of log mean abs(score) on log size", "correlation",
+              "largest / smallest abs(layer total)"]]
+    for net, entry in data.items():
+        for key in sorted(k for k in entry if k.startswith("layer_scores/")):
+            layers = entry[key].values()  # [size, total, total |score|]
+            mean_abs = [a / n for n, _, a in layers]
+            slope, corr = _loglog_fit([n for n, _, _ in layers], mean_abs)
+            totals = [abs(t) for _, t, _ in layers]
+            sizes.append([net, key.split("/")[1], len(totals), f"{slope:.2f}", f"{corr:.3f}",
+                          f"{max(totals) / min(totals):.3g}" if min(totals) > 0 else "inf"])
+    return ("## Family 5: layer collapse and conservation at initialization (Tanaka et al. 2020, Figs. 1-4, 7)\n\n"
+            "Critical compression (largest compression without an empty layer; bisection, 12% tolerance). The last "
+            "three columns ablate iteration (Tanaka et al. 2020, §5-6, Fig. 7): SynFlow scored once instead of over "
+            "100 iterations, and SNIP one-shot against iterative SNIP over 100 iterations, both on 10 Gaussian inputs "
+            "(one per class) instead of 100:\n\n"
+            + table(rows) + "\n\n" + table(cons) + "\n\n"
+            "Layer size against score at initialization (Tanaka et al. 2020, Thm. 2, Fig. 4): a slope of -1 means the "
+            "average score of a layer is inversely proportional to its size, i.e. every layer has the same total "
+            "score (exact for SynFlow where each layer separates input from output). SNIP and GraSP on 100 Gaussian "
+            "inputs; GraSP's total is its absolute value (Tanaka et al. 2020, footnote 4):\n\n" + table(sizes) + "\n")
+
+
+def family5_training(results: Path) -> str:
+    """Conservation of the squared weights under training (Tanaka et al. 2020, §5, Fig. 5b), from
+    ``repro/conservation_training.py``."""
+    data = script_results(results, "conservation_training")
+    if not data:
+        return ""
+    rows = [["network", "seed", "layer", "size", "sum w² at init", "after training",
+             "change of sum w² + sum b²", "change of the next layer's sum w²"]]
+    fits = [["network", "seed", "slope of log mean w² on log size: init", "after training",
+             "largest / smallest sum w²: init", "after training"]]
+    for entry in sorted(data.values(), key=lambda e: (e["model"], e["seed"])):
+        layers = list(entry["layers"].items())
+        for i, (name, e) in enumerate(layers):
+            change = e["end"][0] + e["end"][1] - e["init"][0] - e["init"][1]
+            nxt = layers[i + 1][1] if i + 1 < len(layers) else None
+            rows.append([entry["model"], entry["seed"], name, e["size"], f"{e['init'][0]:.1f}", f"{e['end'][0]:.1f}",
+                         f"{change:+.1f}", "-" if nxt is None else f"{nxt['end'][0] - nxt['init'][0]:+.1f}"])
+        sizes = [e["size"] for _, e in layers]
+        cells = []
+        for when in ("init", "end"):
+            cells.append(f"{_loglog_fit(sizes, [e[when][0] / e['size'] for _, e in layers])[0]:.2f}")
+        spread = [max(t) / min(t) for t in ([e[w][0] for _, e in layers] for w in ("init", "end"))]
+        fits.append([entry["model"], entry["seed"], *cells, *(f"{x:.1f}" for x in spread)])
+    lr = {(e["lr"], e["momentum"]) for e in data.values()}
+    return ("## Family 5, under training: conservation of the squared weights (Tanaka et al. 2020, §5, Fig. 5b)\n\n"
+            "Dense networks of family 1/14 (Frankle et al. 2021's recipe, SGD with (lr, momentum) in "
+            f"{sorted(lr)}, 10 epochs). Under gradient flow, the change of a layer's sum w² + sum b² equals the change "
+            "of the next layer's sum w² (the last two columns); a slope of -1 means equal layer totals:\n\n"
+            + table(rows) + "\n\n" + table(fits) + "\n")
 
 
 def family6_convnets(results: Path) -> str:
@@ -305,8 +386,56 @@ def _ensembles(res: dict) -> list[str]:
     agg = en.groupby("level")[cols].mean()
     rows = [["level"] + cols] + [[int(level)] + [pct(r[c]) for c in cols] for level, r in agg.iterrows()]
     return ["Ensembles: test accuracy of each structure's network (weights rewound) and of averaging the softmax "
-            "outputs of all of them or of L1 structured + L1 unstructured (Paganini & Forde 2020, App. D, Table 2):\n",
+            "outputs of all eight (ensemble_all), of hybrid + fc-only + L1 unstructured (ensemble_hybrid_fc_us, the "
+            "last column of Paganini & Forde 2020, Table 2) or of L1 structured + L1 unstructured (Paganini & Forde "
+            "2020, App. D, Table 2):\n",
             table(rows) + "\n"]
+
+
+def _effective(res: dict) -> list[str]:
+    ef = pd.DataFrame(res.get("effective_sparsity", []))
+    if ef.empty:
+        return []
+    ef = ef[ef.rewind_to == "0it"].groupby(["structure", "level"])[["actual", "effective"]].mean()
+    levels = sorted(ef.index.get_level_values("level").unique())
+    rows = [["structure"] + [f"level {int(lv)}" for lv in levels] + ["effective rate per level (mean)"]]
+    for structure, part in ef.groupby(level=0):
+        part = part.droplevel(0)
+        kept = (1 - part.effective).reindex(levels)
+        rates = 1 - kept / pd.Series([1.0] + list(kept.values[:-1]), index=levels)
+        rows.append([structure] + [f"{part.loc[lv, 'actual']:.1%} / {part.loc[lv, 'effective']:.1%}"
+                                   if lv in part.index else "-" for lv in levels] + [f"{rates.mean():.1%}"])
+    return ["Effective sparsity (Paganini & Forde 2020, App. B): actual / effective sparsity of the whole network "
+            "(effective also counts kept weights disconnected from the output); the last column is the mean over "
+            "levels of the effective fraction of the remaining weights pruned per level (20% nominal, per layer):\n",
+            table(rows) + "\n"]
+
+
+def _magnitudes(res: dict) -> list[str]:
+    mg = pd.DataFrame(res.get("magnitudes", {}).get("rows", []))
+    if mg.empty:
+        return []
+    rows = _by_level(mg, ["structure", "layer"], "mean_abs", lambda v: f"{v:.3f}")
+    return ["Mean |w| of the kept weights at the end of training, per level (level 0: the dense network), from the "
+            "runs whose checkpoints were recreated (Paganini & Forde 2020, §5: in fully connected layers it grows "
+            "with sparsity):\n", table(rows) + "\n"]
+
+
+def _across_budgets(data: dict) -> str:
+    ab = pd.DataFrame(data.get("across_budgets", []))
+    if ab.empty:
+        return ""
+    cells = ab.groupby(["pair", "layer", "level"])[["distance", "random"]].mean()
+    levels = sorted(ab.level.unique())
+    rows = [["budgets", "layer"] + [f"level {int(lv)}" for lv in levels]]
+    for pair, layer in sorted(cells.index.droplevel(2).unique(), key=lambda k: (list(ab.pair).index(k[0]), k[1])):
+        part = cells.loc[(pair, layer)]
+        rows.append([pair, layer] + [f"{part.loc[lv, 'distance']:.2f} ({part.loc[lv, 'random']:.2f})"
+                                     if lv in part.index else "-" for lv in levels])
+    return ("## Family 7: masks found with 1, 4 and 10 epochs of training per level (Paganini & Forde 2020, App. C)\n\n"
+            "Jaccard distance between the L1-unstructured rewinding masks found with two training budgets per level, "
+            "same seed and level, per layer; in brackets the expected distance of two independent random masks "
+            "with the same kept counts:\n\n" + table(rows) + "\n")
 
 
 def family7_analyses(results: Path) -> str:
@@ -316,12 +445,23 @@ def family7_analyses(results: Path) -> str:
     if data is None:
         return ""
     out = []
-    budgets = data.items()
-    for train, res in sorted(budgets, key=lambda kv: (kv[0][-2:], float(kv[0][:-2]))):  # "1ep" < "4ep" < "10ep"
+    budgets = [(k, v) for k, v in data.items() if k.split()[0].endswith("ep")]  # "1ep", "30ep torch_default"
+    for train, res in sorted(budgets, key=lambda kv: (float(kv[0].split()[0][:-2]), kv[0])):  # "1ep" < "4ep" < "10ep"
         out.append(f"## Family 7 analyses, {train} per level: similarity, structure, stability, ensembles "
-                   "(Paganini & Forde 2020, §4-5, App. D)\n")
-        out += _similarity(res) + _structure(res) + _stability(res) + _ensembles(res)
-    return "\n".join(out)
+                   "(Paganini & Forde 2020, §4-5, App. B, D)\n")
+        out += (_similarity(res) + _structure(res) + _effective(res) + _stability(res) + _ensembles(res)
+                + _magnitudes(res))
+    out.append(_across_budgets(data))
+    return "\n".join(o for o in out if o)
+
+
+def _criterion_label(r: pd.Series) -> str:
+    """The criterion of a run at init, with the layer densities it was given when not its own (family 14)."""
+    if isinstance(r.get("distribution"), str):
+        return f"{r.method} ({r.distribution.upper()} densities)"
+    if isinstance(r.get("like"), str):
+        return f"{r.method} ({r.like}'s layer densities)"
+    return r.method
 
 
 def family6(df: pd.DataFrame, root: str) -> str:
@@ -344,10 +484,59 @@ def family6(df: pd.DataFrame, root: str) -> str:
         dead = analysis.neuron_collapse(mask, thresholds=[1.0])["fraction"][0]
         eff = analysis.effective_sparsity(model, mask, (1, 28, 28))
         kept = " / ".join(f"{d:.2%}" for d in mask.layer_density().values())
-        rows.append([r.method, f"{r.sparsity:.1%}", f"{dead:.1%}", f"{eff['effective']:.2%}", kept])
+        rows.append([_criterion_label(r), f"{r.sparsity:.1%}", f"{dead:.1%}", f"{eff['effective']:.2%}", kept])
     return ("## Family 6: layerwise proportions, neuron collapse and effective sparsity of the family-2 masks "
             "(seed 0)\n\n"
             + table(rows) + "\n")
+
+
+def family6_effective(df: pd.DataFrame, root: str, results: Path) -> str:
+    """Effective parameters of layerwise-shuffled masks over those of the unmodified masks (Frankle et al. 2021,
+    App. M): the family-3 masks of LeNet-300-100 (committed), and the papers' convnets at initialization from
+    ``repro/effective_sparsity_shuffled.py``."""
+    from prunelab import Mask, analysis, models
+
+    sel = df[(df.kind == "prune") & (df.model == "lenet_300_100") & (df["training.train"] == "10ep")
+             & (df.prune_at == "0it") & (df.status == "done") & df.distribution.isna() & df.like.isna()]
+    shuffled = sel[sel.ablation == "shuffle"]
+    out = []
+    if not shuffled.empty:
+        model = models.create("lenet_300_100", num_classes=10, input_shape=(1, 28, 28))
+        ratios = []
+        for _, r in shuffled.iterrows():
+            base = sel[sel.ablation.isna() & (sel.method == r.method) & (sel.seed == r.seed)
+                       & (sel.sparsity_target == r.sparsity_target)]
+            if base.empty:
+                continue
+            mask, ref = (Mask.load(Path(root) / i / "mask.pt") for i in (r.id, base.iloc[0].id))
+            eff = analysis.effective_sparsity(model, ref, (1, 28, 28))["effective"]
+            ratios.append({"method": r.method, "sparsity": r.sparsity_target, "effective": eff,
+                           "ratio": analysis.effective_parameter_ratio(model, mask, ref, (1, 28, 28))})
+        agg = pd.DataFrame(ratios).groupby(["method", "sparsity"]).agg(
+            effective=("effective", "mean"), ratio=("ratio", "mean"), low=("ratio", "min"), high=("ratio", "max"),
+            seeds=("ratio", "size"))
+        rows = [["criterion", "sparsity", "effective sparsity (unmodified)", "ratio shuffled / unmodified (range)",
+                 "seeds"]]
+        rows += [[m, f"{t:.1%}", f"{r.effective:.2%}", f"{r.ratio:.4f} ({r.low:.4f}-{r.high:.4f})", int(r.seeds)]
+                 for (m, t), r in agg.iterrows()]
+        out += ["LeNet-300-100, the masks of family 3 (at initialization):\n", table(rows) + "\n"]
+    data = script_results(results, "effective_sparsity")
+    if data:
+        rows = [["network", "criterion", "sparsity", "effective sparsity (unmodified)", "effective sparsity (shuffled)",
+                 "ratio shuffled / unmodified"]]
+        for net, entry in data.items():
+            for key, e in sorted(entry.items(), key=lambda kv: (float(kv[0].split("/")[1]), kv[0])):
+                rows.append([net, key.split("/")[0], f"{e['actual']:.1%}", f"{e['effective']:.2%}",
+                             f"{e['shuffled_effective']:.2%}", f"{e['ratio']:.4f}"])
+        out += ["The papers' networks at initialization (no training; SNIP and GraSP on Gaussian inputs; shuffle "
+                "seed 0):\n", table(rows) + "\n"]
+    if not out:
+        return ""
+    return ("## Family 6: effective sparsity of layerwise-shuffled masks (Frankle et al. 2021, App. M)\n\n"
+            "Effective parameters: kept weights that receive a gradient when an all-ones input is propagated "
+            "through the mask (App. M's procedure); the ratio is the shuffled network's over the unmodified one's "
+            "(Frankle et al. 2021: at most 1.0026 at the highest matching sparsity, at most 1.0353 at 98.2%).\n\n"
+            + "\n".join(out))
 
 
 _FAMILY14 = [  # (label, selection) over the runs of LeNet-300-100, 10 epochs
@@ -459,11 +648,14 @@ def main() -> None:
     ap.add_argument("--specs", default="repro", help="folder of the sweep specs (for the compute table)")
     args = ap.parse_args()
     df = runs_table(args.root)
-    for col in ("method", "prune_at", "ablation", "rewind_to", "structure", "level", "rate", "sparsity_target"):
+    for col in ("method", "prune_at", "ablation", "rewind_to", "structure", "level", "rate", "sparsity_target",
+                "distribution", "like"):
         if col not in df.columns:
             df[col] = None
     parts = [family1(df), family2(df), family3(df), family4(df), family5(Path(args.results)),
-             family6(df, args.root), family6_convnets(Path(args.results)), family6_shortcuts(Path(args.results)),
+             family5_training(Path(args.results)),
+             family6(df, args.root), family6_effective(df, args.root, Path(args.results)),
+             family6_convnets(Path(args.results)), family6_shortcuts(Path(args.results)),
              family7(df),
              family7_analyses(Path(args.results)), family14(df, args.root), costs(args.root, Path(args.specs))]
     print("\n".join(p for p in parts if p))

@@ -15,6 +15,7 @@ from prunelab.masks import prunable_parameters
 EXPECTED_NAMES = {
     "lenet_300_100",
     "lenet5",
+    "lenet_pf",
     "conv2",
     "conv4",
     "conv6",
@@ -126,6 +127,36 @@ def test_lenet5_caffe_count_and_forward():
     expected = conv(1, 20, 5) + conv(20, 50, 5) + linear(50 * 4 * 4, 500) + linear(500, 10)
     assert count(m) == expected == 431_080
     assert m(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_lenet_pf_count_and_forward():
+    m = built("lenet_pf", (1, 28, 28))
+    # 28 -conv3-> 26 -pool-> 13 -conv3-> 11 -pool-> 5 (Paganini & Forde 2020, Fig. 5: conv2 is 6 -> 16, 3x3)
+    expected = conv(1, 6, 3) + conv(6, 16, 3) + linear(16 * 5 * 5, 120) + linear(120, 84) + linear(84, 10)
+    assert count(m) == expected == 60_074
+    assert m(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert models.create("lenet_pf", input_shape=(1, 10, 10))(torch.zeros(1, 1, 10, 10)).shape == (1, 10)
+
+
+def test_torch_default_draws_like_pytorchs_own_layers():
+    """Weights and biases in PyTorch's own range for the layer (its reset_parameters: +-1/sqrt(fan_in)), with its
+    spread; every other initializer keeps zero biases."""
+    ours, theirs = nn.Linear(400, 300), nn.Linear(400, 300)
+    torch.manual_seed(0)
+    theirs.reset_parameters()
+    models.initialize(ours, "torch_default", seed=0)
+    bound = 1 / math.sqrt(400)
+    for a, b in ((ours.weight, theirs.weight), (ours.bias, theirs.bias)):
+        assert a.abs().max().item() <= bound and b.abs().max().item() <= bound
+        assert close(a.std().item(), b.std().item(), rel=0.15 if a.dim() == 1 else 0.02)
+    assert ours.bias.abs().min().item() > 0
+    assert close(ours.weight.std().item(), math.sqrt(1 / (3 * 400)))  # U(-b, b): variance b^2 / 3
+    models.initialize(ours, "kaiming_normal", seed=0)
+    assert torch.equal(ours.bias, torch.zeros(300))
+    net = models.create("lenet_pf", input_shape=(1, 28, 28), init="torch_default", seed=3)
+    again = models.create("lenet_pf", input_shape=(1, 28, 28), init="torch_default", seed=3)
+    assert all(torch.equal(p, q) for p, q in zip(net.parameters(), again.parameters()))
+    assert net[3].bias.abs().max().item() <= 1 / math.sqrt(6 * 9) and net[3].bias.abs().min().item() > 0
 
 
 @pytest.mark.parametrize(
@@ -346,6 +377,7 @@ def test_initializer_names():
         "xavier_normal",
         "xavier_uniform",
         "standard_normal",
+        "torch_default",
     }
 
 

@@ -168,8 +168,8 @@ def test_a_worker_runs_its_jobs_on_the_device_it_was_given(monkeypatch, tmp_path
     monkeypatch.setattr(sweep, "_step_sink", None)
     sweep._init_worker(torch.get_num_threads(), devices=slots)
     seen = []
-    monkeypatch.setattr(sweep.Context, "runner",
-                        lambda self, progress=False: seen.append(self.device) or types.SimpleNamespace(steps_executed=0))
+    stand_in = types.SimpleNamespace(steps_executed=0)  # no dense_id: the job fails after the device is seen
+    monkeypatch.setattr(sweep.Context, "runner", lambda self, progress=False: seen.append(self.device) or stand_in)
     from prunelab.experiments.hparams import DataHparams, ModelHparams
     from prunelab.experiments.runner import Replicate
     from prunelab.training import TrainSettings

@@ -81,6 +81,15 @@ def xavier_uniform(shape: torch.Size, mode: str, generator: torch.Generator) -> 
     return _uniform(shape, math.sqrt(6.0 / (fan_in + fan_out)), generator)
 
 
+@INITIALIZERS.register("torch_default", random_bias=True)
+def torch_default(shape: torch.Size, mode: str, generator: torch.Generator) -> torch.Tensor:
+    """PyTorch's own default for ``nn.Linear`` and ``nn.Conv*``: U(-b, b) with b = 1 / sqrt(fan_in)
+    (``kaiming_uniform_`` with ``a = sqrt(5)``), and random biases from the same range (registered with
+    ``random_bias=True``; every other initializer zeroes the biases). The initialization of Paganini & Forde
+    2020's LeNet (``lenet_pf``); ``mode`` does not apply."""
+    return _uniform(shape, 1.0 / math.sqrt(fans(shape)[0]), generator)
+
+
 @INITIALIZERS.register("standard_normal")
 def standard_normal(shape: torch.Size, mode: str, generator: torch.Generator) -> torch.Tensor:
     """N(0, 1) for every weight: the fixed-variance ablation of Frankle et al. (2021, §5)."""
@@ -109,7 +118,8 @@ def initialize(
     - The weights a mask covers by default (convolutions, linear and bilinear layers, attention
       projections, recurrent weights; see :mod:`prunelab.coverage`): the initializer ``init`` (one of
       :data:`INITIALIZERS`); ``mode`` (``"fan_in"`` or ``"fan_out"``) applies to the Kaiming
-      initializers; their biases are set to 0.
+      initializers; their biases are set to 0, except under ``torch_default`` (PyTorch's layer default:
+      U(-1/sqrt(fan_in), 1/sqrt(fan_in)), drawn after the layer's weight).
     - BatchNorm: ``gamma`` ~ U(0, 1) (``bn_init="uniform"``, Frankle et al. 2021, App. D.3) or 1
       (``\"ones\"``, Tanaka et al. 2020); ``beta`` = 0; running statistics reset, as in a freshly built layer.
     - Any other module with parameters of its own (embeddings, LayerNorm, a user's layer) is reset
@@ -124,6 +134,7 @@ def initialize(
     """
     check_init_options(init, mode, bn_init)
     draw = INITIALIZERS.get(init)
+    random_bias = INITIALIZERS.meta(init).get("random_bias", False)
     if generator is None:
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an integer, got {seed!r}")
@@ -132,11 +143,17 @@ def initialize(
     for module in model.modules():
         rule = layer_rule(module)
         if rule is not None and rule.role == "layer":
+            bound = None  # of the biases, from the fan-in of the layer's weight (PyTorch's layer default)
             for name, p in module.named_parameters(recurse=False):
                 if rule.is_weight(name):
                     p.copy_(draw(p.shape, mode, generator))
+                    if random_bias and p.dim() >= 2:
+                        bound = 1.0 / math.sqrt(fans(p.shape)[0])
                 elif rule.is_bias(name):
-                    p.zero_()
+                    if bound is None:
+                        p.zero_()
+                    else:
+                        p.copy_(_uniform(p.shape, bound, generator))
         elif isinstance(module, nn.modules.batchnorm._BatchNorm):
             if module.affine:
                 if bn_init == "uniform":

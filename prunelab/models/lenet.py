@@ -52,3 +52,33 @@ def lenet5(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
         nn.ReLU(),
         nn.Linear(500, num_classes),
     )
+
+
+@register("lenet_pf", paper="Paganini & Forde 2020, §4, Fig. 5 (their LeNet)", min_hw=10)
+def lenet_pf(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
+    """The LeNet of Paganini & Forde 2020 (Fig. 5: a second convolution of 6 input and 16 output channels with 3x3
+    filters), as in PyTorch's pruning tutorial: conv 6@3x3 -> max-pool 2 -> conv 16@3x3 -> max-pool 2 -> fc 120 ->
+    fc 84 -> fc classes, ReLU after each hidden layer; 60,074 parameters on 28x28x1 inputs with 10 classes.
+    Paganini & Forde train it with PyTorch's default initialization (``init="torch_default"``), SGD at lr 0.01,
+    batch 32 (§3). The input must be at least 10x10 so that both convolutions and poolings leave one pixel.
+    """
+    channels, height, width = input_shape
+
+    def after_conv_pool(size: int) -> int:
+        return (size - 2) // 2
+
+    flat = 16 * after_conv_pool(after_conv_pool(height)) * after_conv_pool(after_conv_pool(width))
+    return nn.Sequential(
+        nn.Conv2d(channels, 6, kernel_size=3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, kernel_size=3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(flat, 120),
+        nn.ReLU(),
+        nn.Linear(120, 84),
+        nn.ReLU(),
+        nn.Linear(84, num_classes),
+    )
