@@ -32,7 +32,6 @@ import shlex
 from pathlib import Path
 
 import pytest
-import torch
 import torchvision
 from test_data import write_cifar, write_idx_set
 
@@ -107,15 +106,6 @@ def test_the_docs_have_commands_and_every_command_is_run_or_skipped_with_a_reaso
 
     assert all(runnable(c) for _, c in commands), [c for _, c in commands if not runnable(c)]
     assert not any("repro/sota_at_init.toml" in c for _, c in commands)  # a spec that never existed
-
-
-@pytest.fixture(autouse=True)
-def keep_torch_threads():
-    """An in-process sweep with one worker gives it every core (torch.set_num_threads); later tests compare
-    bits under the suite's one thread, so the count is put back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ import re
 import time
 
 import pytest
-import torch
 from test_data import write_idx_set
 
 from prunelab import models, progress
@@ -60,15 +59,6 @@ def test_training_progress_in_a_log_is_a_few_lines(tiny_dataset, capsys, monkeyp
     lines = err.splitlines()
     assert len(lines) == 2 and lines[0].startswith("training: 0/160") and lines[1].startswith(f"training: {steps}/")
     assert "acc=" in lines[1]
-
-
-@pytest.fixture(autouse=True)
-def keep_torch_threads():
-    """An in-process sweep with one worker gives it every core (torch.set_num_threads); later tests compare
-    bits under the suite's one thread, so the count is put back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -235,3 +235,22 @@ def test_a_gpu_sweep_with_no_gpus_per_node_is_refused_and_auto_warns(data_root, 
     assert main(args + ["--device", "auto", "--dry-run"]) == 0
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("prunelab: warning: the Slurm jobs ask for no GPU") and "run on the nodes' CPUs" in line
+
+
+def test_a_job_run_in_process_gives_the_caller_its_thread_count_back(monkeypatch, tmp_path):
+    """A one-worker sweep runs its jobs in the calling process, with the worker's thread count; the caller's
+    own count (one thread in this suite, which compares bits) is put back afterwards."""
+    import torch
+
+    from prunelab.experiments.hparams import DataHparams, ModelHparams
+    from prunelab.experiments.runner import Replicate
+    from prunelab.training import TrainSettings
+
+    seen = []
+    stand_in = types.SimpleNamespace(steps_executed=0)
+    monkeypatch.setattr(sweep.Context, "runner",
+                        lambda self, progress=False: seen.append(torch.get_num_threads()) or stand_in)
+    before = torch.get_num_threads()
+    job = sweep.Job("dense", Replicate(ModelHparams(), DataHparams(), TrainSettings()))
+    sweep.execute(job, sweep.Context(str(tmp_path), device="cpu", threads=before + 1))
+    assert seen == [before + 1] and torch.get_num_threads() == before

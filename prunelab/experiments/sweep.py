@@ -31,6 +31,7 @@ with none is refused, one on ``auto`` with none runs on the nodes' CPUs, with a 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import os
@@ -292,12 +293,27 @@ class _StepSender:
 
 def execute(job: Job, ctx: Context) -> dict[str, Any]:
     """Run one job; never raises (a failure is recorded in the run's folder and returned). The outcome's
-    ``steps`` are the training steps the job took."""
+    ``steps`` are the training steps the job took. The job runs with ``ctx.threads`` torch threads; the
+    calling process gets its own count back afterwards (a one-worker sweep runs its jobs in-process)."""
     ctx = _pinned(ctx)
-    if ctx.threads:
-        import torch
+    with _torch_threads(ctx.threads):
+        return _execute(job, ctx)
 
-        torch.set_num_threads(ctx.threads)
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None):
+    import torch
+
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _execute(job: Job, ctx: Context) -> dict[str, Any]:
     runner = ctx.runner()
     runner.step_listener = _step_sink
     run_id = None

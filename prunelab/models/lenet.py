@@ -26,6 +26,26 @@ def lenet_300_100(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Mod
     )
 
 
+def _two_conv_lenet(input_shape: tuple[int, int, int], convs: tuple[int, int], kernel: int,
+                    hidden: tuple[int, ...], num_classes: int) -> nn.Sequential:
+    """conv ``convs[0]``@kxk (no padding) -> max-pool 2 -> conv ``convs[1]``@kxk -> max-pool 2 -> fc ``hidden``...
+    -> fc classes, with ReLU after each hidden layer."""
+    channels, height, width = input_shape
+
+    def after_conv_pool(size: int) -> int:
+        return (size - (kernel - 1)) // 2
+
+    flat = convs[1] * after_conv_pool(after_conv_pool(height)) * after_conv_pool(after_conv_pool(width))
+    layers: list[nn.Module] = []
+    for c_in, c_out in zip((channels, convs[0]), convs):
+        layers += [nn.Conv2d(c_in, c_out, kernel_size=kernel), nn.ReLU(), nn.MaxPool2d(2)]
+    layers.append(nn.Flatten())
+    for f_in, f_out in zip((flat, *hidden), hidden):
+        layers += [nn.Linear(f_in, f_out), nn.ReLU()]
+    layers.append(nn.Linear((flat, *hidden)[-1], num_classes))
+    return nn.Sequential(*layers)
+
+
 @register("lenet5", paper="Lee et al. 2019, §5.1 (SNIP's LeNet-5-Caffe)", min_hw=16)
 def lenet5(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
     """LeNet-5-Caffe as used by SNIP (Lee et al. 2019, §5.1, Table 1): two convolutions, two fc layers.
@@ -34,24 +54,7 @@ def lenet5(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
     ReLU after each hidden layer: 431,080 parameters on 28x28x1 inputs ("431k" in the paper). The input
     must be at least 16x16 so that two 5x5 convolutions and two poolings leave one pixel.
     """
-    channels, height, width = input_shape
-
-    def after_conv_pool(size: int) -> int:
-        return (size - 4) // 2
-
-    flat = 50 * after_conv_pool(after_conv_pool(height)) * after_conv_pool(after_conv_pool(width))
-    return nn.Sequential(
-        nn.Conv2d(channels, 20, kernel_size=5),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(20, 50, kernel_size=5),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(flat, 500),
-        nn.ReLU(),
-        nn.Linear(500, num_classes),
-    )
+    return _two_conv_lenet(input_shape, (20, 50), 5, (500,), num_classes)
 
 
 @register("lenet_pf", paper="Paganini & Forde 2020, §4, Fig. 5 (their LeNet)", min_hw=10)
@@ -62,23 +65,4 @@ def lenet_pf(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
     Paganini & Forde train it with PyTorch's default initialization (``init="torch_default"``), SGD at lr 0.01,
     batch 32 (§3). The input must be at least 10x10 so that both convolutions and poolings leave one pixel.
     """
-    channels, height, width = input_shape
-
-    def after_conv_pool(size: int) -> int:
-        return (size - 2) // 2
-
-    flat = 16 * after_conv_pool(after_conv_pool(height)) * after_conv_pool(after_conv_pool(width))
-    return nn.Sequential(
-        nn.Conv2d(channels, 6, kernel_size=3),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(6, 16, kernel_size=3),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(flat, 120),
-        nn.ReLU(),
-        nn.Linear(120, 84),
-        nn.ReLU(),
-        nn.Linear(84, num_classes),
-    )
+    return _two_conv_lenet(input_shape, (6, 16), 3, (120, 84), num_classes)
