@@ -140,5 +140,9 @@ if __name__ == "__main__":
     if rest[0] != "--":
         SIGNAL = signal.Signals[f"SIG{rest.pop(0)}"]
     assert rest[0] == "--"
+    if SIGNAL == signal.SIGINT:
+        # Python leaves SIGINT ignored when it starts ignored (a background job of a non-interactive shell,
+        # as CI may run us); Ctrl-C is what this harness stands in for, so Python's own handler is put back.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     install(point, n)
     sys.exit(main(rest[1:]))
