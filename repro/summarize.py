@@ -167,6 +167,23 @@ def _loglog_fit(sizes: list[float], values: list[float]) -> tuple[float, float]:
     return float(slope), float(x.corr(y))
 
 
+def family1_class_masks(results: Path) -> str:
+    """SNIP's first-layer masks scored on one class against the classes' mean images (Lee et al. 2019, Fig. 2)."""
+    data = script_results(results, "snip_class_masks")
+    if data is None:
+        return ""
+    rows = [["sparsity", "mask", "correlation with own class", "with the other classes", "own class best of 10"]]
+    for sparsity, entry in data["results"].items():
+        for mask in ("snip", "random"):
+            e = entry[mask]
+            rows.append([f"{float(sparsity):.0%}", mask, f"{e['own']:.3f}", f"{e['others']:.3f}", str(e["own_best"])])
+    return ("## Family 1: first-layer masks scored on one class (Lee et al. 2019, §5.4, Fig. 2)\n\n"
+            f"LeNet-300-100 at initialization (seed 0), SNIP on {data['per_class']} training images of one "
+            "Fashion-MNIST class; Pearson correlation of the kept first-layer connections per input pixel with "
+            "each class's mean test image, averaged over the 10 classes (`repro/snip_class_masks.py`).\n\n"
+            + table(rows) + "\n")
+
+
 def family5(results: Path) -> str:
     data = script_results(results, "layer_collapse")
     if data is None:
@@ -652,7 +669,8 @@ def main() -> None:
                 "distribution", "like"):
         if col not in df.columns:
             df[col] = None
-    parts = [family1(df), family2(df), family3(df), family4(df), family5(Path(args.results)),
+    parts = [family1(df), family1_class_masks(Path(args.results)), family2(df), family3(df), family4(df),
+             family5(Path(args.results)),
              family5_training(Path(args.results)),
              family6(df, args.root), family6_effective(df, args.root, Path(args.results)),
              family6_convnets(Path(args.results)), family6_shortcuts(Path(args.results)),
