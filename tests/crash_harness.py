@@ -14,6 +14,7 @@ POINT is one of
 Nothing in prunelab itself knows about this: the harness wraps module functions from outside.
 """
 
+import io
 import os
 import signal
 import sys
@@ -31,6 +32,19 @@ SIGNAL = signal.SIGKILL
 
 def die():
     os.kill(os.getpid(), SIGNAL)
+
+
+def half_write(write, then):
+    """A writer that writes the first half of what ``write`` would, flushes it, then calls ``then``."""
+    def half(f):
+        buf = io.BytesIO()
+        write(buf)
+        data = buf.getvalue()
+        f.write(data[: len(data) // 2])
+        f.flush()
+        then()
+
+    return half
 
 
 def install(point: str, n: int) -> None:
@@ -66,17 +80,7 @@ def install(point: str, n: int) -> None:
             name = os.path.basename(str(path))
             hit = name.endswith(".pt") and "mask" not in name if point == "checkpoint" else name == "result.json"
             if hit and nth():
-                def half(f):
-                    import io
-
-                    buf = io.BytesIO()
-                    write(buf)
-                    data = buf.getvalue()
-                    f.write(data[: len(data) // 2])
-                    f.flush()
-                    die()
-
-                return real_atomic_write(path, half)
+                return real_atomic_write(path, half_write(write, die))
             return real_atomic_write(path, write)
 
         prunelab.io.atomic_write = atomic_write
@@ -118,18 +122,11 @@ def install_background(n: int) -> None:
         if not getattr(in_writer, "hang", False):
             return real_atomic_write(path, write)
 
-        def half(f):
-            import io
-
-            buf = io.BytesIO()
-            write(buf)
-            data = buf.getvalue()
-            f.write(data[: len(data) // 2])
-            f.flush()
+        def hang():
             writing.set()
             time.sleep(600)
 
-        return real_atomic_write(path, half)
+        return real_atomic_write(path, half_write(write, hang))
 
     trainer.set_lr, checkpoints.BackgroundWriter.submit, prunelab.io.atomic_write = set_lr, submit, atomic_write
 
