@@ -121,19 +121,20 @@ def evaluate(model: nn.Module, batches: Iterable, device: torch.device, amp: boo
     runtime = runtime or RuntimeOptions()
     was_training = model.training
     model.eval()
+    total = torch.float32 if torch.device(device).type == "mps" else torch.float64  # MPS has no float64
     correct = torch.zeros((), dtype=torch.int64, device=device)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    loss_sum = torch.zeros((), dtype=total, device=device)
     n = 0
     for x, y in batches:
         if y.numel() == 0:  # a rank's empty part of a small last batch
             continue
         with precision.autocast():
             out = model(runtime.prepare_input(x))
-        loss_sum += F.cross_entropy(out.float(), y, reduction="sum").double()
+        loss_sum += F.cross_entropy(out.float(), y, reduction="sum").to(total)
         correct += (out.argmax(1) == y).sum()
         n += y.numel()
     model.train(was_training)
-    totals = torch.stack([correct.double(), loss_sum, loss_sum.new_full((), n)])  # new_full: no host-to-device copy
+    totals = torch.stack([correct.to(total), loss_sum, loss_sum.new_full((), n)])  # new_full: no host-to-device copy
     if all_reduce:
         distributed.all_reduce_sum(totals)
     correct_, loss_, n_ = totals.tolist()  # exact: counts stay far below 2**53
