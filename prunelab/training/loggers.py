@@ -22,6 +22,7 @@ Where the logs go:
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import importlib.util
 import json
@@ -63,7 +64,7 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
-class RunLogger(Callback):
+class RunLogger(Callback, abc.ABC):
     """The trainer-facing half shared by every logger; a subclass writes to its tracker.
 
     ``run_id``: the store's id of the run (the tracker's run name); ``hparams``: its hyperparameters as
@@ -81,23 +82,23 @@ class RunLogger(Callback):
         self._labels: dict[str, str] = {}
 
     # ---- what a tracker implements -------------------------------------------------------------
+    @abc.abstractmethod
     def open(self, start_step: int) -> None:
         """Start (or resume) the tracker's run; ``start_step`` is where this training begins."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def log(self, step: int, values: dict[str, float]) -> None:
         """Scalars at a training step."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def summarize(self, result: dict[str, Any]) -> None:
         """The final result (``result.json``) as the run's summary."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def end_run(self, failed: bool = False) -> None:
         """Flush and end the tracker's run (``failed``: the training crashed). Not the trainer's
         ``Callback.close``, which runs when a training ends: a run's tracker stays open until the runner
         has its result (:meth:`finish`) or the run failed (:meth:`abort`)."""
-        raise NotImplementedError
 
     # ---- the callback ----------------------------------------------------------------------------
     def start(self, loop: Loop) -> None:
