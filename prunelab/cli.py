@@ -23,6 +23,7 @@ from prunelab.experiments.hparams import (
     load_toml,
 )
 from prunelab.experiments.protocols import PROTOCOLS, Protocol
+from prunelab.options import add_root_flag
 from prunelab.training.loggers import LOGGERS, check_loggers
 from prunelab.training.runtime import RuntimeOptions
 from prunelab.training.settings import TrainSettings, check_seed, recipe_default
@@ -66,9 +67,6 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message}")
 
 
-ROOT_HELP = "run store folder (default: ./runs)"
-
-
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None, metavar="DIR",
                    help="dataset folder (default: $PRUNELAB_DATA, else ~/.cache/prunelab/data)")
@@ -91,7 +89,7 @@ def _add_logging(p: argparse.ArgumentParser) -> None:
 def _add_experiment(p: argparse.ArgumentParser, protocol: Protocol) -> None:
     p.add_argument("--seed", type=int, default=None, metavar="INT",
                    help="replicate seed: initialization and data order (default: 0)")
-    p.add_argument("--root", default="runs", help=ROOT_HELP)
+    add_root_flag(p)
     sections = " ".join(f"[{s}]" for s in ("model", "dataset", "training", protocol.section) if s)
     p.add_argument("--config", default=None, metavar="TOML",
                    help=f"TOML file with {sections} and seed; flags override it, it overrides the recipe "
@@ -130,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="run a grid of experiments from a TOML spec (locally or on Slurm)")
     p.add_argument("spec", help="sweep spec (TOML); see repro/ for examples")
-    p.add_argument("--root", default="runs", help=ROOT_HELP)
+    add_root_flag(p)
     p.add_argument("--executor", default="local",
                    help=f"where jobs run: local worker processes or a Slurm cluster through submitit; one of: "
                         f"{', '.join(_executors())} (default: local)")
@@ -146,12 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("ls", help="list the runs of a store")
-    p.add_argument("--root", default="runs", help=ROOT_HELP)
+    add_root_flag(p)
     p.set_defaults(func=cmd_ls)
 
     p = sub.add_parser("show", help="one run's hyperparameters and result")
     p.add_argument("run", help="run id, unique prefix, or folder")
-    p.add_argument("--root", default="runs", help=ROOT_HELP)
+    add_root_flag(p)
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("list", help="the registered methods, models, datasets or protocols, with their citations")

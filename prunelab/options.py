@@ -97,3 +97,8 @@ def describe(f: dataclasses.Field, default: str | None = None, required: bool = 
 def undocumented(cls: type) -> list[str]:
     """Fields of dataclass ``cls`` without a description (the tests require none)."""
     return [f.name for f in dataclasses.fields(cls) if not help_of(f).strip()]
+
+
+def add_root_flag(parser) -> None:
+    """``--root``: the run store folder, one flag for every command that reads or writes a store."""
+    parser.add_argument("--root", default="runs", help="run store folder (default: ./runs)")

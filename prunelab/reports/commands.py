@@ -36,10 +36,10 @@ def needs_extra(command: str, extra: str):
 def register(subparsers) -> None:
     """Add ``report``, ``export`` and ``analyze`` to ``subparsers`` (from ``parser.add_subparsers()``)."""
     from prunelab.experiments.hparams import DataHparams, ModelHparams
-    from prunelab.options import one_of
+    from prunelab.options import add_root_flag, one_of
 
     p = subparsers.add_parser("report", help="HTML report (figures, tables, CSV files) of a run store")
-    p.add_argument("--root", default="runs", help="run store folder (default ./runs)")
+    add_root_flag(p)
     p.add_argument("--out", default="report", help="output folder for index.html and the CSV files (default ./report)")
     p.add_argument("--dpi", type=int, default=110, help="resolution of the figures (default 110)")
     p.set_defaults(func=cmd_report)
@@ -49,7 +49,7 @@ def register(subparsers) -> None:
         description="Writes runs.<format> (one row per run, as prunelab.reports.runs_table) and "
                     "metrics.<format> (one row per run, evaluation step and metric, with the run's "
                     "hyperparameter columns, as prunelab.reports.metrics_table) into --out.")
-    p.add_argument("--root", default="runs", help="run store folder (default ./runs)")
+    add_root_flag(p)
     p.add_argument("--format", default="csv", choices=list(EXPORT_FORMATS),
                    help="csv, or parquet (needs pyarrow: pip install 'prunelab[parquet]') (default csv)")
     p.add_argument("--out", default="export", help="output folder (default ./export)")
@@ -61,7 +61,7 @@ def register(subparsers) -> None:
                     "saved by prunelab.Mask.save; for a bare mask file, --model and --input-shape (or --dataset) "
                     "give the network for effective sparsity.")
     p.add_argument("mask_or_run", metavar="MASK_OR_RUN", help="run id, unique prefix, run folder, or mask .pt file")
-    p.add_argument("--root", default="runs", help="run store folder (default ./runs)")
+    add_root_flag(p)
     p.add_argument("--model", default=None, help=f"model name, for a bare mask file; {one_of(ModelHparams, 'model')}")
     p.add_argument("--input-shape", type=int, nargs=3, metavar=("C", "H", "W"), default=None,
                    help="input shape, for a bare mask file")
