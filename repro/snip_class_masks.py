@@ -1,14 +1,15 @@
 """Family 1 (no training): SNIP's first-layer masks scored on one class, Lee et al. 2019, §5.4, Fig. 2.
 
 Lee et al. (2019, Fig. 2) score LeNet-300-100 at initialization with a batch of a single class and show that
-the first layer's kept connections "reconstruct either the complete image (MNIST) or silhouettes
-(Fashion-MNIST) of input class" as sparsity grows from 10% to 90%. As a number: for each class c of Fashion-MNIST, SNIP scores the network
-(seed 0, as ``prunelab.models.create`` initializes it) on 100 training images of class c and prunes it to
-each sparsity; the map of kept first-layer connections per input pixel (28x28) is correlated (Pearson) with
-the mean image of every class, computed from the test set (other images than the scoring batch). A map that
-draws its own class correlates most with that class's mean image; the table records, per sparsity, the mean
-correlation with the own class, the mean with the other classes, and for how many of the 10 classes the own
-class is the best match; a random mask at the same sparsity is the control (correlation about 0).
+the first layer's kept connections "reconstruct either the complete image (MNIST) or silhouettes (Fashion-
+MNIST) of input class" as sparsity grows from 10% to 90%. As a number: for each class c of Fashion-MNIST, SNIP
+scores the network (seed 0, as ``prunelab.models.create`` initializes it) on 100 training images of class c
+and prunes it to each sparsity; the map of kept first-layer connections per input pixel (28x28) is correlated
+(Pearson) with the mean image of every class, computed from the test set (other images than the scoring
+batch). A map that draws its own class correlates most with that class's mean image; the table records, per
+sparsity, the mean correlation with the own class, the mean with the other classes, and for how many of the 10
+classes the own class is the best match; a random mask at the same sparsity is the control (correlation about
+0).
 
     OMP_NUM_THREADS=1 python repro/snip_class_masks.py [--device cpu]
 
