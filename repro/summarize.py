@@ -293,19 +293,31 @@ def family6_shortcuts(results: Path) -> str:
             "No training; SNIP and GraSP score Gaussian inputs. Shortcuts in network order.\n\n" + table(rows) + "\n")
 
 
+IMP_NETWORKS = [  # (model, name, folder of repro/imp_analysis.py's results)
+    ("lenet5", "LeNet-5-Caffe", "imp"),
+    ("lenet_pf", "Paganini & Forde 2020's LeNet (6 -> 16 3x3 convolutions)", "imp_lenet_pf"),
+]
+
+
 def family7(df: pd.DataFrame) -> str:
-    sel = df[(df.kind == "lottery") & (df.model == "lenet5") & (df.status == "done")]
-    if sel.empty:
-        return ""
-    levels = range(1, int(sel.level.max()) + 1)
-    rows = [["epochs per level", "structure", "weights"] + [f"level {i}" for i in levels]]
-    for (train, structure, rewind), part in sel.groupby(["training.train", "structure", "rewind_to"]):
-        by = {int(r.level): r for _, r in part.iterrows()}
-        rows.append([train, structure, rewind] + [
-            f"{pct(by[i].test_accuracy)} @ {by[i].sparsity:.1%}" if i in by else "-" for i in levels])
-    return ("## Family 7: iterative pruning of LeNet-5 (Paganini & Forde 2020)\n\n"
-            "Test accuracy @ sparsity per level:\n\n"
-            + table(rows) + "\n")
+    out = []
+    for model, name, _ in IMP_NETWORKS:
+        sel = df[(df.kind == "lottery") & (df.model == model) & (df.status == "done")]
+        if sel.empty:
+            continue
+        levels = range(1, int(sel.level.max()) + 1)
+        rows = [["epochs per level", "initialization", "structure", "weights"] + [f"level {i}" for i in levels]]
+        for (train, init, structure, rewind), part in sel.groupby(["training.train", "model.init", "structure",
+                                                                    "rewind_to"]):
+            cells = []
+            for i in levels:
+                at = part[part.level == i]
+                cells.append(f"{pct(at.test_accuracy.mean(), at.test_accuracy.std())} @ {at.sparsity.mean():.1%}"
+                             + (f" (n={len(at)})" if len(at) > 1 else "") if len(at) else "-")
+            rows.append([train, init, structure, rewind] + cells)
+        out.append(f"## Family 7: iterative pruning of {name} (Paganini & Forde 2020)\n\n"
+                   "Test accuracy @ sparsity per level:\n\n" + table(rows) + "\n")
+    return "\n".join(out)
 
 
 def _by_level(rows: pd.DataFrame, index: list[str], value: str, fmt) -> list[list[str]]:
@@ -457,18 +469,19 @@ def _across_budgets(data: dict) -> str:
 
 def family7_analyses(results: Path) -> str:
     """Mask similarity, emergent structure, weight stability and ensembles (Paganini & Forde 2020, §4-5, App. D) from
-    ``repro/imp_analysis.py``, one section per training budget."""
-    data = script_results(results, "imp")
-    if data is None:
-        return ""
+    ``repro/imp_analysis.py``, one section per network, training budget and initialization."""
     out = []
-    budgets = [(k, v) for k, v in data.items() if k.split()[0].endswith("ep")]  # "1ep", "30ep torch_default"
-    for train, res in sorted(budgets, key=lambda kv: (float(kv[0].split()[0][:-2]), kv[0])):  # "1ep" < "4ep" < "10ep"
-        out.append(f"## Family 7 analyses, {train} per level: similarity, structure, stability, ensembles "
-                   "(Paganini & Forde 2020, §4-5, App. B, D)\n")
-        out += (_similarity(res) + _structure(res) + _effective(res) + _stability(res) + _ensembles(res)
-                + _magnitudes(res))
-    out.append(_across_budgets(data))
+    for _, name, folder in IMP_NETWORKS:
+        data = script_results(results, folder)
+        if data is None:
+            continue
+        budgets = [(k, v) for k, v in data.items() if k.split()[0].endswith("ep")]  # "1ep", "30ep torch_default"
+        for train, res in sorted(budgets, key=lambda kv: (float(kv[0].split()[0][:-2]), kv[0])):  # "1ep" < "10ep"
+            out.append(f"## Family 7 analyses, {name}, {train} per level: similarity, structure, stability, "
+                       "ensembles (Paganini & Forde 2020, §4-5, App. B, D)\n")
+            out += (_similarity(res) + _structure(res) + _effective(res) + _stability(res) + _ensembles(res)
+                    + _magnitudes(res))
+        out.append(_across_budgets(data))
     return "\n".join(o for o in out if o)
 
 
@@ -556,7 +569,7 @@ def family6_effective(df: pd.DataFrame, root: str, results: Path) -> str:
             + "\n".join(out))
 
 
-_FAMILY14 = [  # (label, selection) over the runs of LeNet-300-100, 10 epochs
+_FAMILY14 = [  # (label, selection) over the runs of one network, 10 epochs
     ("dense", lambda d: d.kind == "dense"),
     ("magnitude after training", lambda d: (d.kind == "prune") & (d.method == "magnitude") & (d.prune_at == "end")
      & d.ablation.isna()),
@@ -603,35 +616,37 @@ def _backfilled_cost(root: str, r: pd.Series) -> tuple[float, float, float]:
 
 
 def family14(df: pd.DataFrame, root: str) -> str:
-    """Accuracy and training cost side by side (Frankle et al. 2021, Fig. 1 and §7), 3 seeds."""
+    """Accuracy and training cost side by side (Frankle et al. 2021, Fig. 1 and §7), 3 seeds, per network."""
     for col in ("distribution", "like", "train_flops", "total_train_flops", "density_auc"):
         if col not in df.columns:
             df[col] = None
-    d = df[(df.model == "lenet_300_100") & (df["training.train"] == "10ep") & (df.status == "done")].copy()
-    rows = [["method", "sparsity", "accuracy %", "train FLOPs", "total train FLOPs", "density AUC", "seeds"]]
-    backfilled = 0
-    for target in (None, 0.931280523, 0.981985201):
-        for label, select in _FAMILY14:
-            if (label == "dense") != (target is None):
-                continue
-            part = d[select(d)]
-            if target is not None:
-                part = part[(part.sparsity_target - target).abs() < 1e-6]
-            if part.empty:
-                rows.append([label, f"{target:.1%}", "not run", "", "", "", "0"])
-                continue
-            part = part.copy()
-            for i, r in part.iterrows():
-                if pd.isna(r.train_flops):
-                    part.loc[i, ["train_flops", "total_train_flops", "density_auc"]] = _backfilled_cost(root, r)
-                    backfilled += 1
-            rows.append([label, "0%" if target is None else f"{target:.1%}",
-                         pct(part.test_accuracy.mean(), part.test_accuracy.std()), f"{part.train_flops.mean():.3g}",
-                         f"{part.total_train_flops.mean():.3g}", f"{part.density_auc.mean():.3f}", str(len(part))])
+    out, backfilled = [], 0
+    for model, name in (("lenet_300_100", "LeNet-300-100"), ("lenet5", "LeNet-5-Caffe")):
+        d = df[(df.model == model) & (df["training.train"] == "10ep") & (df.status == "done")].copy()
+        rows = [["method", "sparsity", "accuracy %", "train FLOPs", "total train FLOPs", "density AUC", "seeds"]]
+        for target in (None, 0.931280523, 0.981985201):
+            for label, select in _FAMILY14:
+                if (label == "dense") != (target is None):
+                    continue
+                part = d[select(d)]
+                if target is not None:
+                    part = part[(part.sparsity_target - target).abs() < 1e-6]
+                if part.empty:
+                    rows.append([label, f"{target:.1%}", "not run", "", "", "", "0"])
+                    continue
+                part = part.copy()
+                for i, r in part.iterrows():
+                    if pd.isna(r.train_flops):
+                        part.loc[i, ["train_flops", "total_train_flops", "density_auc"]] = _backfilled_cost(root, r)
+                        backfilled += 1
+                rows.append([label, "0%" if target is None else f"{target:.1%}",
+                             pct(part.test_accuracy.mean(), part.test_accuracy.std()),
+                             f"{part.train_flops.mean():.3g}", f"{part.total_train_flops.mean():.3g}",
+                             f"{part.density_auc.mean():.3f}", str(len(part))])
+        out.append(f"{name}:\n\n" + table(rows) + "\n")
     note = (f"\nTraining FLOPs of {backfilled} runs that finished before results recorded them were computed "
             "afterwards from their hyperparameters, steps and masks by the same convention.\n") if backfilled else ""
-    return ("## Family 14: accuracy and training cost (LeNet-300-100, Fashion-MNIST, 10 epochs)\n\n"
-            + table(rows) + "\n" + note)
+    return ("## Family 14: accuracy and training cost (Fashion-MNIST, 10 epochs)\n\n" + "\n".join(out) + note)
 
 
 def costs(root: str, specs: Path) -> str:
