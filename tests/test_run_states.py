@@ -120,6 +120,11 @@ def test_every_run_records_where_it_came_from(store_root, capsys):
         assert session["python"] == platform.python_version() and session["host"] == socket.gethostname()
         assert session["command"] == sys.argv and session["device"] == "cpu"
         assert session["threads"] == torch.get_num_threads() and session["outcome"] == "done"
+        assert session["cpu"]["capability"] == torch.backends.cpu.get_cpu_capability()
+        if Path("/proc/cpuinfo").is_file():  # the model as the kernel names it, read another way here
+            names = {line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name")}
+            assert session["cpu"]["model"] in names
         start, end = (datetime.datetime.fromisoformat(session[k]) for k in ("started_at", "ended_at"))
         assert start <= end and start.tzinfo is not None
         assert session["git"] == git
