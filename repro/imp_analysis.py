@@ -28,7 +28,9 @@ numbers are cached in ``results.json`` and kept when the checkpoints are gone):
   weights at the end of training (§5: in fully connected layers they grow with sparsity).
 
 ``--checkpoints`` names the run store that holds the checkpoints when it is not ``--root`` (a rerun of some
-runs elsewhere, e.g. ``/tmp/runs``; a run's id is the hash of its hyperparameters, so it is the same there).
+runs elsewhere, e.g. ``/tmp/runs``; a run's id is the hash of its hyperparameters, so it is the same there). The
+weights' sections read each run's mask from that store too: a rerun on another CPU type trains other bits and may
+keep other weights.
 Sections computed from checkpoints merge with the cached numbers: runs whose checkpoints are missing keep
 theirs, and an accuracy recomputed from a rerun that differs from the cached one is reported.
 
@@ -121,7 +123,7 @@ def has_weights(root: Path, run_id: str, steps: int) -> bool:
     return (root / run_id / "checkpoints" / f"step_{int(steps)}.pt").is_file()
 
 
-def stability_table(root: Path, ckpts: Path, runs: pd.DataFrame, dense: pd.DataFrame) -> list[dict]:
+def stability_table(ckpts: Path, runs: pd.DataFrame, dense: pd.DataFrame) -> list[dict]:
     rows = []
     for (structure, seed), part in runs[runs.rewind_to == REWIND].groupby(["structure", "seed"]):
         base = dense[dense.seed == seed]
@@ -130,7 +132,7 @@ def stability_table(root: Path, ckpts: Path, runs: pd.DataFrame, dense: pd.DataF
         prev_state = final_weights(ckpts, base.iloc[0].id, base.iloc[0].steps)
         prev_mask = None
         for r in part.sort_values("level").itertuples():
-            mask = Mask.load(root / r.id / "mask.pt")
+            mask = Mask.load(ckpts / r.id / "mask.pt")  # the mask the checkpoint trained under
             state = final_weights(ckpts, r.id, r.steps)
             prev = prev_mask or Mask({n: torch.ones_like(t) for n, t in mask.items()})
             for layer, value in analysis.weight_stability(prev_state, state, prev, mask).items():
@@ -183,7 +185,7 @@ def ensemble_table(ckpts: Path, runs: pd.DataFrame, previous: list[dict],
     return _merge(previous, rows, ("seed", "level"))
 
 
-def magnitude_table(ckpts: Path, root: Path, runs: pd.DataFrame, dense: pd.DataFrame,
+def magnitude_table(ckpts: Path, runs: pd.DataFrame, dense: pd.DataFrame,
                     previous: list[dict]) -> list[dict]:
     """Mean and standard deviation of |w| over the kept weights at the end of training, per structure, level
     (0 = the dense network) and layer (Paganini & Forde 2020, §5)."""
@@ -191,7 +193,7 @@ def magnitude_table(ckpts: Path, root: Path, runs: pd.DataFrame, dense: pd.DataF
     for (structure, seed), part in runs[runs.rewind_to == REWIND].groupby(["structure", "seed"]):
         base = dense[dense.seed == seed]
         levels = [(0, base.iloc[0].id, base.iloc[0].steps, None)] if len(base) else []
-        levels += [(int(r.level), r.id, r.steps, Mask.load(root / r.id / "mask.pt"))
+        levels += [(int(r.level), r.id, r.steps, Mask.load(ckpts / r.id / "mask.pt"))
                    for r in part.sort_values("level").itertuples()]
         for level, run_id, steps, mask in levels:
             if not has_weights(ckpts, run_id, steps):
@@ -280,12 +282,12 @@ def analyze(root: Path, ckpts: Path, runs: pd.DataFrame, dense: pd.DataFrame, pr
             results[name] = previous[name]
     rewound = runs[runs.rewind_to == REWIND]
     ids = sorted(rewound.id)
-    cached(results, "stability", ids + sorted(dense.id), lambda: stability_table(root, ckpts, runs, dense))
+    cached(results, "stability", ids + sorted(dense.id), lambda: stability_table(ckpts, runs, dense))
     old = lambda name: previous.get(name, {}).get("rows", [])  # noqa: E731
     cached(results, "ensembles", ids + sorted(ENSEMBLES) + [str(ckpts)],
            lambda: ensemble_table(ckpts, runs, old("ensembles"), device))
     cached(results, "magnitudes", ids + sorted(dense.id) + [str(ckpts)],
-           lambda: magnitude_table(ckpts, root, runs, dense, old("magnitudes")))
+           lambda: magnitude_table(ckpts, runs, dense, old("magnitudes")))
     return results
 
 
