@@ -293,15 +293,17 @@ def family6_shortcuts(results: Path) -> str:
             "No training; SNIP and GraSP score Gaussian inputs. Shortcuts in network order.\n\n" + table(rows) + "\n")
 
 
-IMP_NETWORKS = [  # (model, name, folder of repro/imp_analysis.py's results)
-    ("lenet5", "LeNet-5-Caffe", "imp"),
-    ("lenet_pf", "Paganini & Forde 2020's LeNet (6 -> 16 3x3 convolutions)", "imp_lenet_pf"),
+IMP_NETWORKS = [("lenet5", "LeNet-5-Caffe"), ("lenet_pf", "Paganini & Forde 2020's LeNet (6 -> 16 3x3 convolutions)")]
+IMP_ANALYSES = [  # (title, folder of repro/imp_analysis.py's results)
+    ("LeNet-5-Caffe", "imp"),
+    ("LeNet-5-Caffe, unstructured / hybrid / fc-only rerun with checkpoints (repro/runs_recreated)", "imp_recreated"),
+    (IMP_NETWORKS[1][1], "imp_lenet_pf"),
 ]
 
 
 def family7(df: pd.DataFrame) -> str:
     out = []
-    for model, name, _ in IMP_NETWORKS:
+    for model, name in IMP_NETWORKS:
         sel = df[(df.kind == "lottery") & (df.model == model) & (df.status == "done")]
         if sel.empty:
             continue
@@ -471,7 +473,7 @@ def family7_analyses(results: Path) -> str:
     """Mask similarity, emergent structure, weight stability and ensembles (Paganini & Forde 2020, §4-5, App. D) from
     ``repro/imp_analysis.py``, one section per network, training budget and initialization."""
     out = []
-    for _, name, folder in IMP_NETWORKS:
+    for name, folder in IMP_ANALYSES:
         data = script_results(results, folder)
         if data is None:
             continue
