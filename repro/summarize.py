@@ -362,20 +362,28 @@ def _structure(res: dict) -> list[str]:
     es = pd.DataFrame(res["emergent_structure"])
     if es.empty:
         return []
-    cells = es.groupby(["structure", "rewind_to", "layer", "level"])[
-        ["removed", "expected_random", "dispersion", "output_dispersion"]].mean()
+    grouped = es.groupby(["structure", "rewind_to", "layer", "level"])[
+        ["removed", "expected_random", "dispersion", "output_dispersion"]]
+    cells, spread = grouped.mean(), grouped.std()
+    seeds = es.seed.nunique()
+
+    def value(lv, col):
+        sd = f" ± {spread.loc[lv, col]:.1f}" if seeds > 1 else ""
+        return f"{cells.loc[lv, col]:.1f}{sd}"
+
     levels = sorted(es.level.unique())
     rows = [["structure", "weights", "layer"] + [f"level {int(lv)}" for lv in levels]]
-    for (structure, rewind, layer), part in cells.groupby(level=[0, 1, 2]):
-        part = part.droplevel([0, 1, 2])
-        rows.append([structure, rewind, layer] + [
-            f"{part.loc[lv, 'removed']:.0%}; {part.loc[lv, 'dispersion']:.1f} / {part.loc[lv, 'output_dispersion']:.1f}"
-            if lv in part.index else "-" for lv in levels])
+    for key in cells.index.droplevel(3).unique():
+        at = [key + (lv,) for lv in levels]
+        rows.append(list(key) + [
+            f"{cells.loc[k, 'removed']:.0%}; {value(k, 'dispersion')} / {value(k, 'output_dispersion')}"
+            if k in cells.index else "-" for k in at])
+    over = f" (mean ± standard deviation over {seeds} seeds)" if seeds > 1 else ""
     return ["Emergent structure (Paganini & Forde 2020, §4, Fig. 5): per layer, the fraction of input channels "
             "(input features for the "
             "linear layer) removed whole, then the dispersion of the kept counts over the input / output channels: "
-            "their variance over its value for a random mask with the same number of weights (1 = no structure; "
-            f"a random mask removes a given input channel whole with probability at most "
+            f"their variance over its value for a random mask with the same number of weights{over} (1 = no "
+            f"structure; a random mask removes a given input channel whole with probability at most "
             f"{es.expected_random.max():.2g} in these layers):\n",
             table(rows) + "\n"]
 
