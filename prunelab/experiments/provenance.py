@@ -48,7 +48,7 @@ def cpu_record() -> dict[str, Any]:
 
     Float results are bitwise reproducible for the same code, thread count and kernels: oneDNN and ATen pick
     their kernels by instruction set, so a rerun on another CPU type may differ in the last bits and, through
-    training, in the final accuracy by a few hundredths of a point."""
+    training, in the final accuracy by as much as another seed would."""
     import torch
 
     model = platform.processor() or None
