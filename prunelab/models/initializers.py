@@ -81,13 +81,18 @@ def xavier_uniform(shape: torch.Size, mode: str, generator: torch.Generator) -> 
     return _uniform(shape, math.sqrt(6.0 / (fan_in + fan_out)), generator)
 
 
+def _torch_default_bound(weight_shape: torch.Size) -> float:
+    """1 / sqrt(fan_in): the bound of PyTorch's default uniform draw of a layer's weight and bias."""
+    return 1.0 / math.sqrt(fans(weight_shape)[0])
+
+
 @INITIALIZERS.register("torch_default", random_bias=True)
 def torch_default(shape: torch.Size, mode: str, generator: torch.Generator) -> torch.Tensor:
     """PyTorch's own default for ``nn.Linear`` and ``nn.Conv*``: U(-b, b) with b = 1 / sqrt(fan_in)
     (``kaiming_uniform_`` with ``a = sqrt(5)``), and random biases from the same range (registered with
     ``random_bias=True``; every other initializer zeroes the biases). The initialization of Paganini & Forde
     2020's LeNet (``lenet_pf``); ``mode`` does not apply."""
-    return _uniform(shape, 1.0 / math.sqrt(fans(shape)[0]), generator)
+    return _uniform(shape, _torch_default_bound(shape), generator)
 
 
 @INITIALIZERS.register("standard_normal")
@@ -148,7 +153,7 @@ def initialize(
                 if rule.is_weight(name):
                     p.copy_(draw(p.shape, mode, generator))
                     if random_bias and p.dim() >= 2:
-                        bound = 1.0 / math.sqrt(fans(p.shape)[0])
+                        bound = _torch_default_bound(p.shape)
                 elif rule.is_bias(name):
                     if bound is None:
                         p.zero_()
