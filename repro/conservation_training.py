@@ -21,9 +21,11 @@ from pathlib import Path
 
 import torch
 
+from prunelab.experiments import runfiles
 from prunelab.io import atomic_write_json
 from prunelab.reports.tables import runs_table
 from prunelab.training import load_checkpoint
+from prunelab.training.checkpoints import CheckpointFolder
 
 
 def squares(state: dict[str, torch.Tensor]) -> dict[str, list[float]]:
@@ -52,7 +54,7 @@ def main() -> None:
     path = Path(args.out) / "results.json"
     results = json.loads(path.read_text()) if path.is_file() else {}
     for _, r in dense.iterrows():
-        first, last = (ckpts / r.id / "checkpoints" / f"step_{s}.pt" for s in (0, int(r.steps)))
+        first, last = (CheckpointFolder(ckpts / r.id / runfiles.CHECKPOINTS).path_for(s) for s in (0, int(r.steps)))
         if r.id in results or not (first.is_file() and last.is_file()):
             continue
         init, end = (squares(load_checkpoint(p)["model"]) for p in (first, last))

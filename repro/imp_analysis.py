@@ -50,9 +50,11 @@ import pandas as pd
 import torch
 
 from prunelab import Mask, analysis, data, models
+from prunelab.experiments import runfiles
 from prunelab.io import atomic_write_json
 from prunelab.reports.tables import runs_table
 from prunelab.training import load_checkpoint
+from prunelab.training.checkpoints import CheckpointFolder
 from prunelab.training.trainer import device_arg
 
 REWIND = "0it"
@@ -77,7 +79,7 @@ def lottery_runs(df: pd.DataFrame, model: str) -> pd.DataFrame:
 
 def masks_of(root: Path, rows: pd.DataFrame) -> dict[tuple, Mask]:
     """(structure, rewind_to, seed, level) -> mask."""
-    return {(r.structure, r.rewind_to, int(r.seed), int(r.level)): Mask.load(root / r.id / "mask.pt")
+    return {(r.structure, r.rewind_to, int(r.seed), int(r.level)): mask_of(root, r.id)
             for r in rows.itertuples()}
 
 
@@ -112,15 +114,24 @@ def structure_table(masks: dict[tuple, Mask]) -> list[dict]:
     return rows
 
 
+def checkpoint_path(root: Path, run_id: str, steps: int) -> Path:
+    """Where the run store at ``root`` keeps run ``run_id``'s weights at step ``steps``."""
+    return CheckpointFolder(root / run_id / runfiles.CHECKPOINTS).path_for(int(steps))
+
+
+def mask_of(root: Path, run_id: str) -> Mask:
+    return Mask.load(root / run_id / runfiles.MASK)
+
+
 def final_weights(root: Path, run_id: str, steps: int) -> dict[str, torch.Tensor]:
-    path = root / run_id / "checkpoints" / f"step_{int(steps)}.pt"
+    path = checkpoint_path(root, run_id, steps)
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing (checkpoints are not committed: rerun the sweep to recreate it)")
     return load_checkpoint(path)["model"]
 
 
 def has_weights(root: Path, run_id: str, steps: int) -> bool:
-    return (root / run_id / "checkpoints" / f"step_{int(steps)}.pt").is_file()
+    return checkpoint_path(root, run_id, steps).is_file()
 
 
 def stability_table(ckpts: Path, runs: pd.DataFrame, dense: pd.DataFrame) -> list[dict]:
@@ -132,7 +143,7 @@ def stability_table(ckpts: Path, runs: pd.DataFrame, dense: pd.DataFrame) -> lis
         prev_state = final_weights(ckpts, base.iloc[0].id, base.iloc[0].steps)
         prev_mask = None
         for r in part.sort_values("level").itertuples():
-            mask = Mask.load(ckpts / r.id / "mask.pt")  # the mask the checkpoint trained under
+            mask = mask_of(ckpts, r.id)  # the mask the checkpoint trained under
             state = final_weights(ckpts, r.id, r.steps)
             prev = prev_mask or Mask({n: torch.ones_like(t) for n, t in mask.items()})
             for layer, value in analysis.weight_stability(prev_state, state, prev, mask).items():
@@ -193,7 +204,7 @@ def magnitude_table(ckpts: Path, runs: pd.DataFrame, dense: pd.DataFrame,
     for (structure, seed), part in runs[runs.rewind_to == REWIND].groupby(["structure", "seed"]):
         base = dense[dense.seed == seed]
         levels = [(0, base.iloc[0].id, base.iloc[0].steps, None)] if len(base) else []
-        levels += [(int(r.level), r.id, r.steps, Mask.load(ckpts / r.id / "mask.pt"))
+        levels += [(int(r.level), r.id, r.steps, mask_of(ckpts, r.id))
                    for r in part.sort_values("level").itertuples()]
         for level, run_id, steps, mask in levels:
             if not has_weights(ckpts, run_id, steps):
@@ -231,7 +242,7 @@ def across_budgets(root: Path, runs: pd.DataFrame) -> list[dict]:
     budgets per level, and the expected distance of two independent random masks with the same kept counts
     (Paganini & Forde 2020, App. C)."""
     sel = runs[(runs.structure == "unstructured") & (runs.rewind_to == REWIND)]
-    masks = {(r["training.train"], int(r.seed), int(r.level)): Mask.load(root / r.id / "mask.pt")
+    masks = {(r["training.train"], int(r.seed), int(r.level)): mask_of(root, r.id)
              for _, r in sel.iterrows()}
     rows = []
     for a, b in BUDGET_PAIRS:

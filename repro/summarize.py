@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from prunelab.experiments import runfiles
 from prunelab.reports.tables import aggregate, runs_table
 
 
@@ -520,7 +521,7 @@ def family6(df: pd.DataFrame, root: str) -> str:
     for _, r in sel.sort_values(["method", "sparsity_target"]).iterrows():
         if r.sparsity_target not in (0.737856, 0.931280523, 0.981985201):
             continue
-        mask = Mask.load(Path(root) / r.id / "mask.pt")
+        mask = Mask.load(Path(root) / r.id / runfiles.MASK)
         dead = analysis.neuron_collapse(mask, thresholds=[1.0])["fraction"][0]
         eff = analysis.effective_sparsity(model, mask, (1, 28, 28))
         kept = " / ".join(f"{d:.2%}" for d in mask.layer_density().values())
@@ -548,7 +549,7 @@ def family6_effective(df: pd.DataFrame, root: str, results: Path) -> str:
                        & (sel.sparsity_target == r.sparsity_target)]
             if base.empty:
                 continue
-            mask, ref = (Mask.load(Path(root) / i / "mask.pt") for i in (r.id, base.iloc[0].id))
+            mask, ref = (Mask.load(Path(root) / i / runfiles.MASK) for i in (r.id, base.iloc[0].id))
             eff = analysis.effective_sparsity(model, ref, (1, 28, 28))["effective"]
             ratios.append({"method": r.method, "sparsity": r.sparsity_target, "effective": eff,
                            "ratio": analysis.effective_parameter_ratio(model, mask, ref, (1, 28, 28))})
@@ -616,7 +617,7 @@ def _backfilled_cost(root: str, r: pd.Series) -> tuple[float, float, float]:
     if r.kind == "dense":
         c = account(count, batch, [Segment(total)])
     else:
-        mask = Mask.load(Path(root) / r.id / "mask.pt")
+        mask = Mask.load(Path(root) / r.id / runfiles.MASK)
         if r.kind == "lottery":
             start = int(r.rewind_step)
             c = account(count, batch, [masked(total - start, mask)], [Segment(total)])
