@@ -107,23 +107,44 @@ def family2(df: pd.DataFrame) -> str:
     return "\n".join(out) + "\n" + table(rows) + "\n"
 
 
+ABLATIONS = ["unmodified", "shuffle", "reinit", "invert", "fixed_variance"]
+
+
+def _ablation_rows(sel: pd.DataFrame, ablated_only: bool) -> list[list[str]]:
+    """One row per (criterion, when pruned, sparsity) of ``sel``: accuracy unmodified and under each ablation of
+    Frankle et al. 2021, §5, mean ± sd over seeds; ``ablated_only`` leaves out criteria that were never ablated."""
+    sel = sel.assign(ablation=sel.ablation.fillna("unmodified"), when=sel.prune_at.map({"0it": "init", "end": "after"}))
+    groups = sel[sel.ablation != "unmodified"] if ablated_only else sel
+    present = [a for a in ABLATIONS if a in set(sel.ablation)]
+    rows = [["criterion", "pruned", "sparsity"] + present]
+    for method, when, target in groups.groupby(["method", "when", "sparsity_target"]).groups:
+        base = sel[(sel.method == method) & (sel.when == when) & (sel.sparsity_target == target)]
+        agg = {a: p.test_accuracy for a, p in base.groupby("ablation")}
+        rows.append([method, when, f"{target:.1%}"] + [
+            f"{pct(agg[a].mean(), agg[a].std())} (n={len(agg[a])})" if a in agg else "-" for a in present])
+    return rows
+
+
 def family3(df: pd.DataFrame) -> str:
     """Ablations at initialization and after training (Frankle et al. 2021, §5 Fig. 4, App. F)."""
     sel = df[(df.kind == "prune") & (df.model == "lenet_300_100") & (df["training.train"] == "10ep")
              & (df.status == "done") & df.sparsity_target.isin([0.737856, 0.931280523, 0.981985201])]
-    sel = sel.assign(ablation=sel.ablation.fillna("unmodified"), when=sel.prune_at.map({"0it": "init", "end": "after"}))
-    ablated = sel[sel.ablation != "unmodified"]
-    if ablated.empty:
+    if sel.ablation.isna().all():
         return ""
-    rows = [["criterion", "pruned", "sparsity"] + ["unmodified", "shuffle", "reinit", "invert", "fixed_variance"]]
-    for method, when, target in ablated.groupby(["method", "when", "sparsity_target"]).groups:
-        base = sel[(sel.method == method) & (sel.when == when) & (sel.sparsity_target == target)]
-        agg = {a: p.test_accuracy for a, p in base.groupby("ablation")}
-        rows.append([method, when, f"{target:.1%}"] + [
-            f"{pct(agg[a].mean(), agg[a].std())} (n={len(agg[a])})" if a in agg else "-"
-            for a in rows[0][3:]])
     return ("## Family 3: ablations at initialization and after training (Frankle et al. 2021, §5 Fig. 4, App. F)\n\n"
-            + table(rows) + "\n")
+            + table(_ablation_rows(sel, ablated_only=True)) + "\n")
+
+
+def family16(df: pd.DataFrame) -> str:
+    """Ours: the methods at initialization and Frankle et al. 2021's §5 ablations on a small vision transformer."""
+    sel = df[(df.kind == "prune") & (df.model == "vit_tiny") & (df.dataset == "fashion_mnist") & (df.status == "done")
+             & (df.prune_at == "0it") & df.distribution.isna() & df.like.isna()]
+    if sel.empty:
+        return ""
+    dense = df[(df.kind == "dense") & (df.model == "vit_tiny") & (df.status == "done")].test_accuracy
+    return ("## Family 16 (ours): methods at initialization and their ablations on a vision transformer\n\n"
+            f"vit_tiny on Fashion-MNIST, 10 epochs of AdamW. Dense: {pct(dense.mean(), dense.std())} "
+            f"(n={len(dense)}).\n\n" + table(_ablation_rows(sel, ablated_only=False)) + "\n")
 
 
 def family4(df: pd.DataFrame) -> str:
@@ -701,7 +722,8 @@ def main() -> None:
              family6(df, args.root), family6_effective(df, args.root, Path(args.results)),
              family6_convnets(Path(args.results)), family6_shortcuts(Path(args.results)),
              family7(df),
-             family7_analyses(Path(args.results)), family14(df, args.root), costs(args.root, Path(args.specs))]
+             family7_analyses(Path(args.results)), family14(df, args.root), family16(df),
+             costs(args.root, Path(args.specs))]
     print("\n".join(p for p in parts if p))
 
 
