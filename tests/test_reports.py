@@ -642,3 +642,17 @@ def test_mask_image_helpers_against_hand_computations():
     assert len(fig.axes[0].lines) == 2 + 1  # two weights and the zero line
     with pytest.raises(ValueError, match="levels"):
         plots.weight_trajectories({"fc": ([0, 50], values)})
+
+
+def test_setting_ignores_fields_at_their_default():
+    """A field added with its default (recorded by newer runs, absent from older hparams.json) splits no
+    setting; a non-default value does."""
+    from prunelab.reports.tables import setting_of
+
+    old = {"model": {"model": "lenet5", "init": "kaiming_normal"}, "dataset": {"dataset": "fashion_mnist"},
+           "training": {"train": "10ep", "lr": 0.1}}
+    new = {"model": {**old["model"], "bn_init": "uniform"}, "dataset": {**old["dataset"], "augment": True},
+           "training": {**old["training"], "batch_size": 128}}
+    assert setting_of(new) == setting_of(old)
+    assert setting_of({**old, "dataset": {"dataset": "fashion_mnist", "augment": False}}) != setting_of(old)
+    assert setting_of({**old, "training": {"train": "10ep", "lr": 0.01}}) != setting_of(old)

@@ -45,11 +45,26 @@ LEADING = ["id", "setting", "kind", "status", "model", "dataset", "seed", "metho
            "wall_time", "steps"]
 
 
+def _section_defaults() -> dict[str, dict[str, Any]]:
+    """The JSON of each section's default values, as ``hparams.json`` records them."""
+    from prunelab.experiments.hparams import DataHparams, ModelHparams, identity_dict
+    from prunelab.training.settings import TrainSettings
+
+    return {name: json.loads(json.dumps(identity_dict(cls())))
+            for name, cls in (("model", ModelHparams), ("dataset", DataHparams), ("training", TrainSettings))}
+
+
 def setting_of(hparams: dict[str, Any]) -> str:
-    """8 hex digits naming (model, dataset, training) of a run: the seed-independent dense network."""
-    parts = {k: hparams.get(k) for k in ("model", "dataset", "training")}
+    """8 hex digits naming (model, dataset, training) of a run: the seed-independent dense network. Like a run
+    id it hashes the non-default values only, so a field added later (with its default) splits no setting."""
+    defaults = _section_defaults()
+    parts = {k: {f: v for f, v in (hparams.get(k) or {}).items() if defaults[k].get(f, _MISSING) != v}
+             for k in defaults}
     text = json.dumps(parts, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+_MISSING = object()
 
 
 def run_row(run_id: str, hp: dict[str, Any], result: dict[str, Any] | None) -> dict[str, Any]:
