@@ -5,7 +5,8 @@ Paganini & Forde 2020, App. A.1.
   ("Random shuffling", Frankle et al. 2021, §5). The permuted mask is *returned* — a reference implementation rebound a
   local variable and silently changed nothing; the test suite checks positions really move.
 - :func:`reinitialize` draws new weights from the model's own initializer with another seed, mask kept
-  ("Reinitialization", Frankle et al. 2021, §5).
+  ("Reinitialization", Frankle et al. 2021, §5), or from another initializer (Lee et al. 2019, §5.5: masks
+  found at four initializations, every pruned network trained from Glorot weights).
 - Inversion is ``prunelab.prune(..., invert=True)``: it ranks, never takes 1/score.
 - The fixed-variance ablation ("Init", Frankle et al. 2021, §5: every layer N(0, 1), so magnitude pruning loses the
   per-layer variances of He initialization) is the model initializer ``standard_normal``; see
@@ -42,20 +43,26 @@ def _layer_seed(seed: int, index: int) -> int:
     return (int(seed) * 1_000_003 + index * 7919 + 17) % (2**63 - 1)
 
 
-def reinitialize(model: nn.Module, seed: int, mask: Mask | None = None) -> nn.Module:
-    """Re-draw all weights from the initializer the model was created with (``model.prunelab_init``).
+def reinitialize(model: nn.Module, seed: int, mask: Mask | None = None, init: str | None = None) -> nn.Module:
+    """Re-draw all weights with ``seed`` from the initializer the model was created with (``model.prunelab_init``),
+    or from ``init``, one of :data:`prunelab.models.INITIALIZERS` (the model's fan mode and BatchNorm init kept).
 
-    With ``mask``, pruned weights are zeroed again afterwards (the mask is kept).
+    ``init`` trains a mask found at one initialization from another: Lee et al. 2019, §5.5 prune at RN, TN, VS-X
+    and VS-H and train every pruned network from VS-X (``xavier_normal``). ``model.prunelab_init`` keeps saying
+    what the model was created with. With ``mask``, pruned weights are zeroed again afterwards (the mask is kept).
     """
     from prunelab.models import initialize
 
-    init = getattr(model, "prunelab_init", None)
-    if init is None:
+    options = getattr(model, "prunelab_init", None)
+    if options is None and init is None:
         raise ValueError(
-            "reinitialize needs a model made by prunelab.models.create (it records its initializer); "
+            "reinitialize needs a model made by prunelab.models.create (it records its initializer) or init=...; "
             "for another model call prunelab.models.initialize(model, init=..., seed=...) directly"
         )
-    initialize(model, **init, seed=seed)
+    options = dict(options or {})
+    if init is not None:
+        options["init"] = init  # an unknown name: initialize's ValueError, with the closest valid one
+    initialize(model, **options, seed=seed)
     if mask is not None:
         mask.zero_pruned(model)
     return model
@@ -63,12 +70,7 @@ def reinitialize(model: nn.Module, seed: int, mask: Mask | None = None) -> nn.Mo
 
 def fixed_variance_init(model: nn.Module, seed: int) -> nn.Module:
     """Every conv/linear weight N(0, 1): the fixed-variance initialization of Frankle et al. 2021, §5."""
-    from prunelab.models import initialize
-
-    init = dict(getattr(model, "prunelab_init", {}))
-    init["init"] = "standard_normal"
-    initialize(model, **init, seed=seed)
-    return model
+    return reinitialize(model, seed, init="standard_normal")
 
 
 @torch.no_grad()

@@ -74,3 +74,35 @@ def test_sign_reinit(scale):
             assert torch.equal(t, init_state[name])
     with pytest.raises(ValueError, match="sign scale"):
         ablations.sign_reinit(model, init_state, mask, scale="sgima")
+
+
+def test_reinitialize_from_another_initializer_keeps_the_mask():
+    # Lee et al. 2019, §5.5: a mask found at TN (truncated normal), the pruned network trained from Glorot weights.
+    model = models.create("lenet_300_100", num_classes=10, input_shape=(1, 28, 28), init="truncated_normal", seed=0)
+    mask = random_mask(model)
+    mask.apply(model)
+    ablations.reinitialize(model, seed=5, mask=mask, init="xavier_normal")
+    assert model.prunelab_init["init"] == "truncated_normal"  # still says what the model was created with
+    fresh = models.create("lenet_300_100", num_classes=10, input_shape=(1, 28, 28), init="xavier_normal", seed=5)
+    for name, keep in mask.items():
+        w = model.get_parameter(name).detach()
+        assert torch.all(w[~keep] == 0)
+        assert torch.equal(w[keep], fresh.get_parameter(name).detach()[keep])
+        # Glorot's statistics, computed here from the layer's shape: std sqrt(2 / (fan_in + fan_out)), normal
+        fan_out, fan_in = w.shape
+        kept = w[keep]
+        if kept.numel() < 5000:  # the 100 -> 10 output layer: too few for a 5% test
+            continue
+        assert kept.std().item() == pytest.approx((2 / (fan_in + fan_out)) ** 0.5, rel=0.05), name
+        assert (kept.abs().mean() / kept.std()).item() == pytest.approx((2 / torch.pi) ** 0.5, rel=0.05), name
+
+
+def test_reinitialize_init_names_and_models_without_a_record():
+    model = lenet()
+    with pytest.raises(ValueError, match="did you mean 'xavier_normal'"):
+        ablations.reinitialize(model, seed=1, init="xavier_norml")
+    plain = torch.nn.Sequential(torch.nn.Linear(20, 10))
+    with pytest.raises(ValueError, match="made by prunelab.models.create"):
+        ablations.reinitialize(plain, seed=1)
+    ablations.reinitialize(plain, seed=1, init="truncated_normal")  # a model of one's own: init named, defaults kept
+    assert plain[0].weight.abs().max().item() <= 2.0 and torch.equal(plain[0].bias, torch.zeros(10))

@@ -61,6 +61,8 @@ NO_CUDA = pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="th
     (["--lr", "0"], "learning rate must be > 0"),
     (["--batch-size", "-5"], "batch size must be >= 1"),
     (["--init", "kaiming"], "did you mean"),
+    (["--ablation", "reinit", "--reinit-init", "xavier_norml"], "did you mean 'xavier_normal'"),
+    (["--reinit-init", "xavier_normal"], "needs ablation 'reinit' (got none)"),
     (["--config", "missing.toml"], "config file not found"),
     # nonsense numbers: refused before a folder is made or a step trained
     (["--lr", "inf"], "lr must be a finite number"),

@@ -60,6 +60,7 @@ def test_every_flag_of_every_command_has_help():
 NAMES = {
     "--model": models.names(),
     "--init": INITIALIZERS.names(),
+    "--reinit-init": INITIALIZERS.names(),
     "--init-mode": FAN_MODES,
     "--bn-init": BN_INITS,
     "--dataset": data.names(),

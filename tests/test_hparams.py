@@ -87,6 +87,23 @@ def test_stored_protocol_hashes_are_stable():
                     recipe("lenet_300_100", "fashion_mnist"), 0)
     assert prune_id(rep, PruneHparams(method="snip", sparsity=0.9)) == "dff883f282e77cce"
     assert lottery_id(rep, LotteryHparams(levels=5), 3) == "83da5f6a7a3c031d"
+    # a reinit run of repro/03a_ablations_at_init.toml, finished before reinit_init existed
+    ten = dataclasses.replace(rep, training=dataclasses.replace(rep.training, train="10ep"))
+    assert prune_id(ten, PruneHparams(method="grasp", sparsity=0.737856, ablation="reinit")) == "08616be94e21d874"
+    assert prune_id(ten, PruneHparams(method="grasp", sparsity=0.737856, ablation="reinit",
+                                      reinit_init="xavier_normal")) != "08616be94e21d874"
+
+
+def test_reinit_init_names_an_initializer_and_needs_the_reinit_ablation():
+    from prunelab.experiments.hparams import PruneHparams
+
+    assert PruneHparams(ablation="reinit", reinit_init="xavier_normal").reinit_init == "xavier_normal"
+    with pytest.raises(ValueError, match="unknown reinit_init 'xavier'; did you mean 'xavier_normal'"):
+        PruneHparams(ablation="reinit", reinit_init="xavier")
+    with pytest.raises(ValueError, match=r"needs ablation 'reinit' \(got none\)"):
+        PruneHparams(reinit_init="xavier_normal")
+    with pytest.raises(ValueError, match=r"needs ablation 'reinit' \(got 'shuffle'\)"):
+        PruneHparams(ablation="shuffle", reinit_init="xavier_normal")
 
 
 def test_toml_config_sections_keys_and_types(tmp_path):

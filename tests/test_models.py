@@ -377,8 +377,52 @@ def test_initializer_names():
         "xavier_normal",
         "xavier_uniform",
         "standard_normal",
+        "truncated_normal",
         "torch_default",
     }
+
+
+# ---- Lee et al. 2019, §5.5: TN, the standard normal redrawn outside [-2, 2] ------------------------
+def standard_normal_pdf(x: float) -> float:
+    return math.exp(-x * x / 2) / math.sqrt(2 * math.pi)
+
+
+def standard_normal_cdf(x: float) -> float:
+    return (1 + math.erf(x / math.sqrt(2))) / 2
+
+
+def test_truncated_normal_matches_the_truncated_distribution():
+    # Independent moments of N(0, 1) truncated to [-c, c] (Johnson, Kotz & Balakrishnan): with Z = Phi(c) - Phi(-c),
+    # Var = 1 - 2 c phi(c) / Z, E|w| = 2 (phi(0) - phi(c)) / Z, P(|w| > 1) = 2 (Phi(c) - Phi(1)) / Z.
+    c = 2.0
+    z = standard_normal_cdf(c) - standard_normal_cdf(-c)
+    std = math.sqrt(1 - 2 * c * standard_normal_pdf(c) / z)
+    assert std == pytest.approx(0.87962566103423978, abs=1e-12)  # TensorFlow's constant for this std
+    w = drawn("truncated_normal")
+    assert w.abs().max().item() <= c
+    assert w.abs().max().item() > 0.99 * c  # redrawn, not clipped to a narrower range
+    assert (w.abs() == c).float().mean().item() < 1e-4  # nor clamped: no mass piled on the bounds
+    assert close(w.std().item(), std, rel=0.005)
+    assert abs(w.mean().item()) < 0.005
+    assert close(w.abs().mean().item(), 2 * (standard_normal_pdf(0) - standard_normal_pdf(c)) / z, rel=0.005)
+    tail = 2 * (standard_normal_cdf(c) - standard_normal_cdf(1)) / z
+    assert close((w.abs() > 1).float().mean().item(), tail, rel=0.01)
+    # the same for every layer size and fan mode: a fixed variance, as standard_normal
+    small = nn.Linear(50, 40)
+    models.initialize(small, "truncated_normal", mode="fan_out", seed=0)
+    assert small.weight.abs().max().item() <= c and close(small.weight.std().item(), std, rel=0.1)
+
+
+def test_truncated_normal_is_reproducible_by_seed_on_any_dtype():
+    a = models.create("lenet5", input_shape=(1, 28, 28), init="truncated_normal", seed=3)
+    b = models.create("lenet5", input_shape=(1, 28, 28), init="truncated_normal", seed=3)
+    c = models.create("lenet5", input_shape=(1, 28, 28), init="truncated_normal", seed=4)
+    assert same(state(a), state(b))
+    weights = [k for k in state(a) if k.endswith("weight")]
+    assert all(not torch.equal(state(a)[k], state(c)[k]) for k in weights)
+    single = models.initialize(nn.Linear(30, 20), "truncated_normal", seed=5)
+    double = models.initialize(nn.Linear(30, 20).double(), "truncated_normal", seed=5)
+    assert torch.equal(single.weight.double(), double.weight)
 
 
 def test_conv_fan_includes_receptive_field():

@@ -90,6 +90,41 @@ def test_every_ablation_runs(runner, ablation):
         assert m1 == m0
 
 
+def test_reinit_from_another_initializer_trains_the_mask_from_its_weights(runner, monkeypatch):
+    # Lee et al. 2019, §5.5: pruned at one initialization (here TN), trained from Glorot (VS-X) weights.
+    from prunelab import models
+    from prunelab.experiments.protocols.base import REINIT_SEED
+
+    rep = Replicate(ModelHparams("lenet_300_100", init="truncated_normal"), DataHparams("mnist"), TRAINING, seed=0)
+    started = []
+    real = runner.run_training
+
+    def spy(model, *args, **kwargs):
+        started.append({k: v.clone() for k, v in model.state_dict().items()})
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "run_training", spy)
+    hp = PruneHparams(method="snip", sparsity=0.9, batch_per_class=2, ablation="reinit", reinit_init="xavier_normal")
+    result = prune_at_step(runner, rep, hp)
+    assert result["status"] == "done"
+    plain = prune_at_step(runner, rep, PruneHparams(method="snip", sparsity=0.9, batch_per_class=2))
+    mask = Mask.load(runner.store.folder(result["id"]) / "mask.pt")
+    assert mask == Mask.load(runner.store.folder(plain["id"]) / "mask.pt")  # scored at TN either way
+    dense_start, pruned_start = started[0], started[1]  # the dense replicate, then the pruned network
+    tn = models.create("lenet_300_100", num_classes=10, input_shape=(1, 28, 28), init="truncated_normal", seed=0)
+    glorot = models.create("lenet_300_100", num_classes=10, input_shape=(1, 28, 28), init="xavier_normal",
+                           seed=REINIT_SEED)
+    for name, keep in mask.items():
+        assert torch.equal(dense_start[name], tn.get_parameter(name).detach())
+        expected = torch.where(keep, glorot.get_parameter(name).detach(), torch.zeros(()))
+        assert torch.equal(pruned_start[name], expected)
+    hparams = json.loads((runner.store.folder(result["id"]) / "hparams.json").read_text())
+    assert hparams["pruning"]["reinit_init"] == "xavier_normal"
+    from prunelab.experiments.protocols.prune_at import PRUNE_AT_STEP
+
+    assert PRUNE_AT_STEP.describe(hparams) == "snip@0it+reinit from xavier_normal"
+
+
 def test_lottery_levels_build_on_each_other(runner):
     results = lottery(runner, REP, LotteryHparams(levels=3, rate=0.2))
     assert runner.steps_executed == 12 * 4

@@ -25,6 +25,7 @@ is a 200-class subset of ImageNet).
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -36,7 +37,7 @@ from prunelab.data import roots
 from prunelab.data.folder import FolderLoader, FolderSplit, scan_class_folders, scan_tiny_imagenet_val
 from prunelab.data.idx import IDX_FILES, missing_idx, read_idx_split
 from prunelab.data.memory import EpochLoader, MemoryLoader, MemorySplit
-from prunelab.data.transforms import BALANCED, Normalize, channel_stats, generator
+from prunelab.data.transforms import BALANCED, LABELS, Normalize, channel_stats, generator
 from prunelab.registry import Registry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -44,6 +45,14 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 
 Split = MemorySplit | FolderSplit
+
+
+def check_label_fraction(fraction) -> float:
+    """``fraction`` as a float in [0, 1] (the share of training labels made random); ValueError otherwise."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
+        raise ValueError(f"random_labels must be a fraction of the training labels in [0, 1] (1 = all random, "
+                         f"Zhang et al. 2017, §2), got {fraction!r}")
+    return float(fraction)
 
 
 class Dataset:
@@ -77,6 +86,7 @@ class Dataset:
         self.default_augment = default_augment
         self.classes = list(classes)
         self.source = source
+        self.random_labels = 0  # training labels replaced at random (with_random_labels)
         self.normalize = Normalize(mean, std)
         if isinstance(train, MemorySplit):
             self.input_shape = tuple(int(s) for s in train.images.shape[1:])
@@ -146,6 +156,30 @@ class Dataset:
         if isinstance(part, MemorySplit):
             return MemoryLoader(part, batch_size, self.normalize, **common)
         return FolderLoader(part, batch_size, self.normalize, num_workers=num_workers, **common)
+
+    def with_random_labels(self, fraction: float, seed: int = 0) -> Dataset:
+        """This dataset with ``round(fraction * N)`` of its N training labels replaced by classes drawn
+        uniformly at random; the test split is untouched. ``fraction=0`` returns the dataset itself.
+
+        Zhang et al. 2017, §2 ("Understanding deep learning requires rethinking generalization"): 1 =
+        every label random; in between, "partially corrupted labels", where a random label may happen to
+        equal the true one (chance 1/C). Which examples and their labels are drawn once, from a generator of
+        ``seed`` alone, so every epoch, rerun and worker sees the same labels. The images (and their copies
+        on a device) are shared with this dataset, not copied. Draw a scoring batch from this dataset, not the
+        returned one: SNIP's connection sensitivity takes the true labels (Lee et al. 2019, §5.6).
+        """
+        fraction = check_label_fraction(fraction)
+        if fraction == 0:
+            return self
+        targets = self.train.targets
+        g = generator(LABELS, seed)
+        chosen = torch.randperm(len(targets), generator=g)[: round(fraction * len(targets))]
+        labels = targets.clone()
+        labels[chosen] = torch.randint(self.num_classes, (len(chosen),), generator=g)
+        out = copy.copy(self)
+        out.train = self.train.with_labels(labels)
+        out.random_labels = len(chosen)
+        return out
 
     def check_per_class(self, per_class: int, split: str = "train") -> torch.Tensor:
         """The examples per class of ``split``, after checking that every class has ``per_class`` of them

@@ -91,6 +91,13 @@ class FolderSplit:
     def __len__(self) -> int:
         return len(self.samples)
 
+    def with_labels(self, labels: torch.Tensor) -> FolderSplit:
+        """The same images under ``labels`` (one per image), e.g. random labels."""
+        if len(labels) != len(self.samples):
+            raise ValueError(f"{len(self.samples)} images but {len(labels)} labels")
+        samples = [(path, int(label)) for (path, _), label in zip(self.samples, labels.tolist())]
+        return FolderSplit(samples, self.classes, self.size, self.resize)
+
     def transform(self, crop: bool) -> Callable:
         """PIL -> uint8 tensor ``(3, size, size)``; random resized crop + flip when ``crop``."""
         if crop:

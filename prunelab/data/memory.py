@@ -137,7 +137,8 @@ class EpochLoader:
 class MemorySplit:
     """One split held in memory: ``images`` uint8 ``(N, C, H, W)`` and ``labels`` int64 ``(N,)``.
 
-    ``on(device)`` moves both to a device once and keeps that copy for every later loader.
+    ``on(device)`` moves both to a device once and keeps that copy for every later loader;
+    :meth:`with_labels` gives the same images (and their device copies) under other labels.
     """
 
     in_memory = True
@@ -150,7 +151,8 @@ class MemorySplit:
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         self.images = images.contiguous()
         self.labels = labels
-        self._on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._images_on: dict[torch.device, torch.Tensor] = {}  # shared with the splits of with_labels
+        self._labels_on: dict[torch.device, torch.Tensor] = {}
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -161,12 +163,18 @@ class MemorySplit:
 
     def on(self, device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         device = as_device(device)
-        if device not in self._on:
-            if device == self.images.device:
-                self._on[device] = (self.images, self.labels)
-            else:
-                self._on[device] = (self.images.to(device), self.labels.to(device))
-        return self._on[device]
+        if device not in self._images_on:
+            self._images_on[device] = self.images.to(device)  # the tensor itself on its own device
+        if device not in self._labels_on:
+            self._labels_on[device] = self.labels.to(device)
+        return self._images_on[device], self._labels_on[device]
+
+    def with_labels(self, labels: torch.Tensor) -> MemorySplit:
+        """The same images under ``labels`` (one per image), e.g. random labels; the images and their
+        copies on devices are shared, not copied."""
+        out = MemorySplit(self.images, labels)
+        out._images_on = self._images_on
+        return out
 
     def fetch(self, indices: torch.Tensor, device: str | torch.device) -> torch.Tensor:
         """uint8 images at ``indices``, on ``device``, without augmentation."""

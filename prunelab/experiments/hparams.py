@@ -228,6 +228,16 @@ class DataHparams:
     dataset: str = option("fashion_mnist", help="dataset (prunelab list datasets)", choices=_dataset_names)
     augment: bool = option(True, help="the dataset's training augmentation (CIFAR: flip + 4 px shift; Tiny "
                            "ImageNet, ImageNet: random resized crop + flip; none for the MNIST family)")
+    # Fitting random labels (Zhang et al. 2017, §2; Lee et al. 2019, §5.6): only the training labels; the
+    # test set and the batch that data-driven criteria score keep the true ones (Runner.training_data).
+    random_labels: float = option(0.0, help="fraction of the training labels replaced by classes drawn uniformly "
+                                  "at random, fixed once per data seed (Zhang et al. 2017, §2: 1 = all random); "
+                                  "the test set and the pruning score keep the true labels")
+
+    def __post_init__(self) -> None:
+        from prunelab.data.datasets import check_label_fraction
+
+        object.__setattr__(self, "random_labels", check_label_fraction(self.random_labels))  # 1 and 1.0: one run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,6 +255,10 @@ class PruneHparams:
                                choices=lambda: SCOPES, unset=_default_scope)
     ablation: str | None = option(None, help="ablation applied to the mask or weights (Frankle et al. 2021, §5)",
                                   choices=lambda: ABLATIONS, unset="none")
+    reinit_init: str | None = option(None, help="initializer the reinit ablation draws the pruned network's weights "
+                                     "from; Lee et al. 2019, §5.5 train every pruned network from Glorot (VS-X) "
+                                     "weights: xavier_normal", choices=_initializers,
+                                     unset="the model's own (model.init)")
     # SNIP/GraSP batch: 10 examples per class, not augmented (Frankle et al. 2021, App. B.2)
     batch_per_class: int = option(10, help="examples per class in the batch of data-driven criteria (Frankle et al. "
                                   "2021, App. B.2)")
@@ -290,6 +304,12 @@ class PruneHparams:
             raise ValueError(f"batch_per_class must be >= 1, got {self.batch_per_class}")
         if self.ablation is not None:
             check_name("ablation", self.ablation, ABLATIONS)
+        if self.reinit_init is not None:
+            check_name("reinit_init", self.reinit_init, _initializers())
+            if self.ablation != "reinit":
+                got = "none" if self.ablation is None else repr(self.ablation)
+                raise ValueError(f"reinit_init {self.reinit_init!r} is the initializer of the reinit ablation, so it "
+                                 f"needs ablation 'reinit' (got {got})")
         if self.prune_at != "end":
             _check_duration(self.prune_at, "prune_at")
         if self.distribution is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,11 @@ from prunelab.training.runtime import RuntimeOptions
 # A training schedule longer than this is a typo, not an experiment: ~900x ResNet-50's 90 ImageNet epochs
 # at batch 1024 (Frankle et al. 2021, App. A.3), ~1600x ResNet-20's 160 CIFAR-10 epochs.
 MAX_TRAINING_STEPS = 10**8
+
+
+class RandomLabelsWarning(UserWarning):
+    """A run trains on random labels (``DataHparams.random_labels``): said once, so that no one mistakes it for a
+    run on the true labels."""
 
 
 @dataclass(frozen=True)
@@ -66,11 +72,32 @@ class Runner:
 
     # ---- building blocks ------------------------------------------------------------------------
     def dataset(self, hp: DataHparams):
+        """The dataset with its true labels: what data-driven criteria score (Lee et al. 2019, §5.6: "to
+        compute the connection sensitivity, always true labels are used") and what is evaluated on."""
         from prunelab import data
 
+        hp = dataclasses.replace(hp, random_labels=0.0)  # one copy in memory with or without random labels
         if hp not in self._datasets:
             self._datasets[hp] = data.load(hp.dataset, data_root=self.data_root, augment=hp.augment)
         return self._datasets[hp]
+
+    def training_data(self, rep: Replicate):
+        """The dataset the replicate trains on: :meth:`dataset`, with ``random_labels`` of its training labels
+        replaced at random (Zhang et al. 2017, §2), drawn from the replicate's data seed, so the labels
+        are the same in every epoch, every phase of the run and every rerun. Said in one line when it
+        happens."""
+        hp, ds = rep.dataset, self.dataset(rep.dataset)
+        if not hp.random_labels:
+            return ds
+        seed = rep.training.data_seed_of(rep.seed)
+        if (hp, seed) not in self._datasets:
+            relabelled = self._datasets[hp, seed] = ds.with_random_labels(hp.random_labels, seed)
+            if distributed.is_main():
+                warnings.warn(f"training on random labels: {100 * hp.random_labels:g}% of the {len(ds.train):,} "
+                              f"training labels ({relabelled.random_labels:,}) redrawn uniformly from the "
+                              f"{ds.num_classes} classes (Zhang et al. 2017, §2); the test set and the pruning score "
+                              "keep the true labels", RandomLabelsWarning, stacklevel=2)
+        return self._datasets[hp, seed]
 
     def model(self, rep: Replicate, init: str | None = None) -> nn.Module:
         """The replicate's network at initialization, on this runner's device (pruning runs there too)."""
@@ -138,7 +165,7 @@ class Runner:
             self._loggers[folder.name] = loggers
         try:
             return train(
-                model, self.dataset(rep.dataset), rep.training, seed=rep.seed, device=self.device,
+                model, self.training_data(rep), rep.training, seed=rep.seed, device=self.device,
                 runtime=self.runtime, progress=self.progress, checkpoint_dir=folder / runfiles.CHECKPOINTS,
                 on_step=count, callbacks=[*kwargs.pop("callbacks", ()), *loggers], **kwargs,
             )

@@ -49,6 +49,7 @@ from prunelab.experiments.hparams import (
     ModelHparams,
     check_section,
     grid_values,
+    nondefault_fields,
     read_toml,
     section_fields,
 )
@@ -84,7 +85,10 @@ class Job:
             what = "dense"
         else:
             what = self.protocol.describe({self.protocol.section: dataclasses.asdict(self.hp)})
-        return f"{self.rep.model.model}/{self.rep.dataset.dataset} seed {self.rep.seed}: {what}"
+        # the model's other settings where a sweep changes them (Lee et al. 2019, §5.5: the initialization)
+        options = ", ".join(f"{k}={v}" for k, v in nondefault_fields(self.rep.model).items() if k != "model")
+        model = f"{self.rep.model.model}[{options}]" if options else self.rep.model.model
+        return f"{model}/{self.rep.dataset.dataset} seed {self.rep.seed}: {what}"
 
 
 @dataclass(frozen=True)

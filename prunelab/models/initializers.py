@@ -7,6 +7,15 @@ and ``gamma = 1``, a difference App. D.3 suggests may matter when pruning at ini
 are options here. ``standard_normal`` draws every conv/linear weight from N(0, 1): the fixed-variance
 ablation of §5, under which magnitude pruning at initialization loses its per-layer information.
 
+Lee et al. (2019, §5.5, Table 3, SNIP) prune at four initializations: RN (random normal:
+``standard_normal``), TN (truncated random normal: ``truncated_normal``), VS-X (variance scaling after
+Glorot & Bengio 2010: ``xavier_normal``) and VS-H (variance scaling after He et al. 2015:
+``kaiming_normal``). Neither their paper nor their released TensorFlow code (which knows only
+``tf.variance_scaling_initializer()``) gives the standard deviations of RN and TN; here they are TensorFlow
+1's defaults, ``tf.random_normal_initializer()`` and ``tf.truncated_normal_initializer()``: standard
+deviation 1, TN redrawn beyond 2. (TensorFlow 1's variance scaling draws truncated normals too; VS-X and
+VS-H here are the untruncated ones.)
+
 Every value is drawn on the CPU from the given generator and then copied into the parameter, so the
 same seed gives the same bits whatever device or dtype the model lives on, and the global RNG is never
 touched.
@@ -52,7 +61,8 @@ def _uniform(shape: torch.Size, bound: float, generator: torch.Generator) -> tor
 
 @INITIALIZERS.register("kaiming_normal")
 def kaiming_normal(shape: torch.Size, mode: str, generator: torch.Generator) -> torch.Tensor:
-    """N(0, 2 / fan): He et al. (2015) with the ReLU gain; ``mode`` picks fan-in or fan-out."""
+    """N(0, 2 / fan): He et al. (2015) with the ReLU gain; ``mode`` picks fan-in or fan-out. VS-H of Lee et al.
+    (2019, §5.5) with fan-in."""
     fan = fans(shape)[FAN_MODES.index(mode)]
     return _normal(shape, _RELU_GAIN / math.sqrt(fan), generator)
 
@@ -69,7 +79,8 @@ def kaiming_uniform(shape: torch.Size, mode: str, generator: torch.Generator) ->
 
 @INITIALIZERS.register("xavier_normal")
 def xavier_normal(shape: torch.Size, mode: str, generator: torch.Generator) -> torch.Tensor:
-    """N(0, 2 / (fan_in + fan_out)): Glorot & Bengio (2010), gain 1 (``mode`` does not apply)."""
+    """N(0, 2 / (fan_in + fan_out)): Glorot & Bengio (2010), gain 1 (``mode`` does not apply). VS-X of Lee et al.
+    (2019, §5.5), from which they train every pruned network of their Table 3."""
     fan_in, fan_out = fans(shape)
     return _normal(shape, math.sqrt(2.0 / (fan_in + fan_out)), generator)
 
@@ -97,8 +108,21 @@ def torch_default(shape: torch.Size, mode: str, generator: torch.Generator) -> t
 
 @INITIALIZERS.register("standard_normal")
 def standard_normal(shape: torch.Size, mode: str, generator: torch.Generator) -> torch.Tensor:
-    """N(0, 1) for every weight: the fixed-variance ablation of Frankle et al. (2021, §5)."""
+    """N(0, 1) for every weight: the fixed-variance ablation of Frankle et al. (2021, §5), and RN ("random
+    normal", TensorFlow 1's ``tf.random_normal_initializer()``: standard deviation 1) of Lee et al. (2019,
+    §5.5, Table 3). ``mode`` does not apply."""
     return _normal(shape, 1.0, generator)
+
+
+TRUNCATION = 2.0  # in standard deviations: values beyond are redrawn (TensorFlow's truncated_normal)
+
+
+@INITIALIZERS.register("truncated_normal")
+def truncated_normal(shape: torch.Size, mode: str, generator: torch.Generator) -> torch.Tensor:
+    """N(0, 1) redrawn outside [-2, 2] for every weight: TN ("truncated random normal") of Lee et al. (2019,
+    §5.5, Table 3), TensorFlow 1's ``tf.truncated_normal_initializer()`` (standard deviation 1 before the
+    truncation, about 0.88 after). ``mode`` does not apply."""
+    return nn.init.trunc_normal_(torch.empty(shape), 0.0, 1.0, -TRUNCATION, TRUNCATION, generator=generator)
 
 
 def check_init_options(init: str, mode: str, bn_init: str) -> None:

@@ -94,6 +94,10 @@ class TrainSettings:
     def replace(self, **changes) -> TrainSettings:
         return dataclasses.replace(self, **changes)
 
+    def data_seed_of(self, seed: int) -> int:
+        """The seed of the data (order, augmentation, random labels) of a replicate of seed ``seed``."""
+        return seed if self.data_seed is None else self.data_seed
+
 
 _CIFAR = dict(train="160ep", batch_size=128, momentum=0.9, lr=0.1, milestones=("80ep", "120ep"), weight_decay=1e-4)
 _TINY = dict(train="200ep", batch_size=256, momentum=0.9, lr=0.2, milestones=("100ep", "150ep"), weight_decay=1e-4)

@@ -509,8 +509,7 @@ def train(
     device = resolve_device(device)
     precision = Precision.of(settings.amp if amp is None else amp, device)
     runtime = runtime or RuntimeOptions()
-    data_seed = seed if settings.data_seed is None else settings.data_seed
-    loader = dataset.loader("train", settings.batch_size, seed=data_seed, device=device,
+    loader = dataset.loader("train", settings.batch_size, seed=settings.data_seed_of(seed), device=device,
                             shard=(distributed.rank(), distributed.world_size()), **_workers(dataset, runtime, device))
     ipe = len(loader)
     total = iterations(settings.train, ipe)

@@ -87,11 +87,13 @@ def like_densities(runner: Runner, rep: Replicate, hp: PruneHparams) -> dict[str
     return Mask.load(path).layer_density()
 
 
-def ablate_weights(model: nn.Module, ablation: str | None, mask: Mask, reference_state, seed: int) -> None:
-    if ablation == "reinit":
-        ablations.reinitialize(model, seed=seed + REINIT_SEED, mask=mask)
-    elif ablation in ("sign", "sigma_sign"):
-        ablations.sign_reinit(model, reference_state, mask, scale="sigma" if ablation == "sigma_sign" else "one")
+def ablate_weights(model: nn.Module, hp: PruneHparams, mask: Mask, reference_state, seed: int) -> None:
+    """The weight ablations of ``hp.ablation``; reinit draws from ``hp.reinit_init`` when set (Lee et al. 2019,
+    §5.5: the pruned network trained from Glorot weights whatever the initialization it was pruned at)."""
+    if hp.ablation == "reinit":
+        ablations.reinitialize(model, seed=seed + REINIT_SEED, mask=mask, init=hp.reinit_init)
+    elif hp.ablation in ("sign", "sigma_sign"):
+        ablations.sign_reinit(model, reference_state, mask, scale="sigma" if hp.ablation == "sigma_sign" else "one")
 
 
 class PruneAtStep(Protocol):
@@ -153,7 +155,7 @@ class PruneAtStep(Protocol):
             return ablations.shuffle(mask, seed=rep.seed + SHUFFLE_SEED) if hp.ablation == "shuffle" else mask
 
         mask = mask_once(folder, compute, collective=scores_collectively(hp))
-        ablate_weights(model, hp.ablation, mask, state_t, rep.seed)
+        ablate_weights(model, hp, mask, state_t, rep.seed)
         try:
             res = runner.run_training(model, rep, folder, mask=mask, metrics_path=folder / runfiles.METRICS)
         except Diverged as e:
@@ -169,13 +171,15 @@ class PruneAtStep(Protocol):
             what += f" like {pr['like']}"
         elif pr.get("distribution"):
             what += f" {pr['distribution']}"
-        return what + (f"+{pr['ablation']}" if pr.get("ablation") else "")
+        what += f"+{pr['ablation']}" if pr.get("ablation") else ""
+        return what + (f" from {pr['reinit_init']}" if pr.get("reinit_init") else "")
 
     def hparams_schema(self) -> dict[str, runfiles.Check]:
         return {"pruning": runfiles.Table(
             {"method": runfiles.STR, "sparsity": runfiles.NUM, "prune_at": runfiles.STR},
-            {"ablation": runfiles.Maybe(runfiles.STR), "iterations": runfiles.Maybe(runfiles.INT),
-             "schedule": runfiles.STR, "scope": runfiles.Maybe(runfiles.STR), "batch_per_class": runfiles.INT})}
+            {"ablation": runfiles.Maybe(runfiles.STR), "reinit_init": runfiles.Maybe(runfiles.STR),
+             "iterations": runfiles.Maybe(runfiles.INT), "schedule": runfiles.STR,
+             "scope": runfiles.Maybe(runfiles.STR), "batch_per_class": runfiles.INT})}
 
 
 PRUNE_AT_STEP = PruneAtStep()
