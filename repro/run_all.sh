@@ -8,7 +8,7 @@ for spec in 01_snip_table1 01_snip_table1_lenet5 02a_at_init 02b_after_training 
             03a_ablations_at_init 03b_ablations_after_training 04a_prune_after_init 04b_ltr_rewind 04c_random_after_init \
             07a_imp_rewind 07b_imp_finetune_sign 07c_imp_longer 07d_imp_rewind_10ep 07f_imp_sign_reinit \
             14a_cost_at_init 14b_cost_random_erk 14c_cost_random_like_synflow 14d_cost_gradual 14e_cost_set \
-            14f_cost_rigl 14g_cost_after_training 14h_cost_ltr 02d_at_init_variants 01c_snip_lee_recipe 01f_snip_batch_size 07e_imp_pf_lenet \
+            14f_cost_rigl 14g_cost_after_training 14h_cost_ltr 02d_at_init_variants 01c_snip_lee_recipe 01e_snip_init 01f_snip_batch_size 01g_snip_random_labels 07e_imp_pf_lenet \
             16a_vit_at_init 16b_vit_ablations; do
   .venv/bin/prunelab sweep "repro/$spec.toml" --root repro/runs --workers "$workers" --no-progress
 done

@@ -58,7 +58,7 @@ def family1(df: pd.DataFrame) -> str:
     rows = [["network", "recipe", "sparsity", "error %", "dense error %", "error change (points)", "seeds"]]
     done = df[df.status == "done"]
     snip = done[(done.kind == "prune") & (done.method == "snip") & (done.prune_at == "0it") & done.ablation.isna()
-                & done.sparsity_target.isin([0.9, 0.95, 0.98, 0.99])]
+                & done.sparsity_target.isin([0.9, 0.95, 0.98, 0.99]) & (done.batch_per_class == 10)]
     for (model, setting), part in snip.groupby(["model", "setting"]):
         dense = done[(done.kind == "dense") & (done.setting == setting)].set_index("seed").test_accuracy
         for target, runs in part.groupby("sparsity_target"):
@@ -72,6 +72,35 @@ def family1(df: pd.DataFrame) -> str:
                          f"{change.mean():+.2f}" + ("" if len(change) < 2 else f" ± {change.std():.2f}"),
                          str(len(runs))])
     return "\n".join(out) + table(rows) + "\n"
+
+
+def family1_batch(df: pd.DataFrame, root: str) -> str:
+    """Effect of the scoring batch size (Lee et al. 2019, §5.5, Fig. 3): SNIP at 90% on LeNet-300-100 under Lee et
+    al.'s recipe, error and how closely the first layer's kept connections per pixel follow the mean training
+    image (Pearson correlation; Lee et al.: "survived parameters get close to the average of all examples")."""
+    import torch
+
+    from prunelab import Mask, data
+
+    done = df[(df.status == "done") & (df.model == "lenet_300_100") & (df["training.train"] == "50000it")]
+    snip = done[(done.kind == "prune") & (done.method == "snip") & (done.sparsity_target == 0.9) & done.ablation.isna()]
+    if snip.batch_per_class.nunique() < 2:
+        return ""
+    dense = done[done.kind == "dense"].set_index("seed").test_accuracy
+    mean_image = data.load("fashion_mnist").train.images.float().mean(0).flatten()
+    rows = [["examples scored (per class)", "error %", "error change (points)", "corr. of kept inputs with mean image",
+             "seeds"]]
+    for per_class, runs in snip.groupby("batch_per_class"):
+        runs = runs[runs.seed.isin(dense.index)]
+        err, change = 100 * (1 - runs.test_accuracy), 100 * (dense.loc[runs.seed].values - runs.test_accuracy.values)
+        corr = pd.Series([torch.corrcoef(torch.stack([Mask.load(Path(root) / i / runfiles.MASK)["1.weight"]
+                                                      .float().sum(0), mean_image]))[0, 1].item() for i in runs.id])
+        rows.append([f"{10 * per_class:,} ({per_class})", f"{err.mean():.2f} ± {err.std():.2f}",
+                     f"{change.mean():+.2f} ± {change.std():.2f}", f"{corr.mean():.3f} ± {corr.std():.3f}",
+                     str(len(runs))])
+    return ("## Family 1: examples SNIP scores on (Lee et al. 2019, §5.5, Fig. 3)\n\n"
+            "LeNet-300-100 at 90% sparsity, Lee et al.'s recipe (spec `repro/01f_snip_batch_size.toml`), "
+            "Fashion-MNIST; error change against the dense network of the same seed.\n\n" + table(rows) + "\n")
 
 
 def family2(df: pd.DataFrame) -> str:
@@ -716,7 +745,8 @@ def main() -> None:
                 "distribution", "like"):
         if col not in df.columns:
             df[col] = None
-    parts = [family1(df), family1_class_masks(Path(args.results)), family2(df), family3(df), family4(df),
+    parts = [family1(df), family1_batch(df, args.root), family1_class_masks(Path(args.results)),
+             family2(df), family3(df), family4(df),
              family5(Path(args.results)),
              family5_training(Path(args.results)),
              family6(df, args.root), family6_effective(df, args.root, Path(args.results)),
