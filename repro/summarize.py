@@ -103,6 +103,59 @@ def family1_batch(df: pd.DataFrame, root: str) -> str:
             "Fashion-MNIST; error change against the dense network of the same seed.\n\n" + table(rows) + "\n")
 
 
+LEE_INITS = [("standard_normal", "RN"), ("truncated_normal", "TN"), ("xavier_normal", "VS-X"),
+             ("kaiming_normal", "VS-H")]
+
+
+def family1_init(df: pd.DataFrame) -> str:
+    """Effect of the initialization the mask is found at (Lee et al. 2019, §5.5, Table 3): SNIP at 90%, every
+    pruned network trained from fresh Glorot (VS-X) weights with Adam."""
+    if "pruning.reinit_init" not in df.columns:
+        return ""
+    runs = df[(df.status == "done") & (df.kind == "prune") & (df["pruning.reinit_init"] == "xavier_normal")]
+    if runs.empty:
+        return ""
+    rows = [["network"] + [f"{label} (`{init}`)" for init, label in LEE_INITS]]
+    for model, part in runs.groupby("model"):
+        cells = []
+        for init, _ in LEE_INITS:
+            err = 100 * (1 - part[part["model.init"] == init].test_accuracy)
+            cells.append(f"{err.mean():.2f} ± {err.std():.2f} (n={len(err)})" if len(err) else "-")
+        rows.append([model] + cells)
+    return ("## Family 1: the initialization SNIP prunes at (Lee et al. 2019, §5.5, Table 3)\n\n"
+            "Test error % at 90% sparsity, mask scored at each initialization, the pruned network trained from "
+            "fresh Glorot (VS-X) weights, Adam at 0.001 for 10k iterations (spec `repro/01e_snip_init.toml`).\n\n"
+            + table(rows) + "\n")
+
+
+def _final_train_loss(root: str, run_id: str) -> float:
+    """Mean training loss over the last evaluation interval of a run (its metrics.jsonl)."""
+    lines = (Path(root) / run_id / runfiles.METRICS).read_text().splitlines()
+    return next(r["train_loss"] for r in map(json.loads, reversed(lines)) if "train_loss" in r)
+
+
+def family1_random_labels(df: pd.DataFrame, root: str) -> str:
+    """Fitting random labels (Lee et al. 2019, §5.6, Fig. 4, App. B): final training loss and test accuracy of
+    the dense network and SNIP-pruned ones, on the true and on random training labels."""
+    if "dataset.random_labels" not in df.columns:
+        return ""
+    sel = df[(df.status == "done") & (df["training.train"] == "50000it") & (df["training.weight_decay"] == 0)
+             & (df["training.momentum"] == 0.9) & df.kind.isin(["dense", "prune"])]
+    sel = sel.assign(labels=sel["dataset.random_labels"].fillna(0.0).map(lambda f: f"{f:.0%} random"),
+                     sparsity_target=sel.sparsity_target.fillna(0.0))
+    if (sel["labels"] != "0% random").sum() == 0:
+        return ""
+    rows = [["network", "sparsity", "training labels", "final training loss", "test accuracy %", "seeds"]]
+    for (model, target, labels), part in sel.groupby(["model", "sparsity_target", "labels"]):
+        loss = pd.Series([_final_train_loss(root, i) for i in part.id])
+        rows.append([model, f"{target:.0%}", labels, f"{loss.mean():.3f} ± {loss.std():.3f}",
+                     pct(part.test_accuracy.mean(), part.test_accuracy.std()), str(len(part))])
+    return ("## Family 1: fitting random labels (Lee et al. 2019, §5.6, Fig. 4, App. B)\n\n"
+            "Lee et al.'s recipe without weight decay, 50k iterations (spec `repro/01g_snip_random_labels.toml`); "
+            "SNIP scores with the true labels; training loss on the labels trained on, averaged over the last "
+            "epoch.\n\n" + table(rows) + "\n")
+
+
 def family2(df: pd.DataFrame) -> str:
     out = ["## Family 2: criteria at initialization vs. after training (Frankle et al. 2021, Fig. 3, App. K)\n"]
     sel = df[(df.model == "lenet_300_100") & (df["training.train"] == "10ep") & (df.status == "done")]
@@ -745,7 +798,8 @@ def main() -> None:
                 "distribution", "like"):
         if col not in df.columns:
             df[col] = None
-    parts = [family1(df), family1_batch(df, args.root), family1_class_masks(Path(args.results)),
+    parts = [family1(df), family1_batch(df, args.root), family1_init(df), family1_random_labels(df, args.root),
+             family1_class_masks(Path(args.results)),
              family2(df), family3(df), family4(df),
              family5(Path(args.results)),
              family5_training(Path(args.results)),
