@@ -44,11 +44,21 @@ def dense_stats(df: pd.DataFrame, model: str, train: str) -> tuple[float, float,
     return d.test_accuracy.mean(), d.test_accuracy.std(), len(d)
 
 
-def recipe(r: pd.Series) -> str:
-    """Which paper's training recipe a LeNet run follows: Lee et al. 2019, §5 (momentum 0.9, batch 100, weight
-    decay 5e-4, LR drops) or Frankle et al. 2021, App. A.3 (plain SGD, batch 128)."""
-    lee = r["training.momentum"] == 0.9 and r["training.batch_size"] == 100 and r["training.weight_decay"] == 5e-4
-    return ("Lee et al. 2019" if lee else "Frankle et al. 2021") + f", {r['training.train']}"
+RECIPES = {  # the two LeNet recipes of family 1, as (momentum, batch size, weight decay)
+    "Lee et al. 2019": (0.9, 100, 5e-4),  # §5: momentum 0.9, batch 100, weight decay 5e-4, LR drops
+    "Frankle et al. 2021": (0.0, 128, 0.0),  # App. A.3: plain SGD, batch 128
+}
+
+
+def recipe(r) -> str | None:
+    """Which paper's training recipe a LeNet run follows (:data:`RECIPES`), or None for another one."""
+    key = (r["training.momentum"], r["training.batch_size"], r["training.weight_decay"])
+    return next((name for name, values in RECIPES.items() if values == key), None)
+
+
+def true_labels(df: pd.DataFrame) -> pd.Series:
+    """Runs trained on the true labels (not Lee et al. 2019, §5.6's random ones)."""
+    return df["dataset.random_labels"].fillna(0) == 0 if "dataset.random_labels" in df else pd.Series(True, df.index)
 
 
 def family1(df: pd.DataFrame) -> str:
@@ -56,7 +66,7 @@ def family1(df: pd.DataFrame) -> str:
            "Error of SNIP-pruned networks against the dense network of the same setting and seed; "
            "mean ± standard deviation over seeds where there are several.\n\n"]
     rows = [["network", "recipe", "sparsity", "error %", "dense error %", "error change (points)", "seeds"]]
-    done = df[df.status == "done"]
+    done = df[(df.status == "done") & true_labels(df) & df.apply(recipe, axis=1).notna()]
     snip = done[(done.kind == "prune") & (done.method == "snip") & (done.prune_at == "0it") & done.ablation.isna()
                 & done.sparsity_target.isin([0.9, 0.95, 0.98, 0.99]) & (done.batch_per_class == 10)]
     for (model, setting), part in snip.groupby(["model", "setting"]):
@@ -67,7 +77,8 @@ def family1(df: pd.DataFrame) -> str:
                 continue
             err, base = 1 - runs.test_accuracy.values, 1 - dense.loc[runs.seed].values
             change = pd.Series(100 * (err - base))
-            rows.append([model, recipe(runs.iloc[0]), f"{target:.0%}", pct(err.mean(), pd.Series(err).std()),
+            rows.append([model, f"{recipe(runs.iloc[0])}, {runs.iloc[0]['training.train']}", f"{target:.0%}",
+                         pct(err.mean(), pd.Series(err).std()),
                          pct(base.mean(), pd.Series(base).std()),
                          f"{change.mean():+.2f}" + ("" if len(change) < 2 else f" ± {change.std():.2f}"),
                          str(len(runs))])
@@ -82,7 +93,8 @@ def family1_batch(df: pd.DataFrame, root: str) -> str:
 
     from prunelab import Mask, data
 
-    done = df[(df.status == "done") & (df.model == "lenet_300_100") & (df["training.train"] == "50000it")]
+    done = df[(df.status == "done") & (df.model == "lenet_300_100") & (df["training.train"] == "50000it")
+              & true_labels(df) & (df.apply(recipe, axis=1) == "Lee et al. 2019")]
     snip = done[(done.kind == "prune") & (done.method == "snip") & (done.sparsity_target == 0.9) & done.ablation.isna()]
     if snip.batch_per_class.nunique() < 2:
         return ""
@@ -116,23 +128,28 @@ LEE_INITS = [("standard_normal", "RN"), ("truncated_normal", "TN"), ("xavier_nor
              ("kaiming_normal", "VS-H")]
 
 
-def family1_init(df: pd.DataFrame) -> str:
+def family1_init(df: pd.DataFrame, root: str) -> str:
     """Effect of the initialization the mask is found at (Lee et al. 2019, §5.5, Table 3): SNIP at 90%, every
-    pruned network trained from fresh Glorot (VS-X) weights with Adam."""
+    pruned network trained from fresh Glorot (VS-X) weights with Adam; with the mask's density per layer (mean
+    over seeds), which the initialization's per-layer scales could shift."""
+    from prunelab import Mask
+
     if "pruning.reinit_init" not in df.columns:
         return ""
     runs = df[(df.status == "done") & (df.kind == "prune") & (df["pruning.reinit_init"] == "xavier_normal")]
     if runs.empty:
         return ""
-    rows = [["network"] + [f"{label} (`{init}`)" for init, label in LEE_INITS]]
-    for model, part in runs.groupby("model"):
-        cells = []
-        for init, _ in LEE_INITS:
-            err = 100 * (1 - part[part["model.init"] == init].test_accuracy)
-            cells.append(f"{err.mean():.2f} ± {err.std():.2f} (n={len(err)})" if len(err) else "-")
-        rows.append([model] + cells)
+    rows = [["network", "initialization", "test error %", "kept per layer %", "seeds"]]
+    order = {init: k for k, (init, _) in enumerate(LEE_INITS)}
+    groups = sorted(runs.groupby(["model", "model.init"]), key=lambda g: (g[0][0], order.get(g[0][1], len(order))))
+    for (model, init), part in groups:
+        label = dict(LEE_INITS).get(init, init)
+        density = pd.DataFrame([Mask.load(Path(root) / i / runfiles.MASK).layer_density() for i in part.id]).mean()
+        err = 100 * (1 - part.test_accuracy)
+        rows.append([model, f"{label} (`{init}`)", f"{err.mean():.2f} ± {err.std():.2f}",
+                     " / ".join(f"{100 * d:.1f}" for d in density), str(len(part))])
     return ("## Family 1: the initialization SNIP prunes at (Lee et al. 2019, §5.5, Table 3)\n\n"
-            "Test error % at 90% sparsity, mask scored at each initialization, the pruned network trained from "
+            "Test error at 90% sparsity, mask scored at each initialization, the pruned network trained from "
             "fresh Glorot (VS-X) weights, Adam at 0.001 for 10k iterations (spec `repro/01e_snip_init.toml`).\n\n"
             + table(rows) + "\n")
 
@@ -807,8 +824,8 @@ def main() -> None:
                 "distribution", "like"):
         if col not in df.columns:
             df[col] = None
-    parts = [family1(df), family1_batch(df, args.root), family1_init(df), family1_random_labels(df, args.root),
-             family1_class_masks(Path(args.results)),
+    parts = [family1(df), family1_batch(df, args.root), family1_init(df, args.root),
+             family1_random_labels(df, args.root), family1_class_masks(Path(args.results)),
              family2(df), family3(df), family4(df),
              family5(Path(args.results)),
              family5_training(Path(args.results)),
