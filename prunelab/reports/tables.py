@@ -11,6 +11,7 @@ networks trained differently.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -44,9 +45,12 @@ LEADING = ["id", "setting", "kind", "status", "model", "dataset", "seed", "metho
            "test_loss", "train_flops", "total_train_flops", "density_auc", "forward_flops", "layer_collapse",
            "wall_time", "steps"]
 
+_MISSING = object()  # a field an older version's defaults lack: always hashed
 
+
+@functools.cache
 def _section_defaults() -> dict[str, dict[str, Any]]:
-    """The JSON of each section's default values, as ``hparams.json`` records them."""
+    """The JSON of each section's default values, as ``hparams.json`` records them (computed once, not per run)."""
     from prunelab.experiments.hparams import DataHparams, ModelHparams, identity_dict
     from prunelab.training.settings import TrainSettings
 
@@ -62,9 +66,6 @@ def setting_of(hparams: dict[str, Any]) -> str:
              for k in defaults}
     text = json.dumps(parts, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:8]
-
-
-_MISSING = object()
 
 
 def run_row(run_id: str, hp: dict[str, Any], result: dict[str, Any] | None) -> dict[str, Any]:
