@@ -243,16 +243,80 @@ def family3(df: pd.DataFrame) -> str:
             + table(_ablation_rows(sel, ablated_only=True)) + "\n")
 
 
+VIT_TRAIN = "5ep"  # repro/16a_vit_at_init.toml and 16b_vit_ablations.toml
+
+
+def _vit(df: pd.DataFrame) -> pd.DataFrame:
+    """The done family-16 runs: vit_tiny on Fashion-MNIST with the specs' 5-epoch recipe."""
+    return df[(df.model == "vit_tiny") & (df.dataset == "fashion_mnist") & (df["training.train"] == VIT_TRAIN)
+              & (df.status == "done")]
+
+
 def family16(df: pd.DataFrame) -> str:
-    """Ours: the methods at initialization and Frankle et al. 2021's §5 ablations on a small vision transformer."""
-    sel = df[(df.kind == "prune") & (df.model == "vit_tiny") & (df.dataset == "fashion_mnist") & (df.status == "done")
-             & (df.prune_at == "0it") & df.distribution.isna() & df.like.isna()]
+    """Ours: the methods at initialization, Frankle et al. 2021's §5 ablations and magnitude pruning after training
+    (their §4 reference) on a small vision transformer."""
+    vit = _vit(df)
+    sel = vit[(vit.kind == "prune") & vit.prune_at.isin(["0it", "end"]) & vit.distribution.isna() & vit.like.isna()]
     if sel.empty:
         return ""
-    dense = df[(df.kind == "dense") & (df.model == "vit_tiny") & (df.status == "done")].test_accuracy
+    dense = vit[vit.kind == "dense"].test_accuracy
     return ("## Family 16 (ours): methods at initialization and their ablations on a vision transformer\n\n"
-            f"vit_tiny on Fashion-MNIST, 10 epochs of AdamW. Dense: {pct(dense.mean(), dense.std())} "
+            f"vit_tiny on Fashion-MNIST, {VIT_TRAIN} of AdamW. Dense: {pct(dense.mean(), dense.std())} "
             f"(n={len(dense)}).\n\n" + table(_ablation_rows(sel, ablated_only=False)) + "\n")
+
+
+VIT_GROUPS = ["patch embedding", "queries and keys", "values", "attention output", "MLP", "head"]
+
+
+def _vit_groups(mask) -> dict[str, tuple[int, int]]:
+    """(kept, total) of a vit_tiny mask per kind of weight: the fused input projection of each attention layer
+    (``in_proj_weight``, rows stacked as queries, keys, values) is split into its queries and keys and its values."""
+    counts = {g: [0, 0] for g in VIT_GROUPS}
+
+    def add(group: str, keep) -> None:
+        counts[group][0] += int(keep.sum())
+        counts[group][1] += keep.numel()
+
+    for name, keep in mask.items():
+        if name.endswith("in_proj_weight"):
+            rows = keep.shape[0] // 3
+            add("queries and keys", keep[: 2 * rows])
+            add("values", keep[2 * rows:])
+        elif ".out_proj." in name:
+            add("attention output", keep)
+        elif ".linear1." in name or ".linear2." in name:
+            add("MLP", keep)
+        elif name.startswith("patches."):
+            add("patch embedding", keep)
+        elif name.startswith("head."):
+            add("head", keep)
+        else:
+            raise ValueError(f"family 16: no group for the masked tensor {name}")
+    return {g: (k, t) for g, (k, t) in counts.items() if t}
+
+
+def family16_layers(df: pd.DataFrame, root: str) -> str:
+    """Ours: where each criterion at initialization puts the kept weights of vit_tiny (the unmodified masks of
+    family 16), mean over seeds."""
+    from prunelab import Mask
+
+    vit = _vit(df)
+    sel = vit[(vit.kind == "prune") & (vit.prune_at == "0it") & vit.ablation.isna() & vit.distribution.isna()
+              & vit.like.isna()]
+    if sel.empty:
+        return ""
+    groups = {i: _vit_groups(Mask.load(Path(root) / i / runfiles.MASK)) for i in sel.id}
+    totals = next(iter(groups.values()))
+    rows = [["criterion", "sparsity"] + [f"{g} ({t:,} weights)" for g, (_, t) in totals.items()]
+            + ["kinds with nothing kept"]]
+    for (method, target), runs in sel.groupby(["method", "sparsity_target"]):
+        densities = pd.DataFrame([{g: k / t for g, (k, t) in groups[i].items()} for i in runs.id])
+        rows.append([method, f"{target:.1%}"] + [f"{d:.2%}" for d in densities.mean()]
+                    + [f"{int((densities == 0).to_numpy().sum())} of {densities.size}"])
+    return ("## Family 16 (ours): kept share of each kind of vit_tiny weight at initialization\n\n"
+            "Mean over seeds of the kept fraction per kind of weight (queries and keys are the first two thirds of "
+            "each attention layer's fused input projection, values the last third); the last column counts "
+            "the (seed, kind) pairs left with no weight.\n\n" + table(rows) + "\n")
 
 
 def family4(df: pd.DataFrame) -> str:
@@ -833,6 +897,7 @@ def main() -> None:
              family6_convnets(Path(args.results)), family6_shortcuts(Path(args.results)),
              family7(df),
              family7_analyses(Path(args.results)), family14(df, args.root), family16(df),
+             family16_layers(df, args.root),
              costs(args.root, Path(args.specs))]
     print("\n".join(p for p in parts if p))
 
