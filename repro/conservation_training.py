@@ -9,7 +9,9 @@ weight layer, its size and ``||W||^2``, ``||b||^2`` at initialization and after 
 
     python repro/conservation_training.py [--root repro/runs] [--checkpoints /work/main/repro/runs]
 
-The checkpoints are not committed; the numbers are cached in
+The checkpoints are not committed; a run whose checkpoints are gone can be rerun into another store
+(``prunelab train`` with its settings gives the same run id) and read with ``--checkpoints``; its entry is then
+marked ``recreated``. The numbers are cached in
 ``repro/results/conservation_training/results.json``, one entry per run, kept when the checkpoints are gone.
 """
 
@@ -60,6 +62,9 @@ def main() -> None:
         init, end = (squares(load_checkpoint(p)["model"]) for p in (first, last))
         results[r.id] = {"model": args.model, "train": args.train, "seed": int(r.seed),
                          "lr": float(r["training.lr"]), "momentum": float(r["training.momentum"]),
+                         # checkpoints of a rerun of the same run id in another store (same settings, maybe
+                         # another CPU type, so not the same bits as the committed run)
+                         "recreated": ckpts.resolve() != Path(args.root).resolve(),
                          "layers": {n: {"size": init[n][0], "init": init[n][1:], "end": end[n][1:]} for n in init}}
         print(f"{r.id} (seed {r.seed}): {len(init)} layers", flush=True)
     atomic_write_json(path, results)

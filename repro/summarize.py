@@ -415,6 +415,11 @@ def family5(results: Path) -> str:
             "inputs; GraSP's total is its absolute value (Tanaka et al. 2020, footnote 4):\n\n" + table(sizes) + "\n")
 
 
+def _seed_label(entry: dict) -> str:
+    """A seed of repro/conservation_training.py, marked when its checkpoints come from a rerun."""
+    return f"{entry['seed']} (rerun)" if entry.get("recreated") else str(entry["seed"])
+
+
 def family5_training(results: Path) -> str:
     """Conservation of the squared weights under training (Tanaka et al. 2020, §5, Fig. 5b), from
     ``repro/conservation_training.py``."""
@@ -430,19 +435,22 @@ def family5_training(results: Path) -> str:
         for i, (name, e) in enumerate(layers):
             change = e["end"][0] + e["end"][1] - e["init"][0] - e["init"][1]
             nxt = layers[i + 1][1] if i + 1 < len(layers) else None
-            rows.append([entry["model"], entry["seed"], name, e["size"], f"{e['init'][0]:.1f}", f"{e['end'][0]:.1f}",
-                         f"{change:+.1f}", "-" if nxt is None else f"{nxt['end'][0] - nxt['init'][0]:+.1f}"])
+            rows.append([entry["model"], _seed_label(entry), name, e["size"], f"{e['init'][0]:.1f}",
+                         f"{e['end'][0]:.1f}", f"{change:+.1f}",
+                         "-" if nxt is None else f"{nxt['end'][0] - nxt['init'][0]:+.1f}"])
         sizes = [e["size"] for _, e in layers]
         cells = []
         for when in ("init", "end"):
             cells.append(f"{_loglog_fit(sizes, [e[when][0] / e['size'] for _, e in layers])[0]:.2f}")
         spread = [max(t) / min(t) for t in ([e[w][0] for _, e in layers] for w in ("init", "end"))]
-        fits.append([entry["model"], entry["seed"], *cells, *(f"{x:.1f}" for x in spread)])
+        fits.append([entry["model"], _seed_label(entry), *cells, *(f"{x:.1f}" for x in spread)])
     lr = {(e["lr"], e["momentum"]) for e in data.values()}
     return ("## Family 5, under training: conservation of the squared weights (Tanaka et al. 2020, §5, Fig. 5b)\n\n"
             "Dense networks of family 1/14 (Frankle et al. 2021's recipe, SGD with (lr, momentum) in "
             f"{sorted(lr)}, 10 epochs). Under gradient flow, the change of a layer's sum w² + sum b² equals the change "
-            "of the next layer's sum w² (the last two columns); a slope of -1 means equal layer totals:\n\n"
+            "of the next layer's sum w² (the last two columns); a slope of -1 means equal layer totals. "
+            "\"(rerun)\": the run's checkpoints were lost and come from a rerun of the same settings on this "
+            "machine's CPU type:\n\n"
             + table(rows) + "\n\n" + table(fits) + "\n")
 
 
