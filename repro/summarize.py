@@ -261,7 +261,8 @@ def family16(df: pd.DataFrame) -> str:
         return ""
     dense = vit[vit.kind == "dense"].test_accuracy
     return ("## Family 16 (ours): methods at initialization and their ablations on a vision transformer\n\n"
-            f"vit_tiny on Fashion-MNIST, {VIT_TRAIN} of AdamW. Dense: {pct(dense.mean(), dense.std())} "
+            f"vit_tiny on Fashion-MNIST, {VIT_TRAIN.removesuffix('ep')} epochs of AdamW (warm-up 1 epoch, LR drops "
+            f"at 70% and 90% of training). Dense: {pct(dense.mean(), dense.std())} "
             f"(n={len(dense)}).\n\n" + table(_ablation_rows(sel, ablated_only=False)) + "\n")
 
 
