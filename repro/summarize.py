@@ -269,31 +269,38 @@ def family16(df: pd.DataFrame) -> str:
 VIT_GROUPS = ["patch embedding", "queries and keys", "values", "attention output", "MLP", "head"]
 
 
-def _vit_groups(mask) -> dict[str, tuple[int, int]]:
-    """(kept, total) of a vit_tiny mask per kind of weight: the fused input projection of each attention layer
-    (``in_proj_weight``, rows stacked as queries, keys, values) is split into its queries and keys and its values."""
-    counts = {g: [0, 0] for g in VIT_GROUPS}
-
-    def add(group: str, keep) -> None:
-        counts[group][0] += int(keep.sum())
-        counts[group][1] += keep.numel()
-
+def _vit_parts(mask):
+    """(kind, keep) for every part of a vit_tiny mask: each masked tensor, with the fused input projection of
+    each attention layer (``in_proj_weight``, rows stacked as queries, keys, values) split into its queries, its
+    keys and its values."""
     for name, keep in mask.items():
         if name.endswith("in_proj_weight"):
-            rows = keep.shape[0] // 3
-            add("queries and keys", keep[: 2 * rows])
-            add("values", keep[2 * rows:])
+            queries, keys, values = keep.chunk(3)
+            yield from (("queries and keys", queries), ("queries and keys", keys), ("values", values))
         elif ".out_proj." in name:
-            add("attention output", keep)
+            yield "attention output", keep
         elif ".linear1." in name or ".linear2." in name:
-            add("MLP", keep)
+            yield "MLP", keep
         elif name.startswith("patches."):
-            add("patch embedding", keep)
+            yield "patch embedding", keep
         elif name.startswith("head."):
-            add("head", keep)
+            yield "head", keep
         else:
-            raise ValueError(f"family 16: no group for the masked tensor {name}")
-    return {g: (k, t) for g, (k, t) in counts.items() if t}
+            raise ValueError(f"family 16: no kind for the masked tensor {name}")
+
+
+def _vit_groups(mask) -> tuple[dict[str, tuple[int, int]], int, int]:
+    """(kept, total) of a vit_tiny mask per kind of weight (:data:`VIT_GROUPS`), and how many of its parts
+    (:func:`_vit_parts`) keep no weight, out of how many."""
+    counts = {g: [0, 0] for g in VIT_GROUPS}
+    empty = parts = 0
+    for group, keep in _vit_parts(mask):
+        kept = int(keep.sum())
+        counts[group][0] += kept
+        counts[group][1] += keep.numel()
+        empty += kept == 0
+        parts += 1
+    return {g: (k, t) for g, (k, t) in counts.items() if t}, empty, parts
 
 
 def family16_layers(df: pd.DataFrame, root: str) -> str:
@@ -307,17 +314,19 @@ def family16_layers(df: pd.DataFrame, root: str) -> str:
     if sel.empty:
         return ""
     groups = {i: _vit_groups(Mask.load(Path(root) / i / runfiles.MASK)) for i in sel.id}
-    totals = next(iter(groups.values()))
+    totals, _, parts = next(iter(groups.values()))
     rows = [["criterion", "sparsity"] + [f"{g} ({t:,} weights)" for g, (_, t) in totals.items()]
-            + ["kinds with nothing kept"]]
+            + [f"parts with nothing kept (of {parts} per seed)"]]
     for (method, target), runs in sel.groupby(["method", "sparsity_target"]):
-        densities = pd.DataFrame([{g: k / t for g, (k, t) in groups[i].items()} for i in runs.id])
+        densities = pd.DataFrame([{g: k / t for g, (k, t) in groups[i][0].items()} for i in runs.id])
+        empty = [groups[i][1] for i in runs.id]
         rows.append([method, f"{target:.1%}"] + [f"{d:.2%}" for d in densities.mean()]
-                    + [f"{int((densities == 0).to_numpy().sum())} of {densities.size}"])
+                    + [" / ".join(map(str, empty))])
     return ("## Family 16 (ours): kept share of each kind of vit_tiny weight at initialization\n\n"
             "Mean over seeds of the kept fraction per kind of weight (queries and keys are the first two thirds of "
-            "each attention layer's fused input projection, values the last third); the last column counts "
-            "the (seed, kind) pairs left with no weight.\n\n" + table(rows) + "\n")
+            "each attention layer's fused input projection, values the last third). The last column counts, per "
+            "seed, the parts left with no weight: every masked tensor, with each attention layer's queries, keys "
+            "and values apart.\n\n" + table(rows) + "\n")
 
 
 def family4(df: pd.DataFrame) -> str:
