@@ -31,7 +31,8 @@ BATCH_OPTIONS = ("score_batch_size", "distributed")
 
 
 class LayerCollapseWarning(UserWarning):
-    """A covered tensor lost every weight: the network is disconnected (Tanaka et al. 2020, §3)."""
+    """A covered tensor lost every weight: it passes no signal, so the network is disconnected unless a skip
+    connection bypasses that layer (Tanaka et al. 2020, §3)."""
 
 
 def _split_options(method: Method, options: dict, extra: Mapping[str, object]):
@@ -170,8 +171,9 @@ def _warn_collapse(mask: Mask, method: str, sparsity: float) -> None:
     if empty:
         shown = ", ".join(empty[:8]) + (f" and {len(empty) - 8} more" if len(empty) > 8 else "")
         warnings.warn(
-            f"layer collapse: {method} at sparsity {sparsity:g} pruned every weight of {shown}; the network "
-            "is disconnected (Tanaka et al. 2020). Try more iterations, scope='layer', or a lower sparsity.",
+            f"layer collapse: {method} at sparsity {sparsity:g} pruned every weight of {shown}; it passes no "
+            "signal, and the network is disconnected unless a skip connection bypasses it (Tanaka et al. 2020, §3). "
+            "Try more iterations, scope='layer', or a lower sparsity.",
             LayerCollapseWarning,
             stacklevel=3,
         )

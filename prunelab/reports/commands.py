@@ -210,7 +210,8 @@ def cmd_analyze(args) -> int:
         print(prunelab.mask_coverage(model, mask))
     if collapsed:
         print(f"layer collapse: {', '.join(sorted(collapsed))} fully pruned while other layers keep weights "
-              "(Tanaka et al. 2020, §3): the network is disconnected")
+              "(Tanaka et al. 2020, §3): they pass no signal, so the network is disconnected unless skip connections "
+              "bypass them")
     else:
         print("layer collapse: none")
     rho = mask.num_total / mask.num_kept if mask.num_kept else math.inf
