@@ -601,3 +601,39 @@ def test_prune_returns_a_cpu_mask_whatever_the_devices():
     start = prunelab.prune(model, "magnitude", 0.5).to("cuda")
     same = prunelab.prune(model, "magnitude", 0.3, mask=start)  # already sparser: returned unchanged
     assert same == start and all(t.device.type == "cpu" for t in same.values())
+
+
+class _Attention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(self.attn(x, x, x, need_weights=False)[0].mean(1))
+
+
+@pytest.mark.parametrize("rows, warned", [(slice(8, 16), True), (slice(0, 8), False)])
+def test_attention_collapse_is_warned_when_the_keys_are_emptied(rows, warned):
+    """Emptying the key rows of in_proj_weight (keys are rows 8-15 of the stacked q, k, v) makes the attention
+    uniform, which the warning says; emptying the queries leaves a content-based attention (one learned query,
+    the bias), which is not a collapse. Checked against nn.MultiheadAttention's own attention weights."""
+    torch.manual_seed(0)
+    model = _Attention()
+    with torch.no_grad():
+        model.attn.in_proj_weight[rows].mul_(1e-4)  # the smallest magnitudes: pruned first
+        model.attn.in_proj_bias.normal_()  # nonzero biases, as after training
+    sparsity = 64 / (192 + 64 + 24)  # those 64 weights of the 280 covered ones
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mask = prunelab.prune(model, "magnitude", sparsity)
+    said = [str(w.message) for w in caught if issubclass(w.category, LayerCollapseWarning)]
+    assert not mask["attn.in_proj_weight"][rows].any()
+    assert bool(said) == warned
+    if warned:
+        assert said[0].startswith("attention collapse: magnitude") and "attn.in_proj_weight" in said[0]
+    mask.apply(model)
+    x = torch.randn(4, 5, 8)
+    _, weights = model.attn(x, x, x, need_weights=True, average_attn_weights=False)
+    uniform = torch.allclose(weights, torch.full_like(weights, 1 / 5), atol=1e-6)
+    assert uniform == warned

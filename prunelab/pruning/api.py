@@ -32,7 +32,8 @@ BATCH_OPTIONS = ("score_batch_size", "distributed")
 
 class LayerCollapseWarning(UserWarning):
     """A covered tensor lost every weight: it passes no signal, so the network is disconnected unless a skip
-    connection bypasses that layer (Tanaka et al. 2020, §3)."""
+    connection bypasses that layer (Tanaka et al. 2020, §3). Also: an attention layer lost every key weight, so
+    its attention is uniform over the tokens."""
 
 
 def _split_options(method: Method, options: dict, extra: Mapping[str, object]):
@@ -169,14 +170,39 @@ def _warn_collapse(mask: Mask, method: str, sparsity: float) -> None:
         n for n, (kept, total) in mask.layer_counts().items() if kept == 0 and total > 0 and not n.endswith("bias")
     ]
     if empty:
-        shown = ", ".join(empty[:8]) + (f" and {len(empty) - 8} more" if len(empty) > 8 else "")
         warnings.warn(
-            f"layer collapse: {method} at sparsity {sparsity:g} pruned every weight of {shown}; it passes no "
+            f"layer collapse: {method} at sparsity {sparsity:g} pruned every weight of {_names(empty)}; it passes no "
             "signal, and the network is disconnected unless a skip connection bypasses it (Tanaka et al. 2020, §3). "
             "Try more iterations, scope='layer', or a lower sparsity.",
             LayerCollapseWarning,
             stacklevel=3,
         )
+    uniform = _uniform_attention(mask)
+    if uniform:
+        warnings.warn(
+            f"attention collapse: {method} at sparsity {sparsity:g} pruned every key weight of {_names(uniform)} "
+            "(values kept): each key is then the bias alone, the same for every token, so the attention is uniform "
+            "over the tokens it may attend to (an average of the values) unless the layer adds a bias_k token.",
+            LayerCollapseWarning,
+            stacklevel=3,
+        )
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+
+
+def _uniform_attention(mask: Mask) -> list[str]:
+    """The fused input projections (``nn.MultiheadAttention.in_proj_weight``: the query, key and value rows
+    stacked in that order) of ``mask`` whose key rows are all pruned while some value weight is kept (an empty
+    projection is a layer collapse of its own)."""
+    out = []
+    for name, keep in mask.items():
+        if name.endswith("in_proj_weight") and keep.shape[0] % 3 == 0:
+            _, keys, values = keep.chunk(3)
+            if not keys.any() and values.any():
+                out.append(name)
+    return out
 
 
 def prune(
