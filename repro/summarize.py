@@ -329,6 +329,31 @@ def family16_layers(df: pd.DataFrame, root: str) -> str:
             "and values apart.\n\n" + table(rows) + "\n")
 
 
+def family16_synflow_scores(df: pd.DataFrame) -> str:
+    """Ours: SynFlow's scores (Tanaka et al. 2020, Alg. 1, the first iteration) of vit_tiny at initialization, per
+    weight of each attention projection: why SynFlow empties the queries and keys (no training; a few seconds)."""
+    import prunelab
+    from prunelab import models
+
+    seeds = sorted(_vit(df).seed.unique())
+    if not seeds:
+        return ""
+    rows = [["initialization seed", "layer", "queries", "keys", "values", "attention output", "values / queries",
+             "values / keys"]]
+    for seed in seeds:
+        model = models.create("vit_tiny", num_classes=10, input_shape=(1, 28, 28), seed=int(seed))
+        scores = prunelab.score(model, "synflow", input_shape=(1, 28, 28))
+        for layer in range(len(model.encoder.layers)):
+            name = f"encoder.layers.{layer}.self_attn"
+            q, k, v = (float(t.mean()) for t in scores[f"{name}.in_proj_weight"].chunk(3))
+            out = float(scores[f"{name}.out_proj.weight"].mean())
+            rows.append([int(seed), layer] + [f"{x:.2e}" for x in (q, k, v, out)] + [f"{v / q:.0f}x", f"{v / k:.0f}x"])
+    return ("## Family 16 (ours): SynFlow's score per weight of vit_tiny's attention at initialization\n\n"
+            "Mean SynFlow score (first iteration, all-ones input, absolute weights) per weight of each part of "
+            "each attention layer, for networks drawn by `prunelab.models.create` with the family's seeds:\n\n"
+            + table(rows) + "\n")
+
+
 def family4(df: pd.DataFrame) -> str:
     """Pruning after initialization (Frankle et al. 2021, §6, Fig. 6): prune at step t, or LTR rewound to t,
     at one sparsity."""
@@ -915,7 +940,7 @@ def main() -> None:
              family6_convnets(Path(args.results)), family6_shortcuts(Path(args.results)),
              family7(df),
              family7_analyses(Path(args.results)), family14(df, args.root), family16(df),
-             family16_layers(df, args.root),
+             family16_layers(df, args.root), family16_synflow_scores(df),
              costs(args.root, Path(args.specs))]
     print("\n".join(p for p in parts if p))
 
