@@ -243,7 +243,7 @@ def family3(df: pd.DataFrame) -> str:
             + table(_ablation_rows(sel, ablated_only=True)) + "\n")
 
 
-VIT_TRAIN = "5ep"  # repro/16a_vit_at_init.toml and 16b_vit_ablations.toml
+VIT_TRAIN = "5ep"  # repro/16a_vit_at_init.toml, 16b_vit_ablations.toml and 16c_vit_after_training.toml
 
 
 def _vit(df: pd.DataFrame) -> pd.DataFrame:
