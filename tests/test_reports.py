@@ -656,3 +656,17 @@ def test_setting_ignores_fields_at_their_default():
     assert setting_of(new) == setting_of(old)
     assert setting_of({**old, "dataset": {"dataset": "fashion_mnist", "augment": False}}) != setting_of(old)
     assert setting_of({**old, "training": {"train": "10ep", "lr": 0.01}}) != setting_of(old)
+
+
+def test_analyze_says_when_an_attention_layer_lost_every_key_weight(tmp_path, capsys):
+    # nn.MultiheadAttention stacks the query, key and value rows of in_proj_weight (8 each for width 8).
+    keep = torch.ones(24, 8, dtype=torch.bool)
+    keep[8:16] = False  # every key weight
+    Mask({"attn.in_proj_weight": keep, "head.weight": torch.ones(3, 8, dtype=torch.bool)}).save(tmp_path / "k.pt")
+    assert _run("analyze", tmp_path / "k.pt") == 0
+    assert "attention collapse: attn.in_proj_weight" in capsys.readouterr().out
+    keep[8:16] = True
+    keep[0:8] = False  # every query weight instead: the attention still depends on the keys
+    Mask({"attn.in_proj_weight": keep, "head.weight": torch.ones(3, 8, dtype=torch.bool)}).save(tmp_path / "q.pt")
+    assert _run("analyze", tmp_path / "q.pt") == 0
+    assert "attention collapse" not in capsys.readouterr().out

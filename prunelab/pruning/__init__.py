@@ -29,7 +29,14 @@ The package: :mod:`~prunelab.pruning.targets` (how much to prune, schedules),
 (``score`` and ``prune``).
 """
 
-from prunelab.pruning.api import COMMON_OPTIONS, PRUNABLE_OPTIONS, LayerCollapseWarning, prune, score
+from prunelab.pruning.api import (
+    COMMON_OPTIONS,
+    PRUNABLE_OPTIONS,
+    LayerCollapseWarning,
+    prune,
+    score,
+    uniform_attention,
+)
 from prunelab.pruning.removal import remove
 from prunelab.pruning.targets import SCHEDULES, SCOPES, density_schedule, num_to_prune
 
@@ -39,6 +46,7 @@ __all__ = [
     "SCHEDULES",
     "SCOPES",
     "LayerCollapseWarning",
+    "uniform_attention",
     "density_schedule",
     "num_to_prune",
     "prune",

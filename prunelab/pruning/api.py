@@ -177,7 +177,7 @@ def _warn_collapse(mask: Mask, method: str, sparsity: float) -> None:
             LayerCollapseWarning,
             stacklevel=3,
         )
-    uniform = _uniform_attention(mask)
+    uniform = uniform_attention(mask)
     if uniform:
         warnings.warn(
             f"attention collapse: {method} at sparsity {sparsity:g} pruned every key weight of {_names(uniform)} "
@@ -192,7 +192,7 @@ def _names(names: list[str]) -> str:
     return ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
 
 
-def _uniform_attention(mask: Mask) -> list[str]:
+def uniform_attention(mask: Mask) -> list[str]:
     """The fused input projections (``nn.MultiheadAttention.in_proj_weight``: the query, key and value rows
     stacked in that order) of ``mask`` whose key rows are all pruned while some value weight is kept (an empty
     projection is a layer collapse of its own)."""

@@ -214,6 +214,10 @@ def cmd_analyze(args) -> int:
               "bypass them")
     else:
         print("layer collapse: none")
+    uniform = prunelab.pruning.uniform_attention(mask)
+    if uniform:
+        print(f"attention collapse: {', '.join(uniform)}: every key weight pruned, so each key is its bias alone and "
+              "the attention is uniform over the tokens")
     rho = mask.num_total / mask.num_kept if mask.num_kept else math.inf
     print(f"compression: {_ratio(rho)}x (total / kept); max compression N/L: {_ratio(analysis.max_compression(mask))}x"
           " (beyond it some layer must be empty; Tanaka et al. 2020, §3)")
