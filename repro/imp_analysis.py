@@ -134,11 +134,15 @@ def has_weights(root: Path, run_id: str, steps: int) -> bool:
     return checkpoint_path(root, run_id, steps).is_file()
 
 
-def stability_table(ckpts: Path, runs: pd.DataFrame, dense: pd.DataFrame) -> list[dict]:
+def stability_table(ckpts: Path, runs: pd.DataFrame, dense: pd.DataFrame, previous: list[dict]) -> list[dict]:
+    """Per structure, seed, level and layer, the mean |w_i - w_(i-1)| of the weights kept at consecutive levels
+    (Paganini & Forde 2020, §5), for each structure and seed whose dense and level checkpoints are all in
+    ``ckpts``, merged into the ``previous`` rows."""
     rows = []
     for (structure, seed), part in runs[runs.rewind_to == REWIND].groupby(["structure", "seed"]):
         base = dense[dense.seed == seed]
-        if base.empty:
+        chain = list(base.itertuples())[:1] + list(part.itertuples())
+        if base.empty or not all(has_weights(ckpts, r.id, r.steps) for r in chain):
             continue
         prev_state = final_weights(ckpts, base.iloc[0].id, base.iloc[0].steps)
         prev_mask = None
@@ -150,7 +154,9 @@ def stability_table(ckpts: Path, runs: pd.DataFrame, dense: pd.DataFrame) -> lis
                 rows.append({"structure": structure, "seed": int(seed), "level": int(r.level), "layer": layer,
                              "mean_abs_change": value})
             prev_state, prev_mask = state, mask
-    return rows
+    if not rows:
+        raise FileNotFoundError(f"no structure and seed with all its checkpoints under {ckpts}")
+    return _merge(previous, rows, ("structure", "seed", "level", "layer"))
 
 
 def _merge(previous: list[dict], new: list[dict], key: tuple[str, ...]) -> list[dict]:
@@ -293,8 +299,9 @@ def analyze(root: Path, ckpts: Path, runs: pd.DataFrame, dense: pd.DataFrame, pr
             results[name] = previous[name]
     rewound = runs[runs.rewind_to == REWIND]
     ids = sorted(rewound.id)
-    cached(results, "stability", ids + sorted(dense.id), lambda: stability_table(ckpts, runs, dense))
     old = lambda name: previous.get(name, {}).get("rows", [])  # noqa: E731
+    cached(results, "stability", ids + sorted(dense.id) + [str(ckpts)],
+           lambda: stability_table(ckpts, runs, dense, old("stability")))
     cached(results, "ensembles", ids + sorted(ENSEMBLES) + [str(ckpts)],
            lambda: ensemble_table(ckpts, runs, old("ensembles"), device))
     cached(results, "magnitudes", ids + sorted(dense.id) + [str(ckpts)],
