@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 
 import pandas as pd
-from imp_analysis import ENSEMBLES  # repro/imp_analysis.py, next to this script
+from imp_analysis import ENSEMBLES, lottery_runs  # repro/imp_analysis.py, next to this script
 
 from prunelab.experiments import runfiles
 from prunelab.reports.tables import aggregate, runs_table
@@ -542,7 +542,7 @@ IMP_ANALYSES = [  # (title, folder of repro/imp_analysis.py's results)
 def family7(df: pd.DataFrame) -> str:
     out = []
     for model, name in IMP_NETWORKS:
-        sel = df[(df.kind == "lottery") & (df.model == model) & (df.status == "done")]
+        sel = lottery_runs(df, model)  # layer-wise IMP only: the one-shot lottery runs of families 2-4 are global
         if sel.empty:
             continue
         levels = range(1, int(sel.level.max()) + 1)
@@ -715,9 +715,11 @@ def _magnitudes(res: dict) -> list[str]:
     if mg.empty:
         return []
     rows = _by_level(mg, ["structure", "layer"], "mean_abs", lambda v: f"{v:.3f}")
-    return ["Mean |w| of the kept weights at the end of training, per level (level 0: the dense network), from the "
-            "runs whose checkpoints were recreated (Paganini & Forde 2020, §5: in fully connected layers it grows "
-            "with sparsity):\n", table(rows) + "\n"]
+    seeds = sorted(mg.seed.unique())
+    seeds = ("seeds " if len(seeds) > 1 else "seed ") + ", ".join(str(s) for s in seeds)
+    return ["Mean |w| of the kept weights at the end of training, per level (level 0: the dense network), mean over "
+            f"the seeds whose final checkpoints were kept ({seeds}; Paganini & Forde 2020, §5: in fully "
+            "connected layers it grows with sparsity):\n", table(rows) + "\n"]
 
 
 def _across_budgets(data: dict) -> str:
