@@ -716,9 +716,9 @@ def _magnitudes(res: dict) -> list[str]:
         return []
     rows = _by_level(mg, ["structure", "layer"], "mean_abs", lambda v: f"{v:.3f}")
     seeds = sorted(mg.seed.unique())
-    seeds = ("seeds " if len(seeds) > 1 else "seed ") + ", ".join(str(s) for s in seeds)
+    which = ("seeds " if len(seeds) > 1 else "seed ") + ", ".join(str(s) for s in seeds)
     return ["Mean |w| of the kept weights at the end of training, per level (level 0: the dense network), mean over "
-            f"the seeds whose final checkpoints were kept ({seeds}; Paganini & Forde 2020, §5: in fully "
+            f"the seeds whose final checkpoints were kept ({which}; Paganini & Forde 2020, §5: in fully "
             "connected layers it grows with sparsity):\n", table(rows) + "\n"]
 
 
