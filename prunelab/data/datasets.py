@@ -37,7 +37,7 @@ from prunelab.data import roots
 from prunelab.data.folder import FolderLoader, FolderSplit, scan_class_folders, scan_tiny_imagenet_val
 from prunelab.data.idx import IDX_FILES, missing_idx, read_idx_split
 from prunelab.data.memory import EpochLoader, MemoryLoader, MemorySplit
-from prunelab.data.transforms import BALANCED, LABELS, Normalize, channel_stats, generator
+from prunelab.data.transforms import BALANCED, LABELS, SUBSET, Normalize, channel_stats, generator
 from prunelab.registry import Registry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -179,6 +179,25 @@ class Dataset:
         out = copy.copy(self)
         out.train = self.train.with_labels(labels)
         out.random_labels = len(chosen)
+        return out
+
+    def with_train_subset(self, examples: int) -> Dataset:
+        """This dataset with only ``examples`` of its training examples, drawn uniformly without replacement
+        from a generator of a fixed seed, so every seed, run and rerun trains on the same subset (seeds vary
+        the initialization, the order and any random labels, never the data); the test split is untouched.
+
+        A smaller training set is what lets a network memorize random labels in a CPU budget (Zhang et al.
+        2017, §2 show the dense network fits them however many there are, only more slowly).
+        """
+        n = len(self.train)
+        if isinstance(examples, bool) or not isinstance(examples, int) or not 1 <= examples <= n:
+            raise ValueError(f"train_examples must be a whole number of training examples in [1, {n:,}] "
+                             f"({self.name} has {n:,}), got {examples!r}")
+        if examples == n:
+            return self
+        chosen = torch.randperm(n, generator=generator(SUBSET, 0))[:examples].sort().values
+        out = copy.copy(self)
+        out.train = self.train.subset(chosen)
         return out
 
     def check_per_class(self, per_class: int, split: str = "train") -> torch.Tensor:

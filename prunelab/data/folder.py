@@ -98,6 +98,10 @@ class FolderSplit:
         samples = [(path, int(label)) for (path, _), label in zip(self.samples, labels.tolist())]
         return FolderSplit(samples, self.classes, self.size, self.resize)
 
+    def subset(self, indices: torch.Tensor) -> FolderSplit:
+        """The examples at ``indices``, in that order."""
+        return FolderSplit([self.samples[i] for i in indices.tolist()], self.classes, self.size, self.resize)
+
     def transform(self, crop: bool) -> Callable:
         """PIL -> uint8 tensor ``(3, size, size)``; random resized crop + flip when ``crop``."""
         if crop:

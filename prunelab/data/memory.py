@@ -176,6 +176,10 @@ class MemorySplit:
         out._images_on = self._images_on
         return out
 
+    def subset(self, indices: torch.Tensor) -> MemorySplit:
+        """The examples at ``indices``, in that order (a copy of their images and labels)."""
+        return MemorySplit(self.images[indices], self.labels[indices])
+
     def fetch(self, indices: torch.Tensor, device: str | torch.device) -> torch.Tensor:
         """uint8 images at ``indices``, on ``device``, without augmentation."""
         images, _ = self.on(device)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 # Stream tags keep the random streams of different purposes apart even when their other parts
 # coincide (seed 0, epoch 0, batch 0 must not give the order and the augmentation the same bits).
-ORDER, AUGMENT, SAMPLE, BALANCED, WORKERS, LABELS = range(6)
+ORDER, AUGMENT, SAMPLE, BALANCED, WORKERS, LABELS, SUBSET = range(7)
 
 
 def derive_seed(*parts: int) -> int:

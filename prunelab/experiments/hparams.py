@@ -233,11 +233,17 @@ class DataHparams:
     random_labels: float = option(0.0, help="fraction of the training labels replaced by classes drawn uniformly "
                                   "at random, fixed once per data seed (Zhang et al. 2017, §2: 1 = all random); "
                                   "the test set and the pruning score keep the true labels")
+    train_examples: int | None = option(None, help="train on this many training examples, a random subset drawn "
+                                        "once and the same for every seed (random labels are then drawn within "
+                                        "it); the test set is untouched", unset="all of them")
 
     def __post_init__(self) -> None:
         from prunelab.data.datasets import check_label_fraction
 
         object.__setattr__(self, "random_labels", check_label_fraction(self.random_labels))  # 1 and 1.0: one run
+        n = self.train_examples
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ValueError(f"train_examples must be a positive whole number of training examples, got {n!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -143,7 +143,7 @@ def _hparams_schema() -> Table:
         required={
             "kind": OneOf(*(p.kind for p in protocols)),
             "model": Table({"model": STR}, {"init": STR, "init_mode": STR, "bn_init": STR}),
-            "dataset": Table({"dataset": STR}, {"augment": BOOL, "random_labels": NUM}),
+            "dataset": Table({"dataset": STR}, {"augment": BOOL, "random_labels": NUM, "train_examples": Maybe(INT)}),
             "training": ANY_TABLE,
             "seed": INT,
         },

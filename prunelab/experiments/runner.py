@@ -37,6 +37,10 @@ class RandomLabelsWarning(UserWarning):
     run on the true labels."""
 
 
+class TrainSubsetWarning(UserWarning):
+    """A run trains on a subset of the training examples (``DataHparams.train_examples``): said once."""
+
+
 @dataclass(frozen=True)
 class Replicate:
     """Everything that fixes a dense network's training: one seed of one (model, dataset, recipe)."""
@@ -73,12 +77,22 @@ class Runner:
     # ---- building blocks ------------------------------------------------------------------------
     def dataset(self, hp: DataHparams):
         """The dataset with its true labels: what data-driven criteria score (Lee et al. 2019, §5.6: "to
-        compute the connection sensitivity, always true labels are used") and what is evaluated on."""
+        compute the connection sensitivity, always true labels are used") and what is evaluated on; only
+        ``train_examples`` of its training examples when that is set (scoring draws from them too)."""
         from prunelab import data
 
         hp = dataclasses.replace(hp, random_labels=0.0)  # one copy in memory with or without random labels
         if hp not in self._datasets:
-            self._datasets[hp] = data.load(hp.dataset, data_root=self.data_root, augment=hp.augment)
+            whole = dataclasses.replace(hp, train_examples=None)
+            if whole not in self._datasets:
+                self._datasets[whole] = data.load(hp.dataset, data_root=self.data_root, augment=hp.augment)
+            ds = self._datasets[whole]
+            if hp.train_examples is not None:
+                subset = self._datasets[hp] = ds.with_train_subset(hp.train_examples)
+                if subset is not ds and distributed.is_main():
+                    warnings.warn(f"training on {hp.train_examples:,} of the {len(ds.train):,} training examples of "
+                                  f"{hp.dataset}, a random subset that is the same for every seed; the test set is "
+                                  "whole", TrainSubsetWarning, stacklevel=2)
         return self._datasets[hp]
 
     def training_data(self, rep: Replicate):
