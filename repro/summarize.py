@@ -161,26 +161,37 @@ def _final_train_loss(root: str, run_id: str) -> float:
     return next(r["train_loss"] for r in map(json.loads, reversed(lines)) if "train_loss" in r)
 
 
+RANDOM_LABEL_SCHEDULES = {"50000it": "all", "300ep": 2000}  # 01g: whole training set; 01h, 01i: 2,000 examples
+
+
 def family1_random_labels(df: pd.DataFrame, root: str) -> str:
     """Fitting random labels (Lee et al. 2019, §5.6, Fig. 4, App. B): final training loss and test accuracy of
-    the dense network and SNIP-pruned ones, on the true and on random training labels."""
+    the dense network and SNIP-pruned ones, on the true and on random training labels, on the whole training
+    set and on the 2,000-example subset."""
     if "dataset.random_labels" not in df.columns:
         return ""
-    sel = df[(df.status == "done") & (df["training.train"] == "50000it") & (df["training.weight_decay"] == 0)
-             & (df["training.momentum"] == 0.9) & df.kind.isin(["dense", "prune"])]
+    examples = (df["dataset.train_examples"] if "dataset.train_examples" in df else pd.Series(None, df.index))
+    examples = examples.map(lambda n: "all" if pd.isna(n) else int(n))
+    sel = df[(df.status == "done") & (df["training.train"].map(RANDOM_LABEL_SCHEDULES) == examples)
+             & (df["training.weight_decay"] == 0) & (df["training.momentum"] == 0.9) & df.kind.isin(["dense", "prune"])]
     sel = sel.assign(labels=sel["dataset.random_labels"].fillna(0.0).map(lambda f: f"{f:.0%} random"),
-                     sparsity_target=sel.sparsity_target.fillna(0.0))
+                     sparsity_target=sel.sparsity_target.fillna(0.0), examples=examples[sel.index].astype(str))
     if (sel["labels"] != "0% random").sum() == 0:
         return ""
-    rows = [["network", "sparsity", "training labels", "final training loss", "test accuracy %", "seeds"]]
-    for (model, target, labels), part in sel.groupby(["model", "sparsity_target", "labels"]):
+    rows = [["training examples", "network", "sparsity", "training labels", "final training loss", "test accuracy %",
+             "seeds"]]
+    for (n, model, target, labels), part in sel.groupby(["examples", "model", "sparsity_target", "labels"]):
         loss = pd.Series([_final_train_loss(root, i) for i in part.id])
-        rows.append([model, f"{target:.0%}", labels, f"{loss.mean():.3f} ± {loss.std():.3f}",
-                     pct(part.test_accuracy.mean(), part.test_accuracy.std()), str(len(part))])
+        rows.append([n if n == "all" else f"{int(n):,}", model, f"{target:.0%}", labels,
+                     f"{loss.mean():.3f} ± {loss.std():.3f}", pct(part.test_accuracy.mean(), part.test_accuracy.std()),
+                     str(len(part))])
     return ("## Family 1: fitting random labels (Lee et al. 2019, §5.6, Fig. 4, App. B)\n\n"
-            "Lee et al.'s recipe without weight decay, 50k iterations (spec `repro/01g_snip_random_labels.toml`); "
+            "All training examples: Lee et al.'s recipe without weight decay, 50k iterations "
+            "(spec `repro/01g_snip_random_labels.toml`). 2,000 examples (a fixed random subset, the same for every "
+            "seed; the test set whole): SGD with momentum 0.9 at 0.01, 300 epochs (specs "
+            "`repro/01h_snip_random_labels_subset.toml`, `repro/01i_snip_random_labels_subset_lenet5.toml`). "
             "SNIP scores with the true labels; training loss on the labels trained on, averaged over the last "
-            "epoch.\n\n" + table(rows) + "\n")
+            "epoch (chance: ln 10 = 2.303).\n\n" + table(rows) + "\n")
 
 
 def family2(df: pd.DataFrame) -> str:
