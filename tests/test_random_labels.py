@@ -9,8 +9,6 @@ import pytest
 import torch
 from test_data import write_idx_set
 
-import prunelab
-import prunelab.experiments.runner as runner_module
 from prunelab import data
 from prunelab.cli import main
 from prunelab.data import FolderSplit
@@ -148,23 +146,10 @@ def mnist_root(tmp_path_factory):
     return root
 
 
-def test_snip_scores_the_true_labels_of_a_run_trained_on_random_labels(mnist_root, tmp_path, monkeypatch):
+def test_snip_scores_the_true_labels_of_a_run_trained_on_random_labels(mnist_root, tmp_path, run_spy):
     runner = Runner(RunStore(tmp_path / "runs"), data_root=mnist_root, device="cpu")
     rep = Replicate(ModelHparams("lenet_300_100"), DataHparams("mnist", random_labels=1.0), TRAINING, seed=0)
     true = torch.arange(64) % 10  # what write_idx_set wrote
-    trained_on, scored = [], []
-    real_train, real_prune = runner_module.train, prunelab.prune
-
-    def spy_train(model, dataset, *args, **kwargs):
-        trained_on.append((dataset.train.labels.clone(), dataset.test.labels.clone()))
-        return real_train(model, dataset, *args, **kwargs)
-
-    def spy_prune(*args, **kwargs):
-        scored.append(kwargs["batch"])
-        return real_prune(*args, **kwargs)
-
-    monkeypatch.setattr(runner_module, "train", spy_train)
-    monkeypatch.setattr(prunelab, "prune", spy_prune)
     with pytest.warns(RandomLabelsWarning, match=r"training on random labels: 100% of the 64 training labels "
                       r"\(64\) redrawn uniformly from the 10 classes"):
         result = prune_at_step(runner, rep, PruneHparams(method="snip", sparsity=0.99, batch_per_class=2))
@@ -172,12 +157,13 @@ def test_snip_scores_the_true_labels_of_a_run_trained_on_random_labels(mnist_roo
     assert runner.store.hparams(result["id"])["dataset"]["random_labels"] == 1.0  # recorded, and a valid file
 
     # the dense and the pruned networks both trained on the same random labels, and were tested on the true ones
-    (dense_train, dense_test), (pruned_train, pruned_test) = trained_on
+    (dense_train, dense_test), (pruned_train, pruned_test) = (
+        (ds.train.labels, ds.test.labels) for ds in run_spy.trained_on)
     assert torch.equal(dense_train, pruned_train) and within_binomial(changed(dense_train, true), 64, 0.9)
     assert torch.equal(dense_test, torch.arange(32) % 10) and torch.equal(pruned_test, dense_test)
 
     # SNIP's batch: each image found among the training images by its pixels carries that example's true label
-    (x, y), = scored
+    (x, y), = run_spy.scored
     ds = runner.dataset(rep.dataset)
     pixels = ds.normalize(ds.train.images).flatten(1)
     index = torch.tensor([int((pixels == row).all(1).nonzero()) for row in x.flatten(1)])

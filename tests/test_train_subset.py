@@ -9,8 +9,6 @@ import torch
 from test_data import write_idx_set
 from test_random_labels import labelled, within_binomial
 
-import prunelab
-import prunelab.experiments.runner as runner_module
 from prunelab import data
 from prunelab.cli import main
 from prunelab.data import FolderSplit
@@ -99,24 +97,12 @@ def mnist_root(tmp_path_factory):
 
 
 def test_a_run_trains_scores_and_relabels_within_the_subset_and_tests_on_the_whole_test_set(
-        mnist_root, tmp_path, monkeypatch):
+        mnist_root, tmp_path, run_spy):
     runner = Runner(RunStore(tmp_path / "runs"), data_root=mnist_root, device="cpu")
     rep = Replicate(ModelHparams("lenet_300_100"), DataHparams("mnist", random_labels=1.0, train_examples=24),
                     TRAINING, seed=0)
     whole = data.load("mnist", data_root=mnist_root)
-    trained_on, scored, steps = [], [], []
-    real_train, real_prune = runner_module.train, prunelab.prune
-
-    def spy_train(model, dataset, *args, **kwargs):
-        trained_on.append(dataset)
-        return real_train(model, dataset, *args, **kwargs)
-
-    def spy_prune(*args, **kwargs):
-        scored.append(kwargs["batch"])
-        return real_prune(*args, **kwargs)
-
-    monkeypatch.setattr(runner_module, "train", spy_train)
-    monkeypatch.setattr(prunelab, "prune", spy_prune)
+    steps = []
     runner.step_listener = steps.append
     with pytest.warns(TrainSubsetWarning, match=r"training on 24 of the 64 training examples of mnist"), \
             pytest.warns(RandomLabelsWarning, match=r"100% of the 24 training labels \(24\)"):
@@ -124,7 +110,7 @@ def test_a_run_trains_scores_and_relabels_within_the_subset_and_tests_on_the_who
     assert result["status"] == "done"
     assert runner.store.hparams(result["id"])["dataset"]["train_examples"] == 24  # recorded, and a valid file
 
-    dense, pruned = trained_on
+    dense, pruned = run_spy.trained_on
     assert len(dense.train) == len(pruned.train) == 24 and torch.equal(dense.train.labels, pruned.train.labels)
     assert len(dense.test) == 32  # the whole test set
     # the training images are 24 distinct examples of the real split, each served under a random label
@@ -135,7 +121,7 @@ def test_a_run_trains_scores_and_relabels_within_the_subset_and_tests_on_the_who
     # an epoch is 24 / 8 = 3 steps: 2 epochs for the dense network and 2 for the pruned one
     assert len(steps) == 12
     # SNIP's batch comes from the subset and carries the true labels
-    (x, y), = scored
+    (x, y), = run_spy.scored
     ds = runner.dataset(rep.dataset)
     pixels = ds.normalize(whole.train.images).flatten(1)
     found = [int((pixels == row).all(1).nonzero()) for row in x.flatten(1)]
