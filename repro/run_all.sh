@@ -9,7 +9,7 @@ for spec in 01_snip_table1 01_snip_table1_lenet5 02a_at_init 02b_after_training 
             07a_imp_rewind 07b_imp_finetune_sign 07c_imp_longer 07d_imp_rewind_10ep 07f_imp_sign_reinit \
             14a_cost_at_init 14b_cost_random_erk 14c_cost_random_like_synflow 14d_cost_gradual 14e_cost_set \
             14f_cost_rigl 14g_cost_after_training 14h_cost_ltr 02d_at_init_variants 01c_snip_lee_recipe 01e_snip_init 01f_snip_batch_size 01g_snip_random_labels 07e_imp_pf_lenet \
-            01h_snip_random_labels_subset 01i_snip_random_labels_subset_lenet5 \
+            01h_snip_random_labels_subset 01i_snip_random_labels_subset_lenet5 01j_snip_lee_recipe_lenet5 01k_lee_recipe_lenet5_init \
             16a_vit_at_init 16b_vit_ablations 16c_vit_after_training; do
   .venv/bin/prunelab sweep "repro/$spec.toml" --root repro/runs --workers "$workers" --no-progress
 done

@@ -69,7 +69,8 @@ def family1(df: pd.DataFrame) -> str:
     rows = [["network", "recipe", "sparsity", "error %", "dense error %", "error change (points)", "seeds"]]
     done = df[(df.status == "done") & true_labels(df) & df.apply(recipe, axis=1).notna()]
     snip = done[(done.kind == "prune") & (done.method == "snip") & (done.prune_at == "0it") & done.ablation.isna()
-                & done.sparsity_target.isin([0.9, 0.95, 0.98, 0.99]) & (done.batch_per_class == 10)]
+                & done.sparsity_target.isin([0.9, 0.95, 0.98, 0.99]) & (done.batch_per_class == 10)
+                & (done["training.train"] != LEE_FIRST_STEPS)]
     for (model, setting), part in snip.groupby(["model", "setting"]):
         dense = done[(done.kind == "dense") & (done.setting == setting)].set_index("seed").test_accuracy
         for target, runs in part.groupby("sparsity_target"):
@@ -78,12 +79,46 @@ def family1(df: pd.DataFrame) -> str:
                 continue
             err, base = 1 - runs.test_accuracy.values, 1 - dense.loc[runs.seed].values
             change = pd.Series(100 * (err - base))
-            rows.append([model, f"{recipe(runs.iloc[0])}, {runs.iloc[0]['training.train']}", f"{target:.0%}",
+            first = runs.iloc[0]
+            init = "" if first["model.init"] == "kaiming_normal" else f", from `{first['model.init']}`"
+            rows.append([model, f"{recipe(first)}, {first['training.train']}{init}", f"{target:.0%}",
                          pct(err.mean(), pd.Series(err).std()),
                          pct(base.mean(), pd.Series(base).std()),
                          f"{change.mean():+.2f}" + ("" if len(change) < 2 else f" ± {change.std():.2f}"),
                          str(len(runs))])
     return "\n".join(out) + table(rows) + "\n"
+
+
+LEE_FIRST_STEPS = "1000it"  # 01k: the first steps of Lee et al.'s recipe on LeNet-5-Caffe, from two initializations
+
+
+def _train_losses(root: str, run_id: str) -> list[float]:
+    """The training loss of each evaluation interval of a run, in order (its metrics.jsonl)."""
+    lines = (Path(root) / run_id / runfiles.METRICS).read_text().splitlines()
+    return [r["train_loss"] for r in map(json.loads, lines) if "train_loss" in r]
+
+
+def family1_first_steps(df: pd.DataFrame, root: str) -> str:
+    """Why 01j starts LeNet-5-Caffe from VS-X: the first 1,000 steps of Lee et al. 2019's recipe (learning rate 0.1,
+    momentum 0.9) from Kaiming normal and from VS-X, dense and SNIP at 99%: the training loss of the first and the
+    last 100 steps, and the test accuracy at step 1,000."""
+    sel = df[(df.status == "done") & (df["training.train"] == LEE_FIRST_STEPS) & true_labels(df)
+             & (df.apply(recipe, axis=1) == "Lee et al. 2019") & df.kind.isin(["dense", "prune"])]
+    if sel.empty:
+        return ""
+    rows = [["network", "initialization", "sparsity", "training loss, steps 1-100", "training loss, steps 901-1000",
+             "test accuracy at step 1,000 %", "seeds"]]
+    sel = sel.assign(sparsity_target=sel.sparsity_target.fillna(0.0))
+    for (model, init, target), part in sel.groupby(["model", "model.init", "sparsity_target"]):
+        losses = pd.DataFrame([_train_losses(root, i) for i in part.id])
+        first, last = losses.iloc[:, 0], losses.iloc[:, -1]
+        rows.append([model, f"`{init}`", f"{target:.0%}", f"{first.mean():.3g} ± {first.std():.2g}",
+                     f"{last.mean():.3f} ± {last.std():.3f}", pct(part.test_accuracy.mean(), part.test_accuracy.std()),
+                     str(len(part))])
+    return ("## Family 1: the first 1,000 steps of Lee et al.'s recipe on LeNet-5-Caffe\n\n"
+            "SGD at learning rate 0.1 with momentum 0.9, weight decay 5e-4, batch 100, Fashion-MNIST, from prunelab's "
+            "default initialization and from VS-X (spec `repro/01k_lee_recipe_lenet5_init.toml`); chance is "
+            "ln 10 = 2.303.\n\n" + table(rows) + "\n")
 
 
 def family1_batch(df: pd.DataFrame, root: str) -> str:
@@ -157,8 +192,7 @@ def family1_init(df: pd.DataFrame, root: str) -> str:
 
 def _final_train_loss(root: str, run_id: str) -> float:
     """Mean training loss over the last evaluation interval of a run (its metrics.jsonl)."""
-    lines = (Path(root) / run_id / runfiles.METRICS).read_text().splitlines()
-    return next(r["train_loss"] for r in map(json.loads, reversed(lines)) if "train_loss" in r)
+    return _train_losses(root, run_id)[-1]
 
 
 RANDOM_LABEL_SCHEDULES = {"50000it": "all", "300ep": 2000}  # 01g: whole training set; 01h, 01i: 2,000 examples
@@ -967,7 +1001,7 @@ def main() -> None:
                 "distribution", "like"):
         if col not in df.columns:
             df[col] = None
-    parts = [family1(df), family1_batch(df, args.root), family1_init(df, args.root),
+    parts = [family1(df), family1_first_steps(df, args.root), family1_batch(df, args.root), family1_init(df, args.root),
              family1_random_labels(df, args.root), family1_class_masks(Path(args.results)),
              family2(df), family3(df), family4(df),
              family5(Path(args.results)),
