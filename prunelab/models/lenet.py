@@ -52,7 +52,9 @@ def lenet5(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
 
     conv 20@5x5 (no padding) -> max-pool 2 -> conv 50@5x5 -> max-pool 2 -> fc 500 -> fc classes, with
     ReLU after each hidden layer: 431,080 parameters on 28x28x1 inputs ("431k" in the paper). The input
-    must be at least 16x16 so that two 5x5 convolutions and two poolings leave one pixel.
+    must be at least 16x16 so that two 5x5 convolutions and two poolings leave one pixel. Caffe's original and
+    Lee et al.'s released code apply no nonlinearity after the convolutions (max-pooling only); this one, like
+    the usual PyTorch versions, has a ReLU after each convolution as well.
     """
     return _two_conv_lenet(input_shape, (20, 50), 5, (500,), num_classes)
 
