@@ -18,7 +18,7 @@ import pandas as pd
 from imp_analysis import ENSEMBLES, lottery_runs  # repro/imp_analysis.py, next to this script
 
 from prunelab.experiments import runfiles
-from prunelab.reports.tables import aggregate, runs_table
+from prunelab.reports.tables import aggregate, read_metrics, runs_table
 
 
 def pct(mean, std=None) -> str:
@@ -95,8 +95,7 @@ AT_CHANCE = 2.2  # a final training loss above this (chance: ln 10 = 2.303): the
 
 def _train_losses(root: str, run_id: str) -> list[float]:
     """The training loss of each evaluation interval of a run, in order (its metrics.jsonl)."""
-    lines = (Path(root) / run_id / runfiles.METRICS).read_text().splitlines()
-    return [r["train_loss"] for r in map(json.loads, lines) if "train_loss" in r]
+    return [r["train_loss"] for r in read_metrics(Path(root) / run_id / runfiles.METRICS) if "train_loss" in r]
 
 
 def family1_first_steps(df: pd.DataFrame, root: str) -> str:
