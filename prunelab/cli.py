@@ -422,8 +422,8 @@ def cmd_sweep(args) -> int:
 
 
 def _phase_name(phase: list) -> str:
-    kind = phase[0].kind
-    return {"dense": "dense replicates", "prefix": "dense prefixes to step t"}.get(kind, "runs")
+    names = {"dense": "dense replicates", "prefix": "dense prefixes to step t"}
+    return " + ".join(dict.fromkeys(names.get(job.kind, "runs") for job in phase))
 
 
 def cmd_ls(args) -> int:

@@ -77,6 +77,23 @@ def test_local_sweep_runs_skips_and_survives_failures(data_root, tmp_path, capsy
     assert "6 already done, 2 to do" in capsys.readouterr().out  # failures are retried, finished runs skipped
 
 
+def test_runs_whose_dense_replicate_is_done_do_not_wait_for_another_seeds(data_root, tmp_path):
+    # Seed 0's dense replicate is trained, its runs are not (their results removed after a sweep of seed 0);
+    # seed 1 has everything to do. Seed 0's runs need nothing from seed 1's dense training: they share its
+    # phase instead of waiting for it.
+    spec = write_spec(tmp_path / "s.toml", '[pruning]\nmethod = "snip"\nsparsity = [0.5, 0.9]\nbatch_per_class = 1')
+    assert main(["sweep", str(spec), "--set", "seeds=[0]", "--root", str(tmp_path / "runs"), "--data-root",
+                 str(data_root), "--device", "cpu", "--no-progress", "--workers", "1"]) == 0
+    runner = sweep.Context(str(tmp_path / "runs"), str(data_root), "cpu").runner()
+    jobs = sweep.load_spec(spec).jobs
+    for job in jobs:
+        if job.rep.seed == 0:
+            (runner.store.folder(sweep.job_id(runner, job)) / "result.json").unlink()
+    plan = sweep.make_plan(runner, jobs)
+    kinds = [sorted((job.kind, job.rep.seed) for job in phase) for phase in plan.phases]
+    assert kinds == [[("dense", 1), ("run", 0), ("run", 0)], [("run", 1), ("run", 1)]], kinds
+
+
 def test_a_job_the_dataset_cannot_serve_is_refused_before_any_work(data_root, tmp_path, capsys):
     spec = write_spec(tmp_path / "s.toml", '[pruning]\nmethod = "snip"\nbatch_per_class = [1, 1000]', seeds="[0]")
     code = main(["sweep", str(spec), "--root", str(tmp_path / "runs"), "--data-root", str(data_root), "--device",

@@ -18,9 +18,10 @@ Spec (see ``repro/`` for real ones)::
     time_min = 240
     gpus_per_node = 1
 
-The plan has three phases, each waiting for the previous one: the dense replicates (shared by every
-run of a seed), the dense weights at each intermediate pruning/rewinding step t (one training prefix
-each), then the runs themselves. Finished runs are skipped; a failing run is recorded in its folder
+The plan has up to three phases, each waiting for the previous one: the dense weights at each intermediate
+pruning/rewinding step t (one training prefix each), the rest of the dense replicates (shared by every
+run of a seed), then the runs themselves; a run whose dense replicate is already there joins the first
+phase. Finished runs are skipped; a failing run is recorded in its folder
 and never stops the sweep; two workers never run the same run at once (run locks, see RunStore.lock).
 
 Devices: a local sweep on a machine with GPUs (device ``auto`` or ``cuda``) runs one worker process per
@@ -212,7 +213,7 @@ def expand(protocol: str, tables: dict[str, dict[str, Any]], seeds: Iterable[int
 
 @dataclass
 class Plan:
-    phases: list[list[Job]]  # dense replicates, prefixes, runs — what is left to do
+    phases: list[list[Job]]  # prefixes, dense replicates, runs — what is left to do
     skipped: list[Job]  # finished before the sweep started
     steps: int  # estimated training steps left
 
@@ -241,7 +242,7 @@ def make_plan(runner: Runner, jobs: list[Job]) -> Plan:
 
     dense: dict[Replicate, Job] = {}
     prefixes: dict[tuple[Replicate, int], Job] = {}
-    runs, skipped, steps = [], [], 0
+    runs, ready, skipped, steps = [], [], [], 0
     for job in jobs:
         check_job(runner, job)
         total = runner.total_steps(job.rep)
@@ -253,18 +254,24 @@ def make_plan(runner: Runner, jobs: list[Job]) -> Plan:
         if not dense_done and job.rep not in dense:
             dense[job.rep] = Job("dense", job.rep)
             steps += total
+        needs_prefix = False
         if t is not None:
             ck = CheckpointFolder(runner.store.folder(runner.dense_id(job.rep)) / runfiles.CHECKPOINTS)
-            if (job.rep, t) not in prefixes and t not in ck.kept_steps():
+            needs_prefix = t not in ck.kept_steps()
+            if (job.rep, t) not in prefixes and needs_prefix:
                 prefixes[(job.rep, t)] = Job("prefix", job.rep, step=t)
                 steps += t if dense_done else 0  # otherwise these steps are part of the dense training
         if job.hp is not None:
             steps += job.protocol.steps_left(runner, job.rep, job.hp)
-            runs.append(job)
+            (ready if dense_done and not needs_prefix else runs).append(job)
     # Prefixes first, in ascending step, so each dense training resumes from the largest one instead of
-    # training 0..t again; then the rest of each dense training; then the runs.
+    # training 0..t again; then the rest of each dense training; then the runs. Runs whose dense replicate
+    # (and weights at step t) are already there wait for nothing: they join the first phase, after its own
+    # jobs, so no worker idles while another replicate's dense training runs alone.
     ordered = [prefixes[key] for key in sorted(prefixes, key=lambda k: k[1])]
     phases = [p for p in (ordered, list(dense.values()), runs) if p]
+    if ready:
+        phases[0:1] = [(phases[0] if phases else []) + ready]
     return Plan(phases, skipped, steps)
 
 
