@@ -80,7 +80,8 @@ def family1(df: pd.DataFrame) -> str:
             err, base = 1 - runs.test_accuracy.values, 1 - dense.loc[runs.seed].values
             change = pd.Series(100 * (err - base))
             first = runs.iloc[0]
-            extra = "" if first["training.warmup"] == "0it" else f", warm-up {first['training.warmup']}"
+            extra = ("" if first["model.init"] == "kaiming_normal" else f", from `{first['model.init']}`") + (
+                "" if first["training.warmup"] == "0it" else f", warm-up {first['training.warmup']}")
             rows.append([model, f"{recipe(first)}, {first['training.train']}{extra}", f"{target:.0%}",
                          pct(err.mean(), pd.Series(err).std()),
                          pct(base.mean(), pd.Series(base).std()),

@@ -21,8 +21,8 @@ Spec (see ``repro/`` for real ones)::
 The plan has up to three phases, each waiting for the previous one: the dense weights at each intermediate
 pruning/rewinding step t (one training prefix each), the rest of the dense replicates (shared by every
 run of a seed), then the runs themselves; a run whose dense replicate is already there joins the first
-phase. Finished runs are skipped; a failing run is recorded in its folder
-and never stops the sweep; two workers never run the same run at once (run locks, see RunStore.lock).
+phase. Finished runs are skipped; a failing run is recorded in its folder and never stops the sweep; two
+workers never run the same run at once (run locks, see RunStore.lock).
 
 Devices: a local sweep on a machine with GPUs (device ``auto`` or ``cuda``) runs one worker process per
 GPU by default, each pinned to its own ``cuda:i``; on the CPU, one per core. On Slurm, each job gets
@@ -270,8 +270,10 @@ def make_plan(runner: Runner, jobs: list[Job]) -> Plan:
     # jobs, so no worker idles while another replicate's dense training runs alone.
     ordered = [prefixes[key] for key in sorted(prefixes, key=lambda k: k[1])]
     phases = [p for p in (ordered, list(dense.values()), runs) if p]
-    if ready:
-        phases[0:1] = [(phases[0] if phases else []) + ready]
+    if ready and phases:
+        phases[0] = phases[0] + ready
+    elif ready:
+        phases = [ready]
     return Plan(phases, skipped, steps)
 
 
