@@ -1,22 +1,19 @@
 """One small registry type for models, datasets, criteria and anything else chosen by name.
 
-Unknown names raise ``ValueError`` naming the closest valid name and listing the valid ones, so the
-CLI can print a single helpful line.
+Unknown names raise ``ValueError`` naming the closest valid name and listing the valid ones (the
+message of :mod:`prunelab.validate`), so the CLI can print a single helpful line.
 """
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
+from prunelab.validate import check_name, unknown_name_message
+
+__all__ = ["Factory", "Registry", "check_name", "unknown_name_message"]
+
 T = TypeVar("T")
-
-
-def unknown_name_message(kind: str, name: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(name, valid, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    return f"unknown {kind} {name!r}{hint} (valid: {', '.join(sorted(valid))})"
 
 
 class Registry(Generic[T]):
@@ -57,13 +54,6 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._items)
-
-
-def check_name(kind: str, name: str, valid: list[str]) -> str:
-    """Return ``name`` if valid, else raise the standard unknown-name ValueError."""
-    if name not in valid:
-        raise ValueError(unknown_name_message(kind, name, valid))
-    return name
 
 
 Factory = Callable[..., Any]
