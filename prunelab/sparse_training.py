@@ -40,34 +40,21 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from prunelab.masks import Mask
+from prunelab.pruning.api import prune
+from prunelab.pruning.selection import first_k
+from prunelab.pruning.targets import num_to_prune
+from prunelab.scores.gradient import loss_gradients
+from prunelab.validate import SCOPES, check_fraction, check_int, check_name
 
 __all__ = ["GradualMagnitude", "MaskSchedule", "MaskUpdates", "RigL", "SET", "reset_optimizer_state"]
 
-Batch = tuple[torch.Tensor, torch.Tensor]
-
-
-def _check_int(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _check_fraction(value, name: str, low_open: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or not (0 < value < 1 if low_open else 0 <= value < 1):
-        raise ValueError(f"{name} must be in {'(0, 1)' if low_open else '[0, 1)'}, got {value!r}")
-    return float(value)
-
-
-def _stable_order(values: torch.Tensor, descending: bool) -> torch.Tensor:
-    """Flat indices of ``values`` sorted, ties broken by position (the first comes first)."""
-    return torch.sort(values, descending=descending, stable=True).indices
+GROW_GRADIENTS = ("after_step", "step")  # which dense gradient RigL grows by (see RigL)
 
 
 @dataclass(frozen=True)
@@ -83,9 +70,9 @@ class MaskSchedule(ABC):
     end: int | None = None
 
     def __post_init__(self) -> None:
-        _check_int(self.every, "every (steps between mask updates)", 1)
-        _check_int(self.start, "start (first update step)", 0)
-        if self.end is not None and _check_int(self.end, "end (last update step)", 0) < self.start:
+        check_int(self.every, "every", 1, "steps between mask updates")
+        check_int(self.start, "start", 0, "the first update step")
+        if self.end is not None and check_int(self.end, "end", 0, "the last update step") < self.start:
             raise ValueError(f"end ({self.end}) must not come before start ({self.start})")
 
     def due(self, step: int) -> bool:
@@ -103,15 +90,22 @@ class MaskSchedule(ABC):
         """The mask training starts from."""
 
     @abstractmethod
-    def next_mask(self, step: int, model: nn.Module, mask: Mask, batch: Batch | None,
-                  loss_fn: Callable | None) -> Mask:
-        """The mask after the update at ``step``, from the current weights (and batch, for RigL)."""
+    def next_mask(self, step: int, model: nn.Module, mask: Mask, batch: Any = None,
+                  loss_fn: Callable | None = None, gradients: Mapping[str, torch.Tensor] | None = None) -> Mask:
+        """The mask after the update at ``step``, from the current weights (and, for RigL, the step's batch
+        or the dense gradients of the step, as :attr:`needs_step_gradients` asks)."""
 
     def density(self, step: int, initial_density: float) -> float:
         """Overall density during the steps after ``step`` (constant unless the schedule prunes)."""
         return initial_density
 
     needs_batch: ClassVar[bool] = False  # next_mask needs the step's batch (a dense gradient)
+
+    @property
+    def needs_step_gradients(self) -> bool:
+        """Whether next_mask needs the dense gradients of the training step itself (captured by
+        :class:`MaskUpdates` before the mask zeroes their pruned entries)."""
+        return False
 
 
 # ---- gradual magnitude pruning (Zhu & Gupta 2018) ----------------------------------------------
@@ -131,8 +125,8 @@ class GradualMagnitude(MaskSchedule):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_fraction(self.sparsity, "sparsity")
-        _check_fraction(self.initial_sparsity, "initial_sparsity")
+        check_fraction(self.sparsity, "sparsity", meaning="the final fraction of weights pruned")
+        check_fraction(self.initial_sparsity, "initial_sparsity", meaning="the fraction pruned at start")
         if self.initial_sparsity > self.sparsity:
             raise ValueError(f"initial_sparsity {self.initial_sparsity} exceeds the final sparsity {self.sparsity}")
         if self.end is None:
@@ -142,8 +136,7 @@ class GradualMagnitude(MaskSchedule):
                 f"end - start = {self.end - self.start} steps is not a multiple of every = {self.every}; the "
                 "last pruning step would miss the final sparsity"
             )
-        if self.scope not in ("global", "layer"):
-            raise ValueError(f"scope must be 'global' or 'layer', got {self.scope!r}")
+        check_name("scope", self.scope, SCOPES)
 
     def sparsity_at(self, step: int) -> float:
         """s_t of Zhu & Gupta's (2018) eq. (1): s_i before ``start``, s_f from ``end`` on."""
@@ -159,16 +152,12 @@ class GradualMagnitude(MaskSchedule):
         return 1.0 - self.sparsity_at(step)
 
     def initial_mask(self, model: nn.Module, **coverage_options) -> Mask:
-        import prunelab
-
         if self.initial_sparsity == 0:
             return Mask.ones(model, **coverage_options)
-        return prunelab.prune(model, "magnitude", self.initial_sparsity, scope=self.scope, **coverage_options)
+        return prune(model, "magnitude", self.initial_sparsity, scope=self.scope, **coverage_options)
 
-    def next_mask(self, step, model, mask, batch=None, loss_fn=None) -> Mask:
-        import prunelab
-
-        return prunelab.prune(model, "magnitude", self.sparsity_at(step), scope=self.scope, mask=mask)
+    def next_mask(self, step, model, mask, batch=None, loss_fn=None, gradients=None) -> Mask:
+        return prune(model, "magnitude", self.sparsity_at(step), scope=self.scope, mask=mask)
 
 
 # ---- dynamic sparse training: SET and RigL --------------------------------------------------------
@@ -191,44 +180,42 @@ class _DropAndGrow(MaskSchedule):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_fraction(self.sparsity, "sparsity")
-        _check_fraction(self.drop_fraction, "drop_fraction", low_open=True)
+        check_fraction(self.sparsity, "sparsity", meaning="the fraction of weights pruned")
+        check_fraction(self.drop_fraction, "drop_fraction", "(0, 1)", "the fraction of kept weights replaced")
 
     def initial_mask(self, model: nn.Module, **coverage_options) -> Mask:
         """A random mask at the layer densities of ``distribution`` (ERK by default, Evci et al. 2020, §3)."""
-        import prunelab
-
-        return prunelab.prune(model, "random", self.sparsity, distribution=self.distribution, seed=self.seed,
-                              **coverage_options)
+        return prune(model, "random", self.sparsity, distribution=self.distribution, seed=self.seed,
+                     **coverage_options)
 
     def fraction(self, step: int) -> float:
         return self.drop_fraction
 
     @abstractmethod
-    def grow_scores(self, step: int, model: nn.Module, mask: Mask, batch, loss_fn) -> dict[str, torch.Tensor]:
+    def grow_scores(self, step: int, model: nn.Module, mask: Mask, batch, loss_fn,
+                    gradients: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
         """Per tensor, a score per position: the largest scores among inactive positions grow."""
 
-    def next_mask(self, step, model, mask, batch=None, loss_fn=None) -> Mask:
+    def next_mask(self, step, model, mask, batch=None, loss_fn=None, gradients=None) -> Mask:
+        """Drop and grow by the ranking of :mod:`prunelab.pruning` (:func:`~prunelab.pruning.selection.first_k`:
+        exact counts, ties by position) and its rounding (:func:`~prunelab.pruning.targets.num_to_prune`)."""
         params = mask.check_compatible(model)
-        grow = self.grow_scores(step, model, mask, batch, loss_fn)
+        grow = self.grow_scores(step, model, mask, batch, loss_fn, gradients)
         f = self.fraction(step)
         out = {}
         for name, keep in mask.items():
-            keep = keep.reshape(-1).clone()
-            w = params[name].detach().reshape(-1).abs().to("cpu", torch.float64)
-            k = math.floor(f * int(keep.sum()) + 0.5)  # round, halves up
+            keep = keep.reshape(-1)
+            k = num_to_prune(f, int(keep.count_nonzero()))
             if k == 0:
-                out[name] = keep.view(mask[name].shape)
+                out[name] = mask[name]
                 continue
-            # drop: the k smallest |w| among kept positions
-            w_kept = w.masked_fill(~keep, math.inf)
-            dropped = _stable_order(w_kept, descending=False)[:k]
-            keep[dropped] = False
-            # grow: the k largest scores among positions inactive after the drop
-            g = grow[name].reshape(-1).to("cpu", torch.float64).masked_fill(keep, -math.inf)
-            grown = _stable_order(g, descending=True)[:k]
-            keep[grown] = True
-            out[name] = keep.view(mask[name].shape)
+            w = params[name].detach().reshape(-1).abs()
+            kept = keep.to(w.device)
+            dropped = first_k(w, kept, k, highest=False)  # the k smallest |w| among kept positions
+            inactive = ~kept | dropped
+            g = grow[name].detach().reshape(-1).to(w.device)
+            grown = first_k(g, inactive, k, highest=True)  # the k largest scores among positions now inactive
+            out[name] = ((kept & ~dropped) | grown).to(keep.device).view(mask[name].shape)
         return Mask(out)
 
 
@@ -237,7 +224,7 @@ class SET(_DropAndGrow):
     """Sparse Evolutionary Training (Mocanu et al. 2018): constant drop fraction ``ζ = 0.3``,
     random regrowth (seeded by ``seed`` and the step, so a resumed run regrows the same positions)."""
 
-    def grow_scores(self, step, model, mask, batch, loss_fn):
+    def grow_scores(self, step, model, mask, batch, loss_fn, gradients=None):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
         return {name: torch.rand(keep.shape, generator=g, dtype=torch.float64) for name, keep in mask.items()}
 
@@ -246,7 +233,15 @@ class SET(_DropAndGrow):
 class RigL(_DropAndGrow):
     """Rigging the Lottery (Evci et al. 2020): drop fraction ``α/2 (1 + cos(π t / T_end))`` with
     ``α = drop_fraction`` and ``T_end = end``; growth by the magnitude of the dense gradient of the
-    loss on the step's batch (one extra forward and backward pass at each update step)."""
+    loss on the step's batch.
+
+    ``grow_gradient`` says which dense gradient: ``"after_step"`` (the default, and what every RigL run of
+    prunelab so far used) takes it at the weights after the optimizer step, in one extra forward and
+    backward pass per update; ``"step"`` reuses the gradient of the training step itself, captured before
+    the mask zeroes its pruned entries, as Evci et al.'s Algorithm 1 (the gradient of ``L_t`` at the step's
+    weights) and JaxPruner do, at no extra cost."""
+
+    grow_gradient: str = "after_step"
 
     needs_batch: ClassVar[bool] = True
 
@@ -255,33 +250,32 @@ class RigL(_DropAndGrow):
         if self.end is None:
             raise ValueError("RigL needs end (T_end), the step after which the mask stops changing "
                              "(Evci et al. 2020 use 75% of training)")
+        check_name("grow_gradient", self.grow_gradient, GROW_GRADIENTS)
+
+    @property
+    def needs_step_gradients(self) -> bool:
+        return self.grow_gradient == "step"
 
     def fraction(self, step: int) -> float:
         return self.drop_fraction / 2 * (1 + math.cos(math.pi * step / self.end))
 
-    def grow_scores(self, step, model, mask, batch, loss_fn):
+    def grow_scores(self, step, model, mask, batch, loss_fn, gradients=None):
+        if self.needs_step_gradients:
+            if gradients is None:
+                raise ValueError("RigL(grow_gradient='step') grows by the training step's dense gradients: drive it "
+                                 "with MaskUpdates.before_backward(step) before the step's backward pass")
+            return {n: gradients[n].abs() for n in mask}
         if batch is None:
             raise ValueError("RigL grows where the dense gradient is largest: pass the step's batch=(inputs, targets)")
         return {n: g.abs() for n, g in dense_gradients(model, mask, batch, loss_fn).items()}
 
 
-def dense_gradients(model: nn.Module, mask: Mask, batch: Batch, loss_fn: Callable | None = None
+def dense_gradients(model: nn.Module, mask: Mask, batch, loss_fn: Callable | None = None
                     ) -> dict[str, torch.Tensor]:
-    """dL/dw of the masked network for every weight the mask covers, pruned positions included.
-
-    Computed on detached copies of the weights with cloned buffers (see
-    :mod:`prunelab.scores._common`), so the model's gradients, BatchNorm statistics and mask hooks
-    are untouched. In the model's current train/eval mode.
-    """
-    from prunelab.scores import _common
-
-    x, y = batch
-    params = mask.check_compatible(model)
-    leaves = _common.masked_leaves(params, mask)
-    dev = _common.model_device(model)
-    loss = _common.resolve_loss(loss_fn)(_common.forward(model, leaves, x.to(dev)), y.to(dev))
-    grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
-    return {n: torch.zeros_like(w) if g is None else g for (n, w), g in zip(leaves.items(), grads)}
+    """dL/dw of the masked network for every weight the mask covers, pruned positions included, in the
+    model's current train/eval mode: :func:`prunelab.scores.gradient.loss_gradients`, the gradient pass of
+    SNIP, so the model's gradients, BatchNorm statistics and mask hooks are untouched."""
+    return loss_gradients(model, mask, batch, loss_fn=loss_fn, batchnorm_train=False)
 
 
 # ---- applying an update -------------------------------------------------------------------------
@@ -304,7 +298,11 @@ class MaskUpdates:
     construction and, after each due optimizer step, computes the next mask, zeroes every weight
     whose membership changed (dropped ones and regrown ones alike), resets their optimizer state and
     applies the new mask. ``mask`` continues from an existing mask instead of the initial one
-    (resuming from a checkpoint)."""
+    (resuming from a checkpoint).
+
+    A schedule that grows by the training step's own dense gradients (``RigL(grow_gradient="step")``)
+    needs :meth:`before_backward` called before each step's backward pass: on update steps it captures
+    each covered weight's incoming gradient before the mask zeroes its pruned entries."""
 
     def __init__(self, model: nn.Module, schedule: MaskSchedule, optimizer: torch.optim.Optimizer | None = None,
                  mask: Mask | None = None, loss_fn: Callable | None = None, **coverage_options):
@@ -313,12 +311,42 @@ class MaskUpdates:
         self.model, self.schedule, self.optimizer, self.loss_fn = model, schedule, optimizer, loss_fn
         self.mask = (mask if mask is not None else schedule.initial_mask(model, **coverage_options)).apply(model)
         self.updates = 0
+        self._captured: dict[str, torch.Tensor] = {}
+        self._hooks: list = []
 
-    def after_step(self, step: int, batch: Batch | None = None) -> bool:
+    def before_backward(self, step: int) -> None:
+        """Before the backward pass of optimizer step ``step`` (counted from 1): when the schedule needs the
+        step's dense gradients and ``step`` is an update step, capture them as the backward pass computes
+        them (a hook on each covered weight that runs before the gradient accumulates into ``.grad``)."""
+        self._release()
+        if not (self.schedule.needs_step_gradients and self.schedule.due(step)):
+            return
+        params = self.mask.check_compatible(self.model)
+        for name, p in params.items():
+            def capture(grad: torch.Tensor, name: str = name) -> None:
+                # a copy: the tensor may become .grad, which the mask then multiplies in place
+                self._captured[name] = grad.detach().clone()
+            self._hooks.append(p.register_hook(capture))
+
+    def _release(self) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+    def after_step(self, step: int, batch=None) -> bool:
         """Update the mask if ``step`` is an update step; returns whether it was."""
+        self._release()
+        captured, self._captured = self._captured, {}
         if not self.schedule.due(step):
             return False
-        new = self.schedule.next_mask(step, self.model, self.mask, batch, self.loss_fn)
+        gradients = None
+        if self.schedule.needs_step_gradients:
+            missing = sorted(set(self.mask) - set(captured))
+            if missing and len(missing) < len(self.mask):  # weights the loss does not reach: zero gradient
+                captured.update({n: torch.zeros_like(p) for n, p in self.mask.check_compatible(self.model).items()
+                                 if n in missing})
+            gradients = captured or None
+        new = self.schedule.next_mask(step, self.model, self.mask, batch, self.loss_fn, gradients)
         self.replace(new)
         self.updates += 1
         return True

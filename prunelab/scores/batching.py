@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from prunelab.scores._common import Batch, split_batches
+from prunelab.batches import Batch, as_batches
 
 
 class MicroBatchWarning(UserWarning):
@@ -55,11 +55,11 @@ class ScoreBatches:
     local: list[Batch]
     total: int
     world_size: int = 1
-    split: bool = False  # some (inputs, targets) pair is scored in more than one piece
+    split: bool = False  # some batch is scored in more than one piece
 
-    def weight(self, x: torch.Tensor) -> float:
+    def weight(self, batch: Batch) -> float:
         """The factor ``n_i / N`` that turns the mean loss of a micro-batch into its share of the whole mean."""
-        return len(x) / self.total
+        return len(batch) / self.total
 
     def sum_over_ranks(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """``tensors`` summed over the ranks, in place, with one all-reduce of their concatenation."""
@@ -79,28 +79,28 @@ class ScoreBatches:
 
 
 def score_batches(batch, name: str, score_batch_size: int | None = None, distributed: bool = False) -> ScoreBatches:
-    """The micro-batches of ``batch`` (a pair or a list of pairs, see :func:`split_batches`) for this rank.
+    """The micro-batches of ``batch`` (anything :func:`prunelab.batches.as_batches` reads) for this rank.
 
-    Each pair is cut into pieces of at most ``score_batch_size`` examples (``None``: whole). With
+    Each batch is cut into pieces of at most ``score_batch_size`` examples (``None``: whole). With
     ``distributed=True`` (every rank of the default process group calls this with the same batch), the
-    pieces are dealt out round-robin over the ranks; with ``score_batch_size=None`` each pair is then cut
+    pieces are dealt out round-robin over the ranks; with ``score_batch_size=None`` each batch is then cut
     into one piece per rank. Pieces are views: each is moved to the model's device only when scored.
     """
     size = check_score_batch_size(score_batch_size)
-    pairs = split_batches(batch, name)
+    whole = as_batches(batch, name)
     rank, world = _distributed_world() if distributed else (0, 1)
     pieces: list[Batch] = []
     split = False
-    for x, y in pairs:
+    for b in whole:
         if size is not None:
-            chunks = list(zip(x.split(size), y.split(size)))
+            chunks = b.split(size)
         elif world > 1:
-            chunks = [(a, b) for a, b in zip(x.tensor_split(world), y.tensor_split(world)) if len(a)]
+            chunks = b.tensor_split(world)
         else:
-            chunks = [(x, y)]
+            chunks = [b]
         split = split or len(chunks) > 1
         pieces.extend(chunks)
-    total = sum(len(x) for x, _ in pairs)
+    total = sum(len(b) for b in whole)
     return ScoreBatches(local=pieces[rank::world], total=total, world_size=world, split=split)
 
 

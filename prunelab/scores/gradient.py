@@ -2,7 +2,8 @@
 
 All of them score the masked network (pruned weights are zero in the forward pass), with BatchNorm
 in train mode as the papers' implementations do at initialization, and leave the caller's model
-untouched (see :mod:`prunelab.scores._common`).
+untouched (see :mod:`prunelab.scores.isolation`). Batches and outputs go through :mod:`prunelab.batches`;
+:func:`loss_gradients` is the one gradient pass, also used by RigL's growth (:mod:`prunelab.sparse_training`).
 """
 
 from __future__ import annotations
@@ -11,23 +12,11 @@ from collections.abc import Callable
 
 import torch
 
-from prunelab.scores._common import (
-    batchnorm_train_mode,
-    forward,
-    masked_leaves,
-    math_attention,
-    model_device,
-    resolve_loss,
-)
-from prunelab.scores.batching import score_batches, warn_if_batchnorm_split
+from prunelab.batches import logits, resolve_loss
+from prunelab.masks import Mask
+from prunelab.scores.batching import ScoreBatches, score_batches, warn_if_batchnorm_split
+from prunelab.scores.isolation import batchnorm_train_mode, forward, masked_leaves, math_attention
 from prunelab.scores.registry import Scores, register_method
-
-
-def _inputs(model, x, y):
-    dev = model_device(model)
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
-    x = x.to(dev, dtype) if (x.is_floating_point() and dtype is not None) else x.to(dev)
-    return x, y.to(dev)
 
 
 def _grads(loss, leaves, create_graph=False):
@@ -67,24 +56,50 @@ def snip(
     bounded, same score; see :mod:`prunelab.scores.batching`). ``distributed``: every rank of the
     process group calls with the same batch, scores its share of it, and the gradients are all-reduced.
     """
-    batches = score_batches(batch, "snip", score_batch_size, distributed)
-    warn_if_batchnorm_split(model, batches, "snip", batchnorm_train)
+    leaves, grads = _gradients(model, mask, batch, "snip", loss_fn, batchnorm_train, score_batch_size, distributed)
+    return Scores({n: g.mul_(w.detach()).abs_() for (n, w), g in zip(leaves.items(), grads)})
+
+
+def loss_gradients(
+    model,
+    mask: Mask,
+    batch,
+    *,
+    loss_fn: Callable | None = None,
+    batchnorm_train: bool = True,
+    score_batch_size: int | None = None,
+    distributed: bool = False,
+) -> dict[str, torch.Tensor]:
+    """``dL/dw`` of the masked network (pruned weights are 0 in the forward pass) for every weight ``mask``
+    covers, pruned positions included, with the caller's model left untouched.
+
+    The gradient SNIP multiplies by the weights and RigL grows by (Evci et al. 2020, §3); the options are
+    those of :func:`snip` (``batchnorm_train=False`` keeps each BatchNorm in the mode the caller chose).
+    """
+    leaves, grads = _gradients(model, mask, batch, "loss_gradients", loss_fn, batchnorm_train, score_batch_size,
+                               distributed)
+    return dict(zip(leaves, grads))
+
+
+def _gradients(model, mask, batch, name, loss_fn, batchnorm_train, score_batch_size, distributed):
+    """(masked leaves, their loss gradients summed over every micro-batch of every rank)."""
+    batches = score_batches(batch, name, score_batch_size, distributed)
+    warn_if_batchnorm_split(model, batches, name, batchnorm_train)
     loss_fn = resolve_loss(loss_fn)
     params = mask.check_compatible(model)
     leaves = masked_leaves(params, mask)
     with batchnorm_train_mode(model, batchnorm_train):
         grads = _summed_grads(model, leaves, batches, loss_fn)
-    batches.sum_over_ranks(grads)
-    return Scores({n: g.mul_(w.detach()).abs_() for (n, w), g in zip(leaves.items(), grads)})
+    return leaves, batches.sum_over_ranks(grads)
 
 
-def _summed_grads(model, leaves, batches, loss_of, hg_at=None):
+def _summed_grads(model, leaves, batches: ScoreBatches, loss_of, hg_at=None):
     """Sum over this rank's micro-batches of d(weighted loss)/d leaves, or, with ``hg_at = g``, of the
     Hessian-gradient product ``H g`` (g held fixed: Wang et al. 2020, Algorithm 2). Zeros without any."""
     total = [torch.zeros_like(w) for w in leaves.values()]
-    for x, y in batches.local:
-        x, y = _inputs(model, x, y)
-        loss = loss_of(forward(model, leaves, x), y) * batches.weight(x)
+    for piece in batches.local:
+        piece = piece.to_model(model)
+        loss = loss_of(forward(model, leaves, piece), piece.targets) * batches.weight(piece)
         if hg_at is None:
             part = _grads(loss, leaves)
         else:
@@ -117,14 +132,14 @@ def _grasp_hg(model, mask, batch, temperature, loss_fn, batchnorm_train, score_b
     leaves = masked_leaves(params, mask)
 
     def loss_of(out, y):
-        return loss_fn(out / t if t != 1.0 else out, y)
+        return loss_fn(logits(out) / t if t != 1.0 else out, y)
 
     with batchnorm_train_mode(model, batchnorm_train), math_attention():
         if batches.one_pass:
             # One batch: a single forward pass serves both g and Hg. z = <stop_grad(g), g(w)> and
             # dz/dw = H g (double back-propagation, Wang et al. 2020, Algorithm 2).
-            x, y = _inputs(model, *batches.local[0])
-            g = _grads(loss_of(forward(model, leaves, x), y), leaves, create_graph=True)
+            piece = batches.local[0].to_model(model)
+            g = _grads(loss_of(forward(model, leaves, piece), piece.targets), leaves, create_graph=True)
             z = sum((gi.detach() * gi).sum() for gi in g if gi.requires_grad)
             hg = (
                 _grads(z, leaves)

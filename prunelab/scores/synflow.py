@@ -9,8 +9,8 @@ from torch import nn
 
 from prunelab.mask_binding import unbound_copy
 from prunelab.masks import Mask
-from prunelab.scores._common import fill_at
 from prunelab.scores.registry import Scores, register_method
+from prunelab.tensors import fill_at
 
 
 def _check_shape(input_shape) -> tuple[int, ...]:

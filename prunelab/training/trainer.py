@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from prunelab import batches
+from prunelab.batches import Batch
 from prunelab.io import atomic_write_text
 from prunelab.masks import Mask
 from prunelab.sparse_training import MaskSchedule, MaskUpdates
@@ -108,9 +109,10 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable, device: torch.device, amp: bool | str | Precision = False, *,
+def evaluate(model: nn.Module, test_batches: Iterable, device: torch.device, amp: bool | str | Precision = False, *,
              all_reduce: bool = False, runtime: RuntimeOptions | None = None) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) over ``batches``; restores the model's train/eval mode.
+    """(accuracy, mean cross-entropy) over ``test_batches`` of ``(inputs, targets)``; restores the model's
+    train/eval mode. Outputs and the loss go through :mod:`prunelab.batches`.
 
     The counts and the loss sum stay on the device until the end (one host synchronization per
     evaluation, not two per batch). ``all_reduce``: each distributed rank passed its own part of the
@@ -125,13 +127,14 @@ def evaluate(model: nn.Module, batches: Iterable, device: torch.device, amp: boo
     correct = torch.zeros((), dtype=torch.int64, device=device)
     loss_sum = torch.zeros((), dtype=total, device=device)
     n = 0
-    for x, y in batches:
+    for x, y in test_batches:
         if y.numel() == 0:  # a rank's empty part of a small last batch
             continue
+        batch = Batch.pair(x, y)
         with precision.autocast():
-            out = model(runtime.prepare_input(x))
-        loss_sum += F.cross_entropy(out.float(), y, reduction="sum").to(total)
-        correct += (out.argmax(1) == y).sum()
+            out = batch.forward(model, prepare=runtime.prepare_input)
+        loss_sum += batches.default_loss(out, y, reduction="sum", dtype=torch.float32).to(total)
+        correct += (batches.logits(out).argmax(1) == y).sum()
         n += y.numel()
     model.train(was_training)
     totals = torch.stack([correct.to(total), loss_sum, loss_sum.new_full((), n)])  # new_full: no host-to-device copy
@@ -160,8 +163,12 @@ class Callback:
     def start(self, loop: Loop) -> None:
         """Before the first step (after a resume: before the first step still to do)."""
 
-    def after_step(self, loop: Loop, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
-        """After every optimizer step; ``loop.step`` counts the steps completed."""
+    def before_backward(self, loop: Loop, step: int) -> None:
+        """Before the backward pass of the step that will be ``step`` (``loop.step + 1``)."""
+
+    def after_step(self, loop: Loop, batch: Batch) -> None:
+        """After every optimizer step; ``loop.step`` counts the steps completed, ``batch`` is the step's
+        (a :class:`prunelab.batches.Batch`)."""
 
     def end(self, loop: Loop) -> None:
         """After the last step."""
@@ -275,7 +282,8 @@ class Loop:
         while self.step < self.end_step:
             epoch, first = divmod(self.step, self.ipe)
             for x, y in self.loader.epoch(epoch, start_batch=first):
-                loss = self._train_step(x, y)
+                batch = Batch.pair(x, y)
+                loss = self._train_step(batch, callbacks)
                 if self.step % check_every == 0 or self.step == self.end_step or self.step in self.sync_steps:
                     if distributed.any_rank(not math.isfinite(float(self.loss_sum)), self.device):
                         bar.close()
@@ -284,7 +292,7 @@ class Loop:
                             cb.diverged(self)
                         raise Diverged(self.step, float(loss.detach()))
                 for cb in callbacks:
-                    cb.after_step(self, (x, y))
+                    cb.after_step(self, batch)
                 last = self.metrics[-1] if self.metrics else {}
                 if last.get("step") == self.step and "test_accuracy" in last:
                     bar.set_postfix(acc=f"{last['test_accuracy']:.4f}", refresh=False)
@@ -295,18 +303,21 @@ class Loop:
         for cb in callbacks:
             cb.end(self)
 
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _train_step(self, batch: Batch, callbacks: list[Callback]) -> torch.Tensor:
         set_lr(self.optimizer, self.settings.lr, lr_factor(self.step, self.settings, self.ipe))
         self.optimizer.zero_grad(set_to_none=True)
         with self.precision.autocast():
-            out = self.net(self.runtime.prepare_input(x))
+            out = batch.forward(self.net, prepare=self.runtime.prepare_input)
         if distributed.active():
             # this rank's share of the global mean: exact with uneven (even empty) parts, since DDP
             # averages gradients over the ranks
             lo, hi = self.loader.bounds(self.step % self.ipe)
-            loss = F.cross_entropy(out.float(), y, reduction="sum") * (distributed.world_size() / (hi - lo))
+            share = distributed.world_size() / (hi - lo)
+            loss = batches.default_loss(out, batch.targets, reduction="sum", dtype=torch.float32) * share
         else:
-            loss = F.cross_entropy(out.float(), y)
+            loss = batches.default_loss(out, batch.targets, dtype=torch.float32)
+        for cb in callbacks:
+            cb.before_backward(self, self.step + 1)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -426,6 +437,9 @@ class MaskScheduleUpdates(Callback):
         self.updates = MaskUpdates(loop.model, schedule, loop.optimizer, mask=mask)
         loop.mask = self.updates.mask
         self.log = [(loop.start_step, loop.mask.layer_density())]
+
+    def before_backward(self, loop: Loop, step: int) -> None:
+        self.updates.before_backward(step)
 
     def after_step(self, loop: Loop, batch) -> None:
         if self.updates.after_step(loop.step, batch=batch):

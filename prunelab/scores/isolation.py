@@ -1,0 +1,82 @@
+"""Scoring a network without touching it: masked leaf weights, cloned buffers, BatchNorm mode.
+
+Data-driven criteria score a network *as the papers do* but must leave the caller's model exactly as
+it was: same weights, same ``requires_grad``, same train/eval flags, same BatchNorm running
+statistics. :func:`forward` achieves this without copying the model: it runs the model through
+``torch.func.functional_call`` (:meth:`prunelab.batches.Batch.forward`) with (a) masked, detached leaf
+copies of the covered weights, whose gradients are what we want, and (b) clones of every buffer, so a
+train-mode BatchNorm updates the clones and not the model's running statistics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunelab.batches import Batch
+from prunelab.masks import Mask
+
+__all__ = ["batchnorm_train_mode", "forward", "masked_leaves", "math_attention"]
+
+
+@contextlib.contextmanager
+def batchnorm_train_mode(model: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Put BatchNorm layers in train mode (batch statistics) and restore every module's flag after.
+
+    SNIP and GraSP score a freshly initialized network whose running statistics are meaningless, so
+    the papers' implementations normalize with the statistics of the scoring batch (train mode).
+    Only BatchNorm layers are switched: dropout and the like keep the mode the caller chose.
+    """
+    if not enabled:
+        yield
+        return
+    saved = [(m, m.training) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    try:
+        for m, _ in saved:
+            m.train(True)
+        yield
+    finally:
+        for m, flag in saved:
+            m.train(flag)
+
+
+def math_attention() -> contextlib.AbstractContextManager:
+    """Scaled dot-product attention by its plain math implementation for the block's duration.
+
+    The fused kernels (flash attention, memory-efficient attention) have no double backward, which
+    GraSP's Hessian-gradient product needs (Wang et al. 2020, §4); the math kernel is ordinary
+    autograd. ``torch.nn.attention.sdpa_kernel`` exists from torch 2.3; older releases have no CPU
+    fused kernel to avoid.
+    """
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # pragma: no cover - torch < 2.3
+        return contextlib.nullcontext()
+    return sdpa_kernel(SDPBackend.MATH)
+
+
+def masked_leaves(params: Mapping[str, torch.Tensor], mask: Mask) -> dict[str, torch.Tensor]:
+    """Detached copies ``w * m`` of the covered weights that require grad (the caller's stay intact)."""
+    leaves = {}
+    for name, p in params.items():
+        keep = mask[name]
+        w = p.detach()
+        if not bool(keep.all()):
+            w = w * keep.to(w.device)
+        leaves[name] = w.requires_grad_(True)  # a new leaf: p itself keeps its requires_grad
+    return leaves
+
+
+def forward(model: nn.Module, leaves: Mapping[str, torch.Tensor], batch: Batch) -> Any:
+    """The model's output on ``batch`` with ``leaves`` in place of the covered weights and cloned buffers.
+
+    Buffers are cloned so that a train-mode BatchNorm updates the clones: the caller's running
+    statistics (and ``num_batches_tracked``) are left untouched.
+    """
+    tensors = {name: b.clone() for name, b in model.named_buffers()}
+    tensors.update(leaves)
+    return batch.forward(model, tensors)
