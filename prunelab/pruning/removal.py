@@ -10,9 +10,9 @@ from collections.abc import Mapping
 import torch
 
 from prunelab.masks import Mask
-from prunelab.pruning.selection import _MERGE, _flatnonzero, _select, _split
+from prunelab.pruning.selection import _MERGE, _select, _split
 from prunelab.pruning.targets import SCOPES, _check_choice, _check_sparsity, num_to_prune
-from prunelab.scores._common import fill_at
+from prunelab.tensors import fill_at, flatnonzero
 
 
 def _mask_for_scores(scores: Mapping[str, torch.Tensor], mask: Mask) -> Mask:
@@ -91,7 +91,7 @@ class _Remover:
         if not self.compact or self.kept[n] >= self.RECOMPACT_BELOW * self._slots(n):
             return
         if self.idx[n] is None:
-            self.idx[n] = _flatnonzero(self.keep[n])
+            self.idx[n] = flatnonzero(self.keep[n])
         elif self.idx[n].device.type == "cpu":
             self.idx[n] = torch.from_numpy(self.idx[n].numpy()[self.live[n].numpy()])  # numpy: ~3x faster
         else:
