@@ -18,46 +18,89 @@ is covered:
 
 ``include=[names]`` adds any parameter by its exact name (a positional embedding, a custom
 ``nn.Parameter``) and ``exclude=[names]`` drops one. A custom layer type joins the registry with
-:func:`register_layer_type`. :func:`coverage` says what a mask would cover and which weight tensors
+:func:`register_layer_type`.
+
+A rule also says where a layer's weights keep their channels (``out_axis``, ``in_axis``; grouped
+convolutions), how a fused tensor splits into parts (attention's query, key and value rows, a
+recurrent layer's gates) and which tensors are biases. Structured criteria, collapse warnings and the
+analyses (neuron collapse, effective sparsity, conservation) ask the rule through the helpers below
+(:func:`channel_axes`, :func:`is_bias`, :func:`tensor_parts`, ...), in the spirit of Torch-Pruning's
+per-layer-type pruning functions, so that a type registered here is treated like a built-in one
+everywhere, or refused with an error that names what its rule lacks. :func:`coverage` says what a mask would cover and which weight tensors
 (two or more dimensions) it leaves out, and why.
 """
 
 from __future__ import annotations
 
-import difflib
 import math
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
+
+from prunelab.validate import check_int, check_name, check_options, closest
 
 __all__ = [
     "COVERAGE_OPTIONS",
     "Coverage",
     "CoverageWarning",
+    "LayerRule",
     "LeftOut",
+    "channel_axes",
+    "channel_groups",
     "coverage",
+    "is_bias",
+    "is_bias_name",
+    "is_convolution",
+    "layer_rule",
     "mask_coverage",
+    "parameter_owners",
     "prunable_parameters",
     "register_layer_type",
+    "split_fused",
 ]
 
 ROLES = ("layer", "embedding", "norm")
-COVERAGE_OPTIONS = ("include_bias", "include_norm", "include_embeddings", "include", "exclude", "filter")
-
 NamePredicate = Callable[[str], bool]
+COVERAGE_OPTIONS = ("include_bias", "include_norm", "include_embeddings", "include", "exclude", "filter")
 
 
 class CoverageWarning(UserWarning):
     """Weight tensors of the model that no mask option covers are left out of the mask."""
 
 
+def _everything(_name: str) -> bool:
+    return True
+
+
+def _nothing(_name: str) -> bool:
+    return False
+
+
+def _no_parts(_name: str) -> tuple[str, ...]:
+    return ()
+
+
 @dataclass(frozen=True)
 class LayerRule:
+    """What prunelab knows of a layer type: which parameters are weights and biases, where a weight keeps its
+    channels, and how a fused tensor splits into parts. Read it with :func:`layer_rule`; declare it with
+    :func:`register_layer_type`."""
+
     role: str
     is_weight: NamePredicate
     is_bias: NamePredicate
+    type_name: str = "?"
+    out_axis: int | None = None  # weight dimension indexing output channels (filters, units)
+    in_axis: int | None = None  # weight dimension indexing input channels (features)
+    convolution: bool = False  # ``groups`` splits weight dimension 1; the hybrid criterion prunes its channels
+    parts: Callable[[str], tuple[str, ...]] = _no_parts  # local name -> equal slices along out_axis
+
+    @property
+    def has_axes(self) -> bool:
+        return self.out_axis is not None and self.in_axis is not None
 
 
 _RULES: dict[type, LayerRule] = {}
@@ -70,25 +113,65 @@ def _predicate(names: Iterable[str] | NamePredicate) -> NamePredicate:
     return chosen.__contains__
 
 
+def _parts_of(parts: Mapping[str, Sequence[str]] | Callable[[str], Sequence[str]] | None):
+    if parts is None:
+        return _no_parts
+    if callable(parts):
+        return lambda name: tuple(parts(name) or ())
+    table = {k: tuple(v) for k, v in parts.items()}
+    return lambda name: table.get(name, ())
+
+
+def _check_axes(cls: type, out_axis, in_axis) -> None:
+    if (out_axis is None) != (in_axis is None):
+        raise ValueError(f"register_layer_type({cls.__name__}) needs both out_axis and in_axis, or neither")
+    if out_axis is None:
+        return
+    for what, axis in (("out_axis", out_axis), ("in_axis", in_axis)):
+        check_int(axis, what, 0, "a dimension of the layer's weight")
+    if out_axis == in_axis:
+        raise ValueError(f"register_layer_type({cls.__name__}): out_axis and in_axis must differ, both are {out_axis}")
+
+
 def register_layer_type(
     cls: type,
     *,
     role: str = "layer",
     weights: Iterable[str] | NamePredicate = ("weight",),
     biases: Iterable[str] | NamePredicate = ("bias",),
+    out_axis: int | None = None,
+    in_axis: int | None = None,
+    convolution: bool = False,
+    parts: Mapping[str, Sequence[str]] | Callable[[str], Sequence[str]] | None = None,
 ) -> type:
-    """Declare which parameters of layer type ``cls`` (and its subclasses) a mask covers.
+    """Declare what prunelab needs to know of layer type ``cls`` (and its subclasses).
 
-    ``weights`` and ``biases`` are the local parameter names, or a predicate on them. ``role`` is
-    ``"layer"`` (covered by default), ``"embedding"`` (with ``include_embeddings=True``) or ``"norm"``
-    (with ``include_norm=True``). Usable as a class decorator with keyword arguments only
-    (``functools.partial``) or called directly; returns ``cls``.
+    ``weights`` and ``biases`` are the local parameter names, or a predicate on them: which tensors a
+    mask covers. ``role`` is ``"layer"`` (covered by default), ``"embedding"`` (with
+    ``include_embeddings=True``) or ``"norm"`` (with ``include_norm=True``).
+
+    ``out_axis`` and ``in_axis``: the dimensions of its weights that index output channels (filters,
+    units) and input channels (features): ``0`` and ``1`` for ``nn.Linear`` and convolutions, ``1`` and
+    ``0`` for transposed convolutions, which store ``(in, out/groups, *kernel)``. Structured criteria
+    (Paganini & Forde 2020, §3.1), neuron collapse (Frankle et al. 2021, §5) and conservation (Tanaka
+    et al. 2020, §4) read channels there; a layer type without them is refused by those with a
+    ``ValueError`` naming this call, never guessed. ``convolution=True``: its ``groups`` attribute splits
+    weight dimension 1 into groups (PyTorch's layout), and the hybrid criterion of Paganini & Forde
+    (2020, §3.1) prunes its channels whole. ``parts``: ``{local name: part names}`` (or a function of
+    the local name) for a fused tensor made of equal slices along ``out_axis``, e.g.
+    ``nn.MultiheadAttention``'s ``in_proj_weight``: ``("query", "key", "value")``.
+
+    Usable as a class decorator with keyword arguments only (``functools.partial``) or called
+    directly; returns ``cls``.
     """
-    if role not in ROLES:
-        raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+    check_name("role", role, ROLES)
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise ValueError(f"register_layer_type needs an nn.Module subclass, got {cls!r}")
-    _RULES[cls] = LayerRule(role, _predicate(weights), _predicate(biases))
+    _check_axes(cls, out_axis, in_axis)
+    _RULES[cls] = LayerRule(
+        role, _predicate(weights), _predicate(biases), cls.__name__, out_axis, in_axis, bool(convolution),
+        _parts_of(parts),
+    )
     return cls
 
 
@@ -101,14 +184,6 @@ def layer_rule(module: nn.Module) -> LayerRule | None:
     return None
 
 
-def _everything(_name: str) -> bool:
-    return True
-
-
-def _nothing(_name: str) -> bool:
-    return False
-
-
 def _recurrent_weight(name: str) -> bool:
     return name.startswith(("weight_ih_l", "weight_hh_l", "weight_hr_l"))
 
@@ -117,21 +192,141 @@ def _recurrent_bias(name: str) -> bool:
     return name.startswith(("bias_ih_l", "bias_hh_l"))
 
 
-for _cls in (nn.modules.conv._ConvNd, nn.Linear, nn.Bilinear):
-    register_layer_type(_cls)
+def _gates(*names: str) -> Callable[[str], tuple[str, ...]]:
+    """PyTorch stacks a recurrent layer's gates along dimension 0 of ``weight_ih``, ``weight_hh`` and their
+    biases (``weight_hr``, the LSTM projection, has none)."""
+
+    def parts(name: str) -> tuple[str, ...]:
+        return names if name.startswith(("weight_ih_l", "weight_hh_l", "bias_ih_l", "bias_hh_l")) else ()
+
+    return parts
+
+
+# Every built-in type keeps the axes structured criteria have always used: (out, in, ...) but for
+# transposed convolutions. Embedding tables keep that layout too (rows as "output", columns as
+# "input"), which is what structured criteria did with include_embeddings=True before rules had axes.
+_DENSE = {"out_axis": 0, "in_axis": 1}
+register_layer_type(nn.modules.conv._ConvNd, convolution=True, **_DENSE)
+register_layer_type(nn.modules.conv._ConvTransposeNd, convolution=True, out_axis=1, in_axis=0)
+for _cls in (nn.Linear, nn.Bilinear):
+    register_layer_type(_cls, **_DENSE)
+_QKV = ("query", "key", "value")  # the order nn.MultiheadAttention stacks them in in_proj_weight
 register_layer_type(
     nn.MultiheadAttention,
     weights=("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"),
     biases=("in_proj_bias", "bias_k", "bias_v"),
+    parts={"in_proj_weight": _QKV, "in_proj_bias": _QKV},
+    **_DENSE,
 )
-register_layer_type(nn.RNNBase, weights=_recurrent_weight, biases=_recurrent_bias)
+register_layer_type(nn.RNNBase, weights=_recurrent_weight, biases=_recurrent_bias, **_DENSE)
+for _cls, _gate_names in (
+    (nn.LSTM, ("input", "forget", "cell", "output")),
+    (nn.GRU, ("reset", "update", "new")),
+):
+    register_layer_type(
+        _cls, weights=_recurrent_weight, biases=_recurrent_bias, parts=_gates(*_gate_names), **_DENSE
+    )
 for _cls in (nn.Embedding, nn.EmbeddingBag):
-    register_layer_type(_cls, role="embedding", biases=())
+    register_layer_type(_cls, role="embedding", biases=(), **_DENSE)
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm) + (
     (nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()  # torch >= 2.4
 )
 for _cls in NORM_TYPES:
     register_layer_type(_cls, role="norm", weights=_everything, biases=_nothing)
+
+
+# ---- what the rules say of one tensor ---------------------------------------------------------
+
+_LEGACY_AXES = (0, 1)  # PyTorch's (out, in, ...): a tensor of no layer rule (include=[name]), a table
+
+
+def channel_axes(module: nn.Module | None, name: str, ndim: int, purpose: str) -> tuple[int, int] | None:
+    """``(output axis, input axis)`` of parameter ``name`` (local) of ``module``, a tensor of ``ndim``
+    dimensions; None when it has no channels (one dimension). ``purpose`` names what asks, for the error
+    raised when ``module`` is a layer type registered without axes (rather than a silent guess)."""
+    if ndim < 2:
+        return None
+    rule = layer_rule(module) if module is not None else None
+    if rule is None or rule.role != "layer":
+        return _LEGACY_AXES
+    if not rule.has_axes:
+        raise ValueError(
+            f"{purpose} of {rule.type_name}'s {name!r} needs its channel axes: register_layer_type({rule.type_name}, "
+            "..., out_axis=<output-channel dim>, in_axis=<input-channel dim>) (0 and 1 in nn.Linear's layout)"
+        )
+    if max(rule.out_axis, rule.in_axis) >= ndim:
+        raise ValueError(
+            f"{purpose} of {rule.type_name}'s {name!r}: its rule says out_axis={rule.out_axis}, in_axis={rule.in_axis}, "
+            f"but the tensor has {ndim} dimensions"
+        )
+    return rule.out_axis, rule.in_axis
+
+
+def channel_groups(module: nn.Module | None) -> int:
+    """How many groups a convolution's weight dimension 1 is split into (1 for every other layer)."""
+    rule = layer_rule(module) if module is not None else None
+    return int(getattr(module, "groups", 1)) if rule is not None and rule.convolution else 1
+
+
+def is_convolution(module: nn.Module | None) -> bool:
+    """Whether ``module``'s rule says it is a convolution (hybrid structured pruning, Paganini & Forde 2020, §3.1)."""
+    rule = layer_rule(module) if module is not None else None
+    return rule is not None and rule.convolution
+
+
+def is_bias(module: nn.Module | None, name: str) -> bool:
+    """Whether parameter ``name`` (local) of ``module`` is a bias by its layer rule: a constant added to a unit,
+    which carries no signal from the input (Frankle et al. 2021, App. M). A parameter of no registered
+    type is a bias when it is called ``bias``."""
+    rule = layer_rule(module) if module is not None else None
+    return rule.is_bias(name) if rule is not None else name == "bias"
+
+
+def is_bias_name(name: str) -> bool:
+    """Whether a parameter called ``name`` (full or local) is a bias of some registered layer type, for
+    what only has a mask's names (no model): ``fc.bias``, ``attn.in_proj_bias``, ``rnn.bias_ih_l0``."""
+    local = name.rpartition(".")[2]
+    return local == "bias" or any(rule.is_bias(local) for rule in _RULES.values())
+
+
+def parameter_owners(model: nn.Module) -> dict[str, tuple[nn.Module, str]]:
+    """``{parameter name: (the module that owns it, its local name there)}``: where a name's rule is found.
+    A shared parameter is listed under each name ``named_modules`` reaches it by."""
+    return {
+        (f"{mn}.{pn}" if mn else pn): (m, pn)
+        for mn, m in model.named_modules()
+        for pn, _ in m.named_parameters(recurse=False)
+    }
+
+
+def _fused_layout(module: nn.Module | None, local: str) -> tuple[tuple[str, ...], int] | None:
+    """(part names, axis they are stacked along) of fused parameter ``local``: from ``module``'s rule, or, with
+    no module, from the registered types that fuse a tensor of that name, when they all agree."""
+    if module is not None:
+        rule = layer_rule(module)
+        rules = [rule] if rule is not None else []
+    else:
+        rules = list(_RULES.values())
+    found = {(rule.parts(local), rule.out_axis or 0) for rule in rules if rule.parts(local)}
+    return found.pop() if len(found) == 1 else None
+
+
+def split_fused(tensor: torch.Tensor, name: str, module: nn.Module | None = None) -> dict[str, torch.Tensor] | None:
+    """``{part: slice}`` of a fused tensor (equal slices along its output axis, in the order its rule names
+    them: ``query``, ``key``, ``value`` for ``nn.MultiheadAttention.in_proj_weight``, the gates of an LSTM
+    or GRU), or None when ``name`` is not fused or ``tensor`` does not divide evenly.
+
+    ``module`` is the owner of parameter ``name`` (then ``name`` may be local); without it (a mask
+    without its model) the name alone decides, and only where every registered type agrees:
+    ``in_proj_weight`` is attention's, while ``weight_ih_l0`` could be an LSTM's four gates or a GRU's three.
+    """
+    layout = _fused_layout(module, name.rpartition(".")[2])
+    if layout is None:
+        return None
+    parts, axis = layout
+    if tensor.dim() <= axis or tensor.shape[axis] % len(parts):
+        return None
+    return dict(zip(parts, tensor.chunk(len(parts), dim=axis)))
 
 
 # ---- what a mask covers -----------------------------------------------------------------------
@@ -164,13 +359,19 @@ def _check_names(option: str, names, valid: list[str]) -> list[str]:
     names = list(names)
     for n in names:
         if n not in valid:
-            close = difflib.get_close_matches(str(n), valid, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            near = closest(n, valid)  # not the whole list: a model has thousands of parameters
+            hint = f"; did you mean {near!r}?" if near else ""
             raise ValueError(f"{option}: the model has no parameter {n!r}{hint}")
     return names
 
 
-def _select(
+def _select(model: nn.Module, options: Mapping[str, object]) -> tuple[dict[str, nn.Parameter], dict[str, str]]:
+    """(covered parameters, {name: reason} for every parameter left out), once the option keys are checked."""
+    check_options("coverage", options, COVERAGE_OPTIONS)
+    return _select_checked(model, **options)
+
+
+def _select_checked(
     model: nn.Module,
     include_bias: bool = False,
     include_norm: bool = False,
@@ -208,10 +409,7 @@ def prunable_parameters(model: nn.Module, **options) -> dict[str, nn.Parameter]:
     Options: ``include_bias``, ``include_norm``, ``include_embeddings`` (booleans), ``include`` and
     ``exclude`` (exact parameter names), and ``filter(name, param)``, which has the last word.
     """
-    unknown = sorted(set(options) - set(COVERAGE_OPTIONS))
-    if unknown:
-        raise ValueError(f"unknown coverage option {unknown[0]!r} (valid: {', '.join(COVERAGE_OPTIONS)})")
-    return _select(model, **options)[0]
+    return _select(model, options)[0]
 
 
 @dataclass(frozen=True)
@@ -332,8 +530,5 @@ def coverage(model: nn.Module, **options) -> Coverage:
     or unrecognized: a parameter of no registered layer type). ``print(prunelab.coverage(model))``
     shows a table.
     """
-    unknown = sorted(set(options) - set(COVERAGE_OPTIONS))
-    if unknown:
-        raise ValueError(f"unknown coverage option {unknown[0]!r} (valid: {', '.join(COVERAGE_OPTIONS)})")
-    chosen, left = _select(model, **options)
+    chosen, left = _select(model, options)
     return _coverage(model, chosen, left)

@@ -8,7 +8,14 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from prunelab.coverage import COVERAGE_OPTIONS, coverage, prunable_parameters
+from prunelab.coverage import (
+    COVERAGE_OPTIONS,
+    coverage,
+    is_bias_name,
+    parameter_owners,
+    prunable_parameters,
+    split_fused,
+)
 from prunelab.masks import Mask
 from prunelab.pruning.removal import _Remover
 from prunelab.pruning.targets import (
@@ -165,9 +172,10 @@ def _check_criterion_scores(scores, mask: Mask, method: str) -> None:
 
 
 def _warn_collapse(mask: Mask, method: str, sparsity: float) -> None:
-    # Biases are left out: without them a layer still passes signal; without weights it does not.
+    # Biases (by the layer rules, prunelab.coverage.is_bias_name) are left out: without them a layer still
+    # passes signal; without weights it does not.
     empty = [
-        n for n, (kept, total) in mask.layer_counts().items() if kept == 0 and total > 0 and not n.endswith("bias")
+        n for n, (kept, total) in mask.layer_counts().items() if kept == 0 and total > 0 and not is_bias_name(n)
     ]
     if empty:
         warnings.warn(
@@ -192,15 +200,22 @@ def _names(names: list[str]) -> str:
     return ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
 
 
-def uniform_attention(mask: Mask) -> list[str]:
-    """The fused input projections (``nn.MultiheadAttention.in_proj_weight``: the query, key and value rows
-    stacked in that order) of ``mask`` whose key rows are all pruned while some value weight is kept (an empty
-    projection is a layer collapse of its own)."""
+def uniform_attention(mask: Mask, model: nn.Module | None = None) -> list[str]:
+    """The fused input projections of ``mask`` whose key part is all pruned while some value weight is kept
+    (an empty projection is a layer collapse of its own).
+
+    Which tensors are fused, and which of their slices are the keys and the values, is the layer rule's
+    (:func:`prunelab.coverage.split_fused`; ``nn.MultiheadAttention.in_proj_weight`` stacks the query, key and
+    value rows in that order): of the owner of each tensor when ``model`` is given, else by the tensor's name
+    (what a saved mask alone can say)."""
+    owners = {} if model is None else parameter_owners(model)
     out = []
     for name, keep in mask.items():
-        if name.endswith("in_proj_weight") and keep.shape[0] % 3 == 0:
-            _, keys, values = keep.chunk(3)
-            if not keys.any() and values.any():
+        if is_bias_name(name):
+            continue  # a fused bias (in_proj_bias) emptied is not what makes attention uniform
+        parts = split_fused(keep, name, owners.get(name, (None,))[0])
+        if parts is not None and "key" in parts and "value" in parts:
+            if not parts["key"].any() and parts["value"].any():
                 out.append(name)
     return out
 

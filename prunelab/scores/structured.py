@@ -11,6 +11,12 @@ Grouped convolutions take only the axis whose dimension holds every channel (``a
 or ``"input"`` for a transposed one); the other raises a ``ValueError`` (see :func:`_check_grouped`).
 Paganini & Forde (2020) prune locally (``default_scope="layer"``).
 
+Where the channels are is the layer type's rule (:func:`prunelab.coverage.channel_axes`: ``out_axis``
+and ``in_axis`` of :func:`prunelab.register_layer_type`, ``convolution=True`` for groups and the hybrid),
+as Torch-Pruning keeps one pruning function per layer type: a registered custom layer is pruned along
+its own axes, and one registered without them is refused with a ``ValueError`` naming the call that
+fixes it.
+
 Norms: ``l1_channel``, ``l2_channel``, ``linf_channel`` (largest ``|w|`` of the channel) and
 ``lneginf_channel`` (smallest ``|w|``). Paganini & Forde's (2020) text and tables name the last structured variant
 "L_{-inf}" (``torch.nn.utils.prune.ln_structured`` with ``n=-inf``), so ``lneginf_channel`` is the
@@ -22,31 +28,26 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from prunelab.coverage import channel_axes, channel_groups, is_convolution, parameter_owners
 from prunelab.scores.registry import Scores, register_method
 
 _AXES = ("input", "output")
 
 
-def _owners(model: nn.Module) -> dict[str, nn.Module]:
-    """param name -> the module that owns it."""
-    return {
-        (f"{mn}.{pn}" if mn else pn): m
-        for mn, m in model.named_modules()
-        for pn, _ in m.named_parameters(recurse=False)
-    }
-
-
-def channel_dim(module: nn.Module | None, param: torch.Tensor, axis: str) -> int | None:
-    """The tensor dimension indexing input (or output) channels of ``param``; None without channels."""
+def _check_axis(axis: str) -> None:
     if axis not in _AXES:
         raise ValueError(f"axis must be 'input' (the default of Paganini & Forde 2020) or 'output', got {axis!r}")
-    if param.dim() < 2:
+
+
+def channel_dim(module: nn.Module | None, param: torch.Tensor, axis: str, name: str = "weight") -> int | None:
+    """The tensor dimension indexing input (or output) channels of ``param`` (local name ``name`` in
+    ``module``), from the layer type's rule; None without channels."""
+    _check_axis(axis)
+    axes = channel_axes(module, name, param.dim(), "structured pruning")
+    if axes is None:
         return None
-    # ConvTranspose stores (in, out/groups, ...); every other layer stores (out, in, ...).
-    transposed = isinstance(module, nn.modules.conv._ConvTransposeNd)
-    if axis == "input":
-        return 0 if transposed else 1
-    return 1 if transposed else 0
+    out_axis, in_axis = axes
+    return in_axis if axis == "input" else out_axis
 
 
 def _check_grouped(name: str, module: nn.Module | None, dim: int | None, axis: str) -> None:
@@ -58,7 +59,7 @@ def _check_grouped(name: str, module: nn.Module | None, dim: int | None, axis: s
     depthwise layer has a single such slice, so removing it would empty the layer. Dimension 0 holds
     every channel, so the other axis is well defined.
     """
-    groups = getattr(module, "groups", 1) if isinstance(module, nn.modules.conv._ConvNd) else 1
+    groups = channel_groups(module)
     if dim == 1 and groups > 1:
         other = "output" if axis == "input" else "input"
         raise ValueError(
@@ -69,15 +70,17 @@ def _check_grouped(name: str, module: nn.Module | None, dim: int | None, axis: s
 
 
 def _channel_scores(model, mask, norm: str, axis: str, seed: int = 0, only_convs: bool = False) -> Scores:
+    _check_axis(axis)
     params = mask.check_compatible(model)
-    owners = _owners(model)
+    owners = parameter_owners(model)
     gen = torch.Generator().manual_seed(int(seed))
     out = Scores()
     for name, p in params.items():
-        module = owners.get(name)
-        dim = channel_dim(module, p, axis)
-        if only_convs and not isinstance(module, nn.modules.conv._ConvNd):
+        module, local = owners.get(name, (None, name))
+        if only_convs and not is_convolution(module):
             dim = None
+        else:
+            dim = channel_dim(module, p, axis, local)
         _check_grouped(name, module, dim, axis)
         w = p.detach()
         keep = mask[name]
