@@ -47,6 +47,7 @@ from torch import nn
 from prunelab.coverage import prunable_parameters
 from prunelab.masks import Mask
 from prunelab.registry import Registry
+from prunelab.validate import check_fraction
 
 __all__ = ["DISTRIBUTIONS", "layer_densities", "register_distribution"]
 
@@ -85,12 +86,6 @@ register_distribution("er", _er)
 register_distribution("erk", _erk)
 
 
-def _check_sparsity(sparsity) -> float:
-    if isinstance(sparsity, bool) or not isinstance(sparsity, Real) or not 0.0 <= float(sparsity) < 1.0:
-        raise ValueError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
-    return float(sparsity)
-
-
 def _from_mapping(
     given: Mapping, shapes: dict[str, tuple[int, ...]], sparsity
 ) -> dict[str, float]:
@@ -106,12 +101,9 @@ def _from_mapping(
         )
     out = {}
     for n in shapes:
-        d = given[n]
-        if isinstance(d, bool) or not isinstance(d, Real) or not 0.0 <= float(d) <= 1.0:
-            raise ValueError(f"density of {n!r} must be a number in [0, 1], got {d!r}")
-        out[n] = float(d)
+        out[n] = check_fraction(given[n], f"density of {n!r}", "[0, 1]", "the fraction of its weights kept")
     if sparsity is not None:
-        sparsity = _check_sparsity(sparsity)
+        sparsity = check_fraction(sparsity, "sparsity", meaning="the fraction of weights pruned")
         total = sum(math.prod(s) for s in shapes.values())
         implied = 1.0 - sum(out[n] * math.prod(s) for n, s in shapes.items()) / total
         # a mask's achieved sparsity is a whole number of weights: round(s * N) / N, within 1 / N of s
@@ -181,7 +173,7 @@ def layer_densities(
     factor = DISTRIBUTIONS.get(distribution)
     if sparsity is None:
         raise ValueError(f"sparsity must be a number in [0, 1) for distribution {distribution!r}, got None")
-    sparsity = _check_sparsity(sparsity)
+    sparsity = check_fraction(sparsity, "sparsity", meaning="the fraction of weights pruned")
     if isinstance(power_scale, bool) or not isinstance(power_scale, Real) or not (
         math.isfinite(power_scale) and power_scale >= 0
     ):

@@ -38,7 +38,8 @@ from prunelab.pruning.api import (
     uniform_attention,
 )
 from prunelab.pruning.removal import remove
-from prunelab.pruning.targets import SCHEDULES, SCOPES, density_schedule, num_to_prune
+from prunelab.pruning.targets import density_schedule, num_to_prune
+from prunelab.validate import SCHEDULES, SCOPES
 
 __all__ = [
     "COMMON_OPTIONS",

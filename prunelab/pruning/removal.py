@@ -11,23 +11,42 @@ import torch
 
 from prunelab.masks import Mask
 from prunelab.pruning.selection import _MERGE, _select, _split
-from prunelab.pruning.targets import SCOPES, _check_choice, _check_sparsity, num_to_prune
+from prunelab.pruning.targets import check_sparsity, num_to_prune
 from prunelab.tensors import fill_at, flatnonzero
+from prunelab.validate import SCOPES, check_name
 
 
-def _mask_for_scores(scores: Mapping[str, torch.Tensor], mask: Mask) -> Mask:
-    if set(scores) != set(mask):
-        missing = sorted(set(mask) - set(scores))
-        extra = sorted(set(scores) - set(mask))
+def check_scores(scores, mask: Mask, source: str = "remove was given") -> None:
+    """``scores`` name exactly the mask's tensors, each a tensor of its shape; ``source`` names where they
+    came from, as the start of a sentence (``"criterion 'snip' returned"``).
+
+    A criterion that returns a transposed or flattened tensor of the right size would otherwise be ranked
+    silently in the wrong order.
+    """
+    if not isinstance(scores, Mapping):
+        raise ValueError(f"{source} a {type(scores).__name__}; scores are {{param_name: Tensor}}")
+    missing = [n for n in mask if n not in scores]
+    if missing:
         raise ValueError(
-            f"scores and mask must cover the same parameters; scores lack {missing[:3]} and have extra {extra[:3]}"
+            f"{source} no scores for {missing[0]!r}"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+            + "; every parameter the mask covers needs scores"
+        )
+    extra = [n for n in scores if n not in mask]
+    if extra:
+        raise ValueError(
+            f"{source} scores for {extra[0]!r}, which the mask does not cover; "
+            f"score exactly the mask's parameters ({', '.join(list(mask)[:3])}...)"
         )
     for n in mask:
-        if tuple(scores[n].shape) != tuple(mask[n].shape):
+        t = scores[n]
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{source} a {type(t).__name__} for {n!r}, not a tensor")
+        if tuple(t.shape) != tuple(mask[n].shape):
             raise ValueError(
-                f"scores for {n!r} have shape {tuple(scores[n].shape)} but the mask has {tuple(mask[n].shape)}"
+                f"{source} scores of shape {tuple(t.shape)} for {n!r}, whose weight has "
+                f"shape {tuple(mask[n].shape)}; scores must have the parameter's shape"
             )
-    return mask
 
 
 class _Remover:
@@ -309,12 +328,12 @@ def remove(
     (default: ``scores.groups`` of a structured criterion) ``{name: dim}`` removes whole slices
     along ``dim``; scope and exact counts then apply to channels, to the nearest achievable count.
     """
-    s = _check_sparsity(sparsity, density)
-    _check_choice(scope, "scope", SCOPES)
+    s = check_sparsity(sparsity, density)
+    check_name("scope", scope, SCOPES)
     if not scores:
         raise ValueError("no scores given: remove needs {param_name: scores} for at least one tensor")
     if mask is not None:
-        _mask_for_scores(scores, mask)
+        check_scores(scores, mask)
     if groups is None:
         groups = getattr(scores, "groups", None)
     device = next(iter(scores.values())).device

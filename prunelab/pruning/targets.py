@@ -4,44 +4,31 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
 
 from prunelab.masks import Mask
 from prunelab.scores.registry import Method
+from prunelab.validate import SCHEDULES, check_fraction, check_int, check_name
 
-SCOPES = ("global", "layer")
-SCHEDULES = ("exponential", "linear")
-
-
-def _check_fraction(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (0.0 <= float(value) < 1.0):
-        extra = ""
-        if isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value) >= 1.0:
-            extra = "; for a compression ratio rho use sparsity = 1 - 1/rho (e.g. 0.999 for rho = 1000)"
-        raise ValueError(f"{name} must be a number in [0, 1), the fraction of weights pruned; got {value!r}{extra}")
-    return float(value)
+_RHO_HINT = "; for a compression ratio rho use sparsity = 1 - 1/rho (e.g. 0.999 for rho = 1000)"
 
 
-def _check_sparsity(sparsity=None, density=None) -> float:
+def check_sparsity_value(value, name: str = "sparsity") -> float:
+    """A sparsity in [0, 1); a value of 1 or more is most likely a compression ratio, and the message says so."""
+    big = isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value) >= 1.0
+    return check_fraction(value, name, "[0, 1)", "the fraction of weights pruned", _RHO_HINT if big else "")
+
+
+def check_sparsity(sparsity=None, density=None) -> float:
+    """The sparsity given as ``sparsity`` (fraction pruned) or ``density`` (fraction kept), exactly one of them."""
     if (sparsity is None) == (density is None):
         raise ValueError("give exactly one of sparsity (fraction pruned) or density (fraction kept)")
     if sparsity is not None:
-        return _check_fraction(sparsity, "sparsity")
-    if isinstance(density, bool) or not isinstance(density, numbers.Real) or not (0.0 < float(density) <= 1.0):
-        raise ValueError(f"density must be a number in (0, 1], the fraction of weights kept; got {density!r}")
-    return 1.0 - float(density)
+        return check_sparsity_value(sparsity)
+    return 1.0 - check_fraction(density, "density", "(0, 1]", "the fraction of weights kept")
 
 
-def _check_choice(value, name: str, valid: Sequence[str]) -> str:
-    if value not in valid:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, valid))}; got {value!r}")
-    return value
-
-
-def _check_iterations(iterations) -> int:
-    if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral) or iterations < 1:
-        raise ValueError(f"iterations must be an integer >= 1 (1 = one-shot pruning); got {iterations!r}")
-    return int(iterations)
+def check_iterations(iterations) -> int:
+    return check_int(iterations, "iterations", 1, "1 = one-shot pruning")
 
 
 def num_to_prune(sparsity: float, n: int) -> int:
@@ -59,9 +46,9 @@ def density_schedule(
     remaining weights (Frankle et al. 2021, §3 and App. D.1; Tanaka et al. 2020, Algorithm 1, compression
     ``rho^(-k/n)``). ``"linear"``: the density falls by the same amount each iteration.
     """
-    s = _check_fraction(sparsity, "sparsity")
-    n = _check_iterations(iterations)
-    _check_choice(schedule, "schedule", SCHEDULES)
+    s = check_sparsity_value(sparsity)
+    n = check_iterations(iterations)
+    check_name("schedule", schedule, SCHEDULES)
     d0, d = float(start_density), 1.0 - s
     if d >= d0:
         return [d0] * n
@@ -92,7 +79,7 @@ def _layer_targets(model, method: Method, s: float, distribution, scope, n_iter:
         raise ValueError(f"distribution sets per-tensor densities of single weights; {method.name} prunes whole "
                          "channels (use scope='layer' instead)")
     if scope not in (None, "layer"):
-        raise ValueError(f"distribution prunes each tensor to its own density, so scope must be 'layer', got {scope!r}")
+        raise ValueError(f"distribution prunes each tensor to its own density, so scope must be 'layer'; got {scope!r}")
     target = layer_densities(model, s, distribution, **prunable)
     if set(target) != set(mask):
         raise ValueError("distribution and mask cover different parameters")

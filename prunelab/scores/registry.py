@@ -39,8 +39,7 @@ from dataclasses import dataclass, field
 import torch
 
 from prunelab.registry import Registry
-
-_SCOPES = ("global", "layer")
+from prunelab.validate import SCOPES, check_int, check_name
 
 
 class Scores(dict):
@@ -104,10 +103,8 @@ def register_method(
     Returns the function unchanged, so decorators stack (``snip`` and ``iterative_snip`` are the
     same function under two names with different default iterations).
     """
-    if default_scope not in _SCOPES:
-        raise ValueError(f"default_scope must be one of {_SCOPES}, got {default_scope!r}")
-    if not (isinstance(default_iterations, int) and default_iterations >= 1):
-        raise ValueError(f"default_iterations must be an integer >= 1, got {default_iterations!r}")
+    check_name("default_scope", default_scope, SCOPES)
+    check_int(default_iterations, "default_iterations", 1)
 
     def add(fn: Callable) -> Callable:
         params = list(inspect.signature(fn).parameters)
