@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from prunelab.analysis.layerwise import as_mask
+from prunelab.coverage import channel_axes, parameter_owners
 from prunelab.masks import Mask
 from prunelab.pruning import PRUNABLE_OPTIONS, LayerCollapseWarning, prune
 
@@ -117,14 +118,18 @@ def critical_compression(
     return 10.0**lo
 
 
-def neuron_collapse(mask: Mapping[str, torch.Tensor], thresholds: Sequence[float] | None = None) -> dict:
+def neuron_collapse(
+    mask: Mapping[str, torch.Tensor], thresholds: Sequence[float] | None = None, *, model: nn.Module | None = None
+) -> dict:
     """Fraction of neurons whose incoming weights are at least ``s`` sparse, for each threshold ``s``
     (Frankle et al. 2021, §5 "neuron collapse", Fig. 5).
 
     A neuron is an output unit of a linear layer or an output channel of a convolution: index ``i``
-    along dimension 0 of a masked weight with at least two dimensions (1-D tensors such as biases
-    are skipped). Its incoming weights are ``mask[name][i]`` (for a convolution, all input channels
-    and kernel positions). The threshold ``1.0`` counts fully dead neurons, the ones SynFlow prunes
+    along the output axis of a masked weight with at least two dimensions (1-D tensors such as biases
+    are skipped). Its incoming weights are the slice ``i`` of that axis (for a convolution, all input
+    channels and kernel positions). The output axis is the layer rule's when ``model`` is given
+    (:func:`prunelab.coverage.channel_axes`: dimension 1 of a transposed convolution, a custom type's own),
+    else dimension 0, PyTorch's ``(out, in, ...)`` layout. The threshold ``1.0`` counts fully dead neurons, the ones SynFlow prunes
     at a high rate (Frankle et al. 2021, §5). Default thresholds: 0, 0.05, ..., 1.
 
     Returns ``{"thresholds": [...], "fraction": [...], "per_layer": {name: [...]},
@@ -139,10 +144,13 @@ def neuron_collapse(mask: Mapping[str, torch.Tensor], thresholds: Sequence[float
     per_layer: dict[str, list[float]] = {}
     counts: dict[str, int] = {}
     hits = [0] * len(ts)
+    owners = {} if model is None else parameter_owners(model)
     for name, keep in as_mask(mask).items():
         if keep.dim() < 2 or keep.numel() == 0:
             continue
-        rows = keep.reshape(keep.shape[0], -1)
+        module, local = owners.get(name, (None, name))
+        out_axis = channel_axes(module, local, keep.dim(), "neuron collapse")[0]
+        rows = keep.movedim(out_axis, 0).reshape(keep.shape[out_axis], -1)
         fan_in = rows.shape[1]
         pruned = (fan_in - rows.sum(dim=1)).to(torch.float64)
         layer = []

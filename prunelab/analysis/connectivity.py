@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from prunelab.analysis.layerwise import as_mask
-from prunelab.coverage import NORM_TYPES as _NORM_TYPES
+from prunelab.coverage import is_bias, layer_rule, parameter_owners
 from prunelab.mask_binding import unbound_copy
 from prunelab.masks import Mask
 
@@ -97,11 +97,13 @@ def _reachability_net(model: nn.Module, mask: Mask) -> tuple[nn.Module, dict[str
             _replace(net, name, _ADAPTIVE_MAX_TO_AVG[type(module)](module.output_size))
     params = dict(net.named_parameters())
     covered = {n: params[n] for n in mask}
+    owners = parameter_owners(net)
     skipped: set[str] = set()
     with torch.no_grad():
         for mname, module in net.named_modules():
             own = {f"{mname}.{p}" if mname else p: t for p, t in module.named_parameters(recurse=False)}
-            if isinstance(module, _NORM_TYPES):
+            rule = layer_rule(module)
+            if rule is not None and rule.role == "norm":
                 bn = isinstance(module, nn.modules.batchnorm._BatchNorm)
                 if bn and module.running_mean is not None and module.running_var is not None:
                     # BatchNorm as identity (times its masked scale): mean 0, variance 1 - eps.
@@ -117,14 +119,14 @@ def _reachability_net(model: nn.Module, mask: Mask) -> tuple[nn.Module, dict[str
                     skipped.update(n for n in own if n in covered)
                 continue
             for pname, t in own.items():
-                if pname.rsplit(".", 1)[-1] == "bias":
+                if is_bias(module, pname.rpartition(".")[2]):  # by the layer rule: in_proj_bias, bias_ih_l0, ...
                     t.zero_()  # a constant carries no signal from the input
                 else:
                     t.copy_(t != 0)  # uncovered weights: 1 where nonzero
-            if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
+            if rule is not None and rule.role == "layer":
                 module.register_forward_hook(_bounded_hook)
         for n, p in covered.items():
-            if n.rsplit(".", 1)[-1] == "bias" or n in skipped:
+            if is_bias(*owners[n]) or n in skipped:
                 continue  # biases stay 0; their gradient still tells whether their unit reaches an output
             p.copy_(mask[n].to(p.device, p.dtype))
     for p in net.parameters():
@@ -136,9 +138,11 @@ def effective_mask(model: nn.Module, mask: Mapping[str, torch.Tensor], input_sha
     """``mask`` minus the kept weights that are disconnected from the output or from the input.
 
     Frankle et al. 2021, App. M, steps 1-5, on a float64 deep copy (the caller's model is not
-    touched): covered weights set to 1 if kept and 0 if pruned, other conv/linear weights to 1 where
-    nonzero; all biases 0 (a constant carries no signal from the input); BatchNorm made an identity
-    (running mean 0, variance 1 - eps, scale 1, shift 0); other normalization layers skipped;
+    touched): covered weights set to 1 if kept and 0 if pruned, other weights to 1 where nonzero; all
+    biases 0 (a constant carries no signal from the input; which tensors are biases is the layer rule's,
+    :func:`prunelab.coverage.is_bias`: ``in_proj_bias`` and ``bias_ih_l0`` are, a custom type's as
+    registered); BatchNorm made an identity (running mean 0, variance 1 - eps, scale 1, shift 0); other
+    normalization layers (role ``"norm"``) skipped;
     max-pools replaced by average-pools of the same window (a max-pool's gradient reaches one
     input per window only); eval mode; one all-ones example of shape ``input_shape``; gradient of
     the sum of the outputs. A kept weight stays kept iff its gradient is nonzero, which (see the
@@ -148,8 +152,8 @@ def effective_mask(model: nn.Module, mask: Mapping[str, torch.Tensor], input_sha
     kept and its unit reaches an output.
 
     Assumes activations with ``phi(0) = 0`` and ``phi(x) > 0`` for ``x > 0`` (ReLU and its kin):
-    the reachability argument needs that. Each conv/linear output is rescaled by a positive factor
-    so that path counts never overflow; zeros stay zeros.
+    the reachability argument needs that. Each output of a layer (role ``"layer"``) is rescaled by a
+    positive factor so that path counts never overflow; zeros stay zeros.
     """
     mask = as_mask(mask)
     mask.check_compatible(model)

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from prunelab.coverage import channel_axes, channel_groups, is_bias, layer_rule, parameter_owners
+
 # Modules and functions through which a neuron stays a neuron (unary, channel-preserving), by kind.
 _HOMOGENEOUS_MODULES = (
     nn.ReLU, nn.LeakyReLU, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
@@ -38,7 +40,6 @@ _HOMOGENEOUS_FUNCTIONS = {
 _OTHER_FUNCTIONS = {torch.tanh, torch.sigmoid, F.gelu, F.elu, F.silu, F.softplus, F.relu6, F.hardtanh}
 _HOMOGENEOUS_METHODS = {"relu", "relu_", "flatten", "contiguous"}
 _OTHER_METHODS = {"tanh", "sigmoid"}
-_LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
 
 
 def _pass_kind(node: fx.Node, current: fx.Node, modules: Mapping[str, nn.Module]) -> str | None:
@@ -70,6 +71,31 @@ def _pass_kind(node: fx.Node, current: fx.Node, modules: Mapping[str, nn.Module]
     return None
 
 
+def _neuron_weight(module: nn.Module, node: fx.Node) -> str | None:
+    """The local name of ``module``'s one weight when it is a layer of neurons, else None.
+
+    A layer of neurons, in the sense of Tanaka et al. 2020, §4, is a layer type (role ``"layer"`` of
+    :func:`prunelab.register_layer_type`) with a single weight tensor that reads a single input: a
+    convolution or linear layer, or a custom type registered like one. Attention (three inputs),
+    recurrent layers (several weights) and bilinear layers (two inputs) are not.
+    """
+    rule = layer_rule(module)
+    if rule is None or rule.role != "layer":
+        return None
+    weights = [n for n, _ in module.named_parameters(recurse=False) if rule.is_weight(n)]
+    inputs = [a for a in [*node.args, *node.kwargs.values()] if isinstance(a, fx.Node)]
+    return weights[0] if len(weights) == 1 and len(inputs) == 1 else None
+
+
+class _LayerTracer(fx.Tracer):
+    """torch.fx's tracer, which also keeps every registered layer type whole (one ``call_module`` node), as
+    it keeps ``torch.nn``'s own: a custom layer is then a layer of neurons, not the matmul inside it."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        rule = layer_rule(m)
+        return (rule is not None and rule.role == "layer") or super().is_leaf_module(m, module_qualified_name)
+
+
 def _describe(node: fx.Node) -> str:
     if node.op == "output":
         return "the network output"
@@ -83,18 +109,18 @@ def _describe(node: fx.Node) -> str:
 def _trace_pairs(model: nn.Module, scores: Mapping[str, torch.Tensor]):
     """{producer weight name: [(consumer weight name, kinds seen on the path)]}, skipped {name: why}."""
     try:
-        graph = fx.symbolic_trace(model).graph
+        graph = _LayerTracer().trace(model)
     except Exception as e:  # data-dependent control flow, unsupported ops
         raise ValueError(
             f"conservation could not trace {type(model).__name__} with torch.fx ({type(e).__name__}: {e}); pass "
             "pairs={producer_weight: [consumer_weights]} naming which layers feed which"
         ) from e
     modules = dict(model.named_modules())
-    layer_nodes = {
-        n: f"{n.target}.weight"
-        for n in graph.nodes
-        if n.op == "call_module" and isinstance(modules[n.target], _LAYERS) and f"{n.target}.weight" in scores
-    }
+    layer_nodes = {}
+    for n in graph.nodes:
+        local = _neuron_weight(modules[n.target], n) if n.op == "call_module" else None
+        if local is not None and f"{n.target}.{local}" in scores:
+            layer_nodes[n] = f"{n.target}.{local}"
     pairs, skipped, output_layers = {}, {}, set()
     for node, pname in layer_nodes.items():
         found, stop = [], None
@@ -119,15 +145,29 @@ def _trace_pairs(model: nn.Module, scores: Mapping[str, torch.Tensor]):
     return pairs, skipped, output_layers
 
 
-def _outgoing(producer: nn.Module, consumer: nn.Module, s: torch.Tensor, n_out: int) -> torch.Tensor | str:
+def _axes(owner: tuple[nn.Module, str], s: torch.Tensor) -> tuple[int, int]:
+    """(output axis, input axis) of a scored weight, from its layer rule (PyTorch's (out, in, ...) for a
+    tensor of no layer type, named in pairs=)."""
+    return channel_axes(*owner, s.dim(), "conservation") or (0, 1)
+
+
+def _incoming(owner: tuple[nn.Module, str], s: torch.Tensor) -> torch.Tensor:
+    """Per unit of a layer, the score of its incoming weights: everything but its output axis, summed."""
+    out_axis = _axes(owner, s)[0]
+    return s.movedim(out_axis, 0).reshape(s.shape[out_axis], -1).sum(dim=1)
+
+
+def _outgoing(consumer: tuple[nn.Module, str], s: torch.Tensor, n_out: int) -> torch.Tensor | str:
     """Per producer unit, the consumer's score summed over the weights that read that unit."""
-    if isinstance(consumer, nn.modules.conv._ConvNd) and consumer.groups != 1:
+    if channel_groups(consumer[0]) != 1:
         return "grouped convolution"
-    per_input = s.transpose(0, 1).reshape(s.shape[1], -1).sum(dim=1)
+    in_axis = _axes(consumer, s)[1]
+    per_input = s.movedim(in_axis, 0).reshape(s.shape[in_axis], -1).sum(dim=1)
     if per_input.numel() == n_out:
         return per_input
-    if isinstance(consumer, nn.Linear) and per_input.numel() % n_out == 0:
-        # A flattened (channels, positions...) map, channel-major as torch.flatten orders it.
+    if s.dim() == 2 and per_input.numel() % n_out == 0:
+        # A matrix (a linear layer) reading a flattened (channels, positions...) map, channel-major as
+        # torch.flatten orders it.
         return per_input.reshape(n_out, -1).sum(dim=1)
     return f"{per_input.numel()} consumer inputs do not group into {n_out} producer units"
 
@@ -144,7 +184,8 @@ def conservation(
 
     ``scores`` maps parameter names to score tensors, e.g. from :func:`prunelab.score`. A hidden
     neuron is an output unit (linear) or output channel (convolution) of a layer whose weight is
-    scored, when everything between that layer and the layers it feeds is unary and channel-wise
+    scored (its layer rule says which axis holds them, so a custom type registered with ``out_axis`` and
+    ``in_axis`` counts like a built-in one; one registered without them is a ``ValueError``), when everything between that layer and the layers it feeds is unary and channel-wise
     (activations, pooling, BatchNorm, dropout, flatten): found by tracing ``model`` with torch.fx,
     or given as ``pairs={producer_weight: [consumer_weights]}``. Its incoming score is the sum of its
     row of the producer's weight scores (plus its bias score if the bias is scored), its outgoing
@@ -168,8 +209,8 @@ def conservation(
     "conserved" (all close within ``rtol`` of that scale), "exact" (the structural conditions above
     hold), "caveats" (why not), "skipped", "layer_total", "layer_size", "layer_mean"}``.
     """
-    modules = dict(model.named_modules())
     params = dict(model.named_parameters())
+    owners = parameter_owners(model)
     missing = [n for n in scores if n not in params]
     if missing:
         raise ValueError(
@@ -188,16 +229,15 @@ def conservation(
             traced[p] = [(c, frozenset()) for c in cs]
         caveats.append("pairs given by hand: the path between layers (BatchNorm, activations) was not inspected")
 
-    def module_of(weight_name: str) -> nn.Module:
-        return modules[weight_name.rpartition(".")[0]]
-
     neurons: dict[str, dict] = {}
     for pname, consumers in traced.items():
-        producer = module_of(pname)
-        s_in = scores[pname].detach().to(torch.float64)
-        incoming = s_in.reshape(s_in.shape[0], -1).sum(dim=1)
-        bias_name = pname.rpartition(".")[0] + ".bias" if pname.rpartition(".")[0] else "bias"
-        if getattr(producer, "bias", None) is not None:
+        producer, _ = owners[pname]
+        incoming = _incoming(owners[pname], scores[pname].detach().to(torch.float64))
+        prefix = pname.rpartition(".")[0]
+        for local, _ in producer.named_parameters(recurse=False):
+            if not is_bias(producer, local):
+                continue
+            bias_name = f"{prefix}.{local}" if prefix else local
             if bias_name in scores:
                 incoming = incoming + scores[bias_name].detach().to(torch.float64).reshape(-1)
             else:
@@ -209,7 +249,7 @@ def conservation(
                 caveats.append(f"{pname} -> {cname}: BatchNorm on the path (not homogeneous: scale-invariant/shifted)")
             if "other" in kinds:
                 caveats.append(f"{pname} -> {cname}: a non-homogeneous activation on the path")
-            out = _outgoing(producer, module_of(cname), scores[cname].detach().to(torch.float64), incoming.numel())
+            out = _outgoing(owners[cname], scores[cname].detach().to(torch.float64), incoming.numel())
             if isinstance(out, str):
                 reason = f"{cname}: {out}"
                 break

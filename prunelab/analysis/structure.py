@@ -14,8 +14,10 @@ import math
 from collections.abc import Mapping
 
 import torch
+from torch import nn
 
 from prunelab.analysis.layerwise import as_mask
+from prunelab.coverage import channel_axes, parameter_owners
 
 
 def prob_slice_removed(total: int, kept: int, slice_size: int) -> float:
@@ -62,7 +64,9 @@ def _removed(keep: torch.Tensor, axis: int) -> float:
     return float((~slices.any(dim=1)).to(torch.float64).mean())
 
 
-def emergent_structure(mask: Mapping[str, torch.Tensor], seed: int = 0) -> dict[str, dict]:
+def emergent_structure(
+    mask: Mapping[str, torch.Tensor], seed: int = 0, *, model: nn.Module | None = None
+) -> dict[str, dict]:
     """Per convolution, and for the first linear layer, the fraction of input slices removed whole
     versus what a random mask with the same kept count would remove (Paganini & Forde 2020, §4 Fig. 5, App. E).
 
@@ -79,8 +83,13 @@ def emergent_structure(mask: Mapping[str, torch.Tensor], seed: int = 0) -> dict[
     whole slices: the variance of the kept counts across the input slices over its value for a random
     mask with the same kept count (:func:`slice_count_variance`): about 1 for a random mask, far above 1
     when the kept weights concentrate on some input channels (the rows of filters of Paganini & Forde 2020, Fig. 5).
+
+    Input and output slices are along the layer rule's ``in_axis`` and ``out_axis`` when ``model`` is given
+    (:func:`prunelab.coverage.channel_axes`; a transposed convolution stores ``(in, out, ...)``), else along
+    dimensions 1 and 0, PyTorch's ``(out, in, ...)`` layout.
     """
     gen = torch.Generator().manual_seed(int(seed))
+    owners = {} if model is None else parameter_owners(model)
     out: dict[str, dict] = {}
     first_linear_seen = False
     for name, keep in as_mask(mask).items():
@@ -96,7 +105,9 @@ def emergent_structure(mask: Mapping[str, torch.Tensor], seed: int = 0) -> dict[
         total, kept = keep.numel(), int(keep.count_nonzero())
         if total == 0:
             continue
-        slices, outs = keep.shape[1], keep.shape[0]
+        module, local = owners.get(name, (None, name))
+        out_axis, in_axis = channel_axes(module, local, keep.dim(), "emergent structure")
+        slices, outs = keep.shape[in_axis], keep.shape[out_axis]
         random_keep = torch.zeros(total, dtype=torch.bool)
         random_keep[torch.randperm(total, generator=gen)[:kept]] = True
         out[name] = {
@@ -105,13 +116,13 @@ def emergent_structure(mask: Mapping[str, torch.Tensor], seed: int = 0) -> dict[
             "kept": kept,
             "slices": slices,
             "slice_size": total // slices,
-            "removed": _removed(keep, 1),
+            "removed": _removed(keep, in_axis),
             "expected_random": prob_slice_removed(total, kept, total // slices),
-            "random_sample": _removed(random_keep.reshape(keep.shape), 1),
-            "dispersion": _dispersion(keep, 1),
+            "random_sample": _removed(random_keep.reshape(keep.shape), in_axis),
+            "dispersion": _dispersion(keep, in_axis),
             "output_slices": outs,
-            "output_removed": _removed(keep, 0),
+            "output_removed": _removed(keep, out_axis),
             "output_expected_random": prob_slice_removed(total, kept, total // outs),
-            "output_dispersion": _dispersion(keep, 0),
+            "output_dispersion": _dispersion(keep, out_axis),
         }
     return out
