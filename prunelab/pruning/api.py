@@ -5,7 +5,6 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping, Sequence
 
-import torch
 from torch import nn
 
 from prunelab.coverage import (
@@ -17,18 +16,11 @@ from prunelab.coverage import (
     split_fused,
 )
 from prunelab.masks import Mask
-from prunelab.pruning.removal import _Remover
-from prunelab.pruning.targets import (
-    SCHEDULES,
-    SCOPES,
-    _check_choice,
-    _check_fraction,
-    _check_iterations,
-    _global_targets,
-    _layer_targets,
-)
+from prunelab.pruning.removal import _Remover, check_scores
+from prunelab.pruning.targets import _global_targets, _layer_targets, check_iterations, check_sparsity_value
 from prunelab.scores.batching import check_score_batch_size
 from prunelab.scores.registry import Method, Scores, get_method
+from prunelab.validate import SCHEDULES, SCOPES, check_name, check_options
 
 PRUNABLE_OPTIONS = COVERAGE_OPTIONS  # which parameters a mask covers: prunelab.coverage
 COMMON_OPTIONS = ("input_shape", "seed")  # prune() arguments; score() accepts them as options too
@@ -57,12 +49,7 @@ def _split_options(method: Method, options: dict, extra: Mapping[str, object]):
             v = options.pop(k)
             extra = {**extra, k: v} if extra.get(k) is None else extra
     accepted = set(method.options)
-    unknown = sorted(set(options) - accepted)
-    if unknown:
-        valid = sorted(accepted | set(PRUNABLE_OPTIONS))
-        raise ValueError(
-            f"{method.name} does not take option(s) {', '.join(map(repr, unknown))}; it takes: {', '.join(valid)}"
-        )
+    check_options(method.name, options, accepted | set(PRUNABLE_OPTIONS))
     for k, v in extra.items():  # prune()'s own arguments, for criteria that take them
         if k in accepted and k not in options and v is not None:
             options[k] = v
@@ -137,38 +124,6 @@ def score(
     _check_needs(m, batch, options)
     out = m.fn(model, mask, batch, **options)
     return out if isinstance(out, Scores) else Scores(out)
-
-
-def _check_criterion_scores(scores, mask: Mask, method: str) -> None:
-    """A criterion's scores name exactly the mask's tensors, each a tensor of its shape.
-
-    Checked once, on the first iteration: a custom criterion that returns a transposed or flattened
-    tensor of the right size would otherwise be ranked silently in the wrong order.
-    """
-    if not isinstance(scores, Mapping):
-        raise ValueError(f"criterion {method!r} must return {{param_name: Tensor}}, got {type(scores).__name__}")
-    missing = [n for n in mask if n not in scores]
-    if missing:
-        raise ValueError(
-            f"criterion {method!r} returned no scores for {missing[0]!r}"
-            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
-            + "; it must score every parameter the mask covers"
-        )
-    extra = [n for n in scores if n not in mask]
-    if extra:
-        raise ValueError(
-            f"criterion {method!r} returned scores for {extra[0]!r}, which the mask does not cover; "
-            f"it must score exactly the mask's parameters ({', '.join(list(mask)[:3])}...)"
-        )
-    for n in mask:
-        t = scores[n]
-        if not isinstance(t, torch.Tensor):
-            raise ValueError(f"criterion {method!r} returned a {type(t).__name__} for {n!r}, not a tensor")
-        if tuple(t.shape) != tuple(mask[n].shape):
-            raise ValueError(
-                f"criterion {method!r} returned scores of shape {tuple(t.shape)} for {n!r}, whose weight has "
-                f"shape {tuple(mask[n].shape)}; scores must have the parameter's shape"
-            )
 
 
 def _warn_collapse(mask: Mask, method: str, sparsity: float) -> None:
@@ -258,16 +213,16 @@ def prune(
     :class:`LayerCollapseWarning` when a covered tensor ends with no weight at all. The mask is on
     the CPU, wherever the model and the scores are.
     """
-    s = _check_fraction(sparsity, "sparsity")
+    s = check_sparsity_value(sparsity)
     m = get_method(method)
     if score_batch_size is not None:
         options["score_batch_size"] = score_batch_size
-    n_iter = m.default_iterations if iterations is None else _check_iterations(iterations)
-    _check_choice(schedule, "schedule", SCHEDULES)
+    n_iter = m.default_iterations if iterations is None else check_iterations(iterations)
+    check_name("schedule", schedule, SCHEDULES)
     if scope is None:
         scope = "layer" if distribution is not None else m.default_scope
     else:
-        _check_choice(scope, "scope", SCOPES)
+        check_name("scope", scope, SCOPES)
     prunable, options = _split_options(m, dict(options), {"input_shape": input_shape, "seed": seed})
     new_mask = mask is None
     mask = _resolve_mask(model, mask, prunable)
@@ -292,7 +247,7 @@ def prune(
             continue
         scores = scorer(mask if state is None else state.mask())
         if state is None:
-            _check_criterion_scores(scores, mask, method)
+            check_scores(scores, mask, f"criterion {method!r} returned")
             state = _Remover(mask, next(iter(scores.values())).device, compact=True)
         state.step(scores, target, scope, highest, notify=notify, groups=getattr(scores, "groups", None), seed=seed + i)
     result = mask.to("cpu").clone() if state is None else state.final_mask()  # CPU either way
