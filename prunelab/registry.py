@@ -36,6 +36,12 @@ class Registry(Generic[T]):
 
         return add(obj) if obj is not None else add
 
+    def unregister(self, name: str) -> T:
+        """Remove ``name`` and return its object (a test's own entry, after the test)."""
+        obj = self.get(name)
+        del self._items[name], self._meta[name]
+        return obj
+
     def get(self, name: str) -> T:
         try:
             return self._items[name]

@@ -9,7 +9,6 @@ seeds; accuracies in %).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -18,7 +17,7 @@ import pandas as pd
 from imp_analysis import ENSEMBLES, lottery_runs  # repro/imp_analysis.py, next to this script
 
 from prunelab.experiments import runfiles
-from prunelab.reports.tables import aggregate, read_metrics, runs_table
+from prunelab.reports.tables import aggregate, of_protocol, read_metrics, runs_table
 
 
 def pct(mean, std=None) -> str:
@@ -41,7 +40,7 @@ def script_results(results: Path, folder: str) -> dict | None:
 
 
 def dense_stats(df: pd.DataFrame, model: str, train: str) -> tuple[float, float, int]:
-    d = df[(df.kind == "dense") & (df.model == model) & (df["training.train"] == train) & (df.status == "done")]
+    d = df[of_protocol(df, "train") & (df.model == model) & (df["training.train"] == train) & (df.status == "done")]
     return d.test_accuracy.mean(), d.test_accuracy.std(), len(d)
 
 
@@ -68,11 +67,11 @@ def family1(df: pd.DataFrame) -> str:
            "mean ± standard deviation over seeds where there are several.\n\n"]
     rows = [["network", "recipe", "sparsity", "error %", "dense error %", "error change (points)", "seeds"]]
     done = df[(df.status == "done") & true_labels(df) & df.apply(recipe, axis=1).notna()]
-    snip = done[(done.kind == "prune") & (done.method == "snip") & (done.prune_at == "0it") & done.ablation.isna()
+    snip = done[of_protocol(done, "run") & (done.method == "snip") & (done.prune_at == "0it") & done.ablation.isna()
                 & done.sparsity_target.isin([0.9, 0.95, 0.98, 0.99]) & (done.batch_per_class == 10)
                 & (done["training.train"] != LEE_FIRST_STEPS)]
     for (model, setting), part in snip.groupby(["model", "setting"]):
-        dense = done[(done.kind == "dense") & (done.setting == setting)].set_index("seed").test_accuracy
+        dense = done[of_protocol(done, "train") & (done.setting == setting)].set_index("seed").test_accuracy
         for target, runs in part.groupby("sparsity_target"):
             runs = runs[runs.seed.isin(dense.index)]
             if runs.empty:
@@ -105,7 +104,7 @@ def family1_first_steps(df: pd.DataFrame, root: str) -> str:
     the training loss of the first and the last 100 steps, the test accuracy at step 2,000, and how many seeds end
     at chance."""
     sel = df[(df.status == "done") & (df["training.train"] == LEE_FIRST_STEPS) & true_labels(df)
-             & (df.apply(recipe, axis=1) == "Lee et al. 2019") & df.kind.isin(["dense", "prune"])]
+             & (df.apply(recipe, axis=1) == "Lee et al. 2019") & of_protocol(df, "train", "run")]
     if sel.empty:
         return ""
     rows = [["network", "initialization", "warm-up", "sparsity", "training loss, steps 1-100",
@@ -135,10 +134,11 @@ def family1_batch(df: pd.DataFrame, root: str) -> str:
 
     done = df[(df.status == "done") & (df.model == "lenet_300_100") & (df["training.train"] == "50000it")
               & true_labels(df) & (df.apply(recipe, axis=1) == "Lee et al. 2019")]
-    snip = done[(done.kind == "prune") & (done.method == "snip") & (done.sparsity_target == 0.9) & done.ablation.isna()]
+    snip = done[of_protocol(done, "run") & (done.method == "snip") & (done.sparsity_target == 0.9)
+                & done.ablation.isna()]
     if snip.batch_per_class.nunique() < 2:
         return ""
-    dense = done[done.kind == "dense"].set_index("seed").test_accuracy
+    dense = done[of_protocol(done, "train")].set_index("seed").test_accuracy
     mean_image = data.load("fashion_mnist").train.images.float().mean(0).flatten()
     snip = snip[snip.seed.isin(dense.index)]
     # kept first-layer connections per input pixel, per (examples per class, seed)
@@ -176,7 +176,7 @@ def family1_init(df: pd.DataFrame, root: str) -> str:
 
     if "pruning.reinit_init" not in df.columns:
         return ""
-    runs = df[(df.status == "done") & (df.kind == "prune") & (df["pruning.reinit_init"] == "xavier_normal")]
+    runs = df[(df.status == "done") & of_protocol(df, "run") & (df["pruning.reinit_init"] == "xavier_normal")]
     if runs.empty:
         return ""
     rows = [["network", "initialization", "test error %", "kept per layer %", "seeds"]]
@@ -211,7 +211,8 @@ def family1_random_labels(df: pd.DataFrame, root: str) -> str:
     examples = (df["dataset.train_examples"] if "dataset.train_examples" in df else pd.Series(None, df.index))
     examples = examples.map(lambda n: "all" if pd.isna(n) else int(n))
     sel = df[(df.status == "done") & (df["training.train"].map(RANDOM_LABEL_SCHEDULES) == examples)
-             & (df["training.weight_decay"] == 0) & (df["training.momentum"] == 0.9) & df.kind.isin(["dense", "prune"])]
+             & (df["training.weight_decay"] == 0) & (df["training.momentum"] == 0.9)
+             & of_protocol(df, "train", "run")]
     sel = sel.assign(labels=sel["dataset.random_labels"].fillna(0.0).map(lambda f: f"{f:.0%} random"),
                      sparsity_target=sel.sparsity_target.fillna(0.0), examples=examples[sel.index].astype(str))
     if (sel["labels"] != "0% random").sum() == 0:
@@ -236,10 +237,11 @@ def family2(df: pd.DataFrame) -> str:
     out = ["## Family 2: criteria at initialization vs. after training (Frankle et al. 2021, Fig. 3, App. K)\n"]
     sel = df[(df.model == "lenet_300_100") & (df["training.train"] == "10ep") & (df.status == "done")]
     # the criteria's own layer densities: random at ERK or at SynFlow's densities is family 14's
-    init = sel[(sel.kind == "prune") & (sel.prune_at == "0it") & sel.ablation.isna() & sel.distribution.isna()
+    init = sel[of_protocol(sel, "run") & (sel.prune_at == "0it") & sel.ablation.isna() & sel.distribution.isna()
                & sel.like.isna()]
-    after = sel[(sel.kind == "prune") & (sel.prune_at == "end") & sel.ablation.isna()]
-    ltr = sel[(sel.kind == "lottery") & (sel.rewind_to == "0it") & (sel.level == 1) & sel.structure.eq("unstructured")]
+    after = sel[of_protocol(sel, "run") & (sel.prune_at == "end") & sel.ablation.isna()]
+    ltr = sel[of_protocol(sel, "lottery") & (sel.rewind_to == "0it") & (sel.level == 1)
+              & sel.structure.eq("unstructured")]
     dense, dense_std, n = dense_stats(df, "lenet_300_100", "10ep")
     if n == 0:
         return ""
@@ -285,7 +287,7 @@ def _ablation_rows(sel: pd.DataFrame, ablated_only: bool) -> list[list[str]]:
 
 def family3(df: pd.DataFrame) -> str:
     """Ablations at initialization and after training (Frankle et al. 2021, §5 Fig. 4, App. F)."""
-    sel = df[(df.kind == "prune") & (df.model == "lenet_300_100") & (df["training.train"] == "10ep")
+    sel = df[of_protocol(df, "run") & (df.model == "lenet_300_100") & (df["training.train"] == "10ep")
              & (df.status == "done") & df.sparsity_target.isin([0.737856, 0.931280523, 0.981985201])]
     if sel.ablation.isna().all():
         return ""
@@ -306,10 +308,10 @@ def family16(df: pd.DataFrame) -> str:
     """Ours: the methods at initialization, Frankle et al. 2021's §5 ablations and magnitude pruning after training
     (their §4 reference) on a small vision transformer."""
     vit = _vit(df)
-    sel = vit[(vit.kind == "prune") & vit.prune_at.isin(["0it", "end"]) & vit.distribution.isna() & vit.like.isna()]
+    sel = vit[of_protocol(vit, "run") & vit.prune_at.isin(["0it", "end"]) & vit.distribution.isna() & vit.like.isna()]
     if sel.empty:
         return ""
-    dense = vit[vit.kind == "dense"].test_accuracy
+    dense = vit[of_protocol(vit, "train")].test_accuracy
     return ("## Family 16 (ours): methods at initialization and their ablations on a vision transformer\n\n"
             f"vit_tiny on Fashion-MNIST, {VIT_TRAIN.removesuffix('ep')} epochs of AdamW (warm-up 1 epoch, LR drops "
             f"at 70% and 90% of training). Dense: {pct(dense.mean(), dense.std())} "
@@ -359,7 +361,7 @@ def family16_layers(df: pd.DataFrame, root: str) -> str:
     from prunelab import Mask
 
     vit = _vit(df)
-    sel = vit[(vit.kind == "prune") & (vit.prune_at == "0it") & vit.ablation.isna() & vit.distribution.isna()
+    sel = vit[of_protocol(vit, "run") & (vit.prune_at == "0it") & vit.ablation.isna() & vit.distribution.isna()
               & vit.like.isna()]
     if sel.empty:
         return ""
@@ -409,9 +411,9 @@ def family4(df: pd.DataFrame) -> str:
     at one sparsity."""
     target = 0.931280523
     sel = df[(df.model == "lenet_300_100") & (df["training.train"] == "10ep") & (df.status == "done")]
-    later = sel[(sel.kind == "prune") & sel.ablation.isna() & (sel.sparsity_target == target)
+    later = sel[of_protocol(sel, "run") & sel.ablation.isna() & (sel.sparsity_target == target)
                 & ~sel.prune_at.isin(["end"]) & sel.distribution.isna() & sel.like.isna()]
-    ltr = sel[(sel.kind == "lottery") & (sel.level == 1) & (sel.rate == target)
+    ltr = sel[of_protocol(sel, "lottery") & (sel.level == 1) & (sel.rate == target)
               & ~sel.rewind_to.isin(["finetune", "sign", "sigma_sign"])]
     if later.prune_at.nunique() < 2 and ltr.rewind_to.nunique() < 2:
         return ""
@@ -821,7 +823,7 @@ def family6(df: pd.DataFrame, root: str) -> str:
     App. J Fig. 15, App. M), seed 0."""
     from prunelab import Mask, analysis, models
 
-    sel = df[(df.kind == "prune") & (df.model == "lenet_300_100") & (df["training.train"] == "10ep")
+    sel = df[of_protocol(df, "run") & (df.model == "lenet_300_100") & (df["training.train"] == "10ep")
              & (df.prune_at == "0it") & df.ablation.isna() & (df.status == "done") & (df.seed == 0)]
     if sel.empty:
         return ""
@@ -847,7 +849,7 @@ def family6_effective(df: pd.DataFrame, root: str, results: Path) -> str:
     ``repro/effective_sparsity_shuffled.py``."""
     from prunelab import Mask, analysis, models
 
-    sel = df[(df.kind == "prune") & (df.model == "lenet_300_100") & (df["training.train"] == "10ep")
+    sel = df[of_protocol(df, "run") & (df.model == "lenet_300_100") & (df["training.train"] == "10ep")
              & (df.prune_at == "0it") & (df.status == "done") & df.distribution.isna() & df.like.isna()]
     shuffled = sel[sel.ablation == "shuffle"]
     out = []
@@ -891,24 +893,24 @@ def family6_effective(df: pd.DataFrame, root: str, results: Path) -> str:
 
 
 _FAMILY14 = [  # (label, selection) over the runs of one network, 10 epochs
-    ("dense", lambda d: d.kind == "dense"),
-    ("magnitude after training", lambda d: (d.kind == "prune") & (d.method == "magnitude") & (d.prune_at == "end")
+    ("dense", lambda d: of_protocol(d, "train")),
+    ("magnitude after training", lambda d: of_protocol(d, "run") & (d.method == "magnitude") & (d.prune_at == "end")
      & d.ablation.isna()),
-    ("LTR (rewind to 0)", lambda d: (d.kind == "lottery") & (d.level == 1) & (d.rewind_to == "0it")
+    ("LTR (rewind to 0)", lambda d: of_protocol(d, "lottery") & (d.level == 1) & (d.rewind_to == "0it")
      & (d.structure == "unstructured")),
     ("SNIP at init", lambda d: _at_init(d, "snip")),
     ("SynFlow at init", lambda d: _at_init(d, "synflow")),
     ("random, uniform", lambda d: _at_init(d, "random")),
     ("random, ERK", lambda d: _at_init(d, "random", distribution="erk")),
     ("random, SynFlow's layer densities", lambda d: _at_init(d, "random", like="synflow")),
-    ("gradual magnitude", lambda d: d.kind == "gradual"),
-    ("SET", lambda d: d.kind == "set"),
-    ("RigL", lambda d: d.kind == "rigl"),
+    ("gradual magnitude", lambda d: of_protocol(d, "gradual")),
+    ("SET", lambda d: of_protocol(d, "set")),
+    ("RigL", lambda d: of_protocol(d, "rigl")),
 ]
 
 
 def _at_init(d: pd.DataFrame, method: str, distribution=None, like=None) -> pd.Series:
-    sel = (d.kind == "prune") & (d.method == method) & (d.prune_at == "0it") & d.ablation.isna()
+    sel = of_protocol(d, "run") & (d.method == method) & (d.prune_at == "0it") & d.ablation.isna()
     for col, value in (("distribution", distribution), ("like", like)):
         sel &= d[col].isna() if value is None else d[col] == value
     return sel
@@ -924,11 +926,11 @@ def _backfilled_cost(root: str, r: pd.Series) -> tuple[float, float, float]:
     count = prunelab.flops(models.create(r.model, num_classes=10, input_shape=(1, 28, 28)), (1, 28, 28))
     batch, total = int(r["training.batch_size"]) if "training.batch_size" in r and not pd.isna(
         r["training.batch_size"]) else 128, int(r.steps)
-    if r.kind == "dense":
+    if of_protocol(r, "train"):
         c = account(count, batch, [Segment(total)])
     else:
         mask = Mask.load(Path(root) / r.id / runfiles.MASK)
-        if r.kind == "lottery":
+        if of_protocol(r, "lottery"):
             start = int(r.rewind_step)
             c = account(count, batch, [masked(total - start, mask)], [Segment(total)])
         else:
@@ -975,7 +977,7 @@ def costs(root: str, specs: Path) -> str:
     dense networks it shares with other specs once per spec."""
     from prunelab.experiments.runner import Runner
     from prunelab.experiments.store import RunStore
-    from prunelab.experiments.sweep import job_id, load_spec
+    from prunelab.experiments.sweep import load_spec
 
     runner = Runner(RunStore(root))
     rows = [["spec", "runs finished", "runs planned", "sum of run wall times (h)"]]
@@ -983,11 +985,7 @@ def costs(root: str, specs: Path) -> str:
         ids = set()
         for job in load_spec(path).jobs:
             ids.add(runner.dense_id(job.rep))
-            if job.kind == "lottery":
-                ids.update(job_id(runner, dataclasses.replace(job, hp=dataclasses.replace(job.hp, levels=level)))
-                           for level in range(1, job.hp.levels + 1))
-            else:
-                ids.add(job_id(runner, job))
+            ids.update(job.protocol.run_ids(runner, job.rep, job.hp))  # every level of a lottery series
         done = [r for r in map(runner.store.result, ids) if r is not None]
         rows.append([path.stem, len(done), len(ids), f"{sum(r.get('wall_time', 0) for r in done) / 3600:.2f}"])
     return ("## Compute\n\nThe sweeps ran two workers of one thread each on the 2-core machine, so a family's "

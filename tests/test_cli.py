@@ -103,7 +103,7 @@ def test_run_user_errors(mnist_root, tmp_path, capsys):
     common = ["--model", "lenet_300_100", "--dataset", "mnist", "--data-root", mnist_root, "--root", tmp_path / "r",
               "--batch-size", "10"]
     for extra, message in [
-        (["--sparsity", "1.2"], "sparsity must be in [0, 1)"),
+        (["--sparsity", "1.2"], "sparsity must be a number in [0, 1)"),
         (["--method", "snipp"], "did you mean 'snip'"),
         (["--iterations", "0"], "iterations must be >= 1"),
         (["--prune-at", "500ep"], "beyond the training length"),

@@ -128,3 +128,15 @@ def test_toml_config_sections_keys_and_types(tmp_path):
             load_toml(bad)
     with pytest.raises(FileNotFoundError):
         load_toml(tmp_path / "missing.toml")
+
+
+def test_check_section_returns_the_table_it_checked():
+    """check_section once reassigned ``values`` inside its loop over ``values`` and returned the last key's axis
+    (``[0.5, 0.9]`` here) instead of the table."""
+    from prunelab.experiments.hparams import check_section
+
+    table = {"method": "snip", "sparsity": [0.5, 0.9]}
+    assert check_section("spec.toml", "pruning", table, grid=True) == {"method": "snip", "sparsity": [0.5, 0.9]}
+    assert check_section("c.toml", "lottery", {"levels": 3, "rate": 0.5}) == {"levels": 3, "rate": 0.5}
+    with pytest.raises(ValueError, match=r"config c.toml: unknown section 'prunning'; did you mean 'pruning'\?"):
+        check_section("c.toml", "prunning", {})

@@ -2,6 +2,12 @@
 
 A run's identity is a hash of its *non-default* fields only (OpenLTH's rule), so adding a field
 with a default to any dataclass never changes the hash of an existing run.
+
+This module holds what every protocol shares: identity and hash, flags, TOML reading, and the sections
+of the replicate ([model], [dataset], [training]). Each protocol's own dataclass lives beside the
+protocol (:mod:`prunelab.experiments.protocols`), and the config sections are read from the registry
+(:func:`sections`), so a new protocol touches no line here. The protocols' dataclasses stay importable
+from here by name (``from prunelab.experiments.hparams import PruneHparams``), imported on first use.
 """
 
 from __future__ import annotations
@@ -135,30 +141,17 @@ def dataclass_from_flags(cls: type, args: argparse.Namespace, base: Any = None, 
     return dataclasses.replace(base, **changes)
 
 
-# ---- the hyperparameters of an experiment -------------------------------------------------------
-
-ABLATIONS = ["shuffle", "reinit", "invert", "fixed_variance", "sign", "sigma_sign"]
-LOTTERY_ABLATIONS = ["shuffle", "reinit"]  # Frankle et al. 2021, App. F
-REWIND_CHOICES = ["finetune", "sign", "sigma_sign"]  # besides a duration such as "0it" or "1000it"
-SCHEDULES = ["exponential", "linear"]
-SCOPES = ["global", "layer"]
-# Upper bounds that catch a mistyped number before it starts days of work: 100x the pruning iterations of
-# the papers (SynFlow and iterative SNIP use 100; Tanaka et al. 2020, §6), and levels past which
-# (1 - rate)^levels leaves no weight of any network at the smallest rate anyone uses.
-MAX_PRUNE_ITERATIONS = 10_000
-MAX_LEVELS = 100
-STRUCTURES = ["unstructured", "l1", "l2", "linf", "lneginf", "random", "random_unstructured", "hybrid", "fc_only"]
-
-
 # ---- where name-valued fields take their choices from (read when help is shown) ------------------
+# Shared by the replicate's sections below and by the protocols' own dataclasses
+# (prunelab.experiments.protocols), which import them from here.
 
-def _model_names() -> list[str]:
+def model_names() -> list[str]:
     from prunelab import models
 
     return models.names()
 
 
-def _initializers() -> list[str]:
+def initializer_names() -> list[str]:
     from prunelab.models.initializers import INITIALIZERS
 
     return INITIALIZERS.names()
@@ -176,56 +169,36 @@ def _bn_inits() -> list[str]:
     return BN_INITS
 
 
-def _dataset_names() -> list[str]:
+def dataset_names() -> list[str]:
     from prunelab import data
 
     return data.names()
 
 
-def _methods() -> list[str]:
+def method_names() -> list[str]:
     from prunelab.scores import methods
 
     return list(methods())
 
 
-def _distributions() -> list[str]:
+def distribution_names() -> list[str]:
     from prunelab.densities import DISTRIBUTIONS
 
     return list(DISTRIBUTIONS)
 
 
-def _by_method(attribute: str, usual: Any) -> str:
-    """"100 for iterative_snip, synflow; 1 otherwise": a criterion default that some criteria change."""
-    from prunelab.scores import methods
-
-    others: dict[Any, list[str]] = {}
-    for name, method in methods().items():
-        value = getattr(method, attribute)
-        if value != usual:
-            others.setdefault(value, []).append(name)
-    return "".join(f"{v} for {', '.join(names)}; " for v, names in others.items()) + f"{usual} otherwise"
-
-
-def _default_iterations() -> str:
-    return "the criterion's own: " + _by_method("default_iterations", 1)
-
-
-def _default_scope() -> str:
-    return "layer with --distribution or --like, else the criterion's own: " + _by_method("default_scope", "global")
-
-
 @dataclasses.dataclass(frozen=True)
 class ModelHparams:
     model: str = option("lenet_300_100", help="network (also wide ResNets: wrn_<depth>_<k>)",
-                        choices=_model_names)
-    init: str = option("kaiming_normal", help="weight initializer", choices=_initializers)
+                        choices=model_names)
+    init: str = option("kaiming_normal", help="weight initializer", choices=initializer_names)
     init_mode: str = option("fan_in", help="fan the initializer's variance is scaled by", choices=_fan_modes)
     bn_init: str = option("uniform", help="BatchNorm scale init: U[0, 1) or ones", choices=_bn_inits)
 
 
 @dataclasses.dataclass(frozen=True)
 class DataHparams:
-    dataset: str = option("fashion_mnist", help="dataset (prunelab list datasets)", choices=_dataset_names)
+    dataset: str = option("fashion_mnist", help="dataset (prunelab list datasets)", choices=dataset_names)
     augment: bool = option(True, help="the dataset's training augmentation (CIFAR: flip + 4 px shift; Tiny "
                            "ImageNet, ImageNet: random resized crop + flip; none for the MNIST family)")
     # Fitting random labels (Zhang et al. 2017, §2; Lee et al. 2019, §5.6): only the training labels; the
@@ -246,184 +219,7 @@ class DataHparams:
             raise ValueError(f"train_examples must be a positive whole number of training examples, got {n!r}")
 
 
-@dataclasses.dataclass(frozen=True)
-class PruneHparams:
-    """One-shot or iterative pruning at step ``prune_at`` ("0it" = initialization, "end" = after training)."""
-
-    method: str = option("magnitude", help="pruning criterion (prunelab list methods)", choices=_methods)
-    sparsity: float = option(0.9, help="fraction of the covered weights pruned, in [0, 1)")
-    prune_at: str = option("0it", help="step whose dense weights are pruned: 0it = initialization, a duration such "
-                           "as 1000it, or end = after training")
-    iterations: int | None = option(None, help="rounds of scoring and pruning to the target (Tanaka et al. 2020, "
-                                    "Alg. 1)", unset=_default_iterations)
-    schedule: str = option("exponential", help="density schedule over the rounds", choices=lambda: SCHEDULES)
-    scope: str | None = option(None, help="rank all layers together (global) or each layer on its own",
-                               choices=lambda: SCOPES, unset=_default_scope)
-    ablation: str | None = option(None, help="ablation applied to the mask or weights (Frankle et al. 2021, §5)",
-                                  choices=lambda: ABLATIONS, unset="none")
-    reinit_init: str | None = option(None, help="initializer the reinit ablation draws the pruned network's weights "
-                                     "from; Lee et al. 2019, §5.5 train every pruned network from Glorot (VS-X) "
-                                     "weights: xavier_normal", choices=_initializers,
-                                     unset="the model's own (model.init)")
-    # SNIP/GraSP batch: 10 examples per class, not augmented (Frankle et al. 2021, App. B.2)
-    batch_per_class: int = option(10, help="examples per class in the batch of data-driven criteria (Frankle et al. "
-                                  "2021, App. B.2)")
-    # What the mask covers (prunelab.coverage): biases, embedding tables, and parameters by exact name.
-    include_bias: bool = option(False, help="prune biases too")
-    include_embeddings: bool = option(False, help="prune embedding tables too")
-    include: tuple[str, ...] = option((), help="parameter names the mask covers besides the default ones")
-    exclude: tuple[str, ...] = option((), help="parameter names the mask leaves out")
-    # Per-layer densities instead of one ranking: uniform | er | erk (Evci et al. 2020, §3), or those of
-    # another mask (Frankle et al. 2021, §5's random baseline): like = a criterion (its run on the same
-    # replicate, sparsity and step), a run id, or a mask file.
-    distribution: str | None = option(None, help="per-layer densities instead of one global ranking (Evci et al. "
-                                      "2020, §3)", choices=_distributions, unset="none")
-    like: str | None = option(None, help="per-layer densities of another mask: a criterion (its run on this "
-                              "replicate), a run id or a mask file (Frankle et al. 2021, §5)", unset="none")
-    # An execution setting like the device, outside the run's identity: the score is the same sum
-    # (prunelab.scores.batching), except that train-mode BatchNorm normalizes each micro-batch alone, which
-    # prune() reports with a MicroBatchWarning.
-    score_batch_size: int | None = option(None, help="SNIP/GraSP score at most this many examples per forward "
-                                          "pass, to fit GPU memory (the same score; not part of the run id)",
-                                          unset="the whole scoring batch at once", identity=False)
-
-    def __post_init__(self) -> None:
-        from prunelab.registry import check_name
-        from prunelab.scores import get_method
-        from prunelab.scores.batching import check_score_batch_size
-
-        get_method(self.method)  # unknown criterion: the registry's message, with the closest name
-        _canonical(self, floats=("sparsity",), durations=("prune_at",) if self.prune_at != "end" else ())
-        for name in ("include", "exclude"):  # a set of names: the same set, the same run
-            object.__setattr__(self, name, tuple(sorted(set(getattr(self, name)))))
-        check_name("schedule", self.schedule, SCHEDULES)
-        if self.scope is not None:
-            check_name("scope", self.scope, SCOPES)
-        if not 0 <= self.sparsity < 1:
-            raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
-        if self.iterations is not None and self.iterations < 1:
-            raise ValueError(f"iterations must be >= 1, got {self.iterations}")
-        if self.iterations is not None and self.iterations > MAX_PRUNE_ITERATIONS:
-            raise ValueError(f"iterations must be <= {MAX_PRUNE_ITERATIONS:,} (the papers use 100), "
-                             f"got {self.iterations}")
-        if self.batch_per_class < 1:
-            raise ValueError(f"batch_per_class must be >= 1, got {self.batch_per_class}")
-        if self.ablation is not None:
-            check_name("ablation", self.ablation, ABLATIONS)
-        if self.reinit_init is not None:
-            check_name("reinit_init", self.reinit_init, _initializers())
-            if self.ablation != "reinit":
-                got = "none" if self.ablation is None else repr(self.ablation)
-                raise ValueError(f"reinit_init {self.reinit_init!r} is the initializer of the reinit ablation, so it "
-                                 f"needs ablation 'reinit' (got {got})")
-        if self.prune_at != "end":
-            _check_duration(self.prune_at, "prune_at")
-        if self.distribution is not None:
-            from prunelab.densities import DISTRIBUTIONS
-
-            check_name("distribution", self.distribution, list(DISTRIBUTIONS))
-        if self.distribution is not None and self.like is not None:
-            raise ValueError("give distribution or like, not both: like takes the layer densities of another mask")
-        check_score_batch_size(self.score_batch_size)
-
-
-    def coverage_options(self) -> dict[str, Any]:
-        """The options of :func:`prunelab.coverage` this run sets (none by default)."""
-        names = ("include_bias", "include_embeddings", "include", "exclude")
-        return {n: getattr(self, n) for n in names if getattr(self, n)}
-
-
-@dataclasses.dataclass(frozen=True)
-class LotteryHparams:
-    """Lottery-ticket rewinding (one level) and iterative magnitude pruning (several),
-    Frankle et al. 2021, §3 and Paganini & Forde 2020, §3."""
-
-    levels: int = option(1, help="pruning levels: 1 = one-shot, more = iterative magnitude pruning")
-    rate: float = option(0.2, help="fraction of the remaining weights pruned per level")
-    rewind_to: str = option("0it", help="step the kept weights are rewound to before retraining (a duration), or "
-                            "finetune = keep the trained weights, sign / sigma_sign = reinitialize with the trained "
-                            "signs", choices=lambda: REWIND_CHOICES)
-    structure: str = option("unstructured", help="what is pruned: weights, or channels by a norm (Paganini & Forde "
-                            "2020, §3.1)", choices=lambda: STRUCTURES)
-    scope: str = option("global", help="rank all layers together (global) or each layer on its own",
-                        choices=lambda: SCOPES)
-    ablation: str | None = option(None, help="ablation of the ticket (Frankle et al. 2021, App. F)",
-                                  choices=lambda: LOTTERY_ABLATIONS, unset="none")
-
-    def __post_init__(self) -> None:
-        from prunelab.registry import check_name
-
-        _canonical(self, floats=("rate",),
-                   durations=("rewind_to",) if self.rewind_to not in REWIND_CHOICES else ())
-        if not 1 <= self.levels <= MAX_LEVELS:
-            raise ValueError(f"levels must be in [1, {MAX_LEVELS}], got {self.levels}")
-        if not 0 < self.rate < 1:
-            raise ValueError(f"rate must be in (0, 1), got {self.rate}")
-        if self.rewind_to not in REWIND_CHOICES:
-            _check_duration(self.rewind_to, "rewind_to", extra=REWIND_CHOICES)
-        check_name("structure", self.structure, STRUCTURES)
-        check_name("scope", self.scope, SCOPES)
-        if self.ablation is not None:
-            check_name("lottery ablation", self.ablation, LOTTERY_ABLATIONS)
-
-
-@dataclasses.dataclass(frozen=True)
-class GradualHparams:
-    """Gradual magnitude pruning during training (Zhu & Gupta 2018, §3): the cubic schedule from
-    ``initial_sparsity`` at ``start`` to ``sparsity`` at ``end``, pruning every ``every`` steps."""
-
-    sparsity: float = option(0.9, help="final sparsity, in [0, 1)")
-    initial_sparsity: float = option(0.0, help="sparsity at the first pruning step")
-    start: str = option("0it", help="step of the first pruning, a duration")
-    end: str | None = option(None, help="step of the last pruning, a duration",
-                             unset="75% of training, rounded down to a multiple of every after start")
-    every: str = option("100it", help="interval between pruning steps, a duration")
-    scope: str = option("global", help="rank all layers together (global) or each layer on its own",
-                        choices=lambda: SCOPES)
-
-    def __post_init__(self) -> None:
-        from prunelab.registry import check_name
-
-        _canonical(self, floats=("sparsity", "initial_sparsity"),
-                   durations=("start", "every") + (("end",) if self.end is not None else ()))
-        if not 0 <= self.sparsity < 1 or not 0 <= self.initial_sparsity <= self.sparsity:
-            raise ValueError(f"need 0 <= initial_sparsity <= sparsity < 1, got {self.initial_sparsity} and "
-                             f"{self.sparsity}")
-        for name in ("start", "every") + (("end",) if self.end is not None else ()):
-            _check_duration(getattr(self, name), name)
-        check_name("scope", self.scope, SCOPES)
-
-
-@dataclasses.dataclass(frozen=True)
-class DynamicHparams:
-    """Dynamic sparse training, SET (Mocanu et al. 2018) and RigL (Evci et al. 2020, §3): every ``every``
-    steps until ``end`` each layer drops ``drop_fraction`` of its weights (RigL: annealed to 0 by a
-    cosine) and grows as many, starting from a random mask at the ``distribution`` layer densities."""
-
-    sparsity: float = option(0.9, help="sparsity kept throughout training, in [0, 1)")
-    drop_fraction: float = option(0.3, help="fraction of each layer's weights dropped and regrown per update")
-    every: str = option("100it", help="interval between mask updates, a duration")
-    end: str | None = option(None, help="step of the last mask update, a duration",
-                             unset="75% of training (Evci et al. 2020, §3: T_end)")
-    distribution: str = option("erk", help="layer densities of the initial random mask (Evci et al. 2020, §3)",
-                               choices=_distributions)
-
-    def __post_init__(self) -> None:
-        from prunelab.densities import DISTRIBUTIONS
-        from prunelab.registry import check_name
-
-        _canonical(self, floats=("sparsity", "drop_fraction"),
-                   durations=("every",) + (("end",) if self.end is not None else ()))
-        if not 0 <= self.sparsity < 1:
-            raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
-        if not 0 < self.drop_fraction < 1:
-            raise ValueError(f"drop_fraction must be in (0, 1), got {self.drop_fraction}")
-        for name in ("every",) + (("end",) if self.end is not None else ()):
-            _check_duration(getattr(self, name), name)
-        check_name("distribution", self.distribution, list(DISTRIBUTIONS))
-
-
-def _canonical(obj: Any, floats: tuple[str, ...] = (), durations: tuple[str, ...] = ()) -> None:
+def canonicalize(obj: Any, floats: tuple[str, ...] = (), durations: tuple[str, ...] = ()) -> None:
     """Normalize fields in place so that equal settings hash equally ("1" vs "1.0", "0ep" vs "0it")."""
     from prunelab.training.durations import Step
 
@@ -438,7 +234,9 @@ def _canonical(obj: Any, floats: tuple[str, ...] = (), durations: tuple[str, ...
             pass  # reported with the field's own message below
 
 
-def _check_duration(text: str, what: str, extra: list[str] = ()) -> None:
+def check_duration(text: str, what: str, extra: list[str] = ()) -> None:
+    """A one-line error unless ``text`` is a duration ("0it", "1000it", "2ep"); ``extra`` lists the other
+    words the field accepts, for the message."""
     from prunelab.training.durations import Step
 
     try:
@@ -448,8 +246,42 @@ def _check_duration(text: str, what: str, extra: list[str] = ()) -> None:
         raise ValueError(f"{what} {text!r} is not a duration like '0it', '1000it' or '2ep'{others}") from None
 
 
-SECTIONS = {"model": ModelHparams, "dataset": DataHparams, "training": None, "pruning": PruneHparams,
-            "lottery": LotteryHparams, "gradual": GradualHparams, "dynamic": DynamicHparams}
+# ---- config sections: the replicate's, then one per registered protocol ---------------------------
+
+REPLICATE_SECTIONS = ("model", "dataset", "training")  # "training": TrainSettings, resolved by the recipe
+
+
+def sections() -> dict[str, type | None]:
+    """TOML section -> its dataclass: the replicate's ([model], [dataset], [training]: None, the training
+    settings) and the section of every registered protocol that has one, in registration order."""
+    from prunelab.experiments.protocols import PROTOCOLS
+
+    out: dict[str, type | None] = {"model": ModelHparams, "dataset": DataHparams, "training": None}
+    for name in PROTOCOLS:
+        protocol = PROTOCOLS.get(name)
+        if protocol.section is not None:
+            out.setdefault(protocol.section, protocol.hparams)
+    return out
+
+
+# Names that moved beside their protocol, importable from here as before (imported on first use: the
+# protocols import this module, so importing them at the top would be a cycle).
+_MOVED = {
+    "PruneHparams": "prune_at", "ABLATIONS": "prune_at", "MAX_PRUNE_ITERATIONS": "prune_at",
+    "LotteryHparams": "lottery", "LOTTERY_ABLATIONS": "lottery", "REWIND_CHOICES": "lottery",
+    "STRUCTURES": "lottery", "MAX_LEVELS": "lottery",
+    "GradualHparams": "sparse", "DynamicHparams": "sparse",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SECTIONS":  # the sections as the registry holds them now
+        return sections()
+    if name in _MOVED:
+        import importlib
+
+        return getattr(importlib.import_module(f"prunelab.experiments.protocols.{_MOVED[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def config_toml(sections: dict[str, Any], seed: int | None = None, header: Iterable[str] = ()) -> str:
@@ -504,26 +336,30 @@ def section_fields(section: str) -> dict[str, Any]:
     """Field name -> type of a config section."""
     from prunelab.training.settings import TrainSettings
 
-    return typing.get_type_hints(SECTIONS[section] or TrainSettings)
+    return typing.get_type_hints(sections()[section] or TrainSettings)
 
 
 def check_section(path, section: str, values: Any, grid: bool = False) -> dict[str, Any]:
-    """Validate one table: known keys, right types. With ``grid``, a list (of values) is an axis to sweep."""
-    from prunelab.registry import unknown_name_message
+    """Validate one table: known keys, right types; the table itself when it is valid. With ``grid``, a list
+    (of values) is an axis to sweep."""
+    from prunelab.validate import check_name, unknown_name_message
 
-    if section not in SECTIONS:
-        raise ValueError(f"config {path}: " + unknown_name_message("section", section, list(SECTIONS)))
+    known = sections()
+    try:
+        check_name("section", section, known)
+    except ValueError as e:
+        raise ValueError(f"config {path}: {e}") from None
     if not isinstance(values, dict):
         raise ValueError(f"config {path}: [{section}] must be a table")
     hints = section_fields(section)
     for key, value in values.items():
         if key not in hints:
             raise ValueError(f"config {path}: " + unknown_name_message(f"key in [{section}]", key, list(hints)))
-        values = grid_values(value, hints[key]) if grid else [value]
-        if not values:
+        axis = grid_values(value, hints[key]) if grid else [value]
+        if not axis:
             raise ValueError(f"config {path}: [{section}] {key} is an empty list; an axis of the grid needs at least "
                              "one value")
-        for v in values:
+        for v in axis:
             _check_type(path, section, key, v, hints[key])
     return values
 
@@ -537,7 +373,8 @@ def grid_values(value: Any, tp: Any) -> list[Any]:
 
 
 def load_toml(path) -> dict[str, Any]:
-    """Read a config: tables [model], [dataset], [training], [pruning], [lottery] and a top-level ``seed``.
+    """Read a config: tables [model], [dataset], [training], one per protocol ([pruning], [lottery], ...: see
+    :func:`sections`) and a top-level ``seed``.
 
     Unknown tables or keys and values of the wrong type raise ValueError naming them.
     """
@@ -548,10 +385,11 @@ def load_toml(path) -> dict[str, Any]:
 
             out["seed"] = check_seed(values, f"config {path}: seed")
             continue
-        if section not in SECTIONS:
-            from prunelab.registry import unknown_name_message
+        known = sections()
+        if section not in known:
+            from prunelab.validate import unknown_name_message
 
-            raise ValueError(f"config {path}: " + unknown_name_message("section", section, [*SECTIONS, "seed"]))
+            raise ValueError(f"config {path}: " + unknown_name_message("section", section, [*known, "seed"]))
         check_section(path, section, values)
         out[section] = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     return out

@@ -25,19 +25,23 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from prunelab.experiments import runfiles
+from prunelab.experiments.protocols.lottery import REWIND_CHOICES, ticket_labels
+from prunelab.experiments.protocols.lottery import VARIANT_COLUMNS as LOTTERY_VARIANT
+from prunelab.experiments.protocols.prune_at import method_labels
 from prunelab.reports import plots
 from prunelab.reports.tables import (
     RESULT_ONLY,
     aggregate,
     is_missing,
+    is_reference,
     layers_table,
+    of_protocol,
+    protocol_labels,
     read_metrics,
+    runs_of,
     runs_table,
 )
 
-_REWIND_ONLY = ("finetune", "sign", "sigma_sign")  # lottery ``rewind_to`` values that are not a step
-_VARIANT_COLUMNS = ["iterations", "schedule", "scope", "batch_per_class"]
-_LOTTERY_VARIANT = ["structure", "rewind_to", "rate", "scope", "ablation"]
 _MAX_IMAGE_ROWS = 6
 
 
@@ -69,15 +73,20 @@ class Context:
         first = self.runs.iloc[0]
         return f"{first['model']} on {first['dataset']}"
 
-    def of_kind(self, kind: str) -> pd.DataFrame:
-        return self.runs[self.runs["kind"] == kind]
+    def of_protocol(self, name: str) -> pd.DataFrame:
+        """The runs of the protocol registered as ``name`` ("run", "lottery", ...)."""
+        return runs_of(self.runs, name)
+
+    def reference(self) -> pd.DataFrame:
+        """The dense baseline's runs (:func:`prunelab.reports.tables.is_reference`)."""
+        return self.runs[is_reference(self.runs)]
 
     def folder(self, run_id: str) -> Path:
         return self.root / run_id
 
     def dense(self) -> tuple[float, float | None] | None:
         """(mean, std) over seeds of the dense accuracy: the dense runs, else the accuracy runs record."""
-        dense = self.of_kind("dense")
+        dense = self.reference()
         values = dense["test_accuracy"] if not dense.empty else (
             self.runs.drop_duplicates("seed")["dense_accuracy"])
         values = values.dropna().to_numpy(float)
@@ -181,30 +190,6 @@ def common_hparams(rows: pd.DataFrame) -> dict[str, Any]:
     return out
 
 
-def variant_labels(rows: pd.DataFrame, base: str, extra: Iterable[str]) -> pd.Series:
-    """``base`` (e.g. the method), plus the ``extra`` hyperparameters that take several values among
-    the rows of that base ("synflow iterations=10" vs "synflow iterations=100"). ``batch_per_class``
-    only tells variants apart for criteria that use data (SNIP, GraSP)."""
-    extra = [c for c in extra if c in rows.columns]
-    labels = rows[base].astype(str).copy()
-    for value, part in rows.groupby(base, sort=False):
-        relevant = [c for c in extra if c != "batch_per_class" or _needs_data(value)]
-        varying = [c for c in relevant if part[c].astype(str).nunique() > 1]
-        for idx, row in part.iterrows():
-            bits = [f"{c}={row[c]}" for c in varying if not is_missing(row[c])]
-            labels[idx] = " ".join([str(value), *bits])
-    return labels
-
-
-def _needs_data(method) -> bool:
-    import prunelab
-
-    try:
-        return bool(prunelab.get_method(str(method)).needs_data)
-    except ValueError:
-        return True
-
-
 def _curve(rows: pd.DataFrame, x: str = "sparsity", by: str = "sparsity_target") -> plots.Curve:
     """Test accuracy in percent (mean and std over seeds) against ``x``, one point per value of ``by``."""
     agg = aggregate(rows, by=[by], metrics=["test_accuracy", x] if x != by else ["test_accuracy"])
@@ -281,7 +266,7 @@ def _pick_sparsity(ctx: Context, init: pd.DataFrame) -> tuple[float, str]:
     criteria share."""
     targets = sorted(init["sparsity_target"].dropna().unique())
     dense = ctx.dense()
-    after = _no_ablation(ctx.of_kind("prune"))
+    after = _no_ablation(ctx.of_protocol("run"))
     after = after[(after["prune_at"] == "end") & (after["method"] == "magnitude")]
     if dense is not None and not after.empty:
         tolerance = dense[1] or 0.0
@@ -303,7 +288,7 @@ def _second_conv(mask) -> str | None:
 # ---- the figures -------------------------------------------------------------------------------
 
 def _accuracy_vs_sparsity(ctx: Context) -> Iterable[ReportFigure]:
-    prune = _no_ablation(ctx.of_kind("prune"))
+    prune = _no_ablation(ctx.of_protocol("run"))
     init = prune[prune["prune_at"] == "0it"]
     if init.empty:
         return
@@ -312,12 +297,12 @@ def _accuracy_vs_sparsity(ctx: Context) -> Iterable[ReportFigure]:
     if not after.empty:
         curves["magnitude after training"] = _curve(after)
         used.append(after)
-    init = init.assign(label=variant_labels(init, "method", _VARIANT_COLUMNS))
+    init = init.assign(label=method_labels(init))
     for label, part in init.groupby("label", sort=True):
         curves[label] = _curve(part)
         used.append(part)
-    lot = _no_ablation(ctx.of_kind("lottery"))
-    ltr = lot[(lot["structure"] == "unstructured") & ~lot["rewind_to"].isin(_REWIND_ONLY)]
+    lot = _no_ablation(ctx.of_protocol("lottery"))
+    ltr = lot[(lot["structure"] == "unstructured") & ~lot["rewind_to"].isin(REWIND_CHOICES)]
     for (rewind, rate, scope), part in ltr.groupby(["rewind_to", "rate", "scope"], sort=True, dropna=False):
         name = f"LTR rewind {rewind}" + (f" rate {rate:g}" if ltr["rate"].nunique() > 1 else "") + (
             f" {scope}" if ltr["scope"].nunique() > 1 else "")
@@ -338,10 +323,10 @@ def _accuracy_vs_sparsity(ctx: Context) -> Iterable[ReportFigure]:
 
 
 def _lottery_accuracy(ctx: Context) -> Iterable[ReportFigure]:
-    lot = ctx.of_kind("lottery")
+    lot = ctx.of_protocol("lottery")
     if lot.empty:
         return
-    lot = lot.assign(label=_lottery_labels(lot))
+    lot = lot.assign(label=ticket_labels(lot))
     curves = {label: _curve(part) for label, part in lot.groupby("label", sort=True)}
     yield ReportFigure(
         f"lottery-accuracy-{ctx.setting}", f"Iterative pruning: accuracy vs sparsity — {ctx.label}",
@@ -369,12 +354,6 @@ def _lottery_treatments(lot: pd.DataFrame) -> str:
     return _listing(treatments)
 
 
-def _lottery_labels(lot: pd.DataFrame) -> pd.Series:
-    varying = [c for c in _LOTTERY_VARIANT if lot[c].astype(str).nunique() > 1] or ["structure"]
-    return lot.apply(lambda r: " ".join(f"{r[c]}" if c == "structure" else f"{c}={r[c]}" for c in varying
-                                         if not is_missing(r[c])) or "unstructured", axis=1)
-
-
 _ABLATIONS = {"shuffle": "shuffle (the mask permuted within each layer)",
               "reinit": "reinit (the kept weights reinitialized)", "invert": "invert (the lowest scores kept)",
               "fixed_variance": "fixed_variance (a fixed-variance initialization)"}
@@ -384,12 +363,12 @@ _ABLATION_TITLES = {"0it": ("at initialization", "Frankle et al. 2021, Fig. 4"),
 
 
 def _ablations(ctx: Context) -> Iterable[ReportFigure]:
-    prune = ctx.of_kind("prune")
+    prune = ctx.of_protocol("run")
     for prune_at, at in prune.groupby("prune_at", sort=True):
         ablated = at[at["ablation"].notna()]
         if ablated.empty:
             continue
-        at = at.assign(label=variant_labels(at, "method", _VARIANT_COLUMNS))
+        at = at.assign(label=method_labels(at))
         panels, used = {}, []
         for label, part in at.groupby("label", sort=True):
             if part["ablation"].notna().sum() == 0:
@@ -418,13 +397,13 @@ def _ablations(ctx: Context) -> Iterable[ReportFigure]:
 
 
 def _accuracy_vs_step(ctx: Context) -> Iterable[ReportFigure]:
-    prune = _no_ablation(ctx.of_kind("prune"))
-    lot = _no_ablation(ctx.of_kind("lottery"))
-    ltr = lot[(lot["structure"] == "unstructured") & ~lot["rewind_to"].isin(_REWIND_ONLY)]
+    prune = _no_ablation(ctx.of_protocol("run"))
+    lot = _no_ablation(ctx.of_protocol("lottery"))
+    ltr = lot[(lot["structure"] == "unstructured") & ~lot["rewind_to"].isin(REWIND_CHOICES)]
     for target, at in prune.groupby("sparsity_target", sort=True):
         if not (~at["prune_at"].isin(["0it", "end"])).any():
             continue  # only init. and after training: that is accuracy vs sparsity, not vs step
-        at = at.assign(label=variant_labels(at, "method", _VARIANT_COLUMNS))
+        at = at.assign(label=method_labels(at))
         curves = {label: _curve(part, x="prune_step", by="prune_step") for label, part in at.groupby("label")}
         used = [at]
         matched = ltr[(ltr["sparsity_target"] - target).abs() < 1e-3]
@@ -448,14 +427,14 @@ def _accuracy_vs_step(ctx: Context) -> Iterable[ReportFigure]:
 
 def _compared_at(ctx: Context) -> tuple[pd.DataFrame, float, str] | None:
     """The unablated runs pruned at init. (and magnitude after training) at the comparison sparsity."""
-    prune = _no_ablation(ctx.of_kind("prune"))
+    prune = _no_ablation(ctx.of_protocol("run"))
     init = prune[prune["prune_at"] == "0it"]
     if init.empty:
         return None
     target, why = _pick_sparsity(ctx, init)
     chosen = prune[((prune["prune_at"] == "0it") | ((prune["prune_at"] == "end") & (prune["method"] == "magnitude")))
                    & ((prune["sparsity_target"] - target).abs() < 1e-9)]
-    labels = variant_labels(chosen, "method", _VARIANT_COLUMNS)
+    labels = method_labels(chosen)
     labels[chosen["prune_at"] == "end"] = "magnitude after training"
     return chosen.assign(label=labels), target, why
 
@@ -489,11 +468,11 @@ def _neuron_collapse(ctx: Context) -> Iterable[ReportFigure]:
     if found is None:
         return
     chosen, target, why = found
-    prune = ctx.of_kind("prune")
+    prune = ctx.of_protocol("run")
     shuffled = prune[(prune["ablation"] == "shuffle") & (prune["prune_at"] == "0it")
                      & ((prune["sparsity_target"] - target).abs() < 1e-9)]
     if not shuffled.empty:
-        shuffled = shuffled.assign(label=variant_labels(shuffled, "method", _VARIANT_COLUMNS) + " shuffled")
+        shuffled = shuffled.assign(label=method_labels(shuffled) + " shuffled")
         chosen = pd.concat([chosen, shuffled])
     curves = {}
     for label, part in chosen.groupby("label", sort=True):
@@ -518,11 +497,11 @@ def _neuron_collapse(ctx: Context) -> Iterable[ReportFigure]:
 
 
 def _density_vs_compression(ctx: Context) -> Iterable[ReportFigure]:
-    prune = _no_ablation(ctx.of_kind("prune"))
+    prune = _no_ablation(ctx.of_protocol("run"))
     init = prune[prune["prune_at"] == "0it"]
     if init.empty or ctx.layers.empty:
         return
-    init = init.assign(label=variant_labels(init, "method", _VARIANT_COLUMNS))
+    init = init.assign(label=method_labels(init))
     panels, used = {}, []
     for label, part in init.groupby("label", sort=True):
         if part["sparsity_target"].nunique() < 2:
@@ -561,7 +540,7 @@ def _conservation(ctx: Context) -> Iterable[ReportFigure]:
     from prunelab import analysis, models
     from prunelab.analysis import layer_labels
 
-    prune = ctx.of_kind("prune")
+    prune = ctx.of_protocol("run")
     synflow = prune[prune["method"] == "synflow"]
     if synflow.empty:
         return
@@ -605,12 +584,12 @@ def _jaccard(ctx: Context) -> Iterable[ReportFigure]:
     rewinding vs finetuning (Fig. 9)."""
     from prunelab import analysis
 
-    lot = ctx.of_kind("lottery")
+    lot = ctx.of_protocol("lottery")
     if lot.empty:
         return
     for vary, preferred, ref_fig in (("structure", ("unstructured", "l2"), "Figs. 3-4"),
                                      ("rewind_to", ("0it",), "Fig. 9")):
-        fixed = [c for c in _LOTTERY_VARIANT if c != vary]
+        fixed = [c for c in LOTTERY_VARIANT if c != vary]
         for k, (_, group) in enumerate(lot.groupby(fixed, sort=True, dropna=False)):
             values = sorted(group[vary].astype(str).unique())
             if len(values) < 2:
@@ -656,7 +635,7 @@ def _jaccard(ctx: Context) -> Iterable[ReportFigure]:
 
 
 def _first_layer_masks(ctx: Context) -> Iterable[ReportFigure]:
-    prune = _no_ablation(ctx.of_kind("prune"))
+    prune = _no_ablation(ctx.of_protocol("run"))
     init = prune[prune["prune_at"] == "0it"]
     if init.empty:
         return
@@ -669,7 +648,7 @@ def _first_layer_masks(ctx: Context) -> Iterable[ReportFigure]:
     if tensor.dim() != 2 or tensor.shape[1] != math.prod(input_shape):
         return  # the first layer is not fully connected to the image
     seed = init["seed"].min()
-    rows = init[init["seed"] == seed].assign(label=lambda d: variant_labels(d, "method", _VARIANT_COLUMNS))
+    rows = init[init["seed"] == seed].assign(label=lambda d: method_labels(d))
     targets = sorted(rows["sparsity_target"].unique())
     if len(targets) > _MAX_IMAGE_ROWS:
         targets = [targets[i] for i in np.unique(np.linspace(0, len(targets) - 1, _MAX_IMAGE_ROWS).round().astype(int))]
@@ -688,12 +667,12 @@ def _first_layer_masks(ctx: Context) -> Iterable[ReportFigure]:
 
 
 def _conv_masks(ctx: Context) -> Iterable[ReportFigure]:
-    lot = ctx.of_kind("lottery")
+    lot = ctx.of_protocol("lottery")
     if lot.empty:
         return
     seed = lot["seed"].min()
     lot = lot[lot["seed"] == seed]
-    lot = lot.assign(label=_lottery_labels(lot))
+    lot = lot.assign(label=ticket_labels(lot))
     mask = _load_mask(ctx.folder(lot.iloc[0]["id"]))
     layer = _second_conv(mask)
     if layer is None:
@@ -722,13 +701,13 @@ def _conv_masks(ctx: Context) -> Iterable[ReportFigure]:
 
 
 def _weight_trajectories(ctx: Context, n_weights: int = 40) -> Iterable[ReportFigure]:
-    lot = ctx.of_kind("lottery")
-    dense = ctx.of_kind("dense")
+    lot = ctx.of_protocol("lottery")
+    dense = ctx.reference()
     if lot.empty:
         return
     seed = lot["seed"].min()
     lot = lot[lot["seed"] == seed]
-    lot = lot.assign(label=_lottery_labels(lot))
+    lot = lot.assign(label=ticket_labels(lot))
     base = dense[dense["seed"] == seed]
     for label, part in lot.groupby("label", sort=True):
         part = part.sort_values("level")
@@ -784,33 +763,6 @@ def _cost_hparams(rows: pd.DataFrame) -> dict[str, Any]:
     return common_hparams(rows.drop(columns=_COST_COLUMNS, errors="ignore"))
 
 
-def _protocol_labels(rows: pd.DataFrame, methods: bool = True) -> pd.Series:
-    """A label per run telling protocols apart: "dense"; for prune-at-step runs the criterion (when
-    ``methods``) and when it prunes ("magnitude at init", "magnitude after training", "random at 4it");
-    "lottery" plus the lottery settings that vary; other kinds by name plus their varying settings."""
-    from prunelab.experiments.protocols import protocol_of_kind
-
-    labels = pd.Series("", index=rows.index, dtype=object)
-    for kind, part in rows.groupby("kind", sort=False):
-        if kind == "prune":
-            base = variant_labels(part, "method", _VARIANT_COLUMNS) if methods else pd.Series("pruned", part.index)
-            when = part["prune_at"].map(lambda at: "at init" if at == "0it" else (
-                "after training" if at == "end" else f"at {at}"))
-            labels[part.index] = base + " " + when
-        elif kind == "lottery":
-            varying = [c for c in _LOTTERY_VARIANT if part[c].astype(str).nunique() > 1]
-            labels[part.index] = ("lottery " + _lottery_labels(part)) if varying else "lottery"
-        elif kind == "dense":
-            labels[part.index] = "dense"
-        else:
-            try:
-                extra = [c for c in protocol_of_kind(str(kind)).columns.values() if c != "sparsity_target"]
-            except ValueError:
-                extra = []
-            labels[part.index] = variant_labels(part, "kind", extra)
-    return labels
-
-
 def _targets(rows: pd.DataFrame) -> list[float]:
     return sorted({round(float(t), 6) for t in rows["sparsity_target"].dropna()})
 
@@ -846,10 +798,11 @@ def curve_end(curve: list, row: pd.Series) -> int:
 def _training_cost_over_time(ctx: Context) -> Iterable[ReportFigure]:
     runs = _no_ablation(ctx.runs)
     runs = runs[runs["steps"].notna()]
-    sparse = runs[runs["kind"] != "dense"]
+    sparse = runs[~is_reference(runs)]
     if sparse.empty or "density_auc" not in runs.columns or sparse["density_auc"].isna().all():
         return
-    runs = runs[runs["density_auc"].notna()].assign(label=lambda d: _protocol_labels(d, methods=False))
+    runs = runs[runs["density_auc"].notna()].assign(label=lambda d: protocol_labels(d, methods=False))
+    reference = set(runs.loc[is_reference(runs), "id"])  # the dense runs: in every panel
     first = runs.sort_values(["seed", "method", "id"], na_position="last", kind="stable")
     lines_of: dict[float | None, dict[str, tuple]] = {}
     used = []
@@ -861,7 +814,7 @@ def _training_cost_over_time(ctx: Context) -> Iterable[ReportFigure]:
             continue
         row = row.copy()
         row["protocol_steps"] = result["protocol_steps"]
-        key = None if row["kind"] == "dense" or is_missing(target) else round(float(target), 6)  # dense: every panel
+        key = None if row["id"] in reference or is_missing(target) else round(float(target), 6)  # every panel
         lines_of.setdefault(key, {})[label] = ([s for s, _ in curve], [d for _, d in curve], curve_end(curve, row))
         used.append(part.iloc[:1])
     dense_lines = lines_of.pop(None, {})
@@ -887,11 +840,11 @@ def _accuracy_vs_training_cost(ctx: Context) -> Iterable[ReportFigure]:
     if "total_train_flops" not in runs.columns:
         return
     runs = runs[pd.to_numeric(runs["total_train_flops"], errors="coerce").notna() & runs["test_accuracy"].notna()]
-    if (runs["kind"] == "dense").all():
+    if is_reference(runs).all():
         return
-    runs = runs.assign(label=_protocol_labels(runs), total_train_flops=runs["total_train_flops"].astype(float),
+    runs = runs.assign(label=protocol_labels(runs), total_train_flops=runs["total_train_flops"].astype(float),
                        accuracy_percent=100 * runs["test_accuracy"])
-    dense, sparse = runs[runs["kind"] == "dense"], runs[runs["kind"] != "dense"]
+    dense, sparse = runs[is_reference(runs)], runs[~is_reference(runs)]
 
     def point(rows: pd.DataFrame) -> plots.Curve:
         x = rows["total_train_flops"].to_numpy(float)
@@ -921,7 +874,7 @@ _CURVE_METRICS = {"test_accuracy": ("Test accuracy (%)", 100.0), "test_loss": ("
 def _curve_labels(rows: pd.DataFrame) -> pd.Series:
     """One label per configuration (the runs that differ only by their seed share it): the protocol's label,
     the ablation when there is one; configurations that would share a label are numbered."""
-    labels = _protocol_labels(rows)
+    labels = protocol_labels(rows)
     ablated = rows["ablation"].notna()
     labels[ablated] = labels[ablated] + " " + rows.loc[ablated, "ablation"].astype(str)
     config = [c for c in _config_columns(rows) if c != "id"]
@@ -955,7 +908,7 @@ def _replicates(ctx: Context, rows: pd.DataFrame, metric: str, scale: float) -> 
 def _learning_curves(ctx: Context) -> Iterable[ReportFigure]:
     """Test accuracy and loss against the step from every run's metrics.jsonl, one figure per sparsity target
     (the dense runs in each), the seeds of a configuration as thin lines around their mean and its band."""
-    dense, sparse = ctx.runs[ctx.runs["kind"] == "dense"], ctx.runs[ctx.runs["kind"] != "dense"]
+    dense, sparse = ctx.reference(), ctx.runs[~is_reference(ctx.runs)]
     groups = [(t, pd.concat([dense, _at_target(sparse, t)])) for t in _targets(sparse)] or [(None, dense)]
     for target, rows in groups:
         if rows.empty:
@@ -970,7 +923,7 @@ def _learning_curves(ctx: Context) -> Iterable[ReportFigure]:
         bands = ("thin lines are single runs, thick lines the mean over the seeds of a configuration "
                  f"({_seeds_text(rows)}) with a ±1 standard deviation band") if seeds.max() > 1 else \
             f"one run per configuration ({_seeds_text(rows)}), so no band"
-        rewound = rows[(rows["kind"] == "lottery") & rows["rewind_step"].fillna(0).gt(0)]
+        rewound = rows[of_protocol(rows, "lottery") & rows["rewind_step"].fillna(0).gt(0)]
         yield ReportFigure(
             f"learning-curves-{_slug(_percent(target)) if target is not None else 'dense'}-{ctx.setting}",
             f"Learning curves, {what} — {ctx.label}",

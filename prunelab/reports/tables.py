@@ -257,3 +257,47 @@ def aggregate(df: pd.DataFrame, by: Sequence[str] | None = None,
 def is_missing(value: Any) -> bool:
     """None, pandas' NA or a float NaN: an empty cell of a table."""
     return value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value))
+
+
+# ---- selecting runs by protocol --------------------------------------------------------------------
+
+def of_protocol(runs: pd.DataFrame | pd.Series, *names: str) -> pd.Series | bool:
+    """True on the rows of ``runs`` (a runs table; or one of its rows, then a bool) made by the protocols
+    ``names`` (their registered names: the CLI command and the sweep's ``protocol = ...``, e.g. ``"run"``,
+    ``"lottery"``, ``"train"``). The protocol knows the kind its runs record; a reader of the table never
+    spells it."""
+    from prunelab.experiments.protocols import get_protocol
+
+    kinds = [get_protocol(name).kind for name in names]
+    kind = runs["kind"]
+    return kind.isin(kinds) if isinstance(kind, pd.Series) else kind in kinds
+
+
+def runs_of(runs: pd.DataFrame, *names: str) -> pd.DataFrame:
+    """The rows of ``runs`` made by the protocols ``names`` (:func:`of_protocol`)."""
+    return runs[of_protocol(runs, *names)]
+
+
+def is_reference(runs: pd.DataFrame) -> pd.Series:
+    """True on the rows of the dense baseline (runs of a protocol marked ``reference``): drawn in every panel
+    of a figure of sparse runs rather than at a sparsity of their own."""
+    from prunelab.experiments.protocols import PROTOCOLS
+
+    kinds = [PROTOCOLS.get(n).kind for n in PROTOCOLS if PROTOCOLS.get(n).reference]
+    return runs["kind"].isin(kinds)
+
+
+def protocol_labels(runs: pd.DataFrame, methods: bool = True) -> pd.Series:
+    """A legend label per run telling protocols apart, each protocol labelling its own runs
+    (:meth:`~prunelab.experiments.protocols.Protocol.label`: "dense", "magnitude at init", "lottery l2",
+    "gradual update_every=2it"); runs of a kind this version does not know are labelled by their kind.
+    ``methods``: name the criterion where a protocol has one."""
+    labels = pd.Series("", index=runs.index, dtype=object)
+    for kind, part in runs.groupby("kind", sort=False):
+        try:
+            protocol = protocol_of_kind(str(kind))
+        except ValueError:
+            labels[part.index] = str(kind)
+            continue
+        labels[part.index] = protocol.label(part, methods=methods)
+    return labels

@@ -12,8 +12,11 @@ command      kind        what it does
 ``rigl``     rigl        rigging the lottery (Evci et al. 2020)
 ===========  ==========  ==============================================================================
 
-A new protocol subclasses :class:`Protocol` and is registered with :func:`register_protocol`; the CLI
-grows a command, sweeps accept it as ``protocol = ...``, and ``ls``/``show``/the report label its runs.
+A new protocol is one module: a frozen dataclass of its hyperparameters (with its checks), and a subclass
+of :class:`Protocol` naming it as ``hparams`` and its TOML table as ``section``, registered with
+:func:`register_protocol`. The CLI grows a command, configs and sweeps accept its section and
+``protocol = ...``, ``ls``/``show`` describe its runs and the report labels them (:meth:`Protocol.label`);
+nothing else is edited. ``tests/test_toy_protocol.py`` does exactly that.
 """
 
 from prunelab.experiments.protocols.base import (
@@ -22,6 +25,7 @@ from prunelab.experiments.protocols.base import (
     get_protocol,
     protocol_of_kind,
     register_protocol,
+    unregister_protocol,
 )
 from prunelab.experiments.protocols.dense import Dense
 from prunelab.experiments.protocols.lottery import (
@@ -65,4 +69,5 @@ __all__ = [
     "prune_at_step",
     "prune_id",
     "register_protocol",
+    "unregister_protocol",
 ]

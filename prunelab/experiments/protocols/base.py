@@ -31,8 +31,10 @@ class Protocol(ABC):
     """One way of producing a trained (sparse) network from a replicate.
 
     ``name`` is the CLI command and the sweep's ``protocol = ...``; ``kind`` is what its run folders
-    record (and hash: never change it); ``hparams`` its dataclass and ``section`` that dataclass's TOML
-    table (None: the protocol has no hyperparameters beyond the replicate).
+    record (and hash: never change it); ``hparams`` its dataclass (defined beside the protocol, with its
+    checks) and ``section`` that dataclass's TOML table (None: the protocol has no hyperparameters beyond
+    the replicate). ``reference``: its runs are the dense baseline, drawn in every panel of the report's
+    figures instead of at a sparsity of their own.
     """
 
     name: ClassVar[str]
@@ -42,11 +44,17 @@ class Protocol(ABC):
     help: ClassVar[str] = ""
     citation: ClassVar[str] = ""
     result_label: ClassVar[str] = "run"  # what one row of the command's summary is ("level" for IMP)
+    reference: ClassVar[bool] = False
 
     # ---- identity and checks --------------------------------------------------------------------
     @abstractmethod
     def run_id(self, runner: Runner, rep: Replicate, hp: Any) -> str:
         """The id of the (last) run this protocol produces."""
+
+    def run_ids(self, runner: Runner, rep: Replicate, hp: Any) -> list[str]:
+        """The ids of every run this protocol produces (every level of a lottery series), for what a sweep
+        costs and what it left to run."""
+        return [self.run_id(runner, rep, hp)]
 
     def check(self, runner: Runner, rep: Replicate, hp: Any) -> None:
         """Every check that needs the dataset, made before any work or write."""
@@ -81,6 +89,14 @@ class Protocol(ABC):
 
     columns: ClassVar[dict[str, str]] = {}  # short table names of the section's keys (others: "section.key")
 
+    def label(self, rows, methods: bool = True):
+        """A legend label per run (a pandas Series on ``rows``' index), from the rows of the runs table of this
+        protocol's runs: the kind, plus the settings that vary among them ("gradual update_every=2it").
+        ``methods``: name the criterion where the protocol has one (False where all prune the same share)."""
+        from prunelab.experiments.protocols.labels import variant_labels
+
+        return variant_labels(rows, "kind", [c for c in self.columns.values() if c != "sparsity_target"])
+
     def table_row(self, hp: dict[str, Any]) -> dict[str, Any]:
         """The run-table columns of a run's protocol settings (``prunelab.reports.tables``)."""
         section = hp.get(self.section) or {} if self.section else {}
@@ -112,8 +128,28 @@ PROTOCOLS: Registry[Protocol] = Registry("protocol")
 
 
 def register_protocol(protocol: Protocol) -> Protocol:
+    """Add ``protocol``: the CLI grows its command, sweeps, configs (its ``section``), ``ls``, ``show`` and the
+    report take its runs. A section is one dataclass's: two protocols may share one only with the same
+    dataclass (SET and RigL), and none may take a section of the replicate."""
+    from prunelab.experiments.hparams import REPLICATE_SECTIONS
+
+    if protocol.section is not None:
+        if protocol.section in (*REPLICATE_SECTIONS, "seed", "seeds", "slurm", "protocol"):
+            raise ValueError(f"protocol {protocol.name!r}: section [{protocol.section}] belongs to the replicate "
+                             "or the sweep; name another")
+        for other in map(PROTOCOLS.get, PROTOCOLS):
+            if other.section == protocol.section and other.hparams is not protocol.hparams:
+                raise ValueError(f"protocol {protocol.name!r}: section [{protocol.section}] is protocol "
+                                 f"{other.name!r}'s, with another dataclass; name another")
+    if any(PROTOCOLS.get(n).kind == protocol.kind for n in PROTOCOLS):
+        raise ValueError(f"protocol {protocol.name!r}: kind {protocol.kind!r} is already recorded by another protocol")
     PROTOCOLS.register(protocol.name, protocol, kind=protocol.kind, help=protocol.help, citation=protocol.citation)
     return protocol
+
+
+def unregister_protocol(name: str) -> Protocol:
+    """Remove protocol ``name`` (a test's own protocol, after the test)."""
+    return PROTOCOLS.unregister(name)
 
 
 def get_protocol(name: str) -> Protocol:

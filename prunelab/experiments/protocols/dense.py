@@ -13,6 +13,7 @@ class Dense(Protocol):
     kind = "dense"
     help = "train the dense network of a replicate (shared by every protocol)"
     citation = "Frankle et al. 2021, App. A.3 (training recipes)"
+    reference = True
 
     def run_id(self, runner: Runner, rep: Replicate, hp: Any = None) -> str:
         return runner.dense_id(rep)
@@ -25,3 +26,6 @@ class Dense(Protocol):
 
     def target_sparsity(self, section: dict[str, Any]) -> float | None:
         return 0.0
+
+    def label(self, rows, methods: bool = True):
+        return rows["kind"].astype(str).map(lambda _: "dense")

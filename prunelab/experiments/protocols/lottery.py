@@ -17,7 +17,7 @@ import prunelab
 from prunelab import ablations
 from prunelab.experiments import runfiles
 from prunelab.experiments.cost import Segment, masked
-from prunelab.experiments.hparams import LotteryHparams, run_hash
+from prunelab.experiments.hparams import canonicalize, check_duration, run_hash
 from prunelab.experiments.protocols.base import (
     REINIT_SEED,
     SHUFFLE_SEED,
@@ -29,15 +29,58 @@ from prunelab.experiments.protocols.base import (
 )
 from prunelab.experiments.runner import Replicate, Runner
 from prunelab.masks import Mask
+from prunelab.options import option
 from prunelab.training import Diverged
 from prunelab.training.checkpoints import CheckpointFolder
+from prunelab.validate import SCOPES, check_name
 
+# What each structure prunes with: weights by magnitude (or at random), or channels by a norm
+# (Paganini & Forde 2020, §3.1); fc_only prunes only the fully-connected layers.
 STRUCTURE_METHOD = {
-    "unstructured": "magnitude", "fc_only": "magnitude", "random_unstructured": "random",
-    "l1": "l1_channel", "l2": "l2_channel", "linf": "linf_channel", "lneginf": "lneginf_channel",
-    "random": "random_channel", "hybrid": "hybrid",
+    "unstructured": "magnitude", "l1": "l1_channel", "l2": "l2_channel", "linf": "linf_channel",
+    "lneginf": "lneginf_channel", "random": "random_channel", "random_unstructured": "random", "hybrid": "hybrid",
+    "fc_only": "magnitude",
 }
-NOT_REWINDING = ("finetune", "sign", "sigma_sign")
+STRUCTURES = list(STRUCTURE_METHOD)
+LOTTERY_ABLATIONS = ["shuffle", "reinit"]  # Frankle et al. 2021, App. F
+REWIND_CHOICES = ["finetune", "sign", "sigma_sign"]  # besides a duration such as "0it" or "1000it"
+# Levels past which (1 - rate)^levels leaves no weight of any network at the smallest rate anyone uses:
+# a bound that catches a mistyped number before it starts days of work.
+MAX_LEVELS = 100
+# The settings that tell two series of levels apart (the level itself is a point of a series).
+VARIANT_COLUMNS = ["structure", "rewind_to", "rate", "scope", "ablation"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LotteryHparams:
+    """Lottery-ticket rewinding (one level) and iterative magnitude pruning (several),
+    Frankle et al. 2021, §3 and Paganini & Forde 2020, §3."""
+
+    levels: int = option(1, help="pruning levels: 1 = one-shot, more = iterative magnitude pruning")
+    rate: float = option(0.2, help="fraction of the remaining weights pruned per level")
+    rewind_to: str = option("0it", help="step the kept weights are rewound to before retraining (a duration), or "
+                            "finetune = keep the trained weights, sign / sigma_sign = reinitialize with the trained "
+                            "signs", choices=lambda: REWIND_CHOICES)
+    structure: str = option("unstructured", help="what is pruned: weights, or channels by a norm (Paganini & Forde "
+                            "2020, §3.1)", choices=lambda: STRUCTURES)
+    scope: str = option("global", help="rank all layers together (global) or each layer on its own",
+                        choices=lambda: SCOPES)
+    ablation: str | None = option(None, help="ablation of the ticket (Frankle et al. 2021, App. F)",
+                                  choices=lambda: LOTTERY_ABLATIONS, unset="none")
+
+    def __post_init__(self) -> None:
+        canonicalize(self, floats=("rate",),
+                     durations=("rewind_to",) if self.rewind_to not in REWIND_CHOICES else ())
+        if not 1 <= self.levels <= MAX_LEVELS:
+            raise ValueError(f"levels must be in [1, {MAX_LEVELS}], got {self.levels}")
+        if not 0 < self.rate < 1:
+            raise ValueError(f"rate must be in (0, 1), got {self.rate}")
+        if self.rewind_to not in REWIND_CHOICES:
+            check_duration(self.rewind_to, "rewind_to", extra=REWIND_CHOICES)
+        check_name("structure", self.structure, STRUCTURES)
+        check_name("scope", self.scope, SCOPES)
+        if self.ablation is not None:
+            check_name("lottery ablation", self.ablation, LOTTERY_ABLATIONS)
 
 
 def lottery_id(rep: Replicate, hp: LotteryHparams, level: int) -> str:
@@ -51,7 +94,17 @@ def _prunable_options(model: nn.Module, structure: str) -> dict[str, Any]:
 
 
 def _rewinds(hp: LotteryHparams) -> bool:
-    return hp.rewind_to not in NOT_REWINDING
+    return hp.rewind_to not in REWIND_CHOICES
+
+
+def ticket_labels(rows):
+    """The settings that vary among lottery runs of the runs table, per run ("l2", "unstructured rate=0.5");
+    the structure alone when none varies."""
+    from prunelab.experiments.protocols.labels import is_missing
+
+    varying = [c for c in VARIANT_COLUMNS if rows[c].astype(str).nunique() > 1] or ["structure"]
+    return rows.apply(lambda r: " ".join(f"{r[c]}" if c == "structure" else f"{c}={r[c]}" for c in varying
+                                         if not is_missing(r[c])) or "unstructured", axis=1)
 
 
 class Lottery(Protocol):
@@ -73,6 +126,9 @@ class Lottery(Protocol):
 
     def run_id(self, runner: Runner, rep: Replicate, hp: LotteryHparams) -> str:
         return lottery_id(rep, hp, hp.levels)
+
+    def run_ids(self, runner: Runner, rep: Replicate, hp: LotteryHparams) -> list[str]:
+        return [lottery_id(rep, hp, level) for level in range(1, hp.levels + 1)]
 
     def check(self, runner: Runner, rep: Replicate, hp: LotteryHparams) -> None:
         self.step(runner, rep, hp)
@@ -176,6 +232,11 @@ class Lottery(Protocol):
         end = runner.total_steps(rep)
         earlier = [Mask.load(runner.store.folder(lottery_id(rep, hp, k)) / runfiles.MASK) for k in range(1, level)]
         return [Segment(end), *(masked(end - start, m) for m in earlier)]
+
+    def label(self, rows, methods: bool = True):
+        """"lottery", plus :func:`ticket_labels` where the lottery settings vary among ``rows``."""
+        varying = [c for c in VARIANT_COLUMNS if rows[c].astype(str).nunique() > 1]
+        return ("lottery " + ticket_labels(rows)) if varying else rows["kind"].astype(str).map(lambda _: "lottery")
 
     def describe(self, hp: dict[str, Any]) -> str:
         lt = hp["lottery"]

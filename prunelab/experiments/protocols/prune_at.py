@@ -8,6 +8,7 @@ pruning after training (Frankle et al. 2021, §3).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from torch import nn
@@ -16,7 +17,14 @@ import prunelab
 from prunelab import ablations
 from prunelab.experiments import runfiles
 from prunelab.experiments.cost import Segment, masked
-from prunelab.experiments.hparams import PruneHparams, run_hash
+from prunelab.experiments.hparams import (
+    canonicalize,
+    check_duration,
+    distribution_names,
+    initializer_names,
+    method_names,
+    run_hash,
+)
 from prunelab.experiments.protocols.base import (
     REINIT_SEED,
     SHUFFLE_SEED,
@@ -28,7 +36,120 @@ from prunelab.experiments.protocols.base import (
 )
 from prunelab.experiments.runner import Replicate, Runner
 from prunelab.masks import Mask
+from prunelab.options import option
 from prunelab.training import Diverged, distributed
+from prunelab.validate import SCHEDULES, SCOPES, check_fraction, check_int, check_name
+
+ABLATIONS = ["shuffle", "reinit", "invert", "fixed_variance", "sign", "sigma_sign"]  # Frankle et al. 2021, §5
+# An upper bound that catches a mistyped number before it starts days of work: 100x the pruning iterations
+# of the papers (SynFlow and iterative SNIP use 100; Tanaka et al. 2020, §6).
+MAX_PRUNE_ITERATIONS = 10_000
+# The settings that tell two criteria's runs apart in a legend ("synflow iterations=10").
+VARIANT_COLUMNS = ["iterations", "schedule", "scope", "batch_per_class"]
+
+
+def _by_method(attribute: str, usual: Any) -> str:
+    """"100 for iterative_snip, synflow; 1 otherwise": a criterion default that some criteria change."""
+    from prunelab.scores import methods
+
+    others: dict[Any, list[str]] = {}
+    for name, method in methods().items():
+        value = getattr(method, attribute)
+        if value != usual:
+            others.setdefault(value, []).append(name)
+    return "".join(f"{v} for {', '.join(names)}; " for v, names in others.items()) + f"{usual} otherwise"
+
+
+def _default_iterations() -> str:
+    return "the criterion's own: " + _by_method("default_iterations", 1)
+
+
+def _default_scope() -> str:
+    return "layer with --distribution or --like, else the criterion's own: " + _by_method("default_scope", "global")
+
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneHparams:
+    """One-shot or iterative pruning at step ``prune_at`` ("0it" = initialization, "end" = after training)."""
+
+    method: str = option("magnitude", help="pruning criterion (prunelab list methods)", choices=method_names)
+    sparsity: float = option(0.9, help="fraction of the covered weights pruned, in [0, 1)")
+    prune_at: str = option("0it", help="step whose dense weights are pruned: 0it = initialization, a duration such "
+                           "as 1000it, or end = after training")
+    iterations: int | None = option(None, help="rounds of scoring and pruning to the target (Tanaka et al. 2020, "
+                                    "Alg. 1)", unset=_default_iterations)
+    schedule: str = option("exponential", help="density schedule over the rounds", choices=lambda: SCHEDULES)
+    scope: str | None = option(None, help="rank all layers together (global) or each layer on its own",
+                               choices=lambda: SCOPES, unset=_default_scope)
+    ablation: str | None = option(None, help="ablation applied to the mask or weights (Frankle et al. 2021, §5)",
+                                  choices=lambda: ABLATIONS, unset="none")
+    reinit_init: str | None = option(None, help="initializer the reinit ablation draws the pruned network's weights "
+                                     "from; Lee et al. 2019, §5.5 train every pruned network from Glorot (VS-X) "
+                                     "weights: xavier_normal", choices=initializer_names,
+                                     unset="the model's own (model.init)")
+    # SNIP/GraSP batch: 10 examples per class, not augmented (Frankle et al. 2021, App. B.2)
+    batch_per_class: int = option(10, help="examples per class in the batch of data-driven criteria (Frankle et al. "
+                                  "2021, App. B.2)")
+    # What the mask covers (prunelab.coverage): biases, embedding tables, and parameters by exact name.
+    include_bias: bool = option(False, help="prune biases too")
+    include_embeddings: bool = option(False, help="prune embedding tables too")
+    include: tuple[str, ...] = option((), help="parameter names the mask covers besides the default ones")
+    exclude: tuple[str, ...] = option((), help="parameter names the mask leaves out")
+    # Per-layer densities instead of one ranking: uniform | er | erk (Evci et al. 2020, §3), or those of
+    # another mask (Frankle et al. 2021, §5's random baseline): like = a criterion (its run on the same
+    # replicate, sparsity and step), a run id, or a mask file.
+    distribution: str | None = option(None, help="per-layer densities instead of one global ranking (Evci et al. "
+                                      "2020, §3)", choices=distribution_names, unset="none")
+    like: str | None = option(None, help="per-layer densities of another mask: a criterion (its run on this "
+                              "replicate), a run id or a mask file (Frankle et al. 2021, §5)", unset="none")
+    # An execution setting like the device, outside the run's identity: the score is the same sum
+    # (prunelab.scores.batching), except that train-mode BatchNorm normalizes each micro-batch alone, which
+    # prune() reports with a MicroBatchWarning.
+    score_batch_size: int | None = option(None, help="SNIP/GraSP score at most this many examples per forward "
+                                          "pass, to fit GPU memory (the same score; not part of the run id)",
+                                          unset="the whole scoring batch at once", identity=False)
+
+    def __post_init__(self) -> None:
+        from prunelab.scores import get_method
+        from prunelab.scores.batching import check_score_batch_size
+
+        get_method(self.method)  # unknown criterion: the registry's message, with the closest name
+        canonicalize(self, floats=("sparsity",), durations=("prune_at",) if self.prune_at != "end" else ())
+        for name in ("include", "exclude"):  # a set of names: the same set, the same run
+            object.__setattr__(self, name, tuple(sorted(set(getattr(self, name)))))
+        check_name("schedule", self.schedule, SCHEDULES)
+        if self.scope is not None:
+            check_name("scope", self.scope, SCOPES)
+        check_fraction(self.sparsity, "sparsity", "[0, 1)", "the fraction of the covered weights pruned")
+        if self.iterations is not None and self.iterations < 1:
+            raise ValueError(f"iterations must be >= 1, got {self.iterations}")
+        if self.iterations is not None and self.iterations > MAX_PRUNE_ITERATIONS:
+            raise ValueError(f"iterations must be <= {MAX_PRUNE_ITERATIONS:,} (the papers use 100), "
+                             f"got {self.iterations}")
+        check_int(self.batch_per_class, "batch_per_class", 1, "examples per class in the scoring batch")
+        if self.ablation is not None:
+            check_name("ablation", self.ablation, ABLATIONS)
+        if self.reinit_init is not None:
+            check_name("reinit_init", self.reinit_init, initializer_names())
+            if self.ablation != "reinit":
+                got = "none" if self.ablation is None else repr(self.ablation)
+                raise ValueError(f"reinit_init {self.reinit_init!r} is the initializer of the reinit ablation, so it "
+                                 f"needs ablation 'reinit' (got {got})")
+        if self.prune_at != "end":
+            check_duration(self.prune_at, "prune_at")
+        if self.distribution is not None:
+            check_name("distribution", self.distribution, distribution_names())
+        if self.distribution is not None and self.like is not None:
+            raise ValueError("give distribution or like, not both: like takes the layer densities of another mask")
+        check_score_batch_size(self.score_batch_size)
+
+    def coverage_options(self) -> dict[str, Any]:
+        """The options of :func:`prunelab.coverage` this run sets (none by default)."""
+        names = ("include_bias", "include_embeddings", "include", "exclude")
+        return {n: getattr(self, n) for n in names if getattr(self, n)}
+
+
 
 
 def prune_id(rep: Replicate, hp: PruneHparams) -> str:
@@ -85,6 +206,27 @@ def like_densities(runner: Runner, rep: Replicate, hp: PruneHparams) -> dict[str
         if not path.is_file():
             raise ValueError(f"--like {hp.like}: run {run_id} has no mask (a dense or unfinished run?)")
     return Mask.load(path).layer_density()
+
+
+def method_labels(rows):
+    """The criterion of each run of the runs table, plus the settings that vary among that criterion's runs
+    (:data:`VARIANT_COLUMNS`); ``batch_per_class`` only tells apart the runs of criteria that use data."""
+    from prunelab.experiments.protocols.labels import variant_labels
+
+    def relevant(method, column: str) -> bool:
+        if column != "batch_per_class":
+            return True
+        try:
+            return bool(prunelab.get_method(str(method)).needs_data)
+        except ValueError:
+            return True
+
+    return variant_labels(rows, "method", VARIANT_COLUMNS, relevant)
+
+
+def when_label(prune_at: str) -> str:
+    """"at init", "after training" or "at 4it": when a run pruned."""
+    return "at init" if prune_at == "0it" else "after training" if prune_at == "end" else f"at {prune_at}"
 
 
 def ablate_weights(model: nn.Module, hp: PruneHparams, mask: Mask, reference_state, seed: int) -> None:
@@ -163,6 +305,12 @@ class PruneAtStep(Protocol):
         cost = runner.cost(rep, own=[masked(res.step, mask)], before=[Segment(t)])
         return runner.finish(run_id, sparse_result(res, mask, model, dense, kind=self.kind, prune_step=t,
                                                          **cost))
+
+    def label(self, rows, methods: bool = True):
+        """The criterion (when ``methods``, else "pruned") and when it pruned: "magnitude at init",
+        "magnitude after training", "random at 4it"."""
+        base = method_labels(rows) if methods else rows["kind"].astype(str).map(lambda _: "pruned")
+        return base + " " + rows["prune_at"].map(when_label)
 
     def describe(self, hp: dict[str, Any]) -> str:
         pr = hp["pruning"]

@@ -9,18 +9,73 @@ end pruning well before training ends so the network recovers).
 
 from __future__ import annotations
 
+import dataclasses
 from abc import abstractmethod
 from typing import Any
 
 from prunelab.experiments import runfiles
 from prunelab.experiments.cost import Segment
-from prunelab.experiments.hparams import DynamicHparams, GradualHparams, run_hash
+from prunelab.experiments.hparams import canonicalize, check_duration, distribution_names, run_hash
 from prunelab.experiments.protocols.base import Protocol, sparse_result
 from prunelab.experiments.runner import Replicate, Runner
+from prunelab.options import option
 from prunelab.sparse_training import SET, GradualMagnitude, MaskSchedule, RigL
 from prunelab.training import Diverged
+from prunelab.validate import SCOPES, check_fraction, check_name
 
 END_FRACTION = 0.75
+
+
+@dataclasses.dataclass(frozen=True)
+class GradualHparams:
+    """Gradual magnitude pruning during training (Zhu & Gupta 2018, §3): the cubic schedule from
+    ``initial_sparsity`` at ``start`` to ``sparsity`` at ``end``, pruning every ``every`` steps."""
+
+    sparsity: float = option(0.9, help="final sparsity, in [0, 1)")
+    initial_sparsity: float = option(0.0, help="sparsity at the first pruning step")
+    start: str = option("0it", help="step of the first pruning, a duration")
+    end: str | None = option(None, help="step of the last pruning, a duration",
+                             unset="75% of training, rounded down to a multiple of every after start")
+    every: str = option("100it", help="interval between pruning steps, a duration")
+    scope: str = option("global", help="rank all layers together (global) or each layer on its own",
+                        choices=lambda: SCOPES)
+
+    def __post_init__(self) -> None:
+        canonicalize(self, floats=("sparsity", "initial_sparsity"),
+                     durations=("start", "every") + (("end",) if self.end is not None else ()))
+        check_fraction(self.sparsity, "sparsity", "[0, 1)", "the final fraction of the covered weights pruned")
+        check_fraction(self.initial_sparsity, "initial_sparsity", "[0, 1)")
+        if self.initial_sparsity > self.sparsity:
+            raise ValueError(f"need 0 <= initial_sparsity <= sparsity < 1, got {self.initial_sparsity} and "
+                             f"{self.sparsity}")
+        for name in ("start", "every") + (("end",) if self.end is not None else ()):
+            check_duration(getattr(self, name), name)
+        check_name("scope", self.scope, SCOPES)
+
+
+@dataclasses.dataclass(frozen=True)
+class DynamicHparams:
+    """Dynamic sparse training, SET (Mocanu et al. 2018) and RigL (Evci et al. 2020, §3): every ``every``
+    steps until ``end`` each layer drops ``drop_fraction`` of its weights (RigL: annealed to 0 by a
+    cosine) and grows as many, starting from a random mask at the ``distribution`` layer densities."""
+
+    sparsity: float = option(0.9, help="sparsity kept throughout training, in [0, 1)")
+    drop_fraction: float = option(0.3, help="fraction of each layer's weights dropped and regrown per update")
+    every: str = option("100it", help="interval between mask updates, a duration")
+    end: str | None = option(None, help="step of the last mask update, a duration",
+                             unset="75% of training (Evci et al. 2020, §3: T_end)")
+    distribution: str = option("erk", help="layer densities of the initial random mask (Evci et al. 2020, §3)",
+                               choices=distribution_names)
+
+    def __post_init__(self) -> None:
+        canonicalize(self, floats=("sparsity", "drop_fraction"),
+                     durations=("every",) + (("end",) if self.end is not None else ()))
+        check_fraction(self.sparsity, "sparsity", "[0, 1)", "the fraction of the covered weights pruned")
+        check_fraction(self.drop_fraction, "drop_fraction", "(0, 1)", "the share of each layer's weights "
+                       "dropped and regrown per update")
+        for name in ("every",) + (("end",) if self.end is not None else ()):
+            check_duration(getattr(self, name), name)
+        check_name("distribution", self.distribution, distribution_names())
 
 
 class _DuringTraining(Protocol):
@@ -115,7 +170,6 @@ class Gradual(_DuringTraining):
         return f"gradual {g['sparsity']} every {g['every']}"
 
 
-
 class _Dynamic(_DuringTraining):
     hparams = DynamicHparams
     section = "dynamic"
@@ -131,7 +185,6 @@ class _Dynamic(_DuringTraining):
     def describe(self, hp: dict[str, Any]) -> str:
         d = hp["dynamic"]
         return f"{self.name} {d['sparsity']} {d.get('distribution', 'erk')} every {d['every']}"
-
 
 
 class SetProtocol(_Dynamic):
