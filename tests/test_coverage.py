@@ -152,6 +152,15 @@ def test_include_exclude_errors():
         prunelab.coverage(net, include=["pos"], exclude=["pos"])
     with pytest.raises(ValueError, match="nope"):
         prunelab.prune(net, "magnitude", 0.5, include=["nope"])
+    with pytest.raises(ValueError, match="include: the model has no parameter 'posx'; did you mean 'pos'"):
+        prunelab.coverage(net, include=["posx"])
+
+
+def test_unknown_coverage_option_names_the_closest():
+    with pytest.raises(ValueError, match="coverage does not take option 'include_bais'; did you mean 'include_bias'"):
+        prunelab.coverage(TokenNet(), include_bais=True)
+    with pytest.raises(ValueError, match="did you mean 'exclude'"):
+        prunelab.Mask.ones(TokenNet(), exclud=["pos"])
 
 
 def coverage_warnings(fn):
