@@ -1,5 +1,6 @@
 """prunelab: neural-network pruning research, centred on pruning at initialization."""
 
+from prunelab.batches import Batch
 from prunelab.coverage import (
     Coverage,
     CoverageWarning,
@@ -16,6 +17,7 @@ from prunelab.scores import Method, Scores, get_method, methods, register_method
 from prunelab.sparse_training import SET, GradualMagnitude, MaskSchedule, MaskUpdates, RigL
 
 __all__ = [
+    "Batch",
     "Coverage",
     "CoverageWarning",
     "FlopCount",

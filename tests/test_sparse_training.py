@@ -194,9 +194,9 @@ def _rigl_setup(make_opt):
     return model, opt, updates, step, batch, alpha, t_end
 
 
-def _expected_rigl_masks(model, old, batch, step, alpha, t_end):
+def _expected_rigl_masks(model, old, batch, step, alpha, t_end, grads=None):
     params = dict(model.named_parameters())
-    grads = autograd_dense_grads(model, old, batch)
+    grads = autograd_dense_grads(model, old, batch) if grads is None else grads
     f = alpha / 2 * (1 + math.cos(math.pi * step / t_end))
     expected = {}
     for n, keep in old.items():
@@ -461,3 +461,43 @@ def test_reset_optimizer_state_zeroes_exactly_the_given_positions(make_opt, keys
             assert torch.equal(st[k][~where], before[p][k][~where]), k
         if "step" in st:
             assert float(st["step"]) == float(before[p]["step"]) == 3.0
+
+
+# ---- RigL growing by the training step's own gradient (grow_gradient="step") ------------------------
+
+def test_rigl_step_gradient_grows_by_the_gradient_at_the_steps_own_weights():
+    """Evci et al. 2020, Algorithm 1: grow by |dL_t/dw| at the weights the step started from, captured
+    before the mask zeroes its pruned entries; the expectation is plain autograd on a hook-free copy taken
+    before the step, and brute-force sorts."""
+    model = tiny_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    alpha, t_end, every = 0.3, 40, 2
+    sched = RigL(sparsity=0.5, drop_fraction=alpha, end=t_end, every=every, distribution="uniform",
+                 grow_gradient="step")
+    updates = MaskUpdates(model, sched, opt)
+    for step in range(1, every + 1):
+        batch = mlp_batch(step)
+        before = copy.deepcopy(model)
+        old = Mask({n: k.clone() for n, k in updates.mask.items()})
+        updates.before_backward(step)
+        sgd_step(model, opt, batch)
+        expected_grads = autograd_dense_grads(before, old, batch)
+        changed = updates.after_step(step, batch=None)  # the step's gradient: no batch needed
+        assert changed == (step % every == 0)
+    expected = _expected_rigl_masks(model, old, batch, every, alpha, t_end, grads=expected_grads)
+    for n in old:
+        kept, dropped, grown, _ = expected[n]
+        assert flat_set(updates.mask[n]) == (kept - dropped) | grown, n
+    # and it differs from growing by the gradient after the step, which the default uses
+    after = _expected_rigl_masks(model, old, batch, every, alpha, t_end)
+    assert any(after[n][2] != expected[n][2] for n in old)
+
+
+def test_rigl_step_gradient_without_capture_says_how_to_drive_it():
+    model = tiny_mlp()
+    updates = MaskUpdates(model, RigL(sparsity=0.5, end=10, every=1, grow_gradient="step"))
+    sgd_step(model, torch.optim.SGD(model.parameters(), lr=0.1), mlp_batch(0))
+    with pytest.raises(ValueError, match="before_backward"):
+        updates.after_step(1, batch=mlp_batch(0))
+    with pytest.raises(ValueError, match="unknown grow_gradient 'stepp'; did you mean 'step'"):
+        RigL(sparsity=0.5, end=10, grow_gradient="stepp")
