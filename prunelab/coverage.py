@@ -18,16 +18,16 @@ is covered:
 
 ``include=[names]`` adds any parameter by its exact name (a positional embedding, a custom
 ``nn.Parameter``) and ``exclude=[names]`` drops one. A custom layer type joins the registry with
-:func:`register_layer_type`.
+:func:`register_layer_type`. :func:`coverage` says what a mask would cover and which weight tensors
+(two or more dimensions) it leaves out, and why.
 
 A rule also says where a layer's weights keep their channels (``out_axis``, ``in_axis``; grouped
 convolutions), how a fused tensor splits into parts (attention's query, key and value rows, a
 recurrent layer's gates) and which tensors are biases. Structured criteria, collapse warnings and the
 analyses (neuron collapse, effective sparsity, conservation) ask the rule through the helpers below
-(:func:`channel_axes`, :func:`is_bias`, :func:`tensor_parts`, ...), in the spirit of Torch-Pruning's
+(:func:`channel_axes`, :func:`is_bias`, :func:`split_fused`, ...), in the spirit of Torch-Pruning's
 per-layer-type pruning functions, so that a type registered here is treated like a built-in one
-everywhere, or refused with an error that names what its rule lacks. :func:`coverage` says what a mask would cover and which weight tensors
-(two or more dimensions) it leaves out, and why.
+everywhere, or refused with an error that names what its rule lacks.
 """
 
 from __future__ import annotations
@@ -175,8 +175,8 @@ def register_layer_type(
     return cls
 
 
-def layer_rule(module: nn.Module) -> LayerRule | None:
-    """The rule of the nearest registered type of ``module`` (its own class first), or None."""
+def layer_rule(module: nn.Module | None) -> LayerRule | None:
+    """The rule of the nearest registered type of ``module`` (its own class first), or None (also for None)."""
     for cls in type(module).__mro__:
         rule = _RULES.get(cls)
         if rule is not None:
@@ -246,7 +246,7 @@ def channel_axes(module: nn.Module | None, name: str, ndim: int, purpose: str) -
     raised when ``module`` is a layer type registered without axes (rather than a silent guess)."""
     if ndim < 2:
         return None
-    rule = layer_rule(module) if module is not None else None
+    rule = layer_rule(module)
     if rule is None or rule.role != "layer":
         return _LEGACY_AXES
     if not rule.has_axes:
@@ -256,21 +256,21 @@ def channel_axes(module: nn.Module | None, name: str, ndim: int, purpose: str) -
         )
     if max(rule.out_axis, rule.in_axis) >= ndim:
         raise ValueError(
-            f"{purpose} of {rule.type_name}'s {name!r}: its rule says out_axis={rule.out_axis}, in_axis={rule.in_axis}, "
-            f"but the tensor has {ndim} dimensions"
+            f"{purpose} of {rule.type_name}'s {name!r}: its rule says out_axis={rule.out_axis}, "
+            f"in_axis={rule.in_axis}, but the tensor has {ndim} dimensions"
         )
     return rule.out_axis, rule.in_axis
 
 
 def channel_groups(module: nn.Module | None) -> int:
     """How many groups a convolution's weight dimension 1 is split into (1 for every other layer)."""
-    rule = layer_rule(module) if module is not None else None
+    rule = layer_rule(module)
     return int(getattr(module, "groups", 1)) if rule is not None and rule.convolution else 1
 
 
 def is_convolution(module: nn.Module | None) -> bool:
     """Whether ``module``'s rule says it is a convolution (hybrid structured pruning, Paganini & Forde 2020, §3.1)."""
-    rule = layer_rule(module) if module is not None else None
+    rule = layer_rule(module)
     return rule is not None and rule.convolution
 
 
@@ -278,7 +278,7 @@ def is_bias(module: nn.Module | None, name: str) -> bool:
     """Whether parameter ``name`` (local) of ``module`` is a bias by its layer rule: a constant added to a unit,
     which carries no signal from the input (Frankle et al. 2021, App. M). A parameter of no registered
     type is a bias when it is called ``bias``."""
-    rule = layer_rule(module) if module is not None else None
+    rule = layer_rule(module)
     return rule.is_bias(name) if rule is not None else name == "bias"
 
 
@@ -302,11 +302,10 @@ def parameter_owners(model: nn.Module) -> dict[str, tuple[nn.Module, str]]:
 def _fused_layout(module: nn.Module | None, local: str) -> tuple[tuple[str, ...], int] | None:
     """(part names, axis they are stacked along) of fused parameter ``local``: from ``module``'s rule, or, with
     no module, from the registered types that fuse a tensor of that name, when they all agree."""
-    if module is not None:
-        rule = layer_rule(module)
-        rules = [rule] if rule is not None else []
-    else:
+    if module is None:
         rules = list(_RULES.values())
+    else:
+        rules = [rule] if (rule := layer_rule(module)) is not None else []
     found = {(rule.parts(local), rule.out_axis or 0) for rule in rules if rule.parts(local)}
     return found.pop() if len(found) == 1 else None
 
@@ -324,6 +323,7 @@ def split_fused(tensor: torch.Tensor, name: str, module: nn.Module | None = None
     if layout is None:
         return None
     parts, axis = layout
+    axis = axis if tensor.dim() > 1 else 0  # a fused bias is split like its weight's output channels
     if tensor.dim() <= axis or tensor.shape[axis] % len(parts):
         return None
     return dict(zip(parts, tensor.chunk(len(parts), dim=axis)))

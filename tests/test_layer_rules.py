@@ -15,11 +15,12 @@ from torch import nn
 
 import prunelab
 from prunelab import analysis
-rules_module = sys.modules["prunelab.coverage"]  # prunelab.coverage is also the function of that name
 from prunelab.coverage import register_layer_type, split_fused
 from prunelab.masks import Mask
 from prunelab.pruning import LayerCollapseWarning, uniform_attention
 from prunelab.pruning.api import _warn_collapse
+
+rules_module = sys.modules["prunelab.coverage"]  # prunelab.coverage is also the function of that name
 
 
 class TransposedLinear(nn.Module):
@@ -156,7 +157,8 @@ def test_neuron_collapse_counts_the_registered_output_axis():
     dead = (~mask["0.weight"].any(dim=0)).double().mean().item()
     assert got["per_layer"]["0.weight"][-1] == pytest.approx(dead)
     with pytest.raises(ValueError, match="neuron collapse of NoAxes's 'weight' needs its channel axes"):
-        analysis.neuron_collapse(Mask({"0.weight": torch.ones(6, 5, dtype=torch.bool)}), model=nn.Sequential(NoAxes(6, 5)))
+        analysis.neuron_collapse(Mask({"0.weight": torch.ones(6, 5, dtype=torch.bool)}),
+                                 model=nn.Sequential(NoAxes(6, 5)))
 
 
 def brute_force_effective(masks: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -129,8 +129,8 @@ def neuron_collapse(
     are skipped). Its incoming weights are the slice ``i`` of that axis (for a convolution, all input
     channels and kernel positions). The output axis is the layer rule's when ``model`` is given
     (:func:`prunelab.coverage.channel_axes`: dimension 1 of a transposed convolution, a custom type's own),
-    else dimension 0, PyTorch's ``(out, in, ...)`` layout. The threshold ``1.0`` counts fully dead neurons, the ones SynFlow prunes
-    at a high rate (Frankle et al. 2021, §5). Default thresholds: 0, 0.05, ..., 1.
+    else dimension 0, PyTorch's ``(out, in, ...)`` layout. The threshold ``1.0`` counts fully dead
+    neurons, the ones SynFlow prunes at a high rate (Frankle et al. 2021, §5). Default thresholds: 0, 0.05, ..., 1.
 
     Returns ``{"thresholds": [...], "fraction": [...], "per_layer": {name: [...]},
     "neurons": total count, "per_layer_neurons": {name: count}}``; ``fraction[k]`` is over all

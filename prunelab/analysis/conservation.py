@@ -184,10 +184,11 @@ def conservation(
 
     ``scores`` maps parameter names to score tensors, e.g. from :func:`prunelab.score`. A hidden
     neuron is an output unit (linear) or output channel (convolution) of a layer whose weight is
-    scored (its layer rule says which axis holds them, so a custom type registered with ``out_axis`` and
-    ``in_axis`` counts like a built-in one; one registered without them is a ``ValueError``), when everything between that layer and the layers it feeds is unary and channel-wise
-    (activations, pooling, BatchNorm, dropout, flatten): found by tracing ``model`` with torch.fx,
-    or given as ``pairs={producer_weight: [consumer_weights]}``. Its incoming score is the sum of its
+    scored (its layer rule says which axis holds them, so a custom type registered with ``out_axis``
+    and ``in_axis`` counts like a built-in one; one registered without them is a ``ValueError``),
+    when everything between that layer and the layers it feeds is unary and channel-wise
+    (activations, pooling, BatchNorm, dropout, flatten): found by tracing ``model`` with torch.fx, or
+    given as ``pairs={producer_weight: [consumer_weights]}``. Its incoming score is the sum of its
     row of the producer's weight scores (plus its bias score if the bias is scored), its outgoing
     score the sum of the consumers' weight scores that read it (for a linear layer after a flatten,
     the columns of its channel). Units whose output meets a residual sum are listed in ``skipped``.
