@@ -126,9 +126,9 @@ def score(
     return out if isinstance(out, Scores) else Scores(out)
 
 
-def _warn_collapse(mask: Mask, method: str, sparsity: float) -> None:
+def _warn_collapse(mask: Mask, method: str, sparsity: float, model: nn.Module | None = None) -> None:
     # Biases (by the layer rules, prunelab.coverage.is_bias_name) are left out: without them a layer still
-    # passes signal; without weights it does not.
+    # passes signal; without weights it does not. With ``model``, fused attention is found by its owners' rules.
     empty = [
         n for n, (kept, total) in mask.layer_counts().items() if kept == 0 and total > 0 and not is_bias_name(n)
     ]
@@ -140,7 +140,7 @@ def _warn_collapse(mask: Mask, method: str, sparsity: float) -> None:
             LayerCollapseWarning,
             stacklevel=3,
         )
-    uniform = uniform_attention(mask)
+    uniform = uniform_attention(mask, model)
     if uniform:
         warnings.warn(
             f"attention collapse: {method} at sparsity {sparsity:g} pruned every key weight of {_names(uniform)} "
