@@ -215,8 +215,10 @@ def _drop_report_modules(monkeypatch):
     """Forget the imported report modules, so that importing them again meets the blocked packages."""
     import prunelab.reports
 
+    for module in [m for m in sys.modules if m.startswith(("prunelab.reports.html", "prunelab.reports.plots",
+                                                           "prunelab.reports.figures"))]:
+        monkeypatch.delitem(sys.modules, module)
     for name in ("html", "plots", "figures"):
-        monkeypatch.delitem(sys.modules, f"prunelab.reports.{name}", raising=False)
         monkeypatch.delattr(prunelab.reports, name, raising=False)
 
 
@@ -341,7 +343,7 @@ def test_report_of_a_store_with_only_dense_runs_has_tables_and_no_figures(store,
 
 def test_learning_curves_are_each_runs_metrics_file_and_their_mean_over_seeds(contexts, store):
     ctx = contexts["lenet_300_100"]
-    curves = {re.sub(r"-[0-9a-f]{8}$", "", f.name): f for f in figures._learning_curves(ctx)}
+    curves = {re.sub(r"-[0-9a-f]{8}$", "", f.name): f for f in figures.learning_curves(ctx)}
     assert set(curves) == {"learning-curves-50", "learning-curves-90"}
     fig = curves["learning-curves-90"]
     acc, loss = fig.figure.axes[:2]
@@ -374,7 +376,7 @@ def test_accuracy_is_in_percent_in_the_figures_and_the_tables(report, contexts, 
     assert "test_accuracy" not in csv.columns
     for column in ("test_accuracy", "dense_accuracy", "drop"):
         assert csv[f"{column} (%)"].to_numpy() == pytest.approx(100 * df.loc[csv.index, column].to_numpy())
-    (fig,) = figures._accuracy_vs_sparsity(contexts["lenet_300_100"])
+    (fig,) = figures.accuracy_vs_sparsity(contexts["lenet_300_100"])
     ax = fig.figure.axes[0]
     assert ax.get_ylabel() == "Test accuracy (%)"
     synflow = df[(df["method"] == "synflow") & (df["prune_at"] == "0it")]
@@ -403,7 +405,7 @@ def test_captions_name_only_what_the_store_holds(report):
 
 
 def test_layers_are_named_with_their_module_type(report, contexts):
-    (fig,) = figures._layer_sparsity(contexts["lenet_300_100"])
+    (fig,) = figures.layer_sparsity(contexts["lenet_300_100"])
     ticks = [t.get_text() for t in fig.figure.axes[0].get_xticklabels()]
     assert ticks == ["1 (Linear)", "3 (Linear)", "5 (Linear)"]
     _, manifest = report
