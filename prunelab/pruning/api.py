@@ -251,5 +251,5 @@ def prune(
             state = _Remover(mask, next(iter(scores.values())).device, compact=True)
         state.step(scores, target, scope, highest, notify=notify, groups=getattr(scores, "groups", None), seed=seed + i)
     result = mask.to("cpu").clone() if state is None else state.final_mask()  # CPU either way
-    _warn_collapse(result, method, s)
+    _warn_collapse(result, method, s, model)
     return result
