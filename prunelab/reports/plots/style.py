@@ -1,0 +1,210 @@
+"""What every plot shares: the :class:`Curve` they take, the papers' colours, the figure, title, legend and
+guide-line helpers, and rendering to PNG, PDF and SVG (:func:`to_bytes`, :func:`render`, :func:`save`)."""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import textwrap
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_hex
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One line: ``x``, mean ``y`` and optional error bars ``err`` (std over seeds; NaN = none)."""
+
+    x: Sequence[float]
+    y: Sequence[float]
+    err: Sequence[float] | None = None
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        x = np.asarray(self.x, dtype=float)
+        y = np.asarray(self.y, dtype=float)
+        if x.shape != y.shape:
+            raise ValueError(f"a curve needs as many x as y values, got {x.shape} and {y.shape}")
+        err = None
+        if self.err is not None:
+            err = np.asarray(self.err, dtype=float)
+            if err.shape != y.shape:
+                raise ValueError(f"a curve needs one error per point, got {err.shape} for {y.shape}")
+            err = np.where(np.isnan(err), 0.0, err)
+        order = np.argsort(x, kind="stable")
+        return x[order], y[order], None if err is None else err[order]
+
+
+TAB = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+       "#17becf"]
+_NAMED = {
+    "magnitude after training": TAB[0], "lottery": TAB[0], "ltr": TAB[0],
+    "random": TAB[1], "magnitude": TAB[2], "snip": TAB[3], "grasp": TAB[4], "synflow": TAB[5],
+    "dense": TAB[7],
+    "unmodified": TAB[0], "shuffle": TAB[1], "reinit": TAB[2], "invert": TAB[3], "fixed_variance": TAB[4],
+    "sign": TAB[5], "sigma_sign": TAB[6],
+}
+_SPARE = [TAB[6], TAB[8], TAB[9], "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173"]
+
+
+def colors(labels: Sequence[str]) -> dict[str, str]:
+    """A colour per label: the papers' colour for a known method or ablation, distinct spares otherwise
+    (colours repeat only once every distinct one is taken, e.g. for the 15 layers of VGG-16)."""
+    out, used, spare = {}, set(), iter(_SPARE + TAB * 3)
+    extra = iter([to_hex(c) for c in colormaps["tab20"].colors] * (len(labels) + 1))
+    for label in labels:
+        key = str(label).lower()
+        color = _NAMED.get(key)
+        if color is None:
+            color = next((c for k, c in _NAMED.items() if key.startswith(k + " ") or key.startswith(k + "_")), None)
+        if color is None or color in used:
+            color = next((c for c in spare if c not in used), None) or next(extra)
+        used.add(color)
+        out[label] = color
+    return out
+
+
+def new_figure(ncols: int = 1, nrows: int = 1, width: float = 4.2, height: float = 3.2, **kwargs):
+    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, **kwargs)
+    for ax in axes.flat:
+        ax.grid(True, color="#dddddd", linewidth=0.6)
+        ax.set_axisbelow(True)
+        for side in ("top", "right"):
+            ax.spines[side].set_visible(False)
+        ax.tick_params(labelsize=8)
+    return fig, axes
+
+
+def set_title(fig: Figure, title: str) -> None:
+    """The figure's title, wrapped to the figure's width (a one-panel figure is narrower than a long title)."""
+    if title:
+        per_line = max(20, int(fig.get_figwidth() * 12))  # characters of 10-point text per line
+        fig.suptitle(textwrap.fill(title, per_line), fontsize=10)
+
+
+def shared_legend(fig: Figure, axes, max_columns: int, title: str | None = None) -> None:
+    """One legend below the panels with every label of every panel once (a label may be missing from
+    some panels, e.g. an fc-only variant from the convolution panels)."""
+    handles: dict[str, object] = {}
+    for ax in axes:
+        for h, n in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(n, h)
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center",
+               ncols=max(1, min(len(handles), max_columns)), fontsize=7, frameon=False, title=title, title_fontsize=7)
+
+
+def check_nonempty(data, what: str) -> None:
+    if not data:
+        raise ValueError(f"nothing to plot: {what} is empty")
+
+
+# The formats a report writes every figure in: PNG for the page, PDF and SVG (vector) for a paper.
+FORMATS = ("png", "pdf", "svg")
+
+
+# Vector files as papers want them: TrueType fonts in PDFs (venues reject Type 3 fonts), text as text in SVGs
+# (editable, and smaller than glyph outlines).
+_VECTOR_STYLE = {"pdf.fonttype": 42, "svg.fonttype": "none"}
+
+
+def to_bytes(fig: Figure, fmt: str = "png", dpi: int = 110) -> bytes:
+    """The figure as a ``fmt`` file (png, pdf, svg; anything matplotlib writes), drawn by the Agg canvas
+    (PDF and SVG keep lines and text as vectors; ``dpi`` sets the resolution of their embedded images)."""
+    import matplotlib
+
+    FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    metadata = {"Creator": "prunelab"} if fmt in ("pdf", "svg") else None
+    with matplotlib.rc_context(_VECTOR_STYLE):
+        fig.savefig(buffer, format=fmt, dpi=dpi, metadata=metadata)
+    return buffer.getvalue()
+
+
+def to_png(fig: Figure, dpi: int = 110) -> bytes:
+    """The figure as PNG bytes, drawn by the Agg canvas."""
+    return to_bytes(fig, "png", dpi)
+
+
+def render(fig: Figure, formats: Sequence[str] = FORMATS, dpi: int = 110) -> dict[str, bytes]:
+    """The figure in each of ``formats``. The constrained layout is solved once, by the first render, then
+    frozen: the others show the same layout and cost about a third less."""
+    out = {}
+    for fmt in formats:
+        out[fmt] = to_bytes(fig, fmt, dpi)
+        if fig.get_layout_engine() is not None:
+            fig.set_layout_engine("none")
+    return out
+
+
+def save(fig: Figure, path: str | os.PathLike, dpi: int = 110) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(to_png(fig, dpi))
+    return path
+
+
+# Reference lines (the dense accuracy, learning-rate drops, the identities of Tanaka et al. 2020, Figs. 3-4) share
+# one style, dark and wide enough to read in print next to the data's coloured lines.
+GUIDE = {"color": "#404040", "linewidth": 1.4, "zorder": 1}
+
+
+def dense_line(ax, dense: tuple[float, float | None] | None, label: str = "dense") -> None:
+    if dense is None:
+        return
+    mean, std = dense
+    if mean is None or not np.isfinite(mean):
+        return
+    ax.axhline(mean, linestyle="--", label=label, **GUIDE)
+    if std is not None and np.isfinite(std) and std > 0:
+        ax.axhspan(mean - std, mean + std, color=_NAMED["dense"], alpha=0.2, linewidth=0, zorder=0)
+
+
+def lr_drop_lines(ax, steps: Sequence[int]) -> None:
+    """Dash-dotted vertical lines at the learning-rate drops, one legend entry for all."""
+    for k, step in enumerate(steps):
+        ax.axvline(step, linestyle="-.", label="learning-rate drop" if k == 0 else None, **GUIDE)
+
+
+def errorbar_curves(ax, curves: Mapping[str, Curve], transform=lambda x: x, palette=None) -> None:
+    palette = palette or colors(list(curves))
+    for label, curve in curves.items():
+        x, y, err = curve.arrays()
+        ax.errorbar(transform(x), y, yerr=err, label=label, color=palette[label], marker="o", markersize=3.5,
+                    linewidth=1.4, capsize=2.5, elinewidth=0.9)
+
+
+def percent_label(s: float) -> str:
+    p = 100 * s
+    if abs(p - round(p)) < 0.05 and p < 99.5:
+        return f"{p:.0f}"
+    return f"{p:.1f}" if p < 99.5 else f"{p:.2f}".rstrip("0").rstrip(".")
+
+
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p"]
+
+
+LINESTYLES = ["-", (0, (5, 1.5)), "-.", (0, (1, 1))]
+
+
+def panel_grid(n: int, width: float, height: float, max_columns: int = 3, **kwargs):
+    ncols = min(n, max_columns)
+    fig, axes = new_figure(ncols=ncols, nrows=math.ceil(n / ncols), width=width, height=height, **kwargs)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, axes
+
+
+def loglog_axes(ax) -> None:
+    """Log axes labelled at powers of ten only (minor labels overlap on short ranges)."""
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_minor_formatter(NullFormatter())
