@@ -13,15 +13,11 @@ import pandas as pd
 import pytest
 from test_data import write_idx_set
 
-from prunelab.experiments.hparams import (
-    DataHparams,
-    DynamicHparams,
-    GradualHparams,
-    LotteryHparams,
-    ModelHparams,
-    PruneHparams,
-)
+from prunelab.experiments.hparams import DataHparams, ModelHparams
 from prunelab.experiments.protocols import get_protocol, lottery, prune_at_step
+from prunelab.experiments.protocols.lottery import LotteryHparams
+from prunelab.experiments.protocols.prune_at import PruneHparams
+from prunelab.experiments.protocols.sparse import DynamicHparams, GradualHparams
 from prunelab.experiments.runner import Replicate, Runner
 from prunelab.experiments.store import RunStore
 from prunelab.reports import plots

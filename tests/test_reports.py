@@ -22,8 +22,10 @@ import torch
 from test_data import write_idx_set
 
 from prunelab import Mask, models
-from prunelab.experiments.hparams import DataHparams, LotteryHparams, ModelHparams, PruneHparams
+from prunelab.experiments.hparams import DataHparams, ModelHparams
 from prunelab.experiments.protocols import lottery, prune_at_step
+from prunelab.experiments.protocols.lottery import LotteryHparams
+from prunelab.experiments.protocols.prune_at import PruneHparams
 from prunelab.experiments.runner import Replicate, Runner
 from prunelab.experiments.store import RunStore
 from prunelab.reports import figures, plots

@@ -15,15 +15,11 @@ from test_data import write_idx_set
 
 from prunelab import Mask
 from prunelab.cli import main
-from prunelab.experiments.hparams import (
-    DataHparams,
-    DynamicHparams,
-    GradualHparams,
-    LotteryHparams,
-    ModelHparams,
-    PruneHparams,
-)
+from prunelab.experiments.hparams import DataHparams, ModelHparams
 from prunelab.experiments.protocols import PROTOCOLS, get_protocol, protocol_of_kind
+from prunelab.experiments.protocols.lottery import LotteryHparams
+from prunelab.experiments.protocols.prune_at import PruneHparams
+from prunelab.experiments.protocols.sparse import DynamicHparams, GradualHparams
 from prunelab.experiments.runner import Replicate, Runner
 from prunelab.experiments.store import RunStore
 from prunelab.training import TrainSettings
