@@ -223,14 +223,17 @@ def test_kill_9_mid_training_resumes_bitwise(data_root, tmp_path, name):
     assert want[unfinished[0]]["result"]["mask_updates"] == 4
 
 
-@pytest.mark.parametrize("schedule", ["set", "rigl"])
+@pytest.mark.parametrize("schedule", ["set", "rigl", "rigl_step"])
 def test_trainer_resume_keeps_the_weights_grown_before_the_checkpoint(data_root, tmp_path, schedule):
     from prunelab import data, models
     from prunelab.sparse_training import SET, RigL
     from prunelab.training import train
 
     ds = data.load("mnist", data_root=data_root)
-    sched = (RigL if schedule == "rigl" else SET)(every=2, end=8, sparsity=0.9, seed=0)
+    schedules = {"set": lambda: SET(every=2, end=8, sparsity=0.9, seed=0),
+                 "rigl": lambda: RigL(every=2, end=8, sparsity=0.9, seed=0),
+                 "rigl_step": lambda: RigL(every=2, end=8, sparsity=0.9, seed=0, grow_gradient="step")}
+    sched = schedules[schedule]()
 
     def model():
         return models.create("lenet_300_100", num_classes=10, input_shape=ds.input_shape, seed=0)
@@ -307,3 +310,24 @@ def test_random_like_another_run_and_at_erk_densities(data_root, tmp_path):
     d = erk_densities(0.9)
     for n, kept in kept_counts(masks["erk"]).items():
         assert abs(kept / math.prod(SHAPES[n]) - d[n]) <= 0.5 / math.prod(SHAPES[n]) + 1e-12
+
+
+def test_rigl_grow_gradient_is_a_rigl_option_outside_default_ids(data_root, tmp_path):
+    """grow_gradient="step" is a new run of RigL (another id; the default id is unchanged, as the pinned ids
+    check), the trainer captures the step's gradient for it (the masks differ from the default's), and SET
+    refuses it before anything is written."""
+    runner = Runner(RunStore(tmp_path / "runs"), data_root=data_root, device="cpu")
+    rigl = get_protocol("rigl")
+    default, step = DynamicHparams(sparsity=0.9, every="2it", end="8it"), DynamicHparams(
+        sparsity=0.9, every="2it", end="8it", grow_gradient="step")
+    assert rigl.run_id(runner, REP, step) != rigl.run_id(runner, REP, default)
+    masks = {}
+    for name, hp in (("default", default), ("step", step)):
+        result = rigl.run(runner, REP, hp)[-1]
+        assert result["status"] == "done" and result["mask_updates"] == 4, name
+        masks[name] = Mask.load(runner.store.folder(rigl.run_id(runner, REP, hp)) / "mask.pt")
+    assert masks["default"] != masks["step"]
+    before = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    with pytest.raises(ValueError, match="grow_gradient='step' is RigL's; set grows without a gradient"):
+        get_protocol("set").run(runner, REP, step)
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == before

@@ -19,7 +19,7 @@ from prunelab.experiments.hparams import canonicalize, check_duration, distribut
 from prunelab.experiments.protocols.base import Protocol, sparse_result
 from prunelab.experiments.runner import Replicate, Runner
 from prunelab.options import option
-from prunelab.sparse_training import SET, GradualMagnitude, MaskSchedule, RigL
+from prunelab.sparse_training import GROW_GRADIENTS, SET, GradualMagnitude, MaskSchedule, RigL
 from prunelab.training import Diverged
 from prunelab.validate import SCOPES, check_fraction, check_name
 
@@ -66,6 +66,9 @@ class DynamicHparams:
                              unset="75% of training (Evci et al. 2020, §3: T_end)")
     distribution: str = option("erk", help="layer densities of the initial random mask (Evci et al. 2020, §3)",
                                choices=distribution_names)
+    grow_gradient: str = option("after_step", help="RigL only: grow by the dense gradient after the step (an "
+                                "extra pass) or the step's own (Evci et al. 2020, Alg. 1)",
+                                choices=lambda: GROW_GRADIENTS)
 
     def __post_init__(self) -> None:
         canonicalize(self, floats=("sparsity", "drop_fraction"),
@@ -76,6 +79,7 @@ class DynamicHparams:
         for name in ("every",) + (("end",) if self.end is not None else ()):
             check_duration(getattr(self, name), name)
         check_name("distribution", self.distribution, distribution_names())
+        check_name("grow_gradient", self.grow_gradient, GROW_GRADIENTS)
 
 
 class _DuringTraining(Protocol):
@@ -140,9 +144,15 @@ class _DuringTraining(Protocol):
         for (t, layer_density), (t_next, _) in zip(log, log[1:]):
             density = sum(layer_density[n] * k for n, k in sizes.items()) / total
             segments.append(Segment(t_next - t, layer_density, density))
-        if schedule.needs_batch:  # RigL: one dense-gradient pass per update step (Evci et al. 2020, App. H)
-            extra = sum(rep.training.batch_size * (2 * forward_flops(count, ld) + count.dense)
-                        for t, ld in res.mask_log[1:])
+        if schedule.needs_batch:  # RigL's dense gradient at each update step (Evci et al. 2020, App. H)
+            # after_step: an extra forward, input-gradient and dense weight-gradient pass; step: the step's own
+            # weight gradient taken dense instead of sparse
+            def extra_of(ld):
+                if schedule.needs_step_gradients:
+                    return count.dense - forward_flops(count, ld)
+                return 2 * forward_flops(count, ld) + count.dense
+
+            extra = sum(rep.training.batch_size * extra_of(ld) for t, ld in res.mask_log[1:])
             segments.append(Segment(0, None, 1.0, extra))
         return runner.cost(rep, own=segments)
 
@@ -180,7 +190,13 @@ class _Dynamic(_DuringTraining):
         if end > total:
             raise ValueError(f"end {hp.end} ({end} it) is past the end of training ({total} it)")
         return self.schedule_class(every=every, end=end, sparsity=hp.sparsity, drop_fraction=hp.drop_fraction,
-                                   distribution=hp.distribution, seed=rep.seed)
+                                   distribution=hp.distribution, seed=rep.seed, **self.schedule_options(hp))
+
+    def schedule_options(self, hp: DynamicHparams) -> dict[str, Any]:
+        """Options of the section only this protocol's schedule takes."""
+        if hp.grow_gradient != "after_step":
+            raise ValueError(f"grow_gradient={hp.grow_gradient!r} is RigL's; {self.name} grows without a gradient")
+        return {}
 
     def describe(self, hp: dict[str, Any]) -> str:
         d = hp["dynamic"]
@@ -201,3 +217,6 @@ class RigLProtocol(_Dynamic):
     schedule_class = RigL
     help = "RigL: drop smallest, grow largest dense gradient, cosine-annealed (Evci et al. 2020)"
     citation = "Evci et al. 2020, §3, Algorithm 1"
+
+    def schedule_options(self, hp: DynamicHparams) -> dict[str, Any]:
+        return {"grow_gradient": hp.grow_gradient}
