@@ -323,12 +323,15 @@ VIT_GROUPS = ["patch embedding", "queries and keys", "values", "attention output
 
 def _vit_parts(mask):
     """(kind, keep) for every part of a vit_tiny mask: each masked tensor, with the fused input projection of
-    each attention layer (``in_proj_weight``, rows stacked as queries, keys, values) split into its queries, its
-    keys and its values."""
+    each attention layer split into its queries, its keys and its values by the layer rule
+    (:func:`prunelab.coverage.split_fused`)."""
+    from prunelab.coverage import split_fused
+
     for name, keep in mask.items():
-        if name.endswith("in_proj_weight"):
-            queries, keys, values = keep.chunk(3)
-            yield from (("queries and keys", queries), ("queries and keys", keys), ("values", values))
+        parts = split_fused(keep, name)
+        if parts is not None:
+            yield from (("queries and keys", parts["query"]), ("queries and keys", parts["key"]),
+                        ("values", parts["value"]))
         elif ".out_proj." in name:
             yield "attention output", keep
         elif ".linear1." in name or ".linear2." in name:
@@ -386,6 +389,7 @@ def family16_synflow_scores(df: pd.DataFrame) -> str:
     weight of each attention projection: why SynFlow empties the queries and keys (no training; a few seconds)."""
     import prunelab
     from prunelab import models
+    from prunelab.coverage import split_fused
 
     seeds = sorted(_vit(df).seed.unique())
     if not seeds:
@@ -397,7 +401,8 @@ def family16_synflow_scores(df: pd.DataFrame) -> str:
         scores = prunelab.score(model, "synflow", input_shape=(1, 28, 28))
         for layer in range(len(model.encoder.layers)):
             name = f"encoder.layers.{layer}.self_attn"
-            q, k, v = (float(t.mean()) for t in scores[f"{name}.in_proj_weight"].chunk(3))
+            parts = split_fused(scores[f"{name}.in_proj_weight"], "in_proj_weight", model.get_submodule(name))
+            q, k, v = (float(parts[p].mean()) for p in ("query", "key", "value"))
             out = float(scores[f"{name}.out_proj.weight"].mean())
             rows.append([int(seed), layer] + [f"{x:.2e}" for x in (q, k, v, out)] + [f"{v / q:.0f}x", f"{v / k:.0f}x"])
     return ("## Family 16 (ours): SynFlow's score per weight of vit_tiny's attention at initialization\n\n"

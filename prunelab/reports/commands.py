@@ -214,7 +214,7 @@ def cmd_analyze(args) -> int:
               "bypass them")
     else:
         print("layer collapse: none")
-    uniform = prunelab.pruning.uniform_attention(mask)
+    uniform = prunelab.pruning.uniform_attention(mask, model)
     if uniform:
         print(f"attention collapse: {', '.join(uniform)}: every key weight pruned, so each key is its bias alone and "
               "the attention is uniform over the tokens")
