@@ -64,7 +64,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
-    batch = (torch.randn(args.batch, *SHAPES[args.model], generator=g), torch.randint(0, 10, (args.batch,), generator=g))
+    x = torch.randn(args.batch, *SHAPES[args.model], generator=g)
+    batch = (x, torch.randint(0, 10, (args.batch,), generator=g))
     end = 10 ** 9  # every step is an update step, at a constant drop fraction near alpha
     schedules = {
         "masked step": prunelab.RigL(sparsity=0.9, every=1, end=end),  # run without its updates: the unit

@@ -468,9 +468,9 @@ def cmd_demo(args) -> int:
     import prunelab
     from prunelab import data, models
     from prunelab.training import TrainSettings, train
+    from prunelab.validate import check_fraction
 
-    if not 0 <= args.sparsity < 1:
-        raise UserError(f"--sparsity must be in [0, 1), got {args.sparsity}")
+    check_fraction(args.sparsity, "--sparsity", "[0, 1)", "the fraction of the covered weights pruned")
     if args.epochs < 1:
         raise UserError(f"--epochs must be >= 1, got {args.epochs}")
     check_device(args.device)

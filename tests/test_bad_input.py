@@ -57,7 +57,7 @@ NO_CUDA = pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="th
     (["--sparsity", "1"], "sparsity"),
     (["--train", "40 epochs"], "malformed duration"),
     (["--prune-at", "2ep"], "beyond the training length"),
-    (["--iterations", "-3"], "iterations must be >= 1"),
+    (["--iterations", "-3"], "iterations must be an integer >= 1"),
     (["--lr", "0"], "learning rate must be > 0"),
     (["--batch-size", "-5"], "batch size must be >= 1"),
     (["--init", "kaiming"], "did you mean"),
@@ -98,9 +98,9 @@ def test_a_bad_input_never_touches_an_existing_store(data_root, tmp_path, capsys
 
 
 @pytest.mark.parametrize("extra,fragment", [
-    (["--levels", "1000"], "levels must be in [1, 100]"),
+    (["--levels", "1000"], "levels must be at most 100"),
     (["--rewind-to", "5ep"], "beyond the training length"),
-    (["--rate", "nan"], "rate must be in (0, 1)"),
+    (["--rate", "nan"], "rate must be a number in (0, 1)"),
     (["--lr", "inf"], "lr must be a finite number"),
 ])
 def test_bad_lottery_inputs(data_root, tmp_path, capsys, monkeypatch, extra, fragment):

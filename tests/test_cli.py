@@ -105,7 +105,7 @@ def test_run_user_errors(mnist_root, tmp_path, capsys):
     for extra, message in [
         (["--sparsity", "1.2"], "sparsity must be a number in [0, 1)"),
         (["--method", "snipp"], "did you mean 'snip'"),
-        (["--iterations", "0"], "iterations must be >= 1"),
+        (["--iterations", "0"], "iterations must be an integer >= 1"),
         (["--prune-at", "500ep"], "beyond the training length"),
         (["--ablation", "inverse"], "did you mean 'invert'"),
     ]:

@@ -11,8 +11,8 @@ import math
 from dataclasses import dataclass
 
 from prunelab.options import default_of, option, show_value
-from prunelab.registry import check_name
 from prunelab.training.durations import Step
+from prunelab.validate import check_fraction, check_name
 
 OPTIMIZERS = ["sgd", "adam", "adamw"]
 # Mixed-precision modes by name (prunelab.training.precision maps them to dtypes). ``amp=True``, the only
@@ -80,16 +80,14 @@ class TrainSettings:
                 raise ValueError(f"{name.replace('_', ' ')} must be a finite number, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"learning rate must be > 0, got {self.lr}")
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        check_fraction(self.momentum, "momentum", "[0, 1)")
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov needs momentum > 0")
         if self.data_seed is not None:
             check_seed(self.data_seed, "data seed")
         if self.weight_decay < 0:
             raise ValueError(f"weight decay must be >= 0, got {self.weight_decay}")
-        if not 0 < self.gamma <= 1:
-            raise ValueError(f"gamma (LR drop factor) must be in (0, 1], got {self.gamma}")
+        check_fraction(self.gamma, "gamma", "(0, 1]", "the factor of each learning-rate drop")
 
     def replace(self, **changes) -> TrainSettings:
         return dataclasses.replace(self, **changes)

@@ -32,7 +32,7 @@ from prunelab.masks import Mask
 from prunelab.options import option
 from prunelab.training import Diverged
 from prunelab.training.checkpoints import CheckpointFolder
-from prunelab.validate import SCOPES, check_name
+from prunelab.validate import SCOPES, check_fraction, check_int, check_name
 
 # What each structure prunes with: weights by magnitude (or at random), or channels by a norm
 # (Paganini & Forde 2020, §3.1); fc_only prunes only the fully-connected layers.
@@ -71,10 +71,9 @@ class LotteryHparams:
     def __post_init__(self) -> None:
         canonicalize(self, floats=("rate",),
                      durations=("rewind_to",) if self.rewind_to not in REWIND_CHOICES else ())
-        if not 1 <= self.levels <= MAX_LEVELS:
-            raise ValueError(f"levels must be in [1, {MAX_LEVELS}], got {self.levels}")
-        if not 0 < self.rate < 1:
-            raise ValueError(f"rate must be in (0, 1), got {self.rate}")
+        if check_int(self.levels, "levels", 1, "rounds of pruning and retraining") > MAX_LEVELS:
+            raise ValueError(f"levels must be at most {MAX_LEVELS}; got {self.levels}")
+        check_fraction(self.rate, "rate", "(0, 1)", "the fraction of the remaining weights pruned per level")
         if self.rewind_to not in REWIND_CHOICES:
             check_duration(self.rewind_to, "rewind_to", extra=REWIND_CHOICES)
         check_name("structure", self.structure, STRUCTURES)

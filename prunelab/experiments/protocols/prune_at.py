@@ -122,9 +122,8 @@ class PruneHparams:
         if self.scope is not None:
             check_name("scope", self.scope, SCOPES)
         check_fraction(self.sparsity, "sparsity", "[0, 1)", "the fraction of the covered weights pruned")
-        if self.iterations is not None and self.iterations < 1:
-            raise ValueError(f"iterations must be >= 1, got {self.iterations}")
-        if self.iterations is not None and self.iterations > MAX_PRUNE_ITERATIONS:
+        if self.iterations is not None and check_int(self.iterations, "iterations", 1,
+                                                     "1 = one-shot pruning") > MAX_PRUNE_ITERATIONS:
             raise ValueError(f"iterations must be <= {MAX_PRUNE_ITERATIONS:,} (the papers use 100), "
                              f"got {self.iterations}")
         check_int(self.batch_per_class, "batch_per_class", 1, "examples per class in the scoring batch")
