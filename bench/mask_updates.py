@@ -30,7 +30,7 @@ import torch.nn.functional as F
 import prunelab
 from prunelab import models
 
-SHAPES = {"lenet_300_100": (1, 28, 28), "lenet5_caffe": (1, 28, 28)}
+SHAPES = {"lenet_300_100": (1, 28, 28), "lenet5": (1, 28, 28), "resnet20": (3, 32, 32)}
 
 
 def _contender(model_name: str, schedule, batch, seed: int = 0):

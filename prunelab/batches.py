@@ -126,7 +126,7 @@ class Batch:
         those in place of the model's parameters and buffers of the same names (the others are the
         model's own). ``prepare`` transforms each input tensor first (e.g. a memory format)."""
         args = self.inputs if prepare is None else _map(self.inputs, prepare)
-        kwargs = dict(self.kwargs) if prepare is None else _map(dict(self.kwargs), prepare)
+        kwargs = {} if not self.kwargs else (dict(self.kwargs) if prepare is None else _map(dict(self.kwargs), prepare))
         if tensors is None:
             return model(*args, **kwargs)
         return functional_call(model, dict(tensors), tuple(args), kwargs, strict=False)
@@ -198,7 +198,9 @@ def default_loss(output: Any, targets: torch.Tensor, reduction: str = "mean",
     the forward pass ran in); None uses them as they are (the criteria, in the model's own precision).
     """
     out = logits(output)
-    return F.cross_entropy(out if dtype is None else out.to(dtype), targets, reduction=reduction)
+    if dtype is not None and out.dtype != dtype:
+        out = out.to(dtype)
+    return F.cross_entropy(out, targets, reduction=reduction)
 
 
 def resolve_loss(loss_fn: LossFn | None) -> LossFn:
