@@ -209,14 +209,23 @@ class _DropAndGrow(MaskSchedule):
             if k == 0:
                 out[name] = mask[name]
                 continue
-            w = params[name].detach().reshape(-1).abs()
+            w = _nan_as_largest(params[name].detach().reshape(-1).abs())
             kept = keep.to(w.device)
             dropped = first_k(w, kept, k, highest=False)  # the k smallest |w| among kept positions
             inactive = ~kept | dropped
-            g = grow[name].detach().reshape(-1).to(w.device)
+            g = _nan_as_largest(grow[name].detach().reshape(-1).to(w.device))
             grown = first_k(g, inactive, k, highest=True)  # the k largest scores among positions now inactive
             out[name] = ((kept & ~dropped) | grown).to(keep.device).view(mask[name].shape)
         return Mask(out)
+
+
+def _nan_as_largest(values: torch.Tensor) -> torch.Tensor:
+    """NaN ranked as the largest value (as a sort ranks it). A NaN weight or gradient means the step diverged,
+    which the training loop reports at its next check (every 25 steps on a GPU); the update before it must not
+    fail on the NaN instead."""
+    if values.is_floating_point() and bool(torch.isnan(values.sum())):
+        return values.nan_to_num(nan=math.inf, posinf=math.inf, neginf=-math.inf)
+    return values
 
 
 @dataclass(frozen=True)

@@ -501,3 +501,16 @@ def test_rigl_step_gradient_without_capture_says_how_to_drive_it():
         updates.after_step(1, batch=mlp_batch(0))
     with pytest.raises(ValueError, match="unknown grow_gradient 'stepp'; did you mean 'step'"):
         RigL(sparsity=0.5, end=10, grow_gradient="stepp")
+
+
+def test_a_nan_gradient_does_not_stop_the_update_before_the_loop_sees_the_divergence():
+    """On a GPU the loop checks for divergence every 25 steps; a RigL update between must not raise on NaN.
+    NaN ranks as the largest value, as a sort ranks it: NaN gradients grow first."""
+    model = tiny_mlp()
+    mask = random_mask(model, 0.5, seed=2).apply(model)
+    sched = RigL(sparsity=0.5, drop_fraction=0.3, end=100, every=10, distribution="uniform", grow_gradient="step")
+    grads = {n: torch.zeros(k.shape) for n, k in mask.items()}
+    inactive = (~mask["2.weight"]).reshape(-1).nonzero().squeeze(1)
+    grads["2.weight"].view(-1)[inactive[:2]] = float("nan")
+    new = sched.next_mask(10, model, mask, gradients=grads)
+    assert set(inactive[:2].tolist()) <= flat_set(new["2.weight"])
