@@ -1,0 +1,200 @@
+"""prunelab inside Hugging Face's Trainer and Lightning's Trainer: tiny models from configs, a few CPU steps.
+
+Pruned entries are counted by brute force on the trained weights; the number of mask changes is checked
+against the schedule's own ``update_steps``; checkpoints hold the mask and a resumed run continues from it.
+"""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import prunelab
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("accelerate")  # transformers' Trainer needs it
+
+from transformers import (  # noqa: E402
+    BertConfig,
+    BertForSequenceClassification,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+
+from prunelab.integrations import huggingface as hf  # noqa: E402
+
+
+def tiny_bert(seed=0):
+    torch.manual_seed(seed)
+    config = BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
+                        vocab_size=100, max_position_embeddings=16, num_labels=2)
+    return BertForSequenceClassification(config)
+
+
+class TokenData(torch.utils.data.Dataset):
+    def __init__(self, n=32, length=8):
+        g = torch.Generator().manual_seed(0)
+        self.ids = torch.randint(0, 100, (n, length), generator=g)
+        self.labels = torch.arange(n) % 2
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "attention_mask": torch.ones_like(self.ids[i]), "labels": self.labels[i]}
+
+
+def trainer_args(out, steps, **kw):
+    kw.setdefault("save_strategy", "no")
+    return TrainingArguments(output_dir=str(out), use_cpu=True, report_to=[], max_steps=steps,
+                             per_device_train_batch_size=8, logging_steps=1000, disable_tqdm=True, seed=0, **kw)
+
+
+class Spy(TrainerCallback):
+    """Records a copy of the callback's mask when training begins and after every step."""
+
+    def __init__(self, callback):
+        self.callback, self.begin, self.steps = callback, None, {}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.begin = self.callback.mask.clone()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps[state.global_step] = self.callback.mask.clone()
+
+
+def train(model, callback, out, steps, resume=None, **kw):
+    spy = Spy(callback)
+    trainer = Trainer(model=model, args=trainer_args(out, steps, **kw), train_dataset=TokenData(),
+                      callbacks=[callback, spy])
+    trainer.train(resume_from_checkpoint=resume)
+    return spy
+
+
+def pruned_nonzero(model, mask):
+    """Brute force: the pruned entries of every covered tensor that are not exactly 0."""
+    params = dict(model.named_parameters())
+    return sum(int((params[n].detach()[~keep] != 0).sum()) for n, keep in mask.items())
+
+
+def test_light_import_pulls_in_no_trainer_library():
+    code = ("import sys, prunelab, prunelab.integrations, prunelab.models; "
+            "bad = [m for m in ('transformers', 'lightning', 'timm') if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_missing_transformers_is_one_line_naming_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    monkeypatch.delitem(sys.modules, "prunelab.integrations.huggingface")
+    with pytest.raises(ImportError, match=r"pip install prunelab\[huggingface\]") as err:
+        import prunelab.integrations.huggingface  # noqa: F401
+    assert "\n" not in str(err.value)
+
+
+def test_fixed_mask_stays_zero_through_trainer(tmp_path):
+    model = tiny_bert()
+    mask = prunelab.prune(model, "magnitude", 0.7)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    callback = hf.MaskCallback(mask=mask)
+    train(model, callback, tmp_path, steps=4)
+    assert callback.mask is mask and callback.update_count == 0
+    assert pruned_nonzero(model, mask) == 0
+    params = dict(model.named_parameters())
+    changed = sum(int((params[n].detach()[keep] != before[n][keep]).sum()) for n, keep in mask.items())
+    assert changed > 0.9 * mask.num_kept  # the kept weights did train
+
+
+@pytest.mark.parametrize("schedule", [
+    prunelab.SET(sparsity=0.8, every=2, end=8, seed=1),
+    prunelab.RigL(sparsity=0.8, every=2, end=8, grow_gradient="step"),
+    prunelab.RigL(sparsity=0.8, every=2, end=8),  # after_step: the step's keyword inputs, the model's own loss
+], ids=["set", "rigl-step", "rigl-after-step"])
+def test_drop_and_grow_changes_the_mask_at_each_update_step(tmp_path, schedule):
+    model = tiny_bert()
+    callback = hf.MaskCallback(schedule=schedule)
+    spy = train(model, callback, tmp_path, steps=7)
+    assert schedule.update_steps(7) == [2, 4, 6]  # RigL drops nothing at T_end: end=8 lies past them
+    assert callback.update_count == 3
+    masks = [spy.begin] + [spy.steps[t] for t in range(1, 8)]
+    changed_at = [t for t in range(1, 8) if masks[t] != masks[t - 1]]
+    assert changed_at == [2, 4, 6]
+    for m in masks[1:]:  # drop and grow keeps each tensor's count
+        assert m.layer_counts() == spy.begin.layer_counts()
+    assert pruned_nonzero(model, callback.mask) == 0
+
+
+def test_gradual_magnitude_reaches_its_sparsity(tmp_path):
+    model = tiny_bert()
+    schedule = prunelab.GradualMagnitude(sparsity=0.75, every=1, start=0, end=4)
+    callback = hf.MaskCallback(schedule=schedule)
+    spy = train(model, callback, tmp_path, steps=5)
+    assert spy.begin.sparsity == 0 and callback.update_count == 4
+    assert abs(callback.mask.sparsity - 0.75) < 1e-3
+    assert pruned_nonzero(model, callback.mask) == 0
+
+
+def test_step_gradients_with_gradient_accumulation_are_refused(tmp_path):
+    callback = hf.MaskCallback(schedule=prunelab.RigL(sparsity=0.8, every=2, end=6, grow_gradient="step"))
+    with pytest.raises(ValueError, match="gradient_accumulation_steps=2"):
+        train(tiny_bert(), callback, tmp_path, steps=2, gradient_accumulation_steps=2)
+
+
+def test_mask_and_schedule_are_exclusive():
+    with pytest.raises(ValueError, match="either mask"):
+        hf.MaskCallback()
+    with pytest.raises(ValueError, match="either mask"):
+        hf.MaskCallback(mask=prunelab.Mask.ones(tiny_bert()), schedule=prunelab.SET())
+
+
+def test_checkpoints_hold_the_mask_and_resume_restores_it(tmp_path):
+    schedule = prunelab.SET(sparsity=0.8, every=1, end=6, seed=3)
+    model = tiny_bert()
+    first = hf.MaskCallback(schedule=schedule)
+    spy = train(model, first, tmp_path, steps=4, save_strategy="steps", save_steps=2)
+    for step in (2, 4):
+        saved = prunelab.Mask.load(tmp_path / f"checkpoint-{step}" / hf.CHECKPOINT_MASK_FILE)
+        assert saved == spy.steps[step]
+    # a fresh model and callback resume at step 2: the mask of step 2, then the same updates as before
+    again = hf.MaskCallback(schedule=schedule)
+    spy2 = train(tiny_bert(seed=1), again, tmp_path, steps=4, resume=str(tmp_path / "checkpoint-2"),
+                 save_strategy="no")
+    assert spy2.begin == spy.steps[2]
+    assert again.update_count == 2 and spy2.steps[4] == spy.steps[4]
+
+
+def test_resume_without_a_saved_mask_says_where_it_looked(tmp_path):
+    model = tiny_bert()
+    train(model, hf.MaskCallback(mask=prunelab.prune(model, "magnitude", 0.5)), tmp_path, steps=2,
+          save_strategy="steps", save_steps=2)
+    (tmp_path / "checkpoint-2" / hf.CHECKPOINT_MASK_FILE).unlink()
+    callback = hf.MaskCallback(schedule=prunelab.SET(sparsity=0.5, every=1, end=4))
+    with pytest.raises(FileNotFoundError, match="checkpoint-2"):
+        train(tiny_bert(), callback, tmp_path, steps=4, resume=str(tmp_path / "checkpoint-2"))
+
+
+def test_save_pretrained_round_trip_keeps_the_mask(tmp_path):
+    model = tiny_bert()
+    mask = prunelab.prune(model, "magnitude", 0.9).apply(model)
+    path = hf.save_pretrained(model, tmp_path / "pruned")
+    assert path == tmp_path / "pruned" / hf.MASK_FILE and (tmp_path / "pruned" / "config.json").is_file()
+    loaded = hf.from_pretrained(BertForSequenceClassification, tmp_path / "pruned")
+    assert prunelab.Mask.load(path) == mask
+    for (n, p), (n2, q) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert n == n2 and torch.equal(p, q)
+    # the mask is applied again: an optimizer step leaves the pruned weights at exactly 0
+    batch = TokenData()[0]
+    out = loaded(input_ids=batch["input_ids"][None], labels=batch["labels"][None])
+    out.loss.backward()
+    torch.optim.SGD(loaded.parameters(), lr=1.0).step()
+    assert pruned_nonzero(loaded, mask) == 0
+
+
+def test_save_pretrained_needs_a_mask_and_from_pretrained_a_mask_file(tmp_path):
+    model = tiny_bert()
+    with pytest.raises(ValueError, match="no mask is applied"):
+        hf.save_pretrained(model, tmp_path / "dense")
+    model.save_pretrained(tmp_path / "dense")
+    with pytest.raises(FileNotFoundError, match="prunelab_mask.pt"):
+        hf.from_pretrained(BertForSequenceClassification, tmp_path / "dense")
