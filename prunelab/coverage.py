@@ -14,10 +14,30 @@ is covered:
     ``nn.Embedding``/``nn.EmbeddingBag`` tables, covered with ``include_embeddings=True``: a token's
     row is its input, so pruning an embedding changes what the network can read.
 ``norm``
-    normalization layers, every parameter, with ``include_norm=True``.
+    normalization layers, every parameter, with ``include_norm=True``: PyTorch's BatchNorm, GroupNorm,
+    LayerNorm, RMSNorm (and their subclasses, timm's ``LayerNorm2d``...), and, by name, any other layer
+    whose class name ends with ``Norm`` (a trailing ``1d``/``2d``/``3d`` aside: ``LlamaRMSNorm``,
+    ``T5LayerNorm``, timm's ``RmsNorm2d``) and whose own parameters all have one dimension (a scale or
+    shift per channel): a norm layer of another library is never mistaken for a weight matrix.
 
-``include=[names]`` adds any parameter by its exact name (a positional embedding, a custom
-``nn.Parameter``) and ``exclude=[names]`` drops one. A custom layer type joins the registry with
+Layer types of other libraries that prunelab knows without importing them (:data:`KNOWN_ELSEWHERE`,
+matched by qualified class name the first time coverage meets one): ``transformers``' ``Conv1D``
+(GPT-2's attention and MLP layers, a linear layer storing its weight as ``(in, out)``).
+
+``include=[...]`` adds any parameter by its exact name (a positional embedding, a custom
+``nn.Parameter``) or by a glob pattern (``"*.attn.*"``, :func:`fnmatch.fnmatchcase`), and
+``exclude=[...]`` drops some the same way; a pattern that matches nothing is an error, like an unknown
+name. Exclusion wins over a pattern in ``include``; a name given exactly in ``include`` and excluded
+too is an error. What ``exclude`` or ``filter`` leaves out was left out on purpose: no warning.
+
+A tensor shared by several modules (an output layer tied to the embedding table: GPT-2, T5, most
+language models) is one parameter, named as ``named_parameters`` names it first, listed with all its
+owners in :attr:`Coverage.ties`, and takes the role of its most restrictive owner: an owner whose role
+needs an option (embedding, norm, bias) wins over a layer, so a tied table stays out unless
+``include_embeddings=True``; an owner of no known type says nothing of the tensor.
+
+Wrapper prefixes (``_orig_mod.`` of ``torch.compile``, ``module.`` of DDP and DataParallel) are not
+part of a name (:mod:`prunelab.wrappers`). A custom layer type joins the registry with
 :func:`register_layer_type`. :func:`coverage` says what a mask would cover and which weight tensors
 (two or more dimensions) it leaves out, and why.
 
@@ -32,7 +52,9 @@ everywhere, or refused with an error that names what its rule lacks.
 
 from __future__ import annotations
 
+import fnmatch
 import math
+import re
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +63,7 @@ import torch
 from torch import nn
 
 from prunelab.validate import check_int, check_name, check_options, closest
+from prunelab.wrappers import resolve_names, unwrap
 
 __all__ = [
     "COVERAGE_OPTIONS",
@@ -54,12 +77,14 @@ __all__ = [
     "is_bias",
     "is_bias_name",
     "is_convolution",
+    "KNOWN_ELSEWHERE",
     "layer_rule",
     "mask_coverage",
     "parameter_owners",
     "prunable_parameters",
     "register_layer_type",
     "split_fused",
+    "tied_parameters",
 ]
 
 ROLES = ("layer", "embedding", "norm")
@@ -175,13 +200,50 @@ def register_layer_type(
     return cls
 
 
+# Layer types of other libraries, by qualified class name -> register_layer_type's keywords: registered the
+# first time a rule is asked of one, so prunelab never imports those libraries itself. A user's own
+# register_layer_type call for the class wins (it is found first).
+KNOWN_ELSEWHERE: dict[str, dict] = {
+    # Radford et al. 2018's "Conv1D" of GPT and GPT-2: x @ weight + bias with weight (in, out).
+    "transformers.pytorch_utils.Conv1D": {"out_axis": 1, "in_axis": 0},
+}
+
+
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 def layer_rule(module: nn.Module | None) -> LayerRule | None:
-    """The rule of the nearest registered type of ``module`` (its own class first), or None (also for None)."""
-    for cls in type(module).__mro__:
+    """The rule of the nearest registered type of ``module`` (its own class first); else that of a type
+    :data:`KNOWN_ELSEWHERE` (registered now) or of a norm layer known by name (see the module docstring);
+    else None (also for None)."""
+    mro = type(module).__mro__
+    for cls in mro:
         rule = _RULES.get(cls)
         if rule is not None:
             return rule
-    return None
+    for cls in mro:
+        known = KNOWN_ELSEWHERE.get(_qualified(cls))
+        if known is not None:
+            register_layer_type(cls, **known)
+            return _RULES[cls]
+    return _norm_by_name(module)
+
+
+_NORM_NAME = re.compile(r"Norm(?:[123]d)?$")
+
+
+def _norm_by_name(module: nn.Module | None) -> LayerRule | None:
+    """A norm rule for an unregistered layer whose class name ends with ``Norm`` (``1d``/``2d``/``3d`` aside)
+    and whose own parameters are all one-dimensional: how the norm layers of other libraries (``LlamaRMSNorm``,
+    ``T5LayerNorm``, timm's ``RmsNorm2d``) are known without importing them. Not registered: the
+    dimensions are the instance's."""
+    if not isinstance(module, nn.Module) or not _NORM_NAME.search(type(module).__name__):
+        return None
+    own = [p for p in module._parameters.values() if p is not None]
+    if not own or any(p.dim() != 1 for p in own):
+        return None
+    return LayerRule("norm", _everything, _nothing, type(module).__name__)
 
 
 def _recurrent_weight(name: str) -> bool:
@@ -291,12 +353,21 @@ def is_bias_name(name: str) -> bool:
 
 def parameter_owners(model: nn.Module) -> dict[str, tuple[nn.Module, str]]:
     """``{parameter name: (the module that owns it, its local name there)}``: where a name's rule is found.
-    A shared parameter is listed under each name ``named_modules`` reaches it by."""
+    A shared parameter is listed under each name ``named_modules`` reaches it by; wrapper prefixes are left out."""
     return {
         (f"{mn}.{pn}" if mn else pn): (m, pn)
-        for mn, m in model.named_modules()
+        for mn, m in unwrap(model).named_modules()
         for pn, _ in m.named_parameters(recurse=False)
     }
+
+
+def tied_parameters(model: nn.Module) -> dict[str, tuple[str, ...]]:
+    """``{name: every name of it}`` for each parameter reached by more than one name (an output layer tied to
+    the embedding table, a module used twice): the name is the first, the one ``named_parameters`` gives."""
+    names: dict[int, list[str]] = {}
+    for name, p in unwrap(model).named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    return {all_[0]: tuple(all_) for all_ in names.values() if len(all_) > 1}
 
 
 def _fused_layout(module: nn.Module | None, local: str) -> tuple[tuple[str, ...], int] | None:
@@ -331,9 +402,15 @@ def split_fused(tensor: torch.Tensor, name: str, module: nn.Module | None = None
 
 # ---- what a mask covers -----------------------------------------------------------------------
 
+# What one owner says of a shared parameter, most restrictive first: a role that needs an option wins over a
+# layer (a tied embedding table stays an embedding table), and an owner of no known type says nothing.
+_PRECEDENCE = ("embedding", "norm", "bias", "covered", "unrecognized")
+
+
 def _classify(model: nn.Module, include_bias: bool, include_norm: bool, include_embeddings: bool) -> dict[str, str]:
     """{parameter name: why it is or is not covered by the type rules}: ``covered``, ``bias``,
-    ``norm``, ``embedding`` or ``unrecognized``, in ``named_parameters`` order (shared parameters once)."""
+    ``norm``, ``embedding`` or ``unrecognized``, in ``named_parameters`` order (shared parameters once,
+    with the verdict of their most restrictive owner)."""
     role_on = {"layer": True, "embedding": include_embeddings, "norm": include_norm}
     by_id: dict[int, str] = {}
     for module in model.modules():
@@ -347,22 +424,37 @@ def _classify(model: nn.Module, include_bias: bool, include_norm: bool, include_
                 why = "covered" if include_bias and role_on[rule.role] else "bias"
             else:
                 why = "unrecognized"
-            # A parameter shared by two modules is covered when either of its owners covers it.
-            if by_id.get(id(param)) != "covered":
+            seen = by_id.get(id(param))
+            if seen is None or _PRECEDENCE.index(why) < _PRECEDENCE.index(seen):
                 by_id[id(param)] = why
     return {name: by_id[id(p)] for name, p in model.named_parameters()}
 
 
-def _check_names(option: str, names, valid: list[str]) -> list[str]:
+_GLOB = frozenset("*?[")
+
+
+def _check_names(option: str, names, valid: list[str]) -> tuple[list[str], list[str]]:
+    """(the exact names, the names the patterns match), in the model's order; a name the model lacks or a
+    pattern that matches nothing is a ValueError naming the closest parameter. A name with a wrapper prefix
+    (``module.fc.weight``) means the parameter without it."""
     if isinstance(names, str) or not isinstance(names, Iterable):
-        raise ValueError(f"{option} must be a list of parameter names, got {names!r}")
+        raise ValueError(f"{option} must be a list of parameter names or glob patterns, got {names!r}")
     names = list(names)
+    resolved = resolve_names(names, valid)
+    exact, matched = [], set()
     for n in names:
-        if n not in valid:
-            near = closest(n, valid)  # not the whole list: a model has thousands of parameters
-            hint = f"; did you mean {near!r}?" if near else ""
+        if n in resolved:
+            exact.append(resolved[n])
+            continue
+        near = closest(n, valid)  # not the whole list: a model has thousands of parameters
+        hint = f"; did you mean {near!r}?" if near else ""
+        if not (isinstance(n, str) and _GLOB.intersection(n)):
             raise ValueError(f"{option}: the model has no parameter {n!r}{hint}")
-    return names
+        found = [v for v in valid if fnmatch.fnmatchcase(v, n)]
+        if not found:
+            raise ValueError(f"{option}: the pattern {n!r} matches no parameter of the model{hint}")
+        matched.update(found)
+    return exact, [v for v in valid if v in matched]
 
 
 def _select(model: nn.Module, options: Mapping[str, object]) -> tuple[dict[str, nn.Parameter], dict[str, str]]:
@@ -381,21 +473,22 @@ def _select_checked(
     filter: Callable[[str, nn.Parameter], bool] | None = None,  # noqa: A002 - public option name
 ) -> tuple[dict[str, nn.Parameter], dict[str, str]]:
     """(covered parameters, {name: reason} for every parameter left out)."""
+    model = unwrap(model)
     params = dict(model.named_parameters())
-    include = _check_names("include", include, list(params))
-    exclude = set(_check_names("exclude", exclude, list(params)))
+    include, include_matched = _check_names("include", include, list(params))
+    exclude = set().union(*_check_names("exclude", exclude, list(params)))
     both = sorted(exclude.intersection(include))
     if both:
         raise ValueError(f"{both[0]!r} is both in include and in exclude; name it in one of them")
     why = _classify(model, include_bias, include_norm, include_embeddings)
-    for n in include:
+    for n in (*include, *include_matched):
         why[n] = "covered"
     chosen, left = {}, {}
     for name, reason in why.items():
         if name in exclude:
             reason = "excluded"
-        elif reason == "covered" and filter is not None and not filter(name, params[name]):
-            reason = "filtered"
+        elif filter is not None and _asked(reason, params[name]) and not filter(name, params[name]):
+            reason = "filtered"  # a weight the filter rejects was left out on purpose: no warning
         if reason == "covered":
             chosen[name] = params[name]
         else:
@@ -403,11 +496,18 @@ def _select_checked(
     return chosen, left
 
 
+def _asked(reason: str, param: nn.Parameter) -> bool:
+    """Whether ``filter`` decides of a parameter: one covered so far, or a weight tensor of no known layer type
+    (which would be warned about: rejecting it says the user leaves it out on purpose)."""
+    return reason == "covered" or (reason == "unrecognized" and param.dim() >= 2)
+
+
 def prunable_parameters(model: nn.Module, **options) -> dict[str, nn.Parameter]:
     """The parameters a mask covers, in ``named_parameters`` order (see the module docstring).
 
     Options: ``include_bias``, ``include_norm``, ``include_embeddings`` (booleans), ``include`` and
-    ``exclude`` (exact parameter names), and ``filter(name, param)``, which has the last word.
+    ``exclude`` (exact parameter names or glob patterns), and ``filter(name, param)``, which has the last
+    word (it is asked of the tensors of no known layer type too, so rejecting them silences the warning).
     """
     return _select(model, options)[0]
 
@@ -442,6 +542,9 @@ class Coverage:
     covered: dict[str, tuple[int, ...]]
     left_out: tuple[LeftOut, ...]
     total: int = field(default=0)  # parameters of the model (shared ones once)
+    # {name: every name of it} of each shared tensor (tied_parameters): one entry, the role of its most
+    # restrictive owner
+    ties: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def covered_numel(self) -> int:
@@ -458,8 +561,9 @@ class Coverage:
         return tuple(t for t in self.left_out if t.reason == "unrecognized")
 
     def to_dict(self) -> dict:
-        """JSON-ready summary (what a run's result records)."""
-        return {
+        """JSON-ready summary (what a run's result records); ``ties`` only when the model has any, so the
+        record of a model without them is what it always was."""
+        out = {
             "covered_tensors": len(self.covered),
             "covered_parameters": self.covered_numel,
             "total_parameters": self.total,
@@ -469,6 +573,15 @@ class Coverage:
                 for t in self.left_out
             ],
         }
+        if self.ties:
+            out["ties"] = {n: list(names) for n, names in self.ties.items()}
+        return out
+
+    def _status(self, name: str) -> str:
+        if name in self.covered:
+            return "covered"
+        reason = next((t.reason for t in self.left_out if t.name == name), None)
+        return f"left out ({reason})" if reason else "left out"
 
     def __str__(self) -> str:
         lines = [
@@ -481,6 +594,10 @@ class Coverage:
                 share = 100 * t.numel / self.total if self.total else 0.0
                 shape = "x".join(map(str, t.shape))
                 lines.append(f"  {t.name} ({shape}, {t.numel:,} = {share:.2f}%): {_REASONS[t.reason]}")
+        if self.ties:
+            lines.append("shared tensors (one entry each, the role of the most restrictive owner):")
+            for name, names in self.ties.items():
+                lines.append(f"  {name} = {' = '.join(names[1:])}: {self._status(name)}")
         return "\n".join(lines)
 
     def warn_unexpected(self, what: str = "the mask", stacklevel: int = 3) -> None:
@@ -494,7 +611,7 @@ class Coverage:
         warnings.warn(
             f"{what} leaves out {len(missing)} weight tensor(s) of no known layer type: {names}{more} "
             f"({100 * count / max(self.total, 1):.2f}% of the parameters); cover them with include=[...] "
-            "or silence this with exclude=[...]",
+            "or silence this with exclude=[...] or filter=",
             CoverageWarning,
             stacklevel=stacklevel,
         )
@@ -509,6 +626,7 @@ def _coverage(model: nn.Module, chosen: Iterable[str], left: dict[str, str]) -> 
         covered={n: tuple(params[n].shape) for n in chosen},
         left_out=left_out,
         total=sum(p.numel() for p in params.values()),
+        ties=tied_parameters(model),
     )
 
 
@@ -516,7 +634,9 @@ def mask_coverage(model: nn.Module, names: Iterable[str]) -> Coverage:
     """The coverage of an existing mask over ``names`` (a run's mask, a loaded file): what a run's
     result and ``prunelab analyze`` record. A weight covered by default but not by the mask counts as
     excluded."""
-    names = set(names)
+    model = unwrap(model)
+    names = list(names)
+    names = set(resolve_names(names, dict(model.named_parameters())).values())
     why = _classify(model, include_bias=False, include_norm=False, include_embeddings=False)
     left = {n: ("excluded" if reason == "covered" else reason) for n, reason in why.items() if n not in names}
     return _coverage(model, [n for n in why if n in names], left)
@@ -531,4 +651,4 @@ def coverage(model: nn.Module, **options) -> Coverage:
     shows a table.
     """
     chosen, left = _select(model, options)
-    return _coverage(model, chosen, left)
+    return _coverage(unwrap(model), chosen, left)

@@ -9,7 +9,10 @@ travels with the model:
   its parameters, so it is copied and pickled with the module, and arms the copy's parameters (zeroes
   their pruned entries, hooks their gradients) as soon as it is rebuilt (``__setstate__``).
 * ``model.load_state_dict(state)``: a load post-hook zeroes the pruned entries again at once, so
-  rewinding by ``load_state_dict`` is safe (``assign=True`` included: new parameters are armed).
+  rewinding by ``load_state_dict`` is safe (``assign=True`` included: new parameters are armed). A tensor
+  shared by several modules (an output layer tied to the embedding table) is loaded once per owner, in
+  module order; every other owner carries a hook too (:class:`_Alias`), so the entries are zeroed again
+  after the last owner has loaded its copy, not only after the first.
 * ``model.to(...)``, ``.cuda()``, ``.double()`` (``Module._apply``), also with
   ``torch.__future__.set_swap_module_params_on_conversion(True)``, which replaces the tensor under each
   parameter and drops its gradient hooks: the owner module's ``_apply`` is wrapped to re-arm after it.
@@ -24,6 +27,9 @@ gradient stays exactly 0 under SGD (momentum, Nesterov, weight decay: every term
 the weight or the gradient), Adam and AdamW. A NaN or infinite gradient at a pruned position gives
 NaN there (``nan * 0``); such a step is already divergent, and AMP's loss scaler skips it.
 
+Wrapper prefixes are not part of a name: :meth:`prunelab.Mask.apply` binds to the model inside any
+``torch.compile``/DDP/DataParallel wrapper (:mod:`prunelab.wrappers`), whose modules the wrapper shares.
+
 Direct in-place writes to a weight (``p.data.copy_(...)``, ``nn.init`` on a parameter) bypass the
 binding; call ``mask.apply(model)`` again after them.
 """
@@ -35,6 +41,8 @@ from collections.abc import Mapping
 
 import torch
 from torch import nn
+
+from prunelab.wrappers import unwrap
 
 __all__ = ["applied_mask", "bind", "remove_mask", "unbound_copy"]
 
@@ -157,22 +165,50 @@ class _Binding:
         return out
 
 
-def _bindings(module: nn.Module) -> list[tuple[int, _Binding]]:
+class _Alias:
+    """Another owner of a tensor that a binding holds (a tied output layer, whose weight is the embedding
+    table): after this module loads its copy of the tensor (``load_state_dict`` loads a tied tensor once
+    per owner, in module order) or moves, the binding arms again. Installed like a binding (a load
+    post-hook and the module's ``_apply``, wrapping whichever ``_apply`` the module had), copied and pickled
+    with the module; it holds no mask of its own, so :func:`applied_mask` does not list it."""
+
+    def __init__(self, module: nn.Module, binding: _Binding):
+        self.module, self.binding = module, binding
+        self.previous = module.__dict__.get("_apply")  # the module's own binding, or another alias
+
+    def after_load(self, module: nn.Module, incompatible_keys) -> None:
+        self.binding.arm(zero=True)
+
+    def apply_then_arm(self, fn, *args, **kwargs):
+        if self.previous is not None:
+            out = self.previous(fn, *args, **kwargs)
+        else:
+            out = type(self.module)._apply(self.module, fn, *args, **kwargs)
+        self.binding.arm()
+        return out
+
+
+def _hooks(module: nn.Module, kind: type = _Binding) -> list[tuple[int, _Binding | _Alias]]:
     return [
         (key, hook.__self__)
         for key, hook in module._load_state_dict_post_hooks.items()
-        if isinstance(getattr(hook, "__self__", None), _Binding)
+        if isinstance(getattr(hook, "__self__", None), kind)
     ]
+
+
+def _bindings(module: nn.Module) -> list[tuple[int, _Binding]]:
+    return _hooks(module, _Binding)
 
 
 def remove_mask(model: nn.Module) -> None:
     """Unbind the mask applied to ``model`` (and its submodules); the weights stay as they are."""
     for module in model.modules():
-        for key, binding in _bindings(module):
-            binding.disarm()
+        for key, hook in _hooks(module, (_Binding, _Alias)):
+            if isinstance(hook, _Binding):
+                hook.disarm()
             del module._load_state_dict_post_hooks[key]
-            if getattr(module.__dict__.get("_apply"), "__self__", None) is binding:
-                del module.__dict__["_apply"]
+        if isinstance(getattr(module.__dict__.get("_apply"), "__self__", None), (_Binding, _Alias)):
+            del module.__dict__["_apply"]  # the outermost of ours: the chain under it goes with it
 
 
 def bind(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
@@ -183,18 +219,44 @@ def bind(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
     for name, keep in masks.items():
         owner, _, local = name.rpartition(".")
         by_module.setdefault(owner, {})[local] = keep
+    bindings = []
     for owner, keep in by_module.items():
         module = model.get_submodule(owner)
         binding = _Binding(module, keep)
         module.register_load_state_dict_post_hook(binding.after_load)
         module.__dict__["_apply"] = binding.apply_then_arm  # an instance attribute: copied with the module
+        bindings.append(binding)
+    _bind_aliases(model, bindings)
+    for binding in bindings:
         binding.arm()
 
 
+def _bind_aliases(model: nn.Module, bindings: list[_Binding]) -> None:
+    """An :class:`_Alias` on every other module that owns a tensor of a binding (tied weights); nothing for a
+    model without shared tensors."""
+    owners: dict[int, list[nn.Module]] = {}
+    for module in model.modules():
+        for p in module._parameters.values():
+            if p is not None:
+                owners.setdefault(id(p), []).append(module)
+    for binding in bindings:
+        others: dict[int, nn.Module] = {}
+        for name in binding.keep:
+            p = binding.module._parameters.get(name)
+            for module in owners.get(id(p), ()) if p is not None else ():
+                if module is not binding.module:
+                    others[id(module)] = module
+        for module in others.values():
+            alias = _Alias(module, binding)
+            module.register_load_state_dict_post_hook(alias.after_load)
+            module.__dict__["_apply"] = alias.apply_then_arm
+
+
 def applied_mask(model: nn.Module) -> dict[str, torch.Tensor] | None:
-    """``{parameter name: keep-mask}`` bound to ``model``, or None when no mask is applied."""
+    """``{parameter name: keep-mask}`` bound to ``model``, or None when no mask is applied (names without
+    wrapper prefixes)."""
     out: dict[str, torch.Tensor] = {}
-    for module_name, module in model.named_modules():
+    for module_name, module in unwrap(model).named_modules():
         for _, binding in _bindings(module):
             for local, keep in binding.keep.items():
                 out[f"{module_name}.{local}" if module_name else local] = keep

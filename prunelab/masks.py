@@ -5,7 +5,9 @@ applies to another copy, to a checkpoint, or to a torchvision model without cust
 (the design of ``torch.nn.utils.prune``, minus its per-forward recomputation of ``weight``).
 Which parameters a mask covers is decided in :mod:`prunelab.coverage`; how an applied mask keeps
 pruned weights at exactly 0.0 through training, copies, saves and loads, in
-:mod:`prunelab.mask_binding`.
+:mod:`prunelab.mask_binding`. Wrapper prefixes (``_orig_mod.`` of ``torch.compile``, ``module.`` of DDP
+and DataParallel) are not part of a name (:mod:`prunelab.wrappers`): a mask found on a model applies to
+it wrapped or unwrapped, and a mask keyed by a wrapped model's names applies to the plain model.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from torch import nn
 from prunelab import mask_binding
 from prunelab.coverage import prunable_parameters
 from prunelab.io import atomic_torch_save
+from prunelab.wrappers import resolve_names, unwrap
 
 __all__ = ["Mask", "prunable_parameters", "remove_mask"]
 
@@ -60,9 +63,11 @@ class Mask(Mapping[str, torch.Tensor]):
     @classmethod
     def from_weights(cls, model: nn.Module, names: Iterable[str] | None = None) -> Mask:
         """The mask of nonzero entries of the model's (prunable, or named) parameters."""
+        model = unwrap(model)
         params = dict(model.named_parameters())
         names = list(names) if names is not None else list(prunable_parameters(model))
-        return cls({n: (params[n].detach() != 0).cpu() for n in names})
+        resolved = resolve_names(names, params)
+        return cls({n: (params[resolved.get(n, n)].detach() != 0).cpu() for n in names})
 
     # ---- mapping protocol -----------------------------------------------------------------------
     def __getitem__(self, name: str) -> torch.Tensor:
@@ -138,21 +143,28 @@ class Mask(Mapping[str, torch.Tensor]):
 
     # ---- model interaction ----------------------------------------------------------------------
     def check_compatible(self, model: nn.Module) -> dict[str, nn.Parameter]:
-        """The model's parameters this mask covers; ValueError naming the first mismatch otherwise."""
-        params = dict(model.named_parameters())
-        missing = [n for n in self._t if n not in params]
+        """``{mask name: the model's parameter}`` for every tensor of the mask; ValueError naming the first
+        mismatch otherwise. Wrapper prefixes are no part of a name, on either side."""
+        return {n: p for n, (_, p) in self._locate(model).items()}
+
+    def _locate(self, model: nn.Module) -> dict[str, tuple[str, nn.Parameter]]:
+        """``{mask name: (its name in the unwrapped model, the parameter)}``, names and shapes checked."""
+        params = dict(unwrap(model).named_parameters(remove_duplicate=False))  # a tied tensor under any name
+        resolved = resolve_names(self._t, params)
+        missing = [n for n in self._t if n not in resolved]
         if missing:
             raise ValueError(
                 f"mask does not fit {type(model).__name__}: it names {len(missing)} parameter(s) the model "
                 f"lacks, e.g. {missing[0]!r}"
             )
         for n, t in self._t.items():
-            if tuple(params[n].shape) != tuple(t.shape):
+            p = params[resolved[n]]
+            if tuple(p.shape) != tuple(t.shape):
                 raise ValueError(
                     f"mask does not fit {type(model).__name__}: {n!r} has shape {tuple(t.shape)} in the mask "
-                    f"but {tuple(params[n].shape)} in the model"
+                    f"but {tuple(p.shape)} in the model"
                 )
-        return {n: params[n] for n in self._t}
+        return {n: (resolved[n], params[resolved[n]]) for n in self._t}
 
     @torch.no_grad()
     def zero_pruned(self, model: nn.Module) -> None:
@@ -169,8 +181,8 @@ class Mask(Mapping[str, torch.Tensor]):
         replaces any mask applied to ``model`` before (see :mod:`prunelab.mask_binding`). Parameters
         that do not require gradients (frozen) are zeroed but not hooked.
         """
-        self.check_compatible(model)
-        mask_binding.bind(model, self._t)
+        located = self._locate(model)
+        mask_binding.bind(unwrap(model), {located[n][0]: t for n, t in self._t.items()})
         return self
 
     # ---- persistence ----------------------------------------------------------------------------
