@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 
 from torch import nn
 
+from prunelab.batches import with_forward
 from prunelab.coverage import (
     COVERAGE_OPTIONS,
     coverage,
@@ -56,6 +57,18 @@ def _split_options(method: Method, options: dict, extra: Mapping[str, object]):
     return prunable, options
 
 
+def _with_forward_fn(method: Method, batch, options: dict):
+    """``batch`` with ``options``' ``forward_fn(model, *inputs, **kwargs)`` (popped) called in place of the model
+    (:func:`prunelab.batches.with_forward`); a criterion that scores no batch ignores it, and says so."""
+    forward_fn = options.pop("forward_fn", None)
+    if forward_fn is None:
+        return batch
+    if not method.needs_data:
+        warnings.warn(f"{method.name} scores no batch of data: forward_fn is ignored", stacklevel=3)
+        return batch
+    return with_forward(batch, forward_fn, method.name)
+
+
 def _resolve_mask(model: nn.Module, mask: Mask | None, prunable: Mapping) -> Mask:
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -102,7 +115,10 @@ def score(
 ) -> Scores:
     """``{param_name: scores}`` of criterion ``method`` for the prunable parameters of ``model``.
 
-    ``batch=(inputs, targets)`` for data-driven criteria. ``mask``: score the masked network
+    ``batch`` for data-driven criteria: ``(inputs, targets)`` with ``inputs`` a tensor, a tuple of positional
+    inputs or a mapping of keyword inputs, a mapping alone called as ``model(**batch)`` (Hugging Face style,
+    the model's own loss when it computes one), or a list of these (:mod:`prunelab.batches`); ``loss_fn``
+    and ``forward_fn(model, *inputs, **kwargs)`` replace the loss and the call. ``mask``: score the masked network
     (pruned weights count as zero); by default the dense mask over the prunable parameters, chosen
     by ``include_bias``, ``include_norm``, ``include_embeddings``, ``include``, ``exclude`` and
     ``filter`` (see :mod:`prunelab.coverage`). Other ``options`` go to the criterion (e.g.
@@ -117,6 +133,7 @@ def score(
     m = get_method(method)
     if score_batch_size is not None:
         options["score_batch_size"] = score_batch_size
+    batch = _with_forward_fn(m, batch, options)
     prunable, options = _split_options(m, dict(options), {})
     mask = _resolve_mask(model, mask, prunable)
     if m.needs_input_shape:
@@ -223,6 +240,7 @@ def prune(
         scope = "layer" if distribution is not None else m.default_scope
     else:
         check_name("scope", scope, SCOPES)
+    batch = _with_forward_fn(m, batch, options)
     prunable, options = _split_options(m, dict(options), {"input_shape": input_shape, "seed": seed})
     new_mask = mask is None
     mask = _resolve_mask(model, mask, prunable)

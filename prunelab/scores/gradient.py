@@ -8,14 +8,22 @@ untouched (see :mod:`prunelab.scores.isolation`). Batches and outputs go through
 
 from __future__ import annotations
 
+import contextlib
+import re
 from collections.abc import Callable
 
 import torch
 
-from prunelab.batches import logits, resolve_loss
+from prunelab.batches import logits, model_loss, replace_logits, resolve_loss
 from prunelab.masks import Mask
 from prunelab.scores.batching import ScoreBatches, score_batches, warn_if_batchnorm_split
-from prunelab.scores.isolation import batchnorm_train_mode, forward, masked_leaves, math_attention
+from prunelab.scores.isolation import (
+    batchnorm_train_mode,
+    forward,
+    masked_leaves,
+    math_attention,
+    twice_differentiable,
+)
 from prunelab.scores.registry import Scores, register_method
 
 
@@ -113,6 +121,22 @@ def _summed_grads(model, leaves, batches: ScoreBatches, loss_of, hg_at=None):
     return total
 
 
+@contextlib.contextmanager
+def _second_derivatives():
+    """A missing double backward as a one-line ``ValueError`` naming the operation (GraSP's H g)."""
+    try:
+        yield
+    except RuntimeError as e:
+        found = re.search(r"derivative for (\S+) is not implemented", str(e))
+        if found is None:
+            raise
+        raise ValueError(
+            f"grasp needs second derivatives (Wang et al. 2020, §4: H g by double back-propagation) and torch has "
+            f"none for {found.group(1)}, which the model uses; replace that layer by a twice-differentiable "
+            "equivalent or score with snip or synflow"
+        ) from e
+
+
 def _check_temperature(temperature):
     if temperature is None:
         return 1.0
@@ -126,15 +150,24 @@ def _grasp_hg(model, mask, batch, temperature, loss_fn, batchnorm_train, score_b
     """(leaves, H g) with g = dL/dw and H the Hessian of L over the covered weights."""
     batches = score_batches(batch, "grasp", score_batch_size, distributed)
     warn_if_batchnorm_split(model, batches, "grasp", batchnorm_train)
+    own_loss = loss_fn is None  # the default loss would take the model's own
     loss_fn = resolve_loss(loss_fn)
     t = _check_temperature(temperature)
     params = mask.check_compatible(model)
     leaves = masked_leaves(params, mask)
 
     def loss_of(out, y):
-        return loss_fn(logits(out) / t if t != 1.0 else out, y)
+        if t == 1.0:
+            return loss_fn(out, y)
+        if own_loss and model_loss(out) is not None:
+            raise ValueError(
+                f"grasp: the temperature {t:g} divides the logits, but the model computes its own loss from the "
+                "undivided ones (Hugging Face, given labels); pass loss_fn(output, targets), which then receives "
+                "the divided logits in output.logits, or temperature=1"
+            )
+        return loss_fn(replace_logits(out, logits(out) / t), y)
 
-    with batchnorm_train_mode(model, batchnorm_train), math_attention():
+    with batchnorm_train_mode(model, batchnorm_train), math_attention(), twice_differentiable(), _second_derivatives():
         if batches.one_pass:
             # One batch: a single forward pass serves both g and Hg. z = <stop_grad(g), g(w)> and
             # dz/dw = H g (double back-propagation, Wang et al. 2020, Algorithm 2).

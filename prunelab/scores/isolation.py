@@ -11,16 +11,18 @@ train-mode BatchNorm updates the clones and not the model's running statistics.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from prunelab.batches import Batch
 from prunelab.masks import Mask
 
-__all__ = ["batchnorm_train_mode", "forward", "masked_leaves", "math_attention"]
+__all__ = ["batchnorm_train_mode", "forward", "masked_leaves", "math_attention", "twice_differentiable"]
 
 
 @contextlib.contextmanager
@@ -57,6 +59,31 @@ def math_attention() -> contextlib.AbstractContextManager:
     except ImportError:  # pragma: no cover - torch < 2.3
         return contextlib.nullcontext()
     return sdpa_kernel(SDPBackend.MATH)
+
+
+def _hardsigmoid(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:  # noqa: A002 - torch's name
+    """``relu6(x + 3) / 6``, the definition of ``F.hardsigmoid``, in ops that have second derivatives."""
+    return F.relu6(input + 3.0) / 6.0
+
+
+# torch functions without a double backward -> the same function in ops that have one
+_TWICE_DIFFERENTIABLE: dict[Callable, Callable] = {F.hardsigmoid: _hardsigmoid}
+
+
+class _TwiceDifferentiable(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        return _TWICE_DIFFERENTIABLE.get(func, func)(*args, **(kwargs or {}))
+
+
+def twice_differentiable() -> contextlib.AbstractContextManager:
+    """Functions torch cannot differentiate twice, replaced by equal ones it can, for the block's duration.
+
+    GraSP's Hessian-gradient product (Wang et al. 2020, §4) back-propagates through the backward pass;
+    ``F.hardsigmoid`` (``nn.Hardsigmoid``, the gates of MobileNetV3's squeeze-and-excitation) has no
+    derivative of its backward in torch and is computed as ``relu6(x + 3) / 6``, its definition. Any other
+    function without one stops GraSP with a ``ValueError`` naming it (see :mod:`prunelab.scores.gradient`).
+    """
+    return _TwiceDifferentiable()
 
 
 def masked_leaves(params: Mapping[str, torch.Tensor], mask: Mask) -> dict[str, torch.Tensor]:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from prunelab.batches import logits
 from prunelab.mask_binding import unbound_copy
 from prunelab.masks import Mask
 from prunelab.scores.registry import Scores, register_method
@@ -123,15 +124,17 @@ class SynFlowScorer:
             w.requires_grad_(True)
         try:
             try:
-                r = self.net(self.x).sum()  # R = 1^T (prod_l |theta^[l]|) 1, Tanaka et al. 2020, eq. (2)
-            except (RuntimeError, IndexError, TypeError) as e:
+                # R = 1^T (prod_l |theta^[l]|) 1, Tanaka et al. 2020, eq. (2), over the logits of what the model returns
+                r = logits(self.net(self.x)).sum()
+            except (RuntimeError, IndexError, TypeError, AttributeError, ValueError) as e:
                 where = _failing_module(self.net, self.x)
                 reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
                 raise ValueError(
                     f"synflow feeds an all-ones float64 input of shape {tuple(self.x.shape)} and {where} cannot "
-                    f"take it ({reason}); SynFlow needs a network whose input is a tensor of numbers (token ids "
-                    "work through nn.Embedding); score this model with a data-driven criterion (snip, grasp) "
-                    "or a data-free one that runs no forward pass (magnitude, random)"
+                    f"take it ({reason}); SynFlow needs a network whose first input is a tensor of numbers (token ids "
+                    "work through nn.Embedding: input_shape=(sequence length,)) and whose output holds logits; "
+                    "score this model with a data-driven criterion (snip, grasp) or a data-free one that runs no "
+                    "forward pass (magnitude, random)"
                 ) from e
             if not bool(torch.isfinite(r)):
                 # Each score is at most R (conservation, Tanaka et al. 2020, Theorem 2): R finite, scores finite.
