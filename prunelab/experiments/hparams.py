@@ -189,7 +189,8 @@ def distribution_names() -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class ModelHparams:
-    model: str = option("lenet_300_100", help="network (also wide ResNets: wrn_<depth>_<k>)",
+    model: str = option("lenet_300_100", help="network (also wide ResNets: wrn_<depth>_<k>; timm:NAME and "
+                        "torchvision:NAME, those libraries' models at their own initialization)",
                         choices=model_names)
     init: str = option("kaiming_normal", help="weight initializer", choices=initializer_names)
     init_mode: str = option("fan_in", help="fan the initializer's variance is scaled by", choices=_fan_modes)

@@ -10,6 +10,7 @@ from torch import nn
 
 from prunelab.models import convnets, lenet, resnet_cifar, resnet_imagenet, sequence, vgg  # noqa: F401 - registers
 from prunelab.models.initializers import check_init_options, initialize
+from prunelab.models.libraries import SEPARATOR, library_of, split_name
 from prunelab.models.registry import MODELS, ModelFactory
 from prunelab.models.resnet_cifar import WIDE_RESNET_PATTERN, parse_wide_resnet_name, wide_resnet
 from prunelab.registry import unknown_name_message
@@ -31,7 +32,10 @@ def create(
     ``mode`` and ``bn_init``; the defaults (Kaiming normal on the fan-in, BatchNorm gamma ~ U(0, 1)) are
     those of Frankle et al. (2021, App. A.3 and D.3). ``options`` go to the model's factory (e.g.
     ``width`` for the CIFAR ResNets). Names are those of :func:`prunelab.models.names`, plus any
-    ``wrn_<depth>_<k>``.
+    ``wrn_<depth>_<k>``, plus ``timm:NAME`` and ``torchvision:NAME``: those libraries' models, adapted to the
+    input channels and classes by the libraries' own options and kept at the libraries' own initialization
+    unless another ``init``, ``init_mode`` or ``bn_init`` is given (:mod:`prunelab.models.libraries`); they
+    carry no ``prunelab_init`` then.
 
     The same seed gives bitwise-identical weights on the CPU, and the global RNG is left as it was. The
     result carries ``model.prunelab_init = {"init", "mode", "bn_init"}``, so that
@@ -57,11 +61,31 @@ def create(
     # know, in a user's registered factory, are reproducible too.
     with torch.random.fork_rng(devices=[]):
         torch.random.default_generator.manual_seed(seed)
-        model = factory(num_classes, input_shape, **options)
+        model = _build(name, factory, num_classes, input_shape, options)
     _check_forward(name, model, num_classes, input_shape)
+    if meta.get("library") and (init, init_mode, bn_init) == _DEFAULT_INIT:
+        return model  # pruned as the library initializes it
     initialize(model, init, mode=init_mode, bn_init=bn_init, seed=seed)
     model.prunelab_init = {"init": init, "mode": init_mode, "bn_init": bn_init}
     return model
+
+
+_DEFAULT_INIT = ("kaiming_normal", "fan_in", "uniform")  # create()'s defaults
+
+
+def _build(name: str, factory: ModelFactory, num_classes: int, input_shape: tuple[int, int, int],
+           options: dict) -> nn.Module:
+    """``factory(num_classes, input_shape, **options)``; a library model's own refusal (an option it does not
+    take, a shape its constructor asserts against) as a one-line ValueError."""
+    try:
+        return factory(num_classes, input_shape, **options)
+    except (TypeError, AssertionError, RuntimeError) as e:
+        if split_name(name) is None:
+            raise
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        hint = _shape_hint(name) if isinstance(e, AssertionError) else ""
+        raise ValueError(f"model {name!r} cannot be built for {num_classes} classes and inputs of shape "
+                         f"{input_shape}: {reason}{hint}") from e
 
 
 def _resolve(name: str) -> tuple[ModelFactory, dict]:
@@ -72,7 +96,16 @@ def _resolve(name: str) -> tuple[ModelFactory, dict]:
     parsed = parse_wide_resnet_name(name)
     if parsed is not None:
         return wide_resnet(*parsed), {"min_hw": 1}
-    raise ValueError(f"{unknown_name_message('model', name, MODELS.names())}, or {WIDE_RESNET_PATTERN}")
+    if split_name(name) is not None:
+        library, prefix, arch = library_of(name)
+        module = library.load()
+
+        def factory(num_classes, input_shape, **options):
+            return library.build(module, arch, num_classes, input_shape, options)
+
+        return factory, {"min_hw": 1, "library": prefix}
+    raise ValueError(f"{unknown_name_message('model', name, MODELS.names())}, or {WIDE_RESNET_PATTERN}, "
+                     f"or timm{SEPARATOR}NAME, torchvision{SEPARATOR}NAME")
 
 
 def _check_num_classes(num_classes: int) -> int:
@@ -124,13 +157,23 @@ def _check_forward(name: str, model: nn.Module, num_classes: int, input_shape: t
             except NotImplementedError:
                 device = next(iter(tensors.values())).device if tensors else torch.device("cpu")
                 out = model(torch.zeros((1, *input_shape), device=device))
-    except (RuntimeError, ValueError, IndexError) as e:
+    except (RuntimeError, ValueError, IndexError, AssertionError) as e:  # AssertionError: timm's shape checks
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ValueError(
             f"model {name!r} cannot take inputs of shape {input_shape} (channels, height, width): {reason}"
+            f"{_shape_hint(name)}"
         ) from e
     finally:
         model.train(was_training)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, num_classes):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(f"model {name!r} returned {shape} for one input, expected (1, {num_classes})")
+
+
+def _shape_hint(name: str) -> str:
+    """What to do when a library model cannot take the data's images."""
+    parsed = split_name(name)
+    if parsed is None:
+        return ""
+    return ("; choose a model that downsamples less or has a smaller patch (e.g. timm:resnet10t, "
+            "torchvision:resnet18), or a dataset with larger images")
