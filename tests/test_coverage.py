@@ -253,3 +253,96 @@ def test_lstm_parameter_count_and_coverage():
     assert cov.covered == {"lstm.weight_ih_l0": (4 * h, f), "lstm.weight_hh_l0": (4 * h, h),
                            "head.weight": (classes, h)}
     assert cov.total == expected and cov.left_out == ()
+
+
+# ---- glob patterns, filter and exclude silence the warning, norm layers of other libraries ---------------
+
+class Blocks(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            nn.ModuleDict({"attn": nn.MultiheadAttention(8, 2), "mlp": nn.Linear(8, 8)}) for _ in range(2)
+        )
+        self.head = nn.Linear(8, 3)
+
+
+def test_include_and_exclude_take_glob_patterns():
+    model = Blocks()
+    everything = [n for n, _ in model.named_parameters()]
+    attn = [n for n in everything if ".attn." in n]  # by hand, not by fnmatch
+    default = set(prunelab.coverage(model).covered)
+    assert set(prunelab.coverage(model, include=["*.attn.*"]).covered) == default | set(attn)
+    assert set(prunelab.coverage(model, exclude=["*.attn.*"]).covered) == default - set(attn)
+    assert set(prunelab.coverage(model, exclude=["blocks.?.mlp.weight"]).covered) == default - {
+        "blocks.0.mlp.weight", "blocks.1.mlp.weight"}
+    # exclusion wins over a pattern in include; exact names and patterns mix
+    got = prunelab.coverage(model, include=["*.attn.*", "head.bias"], exclude=["*_bias"])
+    assert set(got.covered) == (default | set(attn) | {"head.bias"}) - {n for n in attn if n.endswith("_bias")}
+
+
+def test_a_pattern_that_matches_nothing_is_an_error_with_the_closest_name():
+    model = Blocks()
+    with pytest.raises(ValueError, match=r"include: the pattern '\*\.atn\.\*' matches no parameter of the model"):
+        prunelab.coverage(model, include=["*.atn.*"])
+    with pytest.raises(ValueError, match="exclude: the pattern 'blocks.9.*' matches no parameter"):
+        prunelab.coverage(model, exclude=["blocks.9.*"])
+    with pytest.raises(ValueError, match="'head.weight' is both in include and in exclude"):
+        prunelab.coverage(model, include=["head.weight"], exclude=["head.*"])
+
+
+def test_filter_silences_the_warning_for_what_it_leaves_out():
+    net = TokenNet()
+    assert len(coverage_warnings(lambda: prunelab.prune(net, "magnitude", 0.5))) == 1
+    keep_all_but_pos = lambda name, p: name != "pos"  # noqa: E731
+    cov = prunelab.coverage(net, filter=keep_all_but_pos)
+    assert left_reasons(cov)["pos"] == "filtered" and cov.unexpected == ()
+    assert coverage_warnings(lambda: prunelab.prune(net, "magnitude", 0.5, filter=keep_all_but_pos)) == []
+    # a filter that accepts an unrecognized tensor does not cover it: it only ever leaves out
+    cov = prunelab.coverage(net, filter=lambda name, p: True)
+    assert "pos" not in cov.covered and left_reasons(cov)["pos"] == "unrecognized"
+
+
+def norm_layers():
+    """Norm layers as other libraries write them: classes of their own, not subclasses of PyTorch's."""
+    out = {"nn.RMSNorm": nn.RMSNorm(8)} if hasattr(nn, "RMSNorm") else {}
+    try:
+        from transformers.models.llama.modeling_llama import LlamaRMSNorm
+        from transformers.models.t5.modeling_t5 import T5LayerNorm
+
+        out.update({"LlamaRMSNorm": LlamaRMSNorm(8), "T5LayerNorm": T5LayerNorm(8)})
+    except ImportError:
+        pass
+    try:
+        from timm.layers import LayerNorm2d, RmsNorm, RmsNorm2d
+
+        out.update({"timm RmsNorm": RmsNorm(8), "timm RmsNorm2d": RmsNorm2d(8), "timm LayerNorm2d": LayerNorm2d(8)})
+    except ImportError:
+        pass
+    return out
+
+
+@pytest.mark.parametrize("kind", sorted(norm_layers()))
+def test_include_norm_covers_norm_layers_of_other_libraries(kind):
+    model = nn.Sequential(nn.Linear(8, 8), norm_layers()[kind])
+    norm_params = {f"1.{n}" for n, _ in model[1].named_parameters()}
+    assert norm_params and all(p.dim() == 1 for p in model[1].parameters())
+    assert set(prunelab.coverage(model).covered) == {"0.weight"}
+    assert set(prunelab.coverage(model, include_norm=True).covered) == {"0.weight"} | norm_params
+
+
+def test_a_class_called_norm_with_a_matrix_is_no_norm_layer():
+    class ProjNorm(nn.Module):  # a name that ends with "Norm", and a weight matrix
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(4, 4))
+            self.scale = nn.Parameter(torch.ones(4))
+
+    class ScaleNorm1d(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gain = nn.Parameter(torch.ones(4))
+
+    model = nn.Sequential(ProjNorm(), ScaleNorm1d())
+    cov = prunelab.coverage(model, include_norm=True)
+    assert set(cov.covered) == {"1.gain"}
+    assert left_reasons(cov) == {"0.weight": "unrecognized"}
