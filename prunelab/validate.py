@@ -8,7 +8,7 @@ right, with the closest valid name where there is one::
     snip does not take option 'temprature'; did you mean 'temperature'? (it takes: batchnorm_train, ...)
 
 The module imports nothing heavy (no torch), so configs and light commands can use it. The choices
-several layers of the package share (:data:`SCOPES`, :data:`SCHEDULES`) live here, once.
+several layers of the package share (:data:`SCOPES`, :data:`SCHEDULES`, :data:`TIE_RULES`) live here, once.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from collections.abc import Iterable
 __all__ = [
     "SCHEDULES",
     "SCOPES",
+    "TIE_RULES",
     "check_fraction",
     "check_int",
     "check_name",
@@ -31,6 +32,7 @@ __all__ = [
 
 SCOPES = ("global", "layer")  # rank all covered weights together, or each tensor alone
 SCHEDULES = ("exponential", "linear")  # how the density falls over pruning iterations
+TIE_RULES = ("position", "random")  # how a large tie at a pruning threshold is broken
 
 _INTERVALS = {"[0, 1)": (False, True), "(0, 1)": (True, True), "(0, 1]": (True, False), "[0, 1]": (False, False)}
 

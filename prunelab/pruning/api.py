@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping, Sequence
 
+import torch
 from torch import nn
 
 from prunelab.batches import with_forward
@@ -17,11 +18,12 @@ from prunelab.coverage import (
     split_fused,
 )
 from prunelab.masks import Mask
-from prunelab.pruning.removal import _Remover, check_scores
+from prunelab.pruning.removal import _Remover, check_scores, warn_large_ties
+from prunelab.pruning.selection import Ties
 from prunelab.pruning.targets import _global_targets, _layer_targets, check_iterations, check_sparsity_value
 from prunelab.scores.batching import check_score_batch_size
 from prunelab.scores.registry import Method, Scores, get_method
-from prunelab.validate import SCHEDULES, SCOPES, check_name, check_options
+from prunelab.validate import SCHEDULES, SCOPES, TIE_RULES, check_name, check_options
 
 PRUNABLE_OPTIONS = COVERAGE_OPTIONS  # which parameters a mask covers: prunelab.coverage
 COMMON_OPTIONS = ("input_shape", "seed")  # prune() arguments; score() accepts them as options too
@@ -206,6 +208,7 @@ def prune(
     seed: int = 0,
     distribution: str | Mapping[str, float] | None = None,
     score_batch_size: int | None = None,
+    ties: str = "position",
     **options,
 ) -> Mask:
     """Prune ``model`` to ``sparsity`` with criterion ``method``; returns the :class:`Mask` (the
@@ -223,6 +226,9 @@ def prune(
     method's layer densities, Frankle et al. 2021, §5); unstructured criteria only, scope ``"layer"``.
     ``score_batch_size`` (and ``distributed=True`` under DDP): score the batch in micro-batches (and
     across ranks), as in :func:`score`; the batch may stay on the CPU, each micro-batch moves alone.
+    ``ties``: how a large tie at a threshold is broken, ``"position"`` (the first tensors first, as always) or
+    ``"random"`` (from ``seed``); a :class:`~prunelab.pruning.removal.TieWarning` says when one decided the
+    mask, and scores that are all zero stop with a ``ValueError`` naming the all-zero parameters it finds.
     Other ``options``: the coverage options
     (``include_bias``, ``include_norm``, ``include_embeddings``, ``include``, ``exclude``, ``filter``;
     see :mod:`prunelab.coverage`) and the criterion's own. Warns :class:`~prunelab.coverage.CoverageWarning`
@@ -236,6 +242,7 @@ def prune(
         options["score_batch_size"] = score_batch_size
     n_iter = m.default_iterations if iterations is None else check_iterations(iterations)
     check_name("schedule", schedule, SCHEDULES)
+    check_name("ties", ties, TIE_RULES)
     if scope is None:
         scope = "layer" if distribution is not None else m.default_scope
     else:
@@ -261,13 +268,37 @@ def prune(
         if fast is not None and state is not None:
             # The fast path's scorer guarantees finite scores itself (SynFlow checks that R is finite).
             values = fast(state.mask(), state.index())
+            _check_some_signal(values, model, method, i)
             state.step_values(values, target, scope, highest, notify, seed + i, check_nan=False)
             continue
         scores = scorer(mask if state is None else state.mask())
         if state is None:
             check_scores(scores, mask, f"criterion {method!r} returned")
-            state = _Remover(mask, next(iter(scores.values())).device, compact=True)
+            state = _Remover(mask, next(iter(scores.values())).device, compact=True, ties=Ties(ties, seed))
+        _check_some_signal(scores, model, method, i)
         state.step(scores, target, scope, highest, notify=notify, groups=getattr(scores, "groups", None), seed=seed + i)
     result = mask.to("cpu").clone() if state is None else state.final_mask()  # CPU either way
+    if state is not None:
+        warn_large_ties(state, method)
     _warn_collapse(result, method, s, model)
     return result
+
+
+def _check_some_signal(scores: Mapping[str, torch.Tensor], model: nn.Module, method: str, iteration: int) -> None:
+    """Refuse scores that are all exactly zero: ranked by position, they would prune the first layers first.
+
+    Seen on torchvision's ViT (its head starts at zero, so no gradient reaches any other layer) and on a network
+    disconnected by an earlier iteration. The message names the all-zero parameters it finds."""
+    if any(bool(v.any()) for v in scores.values()):
+        return
+    zero = [n for n, p in model.named_parameters() if p.dim() > 1 and p.numel() and not bool(p.detach().any())]
+    when = "" if iteration == 0 else f" at iteration {iteration + 1}"
+    if zero:
+        named = ", ".join(zero[:3]) + (f" and {len(zero) - 3} more" if len(zero) > 3 else "")
+        cause = (f"{named} {'is' if len(zero) == 1 else 'are'} all zeros, so no signal reaches the layers it "
+                 "separates from the output: re-initialize it (e.g. torch.nn.init.kaiming_normal_) before scoring, "
+                 "or exclude it")
+    else:
+        cause = "no signal reaches the covered weights (a disconnected network, a zero output?)"
+    raise ValueError(f"{method}: every score is 0{when}, and a ranking of equal scores would prune the first "
+                     f"layers first; {cause}")

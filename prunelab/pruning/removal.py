@@ -10,10 +10,10 @@ from collections.abc import Mapping
 import torch
 
 from prunelab.masks import Mask
-from prunelab.pruning.selection import _MERGE, _select, _split
+from prunelab.pruning.selection import _MERGE, Ties, _select, _split
 from prunelab.pruning.targets import check_sparsity, num_to_prune
 from prunelab.tensors import fill_at, flatnonzero
-from prunelab.validate import SCOPES, check_name
+from prunelab.validate import SCOPES, TIE_RULES, check_name
 
 
 def check_scores(scores, mask: Mask, source: str = "remove was given") -> None:
@@ -67,9 +67,14 @@ class _Remover:
         device: torch.device,
         compact: bool = False,
         shapes: Mapping[str, torch.Size] | None = None,
+        ties: Ties | None = None,
     ):
         """Start from ``mask``, or with every entry kept in tensors of ``shapes``. ``compact``: allow
-        slot compaction (iterative pruning; one-shot removal does not need it)."""
+        slot compaction (iterative pruning; one-shot removal does not need it). ``ties``: how large ties at
+        a threshold are broken (position order by default); the tensors they touch gather in
+        :attr:`tied_layers`."""
+        self.ties = ties if ties is not None else Ties()
+        self.tied_layers: dict[str, int] = {}
         self.names = list(mask if mask is not None else shapes)
         self.shapes = {n: (mask[n].shape if mask is not None else torch.Size(shapes[n])) for n in self.names}
         self.keep = {}
@@ -168,8 +173,21 @@ class _Remover:
     def _step_layer(self, n, value, sparsity, highest, notify, seed, check_nan) -> None:
         """Prune tensor ``n`` alone to ``sparsity`` from its per-slot ``value``."""
         k = num_to_prune(sparsity, self.total[n]) - (self.total[n] - self.kept[n])
-        (drop,) = _select([value], [self._alive(n)], self.kept[n], k, highest, [n], seed, check_nan)
+        met = len(self.ties.met)
+        (drop,) = _select([value], [self._alive(n)], self.kept[n], k, highest, [n], seed, check_nan, self.ties)
+        self._note_ties(met, [n], [value], [self._alive(n)])
         self._drop(n, drop, notify)
+
+    def _note_ties(self, met: int, names, vals, alive) -> None:
+        """Count, per tensor, the alive entries at the score of each large tie met since ``met``."""
+        for score, _, _ in self.ties.met[met:]:
+            for n, v, a in zip(names, vals, alive):
+                at = v == score
+                if a is not None:
+                    at &= a
+                c = int(at.count_nonzero())
+                if c:
+                    self.tied_layers[n] = self.tied_layers.get(n, 0) + c
 
     def step_values(self, values, sparsity, scope, highest, notify=None, seed=0, check_nan=True) -> None:
         """:meth:`step` from per-slot values as :meth:`values` returns them."""
@@ -199,10 +217,13 @@ class _Remover:
                         for v, a, sz in zip(vals, alive, sizes)
                     ]
                 )
-            (drop,) = _select([torch.cat(vals)], [merged_alive], kept, k, highest, None, seed, check_nan)
+            met = len(self.ties.met)
+            (drop,) = _select([torch.cat(vals)], [merged_alive], kept, k, highest, None, seed, check_nan, self.ties)
             drops = _split(drop, sizes)
         else:
-            drops = _select(vals, alive, kept, k, highest, names, seed, check_nan)
+            met = len(self.ties.met)
+            drops = _select(vals, alive, kept, k, highest, names, seed, check_nan, self.ties)
+        self._note_ties(met, names, vals, alive)
         for n, d in zip(names, drops):
             self._drop(n, d, notify)
 
@@ -307,6 +328,27 @@ class _Remover:
         return best, int(counts[best])
 
 
+class TieWarning(UserWarning):
+    """Many weights share the score at the threshold, and which of them go is decided by the tie rule."""
+
+
+def warn_large_ties(state: _Remover, method: str, stacklevel: int = 3) -> None:
+    """Once per call: the largest tie met at a threshold, its share of the kept weights and its tensors."""
+    if not state.ties.met:
+        return
+    score, tied, taken = max(state.ties.met, key=lambda m: m[1])
+    layers = sorted(state.tied_layers, key=state.tied_layers.get, reverse=True)
+    named = ", ".join(layers[:4]) + (f" and {len(layers) - 4} more" if len(layers) > 4 else "")
+    how = ("at random from the seed" if state.ties.rule == "random" else "by position: the first entries first, "
+           "and in a global ranking the first tensors first (ties='random' draws them at random from the seed)")
+    kept = sum(state.kept.values())
+    warnings.warn(
+        f"{method}: {tied:,} weights tie at score {score:g} at the threshold ({tied / max(kept, 1):.1%} of the "
+        f"{kept:,} kept), in {named}; {taken:,} of them were pruned, chosen {how}",
+        TieWarning, stacklevel=stacklevel,
+    )
+
+
 def remove(
     scores: Mapping[str, torch.Tensor],
     mask: Mask | None = None,
@@ -317,6 +359,8 @@ def remove(
     prune_highest: bool = False,
     invert: bool = False,
     groups: Mapping[str, int] | None = None,
+    ties: str = "position",
+    seed: int = 0,
 ) -> Mask:
     """The mask that removes the lowest-ranked weights until ``sparsity`` (or ``1 - density``) is reached.
 
@@ -327,9 +371,12 @@ def remove(
     removes its highest scores (GraSP); ``invert`` flips whichever end is removed. ``groups``
     (default: ``scores.groups`` of a structured criterion) ``{name: dim}`` removes whole slices
     along ``dim``; scope and exact counts then apply to channels, to the nearest achievable count.
+    ``ties``: how a large tie at the threshold is broken, ``"position"`` (the first weights first) or
+    ``"random"`` (from ``seed``); see :class:`~prunelab.pruning.selection.Ties` (unstructured removal).
     """
     s = check_sparsity(sparsity, density)
     check_name("scope", scope, SCOPES)
+    check_name("ties", ties, TIE_RULES)
     if not scores:
         raise ValueError("no scores given: remove needs {param_name: scores} for at least one tensor")
     if mask is not None:
@@ -337,6 +384,7 @@ def remove(
     if groups is None:
         groups = getattr(scores, "groups", None)
     device = next(iter(scores.values())).device
-    state = _Remover(mask, device, shapes={n: v.shape for n, v in scores.items()})
-    state.step(scores, s, scope, bool(prune_highest) != bool(invert), groups=groups)
+    state = _Remover(mask, device, shapes={n: v.shape for n, v in scores.items()}, ties=Ties(ties, seed))
+    state.step(scores, s, scope, bool(prune_highest) != bool(invert), groups=groups, seed=seed)
+    warn_large_ties(state, "remove")
     return state.final_mask()

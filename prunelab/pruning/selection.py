@@ -29,6 +29,32 @@ _TRIES = 8  # sampling rounds before gathering every key of the known range
 _NUMPY_FLOATS = (torch.float32, torch.float64)
 
 
+LARGE_TIE = 0.01  # a tie is large when it holds more than this share of the weights the step keeps
+
+
+class Ties:
+    """How :func:`_select` breaks a large tie at its threshold, and what it met.
+
+    A tie at the threshold is *large* when more than :data:`LARGE_TIE` of the weights kept by the step share
+    the threshold's score and only some of them go (zero scores behind a zero-initialized layer; exact zeros of
+    timm's ``zero_init_last``). ``rule="position"`` takes the first positions, which in a global ranking means
+    the first layers first (every tie, large or small, is broken this way by default, so results stay those of
+    earlier versions); ``rule="random"`` takes a seeded random subset of the tied entries. Each large tie is
+    recorded as ``(score, tied, taken)`` in :attr:`met`, for the caller's one warning.
+    """
+
+    def __init__(self, rule: str = "position", seed: int = 0):
+        self.rule = rule
+        self.seed = seed
+        self.met: list[tuple[float, int, int]] = []
+
+    def large(self, tied: int, taken: int, kept_after: int) -> bool:
+        return 0 < taken < tied and tied > LARGE_TIE * max(kept_after, 1)
+
+    def generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + 7_919)
+
+
 def _key_lt(v: torch.Tensor, c: float, highest: bool) -> torch.Tensor:
     """key(v) < c, with key(v) = v (lowest pruned first) or -v (highest first)."""
     return torch.gt(v, -c) if highest else torch.lt(v, c)
@@ -131,10 +157,18 @@ def _count_upto(values, alive, t_key, highest):
     return lt, le
 
 
-def _finalize(values, alive, j, t_key, highest):
+def _finalize(values, alive, j, t_key, highest, ties=None, kept_after=0):
     """Drop masks for the j first alive entries when the j-th key is ``t_key`` (chunked, any tie count)."""
     drops = []
-    remaining = j - _count_upto(values, alive, t_key, highest)[0]  # ties still to take
+    lt_all, le_all = _count_upto(values, alive, t_key, highest)
+    remaining = j - lt_all  # ties still to take
+    pick = None  # with a random rule: which of the tied entries (in position order) are taken
+    if ties is not None and ties.large(le_all - lt_all, remaining, kept_after):
+        ties.met.append((-t_key if highest else t_key, le_all - lt_all, remaining))
+        if ties.rule == "random":
+            pick = torch.zeros(le_all - lt_all, dtype=torch.bool)
+            pick[torch.randperm(le_all - lt_all, generator=ties.generator())[:remaining]] = True
+    offset = 0
     for v, a in zip(values, alive):
         d = torch.zeros(v.numel(), dtype=torch.bool, device=v.device)
         for s, e in _chunks(v.numel()):
@@ -148,7 +182,11 @@ def _finalize(values, alive, j, t_key, highest):
                 if ac is not None:
                     eq &= ac
                 c = int(eq.count_nonzero())
-                if c <= remaining:
+                if pick is not None:
+                    where = eq.nonzero().squeeze(1)
+                    d[s + where[pick[offset:offset + c].to(where.device)]] = True
+                    offset += c
+                elif c <= remaining:
                     d[s:e] |= eq
                     remaining -= c
                 else:
@@ -158,7 +196,7 @@ def _finalize(values, alive, j, t_key, highest):
     return drops
 
 
-def _select(values, alive, n_alive, k, highest, names=None, seed=0, check_nan=True):
+def _select(values, alive, n_alive, k, highest, names=None, seed=0, check_nan=True, ties=None):
     """Which alive entries are the ``k`` first of the ranking.
 
     ``values``: flat score tensors; ``alive``: flat bool tensors or None (all alive). Returns one
@@ -168,7 +206,8 @@ def _select(values, alive, n_alive, k, highest, names=None, seed=0, check_nan=Tr
     inside that range, proposes a narrower bracket around the k-th one, and gathers the keys inside
     it. Too many keys inside (more than ``_CAP``) means the k-th key is in there all the same: the
     bracket becomes the known range, and the next round samples within it, so the candidates shrink
-    instead of growing. A bracket that misses (a ``margin``-sigma event) is retried wider.
+    instead of growing. A bracket that misses (a ``margin``-sigma event) is retried wider. ``ties``: a
+    :class:`Ties` that breaks and records large ties at the threshold (None: position order, unrecorded).
     """
     if k <= 0:
         return [None] * len(values)
@@ -190,7 +229,7 @@ def _select(values, alive, n_alive, k, highest, names=None, seed=0, check_nan=Tr
             if sample.numel() and torch.isnan(sample[-1]):
                 raise ValueError("scores contain NaN; a criterion must give every weight a number")
             a, b = _propose(sample, j, n_in, margin, lo, hi)
-        out = _select_bracket(values, alive, k, a, b, highest, _CAP, names)
+        out = _select_bracket(values, alive, k, a, b, highest, _CAP, names, ties, n_alive - k)
         if isinstance(out, list):
             return out
         below, inside = out
@@ -201,7 +240,7 @@ def _select(values, alive, n_alive, k, highest, names=None, seed=0, check_nan=Tr
         else:  # the bracket missed the k-th key: widen (within [lo, hi])
             margin *= 2
     # Rarely reached (each round succeeds or narrows): every key of the known range, exact all the same.
-    return _select_bracket(values, alive, k, lo, hi, highest, None, names)
+    return _select_bracket(values, alive, k, lo, hi, highest, None, names, ties, n_alive - k)
 
 
 def first_k(values: torch.Tensor, alive: torch.Tensor | None, k: int, highest: bool = False) -> torch.Tensor:
@@ -219,7 +258,7 @@ def first_k(values: torch.Tensor, alive: torch.Tensor | None, k: int, highest: b
     return out
 
 
-def _select_bracket(values, alive, k, lo, hi, highest, cap, names):
+def _select_bracket(values, alive, k, lo, hi, highest, cap, names, ties=None, kept_after=0):
     """Select with the k-th key assumed in [lo, hi].
 
     Returns the per-tensor drops, or ``(below, inside)``: the alive keys below ``lo`` and in
@@ -295,10 +334,10 @@ def _select_bracket(values, alive, k, lo, hi, highest, cap, names):
         # by counting, then take ties in position order chunk by chunk.
         lt_lo, le_lo = _count_upto(values, alive, lo, highest)
         if lt_lo < k <= le_lo:
-            return _finalize(values, alive, k, lo, highest)
+            return _finalize(values, alive, k, lo, highest, ties, kept_after)
         lt_hi, le_hi = _count_upto(values, alive, hi, highest)
         if lt_hi < k <= le_hi:
-            return _finalize(values, alive, k, hi, highest)
+            return _finalize(values, alive, k, hi, highest, ties, kept_after)
         return below_n, n_cand
     keys = [c for c in cand_key if c is not None]
     allkeys = torch.cat([c.to(keys[0].device) for c in keys])
@@ -309,8 +348,13 @@ def _select_bracket(values, alive, k, lo, hi, highest, cap, names):
     j = k - below_n  # the j-th smallest key among the candidates is the threshold
     t = allkeys.kthvalue(j).values
     take = allkeys < t
-    ties = (allkeys == t).nonzero().squeeze(1)
-    take[ties[: j - int(take.count_nonzero())]] = True  # ties: first positions first
+    tied = (allkeys == t).nonzero().squeeze(1)
+    need = j - int(take.count_nonzero())
+    if ties is not None and ties.large(tied.numel(), need, kept_after):
+        ties.met.append((float(-t if highest else t), tied.numel(), need))
+        if ties.rule == "random":
+            tied = tied[torch.randperm(tied.numel(), generator=ties.generator())[:need].sort().values.to(tied.device)]
+    take[tied[:need]] = True  # ties: first positions first (or the random subset just drawn)
     out = []
     start = 0
     for bmask, pos in zip(below, cand_pos):

@@ -38,7 +38,7 @@ from prunelab.experiments.runner import Replicate, Runner
 from prunelab.masks import Mask
 from prunelab.options import option
 from prunelab.training import Diverged, distributed
-from prunelab.validate import SCHEDULES, SCOPES, check_fraction, check_int, check_name
+from prunelab.validate import SCHEDULES, SCOPES, TIE_RULES, check_fraction, check_int, check_name
 
 ABLATIONS = ["shuffle", "reinit", "invert", "fixed_variance", "sign", "sigma_sign"]  # Frankle et al. 2021, §5
 # An upper bound that catches a mistyped number before it starts days of work: 100x the pruning iterations
@@ -103,6 +103,8 @@ class PruneHparams:
                                       "2020, §3)", choices=distribution_names, unset="none")
     like: str | None = option(None, help="per-layer densities of another mask: a criterion (its run on this "
                               "replicate), a run id or a mask file (Frankle et al. 2021, §5)", unset="none")
+    ties: str = option("position", help="how a large tie at the threshold is broken: the first weights first "
+                       "(position), or at random from the seed (random)", choices=lambda: TIE_RULES)
     # An execution setting like the device, outside the run's identity: the score is the same sum
     # (prunelab.scores.batching), except that train-mode BatchNorm normalizes each micro-batch alone, which
     # prune() reports with a MicroBatchWarning.
@@ -119,6 +121,7 @@ class PruneHparams:
         for name in ("include", "exclude"):  # a set of names: the same set, the same run
             object.__setattr__(self, name, tuple(sorted(set(getattr(self, name)))))
         check_name("schedule", self.schedule, SCHEDULES)
+        check_name("ties", self.ties, TIE_RULES)
         if self.scope is not None:
             check_name("scope", self.scope, SCOPES)
         check_fraction(self.sparsity, "sparsity", "[0, 1)", "the fraction of the covered weights pruned")
@@ -175,7 +178,7 @@ def find_mask(runner: Runner, rep: Replicate, model: nn.Module, hp: PruneHparams
         kwargs["distribution"] = distribution
     return prunelab.prune(
         model, hp.method, hp.sparsity, iterations=hp.iterations, schedule=hp.schedule, scope=hp.scope,
-        invert=hp.ablation == "invert", seed=rep.seed, **hp.coverage_options(), **kwargs,
+        invert=hp.ablation == "invert", seed=rep.seed, ties=hp.ties, **hp.coverage_options(), **kwargs,
     )
 
 
