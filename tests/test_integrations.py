@@ -85,11 +85,17 @@ def test_light_import_pulls_in_no_trainer_library():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_missing_transformers_is_one_line_naming_the_extra(monkeypatch):
-    monkeypatch.setitem(sys.modules, "transformers", None)
-    monkeypatch.delitem(sys.modules, "prunelab.integrations.huggingface")
-    with pytest.raises(ImportError, match=r"pip install prunelab\[huggingface\]") as err:
-        import prunelab.integrations.huggingface  # noqa: F401
+@pytest.mark.parametrize("library,module,extra", [
+    ("transformers", "huggingface", "huggingface"), ("lightning", "lightning", "lightning")])
+def test_a_missing_library_is_one_line_naming_the_extra(monkeypatch, library, module, extra):
+    import importlib
+
+    for name in [m for m in sys.modules if m == library or m.startswith(library + ".")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, library, None)
+    monkeypatch.delitem(sys.modules, f"prunelab.integrations.{module}", raising=False)
+    with pytest.raises(ImportError, match=rf"pip install prunelab\[{extra}\]") as err:
+        importlib.import_module(f"prunelab.integrations.{module}")
     assert "\n" not in str(err.value)
 
 
@@ -198,3 +204,91 @@ def test_save_pretrained_needs_a_mask_and_from_pretrained_a_mask_file(tmp_path):
     model.save_pretrained(tmp_path / "dense")
     with pytest.raises(FileNotFoundError, match="prunelab_mask.pt"):
         hf.from_pretrained(BertForSequenceClassification, tmp_path / "dense")
+
+
+# ---- Lightning ------------------------------------------------------------------------------------
+
+def lightning_parts():
+    pl = pytest.importorskip("lightning.pytorch")
+    from prunelab.integrations import lightning as pl_int
+
+    class Classifier(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2))
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return torch.nn.functional.cross_entropy(self(x), y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+
+        def train_dataloader(self):
+            g = torch.Generator().manual_seed(0)
+            data = torch.utils.data.TensorDataset(torch.randn(64, 8, generator=g), torch.arange(64) % 2)
+            return torch.utils.data.DataLoader(data, batch_size=8)
+
+    def fit(module, callback, steps, ckpt_path=None, **kw):
+        masks = {}
+
+        class Spy(pl.Callback):
+            def on_fit_start(self, trainer, pl_module):
+                masks[0] = callback.mask.clone()
+
+            def on_train_batch_end(self, trainer, pl_module, *args):
+                masks[trainer.global_step] = callback.mask.clone()
+
+        trainer = pl.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False, callbacks=[callback, Spy()], **kw)
+        trainer.fit(module, ckpt_path=ckpt_path)
+        return trainer, masks
+
+    return pl_int, Classifier, fit
+
+
+def test_lightning_fixed_mask_on_a_submodule_stays_zero():
+    pl_int, Classifier, fit = lightning_parts()
+    module = Classifier()
+    mask = prunelab.prune(module.net, "magnitude", 0.6)  # keyed by the bare network's names
+    callback = pl_int.MaskCallback(mask=mask, module="net")
+    fit(module, callback, steps=5)
+    assert pruned_nonzero(module.net, mask) == 0 and callback.update_count == 0
+
+
+@pytest.mark.parametrize("schedule", [
+    prunelab.RigL(sparsity=0.7, every=2, end=8, grow_gradient="step"),  # on_before_backward
+    prunelab.RigL(sparsity=0.7, every=2, end=8),  # the step's (x, y) batch after the step
+    prunelab.SET(sparsity=0.7, every=2, end=8, seed=2),
+], ids=["rigl-step", "rigl-after-step", "set"])
+def test_lightning_schedule_changes_the_mask_at_each_update_step(schedule):
+    pl_int, Classifier, fit = lightning_parts()
+    module = Classifier()
+    callback = pl_int.MaskCallback(schedule=schedule)
+    _, masks = fit(module, callback, steps=7)
+    assert callback.update_count == len(schedule.update_steps(7)) == 3
+    assert [t for t in range(1, 8) if masks[t] != masks[t - 1]] == [2, 4, 6]
+    assert pruned_nonzero(module, callback.mask) == 0
+
+
+def test_lightning_checkpoint_holds_the_mask_and_resume_restores_it(tmp_path):
+    pl_int, Classifier, fit = lightning_parts()
+    schedule = prunelab.SET(sparsity=0.7, every=1, end=10, seed=4)
+    trainer, masks = fit(Classifier(), pl_int.MaskCallback(schedule=schedule), steps=3)
+    trainer.save_checkpoint(tmp_path / "3.ckpt")
+    saved = torch.load(tmp_path / "3.ckpt", weights_only=False)[pl_int.CHECKPOINT_KEY]
+    assert prunelab.Mask(saved) == masks[3]
+    again = pl_int.MaskCallback(schedule=schedule)
+    _, resumed = fit(Classifier(), again, steps=5, ckpt_path=tmp_path / "3.ckpt")
+    assert resumed[0] == masks[3] and again.update_count == 2
+
+
+def test_lightning_step_gradients_with_accumulation_are_refused():
+    pl_int, Classifier, fit = lightning_parts()
+    callback = pl_int.MaskCallback(schedule=prunelab.RigL(sparsity=0.7, every=2, end=8, grow_gradient="step"))
+    with pytest.raises(ValueError, match="accumulate_grad_batches=2"):
+        fit(Classifier(), callback, steps=2, accumulate_grad_batches=2)
