@@ -281,3 +281,49 @@ def test_sparse_embedding_gradients_are_masked(make_opt):
     used = torch.zeros(10, dtype=torch.bool)
     used[tokens.unique()] = True
     assert torch.any(w[mask["weight"] & used[:, None]] != emb.weight.new_zeros(()))
+
+
+class TiedLM(nn.Module):
+    """An output layer tied to the embedding table, and a linear layer between, each with a mask."""
+
+    def __init__(self, vocab=30, dim=8):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, dim)
+        self.mid = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, vocab)
+        self.out.weight = self.emb.weight
+
+    def forward(self, ids):
+        return self.out(torch.tanh(self.mid(self.emb(ids))))
+
+
+def tied_pruned_entries(model, keep) -> int:
+    """Nonzero pruned entries of the tied table, counted under both of its state-dict keys."""
+    state = model.state_dict()
+    return sum(int((state[k][~keep] != 0).sum()) for k in ("emb.weight", "out.weight"))
+
+
+@pytest.mark.parametrize("how", ["same", "deepcopy", "save_load", "to_float64"])
+def test_a_tied_table_stays_zero_through_load_state_dict_and_training(how):
+    torch.manual_seed(0)
+    model = TiedLM()
+    g = torch.Generator().manual_seed(4)
+    keep = torch.rand(model.emb.weight.shape, generator=g) < 0.3
+    mask = Mask({"emb.weight": keep, "mid.weight": torch.rand(8, 8, generator=g) < 0.5,
+                 "out.bias": torch.rand(30, generator=g) < 0.5})
+    mask.apply(model)
+    net = {"same": lambda m: m, "deepcopy": copy.deepcopy, "save_load": save_load,
+           "to_float64": lambda m: m.to(torch.float64)}[how](model)
+    state = dense_random_state(net)
+    state["out.weight"] = torch.rand(state["out.weight"].shape, generator=g, dtype=state["out.weight"].dtype) + 0.5
+    net.load_state_dict(state)  # the last owner loads a dense table after the first owner's hook ran
+    assert tied_pruned_entries(net, keep) == 0
+    assert int((net.out.bias[~mask["out.bias"]] != 0).sum()) == 0  # the other owner's own mask still holds
+    opt = torch.optim.AdamW(net.parameters(), lr=0.05, weight_decay=0.1)
+    ids = torch.randint(0, 30, (4, 5), generator=g)
+    for _ in range(2):
+        opt.zero_grad()
+        F.cross_entropy(net(ids).reshape(-1, 30), ids.reshape(-1)).backward()
+        opt.step()
+    assert tied_pruned_entries(net, keep) == 0
+    assert bool((net.emb.weight[keep] != 0).all())
