@@ -287,3 +287,15 @@ def test_collapse_warning_leaves_out_the_biases_the_rules_name():
     empty_weight = Mask({"0.weight": torch.zeros(3, 2, dtype=torch.bool), "0.shift": torch.ones(2, dtype=torch.bool)})
     with pytest.warns(LayerCollapseWarning, match="pruned every weight of 0.weight"):
         _warn_collapse(empty_weight, "magnitude", 0.5)
+
+
+def test_transformers_conv1d_is_known_and_a_users_registration_wins():
+    pytorch_utils = pytest.importorskip("transformers.pytorch_utils")
+    layer = pytorch_utils.Conv1D(6, 4)  # nf=6 outputs, nx=4 inputs: weight (4, 6)
+    rule = rules_module.layer_rule(layer)
+    assert (rule.role, rule.out_axis, rule.in_axis) == ("layer", 1, 0)
+    assert rules_module.channel_axes(layer, "weight", 2, "test") == (1, 0)
+    register_layer_type(pytorch_utils.Conv1D, weights=("weight",))  # no axes: the user's word counts
+    assert not rules_module.layer_rule(layer).has_axes
+    with pytest.raises(ValueError, match="register_layer_type"):
+        prunelab.prune(nn.Sequential(layer), "l1_channel", 0.5)
