@@ -13,6 +13,7 @@ from prunelab.coverage import (
     COVERAGE_OPTIONS,
     coverage,
     is_bias_name,
+    layer_rule,
     parameter_owners,
     prunable_parameters,
     split_fused,
@@ -291,7 +292,11 @@ def _check_some_signal(scores: Mapping[str, torch.Tensor], model: nn.Module, met
     disconnected by an earlier iteration. The message names the all-zero parameters it finds."""
     if any(bool(v.any()) for v in scores.values()):
         return
-    zero = [n for n, p in model.named_parameters() if p.dim() > 1 and p.numel() and not bool(p.detach().any())]
+    zero = []  # the weights of layers (by their rules) that are all zeros
+    for n, (module, local) in parameter_owners(model).items():
+        rule, p = layer_rule(module), getattr(module, local)
+        if rule is not None and rule.role == "layer" and rule.is_weight(local) and not bool(p.detach().any()):
+            zero.append(n)
     when = "" if iteration == 0 else f" at iteration {iteration + 1}"
     if zero:
         named = ", ".join(zero[:3]) + (f" and {len(zero) - 3} more" if len(zero) > 3 else "")
