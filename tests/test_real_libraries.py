@@ -119,8 +119,8 @@ EXPECTED_ERRORS = {
     ("vit", "snip"): "heads.head.weight is all zeros", ("vit", "iterative_snip"): "heads.head.weight is all zeros",
     ("vit", "synflow"): "heads.head.weight is all zeros",
 }
-LANGUAGE_MODELS = {"gpt2", "llama", "t5"}
-GROUPED = {"convnext_atto", "regnetx_002", "mobilenet_v3_small"}  # depthwise or grouped convolutions  # they compute their own (shifted) loss: GraSP without temperature
+LANGUAGE_MODELS = {"gpt2", "llama", "t5"}  # they compute their own (shifted) loss: GraSP without temperature
+GROUPED = {"convnext_atto", "regnetx_002", "mobilenet_v3_small"}  # depthwise or grouped convolutions
 
 
 def _options(name, method):
@@ -158,15 +158,14 @@ def test_every_criterion_prunes_what_the_coverage_says(built):
         assert n.rpartition(".")[0] not in embeddings, n
     state = copy.deepcopy(model.state_dict())
     for method in methods():
+        options = dict(batch=batch, input_shape=shape, **_options(name, method))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            call = lambda: prunelab.prune(model, method, SPARSITY, batch=batch, input_shape=shape,  # noqa: E731
-                                          **_options(name, method))
             if (name, method) in EXPECTED_ERRORS:
                 with pytest.raises(ValueError, match=EXPECTED_ERRORS[name, method]):
-                    call()
+                    prunelab.prune(model, method, SPARSITY, **options)
                 continue
-            mask = call()
+            mask = prunelab.prune(model, method, SPARSITY, **options)
         assert set(mask) == set(covered), (name, method)
         pruned = _pruned_by_hand(mask)
         assert math.isclose(mask.sparsity, pruned / total), (name, method)
