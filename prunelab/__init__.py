@@ -52,7 +52,7 @@ __version__ = "0.1.0"
 # ``prunelab.analysis``, ``prunelab.models``, ... work after a bare ``import prunelab`` without importing
 # each of them up front: the data, training and report layers pull in torchvision, pandas or matplotlib,
 # which a user who only prunes a model should not pay for at import time.
-_LAZY_SUBMODULES = ("ablations", "analysis", "data", "experiments", "models", "reports", "training")
+_LAZY_SUBMODULES = ("ablations", "analysis", "data", "experiments", "integrations", "models", "reports", "training")
 
 
 def __getattr__(name: str):
