@@ -204,7 +204,7 @@ def register_layer_type(
 # first time a rule is asked of one, so prunelab never imports those libraries itself. A user's own
 # register_layer_type call for the class wins (it is found first).
 KNOWN_ELSEWHERE: dict[str, dict] = {
-    # Radford et al. 2018's "Conv1D" of GPT and GPT-2: x @ weight + bias with weight (in, out).
+    # The "Conv1D" of OpenAI GPT and GPT-2 in transformers: x @ weight + bias, with weight stored (in, out).
     "transformers.pytorch_utils.Conv1D": {"out_axis": 1, "in_axis": 0},
 }
 
