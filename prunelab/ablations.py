@@ -44,16 +44,24 @@ def _layer_seed(seed: int, index: int) -> int:
 
 
 def reinitialize(model: nn.Module, seed: int, mask: Mask | None = None, init: str | None = None) -> nn.Module:
-    """Re-draw all weights with ``seed`` from the initializer the model was created with (``model.prunelab_init``),
-    or from ``init``, one of :data:`prunelab.models.INITIALIZERS` (the model's fan mode and BatchNorm init kept).
+    """Re-draw all weights with ``seed`` from the initializer the model was created with (``model.prunelab_init``;
+    a timm or torchvision model kept at its library's initialization is built again by its library), or from
+    ``init``, one of :data:`prunelab.models.INITIALIZERS` (the model's fan mode and BatchNorm init kept).
 
     ``init`` trains a mask found at one initialization from another: Lee et al. 2019, §5.5 prune at RN, TN, VS-X
     and VS-H and train every pruned network from VS-X (``xavier_normal``). ``model.prunelab_init`` keeps saying
     what the model was created with. With ``mask``, pruned weights are zeroed again afterwards (the mask is kept).
     """
-    from prunelab.models import initialize
+    from prunelab.models import create, initialize
 
     options = getattr(model, "prunelab_init", None)
+    rebuild = getattr(model, "prunelab_rebuild", None)
+    if options is None and init is None and rebuild is not None:
+        # a timm or torchvision model at its library's own initialization: the library draws it again
+        model.load_state_dict(create(**rebuild, seed=seed).state_dict())
+        if mask is not None:
+            mask.zero_pruned(model)
+        return model
     if options is None and init is None:
         raise ValueError(
             "reinitialize needs a model made by prunelab.models.create (it records its initializer) or init=...; "

@@ -92,3 +92,16 @@ def test_cli_refuses_an_unknown_library_model_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "did you mean 'timm:resnet10t'" in err and err.count("\n") == 1
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_reinit_ablation_redraws_a_library_model_from_its_library():
+    import prunelab
+    from prunelab import ablations
+
+    a = models.create("torchvision:resnet18", num_classes=10, input_shape=(1, 28, 28), seed=0)
+    b = models.create("torchvision:resnet18", num_classes=10, input_shape=(1, 28, 28), seed=1)
+    mask = prunelab.prune(a, "magnitude", 0.5).apply(a)
+    ablations.reinitialize(a, seed=1, mask=mask)
+    for (n, p), q in zip(a.named_parameters(), b.parameters()):
+        want = q.detach() * mask[n] if n in mask else q.detach()
+        assert torch.equal(p.detach(), want), n

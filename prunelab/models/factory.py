@@ -39,7 +39,8 @@ def create(
 
     The same seed gives bitwise-identical weights on the CPU, and the global RNG is left as it was. The
     result carries ``model.prunelab_init = {"init", "mode", "bn_init"}``, so that
-    ``initialize(model, **model.prunelab_init, seed=s)`` re-draws it from the same distribution.
+    ``initialize(model, **model.prunelab_init, seed=s)`` re-draws it from the same distribution; a library's
+    model at its library's initialization carries ``model.prunelab_rebuild`` instead (``create(**it, seed=s)``).
 
     Errors a user can make -- an unknown name, option or initializer, ``num_classes < 1``, an input
     shape the model cannot take -- raise ``ValueError`` before anything large is built.
@@ -64,7 +65,9 @@ def create(
         model = _build(name, factory, num_classes, input_shape, options)
     _check_forward(name, model, num_classes, input_shape)
     if meta.get("library") and (init, init_mode, bn_init) == _DEFAULT_INIT:
-        return model  # pruned as the library initializes it
+        # pruned as the library initializes it; re-drawn (the reinit ablation) by building it again
+        model.prunelab_rebuild = {"name": name, "num_classes": num_classes, "input_shape": input_shape, **options}
+        return model
     initialize(model, init, mode=init_mode, bn_init=bn_init, seed=seed)
     model.prunelab_init = {"init": init, "mode": init_mode, "bn_init": bn_init}
     return model
