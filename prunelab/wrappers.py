@@ -73,6 +73,8 @@ def resolve_names(names: Iterable[str], valid: Iterable[str]) -> dict[str, str]:
     attributes = tuple(f"{a}." for a in set(_WRAPPERS.values()))
     out = {}
     for name in names:
+        if not isinstance(name, str):
+            continue
         candidate = name
         while candidate not in valid and candidate.startswith(attributes):
             candidate = candidate.partition(".")[2]
