@@ -322,25 +322,34 @@ class MaskUpdates:
         self.updates = 0
         self._captured: dict[str, torch.Tensor] = {}
         self._hooks: list = []
+        self._capturing: int | None = None  # the step whose gradients the hooks capture
 
     def before_backward(self, step: int) -> None:
         """Before the backward pass of optimizer step ``step`` (counted from 1): when the schedule needs the
         step's dense gradients and ``step`` is an update step, capture them as the backward pass computes
-        them (a hook on each covered weight that runs before the gradient accumulates into ``.grad``)."""
+        them (a hook on each covered weight that runs before the gradient accumulates into ``.grad``).
+        Called again for the same step (gradient accumulation: one backward pass per micro-batch), it keeps
+        the hooks, and the captured gradients add up as ``.grad`` does."""
+        if self._hooks and self._capturing == step:
+            return
         self._release()
+        self._captured = {}
         if not (self.schedule.needs_step_gradients and self.schedule.due(step)):
             return
+        self._capturing = step
         params = self.mask.check_compatible(self.model)
         for name, p in params.items():
             def capture(grad: torch.Tensor, name: str = name) -> None:
                 # a copy: the tensor may become .grad, which the mask then multiplies in place
-                self._captured[name] = grad.detach().clone()
+                seen = self._captured.get(name)
+                self._captured[name] = grad.detach().clone() if seen is None else seen.add_(grad.detach())
             self._hooks.append(p.register_hook(capture))
 
     def _release(self) -> None:
         for h in self._hooks:
             h.remove()
         self._hooks = []
+        self._capturing = None
 
     def after_step(self, step: int, batch=None) -> bool:
         """Update the mask if ``step`` is an update step; returns whether it was."""

@@ -141,10 +141,13 @@ def test_gradual_magnitude_reaches_its_sparsity(tmp_path):
     assert pruned_nonzero(model, callback.mask) == 0
 
 
-def test_step_gradients_with_gradient_accumulation_are_refused(tmp_path):
-    callback = hf.MaskCallback(schedule=prunelab.RigL(sparsity=0.8, every=2, end=6, grow_gradient="step"))
-    with pytest.raises(ValueError, match="gradient_accumulation_steps=2"):
-        train(tiny_bert(), callback, tmp_path, steps=2, gradient_accumulation_steps=2)
+def test_step_gradients_add_up_over_accumulated_micro_batches(tmp_path):
+    schedule = prunelab.RigL(sparsity=0.8, every=2, end=6, grow_gradient="step")
+    callback = hf.MaskCallback(schedule=schedule)
+    model = tiny_bert()
+    spy = train(model, callback, tmp_path, steps=4, gradient_accumulation_steps=2)
+    assert callback.update_count == len(schedule.update_steps(4)) == 2
+    assert spy.steps[2] != spy.steps[1] and pruned_nonzero(model, callback.mask) == 0
 
 
 def test_mask_and_schedule_are_exclusive():
@@ -287,8 +290,11 @@ def test_lightning_checkpoint_holds_the_mask_and_resume_restores_it(tmp_path):
     assert resumed[0] == masks[3] and again.update_count == 2
 
 
-def test_lightning_step_gradients_with_accumulation_are_refused():
+def test_lightning_step_gradients_add_up_over_accumulated_batches():
     pl_int, Classifier, fit = lightning_parts()
     callback = pl_int.MaskCallback(schedule=prunelab.RigL(sparsity=0.7, every=2, end=8, grow_gradient="step"))
-    with pytest.raises(ValueError, match="accumulate_grad_batches=2"):
-        fit(Classifier(), callback, steps=2, accumulate_grad_batches=2)
+    module = Classifier()
+    trainer, masks = fit(module, callback, steps=4, accumulate_grad_batches=2)
+    assert trainer.global_step == 4 and callback.update_count == 2
+    assert masks[2] != masks[0]
+

@@ -514,3 +514,28 @@ def test_a_nan_gradient_does_not_stop_the_update_before_the_loop_sees_the_diverg
     grads["2.weight"].view(-1)[inactive[:2]] = float("nan")
     new = sched.next_mask(10, model, mask, gradients=grads)
     assert set(inactive[:2].tolist()) <= flat_set(new["2.weight"])
+
+
+def test_step_gradients_add_up_over_the_micro_batches_of_an_accumulated_step():
+    """Gradient accumulation: two backward passes per optimizer step; RigL grows by their sum, as .grad holds it
+    (the expectation: plain autograd of the two losses on a hook-free copy)."""
+    model = tiny_mlp()
+    sched = RigL(sparsity=0.5, drop_fraction=0.3, end=40, every=1, distribution="uniform", grow_gradient="step")
+    updates = MaskUpdates(model, sched)
+    old = Mask({n: k.clone() for n, k in updates.mask.items()})
+    halves = [mlp_batch(1, n=8), mlp_batch(2, n=8)]
+    expected = [autograd_dense_grads(model, old, b) for b in halves]
+    captured = {}
+    sched_next = sched.next_mask
+
+    def spy(step, model, mask, batch=None, loss_fn=None, gradients=None):
+        captured.update(gradients)
+        return sched_next(step, model, mask, batch, loss_fn, gradients)
+
+    object.__setattr__(sched, "next_mask", spy)
+    for b in halves:
+        updates.before_backward(1)  # once per micro-batch, as Lightning's on_before_backward calls it
+        nn.functional.cross_entropy(model(b[0]), b[1]).backward()
+    assert updates.after_step(1)
+    for n in old:
+        torch.testing.assert_close(captured[n], expected[0][n] + expected[1][n])

@@ -68,8 +68,8 @@ class MaskCallback(TrainerCallback):
       step itself, as Evci et al. (2020, Algorithm 1) do, at no extra cost. The Trainer has no hook between
       the forward and the backward pass (``on_pre_optimizer_step`` runs after the backward), so the gradient
       hooks of ``MaskUpdates.before_backward`` are registered in ``on_step_begin``, before the step's first
-      forward pass. With ``gradient_accumulation_steps > 1`` they would keep only the last micro-batch's
-      gradient, so that combination is refused.
+      forward pass; with ``gradient_accumulation_steps > 1`` they add up the micro-batches' gradients, as
+      ``.grad`` does.
     * ``prunelab.RigL()`` (``grow_gradient="after_step"``): one extra forward and backward pass per update,
       at the weights after the step, on the keyword inputs of the step's last forward call (captured by a
       forward pre-hook that exists only during update steps); the loss is the model's own ``output.loss``
@@ -101,11 +101,6 @@ class MaskCallback(TrainerCallback):
         return self.driver.update_count
 
     def on_train_begin(self, args, state, control, model: nn.Module | None = None, optimizer=None, **kwargs):
-        if self.driver.needs_step_gradients and args.gradient_accumulation_steps > 1:
-            raise ValueError(
-                f"RigL(grow_gradient='step') with gradient_accumulation_steps={args.gradient_accumulation_steps}: "
-                "the step's gradient hooks would keep only the last micro-batch; use RigL() (grow_gradient="
-                "'after_step') or no gradient accumulation")
         resumed = self._saved_mask(args, state)
         self.driver.start(model, optimizer, resumed=resumed)
 

@@ -39,8 +39,8 @@ class MaskCallback(Callback):
     ``on_train_batch_end`` calls ``MaskUpdates.after_step`` once per optimizer step (``trainer.global_step``)
     with the step's batch, which ``RigL()`` (``grow_gradient="after_step"``) feeds to the masked module
     (``module(inputs)``, loss ``loss_fn(output, targets)``, cross-entropy by default): the batch must then be
-    an ``(inputs, targets)`` pair the module's ``forward`` takes. ``RigL(grow_gradient="step")`` with
-    ``accumulate_grad_batches > 1`` is refused (the hooks would keep the last micro-batch's gradient only).
+    an ``(inputs, targets)`` pair the module's ``forward`` takes. With ``accumulate_grad_batches > 1``,
+    ``RigL(grow_gradient="step")`` adds up the micro-batches' gradients, as ``.grad`` does.
 
     ``module``: the attribute of the LightningModule the mask is about (e.g. ``"net"``), so a mask found on
     the bare network applies by its own parameter names; None: the LightningModule itself.
@@ -68,10 +68,6 @@ class MaskCallback(Callback):
         return pl_module.get_submodule(self.module) if self.module else pl_module
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        if self.driver.needs_step_gradients and trainer.accumulate_grad_batches > 1:
-            raise ValueError(
-                f"RigL(grow_gradient='step') with accumulate_grad_batches={trainer.accumulate_grad_batches}: the "
-                "step's gradient hooks would keep only the last micro-batch; use RigL() or no accumulation")
         optimizers = trainer.optimizers
         if self.driver.schedule is not None and len(optimizers) > 1:
             raise ValueError(f"a mask schedule resets the optimizer state of changed weights in one optimizer; "
