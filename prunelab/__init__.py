@@ -8,6 +8,7 @@ from prunelab.coverage import (
     mask_coverage,
     prunable_parameters,
     register_layer_type,
+    tied_parameters,
 )
 from prunelab.densities import layer_densities, register_distribution
 from prunelab.flops import FlopCount, flops
@@ -15,6 +16,7 @@ from prunelab.masks import Mask, remove_mask
 from prunelab.pruning import LayerCollapseWarning, density_schedule, prune, remove, score
 from prunelab.scores import Method, Scores, get_method, methods, register_method
 from prunelab.sparse_training import SET, GradualMagnitude, MaskSchedule, MaskUpdates, RigL
+from prunelab.wrappers import unwrap
 
 __all__ = [
     "Batch",
@@ -45,6 +47,8 @@ __all__ = [
     "remove_mask",
     "remove",
     "score",
+    "tied_parameters",
+    "unwrap",
 ]
 __version__ = "0.1.0"
 

@@ -276,16 +276,8 @@ def test_prune_on_the_wrapped_model_gives_the_plain_models_mask(kind):
         assert prunelab.prune(w, method, 0.6, seed=4) == prunelab.prune(plain, method, 0.6, seed=4)
 
 
-_GIVEN_THE_WRAPPER = pytest.mark.xfail(
-    raises=(KeyError, RuntimeError), strict=False,
-    reason="the criterion gets the wrapper itself until prunelab/pruning/api.py unwraps the model")
-
-
 @pytest.mark.parametrize(("kind", "method"), [
-    ("compile", "snip"),  # functional_call reaches the compiled model's modules through OptimizedModule
-    pytest.param("dataparallel", "snip", marks=_GIVEN_THE_WRAPPER),  # "stateless API can't be used with DataParallel"
-    pytest.param("compile", "synflow", marks=_GIVEN_THE_WRAPPER),  # KeyError: its copy's names carry the prefix
-    pytest.param("dataparallel", "synflow", marks=_GIVEN_THE_WRAPPER),
+    ("compile", "snip"), ("dataparallel", "snip"), ("compile", "synflow"), ("dataparallel", "synflow"),
 ])
 def test_criteria_that_run_the_model_on_the_wrapped_model(kind, method):
     plain = net()

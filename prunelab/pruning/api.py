@@ -25,6 +25,7 @@ from prunelab.pruning.targets import _global_targets, _layer_targets, check_iter
 from prunelab.scores.batching import check_score_batch_size
 from prunelab.scores.registry import Method, Scores, get_method
 from prunelab.validate import SCHEDULES, SCOPES, TIE_RULES, check_name, check_options
+from prunelab.wrappers import unwrap
 
 PRUNABLE_OPTIONS = COVERAGE_OPTIONS  # which parameters a mask covers: prunelab.coverage
 COMMON_OPTIONS = ("input_shape", "seed")  # prune() arguments; score() accepts them as options too
@@ -134,6 +135,7 @@ def score(
     The model is left as it was: weights, dtype, requires_grad, modes and BatchNorm statistics.
     """
     m = get_method(method)
+    model = unwrap(model)  # torch.compile, DataParallel, DDP: their module, whose names the mask has
     if score_batch_size is not None:
         options["score_batch_size"] = score_batch_size
     batch = _with_forward_fn(m, batch, options)
@@ -239,6 +241,7 @@ def prune(
     """
     s = check_sparsity_value(sparsity)
     m = get_method(method)
+    model = unwrap(model)  # torch.compile, DataParallel, DDP: their module, whose names the mask has
     if score_batch_size is not None:
         options["score_batch_size"] = score_batch_size
     n_iter = m.default_iterations if iterations is None else check_iterations(iterations)
