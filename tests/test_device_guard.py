@@ -22,8 +22,9 @@ from prunelab.training import TrainSettings, train
 # augmentation draws moved to one non-blocking copy per epoch (3 blocking copies per step).
 SYNCS_PER_STEP = 1
 # Host syncs of one prunelab.prune call (selection and removal work on the CPU mask, by design: the mask
-# lives on the host): per criterion family, at most. Scoring itself syncs only where noted below.
-PRUNE_SYNCS = {"unstructured": 40, "structured": 120}
+# lives on the host): per criterion family, at most, with 2 iterations; each iteration adds one more for the
+# check that the scores are not all zero (which would prune in layer order). Scoring syncs only where noted below.
+PRUNE_SYNCS = {"unstructured": 42, "structured": 122}
 SCORE_SYNCS = {"random": 3, "random_channel": 3, "synflow": 1}  # CPU-seeded draws copied over; R's finiteness
 
 
