@@ -31,7 +31,7 @@ except ImportError:
 from torch import nn
 
 from prunelab.batches import Batch
-from prunelab.integrations.mask_driver import MaskDriver
+from prunelab.integrations.mask_driver import DriverProperties, MaskDriver
 from prunelab.mask_binding import applied_mask
 from prunelab.masks import Mask
 from prunelab.sparse_training import MaskSchedule
@@ -52,7 +52,7 @@ def output_loss(output: Any, targets: Any = None):
     return loss
 
 
-class MaskCallback(TrainerCallback):
+class MaskCallback(DriverProperties, TrainerCallback):
     """Prunes the model a ``transformers.Trainer`` trains: a fixed ``mask``, or a ``schedule`` driven by
     :class:`prunelab.MaskUpdates`; the mask is saved in every checkpoint folder as ``mask.pt`` and restored
     from it when training resumes.
@@ -89,16 +89,6 @@ class MaskCallback(TrainerCallback):
         self.resume_from = resume_from
         self._inputs_hook = None
         self._inputs: Batch | None = None
-
-    @property
-    def mask(self) -> Mask | None:
-        """The mask applied now (None before training begins)."""
-        return self.driver.mask
-
-    @property
-    def update_count(self) -> int:
-        """How many times the schedule changed the mask in this ``trainer.train()`` call."""
-        return self.driver.update_count
 
     def on_train_begin(self, args, state, control, model: nn.Module | None = None, optimizer=None, **kwargs):
         resumed = self._saved_mask(args, state)

@@ -18,7 +18,7 @@ except ImportError:
 
 from torch import nn
 
-from prunelab.integrations.mask_driver import MaskDriver
+from prunelab.integrations.mask_driver import DriverProperties, MaskDriver
 from prunelab.masks import Mask
 from prunelab.sparse_training import MaskSchedule
 
@@ -27,7 +27,7 @@ __all__ = ["CHECKPOINT_KEY", "MaskCallback"]
 CHECKPOINT_KEY = "prunelab_mask"  # {parameter name: bool keep-mask} in Lightning's checkpoint dict
 
 
-class MaskCallback(Callback):
+class MaskCallback(DriverProperties, Callback):
     """Prunes the LightningModule a ``lightning.Trainer`` fits: a fixed ``mask``, or a ``schedule``
     (:class:`prunelab.GradualMagnitude`, :class:`prunelab.SET`, :class:`prunelab.RigL`) driven by
     :class:`prunelab.MaskUpdates`; the mask goes into every checkpoint under ``"prunelab_mask"`` and a fit
@@ -53,16 +53,6 @@ class MaskCallback(Callback):
         self.module = module
         self._resumed: Mask | None = None
         self._last_step = 0
-
-    @property
-    def mask(self) -> Mask | None:
-        """The mask applied now (None before the fit starts)."""
-        return self.driver.mask
-
-    @property
-    def update_count(self) -> int:
-        """How many times the schedule changed the mask in this fit."""
-        return self.driver.update_count
 
     def _target(self, pl_module) -> nn.Module:
         return pl_module.get_submodule(self.module) if self.module else pl_module

@@ -17,7 +17,7 @@ from torch import nn
 from prunelab.masks import Mask
 from prunelab.sparse_training import MaskSchedule, MaskUpdates
 
-__all__ = ["MaskDriver"]
+__all__ = ["MaskDriver", "DriverProperties"]
 
 
 class MaskDriver:
@@ -89,3 +89,19 @@ class MaskDriver:
         if self.updates is None:
             return False
         return self.updates.after_step(step, batch=batch)
+
+
+class DriverProperties:
+    """What a trainer callback holding a :class:`MaskDriver` as ``self.driver`` tells its user."""
+
+    driver: MaskDriver
+
+    @property
+    def mask(self) -> Mask | None:
+        """The mask applied now (None before training begins)."""
+        return self.driver.mask
+
+    @property
+    def update_count(self) -> int:
+        """How many times the schedule changed the mask since training began (0 for a fixed mask)."""
+        return self.driver.update_count
