@@ -284,7 +284,7 @@ def _run_cli(data_root, root, *pruning):
                  "cpu", *pruning])
 
 
-def test_random_like_another_run_and_at_erk_densities(data_root, tmp_path):
+def test_random_like_another_run_and_at_erk_densities(data_root, tmp_path, capsys):
     root = tmp_path / "runs"
     assert _run_cli(data_root, root, "--method", "magnitude", "--sparsity", "0.9") == 0
     store = RunStore(root)
@@ -294,6 +294,10 @@ def test_random_like_another_run_and_at_erk_densities(data_root, tmp_path):
     assert len(set(ref_counts[n] / math.prod(SHAPES[n]) for n in SHAPES)) > 1  # global: uneven per layer
     assert _run_cli(data_root, root, "--method", "random", "--sparsity", "0.9", "--like", ref_id[:10]) == 0
     assert _run_cli(data_root, root, "--method", "random", "--sparsity", "0.9", "--distribution", "erk") == 0
+    assert _run_cli(data_root, root, "--method", "random", "--sparsity", "0.9", "--like", "snp") == 2
+    err = capsys.readouterr().err
+    assert "--like 'snp' names no criterion (did you mean 'snip'?), no mask file, and no run: no run 'snp'" in err
+    assert err.count("\n") == 1
     masks = {}
     for i, hp, r in store.runs():
         if hp["kind"] == "prune" and hp["pruning"]["method"] == "random":

@@ -38,7 +38,7 @@ from prunelab.experiments.runner import Replicate, Runner
 from prunelab.masks import Mask
 from prunelab.options import option
 from prunelab.training import Diverged, distributed
-from prunelab.validate import SCHEDULES, SCOPES, TIE_RULES, check_fraction, check_int, check_name
+from prunelab.validate import SCHEDULES, SCOPES, TIE_RULES, check_fraction, check_int, check_name, closest
 
 ABLATIONS = ["shuffle", "reinit", "invert", "fixed_variance", "sign", "sigma_sign"]  # Frankle et al. 2021, §5
 # An upper bound that catches a mistyped number before it starts days of work: 100x the pruning iterations
@@ -203,7 +203,14 @@ def like_densities(runner: Runner, rep: Replicate, hp: PruneHparams) -> dict[str
     else:
         from prunelab.experiments.store import open_run
 
-        store, run_id = open_run(hp.like, runner.store.root)
+        try:
+            store, run_id = open_run(hp.like, runner.store.root)
+        except (ValueError, FileNotFoundError) as e:
+            near = closest(hp.like, prunelab.methods())
+            raise ValueError(
+                f"--like {hp.like!r} names no criterion{f' (did you mean {near!r}?)' if near else ''}, no mask file, "
+                f"and no run: {e}; give a criterion (e.g. snip), a run id of the store or a mask file"
+            ) from None
         path = store.folder(run_id) / runfiles.MASK
         if not path.is_file():
             raise ValueError(f"--like {hp.like}: run {run_id} has no mask (a dense or unfinished run?)")
