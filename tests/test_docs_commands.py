@@ -192,3 +192,16 @@ def test_a_missing_dataset_names_a_command_that_fetches_it(tmp_path, capsys, mon
     exec(code, {})
     assert calls == [(("cifar10",), {"data_root": str(tmp_path), "download": True})]
     assert "--download" not in err
+
+
+def test_the_readmes_layout_names_every_module_of_the_package_and_only_those():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "README.md").read_text()
+    layout = text[text.index("## Layout"):text.index("## Reference numbers")]
+    named = set(re.findall(r"`([a-z_]+(?:\.py|/))`", layout)) - {"prunelab/", "tests/", "bench/", "repro/"}
+    package = {p.name + ("/" if p.is_dir() else "") for p in (root / "prunelab").iterdir()
+               if (p.suffix == ".py" and p.name != "__init__.py") or (p.is_dir() and (p / "__init__.py").exists())}
+    assert named == package, (sorted(named - package), sorted(package - named))
