@@ -8,20 +8,18 @@ from __future__ import annotations
 import json
 import time
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-from torch import nn
-
-import prunelab
-from prunelab.analysis import layer_collapse as collapsed_layers
 from prunelab.experiments import runfiles
 from prunelab.experiments.hparams import identity_dict
-from prunelab.experiments.runner import Replicate, Runner
-from prunelab.io import set_aside
-from prunelab.masks import Mask
 from prunelab.registry import Registry
-from prunelab.training import distributed
+
+if TYPE_CHECKING:  # torch and what imports it only where a run is computed: ls, show and --help never import it
+    import torch
+    from torch import nn
+
+    from prunelab.experiments.runner import Replicate, Runner
+    from prunelab.masks import Mask
 
 # Seed offsets keep ablation randomness independent of the replicate's init and data order.
 SHUFFLE_SEED, REINIT_SEED = 1_000, 2_000
@@ -168,6 +166,9 @@ def protocol_of_kind(kind: str) -> Protocol:
 
 def sparse_result(res, mask: Mask, model: nn.Module, dense: dict[str, Any], **extra) -> dict[str, Any]:
     """The ``result.json`` of a finished sparse run."""
+    import prunelab
+    from prunelab.analysis import layer_collapse as collapsed_layers
+
     return {
         "status": "done",
         "test_accuracy": res.test_accuracy,
@@ -193,6 +194,9 @@ def mask_once(folder, compute, collective: bool = False) -> Mask:
     """The run's mask: loaded from ``mask.pt`` (resume) or computed once, saved by rank 0, and broadcast so
     that every rank of a distributed run holds the identical mask. ``collective``: every rank takes part in
     ``compute`` (a criterion that shares its scoring batch out over the ranks); otherwise rank 0 alone."""
+    from prunelab.masks import Mask
+    from prunelab.training import distributed
+
     path = folder / runfiles.MASK
     main = distributed.is_main()
     mask = load_mask(path) if main else None
@@ -209,6 +213,9 @@ def mask_once(folder, compute, collective: bool = False) -> Mask:
 
 
 def load_mask(path) -> Mask | None:
+    from prunelab.io import set_aside
+    from prunelab.masks import Mask
+
     if not path.is_file():
         return None
     try:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prunelab.experiments.protocols.base import Protocol
-from prunelab.experiments.runner import Replicate, Runner
+
+if TYPE_CHECKING:  # the runner imports torch: ls, show and --help never do
+    from prunelab.experiments.runner import Replicate, Runner
 
 
 class Dense(Protocol):

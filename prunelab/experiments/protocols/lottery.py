@@ -8,15 +8,9 @@ hybrid or fc-only; local or global (Frankle et al. 2021, §3 and App. E-F; Pagan
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
-import prunelab
-from prunelab import ablations
 from prunelab.experiments import runfiles
-from prunelab.experiments.cost import Segment, masked
 from prunelab.experiments.hparams import canonicalize, check_duration, run_hash
 from prunelab.experiments.protocols.base import (
     REINIT_SEED,
@@ -27,12 +21,16 @@ from prunelab.experiments.protocols.base import (
     mask_once,
     sparse_result,
 )
-from prunelab.experiments.runner import Replicate, Runner
-from prunelab.masks import Mask
 from prunelab.options import option
-from prunelab.training import Diverged
-from prunelab.training.checkpoints import CheckpointFolder
 from prunelab.validate import SCOPES, check_fraction, check_int, check_name
+
+if TYPE_CHECKING:  # torch and what imports it only where a run is computed: ls, show and --help never import it
+    import torch
+    from torch import nn
+
+    from prunelab.experiments.cost import Segment
+    from prunelab.experiments.runner import Replicate, Runner
+    from prunelab.masks import Mask
 
 # What each structure prunes with: weights by magnitude (or at random), or channels by a norm
 # (Paganini & Forde 2020, §3.1); fc_only prunes only the fully-connected layers.
@@ -88,6 +86,8 @@ def lottery_id(rep: Replicate, hp: LotteryHparams, level: int) -> str:
 
 def _prunable_options(model: nn.Module, structure: str) -> dict[str, Any]:
     if structure == "fc_only":
+        from torch import nn
+
         return {"filter": lambda name, p: isinstance(model.get_submodule(name.rsplit(".", 1)[0]), nn.Linear)}
     return {}
 
@@ -175,6 +175,8 @@ class Lottery(Protocol):
 
     def _trained_state(self, runner: Runner, rep: Replicate, hp: LotteryHparams, level: int
                        ) -> dict[str, torch.Tensor]:
+        from prunelab.training.checkpoints import CheckpointFolder
+
         end = runner.total_steps(rep)
         if level == 0:
             return runner.weights_at(rep, end)
@@ -183,6 +185,12 @@ class Lottery(Protocol):
 
     def _level(self, runner: Runner, rep: Replicate, hp: LotteryHparams, level: int, run_id: str, t: int
                ) -> dict[str, Any]:
+        import prunelab
+        from prunelab import ablations
+        from prunelab.experiments.cost import masked
+        from prunelab.masks import Mask
+        from prunelab.training import Diverged
+
         rewinding = _rewinds(hp)
         folder = runner.begin(run_id, self.level_record(rep, hp, level))
         dense, _ = dense_first(runner, rep, t)
@@ -228,6 +236,9 @@ class Lottery(Protocol):
 
     def _before(self, runner: Runner, rep: Replicate, hp: LotteryHparams, level: int, start: int) -> list[Segment]:
         """The training a level needs first: the dense run, then every earlier level at its own mask."""
+        from prunelab.experiments.cost import Segment, masked
+        from prunelab.masks import Mask
+
         end = runner.total_steps(rep)
         earlier = [Mask.load(runner.store.folder(lottery_id(rep, hp, k)) / runfiles.MASK) for k in range(1, level)]
         return [Segment(end), *(masked(end - start, m) for m in earlier)]

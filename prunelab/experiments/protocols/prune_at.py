@@ -9,14 +9,10 @@ pruning after training (Frankle et al. 2021, §3).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 import prunelab
-from prunelab import ablations
 from prunelab.experiments import runfiles
-from prunelab.experiments.cost import Segment, masked
 from prunelab.experiments.hparams import (
     canonicalize,
     check_duration,
@@ -34,11 +30,14 @@ from prunelab.experiments.protocols.base import (
     mask_once,
     sparse_result,
 )
-from prunelab.experiments.runner import Replicate, Runner
-from prunelab.masks import Mask
 from prunelab.options import option
-from prunelab.training import Diverged, distributed
 from prunelab.validate import SCHEDULES, SCOPES, TIE_RULES, check_fraction, check_int, check_name, closest
+
+if TYPE_CHECKING:  # torch and what imports it only where a run is computed: ls, show and --help never import it
+    from torch import nn
+
+    from prunelab.experiments.runner import Replicate, Runner
+    from prunelab.masks import Mask
 
 ABLATIONS = ["shuffle", "reinit", "invert", "fixed_variance", "sign", "sigma_sign"]  # Frankle et al. 2021, §5
 # An upper bound that catches a mistyped number before it starts days of work: 100x the pruning iterations
@@ -184,6 +183,8 @@ def find_mask(runner: Runner, rep: Replicate, model: nn.Module, hp: PruneHparams
 
 def scores_collectively(hp: PruneHparams) -> bool:
     """Under DDP, a criterion that scores a batch shares it out over the ranks (each scores its part)."""
+    from prunelab.training import distributed
+
     return distributed.active() and "distributed" in prunelab.get_method(hp.method).options
 
 
@@ -193,6 +194,8 @@ def like_densities(runner: Runner, rep: Replicate, hp: PruneHparams) -> dict[str
     at the same sparsity and step, produced first if needed), a run id (or unique prefix) of this store,
     or a mask file."""
     from pathlib import Path
+
+    from prunelab.masks import Mask
 
     if hp.like in prunelab.methods():
         other = PruneHparams(method=hp.like, sparsity=hp.sparsity, prune_at=hp.prune_at, **hp.coverage_options())
@@ -241,6 +244,8 @@ def when_label(prune_at: str) -> str:
 def ablate_weights(model: nn.Module, hp: PruneHparams, mask: Mask, reference_state, seed: int) -> None:
     """The weight ablations of ``hp.ablation``; reinit draws from ``hp.reinit_init`` when set (Lee et al. 2019,
     §5.5: the pruned network trained from Glorot weights whatever the initialization it was pruned at)."""
+    from prunelab import ablations
+
     if hp.ablation == "reinit":
         ablations.reinitialize(model, seed=seed + REINIT_SEED, mask=mask, init=hp.reinit_init)
     elif hp.ablation in ("sign", "sigma_sign"):
@@ -290,6 +295,10 @@ class PruneAtStep(Protocol):
         return [runner.store.once(run_id, lambda: self._run(runner, rep, hp, run_id, t), self.hparams_record(rep, hp))]
 
     def _run(self, runner: Runner, rep: Replicate, hp: PruneHparams, run_id: str, t: int) -> dict[str, Any]:
+        from prunelab import ablations
+        from prunelab.experiments.cost import Segment, masked
+        from prunelab.training import Diverged
+
         # The folder first, so that a run whose dense network fails is listed (and its failure recorded).
         folder = runner.begin(run_id, self.hparams_record(rep, hp))
         dense, state_t = dense_first(runner, rep, t)

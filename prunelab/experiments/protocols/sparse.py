@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import dataclasses
 from abc import abstractmethod
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prunelab.experiments import runfiles
-from prunelab.experiments.cost import Segment
 from prunelab.experiments.hparams import canonicalize, check_duration, distribution_names, run_hash
 from prunelab.experiments.protocols.base import Protocol, sparse_result
-from prunelab.experiments.runner import Replicate, Runner
 from prunelab.options import option
-from prunelab.sparse_training import GROW_GRADIENTS, SET, GradualMagnitude, MaskSchedule, RigL
-from prunelab.training import Diverged
 from prunelab.validate import SCOPES, check_fraction, check_name
+
+if TYPE_CHECKING:  # torch and what imports it only where a run is computed: ls, show and --help never import it
+    from prunelab.experiments.runner import Replicate, Runner
+    from prunelab.sparse_training import GradualMagnitude, MaskSchedule
 
 END_FRACTION = 0.75
 
@@ -68,7 +68,7 @@ class DynamicHparams:
                                choices=distribution_names)
     grow_gradient: str = option("after_step", help="RigL only: grow by the dense gradient after the step (an "
                                 "extra pass) or the step's own (Evci et al. 2020, Alg. 1)",
-                                choices=lambda: GROW_GRADIENTS)
+                                choices=lambda: _grow_gradients())
 
     def __post_init__(self) -> None:
         canonicalize(self, floats=("sparsity", "drop_fraction"),
@@ -79,7 +79,13 @@ class DynamicHparams:
         for name in ("every",) + (("end",) if self.end is not None else ()):
             check_duration(getattr(self, name), name)
         check_name("distribution", self.distribution, distribution_names())
-        check_name("grow_gradient", self.grow_gradient, GROW_GRADIENTS)
+        check_name("grow_gradient", self.grow_gradient, _grow_gradients())
+
+
+def _grow_gradients() -> list[str]:
+    from prunelab.sparse_training import GROW_GRADIENTS
+
+    return GROW_GRADIENTS
 
 
 class _DuringTraining(Protocol):
@@ -117,6 +123,8 @@ class _DuringTraining(Protocol):
         return [runner.store.once(run_id, lambda: self._run(runner, rep, hp, run_id), self.hparams_record(rep, hp))]
 
     def _run(self, runner: Runner, rep: Replicate, hp: Any, run_id: str) -> dict[str, Any]:
+        from prunelab.training import Diverged
+
         folder = runner.begin(run_id, self.hparams_record(rep, hp))
         dense = runner.dense(rep)
         schedule = self.schedule(runner, rep, hp)
@@ -134,7 +142,7 @@ class _DuringTraining(Protocol):
                                                          **self._cost(runner, rep, res, schedule)))
 
     def _cost(self, runner: Runner, rep: Replicate, res, schedule: MaskSchedule) -> dict[str, Any]:
-        from prunelab.experiments.cost import forward_flops
+        from prunelab.experiments.cost import Segment, forward_flops
 
         count = runner.flop_count(rep)
         sizes = {n: res.mask[n].numel() for n in res.mask}
@@ -166,6 +174,8 @@ class Gradual(_DuringTraining):
     citation = "Zhu & Gupta 2018, §3"
 
     def schedule(self, runner: Runner, rep: Replicate, hp: GradualHparams) -> GradualMagnitude:
+        from prunelab.sparse_training import GradualMagnitude
+
         total, every, end = self._steps(runner, rep, hp)
         start = runner.step(rep, hp.start)
         if hp.end is None:  # the default end: the last update step at or before 75% of training
@@ -183,14 +193,17 @@ class Gradual(_DuringTraining):
 class _Dynamic(_DuringTraining):
     hparams = DynamicHparams
     section = "dynamic"
-    schedule_class: type = SET
+    schedule_class: str = "SET"  # the name of its class in prunelab.sparse_training (imported when a run starts)
 
     def schedule(self, runner: Runner, rep: Replicate, hp: DynamicHparams) -> MaskSchedule:
         total, every, end = self._steps(runner, rep, hp)
         if end > total:
             raise ValueError(f"end {hp.end} ({end} it) is past the end of training ({total} it)")
-        return self.schedule_class(every=every, end=end, sparsity=hp.sparsity, drop_fraction=hp.drop_fraction,
-                                   distribution=hp.distribution, seed=rep.seed, **self.schedule_options(hp))
+        from prunelab import sparse_training
+
+        schedule_class = getattr(sparse_training, self.schedule_class)
+        return schedule_class(every=every, end=end, sparsity=hp.sparsity, drop_fraction=hp.drop_fraction,
+                              distribution=hp.distribution, seed=rep.seed, **self.schedule_options(hp))
 
     def schedule_options(self, hp: DynamicHparams) -> dict[str, Any]:
         """Options of the section only this protocol's schedule takes."""
@@ -206,7 +219,7 @@ class _Dynamic(_DuringTraining):
 class SetProtocol(_Dynamic):
     name = "set"
     kind = "set"
-    schedule_class = SET
+    schedule_class = "SET"
     help = "sparse evolutionary training: drop smallest, regrow at random (Mocanu et al. 2018)"
     citation = "Mocanu et al. 2018"
 
@@ -214,7 +227,7 @@ class SetProtocol(_Dynamic):
 class RigLProtocol(_Dynamic):
     name = "rigl"
     kind = "rigl"
-    schedule_class = RigL
+    schedule_class = "RigL"
     help = "RigL: drop smallest, grow largest dense gradient, cosine-annealed (Evci et al. 2020)"
     citation = "Evci et al. 2020, §3, Algorithm 1"
 
