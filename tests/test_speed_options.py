@@ -85,7 +85,8 @@ def test_runtime_options_are_not_part_of_the_identity_and_reach_provenance(tmp_p
     (run_id,) = [i for i, _, _ in store.runs()]
     (session,) = store.provenance(run_id)["sessions"]
     assert session["runtime"] == {"loader_workers": None, "channels_last": True, "cudnn_benchmark": False,
-                                  "tf32": True, "deterministic": True}
+                                  "tf32": True, "deterministic": True, "threads": None}
+    assert session["threads"] == 1  # --threads not given: the one default of docs/guide.md §4
     assert session["device_info"]["type"] == "cpu" and session["device_info"]["cuda"] == torch.version.cuda
 
 

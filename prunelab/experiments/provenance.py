@@ -96,13 +96,16 @@ def device_record(device: str) -> dict[str, Any]:
 
 def session(device: str, runtime=None) -> dict[str, Any]:
     """The record of one computing session of a run on ``device`` (as the runner was given it), with the
-    run-time options it ran under (:class:`prunelab.training.runtime.RuntimeOptions`)."""
+    run-time options it ran under (:class:`prunelab.training.runtime.RuntimeOptions`) and the torch thread
+    counts it computes with: ``threads`` (intra-op: how CPU float sums are split, so part of what fixes a
+    CPU run's bits, with ``cpu.capability``) and ``interop_threads`` (recorded, never changed by prunelab)."""
     import torch
 
     from prunelab.training import resolve_device
 
     record = {**_process(), "device": str(resolve_device(device)), "device_info": device_record(device),
-              "threads": torch.get_num_threads(), "pid": os.getpid()}
+              "threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
+              "pid": os.getpid()}
     if runtime is not None:
         record["runtime"] = runtime.record()
     return record

@@ -25,7 +25,8 @@ from prunelab.experiments.hparams import DataHparams, ModelHparams, run_hash
 from prunelab.experiments.store import RunStore
 from prunelab.training import Diverged, Step, TrainSettings, distributed, iterations, resolve_device, train
 from prunelab.training.checkpoints import CheckpointFolder
-from prunelab.training.runtime import RuntimeOptions
+from prunelab.training.runtime import RuntimeOptions, torch_threads
+from prunelab.training.settings import check_schedule, fit_schedule, recipe
 
 # A training schedule longer than this is a typo, not an experiment: ~900x ResNet-50's 90 ImageNet epochs
 # at batch 1024 (Frankle et al. 2021, App. A.3), ~1600x ResNet-20's 160 CIFAR-10 epochs.
@@ -39,6 +40,11 @@ class RandomLabelsWarning(UserWarning):
 
 class TrainSubsetWarning(UserWarning):
     """A run trains on a subset of the training examples (``DataHparams.train_examples``): said once."""
+
+
+class ScheduleScaledWarning(UserWarning):
+    """A training shorter than its recipe's warm-up or learning-rate drops takes the recipe's schedule scaled to
+    its length (:func:`prunelab.training.settings.fit_schedule`): said once, with the values it got."""
 
 
 @dataclass(frozen=True)
@@ -145,12 +151,35 @@ class Runner:
         if total > MAX_TRAINING_STEPS:
             raise ValueError(f"training length {s.train} is {total:,} iterations, more than the {MAX_TRAINING_STEPS:,} "
                              "prunelab accepts")
-        for what, when in [("warmup", s.warmup), *(("milestone", m) for m in s.milestones)]:
-            t = iterations(when, self.iters_per_epoch(rep))
-            if t > total:
-                raise ValueError(f"{what} {when} ({t:,} it) is past the end of training {s.train} ({total:,} it); "
-                                 f"give --{what}{'s' if what == 'milestone' else ''} within it")
+        check_schedule(s, lambda: self.iters_per_epoch(rep))
         self._checked.add(rep)
+
+    def fitted(self, rep: Replicate) -> Replicate:
+        """``rep`` with its recipe's warm-up and milestones scaled to a training too short for them, said in one
+        line (:class:`ScheduleScaledWarning`); ``rep`` itself when they fit, as every training that ran before
+        did, so no run id changes. Values the user gave are never scaled: one past the end is refused in one
+        line that lists every conflict. Made where the settings are merged (CLI, sweep plan), before any id;
+        reads the data only when the length and the schedule mix epochs and iterations, or to scale."""
+        plain = recipe(rep.model.model, rep.dataset.dataset)
+        try:
+            fitted, note = fit_schedule(rep.training, plain, lambda: self.iters_per_epoch(rep),
+                                        f"the {rep.model.model} recipe")
+        except ValueError:
+            self.model(rep)  # a model that does not fit the dataset is said first, as check() says it
+            raise
+        if note is None:
+            return rep
+        rep = dataclasses.replace(rep, training=fitted)
+        self.check(rep)  # the note is for a training that will run: any other mistake is said instead
+        if distributed.is_main():
+            warnings.warn(note, ScheduleScaledWarning, stacklevel=2)
+        return rep
+
+    def threads(self, workers: int = 1):
+        """A block in which torch computes with the threads this runner's runs promise (``--threads``, else
+        :func:`prunelab.training.runtime.default_threads`: one rule for a run launched alone and a sweep's
+        worker beside ``workers - 1`` others), the caller's own count back after it."""
+        return torch_threads(self.runtime.threads_for(self.device, workers))
 
     def begin(self, run_id: str, hparams: dict[str, Any]) -> Path:
         """The run's folder with its hyperparameters and this session's provenance record (under its lock)."""

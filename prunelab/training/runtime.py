@@ -15,6 +15,10 @@ What belongs here and what does not (``docs/guide.md``, "Speed options"):
   told apart afterwards.
 * The mixed-precision mode (``TrainSettings.amp``) *is* part of the identity: bfloat16 and float16
   activations change the training itself (float16 needs loss scaling).
+* ``threads``: CPU float sums are split over torch's threads, so the thread count decides the last bits of a
+  CPU run. It stays out of the hash (a run names the experiment, not the machine), but its default is one
+  rule, :func:`default_threads`, that the CLI and every sweep worker follow, so a run gets the same bits
+  whether it was launched alone or in a sweep of any number of workers; each session records its count.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import torch
 from torch import nn
 
 from prunelab.options import option
+from prunelab.validate import check_int
 
 #: The most worker processes the automatic choice gives one training process for an image-folder dataset.
 MAX_AUTO_LOADER_WORKERS = 8
@@ -42,6 +47,36 @@ def available_cpus() -> int:
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return max(1, os.cpu_count() or 1)
+
+
+def default_threads(device: str | torch.device = "cpu", workers: int = 1) -> int:
+    """The torch threads of one run when the user gives no ``--threads``: the share of the CPUs that one worker
+    of a default sweep gets, but never a share of fewer workers than ``workers`` run side by side.
+
+    * On the CPU a default sweep runs one worker per CPU, so a run gets **one thread**, alone (the CLI, a
+      one-worker sweep) or beside others (``--workers N`` for any N): CPU float sums depend on the thread
+      count, and this keeps a run's bits independent of how it was launched. It is also what every CPU
+      sweep of ``repro/`` ran with (two workers on two CPUs), so their runs keep their bits.
+    * On CUDA a default sweep runs one worker per GPU, so a run gets the CPUs per GPU (fewer when more
+      workers than GPUs share the machine, so that the CPUs are not oversubscribed); the CPU threads do not
+      enter a GPU's arithmetic.
+    """
+    from prunelab.training.trainer import resolve_device
+
+    if resolve_device(device).type != "cuda":
+        return 1
+    return max(1, available_cpus() // max(workers, torch.cuda.device_count(), 1))
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op thread count set to ``threads`` while the block runs, the caller's own after it."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def auto_loader_workers(device: torch.device) -> int:
@@ -67,11 +102,16 @@ class RuntimeOptions:
                                unset="torch's defaults")
     deterministic: bool = option(False, help="deterministic kernels only: slower, bitwise repeatable on one GPU "
                                  "(docs/guide.md §7)")
+    threads: int | None = option(None, help="torch threads of each run (CPU float sums, and so a CPU run's last "
+                                 "bits, depend on it; docs/guide.md §4)",
+                                 unset="1 on the CPU, the CPUs per GPU on CUDA: the same alone and in a sweep")
 
     def __post_init__(self) -> None:
         w = self.loader_workers
         if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 0):
             raise ValueError(f"loader workers must be a non-negative integer, got {w!r}")
+        if self.threads is not None:
+            check_int(self.threads, "--threads", 1, "torch threads per run")
         if self.deterministic and self.cudnn_benchmark:
             raise ValueError("--deterministic and --cudnn-benchmark exclude each other: benchmarking picks "
                              "cuDNN algorithms by timing, which differ from run to run")
@@ -79,6 +119,11 @@ class RuntimeOptions:
     def record(self) -> dict[str, object]:
         """The options as a provenance record."""
         return dataclasses.asdict(self)
+
+    def threads_for(self, device: str | torch.device, workers: int = 1) -> int:
+        """The torch threads of a run on ``device`` beside ``workers - 1`` others: ``threads`` when given, else
+        :func:`default_threads`."""
+        return self.threads if self.threads is not None else default_threads(device, workers)
 
     def workers_for(self, device: torch.device) -> int:
         return auto_loader_workers(device) if self.loader_workers is None else self.loader_workers

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 
 from prunelab.options import default_of, option, show_value
 from prunelab.training.durations import Step
@@ -150,3 +152,109 @@ def recipe_default(name: str) -> str:
         value = default_of(next(f for f in dataclasses.fields(TrainSettings) if f.name == name))
         return next(iter(by_value)) if value is not None else ""
     return "the recipe of the model: " + "; ".join(f"{v} for {', '.join(w)}" for v, w in by_value.items())
+
+
+# ---- a training shorter than its recipe's schedule ---------------------------------------------------
+# What a smoke test (``--train 100it``) expects: the recipe's warm-up and learning-rate drops are the recipe's
+# choice, not the user's, so they follow the length the user gave, at the same fractions of training; a value
+# the user gave is never changed, and one past the end is refused with every conflict in one line.
+
+_FLAGS = {"warmup": "--warmup", "milestones": "--milestones"}
+
+
+def _schedule(s: TrainSettings) -> dict[str, tuple[str, ...]]:
+    return {"warmup": (s.warmup,), "milestones": s.milestones}
+
+
+def _one_unit(s: TrainSettings) -> bool:
+    """Whether the length and every schedule step are all in epochs or all in iterations: then which of them
+    lie past the end is known without the iterations per epoch (without reading the data)."""
+    steps = [Step.parse(v) for v in (s.train, s.warmup, *s.milestones)]
+    steps = [x for x in steps if x != Step(0, 0)]
+    return all(x.iterations == 0 for x in steps) or all(x.epochs == 0 for x in steps)
+
+
+def schedule_conflicts(s: TrainSettings, iters_per_epoch: Callable[[], int]) -> dict[str, list[str]]:
+    """The warm-up and milestones of ``s`` past the end of its training, by field (empty when none).
+    ``iters_per_epoch`` is called only when the steps mix epochs and iterations."""
+    ipe = 1 if _one_unit(s) else iters_per_epoch()
+    total = Step.parse(s.train).to_iterations(ipe)
+    return {name: past for name, values in _schedule(s).items()
+            if (past := [v for v in values if Step.parse(v).to_iterations(ipe) > total])}
+
+
+def _shown(value: str, iters_per_epoch: Callable[[], int]) -> str:
+    """``1ep (469 it)``; ``100it`` as it is."""
+    step = Step.parse(value)
+    return value if step.epochs == 0 else f"{value} ({step.to_iterations(iters_per_epoch()):,} it)"
+
+
+def _listed(conflicts: dict[str, list[str]], iters_per_epoch: Callable[[], int]) -> str:
+    """``warmup 1ep (469 it) and milestones 7ep (3,283 it), 9ep (4,221 it)``."""
+    names = {"warmup": "warmup", "milestones": "milestone"}
+    return " and ".join(f"{names[name]}{'s' if len(values) > 1 else ''} "
+                        f"{', '.join(_shown(v, iters_per_epoch) for v in values)}"
+                        for name, values in conflicts.items())
+
+
+def schedule_error(s: TrainSettings, conflicts: dict[str, list[str]], iters_per_epoch: Callable[[], int],
+                   recipe_part: str = "") -> ValueError:
+    """The one-line refusal of a schedule whose ``conflicts`` lie past the end of training: every one of
+    them, and the flags that fix them."""
+    flags = " and ".join(_FLAGS[name] for name in conflicts)
+    verb = "is" if sum(len(v) for v in conflicts.values()) == 1 else "are"
+    return ValueError(f"{_listed(conflicts, iters_per_epoch)} {verb} past the end of training "
+                      f"{_shown(s.train, iters_per_epoch)}: give {flags} within it, or a longer --train{recipe_part}")
+
+
+def check_schedule(s: TrainSettings, iters_per_epoch: Callable[[], int]) -> None:
+    """ValueError naming every warm-up and milestone past the end of training in one line."""
+    if conflicts := schedule_conflicts(s, iters_per_epoch):
+        raise schedule_error(s, conflicts, iters_per_epoch)
+
+
+def fit_schedule(s: TrainSettings, recipe_settings: TrainSettings, iters_per_epoch: Callable[[], int],
+                 recipe_name: str = "the recipe") -> tuple[TrainSettings, str | None]:
+    """``s`` with the recipe's schedule scaled to a training too short for it, and the one-line note that
+    says so; ``s`` itself and None when nothing lies past its end (every training that ran before).
+
+    A schedule field is the recipe's when its value is the recipe's (``recipe_settings``): only those scale,
+    all together (warm-up and milestones keep their fractions of training, ``7ep`` of ``10ep`` becoming
+    ``70it`` of ``100it``), in epochs when that is exact, else in iterations. A field the user set that lies
+    past the end is refused: one line lists every conflict, the recipe's beside the user's."""
+    conflicts = schedule_conflicts(s, iters_per_epoch)
+    if not conflicts:
+        return s, None
+    theirs = [name for name, values in _schedule(s).items()
+              if values == _schedule(recipe_settings)[name] and any(Step.parse(v) != Step(0, 0) for v in values)]
+    if users := {name: values for name, values in conflicts.items() if name not in theirs}:
+        recipe_part = {name: values for name, values in conflicts.items() if name in theirs}
+        also = (f" ({recipe_name}'s {_listed(recipe_part, iters_per_epoch)} would be scaled to it)"
+                if recipe_part else "")
+        raise schedule_error(s, users, iters_per_epoch, also)
+    total, length = Step.parse(s.train), Step.parse(recipe_settings.train)
+    n_total, n_length = total.to_iterations(iters_per_epoch()), length.to_iterations(iters_per_epoch())
+
+    def scaled(value: str) -> str:
+        v = Step.parse(value)
+        if total.iterations == v.iterations == length.iterations == 0:
+            epochs = Fraction(v.epochs * total.epochs, length.epochs)
+            if epochs.denominator == 1:
+                return f"{epochs.numerator}ep"
+        return f"{round(Fraction(v.to_iterations(iters_per_epoch()) * n_total, n_length))}it"
+
+    changes: dict[str, object] = {}
+    if "warmup" in theirs:
+        changes["warmup"] = scaled(s.warmup)
+    if "milestones" in theirs:
+        changes["milestones"] = tuple(scaled(m) for m in s.milestones)
+    fitted = dataclasses.replace(s, **changes)
+    what = "; ".join(f"{name} {', '.join(_schedule(s)[name])} -> {', '.join(_schedule(fitted)[name])}"
+                     for name in changes)
+    def length_of(step: Step, n: int) -> str:
+        return str(step) if step.epochs == 0 else f"{step} ({n:,} it)"
+
+    note = (f"training {length_of(total, n_total)} is shorter than {recipe_name}'s schedule of "
+            f"{length_of(length, n_length)}: its {what}, scaled to the same fractions of training "
+            f"({' and '.join(_FLAGS[n] for n in changes)} to choose them)")
+    return fitted, note

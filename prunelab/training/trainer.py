@@ -38,8 +38,24 @@ from prunelab.training.runtime import RuntimeOptions
 from prunelab.training.settings import TrainSettings
 
 
-class DeviceChangeWarning(UserWarning):
+class ExecutionChangeWarning(UserWarning):
+    """A run resumed under other execution than its checkpoint was written with: from that step on its bits
+    are not those of an uninterrupted run (said in one line, at the resume)."""
+
+
+class DeviceChangeWarning(ExecutionChangeWarning):
     """A run resumed on another kind of device than the one its checkpoint was written on."""
+
+
+class CPUChangeWarning(ExecutionChangeWarning):
+    """A CPU run resumed with another torch thread count or instruction set than its checkpoint was written with:
+    CPU float sums are split over the threads, and ATen and oneDNN pick their kernels by instruction set."""
+
+
+def cpu_execution() -> dict[str, Any]:
+    """What, besides the code, fixes the bits of a CPU computation: the intra-op thread count and the vector
+    instruction set torch's kernels use (``AVX2``, ``AVX512``...). Kept in every checkpoint."""
+    return {"threads": torch.get_num_threads(), "capability": torch.backends.cpu.get_cpu_capability()}
 
 
 class Diverged(RuntimeError):
@@ -225,6 +241,7 @@ class Loop:
             "loss_sum": float(self.loss_sum),
             "loss_count": self.loss_count,
             "device": self.device.type,
+            **cpu_execution(),
         }
         for cb in callbacks:
             state.update(cb.state_dict())
@@ -236,6 +253,8 @@ class Loop:
             warnings.warn(f"resuming at step {state['step']} on {self.device.type} from a checkpoint written on "
                           f"{written_on}: the rest of the run uses other kernels, so its result is not bitwise that "
                           "of an uninterrupted run on either", DeviceChangeWarning, stacklevel=2)
+        elif self.device.type == "cpu" and self.writer:
+            self._check_cpu_execution(state)
         for cb in callbacks:  # first: a mask schedule binds the checkpoint's mask before the weights load
             cb.load_state_dict(state, self)
         self.model.load_state_dict(state["model"])
@@ -247,6 +266,24 @@ class Loop:
         self.loss_count = int(state["loss_count"])
         if self.mask is not None:
             self.mask.apply(self.model)  # weights came masked from the checkpoint; hooks again
+
+    def _check_cpu_execution(self, state: dict[str, Any]) -> None:
+        """One warning line when the checkpoint of a CPU run was written with another thread count or
+        instruction set than this session's (checkpoints of older versions record neither: no word)."""
+        now = cpu_execution()
+        then = {k: state[k] for k in now if state.get(k) is not None}
+        if not then or all(then[k] == now[k] for k in then):
+            return
+
+        def described(e: dict[str, Any]) -> str:
+            parts = [f"{e['threads']} torch thread{'s' if e['threads'] != 1 else ''}"] if "threads" in e else []
+            return " on ".join(parts + ([e["capability"]] if "capability" in e else []))
+
+        warnings.warn(f"resuming at step {state['step']} with {described({k: now[k] for k in then})} from a checkpoint "
+                      f"written with {described(then)}: the rest of the run splits its CPU sums differently, so its "
+                      "bits differ from that step on from an uninterrupted run's (give --threads "
+                      f"{then.get('threads', now['threads'])} on the same CPU type to keep them)", CPUChangeWarning,
+                      stacklevel=3)
 
     def run(self, callbacks: list[Callback], progress: bool = False) -> TrainResult:
         """The loop (:meth:`steps`) under the run-time options' backend flags; every callback's ``close``
