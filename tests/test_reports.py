@@ -218,9 +218,9 @@ def _drop_report_modules(monkeypatch):
     import prunelab.reports
 
     for module in [m for m in sys.modules if m.startswith(("prunelab.reports.html", "prunelab.reports.plots",
-                                                           "prunelab.reports.figures"))]:
+                                                           "prunelab.reports.figure"))]:
         monkeypatch.delitem(sys.modules, module)
-    for name in ("html", "plots", "figures"):
+    for name in ("html", "plots", "figures", "figure_builds", "figure_inputs"):
         monkeypatch.delattr(prunelab.reports, name, raising=False)
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,11 @@ def register(subparsers) -> None:
     add_root_flag(p)
     p.add_argument("--out", default="report", help="output folder for index.html and the CSV files (default ./report)")
     p.add_argument("--dpi", type=int, default=110, help="resolution of the figures (default 110)")
+    p.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="processes drawing figures (default: one per available CPU; 1 draws in this process)")
+    p.add_argument("--rebuild", action="store_true",
+                   help="draw every figure again, even those whose runs did not change since the last report "
+                        "into --out (by default they are reused)")
     p.set_defaults(func=cmd_report)
 
     p = subparsers.add_parser(
@@ -74,15 +78,17 @@ def register(subparsers) -> None:
 
 def cmd_report(args) -> int:
     with needs_extra("prunelab report", "plots"):
-        from prunelab.reports.html import write_report
+        from prunelab.reports.html import build_report
 
     if args.dpi < 20:
         raise ValueError(f"--dpi must be at least 20, got {args.dpi}")
-    path = write_report(args.root, args.out, dpi=args.dpi)
-    manifest = json.loads((path.parent / "figures.json").read_text())
-    for note in manifest["notes"]:
+    if args.jobs is not None and args.jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
+    path, built = build_report(args.root, args.out, dpi=args.dpi, jobs=args.jobs, rebuild=args.rebuild)
+    for note in built.notes:
         print(f"note: {note}")
-    print(f"report {path} ({len(manifest['figures'])} figures); tables in {path.parent}/runs.csv and summary.csv")
+    print(f"report {path} ({len(built.figures)} figures: {built.drawn} drawn, {built.reused} unchanged since the "
+          f"last report); tables in {path.parent}/runs.csv and summary.csv")
     return 0
 
 

@@ -24,9 +24,8 @@ from typing import Any
 
 import pandas as pd
 
-from prunelab.io import atomic_write_bytes, atomic_write_text
-from prunelab.reports import plots
-from prunelab.reports.figures import ReportFigure, report_figures
+from prunelab.io import atomic_write_text
+from prunelab.reports.figure_builds import BuiltFigure, BuiltFigures, build_figures
 from prunelab.reports.tables import aggregate, group_columns, layers_table, runs_table
 
 _SETTING_PREFIXES = ("model.", "dataset.", "training.")
@@ -111,7 +110,7 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
     return aggregate(runs, by=by)
 
 
-def _figure_html(fig: ReportFigure, png: bytes, files: dict[str, str]) -> str:
+def _figure_html(fig: BuiltFigure, png: bytes, files: dict[str, str]) -> str:
     specific = {k: v for k, v in fig.hparams.items()
                 if not str(k).startswith(_SETTING_PREFIXES) and k not in ("model", "dataset")}
     fixed = {k: v for k, v in fig.hparams.items() if str(k).startswith(_SETTING_PREFIXES)}
@@ -131,35 +130,40 @@ def _link(path: str, text: str) -> str:
     return f'<a href="{html.escape(path)}">{html.escape(text)}</a>'
 
 
-def write_report(root: str | os.PathLike = "runs", out: str | os.PathLike = "report", dpi: int = 110) -> Path:
+def write_report(root: str | os.PathLike = "runs", out: str | os.PathLike = "report", dpi: int = 110,
+                 jobs: int | None = None, rebuild: bool = False) -> Path:
     """Write the report of the run store ``root`` into folder ``out``; returns the path of ``index.html``.
 
     Always contains the settings, summary and runs tables; figures only where the store has the runs
-    they need (see :mod:`prunelab.reports.figures`). Raises FileNotFoundError when ``root`` is not a
-    folder.
+    they need (see :mod:`prunelab.reports.figures`). Figures whose data did not change since the last report
+    into ``out`` are reused, the others drawn by ``jobs`` processes (:mod:`prunelab.reports.figure_builds`;
+    ``rebuild``: draw all). Raises FileNotFoundError when ``root`` is not a folder.
     """
+    return build_report(root, out, dpi, jobs, rebuild)[0]
+
+
+def build_report(root: str | os.PathLike = "runs", out: str | os.PathLike = "report", dpi: int = 110,
+                 jobs: int | None = None, rebuild: bool = False) -> tuple[Path, BuiltFigures]:
+    """:func:`write_report`, and its figures (with how many were drawn and how many reused)."""
     root, out = Path(root), Path(out)
     runs = runs_table(root)
     layers = layers_table(root)
     summary = in_percent(summary_table(runs))
     settings = settings_table(runs)
-    figures, notes = report_figures(root, runs, layers)
-    runs = in_percent(runs)
     out.mkdir(parents=True, exist_ok=True)
+    built = build_figures(root, out, runs, layers, dpi=dpi, jobs=jobs, rebuild=rebuild)
+    figures, notes = built.figures, built.notes
+    runs = in_percent(runs)
     for name, df in (("runs", runs), ("summary", summary), ("settings", settings), ("layers", layers)):
         atomic_write_text(out / f"{name}.csv", df.to_csv(index=False))
 
     manifest = []
     sections: dict[str, list[str]] = {}
     for fig in figures:
-        files = {fmt: f"figures/{fig.name}.{fmt}" for fmt in plots.FORMATS}
-        rendered = plots.render(fig.figure, plots.FORMATS, dpi=dpi)
-        for fmt, path in files.items():
-            atomic_write_bytes(out / path, rendered[fmt])
-        png = rendered["png"]
-        sections.setdefault(str(fig.hparams.get("setting", "")), []).append(_figure_html(fig, png, files))
-        manifest.append({"name": fig.name, "title": fig.title, "caption": fig.caption, "file": files["png"],
-                         "files": files, "hparams": _jsonable(fig.hparams), "runs": fig.runs})
+        png = (out / fig.files["png"]).read_bytes()
+        sections.setdefault(str(fig.hparams.get("setting", "")), []).append(_figure_html(fig, png, fig.files))
+        manifest.append({"name": fig.name, "title": fig.title, "caption": fig.caption, "file": fig.files["png"],
+                         "files": fig.files, "hparams": fig.hparams, "runs": fig.runs})
     atomic_write_text(out / "figures.json", json.dumps({"figures": manifest, "notes": notes}, indent=2))
 
     counts = runs["status"].value_counts().to_dict() if not runs.empty else {}
@@ -198,14 +202,4 @@ def write_report(root: str | os.PathLike = "runs", out: str | os.PathLike = "rep
         f"<div class='scroll'>{html_table(runs, 'runs')}</div>",
         "</body></html>",
     ]
-    return atomic_write_text(out / "index.html", "\n".join(parts))
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if hasattr(value, "item"):
-        return value.item()
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
+    return atomic_write_text(out / "index.html", "\n".join(parts)), built

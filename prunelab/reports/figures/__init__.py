@@ -26,7 +26,7 @@ import pandas as pd
 from prunelab.experiments.protocols.labels import variant_labels
 from prunelab.reports.figures.accuracy import ablations, accuracy_vs_sparsity, accuracy_vs_step, lottery_accuracy
 from prunelab.reports.figures.captions import common_hparams
-from prunelab.reports.figures.context import Context, ReportFigure
+from prunelab.reports.figures.context import Context, Plot, ReportFigure
 from prunelab.reports.figures.cost import (
     accuracy_vs_training_cost,
     curve_area,
@@ -43,8 +43,8 @@ from prunelab.reports.figures.layers import (
 from prunelab.reports.figures.masks import conv_masks, first_layer_masks, jaccard, weight_trajectories
 from prunelab.reports.tables import layers_table, runs_table
 
-__all__ = ["BUILDERS", "Context", "ReportFigure", "common_hparams", "curve_area", "curve_end", "report_figures",
-           "variant_labels"]
+__all__ = ["BUILDERS", "SKIPPED_ERRORS", "Context", "Plot", "ReportFigure", "builder_named", "common_hparams",
+           "contexts", "curve_area", "curve_end", "report_figures", "run_builder", "skip_note", "variant_labels"]
 
 BUILDERS: list[Callable[[Context], Iterable[ReportFigure]]] = [
     accuracy_vs_sparsity, ablations, accuracy_vs_step, layer_sparsity, neuron_collapse,
@@ -60,20 +60,58 @@ def report_figures(root: str | os.PathLike, runs: pd.DataFrame | None = None,
     A figure whose files are missing or unreadable (a deleted checkpoint, a mask from another model)
     is skipped with a note rather than failing the whole report.
     """
+    figures: list[ReportFigure] = []
+    notes: list[str] = []
+    for ctx in contexts(root, runs, layers):
+        for build in BUILDERS:
+            built, note = run_builder(build, ctx)
+            figures.extend(built)
+            notes.extend(note)
+    return figures, notes
+
+
+def contexts(root: str | os.PathLike, runs: pd.DataFrame | None = None,
+             layers: pd.DataFrame | None = None) -> list[Context]:
+    """The finished runs of the store, one :class:`Context` per setting (sorted): what every builder starts from."""
     root = Path(root)
     runs = runs_table(root) if runs is None else runs
     layers = layers_table(root) if layers is None else layers
-    figures: list[ReportFigure] = []
-    notes: list[str] = []
     done = runs[runs["status"] == "done"]
-    for setting, part in done.groupby("setting", sort=True):
-        ctx = Context(root, str(setting), part.reset_index(drop=True), layers[layers["id"].isin(part["id"])])
-        for build in BUILDERS:
-            what = build.__name__.strip("_").replace("_", " ")
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    figures.extend(build(ctx))
-            except (FileNotFoundError, KeyError, ValueError, RuntimeError, OSError) as e:
-                notes.append(f"{ctx.label} ({setting}): {what} skipped: {' '.join(str(e).split())}")
-    return figures, notes
+    return [Context(root, str(setting), part.reset_index(drop=True), layers[layers["id"].isin(part["id"])])
+            for setting, part in done.groupby("setting", sort=True)]
+
+
+def builder_named(name: str) -> Callable[[Context], Iterable[ReportFigure]]:
+    """The builder of :data:`BUILDERS` called ``name`` (how a worker process is told which one to run)."""
+    for build in BUILDERS:
+        if build.__name__ == name:
+            return build
+    raise ValueError(f"no figure builder {name!r}; builders are {', '.join(b.__name__ for b in BUILDERS)}")
+
+
+def run_builder(build: Callable[[Context], Iterable[ReportFigure]], ctx: Context,
+                draw: bool = True) -> tuple[list[ReportFigure], list[str]]:
+    """The figures ``build`` describes for ``ctx`` (drawn, with ``draw``), and a note on why it stopped early
+    if it did (a file missing or unreadable, data that does not fit): a figure that cannot be drawn never fails
+    the whole report. The figures it described before it stopped are kept."""
+    figures: list[ReportFigure] = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for fig in build(ctx):
+                if draw:
+                    fig.figure  # noqa: B018 - drawn now, so that a plot that cannot be drawn is a note here
+                figures.append(fig)
+    except SKIPPED_ERRORS as e:
+        return figures, [skip_note(build, ctx, e)]
+    return figures, []
+
+
+# What a figure that cannot be drawn raises (a missing or damaged file, data that does not fit its plot).
+SKIPPED_ERRORS = (FileNotFoundError, KeyError, ValueError, RuntimeError, OSError)
+
+
+def skip_note(build: Callable[[Context], Iterable[ReportFigure]], ctx: Context, error: Exception) -> str:
+    """The note of the report on a builder that stopped on ``error``."""
+    what = build.__name__.strip("_").replace("_", " ")
+    return f"{ctx.label} ({ctx.setting}): {what} skipped: {' '.join(str(error).split())}"

@@ -21,6 +21,7 @@ from prunelab.reports.figures.captions import (
 )
 from prunelab.reports.figures.context import (
     Context,
+    Plot,
     ReportFigure,
     accuracy_curve,
     lr_drops,
@@ -59,7 +60,7 @@ def accuracy_vs_sparsity(ctx: Context) -> Iterable[ReportFigure]:
         f"Test accuracy (%) of each criterion pruning at initialization ({listing(sorted(init['label'].unique()))}), "
         f"against sparsity on a log-density axis{compared}; {spread_text(rows)}.{dense_text(ctx)} "
         "(Frankle et al. 2021, Figs. 3 and 8.)",
-        plots.accuracy_vs_sparsity(curves, dense=ctx.dense_percent(), title=ctx.label), common_hparams(rows),
+        Plot(plots.accuracy_vs_sparsity, curves, dense=ctx.dense_percent(), title=ctx.label), common_hparams(rows),
         list(rows["id"]))
 
 
@@ -76,7 +77,7 @@ def lottery_accuracy(ctx: Context) -> Iterable[ReportFigure]:
         f"{spread_text(lot)}."
         f"{dense_text(ctx)} (Paganini & Forde 2020, Fig. 2; lottery-ticket rewinding in Frankle et al. 2021, "
         "Fig. 8.)",
-        plots.accuracy_vs_sparsity(curves, dense=ctx.dense_percent(), title=ctx.label), common_hparams(lot),
+        Plot(plots.accuracy_vs_sparsity, curves, dense=ctx.dense_percent(), title=ctx.label), common_hparams(lot),
         list(lot["id"]))
 
 
@@ -134,7 +135,7 @@ def ablations(ctx: Context) -> Iterable[ReportFigure]:
             f"Test accuracy (%) against sparsity for each criterion pruning {when}, {unmodified}under "
             f"{'the ablation' if len(present) == 1 else 'each ablation'} in the store: {listing(described)}; "
             f"{spread_text(rows)}.{dense_text(ctx)} ({figure_ref}; §5.)",
-            plots.ablation_panels(panels, dense=ctx.dense_percent(), title=f"{ctx.label}, pruned {when}"),
+            Plot(plots.ablation_panels, panels, dense=ctx.dense_percent(), title=f"{ctx.label}, pruned {when}"),
             common_hparams(rows), list(rows["id"]))
 
 
@@ -162,6 +163,6 @@ def accuracy_vs_step(ctx: Context) -> Iterable[ReportFigure]:
             "Test accuracy (%) of each criterion when pruning after t training iterations and retraining the whole "
             f"schedule, against t; {spread_text(rows)}.{ltr_text}{drop_text}{dense_text(ctx)} "
             "(Frankle et al. 2021, §6, Fig. 6.)",
-            plots.accuracy_vs_step(curves, dense=ctx.dense_percent(), lr_drops=drops,
+            Plot(plots.accuracy_vs_step, curves, dense=ctx.dense_percent(), lr_drops=drops,
                                    title=f"{ctx.label}, sparsity {percent(target)}"),
             common_hparams(rows), list(rows["id"]))

@@ -4,6 +4,7 @@ yields (:class:`ReportFigure`), and the readers of the run files and table colum
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,17 +23,42 @@ from prunelab.reports.tables import (
 )
 
 
+class Plot:
+    """A plot described but not drawn yet: a function of :mod:`prunelab.reports.plots` and its arguments.
+
+    Builders describe their figures and the report draws them later, because the arguments are the plain
+    data a figure shows: a report compares their digest with the one of the files it drew before and
+    draws only the figures whose data changed (:mod:`prunelab.reports.figure_builds`)."""
+
+    def __init__(self, function: Callable[..., Figure], /, *args: Any, **kwargs: Any):
+        self.function, self.args, self.kwargs = function, args, kwargs
+
+    def draw(self) -> Figure:
+        return self.function(*self.args, **self.kwargs)
+
+    def __repr__(self) -> str:
+        return f"Plot({self.function.__module__}.{self.function.__qualname__})"
+
+
 @dataclass
 class ReportFigure:
     """A figure of the report: ``name`` (file stem), ``title``, ``caption`` (what it shows and the
-    paper's figure it follows), ``hparams`` (settings shared by all its runs), ``runs`` (their ids)."""
+    paper's figure it follows), ``plot`` (what to draw), ``hparams`` (settings shared by all its runs),
+    ``runs`` (their ids). ``figure`` draws the plot on first use."""
 
     name: str
     title: str
     caption: str
-    figure: Figure
+    plot: Plot
     hparams: dict[str, Any] = field(default_factory=dict)
     runs: list[str] = field(default_factory=list)
+    _figure: Figure | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def figure(self) -> Figure:
+        if self._figure is None:
+            self._figure = self.plot.draw()
+        return self._figure
 
 
 @dataclass

@@ -18,6 +18,7 @@ from prunelab.reports.figures.captions import (
 )
 from prunelab.reports.figures.context import (
     Context,
+    Plot,
     ReportFigure,
     at_target,
     no_ablation,
@@ -106,7 +107,7 @@ def training_cost_over_time(ctx: Context) -> Iterable[ReportFigure]:
         "first seed; for pruning at a step, the first criterion: all reach the same density) drawn from its "
         "density_curve, whose last density holds to the end of the protocol's training (protocol_steps) "
         "(Frankle et al. 2021, Fig. 1).",
-        plots.density_over_time(panels, title=ctx.label), _cost_hparams(rows), list(rows["id"]))
+        Plot(plots.density_over_time, panels, title=ctx.label), _cost_hparams(rows), list(rows["id"]))
 
 
 def accuracy_vs_training_cost(ctx: Context) -> Iterable[ReportFigure]:
@@ -137,4 +138,4 @@ def accuracy_vs_training_cost(ctx: Context) -> Iterable[ReportFigure]:
         "Test accuracy (%) against the total training FLOPs (log scale) of each protocol, one panel per sparsity "
         f"target{', the dense network in every panel' if not dense.empty else ''}; {spread_text(rows)}. "
         f"{_FLOPS_CONVENTION}",
-        plots.accuracy_vs_cost(panels, title=ctx.label), _cost_hparams(rows), list(rows["id"]))
+        Plot(plots.accuracy_vs_cost, panels, title=ctx.label), _cost_hparams(rows), list(rows["id"]))

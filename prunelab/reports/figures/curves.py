@@ -18,6 +18,7 @@ from prunelab.reports.figures.captions import (
 )
 from prunelab.reports.figures.context import (
     Context,
+    Plot,
     ReportFigure,
     at_target,
     lr_drops,
@@ -94,5 +95,5 @@ def learning_curves(ctx: Context) -> Iterable[ReportFigure]:
             + f"; {bands}."
             + (" A rewound lottery ticket trains from its rewinding step." if not rewound.empty else "")
             + (" Dash-dotted vertical lines mark the learning-rate drops." if drops else ""),
-            plots.learning_curves(panels, lr_drops=drops, title=f"{ctx.label}, {what}"), common_hparams(rows),
+            Plot(plots.learning_curves, panels, lr_drops=drops, title=f"{ctx.label}, {what}"), common_hparams(rows),
             list(rows["id"]))

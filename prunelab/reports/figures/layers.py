@@ -18,6 +18,7 @@ from prunelab.reports.figures.captions import (
 )
 from prunelab.reports.figures.context import (
     Context,
+    Plot,
     ReportFigure,
     dataset_input_shape,
     load_mask,
@@ -81,7 +82,7 @@ def layer_sparsity(ctx: Context) -> Iterable[ReportFigure]:
         f"Sparsity (%) of each prunable layer (input to output) chosen by each criterion at {percent(target)}, "
         f"{why}; {'mean over ' + seeds_text(shown) if shown['seed'].nunique() > 1 else seeds_text(shown)} "
         "(Frankle et al. 2021, Appendix J, Fig. 15).",
-        plots.layer_sparsity_bars(per, title=f"{ctx.label}, sparsity {percent(target)}"),
+        Plot(plots.layer_sparsity_bars, per, title=f"{ctx.label}, sparsity {percent(target)}"),
         common_hparams(chosen), list(chosen["id"]))
 
 
@@ -116,7 +117,7 @@ def neuron_collapse(ctx: Context) -> Iterable[ReportFigure]:
         f"Percent of neurons (units, conv channels) whose incoming weights are at least s sparse, against s, "
         f"for each criterion at {percent(target)}, {why}{shuffled_text}; {spread} "
         "(Frankle et al. 2021, §5, Fig. 5).",
-        plots.neuron_collapse(curves, title=f"{ctx.label}, sparsity {percent(target)}"),
+        Plot(plots.neuron_collapse, curves, title=f"{ctx.label}, sparsity {percent(target)}"),
         common_hparams(chosen), list(chosen["id"]))
 
 
@@ -151,7 +152,7 @@ def density_vs_compression(ctx: Context) -> Iterable[ReportFigure]:
         + (", dashed = a layer is fully pruned (layer collapse)" if _any_collapse(panels) else "")
         + f"; {'means over ' + seeds_text(rows) if rows['seed'].nunique() > 1 else seeds_text(rows)} "
         "(Tanaka et al. 2020, §3, Fig. 2).",
-        plots.layer_density_vs_compression(panels, title=ctx.label), common_hparams(rows), list(rows["id"]))
+        Plot(plots.layer_density_vs_compression, panels, title=ctx.label), common_hparams(rows), list(rows["id"]))
 
 
 def _any_collapse(panels: dict) -> bool:
@@ -198,5 +199,5 @@ def conservation(ctx: Context) -> Iterable[ReportFigure]:
         "per layer the neurons belong to (dotted guide: equality, Theorem 1); right: each layer's average score vs "
         "the inverse of its size (dotted guide: equal layer totals, Theorem 2) (Tanaka et al. 2020, §4, Figs. 3-4). "
         f"Conservation here is {exact}.",
-        plots.conservation(neurons, weights, title=f"{ctx.label}, seed {int(first['seed'])}"), hparams,
+        Plot(plots.conservation, neurons, weights, title=f"{ctx.label}, seed {int(first['seed'])}"), hparams,
         [str(first["id"])])

@@ -23,6 +23,7 @@ from prunelab.reports.figures.captions import (
 )
 from prunelab.reports.figures.context import (
     Context,
+    Plot,
     ReportFigure,
     dataset_input_shape,
     load_mask,
@@ -63,7 +64,7 @@ def first_layer_masks(ctx: Context) -> Iterable[ReportFigure]:
         "to the input "
         "image: bright pixels keep their connections; one column per criterion, one row per sparsity "
         f"(seed {int(seed)}; Lee et al. 2019, Fig. 2).",
-        plots.mask_images(grid, title=ctx.label), common_hparams(rows), list(rows["id"]))
+        Plot(plots.mask_images, grid, title=ctx.label), common_hparams(rows), list(rows["id"]))
 
 
 def conv_masks(ctx: Context) -> Iterable[ReportFigure]:
@@ -97,7 +98,7 @@ def conv_masks(ctx: Context) -> Iterable[ReportFigure]:
         f"{'two pruning iterations' if len(levels) > 1 else 'one pruning iteration'}: input "
         "channels in rows, output channels in columns, one small square per kernel; pruned weights gray, kept "
         f"positive weights red, negative blue (seed {int(seed)}; Paganini & Forde 2020, §4, Fig. 5).",
-        plots.conv_masks(grid, title=ctx.label), common_hparams(rows), list(rows["id"]))
+        Plot(plots.conv_masks, grid, title=ctx.label), common_hparams(rows), list(rows["id"]))
 
 
 def jaccard(ctx: Context) -> Iterable[ReportFigure]:
@@ -152,7 +153,7 @@ def jaccard(ctx: Context) -> Iterable[ReportFigure]:
                 f"Jaccard distance (1 - intersection over union of the kept weights) between the masks of "
                 f"{vary} = {reference} and those of the other values of {vary}, same seed and pruning iteration, "
                 f"one panel per layer; {spread_text(shown)} (Paganini & Forde 2020, §4, {ref_fig}).",
-                plots.jaccard_vs_iteration(panels, reference=f"{vary}={reference}", title=ctx.label),
+                Plot(plots.jaccard_vs_iteration, panels, reference=f"{vary}={reference}", title=ctx.label),
                 common_hparams(shown), list(shown["id"]))
 
 
@@ -199,5 +200,5 @@ def weight_trajectories(ctx: Context, n_weights: int = 40) -> Iterable[ReportFig
             f"Values after training of up to {n_weights} randomly chosen weights of {listing(list(panels))} at "
             "consecutive pruning levels (x: sparsity" + (", 0 = the dense network" if not base.empty else "")
             + f"); a line ends when its weight is pruned (seed {int(seed)}; Paganini & Forde 2020, §5, Figs. 6-7).",
-            plots.weight_trajectories(panels, title=f"{ctx.label}, {label}"), common_hparams(shown),
+            Plot(plots.weight_trajectories, panels, title=f"{ctx.label}, {label}"), common_hparams(shown),
             list(shown["id"]))

@@ -111,8 +111,11 @@ FORMATS = ("png", "pdf", "svg")
 
 
 # Vector files as papers want them: TrueType fonts in PDFs (venues reject Type 3 fonts), text as text in SVGs
-# (editable, and smaller than glyph outlines).
-_VECTOR_STYLE = {"pdf.fonttype": 42, "svg.fonttype": "none"}
+# (editable, and smaller than glyph outlines). A fixed salt for the ids of SVG elements (random by default) and
+# no dates in the metadata make every file a function of the figure alone: a figure drawn twice, or by another
+# worker of a parallel report, is the same bytes, so a reused file cannot be told from a redrawn one.
+_VECTOR_STYLE = {"pdf.fonttype": 42, "svg.fonttype": "none", "svg.hashsalt": "prunelab"}
+_METADATA = {"pdf": {"Creator": "prunelab", "CreationDate": None}, "svg": {"Creator": "prunelab", "Date": None}}
 
 
 def to_bytes(fig: Figure, fmt: str = "png", dpi: int = 110) -> bytes:
@@ -122,7 +125,7 @@ def to_bytes(fig: Figure, fmt: str = "png", dpi: int = 110) -> bytes:
 
     FigureCanvasAgg(fig)
     buffer = io.BytesIO()
-    metadata = {"Creator": "prunelab"} if fmt in ("pdf", "svg") else None
+    metadata = _METADATA.get(fmt)
     with matplotlib.rc_context(_VECTOR_STYLE):
         fig.savefig(buffer, format=fmt, dpi=dpi, metadata=metadata)
     return buffer.getvalue()

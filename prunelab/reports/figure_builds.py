@@ -1,0 +1,223 @@
+"""The report's figures, drawn only when what they show changed, by a pool of worker processes.
+
+Two digests decide, so that a report of an unchanged store draws nothing and one changed run redraws only
+the figures that show it:
+
+1. **Per builder and setting** (:mod:`.figure_inputs`): everything the builder may read (its setting's rows
+   of the runs and layers tables, those runs' files), its name, the code that draws, the formats and the
+   resolution. When it equals the one recorded by the last report in ``figures/builds.json`` and the files
+   it recorded are still there, the builder does not even run: its figures' titles, captions, hyperparameters
+   and notes come from the record, their files stay as they are.
+2. **Per figure**: the digest of what it draws (the plot function and its arguments: the data on the page,
+   :class:`~prunelab.reports.figures.Plot`), written beside its files as ``figures/<name>.inputs.sha256``
+   after them. A builder that runs again (a run of its setting changed) redraws only the figures whose data
+   changed.
+
+Builders run in worker processes, not threads (matplotlib is not thread-safe), forked where the system can
+(a worker starts with the parent's imports instead of importing torch and matplotlib again), one torch thread
+each. Every file is a function of its figure alone (:mod:`prunelab.reports.plots.style`: no dates, a fixed
+SVG salt), so a parallel report writes the bytes of a serial one, and a reused file those of a redrawn one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from prunelab.io import atomic_write_bytes, atomic_write_text
+from prunelab.reports import plots
+from prunelab.reports.digests import code_version, data_digest
+from prunelab.reports.figure_inputs import RunFiles, setting_digest
+from prunelab.reports.figures import (
+    BUILDERS,
+    SKIPPED_ERRORS,
+    Context,
+    builder_named,
+    contexts,
+    run_builder,
+    skip_note,
+)
+
+# What the last report drew: per builder and setting, its inputs' digest, figures and notes; the run files
+# found sound. Relative to the report's folder.
+BUILDS = "figures/builds.json"
+_BUILDS_FORMAT = 1
+# Beside each figure's files: the digest of what it draws.
+DIGEST_SUFFIX = ".inputs.sha256"
+
+
+@dataclass
+class BuiltFigure:
+    """A figure whose files are written: what the page and ``figures.json`` say of it (``hparams`` as JSON
+    values), its ``files`` (format -> path relative to the report's folder) and the ``digest`` of what it draws."""
+
+    name: str
+    title: str
+    caption: str
+    hparams: dict[str, Any]
+    runs: list[str]
+    files: dict[str, str]
+    digest: str
+
+
+@dataclass
+class BuiltFigures:
+    """The figures of a report in page order, the notes on those that could not be drawn, and how many were
+    ``drawn`` now (the others were reused from the last report)."""
+
+    figures: list[BuiltFigure] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    drawn: int = 0
+
+    @property
+    def reused(self) -> int:
+        return len(self.figures) - self.drawn
+
+
+@dataclass
+class _Task:
+    """A builder to run on one setting: ``key`` ("<setting>/<builder>"), the digest of its ``inputs``."""
+
+    key: str
+    inputs: str
+    builder: str
+    ctx: Context
+
+
+def build_figures(root: str | os.PathLike, out: str | os.PathLike, runs: pd.DataFrame, layers: pd.DataFrame,
+                  dpi: int = 110, formats: tuple[str, ...] = plots.FORMATS, jobs: int | None = None,
+                  rebuild: bool = False) -> BuiltFigures:
+    """Write the files of every figure the store at ``root`` supports into ``out/figures``, drawing only those
+    whose inputs changed since the last report into ``out`` (all of them with ``rebuild``), with ``jobs``
+    worker processes (default: one per available CPU; 1: in this process). Files of figures the last report
+    drew and this one does not are removed."""
+    out = Path(out)
+    previous = {} if rebuild else _read_builds(out)
+    files = RunFiles(root, previous.get("sound", []))
+    plan: list[dict[str, Any] | _Task] = []
+    keys: list[str] = []
+    for ctx in contexts(root, runs, layers):
+        inputs = setting_digest(ctx, files, formats, dpi)
+        for build in BUILDERS:
+            key, digest = f"{ctx.setting}/{build.__name__}", data_digest(inputs, build.__name__)
+            record = previous.get("builds", {}).get(key)
+            reusable = record is not None and record["inputs"] == digest and all(
+                _on_disk(out, BuiltFigure(**f)) for f in record["figures"])
+            plan.append(record if reusable else _Task(key, digest, build.__name__, ctx))
+            keys.append(key)
+    tasks = [p for p in plan if isinstance(p, _Task)]
+    done = dict(zip((t.key for t in tasks), _run(tasks, out, formats, dpi, rebuild, jobs)))
+
+    result, builds = BuiltFigures(), {}
+    for key, planned in zip(keys, plan):
+        record, drawn = done[key] if isinstance(planned, _Task) else (planned, 0)
+        builds[key] = record
+        result.figures += [BuiltFigure(**f) for f in record["figures"]]
+        result.notes += record["notes"]
+        result.drawn += drawn
+    _remove_stale(out, previous, {f.name for f in result.figures})
+    atomic_write_text(out / BUILDS, json.dumps({"format": _BUILDS_FORMAT, "builds": builds,
+                                                "sound": sorted(files.sound & files.seen)}, indent=1))
+    return result
+
+
+def _read_builds(out: Path) -> dict[str, Any]:
+    """The record of the last report; none (draw everything) when there is none or it is of another format.
+    The record is the report's own cache, so an unreadable one is redrawn over, not reported."""
+    try:
+        record = json.loads((out / BUILDS).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) and record.get("format") == _BUILDS_FORMAT else {}
+
+
+def _digest_path(out: Path, name: str) -> Path:
+    return out / "figures" / f"{name}{DIGEST_SUFFIX}"
+
+
+def _on_disk(out: Path, fig: BuiltFigure) -> bool:
+    """Whether the files of ``fig`` are all there, drawn from what its digest says."""
+    try:
+        drawn_from = _digest_path(out, fig.name).read_text().strip()
+    except OSError:
+        return False
+    return drawn_from == fig.digest and all((out / path).is_file() for path in fig.files.values())
+
+
+def _run(tasks: list[_Task], out: Path, formats: tuple[str, ...], dpi: int, rebuild: bool,
+         jobs: int | None) -> list[tuple[dict[str, Any], int]]:
+    """Each task's record and the number of figures it drew, in the order of ``tasks``."""
+    from prunelab.training.runtime import available_cpus
+
+    jobs = min(available_cpus() if jobs is None else jobs, len(tasks))
+    if jobs <= 1:
+        return [_build(task, out, formats, dpi, rebuild) for task in tasks]
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    # The settings with the most runs first: the longest tasks start early instead of ending the report alone.
+    order = sorted(range(len(tasks)), key=lambda i: -len(tasks[i].ctx.runs))
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context(method), initializer=_one_thread) as pool:
+        futures = {i: pool.submit(_build, tasks[i], out, formats, dpi, rebuild) for i in order}
+        return [futures[i].result() for i in range(len(tasks))]
+
+
+def _one_thread() -> None:
+    """A worker computes with one torch thread: the workers already share the CPUs out."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _build(task: _Task, out: Path, formats: tuple[str, ...], dpi: int, rebuild: bool) -> tuple[dict[str, Any], int]:
+    """Run one builder; draw and write each of its figures unless its files already show the same data."""
+    build = builder_named(task.builder)
+    figures, notes = run_builder(build, task.ctx, draw=False)
+    built, drawn = [], 0
+    for fig in figures:
+        files = {fmt: f"figures/{fig.name}.{fmt}" for fmt in formats}
+        done = BuiltFigure(fig.name, fig.title, fig.caption, jsonable(fig.hparams), list(fig.runs), files,
+                           data_digest(code_version(), list(formats), dpi, fig.plot.function, fig.plot.args,
+                                       fig.plot.kwargs))
+        if rebuild or not _on_disk(out, done):
+            try:
+                figure = fig.figure
+            except SKIPPED_ERRORS as e:
+                notes.append(skip_note(build, task.ctx, e))  # as when the builder itself fails: later figures too
+                break
+            rendered = plots.render(figure, formats, dpi=dpi)
+            for fmt, path in files.items():
+                atomic_write_bytes(out / path, rendered[fmt])
+            atomic_write_text(_digest_path(out, fig.name), done.digest + "\n")  # last: the files are complete
+            drawn += 1
+        built.append(dataclasses.asdict(done))
+    return {"inputs": task.inputs, "figures": built, "notes": notes}, drawn
+
+
+def _remove_stale(out: Path, previous: dict[str, Any], current: set[str]) -> None:
+    """Remove the files of the figures the last report drew and this one does not (a setting whose runs were
+    deleted): the folder then holds this report's figures only. Files it did not record are left alone."""
+    for record in previous.get("builds", {}).values():
+        for fig in record["figures"]:
+            if fig["name"] in current:
+                continue
+            for path in [*(out / p for p in fig["files"].values()), _digest_path(out, fig["name"])]:
+                path.unlink(missing_ok=True)
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with numpy scalars as Python numbers and a float NaN as None, for JSON."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
