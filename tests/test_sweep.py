@@ -28,14 +28,66 @@ def write_spec(path, pruning, seeds="[0, 1]", training="", extra=""):
     return path
 
 
-def test_grid_expansion_and_dedup(tmp_path):
-    spec = sweep.load_spec(write_spec(tmp_path / "s.toml", '[pruning]\nmethod = ["snip", "magnitude", "snip"]\n'
+def test_grid_expansion(tmp_path):
+    spec = sweep.load_spec(write_spec(tmp_path / "s.toml", '[pruning]\nmethod = ["snip", "magnitude"]\n'
                                                            'sparsity = [0.5, 0.9]',
                                   training='milestones = [["1it"], []]'))
-    # 2 methods (snip listed twice) x 2 sparsities x 2 milestone settings x 2 seeds
-    assert len(spec.jobs) == 2 * 2 * 2 * 2
+    # 2 methods x 2 sparsities x 2 milestone settings x 2 seeds, counted from the axes as built
+    assert len(spec.jobs) == spec.size == 2 * 2 * 2 * 2 and spec.replicates == 2 * 2
+    assert len({(job.rep, job.hp) for job in spec.jobs}) == len(spec.jobs)
     milestones = {job.rep.training.milestones for job in spec.jobs}
     assert milestones == {("1it",), ()}  # a list of lists is an axis of a tuple field
+
+
+@pytest.mark.parametrize("pruning,seeds,training,words", [
+    ('method = ["snip", "magnitude", "snip"]', "[0]", "", "[pruning] method lists 'snip' twice"),
+    ("sparsity = [0.5, 0.9, 0.50]", "[0]", "", "[pruning] sparsity lists 0.5 twice"),
+    ('method = "snip"', "[0, 1, 0]", "", "seeds lists 0 twice"),
+    ('method = "snip"', "[0]", 'milestones = [["1it"], ["1it"]]', "[training] milestones lists ['1it'] twice"),
+])
+def test_a_value_listed_twice_in_an_axis_is_refused_in_one_line(tmp_path, capsys, pruning, seeds, training, words):
+    spec = write_spec(tmp_path / "s.toml", f"[pruning]\n{pruning}", seeds=seeds, training=training)
+    assert main(["sweep", str(spec), "--root", str(tmp_path / "runs"), "--dry-run"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert words in line and "each value of an axis runs once" in line, line
+
+
+def test_a_huge_grid_is_counted_at_once_and_refused_before_any_job_is_built(tmp_path, capsys, monkeypatch):
+    """1,000 seeds x 10 learning rates x 1,000 sparsities: ten million jobs, counted from the axes; building
+    one job would fail here, so neither the count nor the refusal builds any."""
+    seeds = "[" + ", ".join(map(str, range(1000))) + "]"
+    spec = write_spec(tmp_path / "s.toml", "[pruning]\nsparsity = [" + ", ".join(str(i / 1000) for i in range(1000))
+                      + "]", seeds=seeds, training="lr = [" + ", ".join(str(i / 100) for i in range(1, 11)) + "]")
+
+    def no_jobs(*args, **kwargs):
+        raise AssertionError("a job was built")
+
+    monkeypatch.setattr(sweep, "Job", no_jobs)
+    args = ["sweep", str(spec), "--root", str(tmp_path / "runs"), "--device", "cpu", "--no-progress"]
+    for extra in (["--dry-run"], [], ["--dry-run", "--max-jobs", "9999999"]):
+        assert main(args + extra) == 2
+        out, err = capsys.readouterr()
+        assert out.splitlines() == ["sweep " + str(spec) + ": 10,000,000 run jobs (1,000 seeds x 10 training.lr x "
+                                    "1,000 pruning.sparsity) on 10,000 dense replicates: up to 3 phases (dense "
+                                    "prefixes to step t, dense replicates, runs)"]
+        (line,) = err.splitlines()
+        assert "10,000,000 jobs" in line and "--max-jobs 10000000" in line, line
+    assert not (tmp_path / "runs").exists()
+    assert main(args + ["--max-jobs", "0"]) == 2
+    assert "--max-jobs must be >= 1" in capsys.readouterr().err
+
+
+def test_a_dry_run_lists_a_few_jobs_of_each_phase_and_counts_the_rest(data_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sweep, "LISTED_JOBS", 3)
+    spec = write_spec(tmp_path / "s.toml", '[pruning]\nmethod = "magnitude"\nsparsity = [0.1, 0.2, 0.3, 0.4, 0.5]',
+                      seeds="[0]")
+    assert main(["sweep", str(spec), "--root", str(tmp_path / "runs"), "--data-root", str(data_root), "--device",
+                 "cpu", "--dry-run", "--max-jobs", "5"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].endswith(": 5 run jobs (5 pruning.sparsity) on 1 dense replicate: up to 3 phases (dense prefixes "
+                           "to step t, dense replicates, runs)")
+    runs = out[out.index("  runs:") + 1:]
+    assert len(runs) == 4 and runs[-1] == "    ... and 2 more", runs
 
 
 @pytest.mark.parametrize("text,message", [

@@ -28,18 +28,24 @@ Devices: a local sweep on a machine with GPUs (device ``auto`` or ``cuda``) runs
 GPU by default, each pinned to its own ``cuda:i``; on the CPU, one per core. On Slurm, each job gets
 ``gpus_per_node`` GPUs (the spec's ``[slurm]``, or ``--gpus-per-node``); a sweep on device ``cuda``
 with none is refused, one on ``auto`` with none runs on the nodes' CPUs, with a warning.
+
+A grid is counted from its axes before any job is built (:attr:`Spec.size`); one of more than
+:data:`MAX_JOBS` jobs is refused (``--max-jobs`` raises the limit), and a value listed twice in an axis is
+refused. Local worker processes die with the sweep that started them (:mod:`prunelab.experiments.workers`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import itertools
+import math
 import os
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +63,7 @@ from prunelab.experiments.hparams import (
 from prunelab.experiments.protocols import PROTOCOLS, get_protocol
 from prunelab.experiments.runner import Replicate, Runner
 from prunelab.experiments.store import RunStore
+from prunelab.experiments.workers import die_with_parent
 from prunelab.registry import check_name, unknown_name_message
 from prunelab.training.runtime import RuntimeOptions
 from prunelab.training.settings import check_seed
@@ -108,11 +115,73 @@ class Context:
                       runtime=self.runtime, log=self.log)
 
 
+MAX_JOBS = 100_000  # a sweep above this many jobs is refused unless --max-jobs raises it (see check_size)
+LISTED_JOBS = 20  # a dry run lists this many jobs of each phase, then counts the rest
+
+
 @dataclass
 class Spec:
+    """A parsed, checked spec. Its jobs are built on demand (:meth:`iter_jobs` streams them, :attr:`jobs`
+    keeps them): a grid is counted from its axes (:attr:`size`) before any job exists, so a spec of ten
+    million jobs is refused in a blink instead of filling the memory."""
+
     protocol: str
-    jobs: list[Job]
+    tables: dict[str, dict[str, Any]]
+    seeds: list[int]
     slurm: dict[str, Any] = field(default_factory=dict)
+    path: str = "spec"
+
+    def axes(self) -> list[tuple[str, int]]:
+        """``(name, number of values)`` of each axis of more than one value, seeds first."""
+        out = [("seeds", len(self.seeds))] if len(self.seeds) > 1 else []
+        for section in self._sections():
+            hints = section_fields(section)
+            for key, value in self.tables.get(section, {}).items():
+                n = len(grid_values(value, hints[key]))
+                if n > 1:
+                    out.append((f"{section}.{key}", n))
+        return out
+
+    @property
+    def size(self) -> int:
+        """The number of jobs: the product of the axis sizes (the grid is never built to count it)."""
+        return math.prod(n for _, n in self.axes())
+
+    @property
+    def replicates(self) -> int:
+        """The number of dense replicates the jobs share: the product of the axes outside the protocol's table."""
+        section = get_protocol(self.protocol).section
+        return math.prod(n for name, n in self.axes() if section is None or not name.startswith(f"{section}."))
+
+    def summary(self) -> str:
+        """One line: the jobs and phases, from the axis sizes alone."""
+        axes = " x ".join(f"{n:,} {name}" for name, n in self.axes()) or "no axis"
+        if get_protocol(self.protocol).section is None:
+            return f"{self.size:,} {self.protocol} jobs ({axes}): 1 phase (dense replicates)"
+        replicates = f"{self.replicates:,} dense replicate" + ("s" if self.replicates > 1 else "")
+        return (f"{self.size:,} {self.protocol} jobs ({axes}) on {replicates}: up to 3 phases (dense prefixes to "
+                "step t, dense replicates, runs)")
+
+    def iter_jobs(self) -> Iterator[Job]:
+        """The grid of jobs, in a stable order, one at a time (see :func:`expand`)."""
+        return expand(self.protocol, self.tables, self.seeds, where=f"sweep {self.path}")
+
+    @functools.cached_property
+    def jobs(self) -> list[Job]:
+        return list(self.iter_jobs())
+
+    def _sections(self) -> list[str]:
+        section = get_protocol(self.protocol).section
+        return ["model", "dataset", "training", *([section] if section else [])]
+
+
+def check_size(spec: Spec, max_jobs: int = MAX_JOBS) -> None:
+    """Refuse, in one line, a sweep of more than ``max_jobs`` jobs: a grid that large is most often a typo
+    (an axis meant as a range), and planning it would validate every job and hold them all in memory."""
+    if spec.size > max_jobs:
+        raise ValueError(f"sweep {spec.path}: {spec.size:,} jobs ({' x '.join(f'{n:,} {a}' for a, n in spec.axes())}) "
+                         f"is more than the {max_jobs:,} a sweep may have; shorten an axis, or give --max-jobs "
+                         f"{spec.size} to run them all")
 
 
 # ---- reading and expanding a spec ---------------------------------------------------------------
@@ -174,27 +243,48 @@ def load_spec(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Spec:
         check_section(path, section, values, grid=True)
     if "model" not in raw.get("model", {}) or "dataset" not in raw.get("dataset", {}):
         raise ValueError(f"sweep {path}: [model] model and [dataset] dataset are required")
-    jobs = expand(protocol, raw, seeds)
-    if not jobs:  # unreachable while every axis is non-empty (checked above); kept as the last word
-        raise ValueError(f"sweep {path}: the grid expands to no jobs")
-    return Spec(protocol, jobs, slurm)
+    _refuse_repeats(f"sweep {path}: seeds", seeds)
+    for section, values in raw.items():
+        hints = section_fields(section)
+        for key, value in values.items():
+            _refuse_repeats(f"sweep {path}: [{section}] {key}", grid_values(value, hints[key]))
+    return Spec(protocol, raw, seeds, slurm, str(path))
 
 
-def _axes(section: str, values: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every combination of one table's values."""
+def _refuse_repeats(axis: str, values: list[Any]) -> None:
+    """A value listed twice in an axis would run the same jobs twice over, or (deduplicated) fewer than the
+    axes promise; it is most often a typo for another value, so it is refused, naming it."""
+    seen = set()
+    for value in values:
+        key = _frozen(value)
+        if key in seen:
+            raise ValueError(f"{axis} lists {value!r} twice; each value of an axis runs once, so remove the "
+                             "repeat (or correct it to the value meant)")
+        seen.add(key)
+
+
+def _frozen(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _axes(section: str, values: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every combination of one table's values, one at a time."""
     hints = section_fields(section)
     keys = list(values)
     choices = [grid_values(values[k], hints[k]) for k in keys]
-    return [{k: tuple(v) if isinstance(v, list) else v for k, v in zip(keys, combo)}
-            for combo in itertools.product(*choices)]
+    for combo in itertools.product(*choices):
+        yield {k: _frozen(v) for k, v in zip(keys, combo)}
 
 
-def expand(protocol: str, tables: dict[str, dict[str, Any]], seeds: Iterable[int]) -> list[Job]:
-    """The grid of jobs, in a stable order, without duplicates."""
+def expand(protocol: str, tables: dict[str, dict[str, Any]], seeds: Iterable[int], where: str = "sweep") -> \
+        Iterator[Job]:
+    """The grid of jobs, in a stable order, built one at a time. Two distinct values of an axis that make the
+    same job (two spellings of one setting) make it once, with a one-line warning naming it."""
     from prunelab.training import recipe
 
     section = get_protocol(protocol).section
-    jobs: dict[tuple, Job] = {}
+    seeds = list(seeds)
+    seen: set[tuple] = set()
     for m, d, t, p in itertools.product(
         _axes("model", tables.get("model", {})), _axes("dataset", tables.get("dataset", {})),
         _axes("training", tables.get("training", {})),
@@ -205,8 +295,12 @@ def expand(protocol: str, tables: dict[str, dict[str, Any]], seeds: Iterable[int
         hp = get_protocol(protocol).hparams(**p) if section else None
         for seed in seeds:
             job = Job(protocol, Replicate(model, dataset, training, seed), hp)
-            jobs.setdefault((job.rep, job.hp), job)
-    return list(jobs.values())
+            if (job.rep, job.hp) in seen:
+                warnings.warn(f"{where}: two values of its axes make the same job ({job.label()}); it runs once",
+                              UserWarning, stacklevel=2)
+                continue
+            seen.add((job.rep, job.hp))
+            yield job
 
 
 # ---- planning -------------------------------------------------------------------------------------
@@ -236,14 +330,16 @@ def check_job(runner: Runner, job: Job) -> None:
         job.protocol.check(runner, job.rep, job.hp)
 
 
-def make_plan(runner: Runner, jobs: list[Job]) -> Plan:
-    """Phases of what is left, with the training steps it will take (validates every job first)."""
+def make_plan(runner: Runner, jobs: Iterable[Job]) -> Plan:
+    """Phases of what is left, with the training steps it will take (validates every job first). ``jobs`` may
+    be a stream (:meth:`Spec.iter_jobs`): each is looked at once."""
     from prunelab.training.checkpoints import CheckpointFolder
 
     dense: dict[Replicate, Job] = {}
     prefixes: dict[tuple[Replicate, int], Job] = {}
     runs, ready, skipped, steps = [], [], [], 0
     for job in jobs:
+        job = dataclasses.replace(job, rep=runner.fitted(job.rep))  # a short training scales the recipe's schedule
         check_job(runner, job)
         total = runner.total_steps(job.rep)
         t = None if job.hp is None else job.protocol.dense_step(runner, job.rep, job.hp)
@@ -378,9 +474,12 @@ def worker_devices(device: str, workers: int) -> list[str]:
 _WORKER_DEVICE: str | None = None  # the device this worker process was pinned to (set by _init_worker)
 
 
-def _init_worker(threads: int, steps=None, devices=None) -> None:
-    """Set up one local worker process: its torch threads, the CLI's warning lines, the queue ``steps`` its
-    training steps are reported on, and its own device from the queue ``devices`` (one entry per worker)."""
+def _init_worker(threads: int, steps=None, devices=None, parent_pid: int | None = None) -> None:
+    """Set up one local worker process: first its death with the sweep ``parent_pid`` (see
+    :mod:`prunelab.experiments.workers`), then its torch threads, the CLI's warning lines, the queue ``steps``
+    its training steps are reported on, and its own device from the queue ``devices`` (one entry per worker)."""
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
     import torch
 
     from prunelab.io import warning_line
@@ -448,7 +547,7 @@ def _run_pools(phases, ctx: Context, workers: int, on_done, context, threads: in
         for d in worker_devices(ctx.device, workers):
             devices.put(d)
         return cf.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                                      initargs=(threads, steps, devices))
+                                      initargs=(threads, steps, devices, os.getpid()))
 
     for phase in phases:
         pending, retried = list(phase), set()
