@@ -48,7 +48,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prunelab.experiments import runfiles
 from prunelab.experiments.hparams import (
@@ -61,12 +61,13 @@ from prunelab.experiments.hparams import (
     section_fields,
 )
 from prunelab.experiments.protocols import PROTOCOLS, get_protocol
-from prunelab.experiments.runner import Replicate, Runner
 from prunelab.experiments.store import RunStore
 from prunelab.experiments.workers import die_with_parent
 from prunelab.registry import check_name, unknown_name_message
-from prunelab.training.runtime import RuntimeOptions
-from prunelab.training.settings import check_seed
+
+if TYPE_CHECKING:  # torch comes with these: imported where a job is built or run, so counting a grid needs none
+    from prunelab.experiments.runner import Replicate, Runner
+    from prunelab.training.runtime import RuntimeOptions
 
 EXECUTORS = ["local", "slurm"]
 _SLURM_KEYS = {"partition": str, "time_min": int, "gpus_per_node": int, "cpus_per_task": int, "mem_gb": int,
@@ -99,6 +100,12 @@ class Job:
         return f"{model}/{self.rep.dataset.dataset} seed {self.rep.seed}: {what}"
 
 
+def _default_runtime() -> RuntimeOptions:
+    from prunelab.training.runtime import RuntimeOptions
+
+    return RuntimeOptions()
+
+
 @dataclass(frozen=True)
 class Context:
     """What a worker needs to rebuild a Runner (picklable, sent to processes and cluster jobs)."""
@@ -107,16 +114,24 @@ class Context:
     data_root: str | None = None
     device: str = "auto"
     threads: int | None = None
-    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
+    runtime: RuntimeOptions = field(default_factory=_default_runtime)
     log: tuple[str, ...] = ()  # experiment trackers, as --log names them
 
     def runner(self, progress: bool = False) -> Runner:
+        from prunelab.experiments.runner import Runner
+
         return Runner(RunStore(self.root), data_root=self.data_root, device=self.device, progress=progress,
                       runtime=self.runtime, log=self.log)
 
 
 MAX_JOBS = 100_000  # a sweep above this many jobs is refused unless --max-jobs raises it (see check_size)
 LISTED_JOBS = 20  # a dry run lists this many jobs of each phase, then counts the rest
+
+
+def _check_seed(seed, what: str) -> int:
+    from prunelab.training.settings import check_seed
+
+    return check_seed(seed, what)
 
 
 @dataclass
@@ -226,7 +241,7 @@ def load_spec(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Spec:
     if not seeds:
         raise ValueError(f"sweep {path}: seeds is an empty list; the grid would have no jobs")
     for s in seeds:
-        check_seed(s, f"sweep {path}: each seed")
+        _check_seed(s, f"sweep {path}: each seed")
     slurm = raw.pop("slurm", {})
     if not isinstance(slurm, dict):
         raise ValueError(f"sweep {path}: [slurm] must be a table")
@@ -280,6 +295,7 @@ def expand(protocol: str, tables: dict[str, dict[str, Any]], seeds: Iterable[int
         Iterator[Job]:
     """The grid of jobs, in a stable order, built one at a time. Two distinct values of an axis that make the
     same job (two spellings of one setting) make it once, with a one-line warning naming it."""
+    from prunelab.experiments.runner import Replicate
     from prunelab.training import recipe
 
     section = get_protocol(protocol).section
