@@ -1,11 +1,17 @@
-"""The ``prunelab`` command. User errors print one line on stderr and exit with status 2."""
+"""The ``prunelab`` command. User errors print one line on stderr and exit with status 2.
+
+Light commands (``--version``, ``--help`` of every command, ``list``, ``ls``, ``show``, ``export``) never import
+torch, which takes seconds: training, runs and registries are imported inside the commands that use them, the
+flags of a command are built only when that command is the one given (:func:`build_parser`), and names and
+descriptions of registries come from :mod:`prunelab.catalog`. ``tests/test_cli_startup.py`` keeps it so.
+"""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
-import re
 import signal
 import sys
 import threading
@@ -13,6 +19,7 @@ import warnings
 
 from rich_argparse import RichHelpFormatter
 
+from prunelab import catalog
 from prunelab.experiments.hparams import (
     DataHparams,
     ModelHparams,
@@ -24,10 +31,6 @@ from prunelab.experiments.hparams import (
 )
 from prunelab.experiments.protocols import PROTOCOLS, Protocol
 from prunelab.options import add_root_flag
-from prunelab.training.loggers import LOGGERS, check_loggers
-from prunelab.training.runtime import RuntimeOptions
-from prunelab.training.settings import TrainSettings, check_seed, recipe_default
-from prunelab.training.trainer import Diverged, check_device
 
 EXIT_USER_ERROR = 2
 EXIT_SKIPPED = 1  # a listing left out runs with damaged files (each named in a warning line)
@@ -57,11 +60,36 @@ class _HelpFormatter(RichHelpFormatter):
 
 
 class _Parser(argparse.ArgumentParser):
-    """Help laid out by :class:`_HelpFormatter`; errors as one line."""
+    """Help laid out by :class:`_HelpFormatter`; errors as one line. Flags added by :meth:`add_flags` are built
+    when the parser first parses or shows its help: a command's flags read the training settings and run-time
+    options (modules that import torch), which no other command may pay for."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(*args, **kwargs)
+        self._pending: list = []
+
+    def add_flags(self, build) -> None:
+        """``build(self)`` when this parser is first used (see :meth:`build_flags`)."""
+        self._pending.append(build)
+
+    def build_flags(self) -> _Parser:
+        """Add the pending flags now."""
+        while self._pending:
+            self._pending.pop(0)(self)
+        return self
+
+    def parse_known_args(self, args=None, namespace=None):
+        self.build_flags()
+        return super().parse_known_args(args, namespace)
+
+    def format_usage(self) -> str:
+        self.build_flags()
+        return super().format_usage()
+
+    def format_help(self) -> str:
+        self.build_flags()
+        return super().format_help()
 
     def error(self, message: str):  # one line, not usage + message
         raise UserError(f"{self.prog}: {message}")
@@ -73,16 +101,20 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, mps (default: auto)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                    help="progress bars on a terminal, a line every few seconds otherwise (default: on)")
+    from prunelab.training.runtime import RuntimeOptions
+
     add_dataclass_flags(p, RuntimeOptions, group="run-time options (not part of a run's identity; docs/guide.md §7)")
 
 
-def _runtime(args) -> RuntimeOptions:
+def _runtime(args):
+    from prunelab.training.runtime import RuntimeOptions
+
     return dataclass_from_flags(RuntimeOptions, args)
 
 
 def _add_logging(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log", action="append", default=[], metavar="TRACKER",
-                   help=f"also stream each run to an experiment tracker; one of: {', '.join(LOGGERS.names())} "
+                   help=f"also stream each run to an experiment tracker; one of: {', '.join(catalog.names('loggers'))} "
                         "(repeatable; run-time only: run ids do not change)")
 
 
@@ -99,6 +131,8 @@ def _add_experiment(p: argparse.ArgumentParser, protocol: Protocol) -> None:
                         "writing anything")
     p.add_argument("--distributed", action="store_true",
                    help="one run on several GPUs/machines with DDP; launch with torchrun")
+    from prunelab.training.settings import TrainSettings, recipe_default
+
     _add_common(p)
     _add_logging(p)
     add_dataclass_flags(p, ModelHparams, group="model", required=["model"])
@@ -110,23 +144,10 @@ def _add_experiment(p: argparse.ArgumentParser, protocol: Protocol) -> None:
 
 
 def _executors() -> list[str]:
-    from prunelab.experiments.sweep import EXECUTORS
-
-    return EXECUTORS
+    return catalog.names("executors")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="prunelab", description="Neural-network pruning research, at initialization and after.")
-    parser.add_argument("--version", action="version", version=f"prunelab {_version()}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    for name in PROTOCOLS:  # one command per registered protocol
-        protocol = PROTOCOLS.get(name)
-        p = sub.add_parser(name, help=protocol.help)
-        _add_experiment(p, protocol)
-        p.set_defaults(func=cmd_protocol, protocol=protocol)
-
-    p = sub.add_parser("sweep", help="run a grid of experiments from a TOML spec (locally or on Slurm)")
+def _add_sweep(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="sweep spec (TOML); see repro/ for examples")
     add_root_flag(p)
     p.add_argument("--executor", default="local",
@@ -137,12 +158,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-node", type=int, default=None, metavar="INT",
                    help="GPUs each Slurm job asks for (default: the spec's [slurm] gpus_per_node, else 0)")
     p.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
-    p.add_argument("--max-jobs", type=int, default=None, metavar="INT",
-                   help="refuse a grid of more jobs than this, before any work (default: 100,000)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a value of the spec, e.g. --set model.model=resnet20 --set dataset.dataset=cifar10")
     _add_common(p)
     _add_logging(p)
+
+
+def _add_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--epochs", type=int, default=3, metavar="INT", help="training epochs of each network (default: 3)")
+    p.add_argument("--sparsity", type=float, default=0.9, metavar="FLOAT",
+                   help="sparsity of the random mask, in [0, 1) (default: 0.9)")
+    add_switch_with_mode(p, "--amp", "amp", "mixed precision: bf16 or fp16 (default: off)", default=False)
+    _add_common(p)
+
+
+def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
+    """The ``prunelab`` parser. ``lazy``: each command's flags are built only when that command parses or shows
+    its help (what :func:`main` does, so that ``ls`` or ``--help`` never builds the flags of ``run``)."""
+    parser = _Parser(prog="prunelab", description="Neural-network pruning research, at initialization and after.")
+    parser.add_argument("--version", action=_VersionAction)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    for name in PROTOCOLS:  # one command per registered protocol
+        protocol = PROTOCOLS.get(name)
+        p = sub.add_parser(name, help=protocol.help)
+        p.add_flags(functools.partial(_add_experiment, protocol=protocol))
+        p.set_defaults(func=cmd_protocol, protocol=protocol)
+
+    p = sub.add_parser("sweep", help="run a grid of experiments from a TOML spec (locally or on Slurm)")
+    p.add_flags(_add_sweep)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("ls", help="list the runs of a store")
@@ -163,17 +207,16 @@ def build_parser() -> argparse.ArgumentParser:
     register_report_commands(sub)  # report, analyze
 
     p = sub.add_parser("demo", help="LeNet-300-100 on Fashion-MNIST, dense vs 90%% random sparse, a few epochs")
-    p.add_argument("--epochs", type=int, default=3, metavar="INT", help="training epochs of each network (default: 3)")
-    p.add_argument("--sparsity", type=float, default=0.9, metavar="FLOAT",
-                   help="sparsity of the random mask, in [0, 1) (default: 0.9)")
-    add_switch_with_mode(p, "--amp", "amp", "mixed precision: bf16 or fp16 (default: off)", default=False)
-    _add_common(p)
+    p.add_flags(_add_demo)
     p.set_defaults(func=cmd_demo)
+    if not lazy:
+        for command in sub.choices.values():
+            command.build_flags()
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(lazy=True)
     skipped: list[str] = []
     with _signals_as_interrupts(), _warnings_as_lines(skipped):
         try:
@@ -182,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         except (UserError, ValueError, OSError) as e:  # OSError: missing files, no permission, disk full
             print(f"prunelab: error: {_one_line(e)}", file=sys.stderr)
             return EXIT_USER_ERROR
-        except Diverged as e:  # a run that was not recorded as diverged (e.g. a dense prefix): not a user error
+        except _diverged() as e:  # a run that was not recorded as diverged (e.g. a dense prefix): not a user error
             print(f"prunelab: {e}", file=sys.stderr)
             return 1
         except KeyboardInterrupt as e:
@@ -194,6 +237,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"prunelab: {len(skipped)} run(s) skipped because of damaged files (named above)", file=sys.stderr)
         return EXIT_SKIPPED
     return status
+
+
+class _NeverRaised(Exception):
+    """What :func:`_diverged` names while no run can have diverged."""
+
+
+def _diverged() -> type[Exception]:
+    """:class:`prunelab.training.Diverged` once the trainer is imported (only then can a run diverge), else an
+    exception nothing raises: catching it must not import torch into the light commands."""
+    trainer = sys.modules.get("prunelab.training.trainer")
+    return trainer.Diverged if trainer is not None else _NeverRaised
 
 
 @contextlib.contextmanager
@@ -270,6 +324,7 @@ def _resolve(args, protocol: Protocol):
     and writes nothing."""
     from prunelab.experiments.runner import Replicate
     from prunelab.training import recipe
+    from prunelab.training.settings import TrainSettings, check_seed
 
     cfg = load_toml(args.config) if args.config else {}
     model = dataclass_from_flags(ModelHparams, args, base=ModelHparams(**cfg.get("model", {})))
@@ -292,6 +347,8 @@ def _experiment(args, protocol: Protocol):
     """(runner, replicate, the protocol's hparams or None), every check made before anything is written."""
     from prunelab.experiments.runner import Runner
     from prunelab.experiments.store import RunStore
+    from prunelab.training.loggers import check_loggers
+    from prunelab.training.trainer import check_device
 
     rep, hp = _resolve(args, protocol)
     device = check_device(args.device)
@@ -304,6 +361,7 @@ def _experiment(args, protocol: Protocol):
         device = distributed.init_from_env(args.device)
     runner = Runner(store, data_root=args.data_root, device=device, progress=args.progress, runtime=_runtime(args),
                     log=log)
+    rep = runner.fitted(rep)  # a --train shorter than the recipe's schedule scales it, in one line
     runner.check(rep)  # a bad model/dataset pair or schedule fails here, before anything is written
     return runner, rep, hp
 
@@ -315,7 +373,9 @@ def print_config(args, protocol: Protocol) -> None:
 
     rep, hp = _resolve(args, protocol)
     store = RunStore(args.root)
-    run_id = protocol.run_id(Runner(store), rep, hp)
+    runner = Runner(store, data_root=args.data_root)
+    rep = runner.fitted(rep)  # as the run will (reads the data only when --train and the schedule mix ep and it)
+    run_id = protocol.run_id(runner, rep, hp)
     sections = {"model": rep.model, "dataset": rep.dataset, "training": rep.training}
     if protocol.section is not None:
         sections[protocol.section] = hp
@@ -373,6 +433,8 @@ def cmd_sweep(args) -> int:
     from prunelab import progress
     from prunelab.experiments import sweep
     from prunelab.registry import check_name
+    from prunelab.training.loggers import check_loggers
+    from prunelab.training.trainer import check_device
 
     check_name("executor", args.executor, sweep.EXECUTORS)
     if args.workers is not None and args.workers < 1:
@@ -380,29 +442,23 @@ def cmd_sweep(args) -> int:
     if args.gpus_per_node is not None and args.gpus_per_node < 0:
         raise UserError(f"prunelab: --gpus-per-node must be >= 0, got {args.gpus_per_node}")
     check_device(args.device, here=args.executor == "local")  # Slurm jobs run on the cluster's nodes
-    if args.max_jobs is not None and args.max_jobs < 1:
-        raise UserError(f"prunelab: --max-jobs must be >= 1, got {args.max_jobs}")
     spec = sweep.load_spec(args.spec, args.set)
     slurm = {**spec.slurm, **({} if args.gpus_per_node is None else {"gpus_per_node": args.gpus_per_node})}
     if args.executor == "slurm":
         sweep.slurm_parameters(slurm, args.device)  # a GPU sweep with no GPUs fails here, before planning
-    print(f"sweep {args.spec}: {spec.summary()}", flush=True)  # counted from the axes: at once, whatever the size
-    sweep.check_size(spec, args.max_jobs or sweep.MAX_JOBS)
     ctx = sweep.Context(str(args.root), args.data_root, args.device, runtime=_runtime(args),
                         log=check_loggers(args.log))
     ctx.runner().store.check_root()
     # planning builds each model once to check it: on the CPU when the jobs run elsewhere (a login node)
     planner = ctx if args.executor == "local" else sweep.Context(ctx.root, ctx.data_root, "cpu")
-    plan = sweep.make_plan(planner.runner(), spec.iter_jobs())
-    print(f"plan: {len(plan.skipped)} already done, {plan.todo} to do in {len(plan.phases)} phase(s), "
-          f"about {plan.steps:,} training steps")
+    plan = sweep.make_plan(planner.runner(), spec.jobs)
+    print(f"sweep {args.spec}: {len(spec.jobs)} {spec.protocol} jobs, {len(plan.skipped)} already done, "
+          f"{plan.todo} to do in {len(plan.phases)} phase(s), about {plan.steps:,} training steps")
     if args.dry_run:
         for phase in plan.phases:
             print(f"  {_phase_name(phase)}:")
-            for job in phase[:sweep.LISTED_JOBS]:
+            for job in phase:
                 print(f"    {job.label()}")
-            if len(phase) > sweep.LISTED_JOBS:
-                print(f"    ... and {len(phase) - sweep.LISTED_JOBS:,} more")
         return 0
     outcomes: list[dict] = []
     # Progress in training steps over every job (the plan's estimate as the total), with jobs in the postfix.
@@ -476,6 +532,7 @@ def cmd_demo(args) -> int:
     import prunelab
     from prunelab import data, models
     from prunelab.training import TrainSettings, train
+    from prunelab.training.trainer import check_device
     from prunelab.validate import check_fraction
 
     check_fraction(args.sparsity, "--sparsity", "[0, 1)", "the fraction of the covered weights pruned")
@@ -499,6 +556,15 @@ def cmd_demo(args) -> int:
     return 0
 
 
+class _VersionAction(argparse._VersionAction):
+    """``--version``: the version looked up when asked, not each time the parser is built (importlib.metadata
+    takes a tenth of a second, which every other command would pay)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        self.version = f"prunelab {_version()}"
+        super().__call__(parser, namespace, values, option_string)
+
+
 def _version() -> str:
     """The installed distribution's version; the package's own when run from a source tree not installed."""
     from importlib import metadata
@@ -511,49 +577,23 @@ def _version() -> str:
         return prunelab.__version__
 
 
-def _split_citation(text: str) -> tuple[str, str]:
-    """``"|dL/dw * w| on a batch (Lee et al. 2019)"`` -> ``("|dL/dw * w| on a batch", "Lee et al. 2019")``:
-    a trailing parenthesis that names a year is the citation."""
-    m = re.match(r"^(.*?)\s*\(([^()]*\b(?:19|20)\d\d\b[^()]*)\)\s*$", text)
-    return (m.group(1), m.group(2)) if m else (text, "")
-
-
-def _first_sentence(doc: str | None, limit: int = 72) -> str:
-    """The first sentence of a docstring's first paragraph; when too long, its first clause (up to "; " or
-    ": ") or its first ``limit`` characters."""
-    paragraph = " ".join((doc or "").strip().split("\n\n")[0].replace("``", "").split())
-    sentence = re.split(r"(?<!et al\.)(?<=\.)\s+(?=[A-Z])", paragraph, maxsplit=1)[0].rstrip(".")
-    for sep in ("; ", ": "):
-        if len(sentence) > limit and sep in sentence[:limit]:
-            sentence = sentence[: sentence.index(sep)]
-    return sentence if len(sentence) <= limit else sentence[: limit - 3].rsplit(" ", 1)[0].rstrip(",") + "..."
-
-
 def _list_methods() -> list[list[str]]:
-    from prunelab.scores import get_method, methods
-
-    return [[name, *_split_citation(get_method(name).description)] for name in methods()]
+    return [list(row) for row in catalog.entries("methods")]
 
 
 def _list_models() -> list[list[str]]:
-    from prunelab import models
-
-    return [[name, _first_sentence(models.MODELS.get(name).__doc__), models.MODELS.meta(name).get("paper", "")]
-            for name in models.names()]
+    return [list(row) for row in catalog.entries("models")]
 
 
 def _list_datasets() -> list[list[str]]:
-    from prunelab import data
-
-    return [[name, data.info(name).get("description", ""), data.info(name).get("citation", "")]
-            for name in data.names()]
+    return [list(row) for row in catalog.entries("datasets")]
 
 
 def _list_protocols() -> list[list[str]]:
     rows = []
     for name in PROTOCOLS:
         meta = PROTOCOLS.meta(name)
-        help_text, cited = _split_citation(meta.get("help", ""))
+        help_text, cited = catalog.split_citation(meta.get("help", ""))
         rows.append([name, help_text, meta.get("citation") or cited])
     return rows
 
@@ -565,6 +605,7 @@ def _list_settings() -> list[list[str]]:
 
     from prunelab.experiments.hparams import SECTIONS
     from prunelab.options import choices_of, default_of, help_of, show_value, unset_of
+    from prunelab.training.settings import TrainSettings
 
     rows = []
     for section, cls in SECTIONS.items():

@@ -16,8 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-import torch
-
 
 def _read_umask() -> int:
     mask = os.umask(0)
@@ -91,6 +89,8 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
+    import torch  # here, not at the top: the light commands use this module's warnings and JSON writes
+
     return atomic_write(path, lambda f: torch.save(obj, f))
 
 

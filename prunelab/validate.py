@@ -98,3 +98,11 @@ def check_int(value: object, name: str, minimum: int, meaning: str = "") -> int:
         what = f" ({meaning})" if meaning else ""
         raise ValueError(f"{name} must be an integer >= {minimum}{what}; got {value!r}")
     return int(value)
+
+
+def check_label_fraction(fraction) -> float:
+    """``fraction`` as a float in [0, 1] (the share of training labels made random); ValueError otherwise."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
+        raise ValueError(f"random_labels must be a fraction of the training labels in [0, 1] (1 = all random, "
+                         f"Zhang et al. 2017, §2), got {fraction!r}")
+    return float(fraction)

@@ -39,20 +39,13 @@ from prunelab.data.idx import IDX_FILES, missing_idx, read_idx_split
 from prunelab.data.memory import EpochLoader, MemoryLoader, MemorySplit
 from prunelab.data.transforms import BALANCED, LABELS, SUBSET, Normalize, channel_stats, generator
 from prunelab.registry import Registry
+from prunelab.validate import check_label_fraction
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 
 Split = MemorySplit | FolderSplit
-
-
-def check_label_fraction(fraction) -> float:
-    """``fraction`` as a float in [0, 1] (the share of training labels made random); ValueError otherwise."""
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
-        raise ValueError(f"random_labels must be a fraction of the training labels in [0, 1] (1 = all random, "
-                         f"Zhang et al. 2017, §2), got {fraction!r}")
-    return float(fraction)
 
 
 class Dataset:

@@ -21,6 +21,7 @@ import typing
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from prunelab import catalog
 from prunelab.options import describe, is_execution_field, option
 
 
@@ -143,48 +144,35 @@ def dataclass_from_flags(cls: type, args: argparse.Namespace, base: Any = None, 
 
 # ---- where name-valued fields take their choices from (read when help is shown) ------------------
 # Shared by the replicate's sections below and by the protocols' own dataclasses
-# (prunelab.experiments.protocols), which import them from here.
+# (prunelab.experiments.protocols), which import them from here. Read through prunelab.catalog: the live
+# registry once it is imported, else its table, so that --help never imports torch.
 
 def model_names() -> list[str]:
-    from prunelab import models
-
-    return models.names()
+    return catalog.names("models")
 
 
 def initializer_names() -> list[str]:
-    from prunelab.models.initializers import INITIALIZERS
-
-    return INITIALIZERS.names()
+    return catalog.names("initializers")
 
 
 def _fan_modes() -> list[str]:
-    from prunelab.models.initializers import FAN_MODES
-
-    return FAN_MODES
+    return catalog.names("fan_modes")
 
 
 def _bn_inits() -> list[str]:
-    from prunelab.models.initializers import BN_INITS
-
-    return BN_INITS
+    return catalog.names("bn_inits")
 
 
 def dataset_names() -> list[str]:
-    from prunelab import data
-
-    return data.names()
+    return catalog.names("datasets")
 
 
 def method_names() -> list[str]:
-    from prunelab.scores import methods
-
-    return list(methods())
+    return catalog.names("methods")
 
 
 def distribution_names() -> list[str]:
-    from prunelab.densities import DISTRIBUTIONS
-
-    return list(DISTRIBUTIONS)
+    return catalog.names("distributions")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,7 +200,7 @@ class DataHparams:
                                         "it); the test set is untouched", unset="all of them")
 
     def __post_init__(self) -> None:
-        from prunelab.data.datasets import check_label_fraction
+        from prunelab.validate import check_label_fraction
 
         object.__setattr__(self, "random_labels", check_label_fraction(self.random_labels))  # 1 and 1.0: one run
         n = self.train_examples

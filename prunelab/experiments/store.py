@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import sys
 import threading
 import warnings
 from collections.abc import Iterator
@@ -23,7 +24,19 @@ from typing import Any
 from prunelab.experiments import provenance, runfiles
 from prunelab.experiments.runfiles import DamagedRunFile
 from prunelab.io import DamagedFileWarning, atomic_write_json, atomic_write_text, set_aside
-from prunelab.training import distributed
+
+
+def _distributed():
+    """:mod:`prunelab.training.distributed`, imported where a run is written: it imports torch, which the
+    commands that only read a store (``ls``, ``show``, ``export``) never do."""
+    from prunelab.training import distributed
+
+    return distributed
+
+
+def _is_main() -> bool:
+    """Rank 0 of a process group, or no group at all (always so while torch is not even imported)."""
+    return "torch" not in sys.modules or _distributed().is_main()
 
 FINISHED = ("done", "diverged")
 # States of a run as ``ls`` shows them: its result's status, else whether a process computes it now.
@@ -78,7 +91,7 @@ class RunStore:
         try:
             return runfiles.read(path)
         except DamagedRunFile as e:
-            if distributed.is_main() and path.is_file():
+            if _is_main() and path.is_file():
                 set_aside(path, str(e))
             return None
 
@@ -111,8 +124,8 @@ class RunStore:
         rewritten, since the id fixes them), and open this process's ``session`` record in
         ``provenance.json``. Called under the run's lock; a clear error if the root is not writable."""
         folder = self.folder(run_id)
-        if not distributed.is_main():
-            distributed.barrier()
+        if not _is_main():
+            _distributed().barrier()
             return folder
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -123,7 +136,7 @@ class RunStore:
             raise OSError(e.errno, f"cannot write to run root {self.root}: {e.strerror}", e.filename) from None
         if session is not None:
             self._open_session(folder, session)
-        distributed.barrier()
+        _distributed().barrier()
         return folder
 
     def _ensure_hparams(self, run_id: str, hparams: dict[str, Any]) -> None:
@@ -177,9 +190,9 @@ class RunStore:
 
     def finish(self, run_id: str, result: dict[str, Any]) -> dict[str, Any]:
         result = {"id": run_id, **result}
-        if distributed.is_main():
+        if _is_main():
             atomic_write_json(self.folder(run_id) / runfiles.RESULT_JSON, result)
-        distributed.barrier()
+        _distributed().barrier()
         return result
 
     @contextlib.contextmanager
@@ -189,7 +202,7 @@ class RunStore:
         half-done by a killed worker is taken (and resumed) by the next one. Re-entrant within a process.
         """
         folder = self.folder(run_id)
-        if not distributed.is_main():  # rank 0 holds the lock for the whole group
+        if not _is_main():  # rank 0 holds the lock for the whole group
             yield
             return
         try:
@@ -266,12 +279,12 @@ class RunStore:
         aside), so that listings see it again. Under torch.distributed rank 0 reads and decides, so every
         rank takes the same path.
         """
-        main = distributed.is_main()
-        done = distributed.broadcast_object(self.result(run_id) if main else None)
-        if done is not None and distributed.broadcast_object(self._hparams_ok(run_id) if main else None):
+        main = _is_main()
+        done = _distributed().broadcast_object(self.result(run_id) if main else None)
+        if done is not None and _distributed().broadcast_object(self._hparams_ok(run_id) if main else None):
             return done
         with self.lock(run_id):
-            done = distributed.broadcast_object(self.result(run_id) if main else None)
+            done = _distributed().broadcast_object(self.result(run_id) if main else None)
             if done is None:
                 return compute()
             if main:
@@ -286,7 +299,7 @@ class RunStore:
         """
         import traceback
 
-        if not distributed.is_main():
+        if not _is_main():
             return False
         with self.lock(run_id):
             if self.result(run_id) is not None:

@@ -48,12 +48,14 @@ VARIANT_COLUMNS = ["iterations", "schedule", "scope", "batch_per_class"]
 
 
 def _by_method(attribute: str, usual: Any) -> str:
-    """"100 for iterative_snip, synflow; 1 otherwise": a criterion default that some criteria change."""
-    from prunelab.scores import methods
+    """"100 for iterative_snip, synflow; 1 otherwise": a criterion default that some criteria change (read
+    through prunelab.catalog: --help imports no torch)."""
+    from prunelab import catalog
 
+    column = {"default_iterations": 1, "default_scope": 2}[attribute]
     others: dict[Any, list[str]] = {}
-    for name, method in methods().items():
-        value = getattr(method, attribute)
+    for row in catalog.entries("method_defaults"):
+        name, value = row[0], row[column]
         if value != usual:
             others.setdefault(value, []).append(name)
     return "".join(f"{v} for {', '.join(names)}; " for v, names in others.items()) + f"{usual} otherwise"

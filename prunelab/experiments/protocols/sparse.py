@@ -83,9 +83,9 @@ class DynamicHparams:
 
 
 def _grow_gradients() -> list[str]:
-    from prunelab.sparse_training import GROW_GRADIENTS
+    from prunelab import catalog
 
-    return GROW_GRADIENTS
+    return catalog.names("grow_gradients")
 
 
 class _DuringTraining(Protocol):
