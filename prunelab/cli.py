@@ -158,6 +158,8 @@ def _add_sweep(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus-per-node", type=int, default=None, metavar="INT",
                    help="GPUs each Slurm job asks for (default: the spec's [slurm] gpus_per_node, else 0)")
     p.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
+    p.add_argument("--max-jobs", type=int, default=None, metavar="INT",
+                   help="refuse a grid of more jobs than this, before any work (default: 100,000)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a value of the spec, e.g. --set model.model=resnet20 --set dataset.dataset=cifar10")
     _add_common(p)
@@ -442,23 +444,29 @@ def cmd_sweep(args) -> int:
     if args.gpus_per_node is not None and args.gpus_per_node < 0:
         raise UserError(f"prunelab: --gpus-per-node must be >= 0, got {args.gpus_per_node}")
     check_device(args.device, here=args.executor == "local")  # Slurm jobs run on the cluster's nodes
+    if args.max_jobs is not None and args.max_jobs < 1:
+        raise UserError(f"prunelab: --max-jobs must be >= 1, got {args.max_jobs}")
     spec = sweep.load_spec(args.spec, args.set)
     slurm = {**spec.slurm, **({} if args.gpus_per_node is None else {"gpus_per_node": args.gpus_per_node})}
     if args.executor == "slurm":
         sweep.slurm_parameters(slurm, args.device)  # a GPU sweep with no GPUs fails here, before planning
+    print(f"sweep {args.spec}: {spec.summary()}", flush=True)  # counted from the axes: at once, whatever the size
+    sweep.check_size(spec, args.max_jobs or sweep.MAX_JOBS)
     ctx = sweep.Context(str(args.root), args.data_root, args.device, runtime=_runtime(args),
                         log=check_loggers(args.log))
     ctx.runner().store.check_root()
     # planning builds each model once to check it: on the CPU when the jobs run elsewhere (a login node)
     planner = ctx if args.executor == "local" else sweep.Context(ctx.root, ctx.data_root, "cpu")
-    plan = sweep.make_plan(planner.runner(), spec.jobs)
-    print(f"sweep {args.spec}: {len(spec.jobs)} {spec.protocol} jobs, {len(plan.skipped)} already done, "
-          f"{plan.todo} to do in {len(plan.phases)} phase(s), about {plan.steps:,} training steps")
+    plan = sweep.make_plan(planner.runner(), spec.iter_jobs())
+    print(f"plan: {len(plan.skipped)} already done, {plan.todo} to do in {len(plan.phases)} phase(s), "
+          f"about {plan.steps:,} training steps")
     if args.dry_run:
         for phase in plan.phases:
             print(f"  {_phase_name(phase)}:")
-            for job in phase:
+            for job in phase[:sweep.LISTED_JOBS]:
                 print(f"    {job.label()}")
+            if len(phase) > sweep.LISTED_JOBS:
+                print(f"    ... and {len(phase) - sweep.LISTED_JOBS:,} more")
         return 0
     outcomes: list[dict] = []
     # Progress in training steps over every job (the plan's estimate as the total), with jobs in the postfix.
