@@ -424,7 +424,8 @@ def cmd_protocol(args) -> int:
         print_config(args, protocol)
         return 0
     runner, rep, hp = _experiment(args, protocol)
-    results = protocol.run(runner, rep, hp)
+    with runner.threads():  # one thread rule alone and in a sweep (docs/guide.md §4)
+        results = protocol.run(runner, rep, hp)
     where = runner.store.folder(results[0]["id"]) if len(results) == 1 else \
         f"{runner.store.root}: " + " ".join(r["id"] for r in results)
     _summary(results, protocol.result_label, where)

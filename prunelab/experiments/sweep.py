@@ -421,7 +421,7 @@ def execute(job: Job, ctx: Context) -> dict[str, Any]:
     ``steps`` are the training steps the job took. The job runs with ``ctx.threads`` torch threads; the
     calling process gets its own count back afterwards (a one-worker sweep runs its jobs in-process)."""
     ctx = _pinned(ctx)
-    with _torch_threads(ctx.threads):
+    with _torch_threads(ctx.threads or ctx.runtime.threads_for(ctx.device)):  # a Slurm job: as the CLI
         return _execute(job, ctx)
 
 
@@ -524,9 +524,7 @@ def run_local(phases: list[list[Job]], ctx: Context, workers: int, on_done: Call
     global _step_sink
     import multiprocessing as mp
 
-    from prunelab.training.runtime import available_cpus
-
-    threads = max(1, available_cpus() // workers)
+    threads = ctx.runtime.threads_for(ctx.device, workers)  # the CLI's rule too (runtime.default_threads)
     ctx = dataclasses.replace(ctx, threads=threads)
     if workers == 1:
         _step_sink = on_steps
