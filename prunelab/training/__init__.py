@@ -1,32 +1,43 @@
-"""Training engine: durations, settings and recipes, optimizers and LR schedules, checkpoints, the loop."""
+"""Training engine: durations, settings and recipes, optimizers and LR schedules, checkpoints, the loop.
 
-from prunelab.training.checkpoints import (
-    CheckpointFolder,
-    CorruptCheckpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
-from prunelab.training.durations import Duration, Step, iterations
-from prunelab.training.optim import lr_factor, make_optimizer
-from prunelab.training.settings import OPTIMIZERS, TrainSettings, recipe
-from prunelab.training.trainer import Diverged, TrainResult, evaluate, resolve_device, train
+Names resolve on first access (PEP 562): the settings, durations and run-time options import no torch, so the
+command line builds its flags and answers ``--help`` without it; the loop, optimizers and checkpoints import
+torch when first asked for.
+"""
 
-__all__ = [
-    "CheckpointFolder",
-    "CorruptCheckpoint",
-    "Diverged",
-    "Duration",
-    "Step",
-    "OPTIMIZERS",
-    "TrainResult",
-    "TrainSettings",
-    "evaluate",
-    "iterations",
-    "load_checkpoint",
-    "lr_factor",
-    "make_optimizer",
-    "recipe",
-    "resolve_device",
-    "save_checkpoint",
-    "train",
-]
+import importlib
+
+_HOMES = {
+    "CheckpointFolder": "checkpoints",
+    "CorruptCheckpoint": "checkpoints",
+    "load_checkpoint": "checkpoints",
+    "save_checkpoint": "checkpoints",
+    "Duration": "durations",
+    "Step": "durations",
+    "iterations": "durations",
+    "lr_factor": "optim",
+    "make_optimizer": "optim",
+    "OPTIMIZERS": "settings",
+    "TrainSettings": "settings",
+    "recipe": "settings",
+    "Diverged": "trainer",
+    "TrainResult": "trainer",
+    "evaluate": "trainer",
+    "resolve_device": "trainer",
+    "train": "trainer",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value  # later accesses skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOMES))

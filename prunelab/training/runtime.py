@@ -29,12 +29,14 @@ import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from prunelab.options import option
 from prunelab.validate import check_int
+
+if TYPE_CHECKING:  # torch is imported where it is used: the CLI's --help reads RuntimeOptions without it
+    import torch
+    from torch import nn
 
 #: The most worker processes the automatic choice gives one training process for an image-folder dataset.
 MAX_AUTO_LOADER_WORKERS = 8
@@ -61,6 +63,8 @@ def default_threads(device: str | torch.device = "cpu", workers: int = 1) -> int
       workers than GPUs share the machine, so that the CPUs are not oversubscribed); the CPU threads do not
       enter a GPU's arithmetic.
     """
+    import torch
+
     from prunelab.training.trainer import resolve_device
 
     if resolve_device(device).type != "cuda":
@@ -71,6 +75,8 @@ def default_threads(device: str | torch.device = "cpu", workers: int = 1) -> int
 @contextlib.contextmanager
 def torch_threads(threads: int) -> Iterator[None]:
     """torch's intra-op thread count set to ``threads`` while the block runs, the caller's own after it."""
+    import torch
+
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -83,6 +89,8 @@ def auto_loader_workers(device: torch.device) -> int:
     """Worker processes for decoding an image-folder dataset: the CPUs of this process's share of the
     machine (its CPUs over the GPUs it has), at most :data:`MAX_AUTO_LOADER_WORKERS`, on CUDA; 0 on the
     CPU, whose cores already run the training."""
+    import torch
+
     if device.type != "cuda":
         return 0
     gpus = max(1, torch.cuda.device_count())
@@ -130,9 +138,13 @@ class RuntimeOptions:
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """``model`` in channels-last memory format when asked (4-d weights only; others are unchanged)."""
+        import torch
+
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        import torch
+
         if self.channels_last and x.dim() == 4:
             return x.contiguous(memory_format=torch.channels_last)
         return x
@@ -140,6 +152,8 @@ class RuntimeOptions:
     @contextlib.contextmanager
     def backends(self) -> Iterator[None]:
         """torch's global backend flags set as asked while the block runs, restored after it."""
+        import torch
+
         cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
         saved = (cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32,
                  torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
@@ -160,6 +174,8 @@ class RuntimeOptions:
 def _set_cublas_workspace() -> None:
     """``CUBLAS_WORKSPACE_CONFIG``, which cuBLAS reads when its first handle is made: set here when the
     user has not set it, with a warning when CUDA is already in use (then it may come too late)."""
+    import torch
+
     if os.environ.get("CUBLAS_WORKSPACE_CONFIG") in (CUBLAS_WORKSPACE, ":16:8"):
         return
     os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE
