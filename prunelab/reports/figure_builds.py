@@ -101,8 +101,8 @@ def build_figures(root: str | os.PathLike, out: str | os.PathLike, runs: pd.Data
     worker processes (default: one per available CPU; 1: in this process). Files of figures the last report
     drew and this one does not are removed."""
     out = Path(out)
-    previous = {} if rebuild else _read_builds(out)
-    files = RunFiles(root, previous.get("sound", []))
+    previous = _read_builds(out)
+    files = RunFiles(root, [] if rebuild else previous.get("sound", []))
     plan: list[dict[str, Any] | _Task] = []
     keys: list[str] = []
     for ctx in contexts(root, runs, layers):
@@ -110,7 +110,7 @@ def build_figures(root: str | os.PathLike, out: str | os.PathLike, runs: pd.Data
         for build in BUILDERS:
             key, digest = f"{ctx.setting}/{build.__name__}", data_digest(inputs, build.__name__)
             record = previous.get("builds", {}).get(key)
-            reusable = record is not None and record["inputs"] == digest and all(
+            reusable = not rebuild and record is not None and record["inputs"] == digest and all(
                 _on_disk(out, BuiltFigure(**f)) for f in record["figures"])
             plan.append(record if reusable else _Task(key, digest, build.__name__, ctx))
             keys.append(key)

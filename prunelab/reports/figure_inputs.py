@@ -87,6 +87,7 @@ def _checkpoint_stats(folder: Path) -> list[tuple[str, int, int]]:
 
 
 def setting_digest(ctx: Context, files: RunFiles, formats: tuple[str, ...], dpi: int) -> str:
-    """Everything the builders of ``ctx``'s setting may read, and how their figures are written."""
-    return data_digest(code_version(), list(formats), dpi, ctx.runs, ctx.layers,
+    """Everything the builders of ``ctx``'s setting may read, and how their figures are written. The store's
+    folder, as given, is part of it because the notes on figures that cannot be drawn name files in it."""
+    return data_digest(code_version(), list(formats), dpi, str(ctx.root), ctx.runs, ctx.layers,
                        [(run_id, files.digest(run_id)) for run_id in ctx.runs["id"]])
