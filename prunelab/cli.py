@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import functools
 import json
+import re
 import signal
 import sys
 import threading
@@ -201,7 +202,7 @@ def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("list", help="the registered methods, models, datasets or protocols, with their citations")
-    p.add_argument("registry", help=f"which registry; one of: {', '.join(LISTS)}")
+    p.add_argument("registry", nargs="?", help=f"which registry; one of: {', '.join(LISTS)} (none: this list)")
     p.set_defaults(func=cmd_list)
 
     from prunelab.reports.commands import register as register_report_commands
@@ -217,7 +218,23 @@ def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
     return parser
 
 
+_NEGATIVE_DURATION = re.compile(r"^-\d+(ep|it)")  # "-3ep": argparse would take it for a flag
+
+
+def _negative_values_attached(argv: list[str]) -> list[str]:
+    """``--train -3ep`` as ``--train=-3ep``, so that a negative duration reaches the duration parser and its
+    message instead of argparse's "expected one argument" (negative plain numbers argparse reads itself)."""
+    out: list[str] = []
+    for token in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and _NEGATIVE_DURATION.match(token):
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = _negative_values_attached(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser(lazy=True)
     skipped: list[str] = []
     with _signals_as_interrupts(), _warnings_as_lines(skipped):
@@ -628,18 +645,24 @@ def _list_settings() -> list[list[str]]:
     return rows
 
 
-# name -> (rows, header): each registry, and the settings' documentation
-LISTS = {"methods": (_list_methods, "citation"), "models": (_list_models, "citation"),
-         "datasets": (_list_datasets, "citation"), "protocols": (_list_protocols, "citation"),
-         "settings": (_list_settings, "default")}
+# name -> (rows, header, what it lists): each registry, and the settings' documentation
+LISTS = {"methods": (_list_methods, "citation", "pruning criteria (--method, prunelab.prune)"),
+         "models": (_list_models, "citation", "networks (--model), besides timm:NAME and torchvision:NAME"),
+         "datasets": (_list_datasets, "citation", "datasets (--dataset)"),
+         "protocols": (_list_protocols, "citation", "commands that train and prune (and a sweep's protocol)"),
+         "settings": (_list_settings, "default", "every config key of a spec, with its default")}
 
 
 def cmd_list(args) -> int:
     """One registry as a table: name, one-line description, citation (full entries in docs/references.md);
-    ``settings``: every config key with its description and default."""
+    ``settings``: every config key with its description and default; no name: what can be listed."""
     from prunelab.registry import check_name
 
-    rows, last = LISTS[check_name("registry", args.registry, list(LISTS))]
+    if args.registry is None:
+        _print_table([["registry", "what it lists"]] + [[n, what] for n, (_, _, what) in LISTS.items()])
+        print("\nprunelab list NAME shows one of them")
+        return 0
+    rows, last, _ = LISTS[check_name("registry", args.registry, list(LISTS))]
     _print_table([["name", "description", last]] + [[n, d, c or "-"] for n, d, c in rows()])
     return 0
 

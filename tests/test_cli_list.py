@@ -90,11 +90,6 @@ def test_unknown_registry_is_one_line_and_exit_2(capsys):
     assert all(name in err for name in ("methods", "models", "datasets", "protocols"))
 
 
-def test_missing_registry_is_one_line_and_exit_2(capsys):
-    assert main(["list"]) == 2
-    assert capsys.readouterr().err.count("\n") == 1
-
-
 def test_settings_document_every_key_of_every_config_section(capsys):
     """``prunelab list settings`` is the TOML documentation: one row per field of each section's dataclass,
     with the field's own description."""
@@ -116,3 +111,19 @@ def test_settings_document_every_key_of_every_config_section(capsys):
         assert help_of(f) and help_of(f) in rows[key], key
     assert "recipe of the model (LeNets: 40ep)" in rows["training.train"]
     assert "one of: " in rows["pruning.method"] and "synflow" in rows["pruning.method"]
+
+
+def test_list_alone_names_what_can_be_listed(capsys):
+    from prunelab.cli import LISTS
+
+    assert main(["list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[2:2 + len(LISTS)]] == list(LISTS)
+    assert "prunelab list NAME" in lines[-1]
+
+
+@pytest.mark.parametrize("value", ["-3ep", "-100it", "-2ep50it"])
+def test_a_negative_duration_reaches_the_duration_parser(value, capsys):
+    assert main(["run", "--model", "lenet_300_100", "--dataset", "fashion_mnist", "--train", value]) == 2
+    err = capsys.readouterr().err
+    assert f"malformed duration '{value}'" in err and err.count("\n") == 1
