@@ -7,6 +7,9 @@
   matplotlib Figure (Agg canvas, no display).
 - :mod:`~prunelab.reports.figures`: which figures a store supports, and their data.
 - :mod:`~prunelab.reports.html`: ``write_report(root, out)``, a self-contained HTML page and CSVs.
+- :mod:`~prunelab.reports.figure_builds`: the figures drawn only when their data changed, by worker processes;
+  :mod:`~prunelab.reports.figure_inputs` (what a figure reads, and the checks of those files) and
+  :mod:`~prunelab.reports.digests` (canonical digests of data, files and the drawing code) decide.
 - :mod:`~prunelab.reports.commands`: the ``prunelab report``, ``export`` and ``analyze`` subcommands.
 
 Names are imported on first use, so that ``import prunelab.reports`` does not load matplotlib.

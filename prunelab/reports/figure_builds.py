@@ -26,7 +26,7 @@ import json
 import math
 import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,23 +103,25 @@ def build_figures(root: str | os.PathLike, out: str | os.PathLike, runs: pd.Data
     out = Path(out)
     previous = _read_builds(out)
     files = RunFiles(root, [] if rebuild else previous.get("sound", []))
-    plan: list[dict[str, Any] | _Task] = []
-    keys: list[str] = []
-    for ctx in contexts(root, runs, layers):
-        inputs = setting_digest(ctx, files, formats, dpi)
-        for build in BUILDERS:
-            key, digest = f"{ctx.setting}/{build.__name__}", data_digest(inputs, build.__name__)
-            record = previous.get("builds", {}).get(key)
-            reusable = not rebuild and record is not None and record["inputs"] == digest and all(
-                _on_disk(out, BuiltFigure(**f)) for f in record["figures"])
-            plan.append(record if reusable else _Task(key, digest, build.__name__, ctx))
-            keys.append(key)
-    tasks = [p for p in plan if isinstance(p, _Task)]
-    done = dict(zip((t.key for t in tasks), _run(tasks, out, formats, dpi, rebuild, jobs)))
+    settings = contexts(root, runs, layers)
+    keys = [f"{ctx.setting}/{build.__name__}" for ctx in settings for build in BUILDERS]  # the page's order
+    planned: dict[str, dict[str, Any] | Future] = {}
+    with _Workers(jobs, out, formats, dpi, rebuild) as workers:
+        # The settings with the most runs first: their builders take longest, so they start first instead of
+        # ending the report alone; workers draw while the files of the next settings are hashed and checked.
+        for ctx in sorted(settings, key=lambda c: -len(c.runs)):
+            inputs = setting_digest(ctx, files, formats, dpi)
+            for build in BUILDERS:
+                key, digest = f"{ctx.setting}/{build.__name__}", data_digest(inputs, build.__name__)
+                record = previous.get("builds", {}).get(key)
+                reusable = not rebuild and record is not None and record["inputs"] == digest and all(
+                    _on_disk(out, BuiltFigure(**f)) for f in record["figures"])
+                planned[key] = record if reusable else workers.submit(_Task(key, digest, build.__name__, ctx))
+        done = {key: p.result() if isinstance(p, Future) else (p, 0) for key, p in planned.items()}
 
     result, builds = BuiltFigures(), {}
-    for key, planned in zip(keys, plan):
-        record, drawn = done[key] if isinstance(planned, _Task) else (planned, 0)
+    for key in keys:
+        record, drawn = done[key]
         builds[key] = record
         result.figures += [BuiltFigure(**f) for f in record["figures"]]
         result.notes += record["notes"]
@@ -153,20 +155,34 @@ def _on_disk(out: Path, fig: BuiltFigure) -> bool:
     return drawn_from == fig.digest and all((out / path).is_file() for path in fig.files.values())
 
 
-def _run(tasks: list[_Task], out: Path, formats: tuple[str, ...], dpi: int, rebuild: bool,
-         jobs: int | None) -> list[tuple[dict[str, Any], int]]:
-    """Each task's record and the number of figures it drew, in the order of ``tasks``."""
-    from prunelab.training.runtime import available_cpus
+class _Workers:
+    """Where builders run: ``jobs`` worker processes, started at the first task (none when every figure is
+    reused), or this process when ``jobs`` is 1 (default: one per available CPU)."""
 
-    jobs = min(available_cpus() if jobs is None else jobs, len(tasks))
-    if jobs <= 1:
-        return [_build(task, out, formats, dpi, rebuild) for task in tasks]
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    # The settings with the most runs first: the longest tasks start early instead of ending the report alone.
-    order = sorted(range(len(tasks)), key=lambda i: -len(tasks[i].ctx.runs))
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context(method), initializer=_one_thread) as pool:
-        futures = {i: pool.submit(_build, tasks[i], out, formats, dpi, rebuild) for i in order}
-        return [futures[i].result() for i in range(len(tasks))]
+    def __init__(self, jobs: int | None, out: Path, formats: tuple[str, ...], dpi: int, rebuild: bool):
+        from prunelab.training.runtime import available_cpus
+
+        self.jobs = available_cpus() if jobs is None else jobs
+        self.options = (out, formats, dpi, rebuild)
+        self.pool: ProcessPoolExecutor | None = None
+
+    def submit(self, task: _Task) -> Future:
+        if self.jobs <= 1:
+            future: Future = Future()
+            future.set_result(_build(task, *self.options))
+            return future
+        if self.pool is None:
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            self.pool = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context(method),
+                                            initializer=_one_thread)
+        return self.pool.submit(_build, task, *self.options)
+
+    def __enter__(self) -> _Workers:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=exc[0] is not None)
 
 
 def _one_thread() -> None:
