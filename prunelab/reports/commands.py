@@ -93,6 +93,10 @@ def cmd_report(args) -> int:
 
 
 def cmd_export(args) -> int:
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():  # checked before any work: the tables go into a folder
+        raise ValueError(f"--out {out} is a file; export writes runs.{args.format} and metrics.{args.format} into a "
+                         "folder: give a folder (it is created if it does not exist)")
     with needs_extra("prunelab export", "plots"):
         from prunelab.reports.tables import metrics_table, runs_table
     extra = EXPORT_FORMATS[args.format]
@@ -104,7 +108,6 @@ def cmd_export(args) -> int:
 
     runs = runs_table(args.root)  # FileNotFoundError (one line) when the store does not exist
     metrics = metrics_table(args.root)
-    out = Path(args.out)
     for name, df in (("runs", runs), ("metrics", metrics)):
         buffer = io.BytesIO()
         if args.format == "csv":
