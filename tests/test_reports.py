@@ -216,7 +216,9 @@ def test_export_writes_the_run_table_and_the_metrics_as_csv_and_parquet(store, t
 def test_export_onto_a_file_is_one_plain_line(store, tmp_path, capsys):
     target = tmp_path / "runs.csv"
     target.write_text("mine")
-    assert _run("export", "--root", store, "--out", target) == 2
+    from prunelab.cli import main
+
+    assert main(["export", "--root", str(store), "--out", str(target)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is a file; export writes runs.csv and metrics.csv into a folder" in err
     assert "Errno" not in err and target.read_text() == "mine"
