@@ -54,10 +54,17 @@ def test_layer_collapse_and_max_compression_by_hand():
     assert analysis.max_compression(mask) == pytest.approx((12 + 16 + 3) / 3)
 
 
-def test_protocols_use_the_analysis_function():
+def test_protocols_use_the_analysis_function(monkeypatch):
+    """A run's recorded layer collapse is the analysis' own function, not a copy of it."""
+    from types import SimpleNamespace
+
     from prunelab.experiments.protocols import base
 
-    assert base.collapsed_layers is analysis.layer_collapse
+    model = nn.Sequential(nn.Linear(3, 2))
+    mask = prunelab.Mask.ones(model)
+    monkeypatch.setattr(analysis, "layer_collapse", lambda m: ["the analysis' answer"])
+    res = SimpleNamespace(test_accuracy=0.5, test_loss=1.0, wall_time=0.0, step=1)
+    assert base.sparse_result(res, mask, model, {})["layer_collapse"] == ["the analysis' answer"]
 
 
 def staircase_mlp():
