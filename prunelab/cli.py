@@ -21,6 +21,7 @@ import warnings
 from rich_argparse import RichHelpFormatter
 
 from prunelab import catalog
+from prunelab.demo import cmd_demo
 from prunelab.experiments.hparams import (
     DataHparams,
     ModelHparams,
@@ -31,6 +32,7 @@ from prunelab.experiments.hparams import (
     load_toml,
 )
 from prunelab.experiments.protocols import PROTOCOLS, Protocol
+from prunelab.listing import LISTS, cmd_list, print_table
 from prunelab.options import add_root_flag
 
 EXIT_USER_ERROR = 2
@@ -211,7 +213,7 @@ def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="LeNet-300-100 on Fashion-MNIST, dense vs 90%% random sparse, a few epochs")
     p.add_flags(_add_demo)
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=cmd_demo)  # prunelab.demo
     if not lazy:
         for command in sub.choices.values():
             command.build_flags()
@@ -420,7 +422,7 @@ def _summary(results: list[dict], label: str, where) -> None:
         rows.append([*first, r["status"], f"{r.get('sparsity', 0):.4f}",
                      "-" if acc is None else f"{acc:.4f}", _fmt(r.get("dense_accuracy")),
                      _fmt(r.get("wall_time"), ".1f")])
-    _print_table(rows)
+    print_table(rows)
 
 
 def _fmt(x, spec=".4f") -> str:
@@ -531,7 +533,7 @@ def cmd_ls(args) -> int:
     if len(rows) == 1:
         print(f"no runs in {args.root}")
         return 0
-    _print_table(rows)
+    print_table(rows)
     return 0
 
 
@@ -554,34 +556,6 @@ def cmd_show(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
-    import prunelab
-    from prunelab import data, models
-    from prunelab.training import TrainSettings, train
-    from prunelab.training.trainer import check_device
-    from prunelab.validate import check_fraction
-
-    check_fraction(args.sparsity, "--sparsity", "[0, 1)", "the fraction of the covered weights pruned")
-    if args.epochs < 1:
-        raise UserError(f"--epochs must be >= 1, got {args.epochs}")
-    check_device(args.device)
-    runtime = _runtime(args)
-    TrainSettings(amp=args.amp)  # a bad mode fails here, before the data is read
-    ds = data.load("fashion_mnist", data_root=args.data_root)
-    settings = TrainSettings(train=f"{args.epochs}ep")
-    rows = [["network", "mask", "weights kept", "sparsity", "test accuracy", "time (s)"]]
-    for label, sparsity in (("dense", 0.0), (f"random {args.sparsity:.0%}", args.sparsity)):
-        model = models.create("lenet_300_100", num_classes=ds.num_classes, input_shape=ds.input_shape, seed=0)
-        mask = prunelab.Mask.ones(model) if sparsity == 0 else prunelab.prune(model, "random", sparsity, seed=0)
-        print(f"training LeNet-300-100 on Fashion-MNIST, {label}, {args.epochs} epochs", file=sys.stderr)
-        res = train(model, ds, settings, seed=0, mask=mask, device=args.device, amp=args.amp, runtime=runtime,
-                    progress=args.progress)
-        rows.append(["lenet_300_100", label, f"{mask.num_kept:,} / {mask.num_total:,}", f"{mask.sparsity:.4f}",
-                     f"{res.test_accuracy:.4f}", f"{res.wall_time:.1f}"])
-    _print_table(rows)
-    return 0
-
-
 class _VersionAction(argparse._VersionAction):
     """``--version``: the version looked up when asked, not each time the parser is built (importlib.metadata
     takes a tenth of a second, which every other command would pay)."""
@@ -601,78 +575,6 @@ def _version() -> str:
         import prunelab
 
         return prunelab.__version__
-
-
-def _list_methods() -> list[list[str]]:
-    return [list(row) for row in catalog.entries("methods")]
-
-
-def _list_models() -> list[list[str]]:
-    return [list(row) for row in catalog.entries("models")]
-
-
-def _list_datasets() -> list[list[str]]:
-    return [list(row) for row in catalog.entries("datasets")]
-
-
-def _list_protocols() -> list[list[str]]:
-    rows = []
-    for name in PROTOCOLS:
-        meta = PROTOCOLS.meta(name)
-        help_text, cited = catalog.split_citation(meta.get("help", ""))
-        rows.append([name, help_text, meta.get("citation") or cited])
-    return rows
-
-
-def _list_settings() -> list[list[str]]:
-    """Every key of every TOML section (``--config`` files and sweep specs), from the same field
-    descriptions as the flags' help: ``section.key``, description with its choices, default."""
-    import dataclasses
-
-    from prunelab.experiments.hparams import SECTIONS
-    from prunelab.options import choices_of, default_of, help_of, show_value, unset_of
-    from prunelab.training.settings import TrainSettings
-
-    rows = []
-    for section, cls in SECTIONS.items():
-        for f in dataclasses.fields(cls or TrainSettings):
-            text = help_of(f) + (f"; one of: {', '.join(choices_of(f))}" if choices_of(f) else "")
-            value = default_of(f)
-            default = (unset_of(f) or "none") if value is None else show_value(value)
-            if section == "training":  # recipe(model, dataset) gives the defaults; TrainSettings' are LeNet's
-                default = f"recipe of the model (LeNets: {default})"
-            rows.append([f"{section}.{f.name}", text, default])
-    return rows
-
-
-# name -> (rows, header, what it lists): each registry, and the settings' documentation
-LISTS = {"methods": (_list_methods, "citation", "pruning criteria (--method, prunelab.prune)"),
-         "models": (_list_models, "citation", "networks (--model), besides timm:NAME and torchvision:NAME"),
-         "datasets": (_list_datasets, "citation", "datasets (--dataset)"),
-         "protocols": (_list_protocols, "citation", "commands that train and prune (and a sweep's protocol)"),
-         "settings": (_list_settings, "default", "every config key of a spec, with its default")}
-
-
-def cmd_list(args) -> int:
-    """One registry as a table: name, one-line description, citation (full entries in docs/references.md);
-    ``settings``: every config key with its description and default; no name: what can be listed."""
-    from prunelab.registry import check_name
-
-    if args.registry is None:
-        _print_table([["registry", "what it lists"]] + [[n, what] for n, (_, _, what) in LISTS.items()])
-        print("\nprunelab list NAME shows one of them")
-        return 0
-    rows, last, _ = LISTS[check_name("registry", args.registry, list(LISTS))]
-    _print_table([["name", "description", last]] + [[n, d, c or "-"] for n, d, c in rows()])
-    return 0
-
-
-def _print_table(rows: list[list[str]]) -> None:
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    for k, row in enumerate(rows):
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
-        if k == 0:
-            print("  ".join("-" * w for w in widths))
 
 
 if __name__ == "__main__":

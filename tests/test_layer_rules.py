@@ -6,7 +6,6 @@ checked against the same network built from ``nn.Linear`` (the built-in path) or
 
 from __future__ import annotations
 
-import sys
 import warnings
 
 import pytest
@@ -15,12 +14,11 @@ from torch import nn
 
 import prunelab
 from prunelab import analysis
-from prunelab.coverage import register_layer_type, split_fused
+from prunelab import layer_rules as rules_module
+from prunelab.layer_rules import register_layer_type, split_fused
 from prunelab.masks import Mask
 from prunelab.pruning import LayerCollapseWarning, uniform_attention
 from prunelab.pruning.api import _warn_collapse
-
-rules_module = sys.modules["prunelab.coverage"]  # prunelab.coverage is also the function of that name
 
 
 class TransposedLinear(nn.Module):

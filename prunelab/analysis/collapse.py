@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from prunelab.analysis.layerwise import as_mask
-from prunelab.coverage import channel_axes, parameter_owners
+from prunelab.layer_rules import channel_axes, parameter_owners
 from prunelab.masks import Mask
 from prunelab.pruning import PRUNABLE_OPTIONS, LayerCollapseWarning, prune
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from prunelab.analysis.layerwise import as_mask
-from prunelab.coverage import is_bias, layer_rule, parameter_owners
+from prunelab.layer_rules import is_bias, layer_rule, parameter_owners
 from prunelab.mask_binding import unbound_copy
 from prunelab.masks import Mask
 

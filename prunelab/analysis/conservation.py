@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from prunelab.coverage import channel_axes, channel_groups, is_bias, layer_rule, parameter_owners
+from prunelab.layer_rules import channel_axes, channel_groups, is_bias, layer_rule, parameter_owners
 
 # Modules and functions through which a neuron stays a neuron (unary, channel-preserving), by kind.
 _HOMOGENEOUS_MODULES = (

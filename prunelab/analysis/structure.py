@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from prunelab.analysis.layerwise import as_mask
-from prunelab.coverage import channel_axes, parameter_owners
+from prunelab.layer_rules import channel_axes, parameter_owners
 
 
 def prob_slice_removed(total: int, kept: int, slice_size: int) -> float:

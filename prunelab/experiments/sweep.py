@@ -1,5 +1,9 @@
 """Sweeps: a TOML spec of value lists becomes a grid of runs, deduplicated through the run store.
 
+(Above the house's 600 lines, knowingly: a sweep is one pipeline, spec -> plan -> executors, whose parts share
+``Job``, ``Context`` and the globals a worker process sets, which tests patch here; the reading of specs is the
+piece to move into a module of its own when it next grows.)
+
 Spec (see ``repro/`` for real ones)::
 
     protocol = "run"            # any registered protocol: train | run | lottery | gradual | set | rigl

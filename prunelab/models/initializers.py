@@ -29,7 +29,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from prunelab.coverage import layer_rule
+from prunelab.layer_rules import layer_rule
 from prunelab.registry import Registry, check_name
 
 FAN_MODES = ["fan_in", "fan_out"]

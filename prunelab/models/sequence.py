@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from prunelab.coverage import register_layer_type
+from prunelab.layer_rules import register_layer_type
 from prunelab.models.registry import register
 
 

@@ -9,15 +9,8 @@ import torch
 from torch import nn
 
 from prunelab.batches import with_forward
-from prunelab.coverage import (
-    COVERAGE_OPTIONS,
-    coverage,
-    is_bias_name,
-    layer_rule,
-    parameter_owners,
-    prunable_parameters,
-    split_fused,
-)
+from prunelab.coverage import COVERAGE_OPTIONS, coverage, prunable_parameters
+from prunelab.layer_rules import is_bias_name, layer_rule, parameter_owners, split_fused
 from prunelab.masks import Mask
 from prunelab.pruning.removal import _Remover, check_scores, warn_large_ties
 from prunelab.pruning.selection import Ties

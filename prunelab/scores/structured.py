@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from prunelab.coverage import channel_axes, channel_groups, is_convolution, parameter_owners
+from prunelab.layer_rules import channel_axes, channel_groups, is_convolution, parameter_owners
 from prunelab.scores.registry import Scores, register_method
 
 _AXES = ("input", "output")

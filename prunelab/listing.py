@@ -1,0 +1,84 @@
+"""``prunelab list``: the registries as tables (names, one-line descriptions, citations), and every config key.
+
+Read from :mod:`prunelab.catalog`, so listing imports no torch; full references in docs/references.md.
+"""
+
+from __future__ import annotations
+
+from prunelab import catalog
+from prunelab.experiments.protocols import PROTOCOLS
+
+__all__ = ["LISTS", "cmd_list", "print_table"]
+
+
+def _list_methods() -> list[list[str]]:
+    return [list(row) for row in catalog.entries("methods")]
+
+
+def _list_models() -> list[list[str]]:
+    return [list(row) for row in catalog.entries("models")]
+
+
+def _list_datasets() -> list[list[str]]:
+    return [list(row) for row in catalog.entries("datasets")]
+
+
+def _list_protocols() -> list[list[str]]:
+    rows = []
+    for name in PROTOCOLS:
+        meta = PROTOCOLS.meta(name)
+        help_text, cited = catalog.split_citation(meta.get("help", ""))
+        rows.append([name, help_text, meta.get("citation") or cited])
+    return rows
+
+
+def _list_settings() -> list[list[str]]:
+    """Every key of every TOML section (``--config`` files and sweep specs), from the same field
+    descriptions as the flags' help: ``section.key``, description with its choices, default."""
+    import dataclasses
+
+    from prunelab.experiments.hparams import SECTIONS
+    from prunelab.options import choices_of, default_of, help_of, show_value, unset_of
+    from prunelab.training.settings import TrainSettings
+
+    rows = []
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls or TrainSettings):
+            text = help_of(f) + (f"; one of: {', '.join(choices_of(f))}" if choices_of(f) else "")
+            value = default_of(f)
+            default = (unset_of(f) or "none") if value is None else show_value(value)
+            if section == "training":  # recipe(model, dataset) gives the defaults; TrainSettings' are LeNet's
+                default = f"recipe of the model (LeNets: {default})"
+            rows.append([f"{section}.{f.name}", text, default])
+    return rows
+
+
+# name -> (rows, header, what it lists): each registry, and the settings' documentation
+LISTS = {"methods": (_list_methods, "citation", "pruning criteria (--method, prunelab.prune)"),
+         "models": (_list_models, "citation", "networks (--model), besides timm:NAME and torchvision:NAME"),
+         "datasets": (_list_datasets, "citation", "datasets (--dataset)"),
+         "protocols": (_list_protocols, "citation", "commands that train and prune (and a sweep's protocol)"),
+         "settings": (_list_settings, "default", "every config key of a spec, with its default")}
+
+
+def cmd_list(args) -> int:
+    """One registry as a table: name, one-line description, citation (full entries in docs/references.md);
+    ``settings``: every config key with its description and default; no name: what can be listed."""
+    from prunelab.registry import check_name
+
+    if args.registry is None:
+        print_table([["registry", "what it lists"]] + [[n, what] for n, (_, _, what) in LISTS.items()])
+        print("\nprunelab list NAME shows one of them")
+        return 0
+    rows, last, _ = LISTS[check_name("registry", args.registry, list(LISTS))]
+    print_table([["name", "description", last]] + [[n, d, c or "-"] for n, d, c in rows()])
+    return 0
+
+
+def print_table(rows: list[list[str]]) -> None:
+    """Rows as aligned columns, the first a header underlined with dashes."""
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    for k, row in enumerate(rows):
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+        if k == 0:
+            print("  ".join("-" * w for w in widths))
