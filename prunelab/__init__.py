@@ -82,8 +82,8 @@ __all__ = [
 # Subpackages and modules reachable as attributes after a bare ``import prunelab`` (``prunelab.analysis``,
 # ``prunelab.masks``, ...), each imported on first access.
 _LAZY_SUBMODULES = ("ablations", "analysis", "data", "experiments", "integrations", "models", "reports", "training",
-                    "batches", "densities", "io", "mask_binding", "masks", "options", "pruning", "registry", "scores",
-                    "sparse_training", "tensors", "validate", "wrappers")
+                    "batches", "densities", "io", "layer_rules", "mask_binding", "masks", "options", "pruning",
+                    "registry", "scores", "sparse_training", "tensors", "validate", "wrappers")
 
 # Functions named like the module that defines them: ``prunelab.coverage`` is the function, as it always was,
 # even after ``import prunelab.coverage`` (which would otherwise bind the module over it).
