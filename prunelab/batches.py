@@ -87,8 +87,10 @@ class Batch:
 
     def __len__(self) -> int:
         """The number of examples: the length of the targets, else of the first input tensor."""
-        if self.targets is not None:
-            return len(self.targets)
+        return len(self.targets) if self.targets is not None else self._inputs_len()
+
+    def _inputs_len(self) -> int:
+        """The length of the first input tensor (0 without one)."""
         first = next(self._all_tensors(), None)
         return 0 if first is None or first.dim() == 0 else len(first)
 
@@ -218,8 +220,7 @@ def as_batches(batch: Any, name: str) -> list[Batch]:
         if any(b is None for b in out):
             raise ValueError(f"{hint}; got {type(batch).__name__}")
     for b in out:
-        first = next(b._all_tensors(), None)
-        n_in = 0 if first is None or first.dim() == 0 else len(first)
+        n_in = b._inputs_len()
         if b.targets is not None and (n_in != len(b.targets) or n_in == 0):
             raise ValueError(
                 f"{name}: a batch needs as many targets as inputs (at least one); got {n_in} inputs "

@@ -18,7 +18,6 @@ from test_data import write_idx_set
 
 from prunelab import catalog
 from prunelab.cli import LISTS, build_parser, main
-from prunelab.experiments.protocols import PROTOCOLS
 from prunelab.experiments.store import RunStore
 
 HEAVY = ("torch", "torchvision")
@@ -61,28 +60,12 @@ def commands() -> list[str]:
     return list(build_parser(lazy=True)._subparsers._group_actions[0].choices)
 
 
-def _training_imports_torch() -> bool:
-    """Whether the training settings and run-time options (the flags of run, train, sweep, demo and the rows
-    of ``list settings``) can be read only by importing torch: true while ``prunelab/training/__init__.py``
-    imports the trainer and ``training/runtime.py`` imports torch at its top."""
-    code = "import sys, prunelab.training.settings, prunelab.training.runtime; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    return out.stdout.strip() == "True"
-
-
-def _needs_training(argv: tuple[str, ...]) -> bool:
-    return argv[0] in (*PROTOCOLS, "sweep", "demo") or argv == ("list", "settings")
-
-
 LIGHT = [("--version",), ("--help",), *((name, "--help") for name in commands()), ("list",),
          *(("list", name) for name in LISTS)]
 
 
 @pytest.mark.parametrize("argv", LIGHT, ids=" ".join)
 def test_help_version_and_lists_import_no_torch(argv):
-    if _needs_training(argv) and _training_imports_torch():
-        pytest.skip("prunelab.training imports torch on import (its __init__ and runtime.py), so the flags of "
-                    f"'{' '.join(argv)}' cannot be read without it yet")
     assert heavy_imports(*argv) == []
 
 
@@ -94,9 +77,6 @@ def test_ls_and_show_of_a_store_import_no_torch(store, tmp_path):
 
 
 def test_export_of_a_store_imports_no_torch(store, tmp_path):
-    if _training_imports_torch():  # the run table compares each run with TrainSettings' defaults
-        pytest.skip("prunelab.training imports torch on import (its __init__), and the run table reads the "
-                    "training settings' defaults from it")
     assert heavy_imports("export", "--root", str(store), "--out", str(tmp_path / "export")) == []
     assert (tmp_path / "export" / "runs.csv").is_file()
 
