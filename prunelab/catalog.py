@@ -119,6 +119,30 @@ METHOD_DEFAULTS = [
     ("hybrid", 1, "layer"),
     ("synflow", 100, "global"),
 ]
+# family key -> heading of ``prunelab list methods``, in the order the groups are listed
+FAMILIES = {
+    "baseline": "baselines",
+    "init_data": "at initialization, data-dependent",
+    "init_data_free": "at initialization, data-free",
+    "after_training": "after training (magnitude-based; also applicable at initialization)",
+    "structured": "structured (whole channels)",
+}
+# name, family, year of the work the criterion comes from: how ``prunelab list methods`` groups them
+METHOD_GROUPS = [
+    ("random", "baseline", 2021),
+    ("magnitude", "after_training", 2015),
+    ("snip", "init_data", 2019),
+    ("iterative_snip", "init_data", 2021),
+    ("grasp", "init_data", 2020),
+    ("grasp_abs", "init_data", 2021),
+    ("l1_channel", "structured", 2020),
+    ("l2_channel", "structured", 2020),
+    ("linf_channel", "structured", 2020),
+    ("lneginf_channel", "structured", 2020),
+    ("random_channel", "structured", 2020),
+    ("hybrid", "structured", 2020),
+    ("synflow", "init_data_free", 2020),
+]
 DATASETS = [
     ("mnist", "handwritten digits, 60k train / 10k test, 28x28 grey", "LeCun et al. 1998"),
     ("fashion_mnist", "Zalando clothing images, 60k train / 10k test, 28x28 grey", "Xiao et al. 2017"),
@@ -167,6 +191,12 @@ def _live_method_defaults() -> list[tuple[str, int, str]]:
     from prunelab.scores import methods
 
     return [(name, m.default_iterations, m.default_scope) for name, m in methods().items()]
+
+
+def _live_method_groups() -> list[tuple[str, str | None, int | None]]:
+    from prunelab.scores import methods
+
+    return [(name, m.family, m.year) for name, m in methods().items()]
 
 
 def _live_models() -> list[tuple[str, str, str]]:
@@ -221,6 +251,7 @@ def _executors() -> list[str]:
 KINDS: dict[str, tuple[str, Callable[[], list], list]] = {
     "methods": ("prunelab.scores", _live_methods, METHODS),
     "method_defaults": ("prunelab.scores", _live_method_defaults, METHOD_DEFAULTS),
+    "method_groups": ("prunelab.scores", _live_method_groups, METHOD_GROUPS),
     "models": ("prunelab.models", _live_models, MODELS),
     "datasets": ("prunelab.data", _live_datasets, DATASETS),
     "initializers": ("prunelab.models.initializers", _initializers("INITIALIZERS"), INITIALIZERS),

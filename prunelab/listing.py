@@ -10,9 +10,21 @@ from prunelab.experiments.protocols import PROTOCOLS
 
 __all__ = ["LISTS", "cmd_list", "print_table"]
 
+OTHER_METHODS = "other criteria"  # the heading of criteria registered without a family
+
 
 def _list_methods() -> list[list[str]]:
-    return [list(row) for row in catalog.entries("methods")]
+    """name, year, description, citation, grouped under the heading of the criterion's family
+    (:data:`prunelab.catalog.FAMILIES`, in that order; a criterion registered without one last), by year
+    within a family."""
+    groups = {row[0]: (row[1], row[2]) for row in catalog.entries("method_groups")}
+    headings = list(catalog.FAMILIES.values()) + [OTHER_METHODS]
+    rows = []
+    for name, description, citation in catalog.entries("methods"):
+        family, year = groups.get(name, (None, None))
+        heading = catalog.FAMILIES.get(family, OTHER_METHODS)
+        rows.append([heading, name, "-" if year is None else str(year), description, citation])
+    return sorted(rows, key=lambda r: (headings.index(r[0]), r[2]))  # stable: registry order within a year
 
 
 def _list_models() -> list[list[str]]:
@@ -53,12 +65,17 @@ def _list_settings() -> list[list[str]]:
     return rows
 
 
-# name -> (rows, header, what it lists): each registry, and the settings' documentation
-LISTS = {"methods": (_list_methods, "citation", "pruning criteria (--method, prunelab.prune)"),
-         "models": (_list_models, "citation", "networks (--model), besides timm:NAME and torchvision:NAME"),
-         "datasets": (_list_datasets, "citation", "datasets (--dataset)"),
-         "protocols": (_list_protocols, "citation", "commands that train and prune (and a sweep's protocol)"),
-         "settings": (_list_settings, "default", "every config key of a spec, with its default")}
+# name -> (rows, header, what it lists): each registry, and the settings' documentation. A header whose first
+# column is None: every row starts with the heading of its group, printed once above the group.
+LISTS = {"methods": (_list_methods, [None, "name", "year", "description", "citation"],
+                     "pruning criteria by family (--method, prunelab.prune)"),
+         "models": (_list_models, ["name", "description", "citation"],
+                    "networks (--model), besides timm:NAME and torchvision:NAME"),
+         "datasets": (_list_datasets, ["name", "description", "citation"], "datasets (--dataset)"),
+         "protocols": (_list_protocols, ["name", "description", "citation"],
+                       "commands that train and prune (and a sweep's protocol)"),
+         "settings": (_list_settings, ["name", "description", "default"],
+                      "every config key of a spec, with its default")}
 
 
 def cmd_list(args) -> int:
@@ -70,15 +87,22 @@ def cmd_list(args) -> int:
         print_table([["registry", "what it lists"]] + [[n, what] for n, (_, _, what) in LISTS.items()])
         print("\nprunelab list NAME shows one of them")
         return 0
-    rows, last, _ = LISTS[check_name("registry", args.registry, list(LISTS))]
-    print_table([["name", "description", last]] + [[n, d, c or "-"] for n, d, c in rows()])
+    rows, header, _ = LISTS[check_name("registry", args.registry, list(LISTS))]
+    if header[0] is not None:
+        print_table([header] + [[*r[:-1], r[-1] or "-"] for r in rows()])
+        return 0
+    table = rows()
+    print_table([header[1:]] + [[*r[1:-1], r[-1] or "-"] for r in table], groups=[r[0] for r in table])
     return 0
 
 
-def print_table(rows: list[list[str]]) -> None:
-    """Rows as aligned columns, the first a header underlined with dashes."""
+def print_table(rows: list[list[str]], groups: list[str] | None = None) -> None:
+    """Rows as aligned columns, the first a header underlined with dashes. ``groups``: the heading of each row
+    after the header; a blank line and the heading (with a colon) open each run of rows that share one."""
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     for k, row in enumerate(rows):
+        if groups is not None and k > 0 and (k == 1 or groups[k - 1] != groups[k - 2]):
+            print(f"\n{groups[k - 1]}:")
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
         if k == 0:
             print("  ".join("-" * w for w in widths))

@@ -23,7 +23,9 @@ def table(capsys, registry):
     assert starts[0] == 0 and set(rule) == {"-", " "}
     parsed = {}
     for line in rows:  # every row's columns start where the header's do
-        name = line[: starts[1]].rstrip()
+        if line == "" or line.endswith(":"):  # a group's heading (prunelab list methods: by family)
+            continue
+        name = line[: header.index("year") if "year" in header else starts[1]].rstrip()
         description = line[starts[1]: starts[2]].rstrip()
         citation = line[starts[2]:]
         assert name and " " not in name and description and line[starts[1] - 2: starts[1]] == "  ", line
@@ -33,7 +35,7 @@ def table(capsys, registry):
 
 def test_methods(capsys):
     rows = table(capsys, "methods")
-    assert list(rows) == list(prunelab.methods())
+    assert sorted(rows) == sorted(prunelab.methods())
     for name, (description, citation) in rows.items():
         full = prunelab.get_method(name).description
         assert full.startswith(description)
@@ -43,6 +45,28 @@ def test_methods(capsys):
     assert rows["grasp"][1].startswith("Wang et al. 2020")
     assert rows["l1_channel"][1] == "Paganini & Forde 2020, §3.1"
     assert rows["magnitude"] == ("|w|", "Han et al. 2015; Frankle et al. 2021, §3")
+
+
+def test_methods_are_grouped_by_family_and_year(capsys):
+    """Each criterion under the heading of its family, by year within it; every built-in one has both."""
+    from prunelab.catalog import FAMILIES
+
+    assert main(["list", "methods"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    year_at = lines[0].index("year")
+    heading, seen = None, {}
+    for line in lines[2:]:
+        if line.endswith(":"):
+            heading = line[:-1]
+        elif line:
+            seen[line.split()[0]] = (heading, int(line[year_at: year_at + 4]))
+    for name, method in prunelab.methods().items():
+        assert method.family in FAMILIES and method.year >= 2015, name
+        assert seen[name] == (FAMILIES[method.family], method.year), name
+    assert seen["snip"] == ("at initialization, data-dependent", 2019)
+    assert seen["synflow"] == ("at initialization, data-free", 2020)
+    years = [seen[n][1] for n in seen if seen[n][0] == FAMILIES["init_data"]]
+    assert years == sorted(years)
 
 
 def test_models(capsys):

@@ -216,7 +216,11 @@ def prune(
     or ``"layer"``; default the criterion's own (global, or per layer for the structured criteria of
     Paganini & Forde 2020). ``invert``: remove the other end of the ranking (Frankle et al. 2021, §5). ``mask``:
     continue from it (its pruned weights stay pruned). ``seed``: for criteria that draw random
-    numbers. ``input_shape``: for SynFlow. ``distribution``: prune each tensor to its own density,
+    numbers. ``input_shape``: for SynFlow. ``seed``, ``input_shape`` and ``sparsity`` are also given to the
+    criteria that take them as options (PHEW walks until ``sparsity`` is reached). A criterion registered with
+    ``revives=True`` (FORCE) ranks, at every iteration, all the weights ``mask`` keeps, so that weights an
+    earlier iteration pruned can come back; otherwise pruned weights stay pruned.
+    ``distribution``: prune each tensor to its own density,
     ``"uniform"``, ``"er"`` or ``"erk"`` (Evci et al. 2020, §3; see :func:`prunelab.layer_densities`)
     or ``{name: density}`` (e.g. another mask's ``layer_density()``: the random baseline at another
     method's layer densities, Frankle et al. 2021, §5); unstructured criteria only, scope ``"layer"``.
@@ -245,7 +249,8 @@ def prune(
     else:
         check_name("scope", scope, SCOPES)
     batch = _with_forward_fn(m, batch, options)
-    prunable, options = _split_options(m, dict(options), {"input_shape": input_shape, "seed": seed})
+    # The target sparsity too: a criterion that builds its mask to a budget (PHEW's walks) takes it.
+    prunable, options = _split_options(m, dict(options), {"input_shape": input_shape, "seed": seed, "sparsity": s})
     new_mask = mask is None
     mask = _resolve_mask(model, mask, prunable)
     _check_needs(m, batch, options)
@@ -269,7 +274,7 @@ def prune(
             state.step_values(values, target, scope, highest, notify, seed + i, check_nan=False)
             continue
         scores = scorer(mask if state is None else state.mask())
-        if state is None:
+        if state is None or m.revives:  # reviving (FORCE): every iteration ranks all that ``mask`` keeps
             check_scores(scores, mask, f"criterion {method!r} returned")
             state = _Remover(mask, next(iter(scores.values())).device, compact=True, ties=Ties(ties, seed))
         _check_some_signal(scores, model, method, i)

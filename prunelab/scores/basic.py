@@ -7,7 +7,7 @@ import torch
 from prunelab.scores.registry import Scores, register_method
 
 
-@register_method("random", needs_data=False,
+@register_method("random", needs_data=False, family="baseline", year=2021,
                  description="uniform random scores from the seed (Frankle et al. 2021, §3)")
 def random(model, mask, batch=None, *, seed: int = 0) -> Scores:
     """Scores drawn uniformly from [0, 1) with a generator seeded by ``seed`` (Frankle et al. 2021, §3).
@@ -21,7 +21,8 @@ def random(model, mask, batch=None, *, seed: int = 0) -> Scores:
     return Scores({n: torch.rand(p.shape, generator=gen, dtype=torch.float64).to(p.device) for n, p in params.items()})
 
 
-@register_method("magnitude", needs_data=False, description="|w| (Han et al. 2015; Frankle et al. 2021, §3)")
+@register_method("magnitude", needs_data=False, family="after_training", year=2015,
+                 description="|w| (Han et al. 2015; Frankle et al. 2021, §3)")
 def magnitude(model, mask, batch=None) -> Scores:
     """``|w|`` (Frankle et al. 2021, §3; Han et al. 2015). Applied to trained weights this is magnitude
     pruning after training; applied at initialization it is the "magnitude at init" baseline."""

@@ -39,8 +39,11 @@ def _grads(loss, leaves, create_graph=False):
     needs_data=True,
     default_iterations=100,
     description="SNIP |dL/dw * w| re-scored over 100 iterations (Frankle et al. 2021, App. G)",
+    family="init_data",
+    year=2021,
 )
-@register_method("snip", needs_data=True, description="|dL/dw * w| on a batch (Lee et al. 2019)")
+@register_method("snip", needs_data=True, family="init_data", year=2019,
+                 description="|dL/dw * w| on a batch (Lee et al. 2019)")
 def snip(
     model,
     mask,
@@ -191,6 +194,8 @@ def _grasp_hg(model, mask, batch, temperature, loss_fn, batchnorm_train, score_b
     "grasp",
     needs_data=True,
     prune_highest=True,
+    family="init_data",
+    year=2020,
     description="-w * (H g), pruning the highest scores (Wang et al. 2020; Frankle et al. 2021, App. C)",
 )
 def grasp(
@@ -220,6 +225,8 @@ def grasp(
 @register_method(
     "grasp_abs",
     needs_data=True,
+    family="init_data",
+    year=2021,
     description="|-w * (H g)|, pruning the lowest magnitudes (Frankle et al. 2021, App. H)",
 )
 def grasp_abs(

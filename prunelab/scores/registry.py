@@ -18,6 +18,13 @@ method is a ``score`` function plus ``remove``):
     ``"global"`` or ``"layer"`` (the structured criteria of Paganini & Forde 2020, §3.1 are local);
 ``structured``
     scores are per channel (see :class:`Scores.groups`);
+``family`` and ``year``
+    which kind of criterion it is (a key of :data:`prunelab.catalog.FAMILIES`: ``"init_data"`` for
+    SNIP, ``"init_data_free"`` for SynFlow, ``"after_training"`` for magnitude, ...) and the year of the
+    work it comes from; ``prunelab list methods`` groups the criteria by them;
+``revives``
+    every iteration ranks all the weights the starting mask keeps, so that a weight an earlier iteration
+    pruned may come back (FORCE, de Jorge et al. 2021, §3.1); by default removal is permanent;
 ``prepare``
     optional ``prepare(model, batch, **options) -> scorer(mask)`` doing one-time work shared by the
     iterations of one ``prune`` call (SynFlow's float64 copy is made once, not once per iteration).
@@ -38,6 +45,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from prunelab.catalog import FAMILIES
 from prunelab.registry import Registry
 from prunelab.validate import SCOPES, check_int, check_name
 
@@ -69,6 +77,9 @@ class Method:
     structured: bool = False
     description: str = ""
     prepare: Callable | None = field(default=None, repr=False)
+    family: str | None = None
+    year: int | None = None
+    revives: bool = False
 
     @property
     def options(self) -> tuple[str, ...]:
@@ -97,6 +108,9 @@ def register_method(
     structured: bool = False,
     description: str = "",
     prepare: Callable | None = None,
+    family: str | None = None,
+    year: int | None = None,
+    revives: bool = False,
 ) -> Callable[[Callable], Callable]:
     """Decorator: register ``fn(model, mask, batch, **options)`` as the pruning criterion ``name``.
 
@@ -105,6 +119,10 @@ def register_method(
     """
     check_name("default_scope", default_scope, SCOPES)
     check_int(default_iterations, "default_iterations", 1)
+    if family is not None:
+        check_name("family", family, FAMILIES)
+    if year is not None:
+        check_int(year, "year", 1900, "the year of the work the criterion comes from")
 
     def add(fn: Callable) -> Callable:
         params = list(inspect.signature(fn).parameters)
@@ -122,6 +140,9 @@ def register_method(
             structured=structured,
             description=doc,
             prepare=prepare,
+            family=family,
+            year=year,
+            revives=bool(revives),
         )
         METHODS.register(name, method)
         return fn

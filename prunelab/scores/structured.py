@@ -124,6 +124,8 @@ def _register_norm(name: str, norm: str, what: str):
         needs_data=False,
         default_scope="layer",
         structured=True,
+        family="structured",
+        year=2020,
         description=f"channels by the {what} of their weights (Paganini & Forde 2020, §3.1)",
     )(fn)
     return fn
@@ -140,6 +142,8 @@ lneginf_channel = _register_norm("lneginf_channel", "lneginf", "L-(-infinity) no
     needs_data=False,
     default_scope="layer",
     structured=True,
+    family="structured",
+    year=2020,
     description="whole channels at random from the seed (Paganini & Forde 2020, §3.1)",
 )
 def random_channel(model, mask, batch=None, *, axis: str = "input", seed: int = 0) -> Scores:
@@ -152,6 +156,8 @@ def random_channel(model, mask, batch=None, *, axis: str = "input", seed: int = 
     needs_data=False,
     default_scope="layer",
     structured=True,
+    family="structured",
+    year=2020,
     description="L1 channels in convolutions, L1 weights in linear layers (Paganini & Forde 2020, §3.1)",
 )
 def hybrid(model, mask, batch=None, *, axis: str = "input") -> Scores:

@@ -188,6 +188,8 @@ def _prepare(model, batch=None, *, input_shape=None) -> SynFlowScorer:
     needs_data=False,
     needs_input_shape=True,
     default_iterations=100,
+    family="init_data_free",
+    year=2020,
     description="|dR/dw * w| for R = sum of outputs of the float64 |w| network on ones (Tanaka et al. 2020)",
     prepare=_prepare,
 )
