@@ -12,6 +12,7 @@ from prunelab.batches import with_forward
 from prunelab.coverage import COVERAGE_OPTIONS, coverage, prunable_parameters
 from prunelab.layer_rules import is_bias_name, layer_rule, parameter_owners, split_fused
 from prunelab.masks import Mask
+from prunelab.pruning.patterns import parse_pattern, plan_pattern
 from prunelab.pruning.removal import _Remover, check_scores, warn_large_ties
 from prunelab.pruning.selection import Ties
 from prunelab.pruning.targets import _global_targets, _layer_targets, check_iterations, check_sparsity_value
@@ -205,6 +206,7 @@ def prune(
     distribution: str | Mapping[str, float] | None = None,
     score_batch_size: int | None = None,
     ties: str = "position",
+    pattern: str | None = None,
     **options,
 ) -> Mask:
     """Prune ``model`` to ``sparsity`` with criterion ``method``; returns the :class:`Mask` (the
@@ -229,6 +231,11 @@ def prune(
     ``ties``: how a large tie at a threshold is broken, ``"position"`` (the first tensors first, as always) or
     ``"random"`` (from ``seed``); a :class:`~prunelab.pruning.removal.TieWarning` says when one decided the
     mask, and scores that are all zero stop with a ``ValueError`` naming the all-zero parameters it finds.
+    ``pattern``: an N:M constraint such as ``"2:4"``, at most N weights kept in every M consecutive input weights
+    of each weight tensor (Zhou et al. 2021, §3; what NVIDIA's sparse tensor cores run): applied first, on the first
+    iteration's scores, then the ordinary selection prunes further among the survivors up to ``sparsity``
+    (:mod:`prunelab.pruning.patterns`, which says which tensors it constrains); a ``sparsity`` below what the
+    pattern prunes by itself is refused; not with ``distribution``.
     Other ``options``: the coverage options
     (``include_bias``, ``include_norm``, ``include_embeddings``, ``include``, ``exclude``, ``filter``;
     see :mod:`prunelab.coverage`) and the criterion's own. Warns :class:`~prunelab.coverage.CoverageWarning`
@@ -244,6 +251,10 @@ def prune(
     n_iter = m.default_iterations if iterations is None else check_iterations(iterations)
     check_name("schedule", schedule, SCHEDULES)
     check_name("ties", ties, TIE_RULES)
+    nm = parse_pattern(pattern)
+    if nm is not None and distribution is not None:
+        raise ValueError(f"pattern {nm} and distribution do not combine: the pattern sets every constrained tensor's "
+                         "density itself; give one of them")
     if scope is None:
         scope = "layer" if distribution is not None else m.default_scope
     else:
@@ -258,8 +269,11 @@ def prune(
         coverage(model, **prunable).warn_unexpected(f"the {method} mask")
     highest = bool(m.prune_highest) != bool(invert)
 
+    plan = None if nm is None else plan_pattern(model, mask, nm, s, scope)  # refused here, before any work
     if distribution is not None:
         targets = _layer_targets(model, m, s, distribution, scope, n_iter, schedule, mask, prunable)
+    elif plan is not None:  # the pattern first (it needs one scoring), then the schedule from where it leaves
+        targets = _global_targets(s, n_iter, schedule, scope, mask, kept=mask.num_kept - plan.total_pruned) or [s]
     else:
         targets = _global_targets(s, n_iter, schedule, scope, mask)
     scorer = m.scorer(model, batch, **options)
@@ -278,6 +292,8 @@ def prune(
             check_scores(scores, mask, f"criterion {method!r} returned")
             state = _Remover(mask, next(iter(scores.values())).device, compact=True, ties=Ties(ties, seed))
         _check_some_signal(scores, model, method, i)
+        if plan is not None and (i == 0 or m.revives):  # a reviving criterion's state starts anew each iteration
+            plan.apply(state, scores, highest, notify)
         state.step(scores, target, scope, highest, notify=notify, groups=getattr(scores, "groups", None), seed=seed + i)
     result = mask.to("cpu").clone() if state is None else state.final_mask()  # CPU either way
     if state is not None:

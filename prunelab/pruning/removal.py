@@ -147,6 +147,12 @@ class _Remover:
         self.kept[name] -= n_drop
         self._maybe_compact(name)
 
+    def restrict(self, name: str, keep: torch.Tensor, notify=None) -> None:
+        """Drop the live entries of ``name`` that ``keep`` (a bool tensor of its shape) leaves out: a constraint
+        such as an N:M pattern (:mod:`prunelab.pruning.patterns`); never revives."""
+        drop = self.keep[name] & ~keep.reshape(-1).to(self.keep[name].device)
+        self._drop_flat(name, drop, notify)
+
     def _drop_flat(self, name: str, drop: torch.Tensor, notify) -> None:
         """Drop the alive entries of a flat bool mask over the whole tensor."""
         idx = self.idx[name]

@@ -59,10 +59,13 @@ def density_schedule(
     return out + [d]
 
 
-def _global_targets(s: float, n_iter: int, schedule: str, scope: str, mask: Mask) -> list[float]:
-    """The sparsity after each iteration."""
-    if mask.num_total - mask.num_kept < num_to_prune(s, mask.num_total):
-        densities = density_schedule(s, n_iter, schedule, mask.density)
+def _global_targets(s: float, n_iter: int, schedule: str, scope: str, mask: Mask,
+                    kept: int | None = None) -> list[float]:
+    """The sparsity after each iteration; ``kept``: the weights kept at the start when not ``mask.num_kept`` (an
+    N:M pattern prunes some before the schedule starts)."""
+    kept = mask.num_kept if kept is None else kept
+    if mask.num_total - kept < num_to_prune(s, mask.num_total):
+        densities = density_schedule(s, n_iter, schedule, kept / mask.num_total)
         return [1.0 - d for d in densities[:-1]] + [s]
     if scope == "layer":
         return [s]  # globally sparse enough, but some tensor may not be

@@ -44,7 +44,7 @@ ABLATIONS = ["shuffle", "reinit", "invert", "fixed_variance", "sign", "sigma_sig
 # of the papers (SynFlow and iterative SNIP use 100; Tanaka et al. 2020, §6).
 MAX_PRUNE_ITERATIONS = 10_000
 # The settings that tell two criteria's runs apart in a legend ("synflow iterations=10").
-VARIANT_COLUMNS = ["iterations", "schedule", "scope", "batch_per_class"]
+VARIANT_COLUMNS = ["iterations", "schedule", "scope", "batch_per_class", "pattern"]
 
 
 def _by_method(attribute: str, usual: Any) -> str:
@@ -104,6 +104,10 @@ class PruneHparams:
                                       "2020, §3)", choices=distribution_names, unset="none")
     like: str | None = option(None, help="per-layer densities of another mask: a criterion (its run on this "
                               "replicate), a run id or a mask file (Frankle et al. 2021, §5)", unset="none")
+    # N:M fine-grained sparsity (Zhou et al. 2021, §3): a constraint on top of the criterion (prunelab.pruning.patterns)
+    pattern: str | None = option(None, help="N:M constraint, e.g. 2:4 (at most N kept in every M consecutive "
+                                 "input weights, NVIDIA's sparse tensor cores; Zhou et al. 2021, §3): applied first, "
+                                 "then the criterion prunes further to the sparsity", unset="none")
     ties: str = option("position", help="how a large tie at the threshold is broken: the first weights first "
                        "(position), or at random from the seed (random)", choices=lambda: TIE_RULES)
     # An execution setting like the device, outside the run's identity: the score is the same sum
@@ -146,6 +150,13 @@ class PruneHparams:
         if self.distribution is not None and self.like is not None:
             raise ValueError("give distribution or like, not both: like takes the layer densities of another mask")
         check_score_batch_size(self.score_batch_size)
+        if self.pattern is not None:
+            from prunelab.pruning.patterns import parse_pattern
+
+            object.__setattr__(self, "pattern", str(parse_pattern(self.pattern)))  # "2 : 4" and "2:4": one run
+            if self.distribution is not None or self.like is not None:
+                raise ValueError(f"pattern {self.pattern} sets the density of every tensor it constrains, so it does "
+                                 "not combine with distribution or like; give one of them")
 
     def coverage_options(self) -> dict[str, Any]:
         """The options of :func:`prunelab.coverage` this run sets (none by default)."""
@@ -179,7 +190,8 @@ def find_mask(runner: Runner, rep: Replicate, model: nn.Module, hp: PruneHparams
         kwargs["distribution"] = distribution
     return prunelab.prune(
         model, hp.method, hp.sparsity, iterations=hp.iterations, schedule=hp.schedule, scope=hp.scope,
-        invert=hp.ablation == "invert", seed=rep.seed, ties=hp.ties, **hp.coverage_options(), **kwargs,
+        invert=hp.ablation == "invert", seed=rep.seed, ties=hp.ties, pattern=hp.pattern, **hp.coverage_options(),
+        **kwargs,
     )
 
 
@@ -263,7 +275,8 @@ class PruneAtStep(Protocol):
     citation = "Frankle et al. 2021, §3, §5, §6"
     columns = {"method": "method", "sparsity": "sparsity_target", "prune_at": "prune_at", "ablation": "ablation",
                "iterations": "iterations", "schedule": "schedule", "scope": "scope",
-               "batch_per_class": "batch_per_class", "distribution": "distribution", "like": "like"}
+               "batch_per_class": "batch_per_class", "distribution": "distribution", "like": "like",
+               "pattern": "pattern"}
 
     def run_id(self, runner: Runner, rep: Replicate, hp: PruneHparams) -> str:
         return prune_id(rep, hp)
@@ -339,6 +352,7 @@ class PruneAtStep(Protocol):
             what += f" like {pr['like']}"
         elif pr.get("distribution"):
             what += f" {pr['distribution']}"
+        what += f" {pr['pattern']}" if pr.get("pattern") else ""
         what += f"+{pr['ablation']}" if pr.get("ablation") else ""
         return what + (f" from {pr['reinit_init']}" if pr.get("reinit_init") else "")
 
@@ -347,7 +361,8 @@ class PruneAtStep(Protocol):
             {"method": runfiles.STR, "sparsity": runfiles.NUM, "prune_at": runfiles.STR},
             {"ablation": runfiles.Maybe(runfiles.STR), "reinit_init": runfiles.Maybe(runfiles.STR),
              "iterations": runfiles.Maybe(runfiles.INT), "schedule": runfiles.STR,
-             "scope": runfiles.Maybe(runfiles.STR), "batch_per_class": runfiles.INT})}
+             "scope": runfiles.Maybe(runfiles.STR), "batch_per_class": runfiles.INT,
+             "pattern": runfiles.Maybe(runfiles.STR)})}
 
 
 PRUNE_AT_STEP = PruneAtStep()
