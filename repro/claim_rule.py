@@ -155,7 +155,7 @@ def directional(est: Estimate, sign: int, training: bool) -> tuple[str, str]:
         value = sign * est.effect
         return (HOLDS, "exact") if value > 0 else (FAILS, "exact, opposite or no effect")
     if math.isnan(est.low):
-        return UNDECIDED, f"one seed, no interval"
+        return UNDECIDED, "one seed, no interval"
     lo, hi = sorted((sign * est.low, sign * est.high))
     if lo > 0:
         if training and est.n < MIN_SEEDS:
@@ -185,7 +185,9 @@ def identity(est: Estimate, tolerance: float) -> tuple[str, str]:
     """Outcome of an exact quantity equal to its target: |value - target| <= tolerance."""
     if est.n != 0:
         raise ValueError("an identity is checked on an exact quantity (no seeds); use an equivalence over seeds")
-    return (HOLDS, f"within {tolerance:g}") if abs(est.effect) <= tolerance else (FAILS, f"off by more than {tolerance:g}")
+    if abs(est.effect) <= tolerance:
+        return HOLDS, f"within {tolerance:g}"
+    return FAILS, f"off by more than {tolerance:g}"
 
 
 # ---- claim verdicts ---------------------------------------------------------------------------------------

@@ -86,7 +86,7 @@ class Sources:
             try:
                 node = node[key]
             except (KeyError, IndexError, TypeError):
-                raise ValueError(f"claim source: {file} has no {'/'.join(map(str, path))} (stops at {key!r})")
+                raise ValueError(f"claim source: {file} has no {'/'.join(map(str, path))} (stops at {key!r})") from None
         return node
 
 

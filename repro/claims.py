@@ -15,11 +15,12 @@ import argparse
 import json
 import math
 import sys
-import tomllib
 from pathlib import Path
 
 import claim_rule as rule  # repro/claim_rule.py, next to this script
 import claim_sources
+
+from prunelab.experiments.hparams import read_toml
 
 REPRO = Path(__file__).resolve().parent
 CLAIMS = REPRO / "claims.toml"
@@ -31,11 +32,12 @@ DIRECTIONS = {"greater": 1, "less": -1, "grows": 1, "falls": -1}
 KINDS = [*DIRECTIONS, "equivalent", "identity"]
 CLAIM_KEYS = {"id", "paper", "section", "statement", "network", "dataset", "paper_setting", "analogue", "untested",
               "context", "prediction"}
-PREDICTION_KEYS = {"says", "kind", "a", "b", "delta", "tolerance", "paired", "network", "axis", "x", "unit", "margin", "x_log10"}
+PREDICTION_KEYS = {"says", "kind", "a", "b", "delta", "tolerance", "paired", "network", "axis", "x", "unit", "margin",
+                   "x_log10"}
 
 
 def load(path: Path = CLAIMS) -> list[dict]:
-    claims = tomllib.loads(path.read_text())["claim"]
+    claims = read_toml(path)["claim"]
     for c in claims:
         if unknown := set(c) - CLAIM_KEYS:
             raise ValueError(f"claim {c.get('id')}: unknown keys {sorted(unknown)}")
