@@ -7,7 +7,8 @@ A source is a table in ``repro/claims.toml`` with a ``source`` key naming one of
   :func:`prunelab.reports.tables.runs_table`), one value per seed of column ``value`` (default ``test_accuracy``)
   or ``final_train_loss`` (the training loss of the last logged epoch) or ``diverged`` (1 for a run stopped as
   diverged, 0 for a finished one; every other value reads finished runs only);
-- ``records``: rows of a list in a script's ``repro/results/<file>`` (``path`` of keys to it), narrowed by
+- ``records``: rows of a list in a script's ``repro/results/<file>`` (``path`` of keys to it; a list of files
+  whose seeds complete each other), narrowed by
   ``where``, one value per ``seed`` of field ``value`` (a list of fields: their largest), ``mean_over`` averaging
   the rows of a seed (e.g. over layers);
 - ``value``: one exact number in such a file (no seeds: a computation without training), or one computed from a
@@ -135,6 +136,17 @@ def from_runs(src: Sources, spec: dict) -> dict:
 
 
 def from_records(src: Sources, spec: dict) -> dict:
+    files = spec["file"] if isinstance(spec["file"], list) else [spec["file"]]
+    out: dict = {}
+    for file in files:  # several files: seeds completing each other (a seed rerun elsewhere), never the same seed
+        part = _records_of(src, dict(spec, file=file))
+        if twice := set(part) & set(out):
+            raise ValueError(f"claim source: seeds {sorted(twice)} in more than one of {files}")
+        out.update(part)
+    return out
+
+
+def _records_of(src: Sources, spec: dict) -> dict:
     rows = src.at(spec["file"], spec["path"])
     if isinstance(rows, dict) and "rows" in rows:
         rows = rows["rows"]

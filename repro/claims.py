@@ -129,6 +129,15 @@ def _prediction_cell(p: dict, unit: str) -> str:
     return f"{where}{p['says']}: {_fmt(p['effect'])}{unit} {interval}{seeds} → *{p['result']}*"
 
 
+def _cell(text: str) -> str:
+    """Text safe inside a Markdown table cell: a bare | would end the cell."""
+    out, prev = [], ""
+    for ch in text:
+        out.append("\\|" if ch == "|" and prev != "\\" else ch)
+        prev = ch
+    return "".join(out)
+
+
 def table(claims: list[dict], judged: list[dict]) -> str:
     lines = ["The rule (repro/claim_rule.py): " + rule.RULE, "",
              "| # | claim (paper, section) | here | predictions: effect [95% interval], seeds → outcome | verdict "
@@ -140,8 +149,8 @@ def table(claims: list[dict], judged: list[dict]) -> str:
             preds += "<br>untested: " + "; ".join(j["untested"])
         here = f"{c['network']}, {c['dataset']}" + (" (analogue of " + c["paper_setting"] + ")"
                                                     if c.get("analogue") else " (the paper's own)")
-        lines.append(f"| {c['id']} | {c['statement']} ({c['paper']}, {c['section']}) | {here} | {preds} | "
-                     f"**{j['verdict']}** | {c.get('context', '')} |")
+        cells = [str(c["id"]), c["statement"], here, preds, f"**{j['verdict']}**", c.get("context", "")]
+        lines.append("| " + " | ".join(map(_cell, cells)) + " |")
     return "\n".join(lines)
 
 

@@ -2,8 +2,10 @@
 
     python repro/summarize.py [--root repro/runs] > repro/results/summary.md
 
-Every number in docs/results.md comes from this output (means and sample standard deviations over
-seeds; accuracies in %).
+It writes Markdown to standard output and nothing else: one table per family, the tables that docs/results.md
+pastes under "Generated tables" (its "##" headings become "###" there). The claims table above them is not this
+script's: ``python repro/claims.py`` writes it. Means and sample standard deviations (ddof 1) over seeds;
+accuracies in %.
 """
 
 from __future__ import annotations
@@ -37,6 +39,27 @@ def script_results(results: Path, folder: str) -> dict | None:
     """``<results>/<folder>/results.json`` written by one of the repro scripts, or None before it ran."""
     path = results / folder / "results.json"
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+# The 10-epoch LeNet runs of families 2-4 under the converging step schedule (repro/02e_dense_step.toml: lr 0.1
+# dropped 10x at 5 and 7.5 epochs, Frankle et al. 2021, App. A.3's CIFAR drops at 1/2 and 3/4 of training); the
+# constant-rate runs of App. A.3's LeNet recipe keep their tables, these get their own.
+STEP_MILESTONES = "5ep 7ep235it"
+STEP_TITLE = ", step schedule (lr ÷10 at 5 and 7.5 epochs)"
+
+
+def by_schedule(df: pd.DataFrame, step: bool) -> pd.DataFrame:
+    """The runs under the step schedule (``step``) or every other run."""
+    on_step = df["training.milestones"] == STEP_MILESTONES
+    return df[on_step] if step else df[~on_step]
+
+
+def retitled(section: str, suffix: str) -> str:
+    """``section`` with ``suffix`` added to its first line, its heading."""
+    if not section:
+        return section
+    head, _, rest = section.partition("\n")
+    return head + suffix + "\n" + rest
 
 
 def dense_stats(df: pd.DataFrame, model: str, train: str) -> tuple[float, float, int]:
@@ -152,7 +175,8 @@ def family1_batch(df: pd.DataFrame, root: str) -> str:
     rows = [["examples scored (per class)", "error %", "error change (points)", "corr. of kept inputs with mean image",
              f"corr. with the {10 * largest:,}-example map", "seeds"]]
     for per_class, runs in snip.groupby("batch_per_class"):
-        err, change = 100 * (1 - runs.test_accuracy), 100 * (dense.loc[runs.seed].values - runs.test_accuracy.values)
+        err = 100 * (1 - runs.test_accuracy)
+        change = pd.Series(100 * (dense.loc[runs.seed].values - runs.test_accuracy.values))  # sample sd, as elsewhere
         to_mean = pd.Series([corr(maps[per_class, seed], mean_image) for seed in runs.seed])
         to_largest = pd.Series([corr(maps[per_class, seed], maps[largest, seed]) for seed in runs.seed
                                 if (largest, seed) in maps])
@@ -998,19 +1022,27 @@ def costs(root: str, specs: Path) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--root", default="repro/runs")
-    ap.add_argument("--results", default="repro/results")
+    ap = argparse.ArgumentParser(
+        description="Print the Markdown tables of every reproduction family (standard output; nothing is written to "
+                    "disk) from the run store and the scripts' result files: the 'Generated tables' of "
+                    "docs/results.md, e.g. python repro/summarize.py > repro/results/summary.md. The claims table is "
+                    "repro/claims.py's.")
+    ap.add_argument("--root", default="repro/runs", help="run store (default: repro/runs)")
+    ap.add_argument("--results", default="repro/results", help="folder of the repro scripts' results.json files "
+                    "(default: repro/results)")
     ap.add_argument("--specs", default="repro", help="folder of the sweep specs (for the compute table)")
     args = ap.parse_args()
-    df = runs_table(args.root)
+    everything = runs_table(args.root)
     for col in ("method", "prune_at", "ablation", "rewind_to", "structure", "level", "rate", "sparsity_target",
                 "distribution", "like"):
-        if col not in df.columns:
-            df[col] = None
+        if col not in everything.columns:
+            everything[col] = None
+    df, step = by_schedule(everything, step=False), by_schedule(everything, step=True)
     parts = [family1(df), family1_first_steps(df, args.root), family1_batch(df, args.root), family1_init(df, args.root),
              family1_random_labels(df, args.root), family1_class_masks(Path(args.results)),
              family2(df), family3(df), family4(df),
+             retitled(family2(step), STEP_TITLE), retitled(family3(step), STEP_TITLE),
+             retitled(family4(step), STEP_TITLE),
              family5(Path(args.results)),
              family5_training(Path(args.results)),
              family6(df, args.root), family6_effective(df, args.root, Path(args.results)),
