@@ -20,7 +20,7 @@ FILE_NUMBER = re.compile(r"papers/|shared/papers|\b00[0-4]_[0-9a-f]{16}|(?<![\w.
 # "Frankle et al. 2021", "Frankle et al. (2021", "Evci et al.'s (2020)", "Paganini & Forde 2020",
 # "Glorot & Bengio (2010)": the key under which docs/references.md lists the work.
 CITATION = re.compile(
-    r"\b([A-Z][\w-]+(?: et al\.| & [A-Z][\w-]+))(?:'s)?,? \(?((?:19|20)\d\d)\b"
+    r"\b((?:(?:de|van|von) )?[A-Z][\w-]+(?: et al\.| & [A-Z][\w-]+))(?:'s)?,? \(?((?:19|20)\d\d)\b"
 )
 
 

@@ -12,7 +12,7 @@ from prunelab.cli import main
 from prunelab.experiments.protocols import PROTOCOLS
 
 REFERENCES = (Path(__file__).resolve().parents[1] / "docs" / "references.md").read_text(encoding="utf-8")
-CITATION = re.compile(r"\b([A-Z][\w-]+(?: et al\.| & [A-Z][\w-]+)|Krizhevsky),? ((?:19|20)\d\d)\b")
+CITATION = re.compile(r"\b((?:(?:de|van|von) )?[A-Z][\w-]+(?: et al\.| & [A-Z][\w-]+)|Krizhevsky),? ((?:19|20)\d\d)\b")
 
 
 def table(capsys, registry):

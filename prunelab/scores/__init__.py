@@ -2,10 +2,21 @@
 
 ``basic``: random, magnitude. ``gradient``: snip, iterative_snip, grasp, grasp_abs. ``synflow``:
 synflow. ``structured``: l1_channel, l2_channel, linf_channel, lneginf_channel, random_channel,
-hybrid. See :mod:`prunelab.scores.registry` for the contract a criterion fulfils and how to add one.
+hybrid. Published since (issue 31): ``progressive``: force, iter_snip_dejorge; ``prospr``: prospr;
+``phew``: phew; ``lamp``: lamp. See :mod:`prunelab.scores.registry` for the contract a criterion fulfils
+and how to add one.
 """
 
-from prunelab.scores import basic, gradient, structured, synflow  # noqa: F401  (registers the criteria)
+from prunelab.scores import (  # noqa: F401  (registers the criteria)
+    basic,
+    gradient,
+    lamp,
+    phew,
+    progressive,
+    prospr,
+    structured,
+    synflow,
+)
 from prunelab.scores.registry import METHODS, Method, Scores, get_method, methods, register_method
 
 __all__ = ["METHODS", "Method", "Scores", "get_method", "methods", "register_method"]

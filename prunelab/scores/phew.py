@@ -1,0 +1,206 @@
+"""PHEW: a sparse network made of the paths of random walks biased by weight magnitude (Patil & Dovrolis 2021).
+
+PHEW builds a mask rather than ranking weights: walks go from an input unit to an output unit (and from an output
+unit back to an input unit, alternately), each step choosing the next unit with probability proportional to the
+magnitude of the connecting weight, and every weight a walk crosses is kept, until the budget of kept weights is
+reached. No data: the walks read only the weights at initialization.
+
+To fit prunelab's score-then-remove contract (Frankle et al. 2021, §3), the score of a weight records *when* the
+walks first reached it: the earliest-reached weight scores highest, weights no walk reached score 0. Keeping the
+top ``k`` then keeps exactly the first ``k`` distinct weights the walks reach: the union of the walks, the last walk
+cut where the budget runs out (the authors' code finishes that walk and overshoots the budget by up to one path).
+Visit *counts* would not do: their top ``k`` is not a union of walks.
+
+Walks and layers (the authors' code, github.com/ShreyasMalakarjunPatil/PHEW, Prune/phew_utils.py): the covered
+weight tensors, in parameter order, form a chain; a unit of a linear layer is a neuron, of a convolution a channel.
+From input channel ``u`` of a convolution a forward step picks output channel ``i`` with probability proportional
+to the L1 norm of kernel ``W[i, u]`` and then one weight of that kernel proportional to its magnitude, that is, one
+entry of ``W[:, u]`` proportional to ``|W|``; a backward step from output channel ``i`` picks one entry of
+``W[i, :]`` likewise. From a convolution into a linear layer (the flattened feature map), a forward step enters at a
+position of the channel's block chosen uniformly, and a backward step leaves to the channel of its position. Forward
+walks start at the input units in turn (round robin), backward walks at the output units in turn. Networks that are
+not a chain (residual shortcuts, attention, grouped convolutions) are refused with a message; the authors' code
+handles ResNet shortcuts by choosing a branch at random, which this module does not do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from prunelab.scores.registry import Scores, register_method
+
+WALKS_PER_CHUNK = 512  # walks drawn together (half forward, half backward); fixed, so a seed gives one mask
+MAX_WALKS_PER_WEIGHT = 200  # walks allowed per weight to keep before giving up (a budget the walks cannot fill)
+
+
+@dataclass
+class _Layer:
+    name: str
+    absw: torch.Tensor  # |w * mask| as (out, in, kernel entries), float64 on the CPU
+    norms: torch.Tensor  # (out, in): L1 norm of each kernel
+    block: int  # positions per input unit coming from the previous layer's units (>1: conv -> linear)
+
+    @property
+    def shape(self):
+        return self.absw.shape
+
+
+def _chain(model, mask) -> list[_Layer]:
+    params = mask.check_compatible(model)
+    layers: list[_Layer] = []
+    for name, p in params.items():
+        if p.dim() < 2:
+            raise ValueError(f"phew walks from unit to unit through weight matrices and kernels; {name!r} has shape "
+                             f"{tuple(p.shape)}: leave it out of the mask (biases are out by default)")
+        w = p.detach()
+        if not bool(mask[name].all()):
+            w = w * mask[name].to(w.device)
+        absw = w.to("cpu", torch.float64).abs().reshape(p.shape[0], p.shape[1], -1)
+        block = 1
+        if layers:
+            prev = layers[-1]
+            n_prev, n_in = prev.shape[0], absw.shape[1]
+            if prev.absw.shape[2] > 1 and absw.shape[2] == 1 and n_in != n_prev and n_in % n_prev == 0:
+                block = n_in // n_prev  # a flattened feature map: block positions per channel
+            elif n_in != n_prev:
+                raise ValueError(
+                    f"phew walks a chain of layers in parameter order (Patil & Dovrolis 2021) and {name!r} takes "
+                    f"{n_in} inputs while {prev.name!r} has {n_prev} outputs; networks with branches (residual "
+                    "shortcuts, attention), grouped convolutions or shared weights are not supported: exclude the "
+                    "tensors off the main chain, or use another data-free criterion (synflow)")
+        layers.append(_Layer(name, absw, absw.sum(2), block))
+    if not layers:
+        raise ValueError("phew: the mask covers no weight tensor")
+    return layers
+
+
+def _pick(weights: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One index per row of ``weights`` (rows of nonnegative floats) with probability proportional to the entry,
+    and whether the row had any weight (a walk at a unit whose connections are all 0 stops there)."""
+    alive = weights.sum(1) > 0
+    safe = torch.where(alive[:, None], weights, torch.ones_like(weights))
+    return torch.multinomial(safe, 1, generator=gen).squeeze(1), alive
+
+
+def _forward_walks(layers: list[_Layer], starts: torch.Tensor, gen) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer, (flat index into the weight, alive) of each walk, from input units ``starts``."""
+    out, unit = [], starts
+    alive = torch.ones(len(starts), dtype=torch.bool)
+    for k, layer in enumerate(layers):
+        n_out, n_in, n_k = layer.shape
+        if k > 0 and layer.block > 1:
+            unit = unit * layer.block + torch.randint(layer.block, unit.shape, generator=gen)
+        i, live = _pick(layer.norms[:, unit].T, gen)  # output unit, by kernel L1 norm
+        kk, _ = _pick(layer.absw[i, unit], gen)  # the weight within the kernel, by |w|
+        alive &= live
+        out.append(((i * n_in + unit) * n_k + kk, alive.clone()))
+        unit = i
+    return out
+
+
+def _backward_walks(layers: list[_Layer], starts: torch.Tensor, gen) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer, from the last one back, (flat index, alive) of each walk, from output units ``starts``."""
+    out, unit = [], starts
+    alive = torch.ones(len(starts), dtype=torch.bool)
+    for k in range(len(layers) - 1, -1, -1):
+        layer = layers[k]
+        n_out, n_in, n_k = layer.shape
+        j, live = _pick(layer.norms[unit], gen)  # input unit, by kernel L1 norm
+        kk, _ = _pick(layer.absw[unit, j], gen)
+        alive &= live
+        out.append(((unit * n_in + j) * n_k + kk, alive.clone()))
+        unit = j // layer.block
+    return out
+
+
+def _chunks(layers: list[_Layer], gen: torch.Generator):
+    """Endless chunks of walks: per chunk, ``[(layer index, flat index, order, alive)]``, where ``order`` numbers the
+    weights crossed in walk order (walk ``2t`` forward, ``2t + 1`` backward; forward crosses the layers first to
+    last, backward last to first)."""
+    n_in, n_out, depth = layers[0].shape[1] // layers[0].block, layers[-1].shape[0], len(layers)
+    half = WALKS_PER_CHUNK // 2
+    t = 0
+    while True:
+        pairs = torch.arange(t, t + half)
+        fwd = _forward_walks(layers, pairs % n_in, gen)
+        bwd = _backward_walks(layers, pairs % n_out, gen)
+        chunk = []
+        for step in range(depth):
+            flat, alive = fwd[step]
+            chunk.append((step, flat, (2 * pairs) * depth + step, alive))
+            flat, alive = bwd[step]
+            chunk.append((depth - 1 - step, flat, (2 * pairs + 1) * depth + step, alive))
+        yield chunk
+        t += half
+
+
+def walk_visits(model, walks: int, seed: int = 0, mask=None) -> dict[str, torch.Tensor]:
+    """How many of ``walks`` PHEW walks (alternately forward and backward, as :func:`phew` draws them) cross each
+    covered weight; float64 counts of each weight's shape. For inspecting and testing the walk statistics."""
+    from prunelab.masks import Mask
+
+    mask = Mask.ones(model) if mask is None else mask
+    layers = _chain(model, mask)
+    counts = [torch.zeros(layer.absw.numel(), dtype=torch.float64) for layer in layers]
+    gen = torch.Generator().manual_seed(int(seed))
+    done = 0
+    for chunk in _chunks(layers, gen):
+        take = min(WALKS_PER_CHUNK, walks - done)
+        for k, flat, order, alive in chunk:
+            walk = order // len(layers) - done  # the walk's number within the chunk
+            use = alive & (walk < take)
+            counts[k].index_add_(0, flat[use], torch.ones(int(use.sum()), dtype=torch.float64))
+        done += take
+        if done >= walks:
+            break
+    return {layer.name: c.view(mask[layer.name].shape) for layer, c in zip(layers, counts)}
+
+
+@register_method(
+    "phew",
+    needs_data=False,
+    family="init_data_free",
+    year=2021,
+    description="the union of random walks input<->output biased by |w|, up to the budget (Patil & Dovrolis 2021)",
+)
+def phew(model, mask, batch=None, *, sparsity: float | None = None, seed: int = 0) -> Scores:
+    """PHEW's mask as scores: the order in which magnitude-biased random walks first reach each weight
+    (see the module's documentation), so that pruning to ``sparsity`` keeps exactly the walked weights.
+
+    Patil & Dovrolis 2021: paths of higher edge weights, data-free, built at initialization; walks alternate
+    input-to-output and output-to-input, each step choosing a connection with probability proportional to its
+    weight's magnitude (for a convolution, a kernel by its L1 norm, then a weight within it), until
+    ``1 - sparsity`` of the covered weights are kept. ``sparsity``: :func:`prunelab.prune` passes its own; with
+    :func:`prunelab.score` give it. ``seed``: the walks' generator (CPU, so the same mask on any device). Weights
+    ``mask`` prunes count as zero and are never walked. Returns float64 scores on the CPU.
+    """
+    from prunelab.pruning.targets import check_sparsity_value, num_to_prune  # the pruning layer imports scores
+
+    if sparsity is None:
+        raise ValueError("phew builds its mask to a budget of kept weights: pass sparsity (prunelab.prune gives "
+                         "its own; with prunelab.score pass sparsity=...)")
+    s = check_sparsity_value(sparsity)
+    layers = _chain(model, mask)
+    total = sum(layer.absw.numel() for layer in layers)
+    budget = min(total - num_to_prune(s, total), mask.num_kept)
+    first = [torch.full((layer.absw.numel(),), torch.inf, dtype=torch.float64) for layer in layers]
+    reached, walks = 0, 0
+    gen = torch.Generator().manual_seed(int(seed))
+    for chunk in _chunks(layers, gen):
+        if reached >= budget:
+            break
+        if walks > MAX_WALKS_PER_WEIGHT * budget + WALKS_PER_CHUNK:
+            raise ValueError(
+                f"phew: after {walks:,} random walks only {reached:,} of the {budget:,} weights to keep were reached "
+                f"(sparsity {s:g}); its walks favour large weights and rarely reach the small ones, so PHEW is meant "
+                "for high sparsities (Patil & Dovrolis 2021): use a higher sparsity")
+        for k, flat, order, alive in chunk:
+            first[k].scatter_reduce_(0, flat[alive], order[alive].to(torch.float64), reduce="amin")
+        reached = sum(int(torch.isfinite(f).sum()) for f in first)
+        walks += WALKS_PER_CHUNK
+    last = max(float(f[torch.isfinite(f)].max()) if bool(torch.isfinite(f).any()) else 0.0 for f in first)
+    # earliest reached = highest score; never reached = 0 (every reached weight scores at least 1)
+    scores = [torch.where(torch.isfinite(f), last + 1.0 - f, 0.0) for f in first]
+    return Scores({layer.name: sc.view(mask[layer.name].shape) for layer, sc in zip(layers, scores)})
