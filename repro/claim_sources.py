@@ -1,6 +1,6 @@
 """Where a claim's numbers come from: a registry of sources, each reading committed files into per-seed values.
 
-A source is a table in ``repro/claims.toml`` with a ``source`` key naming one of :data:`SOURCES`:
+A source is a table in ``repro/records/claims.toml`` with a ``source`` key naming one of :data:`SOURCES`:
 
 - ``runs``: the finished runs of a sweep spec (``spec = "02a_at_init"``, its run ids as the sweep computes them;
   ``dense = true`` for the spec's dense networks), narrowed by ``where`` (column = value of
