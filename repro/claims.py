@@ -3,8 +3,8 @@
     python repro/claims.py            # rewrite the table in docs/results.md and repro/results/claims.json
     python repro/claims.py --check    # exit 1 if either differs from what the committed files give
 
-Each claim of a paper is a record in ``repro/records/claims.toml``: the paper, its section, its statement, the network and
-dataset here (and whether they are the paper's own or an analogue), the untested parts, and one or more
+Each claim of a paper is a record in ``repro/records/claims.toml``: the paper, its section, its statement, the
+network and dataset here (and whether they are the paper's own or an analogue), the untested parts, and one or more
 predictions, each reading its numbers from committed files through :mod:`claim_sources` and judged by the one rule
 of :mod:`claim_rule`. The prose of a record gives context; it never decides the verdict.
 """
