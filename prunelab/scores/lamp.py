@@ -18,13 +18,17 @@ def lamp_scores(weight: torch.Tensor) -> torch.Tensor:
     One sort and one cumulative sum per tensor.
     """
     sq = weight.detach().reshape(-1).to(torch.float64).square()
-    ordered, _ = torch.sort(sq)
+    ordered, where = torch.sort(sq)
     # suffix[i] = sum of ordered[i:]: a reversed cumulative sum, exact for the largest weights (no cancellation)
     suffix = ordered.flip(0).cumsum(0).flip(0)
-    first = torch.searchsorted(ordered, sq, right=False)  # the first position of each value in ascending order
+    # the first position of each run of equal values, so that a tie's sum includes all of it
+    position = torch.arange(sq.numel(), device=sq.device)
+    starts = torch.ones_like(ordered, dtype=torch.bool)
+    starts[1:] = ordered[1:] != ordered[:-1]
+    first = torch.where(starts, position, 0).cummax(0).values
     denominator = suffix[first]
-    out = torch.where(denominator > 0, sq / denominator.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
-    return out.view(weight.shape)
+    ratio = torch.where(denominator > 0, ordered / denominator.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
+    return torch.empty_like(sq).index_put_((where,), ratio).view(weight.shape)
 
 
 @register_method(
