@@ -210,6 +210,9 @@ def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
     from prunelab.reports.commands import register as register_report_commands
 
     register_report_commands(sub)  # report, analyze
+    from prunelab.export_model import register as register_export_model
+
+    register_export_model(sub)  # export-model: prunelab.compact, imported when the command runs
 
     p = sub.add_parser("demo", help="LeNet-300-100 on Fashion-MNIST, dense vs 90%% random sparse, a few epochs")
     p.add_flags(_add_demo)
