@@ -362,3 +362,25 @@ def test_new_criteria_are_listed_with_family_and_year():
     for name, (family, year) in expected.items():
         m = prunelab.get_method(name)
         assert (m.family, m.year) == (family, year)
+
+
+# ---- a criterion's own options in a run's settings ---------------------------------------------------------------
+
+def test_method_options_are_typed_checked_and_canonical():
+    from prunelab.experiments.hparams import PruneHparams, run_hash
+
+    a = PruneHparams(method="prospr", method_options=("steps=5", "lr=0.050", "first_order=True"))
+    b = PruneHparams(method="prospr", method_options=("first_order=true", "lr=0.05", "steps=5"))
+    assert a.method_options == ("first_order=true", "lr=0.05", "steps=5")
+    assert run_hash("prune", pruning=a) == run_hash("prune", pruning=b)
+    assert run_hash("prune", pruning=PruneHparams(method="prospr")) != run_hash("prune", pruning=a)
+    assert prunelab.get_method("prospr").parse_options(a.method_options) == {"first_order": True, "lr": 0.05,
+                                                                             "steps": 5}
+    with pytest.raises(ValueError, match="did you mean 'steps'"):
+        PruneHparams(method="prospr", method_options=("stepz=5",))
+    with pytest.raises(ValueError, match="must be an integer"):
+        PruneHparams(method="prospr", method_options=("steps=five",))
+    with pytest.raises(ValueError, match="NAME=VALUE"):
+        PruneHparams(method="grasp", method_options=("temperature",))
+    with pytest.raises(ValueError, match="does not take option 'seed'"):  # prune() gives it
+        PruneHparams(method="phew", method_options=("seed=3",))

@@ -47,7 +47,7 @@ import torch
 
 from prunelab.catalog import FAMILIES
 from prunelab.registry import Registry
-from prunelab.validate import SCOPES, check_int, check_name
+from prunelab.validate import SCOPES, check_int, check_name, check_options
 
 
 class Scores(dict):
@@ -87,6 +87,32 @@ class Method:
         params = list(inspect.signature(self.fn).parameters.values())[3:]
         return tuple(p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
 
+    @property
+    def text_options(self) -> dict[str, object]:
+        """The options a run's settings may give as ``NAME=VALUE`` text, with their defaults: all but those
+        :func:`prunelab.prune` or the run sets itself (``seed``, ``sparsity``, ``input_shape``, the batch's) and
+        ``loss_fn``, which is code."""
+        params = list(inspect.signature(self.fn).parameters.values())[3:]
+        return {p.name: p.default for p in params
+                if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name not in _NOT_TEXT}
+
+    def parse_options(self, items) -> dict[str, object]:
+        """``["steps=5", "lr=0.05"]`` -> ``{"lr": 0.05, "steps": 5}``: each value typed like the option's default
+        (bool: true/false; int; float; else a number if it reads as one, or the text), sorted by name; a
+        ``ValueError`` names a malformed item, an unknown option or a value of the wrong type."""
+        known = self.text_options
+        out: dict[str, object] = {}
+        for item in items:
+            name, sep, text = str(item).partition("=")
+            name, text = name.strip(), text.strip()
+            if not sep or not name or not text:
+                raise ValueError(f"a criterion option is NAME=VALUE (e.g. steps=5), got {item!r}")
+            check_options(self.name, [name], known)
+            if name in out:
+                raise ValueError(f"{self.name}: option {name!r} is given twice")
+            out[name] = _typed(self.name, name, text, known[name])
+        return dict(sorted(out.items()))
+
     def scorer(self, model, batch, **options) -> Callable:
         """A callable ``scorer(mask) -> Scores`` for repeated scoring of the same model and batch."""
         if self.prepare is not None:
@@ -95,6 +121,38 @@ class Method:
 
 
 METHODS: Registry[Method] = Registry("pruning method")
+
+# Options a run's settings never give as text: prune() and the run pass them (or they are code).
+_NOT_TEXT = ("seed", "sparsity", "input_shape", "score_batch_size", "distributed", "loss_fn")
+
+
+def _typed(method: str, name: str, text: str, default: object) -> object:
+    """``text`` as the type of ``default`` (a number where the default is None)."""
+    def number():
+        try:
+            return int(text)
+        except ValueError:
+            return float(text)
+
+    try:
+        if isinstance(default, bool):
+            if text.lower() not in ("true", "false"):
+                raise ValueError
+            return text.lower() == "true"
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float):
+            return float(text)
+        if default is None:
+            try:
+                return number()
+            except ValueError:
+                return text
+        return text
+    except ValueError:
+        kind = ("true or false" if isinstance(default, bool) else
+                {int: "an integer", float: "a number"}.get(type(default), type(default).__name__))
+        raise ValueError(f"{method}: option {name} must be {kind} (default {default!r}), got {text!r}") from None
 
 
 def register_method(

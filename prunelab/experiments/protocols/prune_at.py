@@ -108,6 +108,10 @@ class PruneHparams:
     pattern: str | None = option(None, help="N:M constraint, e.g. 2:4 (at most N kept in every M consecutive "
                                  "input weights, NVIDIA's sparse tensor cores; Zhou et al. 2021, §3): applied first, "
                                  "then the criterion prunes further to the sparsity", unset="none")
+    # The criterion's own options (ProsPr's steps, GraSP's temperature, ...) as NAME=VALUE, typed by the criterion's
+    # signature and kept sorted: the same options, the same run. Empty by default, so existing run ids stay.
+    method_options: tuple[str, ...] = option((), help="the criterion's own options as NAME=VALUE, e.g. steps=5 "
+                                             "lr=0.05 first_order=true for prospr (its docstring lists them)")
     ties: str = option("position", help="how a large tie at the threshold is broken: the first weights first "
                        "(position), or at random from the seed (random)", choices=lambda: TIE_RULES)
     # An execution setting like the device, outside the run's identity: the score is the same sum
@@ -121,7 +125,10 @@ class PruneHparams:
         from prunelab.scores import get_method
         from prunelab.scores.batching import check_score_batch_size
 
-        get_method(self.method)  # unknown criterion: the registry's message, with the closest name
+        method = get_method(self.method)  # unknown criterion: the registry's message, with the closest name
+        object.__setattr__(self, "method_options", tuple(
+            f"{k}={str(v).lower() if isinstance(v, bool) else v}"
+            for k, v in method.parse_options(self.method_options).items()))
         canonicalize(self, floats=("sparsity",), durations=("prune_at",) if self.prune_at != "end" else ())
         for name in ("include", "exclude"):  # a set of names: the same set, the same run
             object.__setattr__(self, name, tuple(sorted(set(getattr(self, name)))))
@@ -191,7 +198,7 @@ def find_mask(runner: Runner, rep: Replicate, model: nn.Module, hp: PruneHparams
     return prunelab.prune(
         model, hp.method, hp.sparsity, iterations=hp.iterations, schedule=hp.schedule, scope=hp.scope,
         invert=hp.ablation == "invert", seed=rep.seed, ties=hp.ties, pattern=hp.pattern, **hp.coverage_options(),
-        **kwargs,
+        **prunelab.get_method(hp.method).parse_options(hp.method_options), **kwargs,
     )
 
 
