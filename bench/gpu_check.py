@@ -9,7 +9,8 @@ stay exactly 0); every criterion scored on the CPU and on the device from the sa
 host syncs per training step (``torch.cuda.set_sync_debug_mode`` on CUDA, ``prunelab.testing.DeviceGuard``
 on the CPU); masked vs dense training-step time of ResNet-20 at CIFAR shape; SynFlow (100 iterations) on
 VGG-16; a 1-epoch run on a synthetic CIFAR-10 folder through the ``prunelab`` command; a 2-process DDP
-scoring run that must equal the single-process score. Exit status 1 if any check fails.
+scoring run that must equal the single-process score; 2:4 layers through ``torch.sparse.to_sparse_semi_structured``
+against dense ones at batch 1 and 128. Exit status 1 if any check fails.
 """
 
 from __future__ import annotations
@@ -251,6 +252,38 @@ def check_ddp(sizes, device):
     return ("ok" if ok else "FAIL"), f"2 ranks (gloo), {len(DDP_CASES)} scores, largest relative difference {worst:.1e}"
 
 
+def check_two_four_layers(sizes, device):
+    """2:4 (N:M) layers from ``prune(..., pattern="2:4")`` exported through :mod:`prunelab.compact`: on CUDA they run
+    through ``torch.sparse.to_sparse_semi_structured`` in float16, timed against the dense layers at batch 1 and 128
+    (medians of alternating calls); on the CPU the same path runs with the 2:4 format refused for want of CUDA.
+    The export's outputs must equal the masked network's (compact checks, float16 rounding on CUDA)."""
+    from torch import nn
+
+    from prunelab.compact import compact, latency
+
+    cuda = device.type == "cuda"
+    width = 4096 if cuda else 256
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
+                          nn.Linear(width, width))
+    mask = prunelab.prune(model, "magnitude", 0.5, pattern="2:4")
+    dtype = torch.float16 if cuda else torch.float32
+    net, report = compact(model, mask, (width,), device=device, dtype=dtype, formats=["2:4"] if cuda else
+                          ["dense", "2:4"], repeats=sizes.timed_steps)
+    if cuda:
+        ok = all(f == "2:4" for f in report.formats().values())
+        how = "semi-structured" if ok else f"formats {report.formats()}"
+    else:
+        ok = all("CUDA" in c.refused.get("2:4", "") for c in report.layers)
+        how = "2:4 refused without CUDA (dense timed)"
+    dense = model.to(device, dtype).eval().requires_grad_(False)
+    times = latency({"dense": dense, "2:4": net}, (width,), (1, 128), sizes.timed_steps, device, dtype)
+    timing = "; ".join(f"batch {b}: dense {t['dense'].median * 1e3:.3f} ms, 2:4 {t['2:4'].median * 1e3:.3f} ms "
+                       f"({t['dense'].median / t['2:4'].median:.2f}x)" for b, t in times.items())
+    return ("ok" if ok else "FAIL"), (f"3 x Linear({width}, {width}) {str(dtype)[6:]}, {how}, max output difference "
+                                      f"{report.max_abs_diff:.1e}: {timing}")
+
+
 CHECKS = {
     "CUDA tests": check_cuda_tests,
     "masked training x optimizer x AMP": check_masked_training,
@@ -260,6 +293,7 @@ CHECKS = {
     "SynFlow on VGG-16": check_synflow_vgg16,
     "1-epoch CIFAR-10 run via CLI": check_cli_run,
     "2-process DDP scoring": check_ddp,
+    "2:4 layers (semi-structured)": check_two_four_layers,
 }
 
 

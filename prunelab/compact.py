@@ -453,14 +453,15 @@ def compact(model: nn.Module, mask: Mask | None, input_shape: Sequence[int], *, 
 
 
 def _count(model: nn.Module) -> int:
-    """Stored weights: parameters, and the values of CSR layers (their indices aside)."""
-    return sum(p.numel() for p in model.parameters()) + sum(
+    """Stored weights: parameters (half of a 2:4 weight), and the values of CSR layers (their indices aside)."""
+    return sum(p.numel() // 2 if _is_semi_structured(p) else p.numel() for p in model.parameters()) + sum(
         m.values.numel() + (0 if m.bias is None else m.bias.numel()) for m in model.modules()
         if isinstance(m, CsrLinear))
 
 
 def _nonzeros(model: nn.Module) -> int:
-    dense = sum(int((p.detach() != 0).sum()) for p in model.parameters() if type(p) in (torch.Tensor, nn.Parameter))
+    dense = sum(int((p.detach() != 0).sum()) if not _is_semi_structured(p) else p.numel() // 2
+                for p in model.parameters())
     return dense + sum(int((m.values != 0).sum()) + (0 if m.bias is None else int((m.bias != 0).sum()))
                        for m in model.modules() if isinstance(m, CsrLinear))
 
@@ -470,7 +471,7 @@ def _warn_dead_outputs(model: nn.Module) -> None:
     axis): their bias or BatchNorm shift still reaches the next layer, so they stay."""
     kept = {}
     for name, m in model.named_modules():
-        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) and type(m.weight) in (torch.Tensor, nn.Parameter):
+        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) and not _is_semi_structured(m.weight):
             w = m.weight.detach()
             if w.layout != torch.strided or w.dim() < 2:
                 continue
@@ -501,7 +502,13 @@ def save_compact(path: str | Path, net: nn.Module, report: CompactReport, input_
 
 
 def _densified(net: nn.Module) -> nn.Module:
-    out = copy.deepcopy(net) if not _has_semi_structured(net) else net
+    """A copy of ``net`` with every linear layer dense (``net`` is left as it is): CSR layers back to
+    ``nn.Linear``, 2:4 weights (tensor subclasses that may not deep-copy) to dense tensors."""
+    memo: dict[int, object] = {}
+    for m in net.modules():
+        if isinstance(m, nn.Linear) and _is_semi_structured(m.weight):
+            memo[id(m.weight)] = nn.Parameter(m.weight.to_dense(), requires_grad=False)
+    out = copy.deepcopy(net, memo)
     for name, m in list(out.named_modules()):
         if isinstance(m, CsrLinear):
             layer = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
@@ -509,19 +516,12 @@ def _densified(net: nn.Module) -> nn.Module:
                 layer.weight.copy_(m.weight_csr().to_dense())
                 if m.bias is not None:
                     layer.bias.copy_(m.bias)
-            _set_module(out, name, layer.to(m.values.device))
-        elif isinstance(m, nn.Linear) and type(m.weight) not in (torch.Tensor, nn.Parameter):
-            dense = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
-            with torch.no_grad():
-                dense.weight.copy_(m.weight.to_dense())
-                if m.bias is not None:
-                    dense.bias.copy_(m.bias)
-            _set_module(out, name, dense.to(m.bias.device if m.bias is not None else "cpu"))
+            _set_module(out, name, layer.to(m.values.device).requires_grad_(False))
     return out
 
 
-def _has_semi_structured(net: nn.Module) -> bool:
-    return any(isinstance(m, nn.Linear) and type(m.weight) not in (torch.Tensor, nn.Parameter) for m in net.modules())
+def _is_semi_structured(weight: torch.Tensor) -> bool:
+    return type(weight) not in (torch.Tensor, nn.Parameter)
 
 
 def load_compact(path: str | Path, device: str | torch.device = "cpu",
