@@ -10,7 +10,7 @@ A source is a table in ``repro/records/claims.toml`` with a ``source`` key namin
 - ``records``: rows of a list in a script's ``repro/results/<file>`` (``path`` of keys to it; a list of files
   whose seeds complete each other), narrowed by
   ``where``, one value per ``seed`` of field ``value`` (a list of fields: their largest), ``mean_over`` averaging
-  the rows of a seed (e.g. over layers);
+  the rows of a seed (e.g. over layers), ``reduce`` turning a field that is a table into a number;
 - ``value``: one exact number in such a file (no seeds: a computation without training), or one computed from a
   table there by a named ``reduce`` (:data:`REDUCERS`).
 
@@ -148,15 +148,18 @@ def from_records(src: Sources, spec: dict) -> dict:
 
 def _records_of(src: Sources, spec: dict) -> dict:
     rows = src.at(spec["file"], spec["path"])
-    if isinstance(rows, dict) and "rows" in rows:
-        rows = rows["rows"]
+    if isinstance(rows, dict):  # {"rows": [...]}, or one row per run keyed by its id
+        rows = rows["rows"] if "rows" in rows else list(rows.values())
     where = spec.get("where", {})
     grouped: dict = {}
     for r in rows:
         if all(_same(r.get(k), v) for k, v in where.items()):
             value = spec["value"]  # a list of fields: the largest of them (the best member of an ensemble)
-            grouped.setdefault(r["seed"], []).append(
-                max(float(r[v]) for v in value) if isinstance(value, list) else float(r[value]))
+            if "reduce" in spec:  # a field that is a table, reduced to a number
+                grouped.setdefault(r["seed"], []).append(_reduced(r[value], spec))
+            else:
+                grouped.setdefault(r["seed"], []).append(
+                    max(float(r[v]) for v in value) if isinstance(value, list) else float(r[value]))
     out = {}
     for seed, values in grouped.items():
         if len(values) > 1 and not spec.get("mean_over"):
@@ -178,8 +181,9 @@ def _count_zero(node: dict, spec: dict) -> float:
 
 
 def _spread_log10(node: dict, spec: dict) -> float:
-    """log10(max / min) of entry ``index`` of a {layer: [size, total, ...]} table: 0 when all are equal."""
-    values = [abs(v[spec["index"]]) for v in node.values()]
+    """log10(max / min) of entry ``index`` of a {layer: [size, total, ...]} table (of ``v[key][index]`` when the
+    spec names a ``key``): 0 when all are equal."""
+    values = [abs((v[spec["key"]] if "key" in spec else v)[spec["index"]]) for v in node.values()]
     return math.log10(max(values) / min(values))
 
 
@@ -195,13 +199,15 @@ def _loglog_slope(node: dict, spec: dict) -> float:
 REDUCERS = {"count_zero": _count_zero, "spread_log10": _spread_log10, "loglog_slope": _loglog_slope}
 
 
+def _reduced(node: dict, spec: dict) -> float:
+    if spec["reduce"] not in REDUCERS:
+        raise ValueError(f"claim source reduce must be one of {', '.join(REDUCERS)}, got {spec['reduce']!r}")
+    return REDUCERS[spec["reduce"]](node, spec)
+
+
 def from_value(src: Sources, spec: dict) -> dict:
     node = src.at(spec["file"], spec["path"])
-    if "reduce" in spec:
-        if spec["reduce"] not in REDUCERS:
-            raise ValueError(f"claim source reduce must be one of {', '.join(REDUCERS)}, got {spec['reduce']!r}")
-        return {None: REDUCERS[spec["reduce"]](node, spec)}
-    return {None: float(node)}
+    return {None: _reduced(node, spec) if "reduce" in spec else float(node)}
 
 
 SOURCES: dict[str, Callable[[Sources, dict], dict]] = {"runs": from_runs, "records": from_records, "value": from_value}
