@@ -5,8 +5,10 @@ A source is a table in ``repro/records/claims.toml`` with a ``source`` key namin
 - ``runs``: the finished runs of a sweep spec (``spec = "02a_at_init"``, its run ids as the sweep computes them;
   ``dense = true`` for the spec's dense networks), narrowed by ``where`` (column = value of
   :func:`prunelab.reports.tables.runs_table`), one value per seed of column ``value`` (default ``test_accuracy``)
-  or ``final_train_loss`` (the training loss of the last logged epoch) or ``diverged`` (1 for a run stopped as
-  diverged, 0 for a finished one; every other value reads finished runs only);
+  or one of :data:`RUN_VALUES`: ``final_train_loss`` (the training loss of the last logged epoch), ``diverged``
+  (1 for a run stopped as diverged, 0 for a finished one; every other value reads finished runs only),
+  ``mean_image_correlation`` (of LeNet-300-100's kept first-layer connections per pixel with the mean training
+  image, :mod:`first_layer_maps`);
 - ``records``: rows of a list in a script's ``repro/results/<file>`` (``path`` of keys to it; a list of files
   whose seeds complete each other), narrowed by
   ``where``, one value per ``seed`` of field ``value`` (a list of fields: their largest), ``mean_over`` averaging
@@ -130,9 +132,21 @@ def from_runs(src: Sources, spec: dict) -> dict:
         if seed in out:
             raise ValueError(f"claim source: spec {spec['spec']} where {where} matches more than one run of seed "
                              f"{seed}; narrow the filter")
-        out[seed] = (src.final_train_loss(r.id) if value == "final_train_loss" else
-                     float(r.status == "diverged") if value == "diverged" else float(r[value]))
+        out[seed] = RUN_VALUES[value](src, r) if value in RUN_VALUES else float(r[value])
     return out
+
+
+def _mean_image_correlation(src: Sources, run) -> float:
+    from first_layer_maps import mean_image_correlation  # repro/first_layer_maps.py (torch, the dataset)
+    return mean_image_correlation(src.root, run.id, run.dataset)
+
+
+# values of a run that are not a column of the runs table
+RUN_VALUES: dict[str, Callable] = {
+    "final_train_loss": lambda src, run: src.final_train_loss(run.id),
+    "diverged": lambda src, run: float(run.status == "diverged"),
+    "mean_image_correlation": _mean_image_correlation,
+}
 
 
 def from_records(src: Sources, spec: dict) -> dict:

@@ -151,9 +151,7 @@ def family1_batch(df: pd.DataFrame, root: str) -> str:
     """Effect of the scoring batch size (Lee et al. 2019, §5.5, Fig. 3): SNIP at 90% on LeNet-300-100 under Lee et
     al.'s recipe, error and how closely the first layer's kept connections per pixel follow the mean training
     image (Pearson correlation; Lee et al.: "survived parameters get close to the average of all examples")."""
-    import torch
-
-    from prunelab import Mask, data
+    from first_layer_maps import correlation, kept_per_pixel, mean_training_image  # repro/first_layer_maps.py
 
     done = df[(df.status == "done") & (df.model == "lenet_300_100") & (df["training.train"] == "50000it")
               & true_labels(df) & (df.apply(recipe, axis=1) == "Lee et al. 2019")]
@@ -162,15 +160,12 @@ def family1_batch(df: pd.DataFrame, root: str) -> str:
     if snip.batch_per_class.nunique() < 2:
         return ""
     dense = done[of_protocol(done, "train")].set_index("seed").test_accuracy
-    mean_image = data.load("fashion_mnist").train.images.float().mean(0).flatten()
+    mean_image = mean_training_image("fashion_mnist")
     snip = snip[snip.seed.isin(dense.index)]
     # kept first-layer connections per input pixel, per (examples per class, seed)
-    maps = {(r.batch_per_class, r.seed): Mask.load(Path(root) / r.id / runfiles.MASK)["1.weight"].float().sum(0)
-            for r in snip.itertuples()}
+    maps = {(r.batch_per_class, r.seed): kept_per_pixel(root, r.id) for r in snip.itertuples()}
     largest = snip.batch_per_class.max()
-
-    def corr(a, b) -> float:
-        return torch.corrcoef(torch.stack([a, b]))[0, 1].item()
+    corr = correlation
 
     rows = [["examples scored (per class)", "error %", "error change (points)", "corr. of kept inputs with mean image",
              f"corr. with the {10 * largest:,}-example map", "seeds"]]
