@@ -356,8 +356,13 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
 
 def _choose_formats(model: nn.Module, example: torch.Tensor, formats: Sequence[str], repeats: int
                     ) -> list[LayerChoice]:
-    """Per ``nn.Linear``: every format of ``formats`` that can take it, timed on its own input; the fastest."""
+    """Per ``nn.Linear``: every format of ``formats`` that can take it, timed on its own input; the fastest. A
+    layer whose replacement breaks the network or changes its outputs (a parent that reads ``.weight`` itself, as
+    ``nn.TransformerEncoderLayer``'s fused path does) stays dense, and its choice says why."""
     device = example.device
+    probe = example[:2]
+    with torch.inference_mode():
+        reference = model(probe)
     choices = []
     for name, x in _linear_inputs(model, example).items():
         layer = model.get_submodule(name)
@@ -382,8 +387,27 @@ def _choose_formats(model: nn.Module, example: torch.Tensor, formats: Sequence[s
             choice.format = next(iter(candidates))
         if choice.format != "dense":
             _set_module(model, name, candidates[choice.format])
+            why = _breaks(model, probe, reference)
+            if why is not None:
+                _set_module(model, name, layer)
+                choice.refused[choice.format] = why
+                choice.format = "dense"
         choices.append(choice)
     return choices
+
+
+def _breaks(model: nn.Module, probe: torch.Tensor, reference: torch.Tensor) -> str | None:
+    """Why ``model`` no longer computes ``reference`` on ``probe`` (None: it still does, to float rounding)."""
+    try:
+        with torch.inference_mode():
+            out = model(probe)
+    except (AttributeError, RuntimeError, TypeError, NotImplementedError) as e:
+        return f"the network breaks with it ({type(e).__name__}: {' '.join(str(e).split())[:80]})"
+    scale = float(reference.abs().max()) or 1.0
+    rtol = 2e-2 if reference.dtype in (torch.float16, torch.bfloat16) else 1e-4
+    if out.shape != reference.shape or not float((out.float() - reference.float()).abs().max()) <= rtol * scale:
+        return "the network's outputs change with it (its parent reads the weight itself)"
+    return None
 
 
 def _check_formats(formats: Sequence[str] | None) -> tuple[str, ...]:

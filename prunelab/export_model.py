@@ -142,10 +142,12 @@ def _print_report(run, report, times, out, device, dtype) -> None:
               + (" ..." if len(report.channels) > 6 else "") + ")")
     else:
         print("channels removed: none (no channel that every reader ignores)")
-    rows = [["linear layer", "shape", "density", "format", f"timed at batch {report.tune_batch}"]]
+    rows = [["linear layer", "shape", "density", "format", f"timed at batch {report.tune_batch}", "not taken"]]
     for c in report.layers:
         timed = ", ".join(f"{k} {v * 1e6:.0f} us" for k, v in c.seconds.items()) or "-"
-        rows.append([c.name, "x".join(map(str, c.shape)), f"{c.density:.4f}", c.format, timed])
+        refused = "; ".join(f"{k}: {v}" for k, v in c.refused.items()) or "-"
+        rows.append([c.name, "x".join(map(str, c.shape)), f"{c.density:.4f}", c.format, timed,
+                     refused if len(refused) <= 70 else refused[:67] + "..."])
     if len(rows) > 1:
         print_table(rows)
     print(f"parameters: {report.params_before:,} dense -> {report.params_after:,} stored ({report.nonzeros:,} nonzero);"

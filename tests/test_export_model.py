@@ -144,6 +144,18 @@ def test_2_4_layers_run_semi_structured_on_cuda():
     torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2 * float(want.abs().max()))
 
 
+def test_vit_tiny_keeps_dense_the_layers_its_fused_path_reads_and_loses_dead_mlp_units():
+    model = models.create("vit_tiny", num_classes=10, input_shape=(1, 28, 28), seed=0)
+    mask = _quiet(prunelab.prune, model, "magnitude", 0.95)
+    net, report = _quiet(compact, model, mask, (1, 28, 28), repeats=1, formats=["csr"])
+    refused = {c.name: c.refused.get("csr", "") for c in report.layers}
+    assert "AttributeError" in refused["encoder.layers.0.linear1"]  # TransformerEncoderLayer reads linear1.weight
+    for i in range(4):  # MLP units whose every outgoing weight is pruned: counted from the mask alone
+        unread = int((~mask[f"encoder.layers.{i}.linear2.weight"]).all(dim=0).sum())
+        assert net.get_submodule(f"encoder.layers.{i}.linear1").out_features == 128 - unread
+    _assert_equal_outputs(model, mask, net, (1, 28, 28))
+
+
 def test_save_and_load_give_the_same_outputs(tmp_path):
     model = models.create("lenet_300_100", num_classes=10, input_shape=(1, 28, 28), seed=0)
     mask = prunelab.prune(model, "magnitude", 0.98)
