@@ -177,35 +177,37 @@ def _sync(device: torch.device) -> None:
 
 @torch.inference_mode()
 def _times(fns: Sequence[Callable[[], object]], device: torch.device, repeats: int,
-           warmup: int = 3) -> list[list[float]]:
-    """Seconds per call of each of ``fns``, called in turn (alternating, so that a slow spell of a shared machine
-    falls on all of them alike)."""
+           warmup: int = 3) -> list[list[tuple[float, float]]]:
+    """(wall, CPU) seconds per call of each of ``fns``, called in turn (alternating, so that a slow spell of a
+    shared machine falls on all of them alike)."""
     for fn in fns:
         for _ in range(warmup):
             fn()
-    out: list[list[float]] = [[] for _ in fns]
+    out: list[list[tuple[float, float]]] = [[] for _ in fns]
     for _ in range(repeats):
         for i, fn in enumerate(fns):
             _sync(device)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn()
             _sync(device)
-            out[i].append(time.perf_counter() - t0)
+            out[i].append((time.perf_counter() - t0, time.process_time() - c0))
     return out
 
 
 @dataclass(frozen=True)
 class Latency:
-    """Median and interquartile range of one forward pass, in seconds."""
+    """Median and quartiles of the wall time of one forward pass, and its median CPU time, in seconds."""
 
     median: float
     q1: float
     q3: float
+    cpu: float
 
     @classmethod
-    def of(cls, samples: Sequence[float]) -> Latency:
-        q = statistics.quantiles(samples, n=4) if len(samples) > 1 else [samples[0]] * 3
-        return cls(statistics.median(samples), q[0], q[2])
+    def of(cls, samples: Sequence[tuple[float, float]]) -> Latency:
+        wall = [w for w, _ in samples]
+        q = statistics.quantiles(wall, n=4) if len(wall) > 1 else [wall[0]] * 3
+        return cls(statistics.median(wall), q[0], q[2], statistics.median(c for _, c in samples))
 
 
 def latency(models: Mapping[str, nn.Module], input_shape: Sequence[int], batch_sizes: Sequence[int] = (1, 128),
@@ -381,7 +383,7 @@ def _choose_formats(model: nn.Module, example: torch.Tensor, formats: Sequence[s
                 choice.refused[fmt_name] = reason
         if len(candidates) > 1:
             samples = _times([lambda m=m, x=x: m(x) for m in candidates.values()], device, repeats)
-            choice.seconds = {n: statistics.median(s) for n, s in zip(candidates, samples)}
+            choice.seconds = {n: statistics.median(w for w, _ in s) for n, s in zip(candidates, samples)}
             choice.format = min(choice.seconds, key=choice.seconds.get)
         elif candidates:
             choice.format = next(iter(candidates))
