@@ -502,18 +502,23 @@ def cmd_sweep(args) -> int:
 
     if args.executor == "local":
         sweep.run_local(plan.phases, ctx, args.workers or sweep.default_workers(args.device), done,
-                        on_steps=bar.update)
+                        on_steps=bar.update, needs=plan.needs)
     else:
-        sweep.run_submitit(plan.phases, ctx, slurm, done, on_steps=bar.update)
+        # state lines above a live bar; in a log file, plain lines between the bar's own
+        log = bar.write if progress.is_terminal(sys.stderr) else None
+        sweep.run_submitit(plan.phases, ctx, slurm, done, on_steps=bar.update, needs=plan.needs, log=log)
     bar.close()
     failed = [o for o in outcomes if o["status"] == "failed"]
     diverged = [o for o in outcomes if o["status"] == "diverged"]
-    print(f"jobs done: {len(outcomes) - len(failed) - len(diverged)}, diverged: {len(diverged)}, "
-          f"skipped: {len(plan.skipped)}, failed: {len(failed)}")
+    skipped = [o for o in outcomes if o["status"] == "skipped"]  # a job whose dependency failed
+    print(f"jobs done: {len(outcomes) - len(failed) - len(diverged) - len(skipped)}, diverged: {len(diverged)}, "
+          f"already done: {len(plan.skipped)}, skipped: {len(skipped)}, failed: {len(failed)}")
     for o in failed:
         print(f"  failed {o['label']} ({o['id']}): {o['error']}")
+    for o in skipped:
+        print(f"  skipped {o['label']}: {o['reason']}; a rerun runs it once that is done")
     print(f"next: prunelab report --root {args.root}")
-    return 1 if failed else 0
+    return 1 if failed or skipped else 0
 
 
 def _phase_name(phase: list) -> str:

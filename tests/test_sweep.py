@@ -253,7 +253,7 @@ class FakeExecutor:
 
     made: list = []
 
-    def __init__(self, folder, cluster=None):
+    def __init__(self, folder, cluster=None, **kwargs):
         self.params = {}
         FakeExecutor.made.append(self)
 

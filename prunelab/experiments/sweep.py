@@ -25,13 +25,15 @@ Spec (see ``repro/`` for real ones)::
 The plan has up to three phases, each waiting for the previous one: the dense weights at each intermediate
 pruning/rewinding step t (one training prefix each), the rest of the dense replicates (shared by every
 run of a seed), then the runs themselves; a run whose dense replicate is already there joins the first
-phase. Finished runs are skipped; a failing run is recorded in its folder and never stops the sweep; two
-workers never run the same run at once (run locks, see RunStore.lock).
+phase. Finished runs are skipped; a failing run is recorded in its folder and never stops the sweep; a run
+whose dense replicate (or dense training to step t) failed is not run but reported as skipped, with the reason
+(:class:`Dependencies`); two workers never run the same run at once (run locks, see RunStore.lock).
 
 Devices: a local sweep on a machine with GPUs (device ``auto`` or ``cuda``) runs one worker process per
 GPU by default, each pinned to its own ``cuda:i``; on the CPU, one per core. On Slurm, each job gets
 ``gpus_per_node`` GPUs (the spec's ``[slurm]``, or ``--gpus-per-node``); a sweep on device ``cuda``
-with none is refused, one on ``auto`` with none runs on the nodes' CPUs, with a warning.
+with none is refused, one on ``auto`` with none runs on the nodes' CPUs, with a warning. The Slurm machinery
+(jobs that requeue at their time limit, DDP jobs, the login node's log) is :mod:`prunelab.experiments.slurm`.
 
 A grid is counted from its axes before any job is built (:attr:`Spec.size`); one of more than
 :data:`MAX_JOBS` jobs is refused (``--max-jobs`` raises the limit), and a value listed twice in an axis is
@@ -51,7 +53,6 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prunelab.experiments import runfiles
@@ -65,6 +66,7 @@ from prunelab.experiments.hparams import (
     section_fields,
 )
 from prunelab.experiments.protocols import PROTOCOLS, get_protocol
+from prunelab.experiments.slurm import check_table, run_submitit, slurm_parameters  # noqa: F401 - the sweep's API
 from prunelab.experiments.store import RunStore
 from prunelab.experiments.workers import die_with_parent
 from prunelab.registry import check_name, unknown_name_message
@@ -74,8 +76,6 @@ if TYPE_CHECKING:  # torch comes with these: imported where a job is built or ru
     from prunelab.training.runtime import RuntimeOptions
 
 EXECUTORS = ["local", "slurm"]
-_SLURM_KEYS = {"partition": str, "time_min": int, "gpus_per_node": int, "cpus_per_task": int, "mem_gb": int,
-               "array_parallelism": int, "nodes": int, "account": str, "qos": str}
 
 
 @dataclass(frozen=True)
@@ -249,11 +249,7 @@ def load_spec(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Spec:
     slurm = raw.pop("slurm", {})
     if not isinstance(slurm, dict):
         raise ValueError(f"sweep {path}: [slurm] must be a table")
-    for key, value in slurm.items():
-        if key not in _SLURM_KEYS:
-            raise ValueError(f"sweep {path}: " + unknown_name_message("key in [slurm]", key, list(_SLURM_KEYS)))
-        if not isinstance(value, _SLURM_KEYS[key]):
-            raise ValueError(f"sweep {path}: [slurm] {key} must be {_SLURM_KEYS[key].__name__}")
+    check_table(slurm, f"sweep {path}")
     allowed = {"model", "dataset", "training", get_protocol(protocol).section} - {None}
     for section, values in raw.items():
         if section not in allowed:
@@ -330,10 +326,50 @@ class Plan:
     phases: list[list[Job]]  # prefixes, dense replicates, runs — what is left to do
     skipped: list[Job]  # finished before the sweep started
     steps: int  # estimated training steps left
+    # the jobs of earlier phases that each run waits for: its dense replicate, its dense training to step t
+    needs: dict[Job, tuple[Job, ...]] = field(default_factory=dict)
 
     @property
     def todo(self) -> int:
         return sum(len(p) for p in self.phases)
+
+
+class Dependencies:
+    """What a job waits for (:attr:`Plan.needs`) and which of those failed. A job whose dense replicate or dense
+    training to step t failed (or was itself skipped) is not run: it could only fail the same way, or run on
+    nothing. Its outcome is ``skipped``, with the reason in one line; a rerun of the sweep plans it again and runs
+    it once its dependency is done. Both executors use it, between phases."""
+
+    def __init__(self, needs: dict[Job, tuple[Job, ...]] | None = None):
+        self.needs = needs or {}
+        self.failed: dict[Job, dict[str, Any]] = {}
+
+    def record(self, job: Job, outcome: dict[str, Any]) -> None:
+        if outcome.get("status") in ("failed", "skipped"):
+            self.failed[job] = outcome
+
+    def runnable(self, phase: list[Job], on_done: Callable[[dict], None]) -> list[Job]:
+        """The jobs of ``phase`` that can run; each of the others goes to ``on_done`` as skipped."""
+        out = []
+        for job in phase:
+            dep = next((d for d in self.needs.get(job, ()) if d in self.failed), None)
+            if dep is None:
+                out.append(job)
+                continue
+            outcome = {"id": None, "status": "skipped", "label": job.label(), "steps": 0,
+                       "reason": _skip_reason(dep, self.failed[dep])}
+            self.failed[job] = outcome
+            on_done(outcome)
+        return out
+
+
+def _skip_reason(dep: Job, outcome: dict[str, Any]) -> str:
+    what = "dense replicate" if dep.kind == "dense" else f"dense training to step {dep.step}"
+    why = outcome.get("error") or outcome.get("reason") or "failed"
+    why = " ".join(str(why).split())
+    why = why if len(why) <= 160 else why[:157] + "..."
+    verb = "was skipped" if outcome.get("status") == "skipped" else "failed"
+    return f"its {what}{' ' + outcome['id'] if outcome.get('id') else ''} {verb} ({why})"
 
 
 def job_id(runner: Runner, job: Job) -> str:
@@ -358,6 +394,7 @@ def make_plan(runner: Runner, jobs: Iterable[Job]) -> Plan:
     dense: dict[Replicate, Job] = {}
     prefixes: dict[tuple[Replicate, int], Job] = {}
     runs, ready, skipped, steps = [], [], [], 0
+    needs: dict[Job, tuple[Job, ...]] = {}
     for job in jobs:
         job = dataclasses.replace(job, rep=runner.fitted(job.rep))  # a short training scales the recipe's schedule
         check_job(runner, job)
@@ -380,6 +417,9 @@ def make_plan(runner: Runner, jobs: Iterable[Job]) -> Plan:
         if job.hp is not None:
             steps += job.protocol.steps_left(runner, job.rep, job.hp)
             (ready if dense_done and not needs_prefix else runs).append(job)
+            waits = ([prefixes[(job.rep, t)]] if needs_prefix else []) + ([dense[job.rep]] if not dense_done else [])
+            if waits:
+                needs[job] = tuple(waits)
     # Prefixes first, in ascending step, so each dense training resumes from the largest one instead of
     # training 0..t again; then the rest of each dense training; then the runs. Runs whose dense replicate
     # (and weights at step t) are already there wait for nothing: they join the first phase, after its own
@@ -390,7 +430,7 @@ def make_plan(runner: Runner, jobs: Iterable[Job]) -> Plan:
         phases[0] = phases[0] + ready
     elif ready:
         phases = [ready]
-    return Plan(phases, skipped, steps)
+    return Plan(phases, skipped, steps, needs)
 
 
 # ---- executing ------------------------------------------------------------------------------------
@@ -520,22 +560,26 @@ def _pinned(ctx: Context) -> Context:
 
 
 def run_local(phases: list[list[Job]], ctx: Context, workers: int, on_done: Callable[[dict], None],
-              on_steps: Callable[[int], None] | None = None) -> None:
+              on_steps: Callable[[int], None] | None = None, needs: dict[Job, tuple[Job, ...]] | None = None) -> None:
     """N worker processes on this machine, each on its own GPU when there are GPUs (see
     :func:`worker_devices`); each limits its torch threads so workers do not fight over cores.
     ``on_steps(n)`` is told of the training steps as the workers take them (through a queue, about once a
-    second per worker)."""
+    second per worker). A job whose dependency (``needs``, :attr:`Plan.needs`) failed is skipped
+    (:class:`Dependencies`)."""
     global _step_sink
     import multiprocessing as mp
 
     threads = ctx.runtime.threads_for(ctx.device, workers)  # the CLI's rule too (runtime.default_threads)
     ctx = dataclasses.replace(ctx, threads=threads)
+    deps = Dependencies(needs)
     if workers == 1:
         _step_sink = on_steps
         try:
             for phase in phases:
-                for job in phase:
-                    on_done(execute(job, ctx))
+                for job in deps.runnable(phase, on_done):
+                    outcome = execute(job, ctx)
+                    deps.record(job, outcome)
+                    on_done(outcome)
         finally:
             _step_sink = None
         return
@@ -545,7 +589,7 @@ def run_local(phases: list[list[Job]], ctx: Context, workers: int, on_done: Call
     if reader:
         reader.start()
     try:
-        _run_pools(phases, ctx, workers, on_done, context, threads, steps)
+        _run_pools(phases, ctx, workers, on_done, context, threads, steps, deps)
     finally:
         if reader:
             steps.put(None)  # after every worker has flushed: the reader passes on the rest, then stops
@@ -557,7 +601,8 @@ def _read_steps(queue, on_steps: Callable[[int], None]) -> None:
         on_steps(n)
 
 
-def _run_pools(phases, ctx: Context, workers: int, on_done, context, threads: int, steps) -> None:
+def _run_pools(phases, ctx: Context, workers: int, on_done, context, threads: int, steps,
+               deps: Dependencies) -> None:
     import concurrent.futures as cf
 
     def pool():
@@ -568,7 +613,7 @@ def _run_pools(phases, ctx: Context, workers: int, on_done, context, threads: in
                                       initargs=(threads, steps, devices, os.getpid()))
 
     for phase in phases:
-        pending, retried = list(phase), set()
+        pending, retried = deps.runnable(phase, on_done), set()
         while pending:
             with pool() as executor:
                 futures = {executor.submit(execute, job, ctx): job for job in pending}
@@ -577,14 +622,19 @@ def _run_pools(phases, ctx: Context, workers: int, on_done, context, threads: in
                     for future in cf.as_completed(futures):
                         job = futures[future]
                         try:
-                            on_done(future.result())
+                            outcome = future.result()
                         except cf.process.BrokenProcessPool as e:  # a worker died (OOM kill, segfault)
                             if job in retried:
-                                on_done({"id": None, "status": "failed", "label": job.label(),
-                                         "error": f"worker process died twice: {e}"})
+                                outcome = {"id": None, "status": "failed", "label": job.label(),
+                                           "error": f"worker process died twice: {e}"}
+                                deps.record(job, outcome)
+                                on_done(outcome)
                             else:
                                 retried.add(job)
                                 pending.append(job)  # once more, in a fresh pool
+                        else:
+                            deps.record(job, outcome)
+                            on_done(outcome)
                 except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stop the workers instead of waiting for them
                     _stop_workers(executor)
                     raise
@@ -595,53 +645,3 @@ def _stop_workers(executor) -> None:
     for process in list(getattr(executor, "_processes", {}).values()):
         process.terminate()
     executor.shutdown(wait=False, cancel_futures=True)
-
-
-def slurm_parameters(slurm: dict[str, Any], device: str) -> dict[str, Any]:
-    """submitit's parameters for the ``[slurm]`` table of a spec (with the command's overrides merged in).
-
-    A sweep on device ``cuda`` (or ``cuda:N``) with no GPUs per node is refused with a one-line error;
-    one on ``auto`` gets a one-line warning that its jobs will run on the nodes' CPUs.
-    """
-    gpus = slurm.get("gpus_per_node", 0)
-    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
-        raise ValueError(f"gpus_per_node must be a non-negative integer, got {gpus!r}")
-    if gpus == 0 and device.split(":")[0] == "cuda":
-        raise ValueError(f"device {device} needs GPUs on the Slurm nodes, but the jobs would ask for none: set "
-                         "[slurm] gpus_per_node = N in the spec or give --gpus-per-node N")
-    if gpus == 0 and device == "auto":
-        warnings.warn("the Slurm jobs ask for no GPU ([slurm] gpus_per_node = 0), so they run on the nodes' CPUs; "
-                      "set gpus_per_node in the spec or give --gpus-per-node N for GPUs", UserWarning, stacklevel=2)
-    params: dict[str, Any] = {"timeout_min": slurm.get("time_min", 60), "gpus_per_node": gpus,
-                              "cpus_per_task": slurm.get("cpus_per_task", 1), "nodes": slurm.get("nodes", 1)}
-    if "mem_gb" in slurm:
-        params["mem_gb"] = slurm["mem_gb"]
-    for key, name in (("partition", "slurm_partition"), ("array_parallelism", "slurm_array_parallelism"),
-                      ("account", "slurm_account"), ("qos", "slurm_qos")):
-        if key in slurm:
-            params[name] = slurm[key]
-    return params
-
-
-def run_submitit(phases: list[list[Job]], ctx: Context, slurm: dict[str, Any], on_done: Callable[[dict], None],
-                 cluster: str | None = "slurm", on_steps: Callable[[int], None] | None = None) -> None:
-    """Array jobs through submitit, one array per phase (``cluster="local"`` runs them as local processes,
-    exercising the same submission path in tests). ``on_steps(n)`` is told of a job's training steps when
-    it ends (cluster jobs have no channel back while they run)."""
-    params = slurm_parameters(slurm, ctx.device)
-    try:
-        import submitit
-    except ModuleNotFoundError:
-        raise ValueError("the slurm executor needs submitit: pip install 'prunelab[slurm]'") from None
-    executor = submitit.AutoExecutor(folder=str(Path(ctx.root) / ".submitit" / "%j"), cluster=cluster)
-    executor.update_parameters(name="prunelab", **params)
-    for phase in phases:
-        submitted = executor.map_array(execute, phase, [ctx] * len(phase))
-        for job, handle in zip(phase, submitted):
-            try:
-                outcome = handle.result()
-                if on_steps is not None:
-                    on_steps(outcome.get("steps", 0))
-                on_done(outcome)
-            except Exception as e:  # noqa: BLE001 - the cluster job itself died (time limit, node failure)
-                on_done({"id": None, "status": "failed", "label": job.label(), "error": f"{type(e).__name__}: {e}"})

@@ -67,6 +67,32 @@ class Diverged(RuntimeError):
         self.loss = loss
 
 
+class StopRequested(KeyboardInterrupt):
+    """Training stopped after a step because :func:`request_stop` asked it to (Slurm's signal ahead of a time
+    limit or a preemption, :mod:`prunelab.experiments.slurm`): that step's checkpoint is on disk first, so the
+    run resumes from it bitwise. A KeyboardInterrupt, so that it passes through every ``except Exception``
+    and the run's lock records the session as interrupted."""
+
+    def __init__(self, step: int):
+        super().__init__(f"training stopped at step {step} on request (its checkpoint is saved)")
+        self.step = step
+
+
+_STOP_REQUESTED = False  # a plain flag: set from a signal handler, read once a step
+
+
+def request_stop(requested: bool = True) -> None:
+    """Ask the training running in this process (or the next one to start) to save a checkpoint after its
+    current step and raise :class:`StopRequested`; safe to call from a signal handler. Only rank 0 of a
+    process group acts on it (it writes the checkpoints). ``request_stop(False)`` withdraws the request."""
+    global _STOP_REQUESTED
+    _STOP_REQUESTED = requested
+
+
+def stop_requested() -> bool:
+    return _STOP_REQUESTED
+
+
 @dataclass
 class TrainResult:
     step: int
@@ -453,8 +479,16 @@ class Checkpoints(Callback):
 
     def after_step(self, loop: Loop, batch) -> None:
         keep = loop.step in self.keep_steps
-        if loop.writer and (keep or (self.save_latest and (loop.step % loop.ipe == 0 or loop.step == loop.end_step))):
-            self.save(loop, keep=keep, latest=self.save_latest)
+        # a stop request (request_stop) is honoured after any step but the last, which finishes the training anyway
+        stop = _STOP_REQUESTED and loop.writer and loop.step < loop.end_step
+        if loop.writer and (keep or stop or (self.save_latest and (loop.step % loop.ipe == 0
+                                                                    or loop.step == loop.end_step))):
+            # without latest.pt (an intermediate state of a longer training) the stop's state is kept as step_<n>.pt
+            self.save(loop, keep=keep or (stop and not self.save_latest), latest=self.save_latest)
+        if stop:
+            request_stop(False)
+            self.writer.flush()
+            raise StopRequested(loop.step)
 
     def end(self, loop: Loop) -> None:
         resumed_at_it = loop.step not in self.submitted and not self.folder.path_for(loop.step).is_file()

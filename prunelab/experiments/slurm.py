@@ -1,0 +1,579 @@
+"""Sweeps on a Slurm cluster, through submitit: jobs that requeue at their time limit, a login-node command that
+can be interrupted, and a log worth reading.
+
+**In the job** (:class:`ClusterJob`, what each array task runs). Slurm is asked to send ``SIGUSR2``
+``signal_delay_s`` seconds before the time limit (submitit's ``--signal``; a preemption sends it too). The job
+then asks the training to stop after its current step (:func:`prunelab.training.trainer.request_stop`): the
+step's checkpoint is written, the training raises :class:`~prunelab.training.trainer.StopRequested`, and the job
+hands over to submitit, which calls :meth:`ClusterJob.checkpoint` (the same job again), requeues it with
+``scontrol requeue`` and exits. The requeued job resumes the run from that checkpoint, bitwise (CPU, same thread
+count). Should the training not reach a step boundary within half the signal delay (a long evaluation, a
+job still loading its data), the job requeues anyway, from its last epoch's checkpoint. A job requeues at most
+``max_timeouts`` times at its time limit (preemptions do not count); past that it fails, its checkpoint kept.
+A job of several tasks (``tasks_per_node``) is one DDP run: ``srun`` starts the tasks, each joins the process
+group (gloo on the CPU, NCCL on GPUs) from Slurm's variables, and rank 0 alone checkpoints and requeues.
+
+**On the login node** (:func:`run_submitit`). Each phase is one job array; a job whose dense replicate (or
+dense training to step t) failed is not submitted (:class:`prunelab.experiments.sweep.Dependencies`). The
+command follows its jobs with ``squeue`` (one call for all of them, every 2 s at first, at most every
+:data:`SQUEUE_MAX_S`), never with ``sacct``, which clusters without accounting refuse, and prints one line per
+job state change (``RUNNING``, ``PENDING`` again after a requeue) and one per outcome. submitit's own log
+lines are said once each (:func:`quiet_submitit_logs`). Every submitted job is noted in
+``<root>/.submitit/jobs.jsonl``: interrupted (Ctrl-C, a closed login session), the command leaves its jobs
+queued and running, and a rerun skips the finished runs, **waits for the jobs still queued or running**
+(found through that file and ``squeue``) and submits only the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import getpass
+import hashlib
+import json
+import logging
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from prunelab.experiments.sweep import Context, Job
+
+SLURM_KEYS = {"partition": str, "time_min": int, "gpus_per_node": int, "cpus_per_task": int, "mem_gb": int,
+              "array_parallelism": int, "nodes": int, "account": str, "qos": str, "tasks_per_node": int,
+              "signal_delay_s": int, "max_timeouts": int}
+TIME_MIN = 60  # the time limit of a job when the spec gives none
+SIGNAL_DELAY_S = 90  # seconds ahead of the time limit that Slurm signals a job (at most half the limit)
+MAX_TIMEOUTS = 10  # how often a job requeues at its time limit before it fails
+JOB_NAME = "prunelab"
+SQUEUE_MIN_S, SQUEUE_MAX_S = 2.0, 30.0  # squeue every 2 s after a change, doubling to this while nothing changes
+POLL_S = 1.0  # result files of running jobs looked at this often
+# A job that ended gets this long for its result file to appear (a slow shared file system): a job COMPLETED or no
+# longer listed had one for sure; a cancelled, failed or killed one has one only if it ended just then.
+RESULT_GRACE_S, CANCELLED_GRACE_S = 15.0, 3.0
+LEDGER = "jobs.jsonl"  # in <root>/.submitit: one line per submitted job, for a rerun to find them
+# Slurm states after which a job runs no more (a requeued job goes back to PENDING instead)
+FINAL_STATES = {"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY",
+                "PREEMPTED", "REVOKED", "SPECIAL_EXIT", "TIMEOUT"}
+
+
+# ---- parameters ---------------------------------------------------------------------------------------
+
+def check_table(table: dict[str, Any], where: str) -> None:
+    """The ``[slurm]`` table of a spec: known keys of the right types (a misspelt key is named)."""
+    from prunelab.registry import unknown_name_message
+
+    for key, value in table.items():
+        if key not in SLURM_KEYS:
+            raise ValueError(f"{where}: " + unknown_name_message("key in [slurm]", key, list(SLURM_KEYS)))
+        if not isinstance(value, SLURM_KEYS[key]) or isinstance(value, bool):
+            raise ValueError(f"{where}: [slurm] {key} must be {SLURM_KEYS[key].__name__}")
+
+
+def slurm_parameters(slurm: dict[str, Any], device: str) -> dict[str, Any]:
+    """submitit's parameters for the ``[slurm]`` table of a spec (with the command's overrides merged in), and
+    ``max_timeouts`` (submitit takes it when the executor is made).
+
+    A sweep on device ``cuda`` (or ``cuda:N``) with no GPUs per node is refused with a one-line error; one on
+    ``auto`` gets a one-line warning that its jobs will run on the nodes' CPUs. A signal delay that is not
+    shorter than the time limit (every job would stop at once) is refused.
+    """
+    import warnings
+
+    gpus = slurm.get("gpus_per_node", 0)
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
+        raise ValueError(f"gpus_per_node must be a non-negative integer, got {gpus!r}")
+    if gpus == 0 and device.split(":")[0] == "cuda":
+        raise ValueError(f"device {device} needs GPUs on the Slurm nodes, but the jobs would ask for none: set "
+                         "[slurm] gpus_per_node = N in the spec or give --gpus-per-node N")
+    for key in ("time_min", "tasks_per_node", "cpus_per_task", "nodes", "signal_delay_s", "max_timeouts"):
+        if key in slurm and slurm[key] < (0 if key == "max_timeouts" else 1):
+            raise ValueError(f"[slurm] {key} must be >= {0 if key == 'max_timeouts' else 1}, got {slurm[key]}")
+    time_min = slurm.get("time_min", TIME_MIN)
+    delay = slurm.get("signal_delay_s", min(SIGNAL_DELAY_S, time_min * 60 // 2))
+    if delay >= time_min * 60:
+        raise ValueError(f"[slurm] signal_delay_s = {delay} is not shorter than the time limit (time_min = {time_min}"
+                         f" is {time_min * 60} s): every job would be told to stop as it starts; give a delay of at "
+                         f"most {time_min * 60 // 2} s")
+    if gpus == 0 and device == "auto":
+        warnings.warn("the Slurm jobs ask for no GPU ([slurm] gpus_per_node = 0), so they run on the nodes' CPUs; "
+                      "set gpus_per_node in the spec or give --gpus-per-node N for GPUs", UserWarning, stacklevel=2)
+    params: dict[str, Any] = {"timeout_min": time_min, "gpus_per_node": gpus,
+                              "cpus_per_task": slurm.get("cpus_per_task", 1), "nodes": slurm.get("nodes", 1),
+                              "tasks_per_node": slurm.get("tasks_per_node", 1), "slurm_signal_delay_s": delay,
+                              "max_timeouts": slurm.get("max_timeouts", MAX_TIMEOUTS)}
+    if "mem_gb" in slurm:
+        params["mem_gb"] = slurm["mem_gb"]
+    for key, name in (("partition", "slurm_partition"), ("array_parallelism", "slurm_array_parallelism"),
+                      ("account", "slurm_account"), ("qos", "slurm_qos")):
+        if key in slurm:
+            params[name] = slurm[key]
+    return params
+
+
+# ---- in the job -----------------------------------------------------------------------------------------
+
+def _job_log(message: str) -> None:
+    """A line in the job's own log (submitit's ``*_log.err``)."""
+    print(f"prunelab: {message}", file=sys.stderr, flush=True)
+
+
+class ClusterJob:
+    """What each cluster job runs: one sweep job (:func:`prunelab.experiments.sweep.execute`), checkpointable for
+    submitit (it has :meth:`checkpoint`). ``grace_s``: how long after Slurm's signal the training has to reach a
+    step boundary before the job requeues from its last epoch's checkpoint."""
+
+    def __init__(self, grace_s: float = SIGNAL_DELAY_S / 2):
+        self.grace_s = grace_s
+
+    def __call__(self, job: Job, ctx: Context) -> dict[str, Any]:
+        from prunelab.experiments import sweep
+        from prunelab.training.trainer import StopRequested, request_stop
+
+        rank, tasks = _task()
+        run_ctx = _join_process_group(ctx) if tasks > 1 else ctx
+        guard = _SignalGuard(rank, self.grace_s)
+        guard.install()
+        try:
+            return sweep.execute(job, run_ctx)
+        except StopRequested as e:
+            _job_log(f"{e}; requeueing ({job.label()})")
+            guard.requeue()  # submitit saves this job's next submission, requeues it and exits
+            raise
+        finally:
+            guard.uninstall()
+            request_stop(False)
+            if tasks > 1:
+                _leave_process_group()
+
+    def checkpoint(self, job: Job, ctx: Context):
+        """The job to run after the requeue: the same one, which resumes its run from the checkpoints."""
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(self, job, ctx)
+
+
+def _task() -> tuple[int, int]:
+    """(global rank, number of tasks) of this process in its cluster job."""
+    import submitit
+
+    env = submitit.JobEnvironment()
+    return env.global_rank, env.num_tasks
+
+
+def _join_process_group(ctx: Context) -> Context:
+    """Join the job's DDP process group (``srun`` set the ranks; submitit names the master) and return ``ctx`` on
+    this rank's device: ``cuda:<local rank>`` with NCCL on GPUs, else the CPU with gloo."""
+    from submitit.helpers import TorchDistributedEnvironment
+
+    from prunelab.training import distributed
+
+    TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+    return dataclasses.replace(ctx, device=distributed.init_from_env(ctx.device))
+
+
+def _leave_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _preempt_signal() -> signal.Signals:
+    from submitit.core.job_environment import JobEnvironment
+
+    return JobEnvironment._usr_sig()
+
+
+class _SignalGuard:
+    """Slurm's signal (USR2) turned into a stop request to the training, then submitit's own handler (checkpoint
+    and requeue) called once the training has stopped, or after ``grace_s`` seconds from a watch thread."""
+
+    def __init__(self, rank: int, grace_s: float):
+        self.rank, self.grace_s = rank, grace_s
+        self.signum: int | None = None
+        self.previous: Any = None
+        self.timer: threading.Timer | None = None
+        self._requeued = False
+        self._lock = threading.Lock()
+
+    def install(self) -> None:
+        self.sig = _preempt_signal()
+        self.previous = signal.getsignal(self.sig)
+        signal.signal(self.sig, self.handle)
+
+    def uninstall(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        signal.signal(self.sig, self.previous if self.previous is not None else signal.SIG_DFL)
+
+    def handle(self, signum: int, frame=None) -> None:
+        from prunelab.training.trainer import request_stop
+
+        if self.rank != 0:  # rank 0 checkpoints and requeues; Slurm then ends every task
+            return
+        if self.signum is None:
+            _job_log(f"{signal.Signals(signum).name}: time limit or preemption ahead; stopping after the current "
+                     "training step to save a checkpoint and requeue")
+        self.signum = signum
+        request_stop()
+        if self.timer is None:
+            self.timer = threading.Timer(self.grace_s, self._late)
+            self.timer.daemon = True
+            self.timer.start()
+
+    def _late(self) -> None:
+        _job_log(f"no training step ended within {self.grace_s:g} s of the signal; requeueing from the last saved "
+                 "checkpoint")
+        self.requeue()
+
+    def requeue(self) -> None:
+        """submitit's handler: the next submission saved (:meth:`ClusterJob.checkpoint`), ``scontrol requeue``,
+        exit (SystemExit). Once, whichever of the training and the watch thread comes first."""
+        with self._lock:
+            if self._requeued:
+                return
+            self._requeued = True
+        if self.timer is not None and self.timer is not threading.current_thread():
+            self.timer.cancel()
+        if callable(self.previous) and self.signum is not None:
+            self.previous(self.signum, None)
+
+
+# ---- on the login node: logs ------------------------------------------------------------------------------
+
+class _OnceFilter(logging.Filter):
+    """Passes each message once (numbers aside: "Call #12 - Bypassing sacct error" is the same line each poll)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = re.sub(r"\d+", "#", record.getMessage())
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
+class _BelowWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.WARNING
+
+
+def quiet_submitit_logs() -> None:
+    """submitit's log on the login node: each line once, and its warnings on stderr only (its configuration sends
+    them to stdout as well)."""
+    logger = logging.getLogger("submitit")
+    if not any(isinstance(f, _OnceFilter) for f in logger.filters):
+        logger.addFilter(_OnceFilter())
+    if any(h.level >= logging.WARNING for h in logger.handlers):
+        for handler in logger.handlers:
+            if handler.level < logging.WARNING and not any(isinstance(f, _BelowWarning) for f in handler.filters):
+                handler.addFilter(_BelowWarning())
+
+
+def _print_line(text: str) -> None:
+    print(text, flush=True)
+
+
+# ---- on the login node: the queue ---------------------------------------------------------------------------
+
+class Queue:
+    """This user's prunelab jobs as ``squeue`` lists them: job id (``123_4`` for an array task) -> state. One call
+    for every job; a failure is said once per kind of error, and the states are then unknown (None)."""
+
+    def __init__(self, log: Callable[[str], None] = _print_line):
+        self.log = log
+        self._warned: set[str] = set()
+
+    def states(self) -> dict[str, str] | None:
+        cmd = ["squeue", "--noheader", "--array", "--user", getpass.getuser(), "--name", JOB_NAME, "--states", "all",
+               "--format", "%i|%T"]
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True).stdout
+        except (OSError, subprocess.SubprocessError) as e:
+            detail = e.stderr.strip() if isinstance(e, subprocess.CalledProcessError) and e.stderr else str(e)
+            key = re.sub(r"\d+", "#", detail)
+            if key not in self._warned:
+                self._warned.add(key)
+                self.log(f"prunelab: warning: squeue failed ({' '.join(detail.split())}); job states unknown until "
+                         "it answers")
+            return None
+        states = {}
+        for line in out.splitlines():
+            job_id, _, state = line.strip().partition("|")
+            if job_id:
+                states[job_id] = state.split()[0] if state.strip() else "UNKNOWN"
+        return states
+
+
+def job_key(job: Job) -> str:
+    """A stable name of a sweep job across runs of the command (its settings, hashed)."""
+    return hashlib.sha256(repr(job).encode()).hexdigest()[:20]
+
+
+class Ledger:
+    """``<root>/.submitit/jobs.jsonl``: one line per submitted job (its key, Slurm id and task count)."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / LEDGER
+
+    def record(self, entries: list[dict[str, Any]]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write("".join(json.dumps(e, sort_keys=True) + "\n" for e in entries))
+
+    def latest(self) -> dict[str, dict[str, Any]]:
+        """key -> the last job submitted for it."""
+        out: dict[str, dict[str, Any]] = {}
+        try:
+            text = self.path.read_text()
+        except OSError:
+            return out
+        for line in text.splitlines():
+            try:
+                entry = json.loads(line)
+                out[entry["key"]] = entry
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut by a crash: that job is resubmitted if it is still needed
+        return out
+
+
+def _task0(handle):
+    return handle.task(0) if hasattr(handle, "task") else handle
+
+
+def _read_result(handle, label: str, job_id: str | None) -> dict[str, Any]:
+    """The outcome a finished cluster job wrote (rank 0's), or a failed outcome naming what went wrong."""
+    from submitit.core.utils import pickle_load
+
+    path = _task0(handle).paths.result_pickle
+    try:
+        status, value = pickle_load(path)
+    except Exception as e:  # noqa: BLE001 - a damaged result file is the job's failure, not the sweep's
+        return {"id": None, "status": "failed", "label": label, "error": f"unreadable result {path}: {e}"}
+    if status == "success":
+        return value
+    return {"id": None, "status": "failed", "label": label, "error": _cluster_error(str(value), job_id)}
+
+
+def _cluster_error(trace: str, job_id: str | None) -> str:
+    lines = [line.strip() for line in trace.strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else "no error text"
+    if "timed-out too many times" in trace:
+        return (f"slurm job {job_id} reached its time limit more often than [slurm] max_timeouts allows; its "
+                "checkpoint is kept, and a rerun (or a larger max_timeouts or time_min) resumes it")
+    return f"slurm job {job_id}: {last}"
+
+
+@dataclasses.dataclass
+class _Tracked:
+    job: Job
+    handle: Any
+    label: str
+    state: str | None = None  # the last Slurm state seen
+    gone_at: float | None = None  # when squeue first showed it ended (or no longer listed it)
+
+    @property
+    def job_id(self) -> str:
+        return str(getattr(self.handle, "job_id", "?"))
+
+
+class Watch:
+    """Waits for cluster jobs: their states through :class:`Queue` (Slurm), else submitit's own ``done()``
+    (its local executor in tests); one line per state change and per outcome."""
+
+    def __init__(self, slurm: bool, log: Callable[[str], None] = _print_line):
+        self.slurm, self.log = slurm, log
+        self.queue = Queue(log) if slurm else None
+        self.waiting: dict[str, _Tracked] = {}  # Slurm id -> job, while the command waits for it
+
+    def wait(self, handles: dict[Job, Any], adopted: set[Job] = frozenset()) -> Iterator[tuple[Job, dict]]:
+        """(job, outcome) for each of ``handles`` as it ends, in the order they end."""
+        pending = [_Tracked(job, h, job.label(), state="PENDING" if job not in adopted else None)
+                   for job, h in handles.items()]
+        self.waiting.update({t.job_id: t for t in pending})
+        interval, next_query = SQUEUE_MIN_S, 0.0
+        try:
+            while pending:
+                now = time.monotonic()
+                query = self.slurm and now >= next_query
+                changed = self._update_states(pending, now) if query else False
+                for tracked in list(pending):
+                    outcome = self._outcome(tracked, now, all_files=query)
+                    if outcome is not None:
+                        pending.remove(tracked)
+                        self.waiting.pop(tracked.job_id, None)
+                        self._say_outcome(tracked, outcome)
+                        yield tracked.job, outcome
+                if query:
+                    interval = SQUEUE_MIN_S if changed else min(interval * 2, SQUEUE_MAX_S)
+                    next_query = now + interval
+                if pending:
+                    time.sleep(POLL_S)
+        finally:
+            for tracked in pending:
+                self.waiting.pop(tracked.job_id, None)
+
+    def _update_states(self, pending: list[_Tracked], now: float) -> bool:
+        states = self.queue.states()
+        if states is None:
+            return False
+        changed = False
+        for tracked in pending:
+            state = states.get(tracked.job_id)
+            if state is None or state in FINAL_STATES:
+                if tracked.gone_at is None:
+                    tracked.gone_at = now
+            else:
+                tracked.gone_at = None
+            if state is not None and state != tracked.state:
+                if state not in FINAL_STATES:  # a final state is said with the outcome
+                    self.log(f"slurm job {tracked.job_id} {state}: {tracked.label}")
+                tracked.state, changed = state, True
+        return changed
+
+    def _outcome(self, tracked: _Tracked, now: float, all_files: bool) -> dict[str, Any] | None:
+        handle = tracked.handle
+        if not self.slurm:
+            if hasattr(handle, "done") and not handle.done():
+                return None
+            try:
+                return _task0(handle).result()
+            except Exception as e:  # noqa: BLE001 - the cluster job itself died
+                return {"id": None, "status": "failed", "label": tracked.label, "error": f"{type(e).__name__}: {e}"}
+        # pending jobs have no result: their files are looked at only when squeue was asked (every few seconds)
+        if not all_files and tracked.state in (None, "PENDING", "CONFIGURING"):
+            return None
+        if _task0(handle).paths.result_pickle.exists():
+            return _read_result(handle, tracked.label, tracked.job_id)
+        grace = RESULT_GRACE_S if tracked.state in (None, "COMPLETED") or tracked.state not in FINAL_STATES \
+            else CANCELLED_GRACE_S
+        if tracked.gone_at is not None and now - tracked.gone_at >= grace:
+            how = tracked.state if tracked.state in FINAL_STATES else "no longer in the queue"
+            return {"id": None, "status": "failed", "label": tracked.label,
+                    "error": f"slurm job {tracked.job_id} ended without a result ({how}: cancelled, killed or its node "
+                             f"failed; its log: {_task0(handle).paths.stderr}); a rerun resumes the run from its "
+                             "last checkpoint"}
+        return None
+
+    def _say_outcome(self, tracked: _Tracked, outcome: dict[str, Any]) -> None:
+        status = outcome.get("status", "?")
+        detail = ""
+        if outcome.get("test_accuracy") is not None:
+            detail = f" (test accuracy {outcome['test_accuracy']:.4f})"
+        elif status == "failed":
+            detail = f" ({outcome.get('error', '')})"
+        self.log(f"slurm job {tracked.job_id} {status}: {tracked.label}{detail}")
+
+
+# ---- on the login node: the sweep ---------------------------------------------------------------------------
+
+def run_submitit(phases: list[list[Job]], ctx: Context, slurm: dict[str, Any], on_done: Callable[[dict], None],
+                 cluster: str | None = "slurm", on_steps: Callable[[int], None] | None = None,
+                 needs: dict[Job, tuple[Job, ...]] | None = None, log: Callable[[str], None] | None = None) -> None:
+    """The phases as job arrays through submitit, one array per phase, each submitted once the previous one has
+    ended (``cluster="local"`` runs them as local processes, the same submission path, in tests). A job whose
+    dependency (``needs``, :attr:`prunelab.experiments.sweep.Plan.needs`) failed is not submitted: ``on_done`` gets
+    it as skipped, with the reason. ``on_steps(n)`` is told of a job's training steps when it ends (cluster jobs
+    have no channel back while they run). ``log`` gets the one-line state changes (default: stdout)."""
+    from prunelab.experiments import sweep
+
+    log = log or _print_line
+    params = slurm_parameters(slurm, ctx.device)
+    max_timeouts = params.pop("max_timeouts")
+    try:
+        import submitit
+    except ModuleNotFoundError:
+        raise ValueError("the slurm executor needs submitit: pip install 'prunelab[slurm]'") from None
+    quiet_submitit_logs()
+    folder = Path(ctx.root) / ".submitit"
+    executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=cluster, slurm_max_num_timeout=max_timeouts)
+    executor.update_parameters(name=JOB_NAME, **params)
+    on_slurm = getattr(executor, "cluster", None) == "slurm"
+    watch = Watch(on_slurm, log)
+    ledger = Ledger(folder) if on_slurm else None
+    run = ClusterJob(grace_s=params["slurm_signal_delay_s"] / 2)
+    deps = sweep.Dependencies(needs)
+    try:
+        for phase in phases:
+            jobs = deps.runnable(phase, on_done)
+            if not jobs:
+                continue
+            handles = _adopt(jobs, ledger, watch, str(folder / "%j"), log) if ledger is not None else {}
+            adopted = set(handles)
+            fresh = [job for job in jobs if job not in handles]
+            if fresh:
+                submitted = executor.map_array(run, fresh, [ctx] * len(fresh))
+                handles.update(zip(fresh, submitted))
+                tasks = params.get("tasks_per_node", 1) * params.get("nodes", 1)
+                if ledger is not None:
+                    ledger.record([{"key": job_key(job), "job_id": str(h.job_id), "tasks": tasks}
+                                   for job, h in zip(fresh, submitted)])
+                ids = sorted({str(getattr(h, "job_id", "?")).split("_")[0] for h in submitted})
+                log(f"slurm: submitted {len(fresh)} job{'s' if len(fresh) > 1 else ''} "
+                    f"({_phase_words(fresh)}) as {'array' if len(fresh) > 1 else 'job'} {', '.join(ids)}")
+            for job, outcome in watch.wait(handles, adopted):
+                deps.record(job, outcome)
+                if on_steps is not None:
+                    on_steps(outcome.get("steps", 0))
+                on_done(outcome)
+    except KeyboardInterrupt:
+        if watch.waiting:
+            arrays = sorted({i.split("_")[0] for i in watch.waiting})
+            print(f"prunelab: left {len(watch.waiting)} Slurm job{'s' if len(watch.waiting) > 1 else ''} queued or "
+                  f"running ({'arrays' if len(arrays) > 1 else 'array'} {', '.join(arrays)}; scancel them to stop "
+                  "them); rerunning the same command waits for them and submits only what is neither finished nor "
+                  "queued", file=sys.stderr, flush=True)
+        raise
+
+
+def _phase_words(jobs: list[Job]) -> str:
+    names = {"dense": "dense replicates", "prefix": "dense prefixes to step t"}
+    return " + ".join(dict.fromkeys(names.get(job.kind, "runs") for job in jobs))
+
+
+def _adopt(jobs: list[Job], ledger: Ledger, watch: Watch, folder: str, log: Callable[[str], None]) -> dict[Job, Any]:
+    """Handles of the jobs an earlier run of the sweep submitted that are still queued or running."""
+    import submitit
+
+    noted = ledger.latest()
+    candidates = {job: noted[job_key(job)] for job in jobs if job_key(job) in noted}
+    if not candidates:
+        return {}
+    states = watch.queue.states() or {}
+    handles = {}
+    for job, entry in candidates.items():
+        state = states.get(entry["job_id"])
+        if state is not None and state not in FINAL_STATES:
+            with contextlib.suppress(Exception):
+                handles[job] = submitit.SlurmJob(folder=folder, job_id=entry["job_id"],
+                                                 tasks=tuple(range(max(1, int(entry.get("tasks", 1))))))
+    if handles:
+        log(f"slurm: waiting for {len(handles)} job{'s' if len(handles) > 1 else ''} that an earlier run of this "
+            "sweep submitted (still queued or running)")
+    return handles
+
+
+def cluster_answers(timeout: float = 10.0) -> tuple[bool, str]:
+    """Whether a Slurm cluster answers here (``sinfo`` lists a node that can run jobs), and what it said."""
+    try:
+        proc = subprocess.run(["sinfo", "--noheader", "--format", "%T"], capture_output=True, text=True,
+                              timeout=timeout)
+    except (OSError, subprocess.SubprocessError) as e:
+        return False, f"sinfo: {e}"
+    states = proc.stdout.split()
+    if proc.returncode != 0:
+        return False, f"sinfo: {' '.join(proc.stderr.split()) or f'exit status {proc.returncode}'}"
+    if not any(s.rstrip("*~#!%$@^-") in ("idle", "mixed", "allocated", "completing") for s in states):
+        return False, f"sinfo: no node up ({', '.join(states) or 'none'})"
+    return True, "sinfo: " + ", ".join(states)
+

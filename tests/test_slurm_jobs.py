@@ -1,0 +1,276 @@
+"""The Slurm machinery without a cluster: a stop request saves the step and the run resumes bitwise, a job signalled
+under submitit's local executor checkpoints, requeues and finishes with the bits of an uninterrupted run, jobs whose
+dependency failed are skipped (local and Slurm sweeps), the login node's log says each state change and each of
+submitit's lines once. The same on a real one-node cluster: tests/test_slurm.py."""
+
+import json
+import os
+import pickle
+import signal
+import time
+import types
+
+import pytest
+import torch
+from test_data import write_idx_set
+
+from prunelab.cli import main
+from prunelab.experiments import slurm, sweep
+from prunelab.experiments.store import RunStore
+from prunelab.training import TrainSettings
+from prunelab.training.checkpoints import CheckpointFolder
+from prunelab.training.trainer import StopRequested, request_stop, train
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    write_idx_set(root / "MNIST" / "raw", n_train=256, n_test=32, gz=True)
+    return root
+
+
+def same_runs(a, b) -> list[str]:
+    """The run ids of two stores, after checking that each run has the same results, metrics and final weights."""
+    sa, sb = RunStore(a), RunStore(b)
+    ids = sorted(i for i, _, r in sa.runs() if r)
+    assert ids == sorted(i for i, _, r in sb.runs() if r)
+    for run_id in ids:
+        ra, rb = sa.result(run_id), sb.result(run_id)
+        for key in ("status", "test_accuracy", "test_loss", "steps", "sparsity"):
+            assert ra.get(key) == rb.get(key), (run_id, key)
+        assert (sa.folder(run_id) / "metrics.jsonl").read_text() == (sb.folder(run_id) / "metrics.jsonl").read_text()
+        wa = CheckpointFolder(sa.folder(run_id) / "checkpoints").load_latest()["model"]
+        wb = CheckpointFolder(sb.folder(run_id) / "checkpoints").load_latest()["model"]
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), run_id
+    return ids
+
+
+# ---- the trainer's stop request -------------------------------------------------------------------------
+
+def test_a_stop_request_saves_that_step_and_the_resumed_training_is_bitwise_uninterrupted(tiny_dataset, tmp_path):
+    from test_speed_options import convnet
+
+    settings = TrainSettings(train="5ep", batch_size=16, lr=0.05, momentum=0.9)  # 8 steps an epoch
+
+    def stop_at(step, model):
+        if step == 11:  # mid-epoch: the epoch's own checkpoint is at step 8
+            request_stop()
+
+    with pytest.raises(StopRequested) as stopped:
+        train(convnet(), tiny_dataset, settings, device="cpu", checkpoint_dir=tmp_path / "a", on_step=stop_at)
+    assert stopped.value.step == 11  # asked by a hook of step 11, which the checkpoints come after
+    assert CheckpointFolder(tmp_path / "a").load_latest()["step"] == 11
+    resumed_model = convnet()
+    resumed = train(resumed_model, tiny_dataset, settings, device="cpu", checkpoint_dir=tmp_path / "a")
+    plain_model = convnet()
+    plain = train(plain_model, tiny_dataset, settings, device="cpu", checkpoint_dir=tmp_path / "b")
+    assert resumed.metrics == plain.metrics
+    assert all(torch.equal(a, b) for a, b in zip(resumed_model.state_dict().values(),
+                                                 plain_model.state_dict().values()))
+
+
+def test_a_stop_request_is_not_honoured_at_the_last_step_nor_left_behind(tiny_dataset, tmp_path):
+    from test_speed_options import convnet
+
+    settings = TrainSettings(train="1ep", batch_size=16)
+    result = train(convnet(), tiny_dataset, settings, device="cpu", checkpoint_dir=tmp_path,
+                   on_step=lambda step, model: request_stop() if step == 8 else None)
+    assert result.step == 8  # the last step: the training finishes
+    request_stop(False)
+
+
+# ---- a job signalled under submitit (its local executor) ---------------------------------------------------
+
+def test_a_signalled_job_saves_its_step_requeues_and_finishes_bitwise(data_root, tmp_path):
+    """USR2 (what Slurm sends ahead of a time limit or at a preemption) to a running job: the training stops after
+    its step with a checkpoint, submitit requeues the job (its local executor restarts it), and the requeued job
+    resumes: the run is bitwise that of an uninterrupted one."""
+    submitit = pytest.importorskip("submitit")
+    spec = tmp_path / "s.toml"
+    spec.write_text('protocol = "train"\nseeds = [0]\n[model]\nmodel = "lenet5"\n[dataset]\ndataset = "mnist"\n'
+                    '[training]\ntrain = "8ep"\nbatch_size = 32\n')  # 8 steps an epoch, 64 in all
+    (job,) = sweep.load_spec(spec).jobs
+    ctx = sweep.Context(str(tmp_path / "runs"), str(data_root), "cpu")
+    runner = ctx.runner()
+    job = sweep.make_plan(runner, [job]).phases[0][0]
+    folder = RunStore(ctx.root).folder(sweep.job_id(runner, job))
+    executor = submitit.AutoExecutor(folder=str(tmp_path / "jobs" / "%j"), cluster="local")
+    executor.update_parameters(timeout_min=10)
+    handle = executor.submit(slurm.ClusterJob(grace_s=60), job, ctx)
+    deadline = time.monotonic() + 120
+    while CheckpointFolder(folder / "checkpoints").latest_path.exists() is False:  # an epoch is done
+        assert time.monotonic() < deadline and not handle.done(), handle.stderr()
+        time.sleep(0.05)
+    first = json.loads((folder / "provenance.json").read_text())["sessions"][0]
+    os.kill(first["pid"], signal.SIGUSR2)  # as Slurm sends it (submitit's local executor does not pass it on)
+    outcome = handle.result()
+    assert outcome["status"] == "done", handle.stderr()
+    sessions = json.loads((folder / "provenance.json").read_text())["sessions"]
+    assert [s["outcome"] for s in sessions] == ["interrupted", "done"] and sessions[1]["pid"] != first["pid"]
+    stopped = CheckpointFolder(folder / "checkpoints").load_step(64)  # the run's end, kept
+    assert stopped is not None
+    log = handle.stderr()
+    assert "SIGUSR2" in log and "training stopped at step" in log and "requeueing" in log, log
+    stopped_at = int(log.split("training stopped at step ")[1].split()[0])
+    assert 8 <= stopped_at < 64
+    reference = tmp_path / "reference"
+    assert main(["sweep", str(spec), "--root", str(reference), "--data-root", str(data_root), "--device", "cpu",
+                 "--no-progress", "--workers", "1"]) == 0
+    assert same_runs(ctx.root, reference) == [folder.name]
+
+
+# ---- dependencies ---------------------------------------------------------------------------------------
+
+def write_spec(path, seeds="[0]"):
+    path.write_text(f'protocol = "run"\nseeds = {seeds}\n[model]\nmodel = "lenet_300_100"\n[dataset]\n'
+                    'dataset = "mnist"\n[training]\ntrain = "1ep"\nbatch_size = 64\n[pruning]\nmethod = "magnitude"\n'
+                    'sparsity = [0.5, 0.9]\n')
+    return path
+
+
+def test_runs_whose_dense_replicate_failed_are_skipped_with_the_reason_and_run_on_a_rerun(data_root, tmp_path,
+                                                                                         capsys, monkeypatch):
+    from prunelab.experiments.runner import Runner
+
+    spec = write_spec(tmp_path / "s.toml")
+    args = ["sweep", str(spec), "--root", str(tmp_path / "runs"), "--data-root", str(data_root), "--device", "cpu",
+            "--no-progress", "--workers", "1"]
+    real = Runner._train_dense
+    with monkeypatch.context() as m:
+        m.setattr(Runner, "_train_dense", lambda self, run_id, rep: (_ for _ in ()).throw(OSError("disk quota")))
+        assert main(args) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert "jobs done: 0, diverged: 0, already done: 0, skipped: 2, failed: 1" in out, out
+    skipped = [line for line in out if line.startswith("  skipped ")]
+    assert len(skipped) == 2
+    for line in skipped:
+        assert "its dense replicate" in line and "failed (OSError: disk quota); a rerun runs it once that is done" \
+            in line, line
+    (folder,) = (tmp_path / "runs").iterdir()  # the dense replicate's alone: no run was begun
+    assert json.loads((folder / "result.json").read_text())["status"] == "failed"
+    assert Runner._train_dense is real
+    assert main(args) == 0
+    assert "jobs done: 3, diverged: 0, already done: 0, skipped: 0, failed: 0" in capsys.readouterr().out
+
+
+class FakeHandle:
+    def __init__(self, outcome):
+        self.outcome, self.job_id = outcome, "1"
+
+    def done(self):
+        return True
+
+    def result(self):
+        return self.outcome
+
+
+class FakeExecutor:
+    """submitit.AutoExecutor's stand-in: each dense job fails, each other job is done; the arrays are recorded."""
+
+    arrays: list = []
+
+    def __init__(self, folder, cluster=None, **kwargs):
+        self.kwargs = kwargs
+
+    def update_parameters(self, **params):
+        self.params = params
+
+    def map_array(self, fn, jobs, ctxs):
+        FakeExecutor.arrays.append([job.kind for job in jobs])
+        return [FakeHandle({"id": "d" if job.kind == "dense" else "r", "label": job.label(), "steps": 0,
+                            **({"status": "failed", "error": "ValueError: boom"} if job.kind == "dense"
+                               else {"status": "done"})}) for job in jobs]
+
+
+def test_a_slurm_sweep_submits_no_job_whose_dense_replicate_failed(data_root, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "submitit", types.SimpleNamespace(AutoExecutor=FakeExecutor))
+    FakeExecutor.arrays = []
+    spec = sweep.load_spec(write_spec(tmp_path / "s.toml", seeds="[0, 1]"))
+    ctx = sweep.Context(str(tmp_path / "runs"), str(data_root), "cpu")
+    plan = sweep.make_plan(ctx.runner(), spec.jobs)
+    outcomes = []
+    sweep.run_submitit(plan.phases, ctx, {"time_min": 5}, outcomes.append, needs=plan.needs, log=lambda s: None)
+    assert FakeExecutor.arrays == [["dense", "dense"]]  # the runs were never submitted
+    assert sorted(o["status"] for o in outcomes) == ["failed"] * 2 + ["skipped"] * 4
+    assert all(o["reason"] == "its dense replicate d failed (ValueError: boom)" for o in outcomes
+               if o["status"] == "skipped")
+
+
+# ---- parameters ----------------------------------------------------------------------------------------
+
+def test_slurm_parameters_signal_ahead_of_the_limit_requeue_and_ddp_tasks():
+    p = slurm.slurm_parameters({"time_min": 1, "tasks_per_node": 2}, "cpu")
+    assert p["slurm_signal_delay_s"] == 30 and p["tasks_per_node"] == 2 and p["max_timeouts"] == slurm.MAX_TIMEOUTS
+    assert slurm.slurm_parameters({"time_min": 240}, "cpu")["slurm_signal_delay_s"] == 90
+    assert slurm.slurm_parameters({"signal_delay_s": 20, "max_timeouts": 0}, "cpu")["max_timeouts"] == 0
+    with pytest.raises(ValueError, match="signal_delay_s = 60 is not shorter than the time limit"):
+        slurm.slurm_parameters({"time_min": 1, "signal_delay_s": 60}, "cpu")
+    with pytest.raises(ValueError, match="tasks_per_node must be >= 1"):
+        slurm.slurm_parameters({"tasks_per_node": 0}, "cpu")
+    with pytest.raises(ValueError, match=r"\[slurm\] tasks_per_node must be int"):
+        slurm.check_table({"tasks_per_node": "2"}, "sweep s.toml")
+
+
+# ---- the login node's log --------------------------------------------------------------------------------
+
+def test_submitits_repeated_lines_are_said_once_and_on_stderr_only(capfd):
+    pytest.importorskip("submitit")
+    from submitit.core import logger as submitit_logger
+
+    log = submitit_logger.get_logger()
+    slurm.quiet_submitit_logs()
+    slurm.quiet_submitit_logs()  # twice: still one filter
+    for call in range(1, 4):
+        log.warning(f"Call #{call} - Bypassing sacct error Command '['sacct']' returned non-zero exit status 1., "
+                    "status may be inaccurate.")
+    out, err = capfd.readouterr()
+    assert "Bypassing" not in out
+    assert err.count("Bypassing sacct error") == 1, err
+
+
+class FakeJobHandle:
+    """A cluster job's handle: its id and the files submitit would write."""
+
+    def __init__(self, folder, job_id):
+        self.job_id = job_id
+        self.paths = types.SimpleNamespace(result_pickle=folder / f"{job_id}_0_result.pkl",
+                                           stderr=folder / f"{job_id}_0_log.err")
+
+    def finish(self, outcome):
+        self.paths.result_pickle.write_bytes(pickle.dumps(("success", outcome)))
+
+
+def test_the_watch_says_each_state_change_once_and_fails_a_job_that_left_the_queue_without_a_result(
+        tmp_path, monkeypatch):
+    pytest.importorskip("submitit")
+    monkeypatch.setattr(slurm, "POLL_S", 0.0)
+    monkeypatch.setattr(slurm, "SQUEUE_MIN_S", 0.0)
+    monkeypatch.setattr(slurm, "CANCELLED_GRACE_S", 0.0)
+    jobs = [sweep.Job("dense", None, step=i) for i in range(2)]
+    for job in jobs:
+        object.__setattr__(job, "label", lambda job=job: f"job {job.step}")
+    a, b = FakeJobHandle(tmp_path, "7_0"), FakeJobHandle(tmp_path, "7_1")
+    # squeue, poll after poll: both pending, both running (5 polls), a requeued, a running, b cancelled, a done
+    polls = [{"7_0": "PENDING", "7_1": "PENDING"}] + [{"7_0": "RUNNING", "7_1": "RUNNING"}] * 5 + \
+        [{"7_0": "PENDING", "7_1": "RUNNING"}, {"7_0": "RUNNING", "7_1": "CANCELLED"},
+         {"7_0": "RUNNING", "7_1": "CANCELLED"}, {"7_0": "COMPLETED"}]
+    calls = []
+
+    def states(self):
+        calls.append(1)
+        if len(calls) == len(polls):
+            a.finish({"id": "r0", "status": "done", "label": "job 0", "test_accuracy": 0.5})
+        return polls[min(len(calls), len(polls)) - 1]
+
+    monkeypatch.setattr(slurm.Queue, "states", states)
+    lines = []
+    watch = slurm.Watch(slurm=True, log=lines.append)
+    outcomes = dict((job.step, outcome) for job, outcome in watch.wait(dict(zip(jobs, (a, b)))))
+    assert lines[:4] == ["slurm job 7_0 RUNNING: job 0", "slurm job 7_1 RUNNING: job 1",
+                         "slurm job 7_0 PENDING: job 0", "slurm job 7_0 RUNNING: job 0"], lines
+    assert lines[4].startswith("slurm job 7_1 failed: job 1 (slurm job 7_1 ended without a result (CANCELLED")
+    assert lines[5:] == ["slurm job 7_0 done: job 0 (test accuracy 0.5000)"]
+    assert outcomes[0]["status"] == "done" and outcomes[1]["status"] == "failed"
+    assert "a rerun resumes the run from its last checkpoint" in outcomes[1]["error"]
