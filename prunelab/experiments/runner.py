@@ -79,6 +79,7 @@ class Runner:
     _checked: set = field(default_factory=set, repr=False)
     _flops: dict = field(default_factory=dict, repr=False)
     _loggers: dict = field(default_factory=dict, repr=False)  # run id -> its loggers, open until finish()
+    _executed: dict = field(default_factory=dict, repr=False)  # run id -> how its training steps ran, until finish()
 
     # ---- building blocks ------------------------------------------------------------------------
     def dataset(self, hp: DataHparams):
@@ -207,11 +208,13 @@ class Runner:
             loggers = create_loggers(self.log, folder.name, self.store.hparams(folder.name), folder)
             self._loggers[folder.name] = loggers
         try:
-            return train(
+            res = train(
                 model, self.training_data(rep), rep.training, seed=rep.seed, device=self.device,
                 runtime=self.runtime, progress=self.progress, checkpoint_dir=folder / runfiles.CHECKPOINTS,
                 on_step=count, callbacks=[*kwargs.pop("callbacks", ()), *loggers], **kwargs,
             )
+            self._executed.setdefault(folder.name, []).append(res)
+            return res
         except Diverged:
             raise  # the protocol records the run as diverged; finish() closes its loggers
         except BaseException:
@@ -220,8 +223,10 @@ class Runner:
             raise
 
     def finish(self, run_id: str, result: dict[str, Any]) -> dict[str, Any]:
-        """Record the run's result (``result.json``) and hand it to the run's loggers, which then close."""
-        result = self.store.finish(run_id, result)
+        """Record the run's result (``result.json``, with the realized cost of its training steps in this session:
+        :func:`realized_cost`) and hand it to the run's loggers, which then close."""
+        executed = realized_cost(self._executed.pop(run_id, []), self.runtime.sparse_kernels)
+        result = self.store.finish(run_id, {**result, **executed})
         for logger in self._loggers.pop(run_id, []):
             logger.finish(result)
         return result
@@ -306,3 +311,20 @@ class Runner:
         self._save_init(folder, model)
         self.run_training(model, rep, folder, end_step=step, keep_steps=[step], evaluate_at_end=False)
         return model.state_dict()  # the trainer kept it as step_<step>.pt (also when it only resumed)
+
+
+def realized_cost(trainings: list, mode: str) -> dict[str, Any]:
+    """What a run's training steps cost in this session, for its ``result.json``: ``step_wall_time``, the mean wall
+    seconds of a training step (forward, backward, optimizer; not evaluation or checkpoints) over ``timed_steps``
+    steps, and how they ran: ``sparse_kernels`` (the mode), ``sparse_layers`` (the masked layers that ran on their
+    kept weights, :mod:`prunelab.training.sparse_kernels`) and ``sparse_steps`` (for how many steps each did).
+    ``trainings``: the :class:`~prunelab.training.TrainResult` of each training of the run in this session."""
+    steps = sum(res.timed_steps for res in trainings)
+    seconds = sum(res.step_wall_time * res.timed_steps for res in trainings if res.timed_steps)
+    sparse_steps: dict[str, int] = {}
+    for res in trainings:
+        for name, n in res.execution.get("sparse_steps", {}).items():
+            sparse_steps[name] = sparse_steps.get(name, 0) + n
+    return {"step_wall_time": seconds / steps if steps else None, "timed_steps": steps,
+            "sparse_kernels": mode,
+            "sparse_layers": sorted(sparse_steps), "sparse_steps": sparse_steps}

@@ -15,6 +15,10 @@ What belongs here and what does not (``docs/guide.md``, "Speed options"):
   told apart afterwards.
 * The mixed-precision mode (``TrainSettings.amp``) *is* part of the identity: bfloat16 and float16
   activations change the training itself (float16 needs loss scaling).
+* ``sparse_kernels``: masked linear layers computed on their kept weights only
+  (:mod:`prunelab.training.sparse_kernels`). The same training as the dense masked step, only the order of
+  the sums in the products differs (the last bits, as between thread counts); checkpoints are the ordinary
+  dense ones, so a run resumes in either mode.
 * ``threads``: CPU float sums are split over torch's threads, so the thread count decides the last bits of a
   CPU run. It stays out of the hash (a run names the experiment, not the machine), but its default is one
   rule, :func:`default_threads`, that the CLI and every sweep worker follow, so a run gets the same bits
@@ -32,7 +36,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from prunelab.options import option
-from prunelab.validate import check_int
+from prunelab.validate import check_int, check_name
 
 if TYPE_CHECKING:  # torch is imported where it is used: the CLI's --help reads RuntimeOptions without it
     import torch
@@ -40,6 +44,9 @@ if TYPE_CHECKING:  # torch is imported where it is used: the CLI's --help reads 
 
 #: The most worker processes the automatic choice gives one training process for an image-folder dataset.
 MAX_AUTO_LOADER_WORKERS = 8
+#: ``--sparse-kernels``: the dense masked step; masked linear layers sparse where a measured crossover says it
+#: pays; every masked linear layer sparse (:mod:`prunelab.training.sparse_kernels`).
+SPARSE_KERNEL_MODES = ("off", "auto", "on")
 #: cuBLAS needs a fixed workspace to be deterministic (torch's "Reproducibility" notes).
 CUBLAS_WORKSPACE = ":4096:8"
 
@@ -113,6 +120,10 @@ class RuntimeOptions:
     threads: int | None = option(None, help="torch threads of each run (CPU float sums, and so a CPU run's last "
                                  "bits, depend on it; docs/guide.md §4)",
                                  unset="1 on the CPU, the CPUs per GPU on CUDA: the same alone and in a sweep")
+    sparse_kernels: str = option("off", help="masked linear layers compute on their kept weights only (CSR products, "
+                                 "sampled weight gradients): the same training to float rounding, faster at high "
+                                 "sparsity; auto: per layer where a crossover measured once per machine says it pays "
+                                 "(docs/guide.md §7)", choices=lambda: SPARSE_KERNEL_MODES)
 
     def __post_init__(self) -> None:
         w = self.loader_workers
@@ -120,6 +131,7 @@ class RuntimeOptions:
             raise ValueError(f"loader workers must be a non-negative integer, got {w!r}")
         if self.threads is not None:
             check_int(self.threads, "--threads", 1, "torch threads per run")
+        check_name("--sparse-kernels mode", self.sparse_kernels, SPARSE_KERNEL_MODES)
         if self.deterministic and self.cudnn_benchmark:
             raise ValueError("--deterministic and --cudnn-benchmark exclude each other: benchmarking picks "
                              "cuDNN algorithms by timing, which differ from run to run")

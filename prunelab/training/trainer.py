@@ -103,6 +103,9 @@ class TrainResult:
     mask: Mask | None = None  # the mask at the end (it changes under a mask schedule)
     mask_log: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # (step, layer densities) per change
     mask_updates: int = 0
+    step_wall_time: float | None = None  # seconds per training step (forward, backward, optimizer), this session's mean
+    timed_steps: int = 0  # the steps this session ran, over which step_wall_time is the mean
+    execution: dict[str, Any] = field(default_factory=dict)  # how the steps ran (sparse kernels: which layers)
 
 
 def check_device(device: str, here: bool = True) -> str:
@@ -255,6 +258,9 @@ class Loop:
     writer: bool = True  # rank 0: the one that writes files
     sync_steps: set[int] = field(default_factory=set)  # steps at which divergence is always checked
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
+    step_time: float = 0.0  # wall seconds spent in training steps by this session, and their count
+    timed_steps: int = 0
+    execution: dict[str, Any] = field(default_factory=dict)
 
     def snapshot(self, callbacks: Iterable[Callback]) -> dict[str, Any]:
         state = {
@@ -332,7 +338,10 @@ class Loop:
         last = next((m for m in reversed(self.metrics) if "test_accuracy" in m), None)
         return TrainResult(step=self.step, test_accuracy=last["test_accuracy"] if last else None,
                            test_loss=last["test_loss"] if last else None, wall_time=self.wall, metrics=self.metrics,
-                           mask=self.mask, **_mask_record(callbacks))
+                           mask=self.mask, **_mask_record(callbacks),
+                           step_wall_time=self.step_time / self.timed_steps if self.timed_steps else None,
+                           timed_steps=self.timed_steps,
+                           execution=self.execution)
 
     def steps(self, callbacks: list[Callback], progress: bool = False) -> None:
         """Learning rate, forward, backward, step, divergence check, callbacks, to ``end_step``."""
@@ -346,6 +355,7 @@ class Loop:
             epoch, first = divmod(self.step, self.ipe)
             for x, y in self.loader.epoch(epoch, start_batch=first):
                 batch = Batch.pair(x, y)
+                t = time.perf_counter()
                 loss = self._train_step(batch, callbacks)
                 if self.step % check_every == 0 or self.step == self.end_step or self.step in self.sync_steps:
                     if distributed.any_rank(not math.isfinite(float(self.loss_sum)), self.device):
@@ -354,6 +364,9 @@ class Loop:
                         for cb in callbacks:
                             cb.diverged(self)
                         raise Diverged(self.step, float(loss.detach()))
+                # timed up to here: the check's synchronization makes a GPU's steps count in full over a run
+                self.step_time += time.perf_counter() - t
+                self.timed_steps += 1
                 for cb in callbacks:
                     cb.after_step(self, batch)
                 last = self.metrics[-1] if self.metrics else {}
@@ -621,6 +634,10 @@ def train(
     cbs: list[Callback] = []
     if mask_schedule is not None:
         cbs.append(MaskScheduleUpdates(mask_schedule, loop, mask))
+    if runtime.sparse_kernels != "off":
+        from prunelab.training.sparse_kernels import SparseKernels
+
+        cbs.append(SparseKernels(runtime.sparse_kernels, mask_schedule))
     if on_step is not None:
         cbs.append(StepHook(on_step))
     cbs.append(Evaluation(evaluation_steps(settings, ipe, end_step if evaluate_at_end else None), evaluate_at_start))

@@ -1,0 +1,219 @@
+"""Sparse execution of masked layers against the dense masked step: whole training steps, side by side.
+
+For each model and density, three copies of one network train in one process on the same batch (batch 128,
+SGD with momentum 0.9 and weight decay 1e-4, cross-entropy), from the same random mask with the density in
+every masked layer (``prunelab.prune(..., "random")``):
+
+    dense     the dense masked step (Mask.apply: pruned weights zeroed, gradients multiplied by the mask)
+    sparse    --sparse-kernels on: every masked linear layer on its kept weights (CSR products, sampled
+              weight gradient, the optimizer on the kept values; prunelab.training.sparse_kernels)
+    auto      --sparse-kernels auto: sparse where the crossover measured for the layer's shape says it pays
+
+One round times one whole training step (zero_grad, forward, loss, backward, optimizer step) of each
+contender, in an order that alternates from round to round, in CPU time (``time.process_time``) and wall time
+(``time.perf_counter``). The speed-up of a contender is the dense step's time over its own, taken round by
+round (the steps ran moments apart, so machine noise mostly cancels); the table prints its median and
+interquartile range. Goals (issue 32, LeNet-300-100, batch 128, 1 thread): sparse at least 3x the dense
+masked step at 98.2% sparsity and 1.3x at 90%; auto never slower than dense (speed-up >= 1 within noise).
+
+``--conv`` times one convolution layer step (forward, input and weight gradients) dense against the same
+convolution as unfolded patches times the sparse kernel (``F.unfold`` then the sparse linear product), for the
+convolutions of LeNet-5-Caffe and ResNet-20, and prints the crossover (the largest density where the unfolded
+sparse step is faster, 0 if none).
+
+    python bench/sparse_training.py [--models lenet_300_100 lenet5] [--densities 0.5 0.2 0.1 0.05 0.02 0.018 0.01]
+                                    [--threads 1 2] [--rounds 60] [--conv]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import prunelab
+from prunelab import models
+from prunelab.training.sparse_crossover import crossover
+from prunelab.training.sparse_kernels import SparseExecution, Structure, sparse_linear
+
+SHAPES = {"lenet_300_100": (1, 28, 28), "lenet5": (1, 28, 28), "resnet20": (3, 32, 32)}
+GOALS = {("lenet_300_100", 0.018): 3.0, ("lenet_300_100", 0.1): 1.3}  # sparse speed-up at 1 thread
+MODES = ("dense", "sparse", "auto")
+
+
+def step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    c, w = time.process_time(), time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), y).backward()
+    optimizer.step()
+    return time.process_time() - c, time.perf_counter() - w
+
+
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    q = statistics.quantiles(values, n=4)
+    return q[0], statistics.median(values), q[2]
+
+
+def contenders(base: nn.Module, mask: prunelab.Mask, batch: int) -> dict[str, tuple]:
+    out = {}
+    for mode in MODES:
+        net = copy.deepcopy(base)
+        mask.apply(net)
+        opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+        ex = SparseExecution(net, opt, {"sparse": "on", "auto": "auto"}[mode], batch).engage() \
+            if mode != "dense" else None
+        out[mode] = (net, opt, ex)
+    return out
+
+
+def bench(model_name: str, density: float, rounds: int, batch: int) -> dict[str, tuple[float, float]]:
+    shape = SHAPES[model_name]
+    base = models.create(model_name, num_classes=10, input_shape=shape, seed=0)
+    mask = prunelab.prune(base, "random", 1 - density, seed=0)
+    nets = contenders(base, mask, batch)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, *shape, generator=g)
+    y = torch.randint(0, 10, (batch,), generator=g)
+    for mode in MODES:  # warm-up
+        for _ in range(3):
+            step(*nets[mode][:2], x, y)
+    times: dict[str, list[tuple[float, float]]] = {m: [] for m in MODES}
+    for r in range(rounds):
+        order = MODES[r % 3:] + MODES[: r % 3]
+        for mode in order if r % 2 == 0 else order[::-1]:
+            times[mode].append(step(*nets[mode][:2], x, y))
+    out = {}
+    for mode in MODES[1:]:
+        cpu = quartiles([d[0] / t[0] for d, t in zip(times["dense"], times[mode])])
+        wall = quartiles([d[1] / t[1] for d, t in zip(times["dense"], times[mode])])
+        out[mode] = (cpu, wall)
+    dense_ms = 1000 * statistics.median(t[1] for t in times["dense"])
+    sparse_ms = 1000 * statistics.median(t[1] for t in times["sparse"])
+    auto_layers = nets["auto"][2].sparse_layers()
+    (s_cpu, s_wall), (a_cpu, a_wall) = out["sparse"], out["auto"]
+    print(f"{100 * density:7.1f}% {dense_ms:9.3f} {sparse_ms:9.3f}  {s_cpu[1]:5.2f}x ({s_cpu[0]:.2f}-{s_cpu[2]:.2f})"
+          f" {s_wall[1]:5.2f}x ({s_wall[0]:.2f}-{s_wall[2]:.2f})  {a_cpu[1]:5.2f}x {a_wall[1]:5.2f}x"
+          f"  {len(auto_layers)}/{len(mask)} sparse")
+    _check_same(nets, mask)
+    return {m: (c[1], w[1]) for m, (c, w) in out.items()}
+
+
+def _check_same(nets: dict, mask: prunelab.Mask) -> None:
+    """The contenders trained the same network: equal weights to float rounding, pruned weights exactly 0."""
+    ref = dict(nets["dense"][0].named_parameters())
+    for mode in MODES[1:]:
+        for name, p in nets[mode][0].named_parameters():
+            assert torch.allclose(p, ref[name], rtol=1e-3, atol=1e-5), f"{mode} drifted from dense at {name}"
+            if name in mask:
+                assert bool((p.detach()[~mask[name]] == 0).all()), f"{mode}: pruned weights of {name} moved"
+
+
+# ---- convolutions: the unfolded sparse product ------------------------------------------------------
+
+def conv_step(x: torch.Tensor, conv: nn.Conv2d, sparse: tuple | None) -> float:
+    t = time.perf_counter()
+    if sparse is None:
+        y = F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding)
+        leaves = (x, conv.weight)
+    else:
+        values, structure = sparse
+        b, _, h, w = x.shape
+        cols = F.unfold(x, conv.kernel_size, padding=conv.padding, stride=conv.stride)  # B, C*k*k, L
+        out_h = (h + 2 * conv.padding[0] - conv.kernel_size[0]) // conv.stride[0] + 1
+        patches = cols.transpose(1, 2).reshape(-1, cols.shape[1])
+        y = sparse_linear(patches, values, conv.bias, structure).reshape(b, -1, conv.out_channels)
+        y = y.transpose(1, 2).reshape(b, conv.out_channels, out_h, -1)
+        leaves = (x, values)
+    torch.autograd.grad(y.sum(), leaves)
+    return time.perf_counter() - t
+
+
+def conv_crossovers(model_name: str, batch: int, rounds: int, densities: list[float]) -> None:
+    shape = SHAPES[model_name]
+    base = models.create(model_name, num_classes=10, input_shape=shape, seed=0)
+    inputs: dict[str, torch.Tensor] = {}
+    convs = {n: m for n, m in base.named_modules() if isinstance(m, nn.Conv2d) and m.groups == 1}
+    hooks = [m.register_forward_hook(lambda m, a, o, n=n: inputs.setdefault(n, a[0].detach()))
+             for n, m in convs.items()]
+    base(torch.randn(batch, *shape))
+    for h in hooks:
+        h.remove()
+    seen = set()
+    print(f"\n{model_name} convolutions, batch {batch}, {torch.get_num_threads()} thread(s): dense step time over the "
+          "unfolded sparse step's (above 1: sparse faster), by density")
+    g = torch.Generator().manual_seed(0)
+    for name, conv in convs.items():
+        x = inputs[name].clone().requires_grad_()
+        key = (tuple(conv.weight.shape), tuple(x.shape[1:]), conv.stride, conv.padding)
+        if key in seen:
+            continue
+        seen.add(key)
+        w2 = conv.weight.detach().reshape(conv.out_channels, -1)
+        speedups = {}
+        for density in densities:
+            keep = torch.rand(w2.shape, generator=g) < density
+            s = Structure.of(keep)
+            values = w2.reshape(-1)[s.flat].clone().requires_grad_()
+            for _ in range(2):
+                conv_step(x, conv, None)
+                conv_step(x, conv, (values, s))
+            ratios = []
+            for r in range(rounds):
+                a = conv_step(x, conv, None) if r % 2 == 0 else None
+                b = conv_step(x, conv, (values, s))
+                a = a if a is not None else conv_step(x, conv, None)
+                ratios.append(a / b)
+            speedups[density] = statistics.median(ratios)
+        cross = 0.0
+        for density in sorted(speedups):
+            if speedups[density] <= 1.0:
+                break
+            cross = density
+        row = " ".join(f"{100 * d:g}%:{r:.2f}" for d, r in speedups.items())
+        print(f"  {name:28} {tuple(conv.weight.shape)!s:18} on {tuple(x.shape[1:])!s:14} {row}   crossover {cross:g}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["lenet_300_100", "lenet5"], choices=sorted(SHAPES))
+    ap.add_argument("--densities", nargs="+", type=float, default=[0.5, 0.2, 0.1, 0.05, 0.02, 0.018, 0.01])
+    ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    ap.add_argument("--rounds", type=int, default=60)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--conv", action="store_true", help="also time the unfolded sparse convolution (crossovers)")
+    ap.add_argument("--conv-models", nargs="+", default=["lenet5", "resnet20"], choices=sorted(SHAPES))
+    args = ap.parse_args()
+    if any(not 0 < d <= 1 for d in args.densities):
+        ap.error("--densities are fractions kept, in (0, 1]")
+    met = []
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for name in args.models:
+            shape = SHAPES[name]
+            base = models.create(name, num_classes=10, input_shape=shape, seed=0)
+            layers = [(n, tuple(m.weight.shape)) for n, m in base.named_modules() if isinstance(m, nn.Linear)]
+            cross = {n: crossover(s, args.batch, "cpu") for n, s in layers}
+            print(f"\n{name}, batch {args.batch}, cpu, {threads} thread(s), {args.rounds} rounds; auto's crossover "
+                  f"densities {cross}")
+            print(f"{'density':>8} {'dense ms':>9} {'sparse ms':>9}  {'sparse speed-up: CPU (IQR)':<26}"
+                  f"{'wall (IQR)':<18}  {'auto: CPU, wall':<16} layers")
+            for density in args.densities:
+                res = bench(name, density, args.rounds, args.batch)
+                goal = GOALS.get((name, density))
+                if goal is not None and threads == 1:
+                    met.append((name, density, goal, res["sparse"][1], res["auto"][1]))
+        if args.conv:
+            for name in args.conv_models:
+                conv_crossovers(name, args.batch, max(5, args.rounds // 6), args.densities)
+    for name, density, goal, sparse, auto in met:
+        print(f"goal {name} at {100 * (1 - density):.1f}% sparsity, 1 thread: sparse wall speed-up {sparse:.2f}x "
+              f"(goal >= {goal}x: {'met' if sparse >= goal else 'NOT met'}); auto {auto:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
