@@ -158,6 +158,22 @@ METHOD_GROUPS = [
     ("hybrid", "structured", 2020),
     ("synflow", "init_data_free", 2020),
 ]
+# name, the options a run may set (--method-options NAME=VALUE) with their defaults: prunelab list options
+METHOD_OPTIONS = [
+    ("snip", "batchnorm_train=true"),
+    ("iterative_snip", "batchnorm_train=true"),
+    ("grasp", "temperature=200.0 batchnorm_train=true"),
+    ("grasp_abs", "temperature=200.0 batchnorm_train=true"),
+    ("force", "batchnorm_train=true"),
+    ("iter_snip_dejorge", "batchnorm_train=true"),
+    ("prospr", "steps=3 lr=0.1 momentum=0.0 first_order=false batchnorm_train=true"),
+    ("l1_channel", "axis=input"),
+    ("l2_channel", "axis=input"),
+    ("linf_channel", "axis=input"),
+    ("lneginf_channel", "axis=input"),
+    ("random_channel", "axis=input"),
+    ("hybrid", "axis=input"),
+]
 DATASETS = [
     ("mnist", "handwritten digits, 60k train / 10k test, 28x28 grey", "LeCun et al. 1998"),
     ("fashion_mnist", "Zalando clothing images, 60k train / 10k test, 28x28 grey", "Xiao et al. 2017"),
@@ -214,6 +230,14 @@ def _live_method_groups() -> list[tuple[str, str | None, int | None]]:
     return [(name, m.family, m.year) for name, m in methods().items()]
 
 
+def _live_method_options() -> list[tuple[str, str]]:
+    from prunelab.scores import methods
+    from prunelab.scores.registry import option_text
+
+    return [(name, " ".join(f"{k}={option_text(v)}" for k, v in m.text_options.items()))
+            for name, m in methods().items() if m.text_options]
+
+
 def _live_models() -> list[tuple[str, str, str]]:
     from prunelab import models
 
@@ -267,6 +291,7 @@ KINDS: dict[str, tuple[str, Callable[[], list], list]] = {
     "methods": ("prunelab.scores", _live_methods, METHODS),
     "method_defaults": ("prunelab.scores", _live_method_defaults, METHOD_DEFAULTS),
     "method_groups": ("prunelab.scores", _live_method_groups, METHOD_GROUPS),
+    "method_options": ("prunelab.scores", _live_method_options, METHOD_OPTIONS),
     "models": ("prunelab.models", _live_models, MODELS),
     "datasets": ("prunelab.data", _live_datasets, DATASETS),
     "initializers": ("prunelab.models.initializers", _initializers("INITIALIZERS"), INITIALIZERS),

@@ -27,6 +27,10 @@ def _list_methods() -> list[list[str]]:
     return sorted(rows, key=lambda r: (headings.index(r[0]), r[2]))  # stable: registry order within a year
 
 
+def _list_options() -> list[list[str]]:
+    return [list(row) for row in catalog.entries("method_options")]
+
+
 def _list_models() -> list[list[str]]:
     return [list(row) for row in catalog.entries("models")]
 
@@ -69,6 +73,8 @@ def _list_settings() -> list[list[str]]:
 # column is None: every row starts with the heading of its group, printed once above the group.
 LISTS = {"methods": (_list_methods, [None, "name", "year", "description", "citation"],
                      "pruning criteria by family (--method, prunelab.prune)"),
+         "options": (_list_options, ["name", "options a run may set (--method-options NAME=VALUE), at their default"],
+                     "each criterion's own options and their defaults (prunelab.prune keywords, --method-options)"),
          "models": (_list_models, ["name", "description", "citation"],
                     "networks (--model), besides timm:NAME and torchvision:NAME"),
          "datasets": (_list_datasets, ["name", "description", "citation"], "datasets (--dataset)"),

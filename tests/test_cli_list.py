@@ -151,3 +151,15 @@ def test_a_negative_duration_reaches_the_duration_parser(value, capsys):
     assert main(["run", "--model", "lenet_300_100", "--dataset", "fashion_mnist", "--train", value]) == 2
     err = capsys.readouterr().err
     assert f"malformed duration '{value}'" in err and err.count("\n") == 1
+
+
+def test_options_list_each_criterions_own_options_with_their_defaults(capsys):
+    assert main(["list", "options"]) == 0
+    lines = capsys.readouterr().out.splitlines()[2:]
+    rows = {line.split()[0]: line.split()[1:] for line in lines}
+    assert rows["prospr"] == ["steps=3", "lr=0.1", "momentum=0.0", "first_order=false", "batchnorm_train=true"]
+    assert rows["grasp"] == ["temperature=200.0", "batchnorm_train=true"]
+    assert "magnitude" not in rows and "phew" not in rows  # no option a run may set (phew's seed and sparsity: prune's)
+    for name, items in rows.items():  # each one reads back as the criterion's defaults
+        method = prunelab.get_method(name)
+        assert method.parse_options(items) == dict(sorted(method.text_options.items()))

@@ -126,6 +126,12 @@ METHODS: Registry[Method] = Registry("pruning method")
 _NOT_TEXT = ("seed", "sparsity", "input_shape", "score_batch_size", "distributed", "loss_fn")
 
 
+def option_text(value: object) -> str:
+    """An option's value as ``NAME=VALUE`` text writes it (``true``/``false`` for booleans): the form a run's
+    settings keep and ``prunelab list options`` shows."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def _typed(method: str, name: str, text: str, default: object) -> object:
     """``text`` as the type of ``default`` (a number where the default is None)."""
     def number():

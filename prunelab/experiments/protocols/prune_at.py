@@ -111,7 +111,7 @@ class PruneHparams:
     # The criterion's own options (ProsPr's steps, GraSP's temperature, ...) as NAME=VALUE, typed by the criterion's
     # signature and kept sorted: the same options, the same run. Empty by default, so existing run ids stay.
     method_options: tuple[str, ...] = option((), help="the criterion's own options as NAME=VALUE, e.g. steps=5 "
-                                             "lr=0.05 first_order=true for prospr (its docstring lists them)")
+                                             "lr=0.05 first_order=true for prospr (prunelab list options)")
     ties: str = option("position", help="how a large tie at the threshold is broken: the first weights first "
                        "(position), or at random from the seed (random)", choices=lambda: TIE_RULES)
     # An execution setting like the device, outside the run's identity: the score is the same sum
@@ -124,10 +124,11 @@ class PruneHparams:
     def __post_init__(self) -> None:
         from prunelab.scores import get_method
         from prunelab.scores.batching import check_score_batch_size
+        from prunelab.scores.registry import option_text
 
         method = get_method(self.method)  # unknown criterion: the registry's message, with the closest name
         object.__setattr__(self, "method_options", tuple(
-            f"{k}={str(v).lower() if isinstance(v, bool) else v}"
+            f"{k}={option_text(v)}"
             for k, v in method.parse_options(self.method_options).items()))
         canonicalize(self, floats=("sparsity",), durations=("prune_at",) if self.prune_at != "end" else ())
         for name in ("include", "exclude"):  # a set of names: the same set, the same run
