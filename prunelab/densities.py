@@ -49,7 +49,7 @@ from prunelab.masks import Mask
 from prunelab.registry import Registry
 from prunelab.validate import check_fraction
 
-__all__ = ["DISTRIBUTIONS", "layer_densities", "register_distribution"]
+__all__ = ["DISTRIBUTIONS", "layer_densities", "register_distribution", "shape_densities"]
 
 Factor = Callable[[tuple[int, ...]], float]
 
@@ -170,6 +170,19 @@ def layer_densities(
             f"distribution must be a name ({', '.join(sorted(DISTRIBUTIONS))}) or a mapping "
             f"{{name: density}}, got {type(distribution).__name__}"
         )
+    return shape_densities(shapes, sparsity, distribution, power_scale=power_scale)
+
+
+def shape_densities(
+    shapes: Mapping[str, tuple[int, ...]], sparsity: float, distribution: str = "uniform", *, power_scale: float = 1.0
+) -> dict[str, float]:
+    """{name: density} for tensors of the given shapes under a named distribution, keeping ``(1 - sparsity)`` of
+    their weights in total: :func:`layer_densities` without a model (a criterion that knows only its mask's
+    shapes, such as NPB's layer budgets)."""
+    shapes = {n: tuple(s) for n, s in shapes.items()}
+    if not isinstance(distribution, str):
+        raise ValueError(f"distribution must be a name ({', '.join(sorted(DISTRIBUTIONS))}), "
+                         f"got {type(distribution).__name__}")
     factor = DISTRIBUTIONS.get(distribution)
     if sparsity is None:
         raise ValueError(f"sparsity must be a number in [0, 1) for distribution {distribution!r}, got None")

@@ -1,0 +1,329 @@
+"""NPB (Node-Path Balancing): a data-free mask that balances effective paths and effective nodes, layer by
+layer, as a mixed-integer program (Pham et al. 2023).
+
+Pham et al. (2023, §4) find that good sparse masks keep both many input-to-output paths and many nodes
+that take part in them, and build a mask layer by layer from the input: given the masks of the layers
+before, layer ``l`` with mask ``M`` (``out × in``; for a convolution, ``M_ji`` counts the kept entries of
+kernel ``(j, i)``, at most ``k = kh · kw``) maximizes::
+
+    α · (Σ_i u_i + Σ_j v_j) / (in + out)  +  (1 − α) · Σ_{j,i} P_i · M_ji / P_max
+
+    subject to  Σ_{j,i} M_ji = n_l,  0 ≤ M_ji ≤ k,  u_i ≤ Σ_j M_ji,  v_j ≤ Σ_i M_ji,  u, v ∈ {0, 1}
+
+where ``P_i`` is the number of paths from the input to input node ``i`` of the layer (summed over
+positions for a convolution), ``u_i``/``v_j`` mark effective input and output nodes, ``n_l`` is the layer's
+budget and ``P_max`` the largest path term that budget allows (the normalization of the authors' code,
+github.com/pvh1602/NPB, ``Pruners/utils.py``), so that ``α`` (default 0.01, the authors' CIFAR script)
+weighs two terms that are each at most 1. The authors solve this mixed-integer program with cvxpy. Here it
+is solved exactly without a MIP solver (:func:`solve_layer`): from a dense layer, the usual case, the optimum
+has a closed form (the budget's best units by marginal reward, dealt round-robin over the outputs); under
+caps left by an earlier mask it is a maximum-reward flow with concave node rewards, whose linear program has
+an integral optimal vertex, found by HiGHS's simplex (``scipy.optimize.linprog``, the optional extra
+``prunelab[npb]``; it took four minutes on LeNet-300-100's first layer, HiGHS's MIP solver over ten).
+Ties between equally good masks are broken at random from ``seed``.
+
+Layer budgets: ``budgets="erk"`` (the authors' default ``--init_mode ERK``), or ``"uniform"``/``"er"``
+(:mod:`prunelab.densities`); the counts are rounded so that they add up to exactly the weights
+:func:`prunelab.prune` keeps. Path counts ``P`` come from a float64 copy of the network in eval mode whose
+covered weights are the masks found so far (1 kept, 0 pruned), other layer weights 1, biases 0, run on
+an all-ones input: the number of paths reaching each node. Within a kernel, which of its entries are kept
+is drawn at random from ``seed`` too (the code's default, without its weight-magnitude variant).
+
+The scores are 1 for the weights NPB keeps and 0 for the others, so :func:`prunelab.prune` (one-shot,
+global scope: the defaults) returns NPB's mask exactly. Differences from the authors' code: no splitting
+of large layers into chunks of output channels (the code's speed-up, which changes the problem), no
+regularizer ``β`` on the number of non-empty kernels and no post-hoc "fine-tuning" that moves ineffective
+weights; linear and convolution weights only (grouped convolutions refused), as in the paper.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from prunelab.batches import logits
+from prunelab.densities import shape_densities
+from prunelab.layer_rules import layer_rule, parameter_owners
+from prunelab.mask_binding import unbound_copy
+from prunelab.masks import Mask
+from prunelab.scores.registry import Scores, register_method
+from prunelab.validate import check_fraction
+
+DEFAULT_ALPHA = 0.01  # the authors' CIFAR-10 script (scripts/run.sh: --alpha 0.01)
+
+
+def _solver() -> None:
+    """scipy (HiGHS), or a one-line ValueError saying how to install it."""
+    try:
+        import scipy.optimize  # noqa: F401
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ValueError("npb solves a linear program per layer with scipy.optimize.linprog (HiGHS); install it "
+                         "with pip install 'prunelab[npb]' (scipy >= 1.9)") from e
+
+
+def best_path_term(paths: np.ndarray, caps: np.ndarray, budget: int) -> float:
+    """The largest ``Σ P_i M_ji`` with ``Σ M = budget`` and ``M ≤ caps``: fill the inputs with most paths first."""
+    per_input = caps.sum(axis=0)
+    total, left = 0.0, budget
+    for i in np.argsort(-paths, kind="stable"):
+        take = min(left, int(per_input[i]))
+        total += take * float(paths[i])
+        left -= take
+        if left == 0:
+            break
+    return total
+
+
+def _weights(paths: np.ndarray, caps: np.ndarray, budget: int, alpha: float) -> tuple[float, float]:
+    """(reward per unit of path count, reward per effective node): the objective's normalized coefficients."""
+    scale = best_path_term(paths, caps, budget)
+    return ((1.0 - alpha) / scale if scale > 0 else 0.0), alpha / sum(caps.shape)
+
+
+def solve_layer(paths: np.ndarray, caps: np.ndarray, budget: int, alpha: float,
+                generator: torch.Generator | None = None) -> np.ndarray:
+    """The counts ``M`` (``out × in`` integers, ``0 ≤ M ≤ caps``, summing to ``budget``) maximizing NPB's layer
+    objective (module docstring; Pham et al. 2023, §4), exactly; ``generator`` breaks ties at random.
+
+    From a dense layer (every cap the kernel size ``k``, the usual case) the optimum has a closed form: any
+    out-degrees ``d_i ≤ out · k`` can be dealt round-robin over the outputs without exceeding ``k`` per kernel,
+    covering ``min(out, budget)`` outputs, the most possible; what is left is a separable concave allocation
+    (the first unit out of input ``i`` earns its node reward plus ``P_i``'s path reward, each further unit the
+    path reward), whose optimum takes the ``budget`` best units. Under other caps, :func:`_solve_by_flow`.
+    """
+    n_out, n_in = caps.shape
+    budget = int(budget)
+    if budget <= 0:
+        return np.zeros_like(caps)
+    if budget >= caps.sum():
+        return caps.copy()
+    kernel = int(caps.max())
+    if not (caps == kernel).all():
+        _solver()
+        return _solve_by_flow(paths, caps, budget, alpha)
+    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    path_weight, node_weight = _weights(paths, caps, budget, alpha)
+    reward = path_weight * paths.astype(np.float64)
+    per_input = n_out * kernel
+    owner = np.repeat(np.arange(n_in), per_input)  # every unit each input could send: its first, then the others
+    value = np.tile(np.concatenate([[node_weight], np.zeros(per_input - 1)]), n_in) + reward[owner]
+    ties = torch.rand(len(value), generator=gen, dtype=torch.float64).numpy()
+    best = np.lexsort((ties, -value))[:budget]  # ties among equal values at random
+    degree = np.bincount(owner[best], minlength=n_in)
+    # deal each input's units to consecutive outputs of a random order: at most ceil(d_i / out) <= k per kernel
+    outputs = torch.randperm(n_out, generator=gen).numpy()
+    units = np.arange(budget)
+    counts = np.zeros((n_out, n_in), dtype=np.int64)
+    np.add.at(counts, (outputs[units % n_out], np.repeat(np.arange(n_in), degree)), 1)
+    return counts
+
+
+def _solve_by_flow(paths: np.ndarray, caps: np.ndarray, budget: int, alpha: float) -> np.ndarray:
+    """NPB's layer optimum under any caps (some weights already pruned).
+
+    The mixed-integer program is a maximum-reward flow of ``budget`` units: source → input ``i`` → output ``j``
+    (capacity ``caps[j, i]``) → sink, with the first unit through a node earning its node reward (an arc of
+    capacity 1) and every unit leaving input ``i`` earning ``P_i``'s path reward. Node rewards are concave in the
+    flow, so the linear program over this network (a totally unimodular matrix) has an integral optimal vertex,
+    and HiGHS's dual simplex (``scipy.optimize.linprog``) returns one: the MIP's optimum, in the time of an LP.
+    """
+    from scipy.optimize import linprog
+    from scipy.sparse import coo_matrix, hstack, identity, vstack
+
+    n_out, n_in = caps.shape
+    path_weight, node_weight = _weights(paths, caps, budget, alpha)
+    n_x = n_out * n_in
+    p = paths.astype(np.float64)
+    # variables: x (row-major over (out, in)); first unit a and further units b out of each input; first unit
+    # c and further units d into each output. linprog minimizes: rewards enter negated.
+    cost = np.concatenate([np.zeros(n_x), -(node_weight + path_weight * p), -path_weight * p,
+                           -node_weight * np.ones(n_out), np.zeros(n_out)])
+    rows = np.arange(n_x)
+    j, i = np.divmod(rows, n_in)
+    ones = np.ones(n_x)
+    out_of_input = coo_matrix((ones, (i, rows)), shape=(n_in, n_x))
+    into_output = coo_matrix((ones, (j, rows)), shape=(n_out, n_x))
+    eye_in, eye_out = identity(n_in), identity(n_out)
+    zero_in_out, zero_out_in = coo_matrix((n_in, n_out)), coo_matrix((n_out, n_in))
+    equalities = vstack([
+        # the source sends the budget: Σ_i (a_i + b_i) = budget
+        hstack([coo_matrix((1, n_x)), np.ones((1, n_in)), np.ones((1, n_in)), coo_matrix((1, 2 * n_out))]),
+        # what enters input i leaves it: a_i + b_i − Σ_j x_ji = 0
+        hstack([-out_of_input, eye_in, eye_in, zero_in_out, zero_in_out]),
+        # what enters output j leaves it: Σ_i x_ji − c_j − d_j = 0
+        hstack([into_output, zero_out_in, zero_out_in, -eye_out, -eye_out]),
+    ]).tocsr()
+    rhs = np.concatenate([[budget], np.zeros(n_in + n_out)])
+    upper = np.concatenate([caps.reshape(-1), np.ones(n_in), caps.sum(axis=0), np.ones(n_out), caps.sum(axis=1)])
+    result = linprog(cost, A_eq=equalities, b_eq=rhs, bounds=np.stack([np.zeros_like(upper), upper], axis=1),
+                     method="highs-ds")
+    if result.x is None:  # pragma: no cover - always feasible: budget <= sum of caps
+        raise ValueError(f"npb: HiGHS found no mask for a layer of shape {caps.shape} ({result.message})")
+    x = result.x[:n_x]
+    counts = np.rint(x).astype(np.int64)
+    if np.abs(x - counts).max() > 1e-6 or counts.sum() != budget:  # pragma: no cover - a vertex is integral
+        raise ValueError(f"npb: the solver returned a fractional mask for a layer of shape {caps.shape}")
+    return counts.reshape(n_out, n_in)
+
+
+def objective(paths: np.ndarray, counts: np.ndarray, caps: np.ndarray, budget: int, alpha: float) -> float:
+    """NPB's layer objective of the counts ``M`` (for reports and tests)."""
+    n_out, n_in = counts.shape
+    scale = best_path_term(paths, caps, budget)
+    nodes = (counts.sum(axis=0) > 0).sum() + (counts.sum(axis=1) > 0).sum()
+    path_term = float((counts * paths[None, :]).sum()) / scale if scale > 0 else 0.0
+    return alpha * nodes / (n_in + n_out) + (1.0 - alpha) * path_term
+
+
+def _budgets(shapes: dict[str, tuple], kept: dict[str, int], sparsity: float, budgets: str) -> dict[str, int]:
+    """Kept weights per tensor: the distribution's densities, rounded by largest remainder to exactly the number
+    that :func:`prunelab.prune` keeps, and never more than the mask already keeps."""
+    from prunelab.pruning.targets import num_to_prune  # not at the top: prunelab.pruning imports the scores
+
+    sizes = {n: math.prod(s) for n, s in shapes.items()}
+    total = sum(sizes.values())
+    keep = total - num_to_prune(sparsity, total)
+    density = shape_densities(shapes, sparsity, budgets)
+    exact = {n: min(density[n] * sizes[n], kept[n]) for n in shapes}
+    counts = {n: min(math.floor(v), kept[n]) for n, v in exact.items()}
+    short = keep - sum(counts.values())
+    for n in sorted(shapes, key=lambda n: exact[n] - counts[n], reverse=True):
+        if short <= 0:
+            break
+        if counts[n] < kept[n]:
+            counts[n] += 1
+            short -= 1
+    return counts
+
+
+def _check_layers(model: nn.Module, mask: Mask) -> dict[str, nn.Module]:
+    owners = parameter_owners(model)
+    out = {}
+    for name in mask:
+        module = owners.get(name, (None, name))[0]
+        if isinstance(module, nn.modules.conv._ConvNd) and not module.transposed and module.groups == 1:
+            out[name] = module
+        elif isinstance(module, nn.Linear):
+            out[name] = module
+        else:
+            what = type(module).__name__ if module is not None else "no module"
+            if isinstance(module, nn.modules.conv._ConvNd):
+                what = f"a {'transposed' if module.transposed else 'grouped'} {what}"
+            raise ValueError(f"npb builds masks of linear and convolution layers (Pham et al. 2023, §4); {name!r} "
+                             f"belongs to {what}; leave it out with exclude=[{name!r}]")
+    return out
+
+
+def _path_counts(net: nn.Module, module: nn.Module, x: torch.Tensor) -> np.ndarray:
+    """Paths from the input to each input node of ``module``: its input on ``x``, summed over all but the
+    channel (features) dimension."""
+    seen: list[torch.Tensor] = []
+    handle = module.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach()))
+    try:
+        with torch.no_grad():
+            logits(net(x))
+    finally:
+        handle.remove()
+    if not seen:
+        raise ValueError(f"npb: {type(module).__name__} is not called by the model's forward pass")
+    t = seen[0]
+    channel = t.dim() - 1 if isinstance(module, nn.Linear) else 1
+    dims = [d for d in range(t.dim()) if d != channel]
+    return t.sum(dim=dims).cpu().numpy()
+
+
+@register_method(
+    "npb",
+    needs_data=False,
+    needs_input_shape=True,
+    description="1 for the weights kept by node-path balancing, optimized layer by layer (Pham et al. 2023)",
+    family="init_data_free",
+    year=2023,
+)
+def npb(model, mask, batch=None, *, input_shape=None, sparsity: float | None = None, alpha: float = DEFAULT_ALPHA,
+        budgets: str = "erk", seed: int = 0) -> Scores:
+    """Node-Path Balancing (Pham et al. 2023, §4): per layer from the input, the mask of the layer's budget that
+    maximizes ``α · effective nodes + (1 − α) · effective paths`` (both normalized; module docstring), solved
+    exactly by HiGHS (``scipy.optimize.linprog``). ``sparsity``: the target (:func:`prunelab.prune` passes its own);
+    ``budgets``: the layer densities (``erk``, the paper's; ``uniform``, ``er``); ``alpha`` in [0, 1]; ``seed``
+    picks the kept entries within a kernel. Scores are 1 (kept) and 0: one-shot and global, the defaults."""
+    from prunelab.scores.synflow import _check_shape  # imported late: registration order is import order
+
+    shape = _check_shape(input_shape)
+    if sparsity is None:
+        raise ValueError("npb needs the target sparsity to set each layer's budget: prunelab.prune passes it; with "
+                         "prunelab.score pass sparsity=...")
+    sparsity = check_fraction(sparsity, "sparsity", "[0, 1)", "the fraction of the covered weights pruned")
+    alpha = check_fraction(alpha, "alpha", "[0, 1]", "the weight of effective nodes against effective paths")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    params = mask.check_compatible(model)
+    layers = _check_layers(model, mask)
+    shapes = {n: tuple(p.shape) for n, p in params.items()}
+    counts = _budgets(shapes, {n: int(mask[n].sum()) for n in params}, sparsity, budgets)
+    _solver()  # a missing solver is reported before any work
+
+    net = unbound_copy(model).double().eval()
+    copies = dict(net.named_parameters())
+    owners = parameter_owners(net)
+    with torch.no_grad():
+        for name, p in copies.items():
+            module, local = owners.get(name, (None, name))
+            rule = layer_rule(module)
+            if name in params:
+                p.copy_(mask[name].to(p.device, p.dtype))
+            elif rule is not None and rule.role == "layer":
+                p.fill_(0.0 if rule.is_bias(local) else 1.0)
+            p.requires_grad_(False)
+    device = next((p.device for p in copies.values()), torch.device("cpu"))
+    x = torch.ones((1, *shape), dtype=torch.float64, device=device)
+    modules = dict(net.named_modules())
+    own_names = {id(m): n for n, m in model.named_modules()}
+    order = _forward_order(net, [modules[own_names[id(m)]] for m in layers.values()], x)
+    by_module = {id(modules[own_names[id(m)]]): n for n, m in layers.items()}
+    gen = torch.Generator().manual_seed(seed)
+    out = Scores()
+    for module in order:
+        name = by_module[id(module)]
+        keep = mask[name].cpu()
+        kernel = math.prod(keep.shape[2:]) if keep.dim() > 2 else 1
+        flat = keep.reshape(keep.shape[0], keep.shape[1], kernel)
+        caps = flat.sum(dim=2).numpy().astype(np.int64)
+        paths = _path_counts(net, module, x)
+        chosen = solve_layer(paths, caps, counts[name], alpha, gen)
+        new = _place(flat, torch.from_numpy(chosen), gen).reshape(keep.shape)
+        with torch.no_grad():
+            copies[name].copy_(new.to(copies[name].device, copies[name].dtype))
+        out[name] = new.to(params[name].device, torch.float32)
+    return out
+
+
+def _forward_order(net: nn.Module, modules: list[nn.Module], x: torch.Tensor) -> list[nn.Module]:
+    """``modules`` in the order the forward pass first calls them (those never called: ValueError)."""
+    called: list[nn.Module] = []
+    handles = [m.register_forward_pre_hook(lambda m, a: called.append(m) if m not in called else None)
+               for m in modules]
+    try:
+        with torch.no_grad():
+            logits(net(x))
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [m for m in modules if m not in called]
+    if missing:
+        raise ValueError(f"npb: the forward pass never calls {type(missing[0]).__name__}; its paths cannot be counted")
+    return called
+
+
+def _place(flat_keep: torch.Tensor, counts: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """A keep-mask with ``counts[j, i]`` of the currently kept entries of kernel ``(j, i)``, drawn at random."""
+    n_out, n_in, kernel = flat_keep.shape
+    if kernel == 1:
+        return counts.reshape(n_out, n_in, 1).bool()
+    order = torch.rand(flat_keep.shape, generator=gen, dtype=torch.float64)
+    order = order.masked_fill(~flat_keep, 2.0)  # pruned entries last: never chosen
+    rank = order.argsort(dim=2).argsort(dim=2)
+    return rank < counts.unsqueeze(2)

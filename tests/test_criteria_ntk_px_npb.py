@@ -1,0 +1,311 @@
+"""NTK-SAP, PX and NPB, each against an independent computation of its defining formula on a tiny network.
+
+NTK-SAP (Wang et al. 2023, §4): plain autograd through a hand-written MLP with the documented random draws.
+PX (Iurada et al. 2024, §3): an explicit enumeration of every input-to-output path of a ReLU MLP.
+NPB (Pham et al. 2023, §4): brute force over every mask of a layer with the layer's budget.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import prunelab
+from prunelab.masks import Mask
+
+
+def mlp(dims=(6, 5, 3), bias=True, seed=0):
+    torch.manual_seed(seed)
+    layers = []
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+        layers.append(nn.Linear(a, b, bias=bias))
+        if i < len(dims) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def some_pruned(model, seed=3, keep=0.7):
+    """A mask with about 30% of each weight matrix pruned at random."""
+    g = torch.Generator().manual_seed(seed)
+    mask = Mask.ones(model)
+    return Mask({n: torch.rand(k.shape, generator=g) < keep for n, k in mask.items()})
+
+
+# ---- NTK-SAP ------------------------------------------------------------------------------------------------
+
+
+def ntk_sap_by_hand(model, mask, epsilon, samples, batch, seed):
+    """Σ_r Σ_x ‖f(x; θ₀ ⊙ m) − f(x; (θ₀ + Δθ) ⊙ m)‖², differentiated by autograd w.r.t. the gates m of a
+    hand-written 2-layer ReLU MLP; θ₀ Kaiming normal (fan-in), Δθ = ε·N(0, 1), x ~ N(0, I), drawn in the order
+    the criterion documents."""
+    lin1, lin2 = model[0], model[2]
+    m1 = mask["0.weight"].double().requires_grad_(True)
+    m2 = mask["2.weight"].double().requires_grad_(True)
+    g = torch.Generator().manual_seed(seed)
+    total = 0.0
+    for _ in range(samples):
+        w1 = torch.empty(lin1.weight.shape).normal_(0.0, math.sqrt(2.0 / lin1.in_features), generator=g)
+        w2 = torch.empty(lin2.weight.shape).normal_(0.0, math.sqrt(2.0 / lin2.in_features), generator=g)
+        d1 = torch.randn(w1.shape, generator=g) * epsilon
+        d2 = torch.randn(w2.shape, generator=g) * epsilon
+        x = torch.randn((batch, lin1.in_features), generator=g).double()
+        b1, b2 = lin1.bias.detach().double(), lin2.bias.detach().double()
+
+        def f(a, b, x=x, b1=b1, b2=b2):
+            return torch.relu(x @ (a.double() * m1).T + b1) @ (b.double() * m2).T + b2
+
+        total = total + ((f(w1, w2) - f(w1 + d1, w2 + d2)) ** 2).sum()
+    g1, g2 = torch.autograd.grad(total, [m1, m2])
+    return {"0.weight": g1.abs() * m1.detach(), "2.weight": g2.abs() * m2.detach()}
+
+
+@pytest.mark.parametrize("samples", [1, 3])
+def test_ntk_sap_equals_autograd_of_the_finite_difference(samples):
+    model = mlp()
+    mask = some_pruned(model)
+    got = prunelab.score(model, "ntk_sap", mask=mask, input_shape=(6,), epsilon=0.05, weight_samples=samples,
+                         noise_batch_size=7, seed=11)
+    want = ntk_sap_by_hand(model, mask, 0.05, samples, 7, 11)
+    assert set(got) == set(want)
+    for n in want:
+        torch.testing.assert_close(got[n].double(), want[n], rtol=2e-4, atol=1e-7)
+        assert bool((got[n][~mask[n]] == 0).all())
+
+
+def test_ntk_sap_is_weight_agnostic_and_leaves_the_model_alone():
+    model = nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 3))
+    model.train()
+    before = copy.deepcopy(model.state_dict())
+    a = prunelab.score(model, "ntk_sap", input_shape=(6,), seed=2)
+    with torch.no_grad():
+        model[0].weight.mul_(7.0)  # other weights, same initializer draw: the same scores
+    b = prunelab.score(model, "ntk_sap", input_shape=(6,), seed=2)
+    with torch.no_grad():
+        model[0].weight.div_(7.0)
+    for n in a:
+        torch.testing.assert_close(a[n], b[n])
+    assert model.training and model[1].training
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, before[k])
+
+
+def test_ntk_sap_prunes_iteratively_with_fresh_draws():
+    model = mlp(dims=(10, 8, 4))
+    mask = prunelab.prune(model, "ntk_sap", sparsity=0.6, input_shape=(10,))
+    assert mask.num_kept == round(0.4 * mask.num_total)
+    other = prunelab.prune(model, "ntk_sap", sparsity=0.6, input_shape=(10,), seed=1)
+    assert any(bool((mask[n] != other[n]).any()) for n in mask)  # the seed changes the draws
+
+
+@pytest.mark.parametrize("option, value, words", [
+    ("epsilon", 0.0, "epsilon must be a positive number"),
+    ("weight_samples", 0, "weight_samples must be an integer >= 1"),
+    ("noise_batch_size", 1.5, "noise_batch_size must be an integer >= 1"),
+    ("init", "kaiming_nromal", "did you mean 'kaiming_normal'"),
+])
+def test_ntk_sap_refuses_bad_options(option, value, words):
+    with pytest.raises(ValueError, match=words):
+        prunelab.score(mlp(), "ntk_sap", input_shape=(6,), **{option: value})
+
+
+# ---- PX -----------------------------------------------------------------------------------------------------
+
+
+def px_by_paths(model, mask, x):
+    """PX's saliency by enumerating every path of a ReLU MLP (biases as paths from a constant input 1):
+    S(w) = Σ_x Σ_k z1_k(x) · Σ_{p ∋ w, p → k} Π_{θ ∈ p} θ², z1_k(x) = Σ_{p → k} a_p(x) x_{i(p)}² (pruned weights 0)."""
+    linears = [m for m in model if isinstance(m, nn.Linear)]
+    names = [f"{i}.weight" for i, m in enumerate(model) if isinstance(m, nn.Linear)]
+    ws = [m.weight.detach().double() * mask[n].double() for m, n in zip(linears, names)]
+    ones = [mask[n].double() for n in names]
+    has_bias = linears[0].bias is not None
+    bs = [m.bias.detach().double() if has_bias else torch.zeros(m.out_features, dtype=torch.float64) for m in linears]
+    depth = len(ws)
+    # activation patterns of the real masked network, per example and hidden layer
+    gates, h = [], x.double()
+    for i in range(depth - 1):
+        h = h @ ws[i].T + bs[i]
+        gates.append((h > 0).double())
+        h = torch.relu(h)
+    widths = [ws[0].shape[1]] + [w.shape[0] for w in ws]
+    # a path: (first layer l, its source s, then one node per layer l..depth-1); l = 0 starts at input s,
+    # l > 0 starts at the bias of unit s of layer l - 1 ... written as a node at layer l
+    paths = []
+    for i in range(widths[0]):
+        for rest in itertools.product(*[range(widths[j + 1]) for j in range(depth)]):
+            paths.append((0, i, rest))
+    for l in range(depth if has_bias else 0):
+        for rest in itertools.product(*[range(widths[j + 1]) for j in range(l, depth)]):
+            paths.append((l + 1, None, rest))  # bias of layer l at unit rest[0]
+    scores = [torch.zeros_like(w) for w in ws]
+    n_out = widths[-1]
+    z1 = torch.zeros(len(x), n_out, dtype=torch.float64)
+    for first, src, rest in paths:
+        nodes = list(rest)
+        start = first - 1 if first > 0 else 0  # the layer of nodes[0]
+        # structure (ones) and value (squares) along the path; edges are layers start+1 .. depth-1 (+ input edge)
+        if first == 0:
+            struct = ones[0][nodes[0], src]
+            value = ws[0][nodes[0], src] ** 2
+            edges = [(0, nodes[0], src)]
+            source = x[:, src].double() ** 2
+        else:
+            struct = torch.tensor(1.0, dtype=torch.float64)
+            value = bs[start][nodes[0]] ** 2
+            edges = []
+            source = torch.ones(len(x), dtype=torch.float64)
+        for j in range(1, len(nodes)):
+            layer = start + j
+            struct = struct * ones[layer][nodes[j], nodes[j - 1]]
+            value = value * ws[layer][nodes[j], nodes[j - 1]] ** 2
+            edges.append((layer, nodes[j], nodes[j - 1]))
+        active = torch.ones(len(x), dtype=torch.float64)
+        for j, node in enumerate(nodes[:-1]):
+            active = active * gates[start + j][:, node]
+        z1[:, nodes[-1]] += struct * active * source
+    for first, src, rest in paths:  # second sweep: each weight's share of z2, weighted by z1
+        nodes = list(rest)
+        start = first - 1 if first > 0 else 0
+        if first == 0:
+            value, edges = ws[0][nodes[0], src] ** 2, [(0, nodes[0], src)]
+        else:
+            value, edges = bs[start][nodes[0]] ** 2, []
+        for j in range(1, len(nodes)):
+            value = value * ws[start + j][nodes[j], nodes[j - 1]] ** 2
+            edges.append((start + j, nodes[j], nodes[j - 1]))
+        for layer, a, b in edges:
+            scores[layer][a, b] += z1[:, nodes[-1]].sum() * value
+    return dict(zip(names, scores))
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_px_equals_the_path_enumeration(bias):
+    model = mlp(dims=(4, 3, 3, 2), bias=bias, seed=5)
+    if bias:
+        with torch.no_grad():
+            for m in model:
+                if isinstance(m, nn.Linear):
+                    m.bias.uniform_(-0.5, 0.5)
+    mask = some_pruned(model, seed=4, keep=0.8)
+    x = torch.randn(5, 4, generator=torch.Generator().manual_seed(9))
+    y = torch.zeros(5, dtype=torch.long)
+    got = prunelab.score(model, "px", batch=(x, y), mask=mask)
+    want = px_by_paths(model, mask, x)
+    for n in want:
+        torch.testing.assert_close(got[n].double(), want[n], rtol=1e-5, atol=1e-9)
+    assert all(bool((got[n] >= 0).all()) for n in got)
+    assert any(bool((got[n] > 0).any()) for n in got)
+
+
+def test_px_sums_over_a_list_of_batches_and_leaves_the_model_alone():
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(inplace=True), nn.Linear(6, 3))
+    model.train()
+    before = copy.deepcopy(model.state_dict())
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    whole = prunelab.score(model, "px", batch=(x, y))
+    parts = prunelab.score(model, "px", batch=[(x[:3], y[:3]), (x[3:], y[3:])])
+    for n in whole:
+        torch.testing.assert_close(whole[n], parts[n])
+    assert model.training
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, before[k])
+    mask = prunelab.prune(model, "px", sparsity=0.5, batch=(x, y), iterations=5)
+    assert mask.num_kept == round(0.5 * mask.num_total)
+
+
+def test_px_refuses_a_network_without_paths():
+    model = nn.Sequential(nn.Linear(4, 5), nn.GELU(), nn.Linear(5, 3))
+    with pytest.raises(ValueError, match="GELU, which has no path decomposition"):
+        prunelab.score(model, "px", batch=(torch.randn(3, 4), torch.zeros(3, dtype=torch.long)))
+
+
+# ---- NPB ----------------------------------------------------------------------------------------------------
+
+
+def npb_objective(keep, paths, alpha, best_paths):
+    """Pham et al. 2023, §4: α·(effective inputs + effective outputs)/(in + out) + (1 − α)·Σ_kept P_i / best.
+    ``keep``: a 0/1 array (out, in, kernel); a node is effective when it has a kept weight."""
+    n_out, n_in = keep.shape[:2]
+    per_pair = keep.reshape(n_out, n_in, -1).sum(-1)
+    nodes = int((per_pair.sum(0) > 0).sum() + (per_pair.sum(1) > 0).sum())
+    path_term = float((per_pair * paths[None, :]).sum())
+    return alpha * nodes / (n_in + n_out) + (1 - alpha) * (path_term / best_paths if best_paths else 0.0)
+
+
+def brute_force(shape, allowed, budget, paths, alpha):
+    """(best objective, every objective) over all masks of ``budget`` weights among ``allowed`` entries."""
+    import numpy as np
+
+    cells = [c for c in itertools.product(*[range(s) for s in shape]) if allowed[c]]
+    masks = []
+    for chosen in itertools.combinations(cells, budget):
+        keep = np.zeros(shape, dtype=np.int64)
+        for c in chosen:
+            keep[c] = 1
+        masks.append(keep)
+    best_paths = max(float((k.reshape(shape[0], shape[1], -1).sum(-1) * paths[None, :]).sum()) for k in masks)
+    return max(npb_objective(k, paths, alpha, best_paths) for k in masks), best_paths
+
+
+@pytest.mark.parametrize("alpha", [0.01, 0.5, 0.9])
+@pytest.mark.parametrize("kernel", [1, 2])
+@pytest.mark.parametrize("dense", [True, False], ids=["dense", "some-pruned"])
+@pytest.mark.parametrize("budget", [2, 5])
+def test_npb_layer_solution_is_the_brute_force_optimum(alpha, kernel, dense, budget):
+    """Dense layers take the closed form, layers with pruned entries the flow LP: both must reach the optimum."""
+    import numpy as np
+
+    from prunelab.scores.node_path_balance import solve_layer
+
+    shape = (3, 4, kernel)
+    g = torch.Generator().manual_seed(kernel)
+    allowed = (torch.rand(shape, generator=g) < 0.8).numpy() | dense
+    paths = np.array([5.0, 1.0, 0.0, 2.5])
+    best, best_paths = brute_force(shape, allowed, budget, paths, alpha)
+    caps = allowed.sum(-1)
+    counts = solve_layer(paths, caps, budget, alpha, torch.Generator().manual_seed(budget))
+    assert counts.sum() == budget and (counts <= caps).all() and (counts >= 0).all()
+    keep = np.zeros(shape, dtype=np.int64)  # any placement of the counts within the kernels: same objective
+    for j, i in itertools.product(range(3), range(4)):
+        slots = [k for k in range(kernel) if allowed[j, i, k]][: counts[j, i]]
+        keep[j, i, slots] = 1
+    assert npb_objective(keep, paths, alpha, best_paths) == pytest.approx(best, abs=1e-12)
+
+
+def test_npb_mask_is_layerwise_optimal_on_an_mlp():
+    import numpy as np
+
+    model = mlp(dims=(4, 3, 2), bias=False)
+    alpha = 0.3
+    scores = prunelab.score(model, "npb", input_shape=(4,), sparsity=0.5, budgets="uniform", alpha=alpha)
+    mask = prunelab.prune(model, "npb", sparsity=0.5, input_shape=(4,), budgets="uniform", alpha=alpha)
+    first, second = mask["0.weight"].numpy().astype(np.int64), mask["2.weight"].numpy().astype(np.int64)
+    for n in mask:
+        assert bool((mask[n] == (scores[n] > 0)).all())
+    assert first.sum() == 6 and second.sum() == 3  # uniform budgets: half of 12, half of 6
+    # layer 1: every input node has one path (the all-ones input)
+    p1 = np.ones(4)
+    best1, paths1 = brute_force((3, 4, 1), np.ones((3, 4, 1), bool), 6, p1, alpha)
+    assert npb_objective(first[..., None], p1, alpha, paths1) == pytest.approx(best1, abs=1e-12)
+    # layer 2: paths into each hidden node through the layer-1 mask found
+    p2 = first.sum(1).astype(np.float64)
+    best2, paths2 = brute_force((2, 3, 1), np.ones((2, 3, 1), bool), 3, p2, alpha)
+    assert npb_objective(second[..., None], p2, alpha, paths2) == pytest.approx(best2, abs=1e-12)
+
+
+def test_npb_refuses_what_it_cannot_build():
+    with pytest.raises(ValueError, match="npb needs the target sparsity"):
+        prunelab.score(mlp(), "npb", input_shape=(6,))
+    with pytest.raises(ValueError, match="alpha must be a number in"):
+        prunelab.score(mlp(), "npb", input_shape=(6,), sparsity=0.5, alpha=1.5)
+    with pytest.raises(ValueError, match="unknown sparsity distribution 'erkk'"):
+        prunelab.score(mlp(), "npb", input_shape=(6,), sparsity=0.5, budgets="erkk")
+    model = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2), nn.Flatten(), nn.LazyLinear(3))
+    model(torch.ones(1, 4, 5, 5))
+    with pytest.raises(ValueError, match="grouped Conv2d"):
+        prunelab.score(model, "npb", input_shape=(4, 5, 5), sparsity=0.5)
