@@ -155,3 +155,42 @@ def test_a_damaged_mask_is_named_in_one_warning_line_every_report(store, tmp_pat
         assert "unpickled" not in captured.out + captured.err
         lines = captured.err.splitlines()
         assert len(lines) == 1 and lines[0].startswith("prunelab: warning: ") and str(mask) in lines[0], lines
+
+
+def test_vector_files_are_drawn_on_request_alone_and_removed_when_not_asked(store, tmp_path, capsys):
+    """A first report writes PNG only (the page's files); asking for PDF and SVG later draws those formats alone
+    (no PNG rewritten) with the bytes of a report that drew all three at once; asking for PNG again removes them."""
+    out = tmp_path / "report"
+    _, first = build_report(store, out, dpi=30, jobs=1)
+    figures = out / "figures"
+    assert {p.suffix for p in figures.iterdir()} == {".png", ".sha256", ".json"}
+    assert "--formats png,pdf,svg" in (out / "index.html").read_text()
+    pngs = {k: v for k, v in _identities(out).items() if k.endswith(".png")}
+
+    _, vector = build_report(store, out, dpi=30, jobs=1, formats=("svg", "png", "pdf"))
+    assert vector.drawn == len(first.figures)
+    assert {k: v for k, v in _identities(out).items() if k.endswith(".png")} == pngs  # not redrawn
+    assert len(list(figures.glob("*.pdf"))) == len(list(figures.glob("*.svg"))) == len(first.figures)
+    for fig in vector.figures:
+        assert list(fig.files) == ["png", "pdf", "svg"]
+    build_report(store, tmp_path / "at-once", dpi=30, jobs=1, formats=("png", "pdf", "svg"))
+    assert _files(out) == _files(tmp_path / "at-once")
+
+    _, again = build_report(store, out, dpi=30, jobs=1, formats=("png", "pdf", "svg"))
+    assert again.drawn == 0
+    _, png_only = build_report(store, out, dpi=30, jobs=1)
+    assert png_only.drawn == 0 and not list(figures.glob("*.pdf")) and not list(figures.glob("*.svg"))
+
+
+@pytest.mark.parametrize("formats, message", [
+    ("png,eps", "unknown figure format 'eps'"),
+    ("pdf,svg", "lack png, which the report's page shows"),
+])
+def test_bad_figure_formats_are_one_line_before_anything_is_written(store, tmp_path, capsys, formats, message):
+    from prunelab.cli import main
+
+    out = tmp_path / "out"
+    assert main(["report", "--root", str(store), "--out", str(out), "--formats", formats]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not out.exists()

@@ -19,6 +19,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from matplotlib.collections import LineCollection
+from matplotlib.colors import to_hex
 from test_data import write_idx_set
 
 from prunelab import Mask, models
@@ -66,7 +68,7 @@ def store(tmp_path_factory):
 @pytest.fixture(scope="module")
 def report(store, tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
-    path = write_report(store, out, dpi=40)
+    path = write_report(store, out, dpi=40, formats=("png", "pdf", "svg"))
     manifest = json.loads((out / "figures.json").read_text())
     assert manifest["notes"] == []  # nothing was skipped
     return path, manifest["figures"]
@@ -370,12 +372,16 @@ def test_learning_curves_are_each_runs_metrics_file_and_their_mean_over_seeds(co
         mean = np.mean([[scale * e[key] for e in run] for run in by_seed], axis=0)
         line = next(ln for ln in ax.lines if ln.get_label() == "synflow at init")
         assert list(line.get_xdata()) == steps and line.get_ydata() == pytest.approx(mean)
-        thin = [ln for ln in ax.lines if ln.get_linewidth() < 1]  # one per run shown
-        assert len(thin) == len(fig.runs) == len(set(fig.runs))
-        assert sorted(tuple(ln.get_ydata()) for ln in thin if ln.get_color() == line.get_color()) == sorted(
-            tuple(scale * e[key] for e in run) for run in by_seed)
+        runs = [c for c in ax.collections if isinstance(c, LineCollection)]  # the thin lines: a collection each
+        assert all(max(c.get_linewidths()) < 1 for c in runs)
+        assert sum(len(c.get_segments()) for c in runs) == len(fig.runs) == len(set(fig.runs))  # one per run
+        mine = [c for c in runs if to_hex(c.get_edgecolor()[0]) == to_hex(line.get_color())]
+        assert len(mine) == 1 and np.allclose(sorted(seg[:, 1].tolist() for seg in mine[0].get_segments()),
+                                              sorted([scale * e[key] for e in run] for run in by_seed))
+        assert all(list(seg[:, 0]) == steps for seg in mine[0].get_segments())
         configurations = {ln.get_label() for ln in ax.lines if not ln.get_label().startswith("_")}
-        assert len(ax.collections) == len(configurations - {"learning-rate drop"})  # a band each: 2 seeds each
+        bands = [c for c in ax.collections if not isinstance(c, LineCollection)]
+        assert len(bands) == len(runs) == len(configurations - {"learning-rate drop"})  # a band each: 2 seeds each
     labels = {ln.get_label() for ln in acc.lines if not ln.get_label().startswith("_")}
     assert labels == {"dense", "magnitude at init", "magnitude at init shuffle", "magnitude after training",
                       "magnitude at 4it", "synflow at init", "learning-rate drop"}

@@ -43,6 +43,10 @@ def register(subparsers) -> None:
     p.add_argument("--dpi", type=int, default=110, help="resolution of the figures (default 110)")
     p.add_argument("--jobs", type=int, default=None, metavar="N",
                    help="processes drawing figures (default: one per available CPU; 1 draws in this process)")
+    p.add_argument("--formats", default="png", metavar="LIST",
+                   help="figure files to write, comma-separated: png (shown in the page), pdf and svg (vector files "
+                        "for a paper; they triple the time of a first report, so they are drawn on request, and "
+                        "only those missing) (default png; e.g. png,pdf,svg)")
     p.add_argument("--rebuild", action="store_true",
                    help="draw every figure again, even those whose runs did not change since the last report "
                         "into --out (by default they are reused)")
@@ -78,13 +82,16 @@ def register(subparsers) -> None:
 
 def cmd_report(args) -> int:
     with needs_extra("prunelab report", "plots"):
+        from prunelab.reports.figure_builds import check_formats
         from prunelab.reports.html import build_report
 
     if args.dpi < 20:
         raise ValueError(f"--dpi must be at least 20, got {args.dpi}")
     if args.jobs is not None and args.jobs < 1:
         raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
-    path, built = build_report(args.root, args.out, dpi=args.dpi, jobs=args.jobs, rebuild=args.rebuild)
+    formats = check_formats([f.strip() for f in args.formats.split(",") if f.strip()])
+    path, built = build_report(args.root, args.out, dpi=args.dpi, jobs=args.jobs, rebuild=args.rebuild,
+                               formats=formats)
     for note in built.notes:
         print(f"note: {note}")
     print(f"report {path} ({len(built.figures)} figures: {built.drawn} drawn, {built.reused} unchanged since the "

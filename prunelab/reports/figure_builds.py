@@ -11,7 +11,13 @@ the figures that show it:
 2. **Per figure**: the digest of what it draws (the plot function and its arguments: the data on the page,
    :class:`~prunelab.reports.figures.Plot`), written beside its files as ``figures/<name>.inputs.sha256``
    after them. A builder that runs again (a run of its setting changed) redraws only the figures whose data
-   changed.
+   changed, and of a figure whose data did not change, only the formats it lacks (a report asked for PDFs
+   after one that wrote PNGs draws the PDFs alone).
+
+Every figure is written as PNG, which the page embeds; PDF and SVG (vector files for a paper) when asked
+(``formats``, ``prunelab report --formats png,pdf,svg``): they triple the time of a first report, which should
+take a minute on a store of a thousand runs on a laptop (``bench/report_speed.py``). A figure's files of
+formats not asked for are removed, so the folder holds the formats of the last report only.
 
 Builders run in worker processes, not threads (matplotlib is not thread-safe), forked where the system can
 (a worker starts with the parent's imports instead of importing torch and matplotlib again), one torch thread
@@ -26,6 +32,7 @@ import json
 import math
 import multiprocessing
 import os
+from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +53,7 @@ from prunelab.reports.figures import (
     run_builder,
     skip_note,
 )
+from prunelab.validate import check_name
 
 # What the last report drew: per builder and setting, its inputs' digest, figures and notes; the run files
 # found sound. Relative to the report's folder.
@@ -93,14 +101,26 @@ class _Task:
     ctx: Context
 
 
+def check_formats(formats: Sequence[str]) -> tuple[str, ...]:
+    """``formats`` in :data:`plots.FORMATS` order, PNG first; a ValueError (one line) for an unknown format or
+    a list without PNG (the page embeds it)."""
+    for fmt in formats:
+        check_name("figure format", fmt, plots.FORMATS)
+    if "png" not in formats:
+        raise ValueError(f"figure formats {','.join(formats)} lack png, which the report's page shows: "
+                         f"give png and any of {', '.join(f for f in plots.FORMATS if f != 'png')}")
+    return tuple(f for f in plots.FORMATS if f in formats)
+
+
 def build_figures(root: str | os.PathLike, out: str | os.PathLike, runs: pd.DataFrame, layers: pd.DataFrame,
-                  dpi: int = 110, formats: tuple[str, ...] = plots.FORMATS, jobs: int | None = None,
+                  dpi: int = 110, formats: Sequence[str] = plots.DEFAULT_FORMATS, jobs: int | None = None,
                   rebuild: bool = False) -> BuiltFigures:
-    """Write the files of every figure the store at ``root`` supports into ``out/figures``, drawing only those
-    whose inputs changed since the last report into ``out`` (all of them with ``rebuild``), with ``jobs``
-    worker processes (default: one per available CPU; 1: in this process). Files of figures the last report
-    drew and this one does not are removed."""
-    out = Path(out)
+    """Write the files of every figure the store at ``root`` supports into ``out/figures`` in ``formats``
+    (see :func:`check_formats`), drawing only those whose inputs changed since the last report into ``out``
+    (all of them with ``rebuild``) and the formats a figure lacks, with ``jobs`` worker processes (default:
+    one per available CPU; 1: in this process). Files of figures the last report drew and this one does not,
+    and of formats not asked for, are removed."""
+    out, formats = Path(out), check_formats(formats)
     previous = _read_builds(out)
     files = RunFiles(root, [] if rebuild else previous.get("sound", []))
     settings = contexts(root, runs, layers)
@@ -126,7 +146,7 @@ def build_figures(root: str | os.PathLike, out: str | os.PathLike, runs: pd.Data
         result.figures += [BuiltFigure(**f) for f in record["figures"]]
         result.notes += record["notes"]
         result.drawn += drawn
-    _remove_stale(out, previous, {f.name for f in result.figures})
+    _remove_stale(out, previous, result.figures)
     atomic_write_text(out / BUILDS, json.dumps({"format": _BUILDS_FORMAT, "builds": builds,
                                                 "sound": sorted(files.sound & files.seen)}, indent=1))
     return result
@@ -146,13 +166,21 @@ def _digest_path(out: Path, name: str) -> Path:
     return out / "figures" / f"{name}{DIGEST_SUFFIX}"
 
 
-def _on_disk(out: Path, fig: BuiltFigure) -> bool:
-    """Whether the files of ``fig`` are all there, drawn from what its digest says."""
+def _missing(out: Path, fig: BuiltFigure) -> list[str]:
+    """The formats of ``fig`` to draw: all when the files on disk were drawn from other data (or there are
+    none), else those whose file is missing."""
     try:
         drawn_from = _digest_path(out, fig.name).read_text().strip()
     except OSError:
-        return False
-    return drawn_from == fig.digest and all((out / path).is_file() for path in fig.files.values())
+        drawn_from = None
+    if drawn_from != fig.digest:
+        return list(fig.files)
+    return [fmt for fmt, path in fig.files.items() if not (out / path).is_file()]
+
+
+def _on_disk(out: Path, fig: BuiltFigure) -> bool:
+    """Whether the files of ``fig`` are all there, drawn from what its digest says."""
+    return not _missing(out, fig)
 
 
 class _Workers:
@@ -193,39 +221,47 @@ def _one_thread() -> None:
 
 
 def _build(task: _Task, out: Path, formats: tuple[str, ...], dpi: int, rebuild: bool) -> tuple[dict[str, Any], int]:
-    """Run one builder; draw and write each of its figures unless its files already show the same data."""
+    """Run one builder; draw and write each of its figures in the formats whose files do not already show
+    the same data."""
     build = builder_named(task.builder)
     figures, notes = run_builder(build, task.ctx, draw=False)
     built, drawn = [], 0
     for fig in figures:
         files = {fmt: f"figures/{fig.name}.{fmt}" for fmt in formats}
         done = BuiltFigure(fig.name, fig.title, fig.caption, jsonable(fig.hparams), list(fig.runs), files,
-                           data_digest(code_version(), list(formats), dpi, fig.plot.function, fig.plot.args,
-                                       fig.plot.kwargs))
-        if rebuild or not _on_disk(out, done):
+                           data_digest(code_version(), dpi, fig.plot.function, fig.plot.args, fig.plot.kwargs))
+        missing = list(formats) if rebuild else _missing(out, done)
+        if missing:
             try:
                 figure = fig.figure
             except SKIPPED_ERRORS as e:
                 notes.append(skip_note(build, task.ctx, e))  # as when the builder itself fails: later figures too
                 break
-            rendered = plots.render(figure, formats, dpi=dpi)
-            for fmt, path in files.items():
-                atomic_write_bytes(out / path, rendered[fmt])
-            atomic_write_text(_digest_path(out, fig.name), done.digest + "\n")  # last: the files are complete
+            digest = _digest_path(out, fig.name)
+            if len(missing) == len(formats):  # new data: no file may claim the old digest while these are written
+                digest.unlink(missing_ok=True)
+            rendered = plots.render(figure, missing, dpi=dpi)
+            for fmt in missing:
+                atomic_write_bytes(out / files[fmt], rendered[fmt])
+            atomic_write_text(digest, done.digest + "\n")  # last: the files are complete
             drawn += 1
         built.append(dataclasses.asdict(done))
     return {"inputs": task.inputs, "figures": built, "notes": notes}, drawn
 
 
-def _remove_stale(out: Path, previous: dict[str, Any], current: set[str]) -> None:
+def _remove_stale(out: Path, previous: dict[str, Any], current: list[BuiltFigure]) -> None:
     """Remove the files of the figures the last report drew and this one does not (a setting whose runs were
-    deleted): the folder then holds this report's figures only. Files it did not record are left alone."""
+    deleted), and those of formats this report was not asked for: the folder then holds this report's files
+    only. Files the last report did not record are left alone."""
+    kept = {(fig.name, path) for fig in current for path in fig.files.values()}
+    names = {fig.name for fig in current}
     for record in previous.get("builds", {}).values():
         for fig in record["figures"]:
-            if fig["name"] in current:
-                continue
-            for path in [*(out / p for p in fig["files"].values()), _digest_path(out, fig["name"])]:
-                path.unlink(missing_ok=True)
+            for path in fig["files"].values():
+                if (fig["name"], path) not in kept:
+                    (out / path).unlink(missing_ok=True)
+            if fig["name"] not in names:
+                _digest_path(out, fig["name"]).unlink(missing_ok=True)
 
 
 def jsonable(value: Any) -> Any:

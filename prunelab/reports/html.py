@@ -1,12 +1,12 @@
 """The HTML report: one self-contained page (figures embedded as base64 PNG data URIs, tables inline,
-no external CSS, fonts or scripts) and, next to it, the tables as CSV files and every figure as PNG,
-PDF and SVG (vector files to put in a paper).
+no external CSS, fonts or scripts) and, next to it, the tables as CSV files and every figure as PNG, and
+as PDF and SVG (vector files to put in a paper) when asked (``formats``).
 
 ``out/`` receives ``index.html``, ``runs.csv`` (one row per run), ``summary.csv`` (mean, std and
 count over seeds), ``settings.csv`` (what fixes each dense network), ``layers.csv`` (per-layer
-sparsity of every run), ``figures/<name>.{png,pdf,svg}`` and ``figures.json`` (``{"figures": [...],
-"notes": [...]}``: each figure's name, files, title, caption, hyperparameters and run ids; the figures
-that could not be drawn, and why). Accuracies are in percent in the page and its CSV files (columns
+sparsity of every run), ``figures/<name>.png`` (``.pdf``, ``.svg`` when asked) and ``figures.json``
+(``{"figures": [...], "notes": [...]}``: each figure's name, files, title, caption, hyperparameters and run
+ids; the figures that could not be drawn, and why). Accuracies are in percent in the page and its CSV files (columns
 ``test_accuracy (%)``, ``dense_accuracy (%)``, ``drop (%)`` = percentage points lost to pruning;
 :func:`prunelab.reports.runs_table` and ``prunelab export`` keep fractions). Every file is written atomically.
 """
@@ -19,13 +19,15 @@ import html
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from prunelab.io import atomic_write_text
-from prunelab.reports.figure_builds import BuiltFigure, BuiltFigures, build_figures
+from prunelab.reports import plots
+from prunelab.reports.figure_builds import BuiltFigure, BuiltFigures, build_figures, check_formats
 from prunelab.reports.tables import aggregate, group_columns, layers_table, runs_table
 
 _SETTING_PREFIXES = ("model.", "dataset.", "training.")
@@ -126,32 +128,43 @@ def _figure_html(fig: BuiltFigure, png: bytes, files: dict[str, str]) -> str:
     )
 
 
+def _vector_note(formats: Sequence[str]) -> str:
+    vector = [f.upper() for f in formats if f != "png"]
+    if vector:
+        return f"PNG and {' and '.join(vector)}, for a paper"
+    return ("PNG (for PDF and SVG files to put in a paper: <code>prunelab report --formats png,pdf,svg</code>, "
+            "which draws only the files missing)")
+
+
 def _link(path: str, text: str) -> str:
     return f'<a href="{html.escape(path)}">{html.escape(text)}</a>'
 
 
 def write_report(root: str | os.PathLike = "runs", out: str | os.PathLike = "report", dpi: int = 110,
-                 jobs: int | None = None, rebuild: bool = False) -> Path:
+                 jobs: int | None = None, rebuild: bool = False,
+                 formats: Sequence[str] = plots.DEFAULT_FORMATS) -> Path:
     """Write the report of the run store ``root`` into folder ``out``; returns the path of ``index.html``.
 
     Always contains the settings, summary and runs tables; figures only where the store has the runs
     they need (see :mod:`prunelab.reports.figures`). Figures whose data did not change since the last report
     into ``out`` are reused, the others drawn by ``jobs`` processes (:mod:`prunelab.reports.figure_builds`;
-    ``rebuild``: draw all). Raises FileNotFoundError when ``root`` is not a folder.
+    ``rebuild``: draw all), in ``formats`` (png, which the page shows, and pdf or svg for a paper). Raises
+    FileNotFoundError when ``root`` is not a folder, ValueError for an unknown format.
     """
-    return build_report(root, out, dpi, jobs, rebuild)[0]
+    return build_report(root, out, dpi, jobs, rebuild, formats)[0]
 
 
 def build_report(root: str | os.PathLike = "runs", out: str | os.PathLike = "report", dpi: int = 110,
-                 jobs: int | None = None, rebuild: bool = False) -> tuple[Path, BuiltFigures]:
+                 jobs: int | None = None, rebuild: bool = False,
+                 formats: Sequence[str] = plots.DEFAULT_FORMATS) -> tuple[Path, BuiltFigures]:
     """:func:`write_report`, and its figures (with how many were drawn and how many reused)."""
-    root, out = Path(root), Path(out)
+    root, out, formats = Path(root), Path(out), check_formats(formats)
     runs = runs_table(root)
     layers = layers_table(root)
     summary = in_percent(summary_table(runs))
     settings = settings_table(runs)
     out.mkdir(parents=True, exist_ok=True)
-    built = build_figures(root, out, runs, layers, dpi=dpi, jobs=jobs, rebuild=rebuild)
+    built = build_figures(root, out, runs, layers, dpi=dpi, formats=formats, jobs=jobs, rebuild=rebuild)
     figures, notes = built.figures, built.notes
     runs = in_percent(runs)
     for name, df in (("runs", runs), ("summary", summary), ("settings", settings), ("layers", layers)):
@@ -176,7 +189,7 @@ def build_report(root: str | os.PathLike = "runs", out: str | os.PathLike = "rep
         f"{len(figures)} figures. Written {datetime.datetime.now().isoformat(timespec='seconds')}. "
         "Accuracies are in percent. Tables are also in <code>runs.csv</code>, <code>summary.csv</code>, "
         "<code>settings.csv</code> and <code>layers.csv</code> next to this page; every figure is also in "
-        "<code>figures/</code> as PDF and SVG, for a paper.</p>",
+        f"<code>figures/</code> as {_vector_note(formats)}.</p>",
         "<h2>Contents</h2><ul>",
         *[f'<li><a href="#{html.escape(f.name)}">{html.escape(f.title)}</a></li>' for f in figures],
         '<li><a href="#settings">Settings</a></li><li><a href="#summary">Summary over seeds</a></li>'

@@ -32,10 +32,20 @@ from prunelab.reports.plots.masks import (
     mask_images,
     weight_trajectories,
 )
-from prunelab.reports.plots.style import FORMATS, GUIDE, Curve, colors, render, save, to_bytes, to_png
+from prunelab.reports.plots.style import (
+    DEFAULT_FORMATS,
+    FORMATS,
+    GUIDE,
+    Curve,
+    colors,
+    render,
+    save,
+    to_bytes,
+    to_png,
+)
 
-__all__ = ["Curve", "FORMATS", "GUIDE", "Replicates", "ablation_panels", "accuracy_vs_cost", "accuracy_vs_sparsity",
-           "accuracy_vs_step", "colors", "conservation", "conv_masks", "density_over_time", "first_layer_image",
-           "jaccard_vs_iteration", "kernel_grid", "layer_density_vs_compression", "layer_sparsity_bars",
-           "learning_curves", "mask_images", "neuron_collapse", "render", "save", "to_bytes", "to_png",
-           "weight_trajectories"]
+__all__ = ["Curve", "DEFAULT_FORMATS", "FORMATS", "GUIDE", "Replicates", "ablation_panels", "accuracy_vs_cost",
+           "accuracy_vs_sparsity", "accuracy_vs_step", "colors", "conservation", "conv_masks", "density_over_time",
+           "first_layer_image", "jaccard_vs_iteration", "kernel_grid", "layer_density_vs_compression",
+           "layer_sparsity_bars", "learning_curves", "mask_images", "neuron_collapse", "render", "save", "to_bytes",
+           "to_png", "weight_trajectories"]

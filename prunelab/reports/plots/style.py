@@ -106,8 +106,10 @@ def check_nonempty(data, what: str) -> None:
         raise ValueError(f"nothing to plot: {what} is empty")
 
 
-# The formats a report writes every figure in: PNG for the page, PDF and SVG (vector) for a paper.
+# The formats a report can write a figure in: PNG for the page (always written: the page embeds it), PDF and SVG
+# (vector) for a paper, on request: drawing them triples the time of a first report (bench/report_speed.py).
 FORMATS = ("png", "pdf", "svg")
+DEFAULT_FORMATS = ("png",)
 
 
 # Vector files as papers want them: TrueType fonts in PDFs (venues reject Type 3 fonts), text as text in SVGs
@@ -136,10 +138,14 @@ def to_png(fig: Figure, dpi: int = 110) -> bytes:
     return to_bytes(fig, "png", dpi)
 
 
-def render(fig: Figure, formats: Sequence[str] = FORMATS, dpi: int = 110) -> dict[str, bytes]:
-    """The figure in each of ``formats``. The constrained layout is solved once, by the first render, then
-    frozen: the others show the same layout and cost about a third less."""
+def render(fig: Figure, formats: Sequence[str] = DEFAULT_FORMATS, dpi: int = 110) -> dict[str, bytes]:
+    """The figure in each of ``formats``. The constrained layout is solved once, by the Agg canvas at ``dpi``
+    (as for a PNG, whatever the formats: a PDF drawn alone is the bytes of one drawn after the PNG), then frozen:
+    the other formats show the same layout and cost about a third less."""
     out = {}
+    if fig.get_layout_engine() is not None and formats and formats[0] != "png":
+        to_bytes(fig, "raw", dpi)  # the PNG's drawing without its encoding
+        fig.set_layout_engine("none")
     for fmt in formats:
         out[fmt] = to_bytes(fig, fmt, dpi)
         if fig.get_layout_engine() is not None:
