@@ -30,7 +30,7 @@ def register(subparsers) -> None:
     p.add_argument("run", help="run id, unique prefix, or run folder (a finished run with a mask)")
     add_root_flag(p)
     p.add_argument("--out", default=None, metavar="FILE", help="export file (default: ./<run id>.compact.pt)")
-    p.add_argument("--device", default="cpu", help="device the export is tuned and timed on: cpu, cuda, cuda:1 "
+    p.add_argument("--device", default="cpu", help="device the export is tuned and timed on: cpu, cuda, cuda:1, auto "
                    "(default: cpu); 2:4 layers need CUDA and --dtype float16 or bfloat16")
     p.add_argument("--dtype", default="float32", help=f"one of: {', '.join(DTYPES)} (default: float32)")
     p.add_argument("--formats", nargs="+", default=None, metavar="FORMAT",
@@ -106,11 +106,11 @@ def load_run(ref: str, root: str) -> dict[str, Any]:
 
 def cmd_export_model(args) -> int:
     out = _check_args(args)
-    from prunelab.training.trainer import check_device
-
-    device = check_device(args.device)
-    device = "cpu" if device == "auto" else device
     import torch
+
+    from prunelab.training.trainer import check_device, resolve_device
+
+    device = resolve_device(check_device(args.device))
 
     from prunelab.compact import compact, latency, save_compact
     from prunelab.training.runtime import default_threads, torch_threads

@@ -238,6 +238,8 @@ def test_export_model_writes_an_export_equal_to_the_masked_network(tmp_path, cap
     (["--repeats", "0"], "--repeats must be an integer >= 1"),
     (["--out", "{tmp}"], "is a folder"),
     (["--out", "{tmp}/nowhere/m.pt"], "does not exist"),
+    pytest.param(["--device", "cuda"], "CUDA is not available",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
 ])
 def test_export_model_refuses_bad_arguments_in_one_line_before_any_work(tmp_path, capsys, extra, message):
     from prunelab import cli
