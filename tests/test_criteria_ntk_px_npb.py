@@ -309,3 +309,22 @@ def test_npb_refuses_what_it_cannot_build():
     model(torch.ones(1, 4, 5, 5))
     with pytest.raises(ValueError, match="grouped Conv2d"):
         prunelab.score(model, "npb", input_shape=(4, 5, 5), sparsity=0.5)
+
+
+def test_npb_on_a_convnet_keeps_each_layer_budget_and_prune_returns_its_mask():
+    from prunelab.densities import shape_densities
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 4 * 4, 5))
+    sparsity = 0.7
+    scores = prunelab.score(model, "npb", input_shape=(2, 6, 6), sparsity=sparsity, seed=1)
+    mask = prunelab.prune(model, "npb", sparsity=sparsity, input_shape=(2, 6, 6), seed=1)
+    shapes = {n: tuple(s.shape) for n, s in scores.items()}
+    want = shape_densities(shapes, sparsity, "erk")
+    total = sum(math.prod(s) for s in shapes.values())
+    assert mask.num_kept == total - math.floor(sparsity * total + 0.5)
+    for n, s in scores.items():
+        assert set(s.unique().tolist()) <= {0.0, 1.0}
+        assert bool((mask[n] == (s > 0)).all())
+        assert abs(int(mask[n].sum()) - want[n] * math.prod(shapes[n])) < 1.0  # ERK budget, rounded
