@@ -79,13 +79,13 @@ def test_runtime_options_are_not_part_of_the_identity_and_reach_provenance(tmp_p
     base = ["train", "--model", "lenet_300_100", "--dataset", "mnist", "--train", "2it", "--batch-size", "16",
             "--data-root", str(tmp_path / "data"), "--root", str(tmp_path / "runs"), "--no-progress", "--device",
             "cpu"]
-    assert main(base + ["--deterministic", "--tf32", "--channels-last"]) == 0
+    assert main(base + ["--deterministic", "--tf32", "--channels-last", "--sparse-kernels", "on"]) == 0
     assert main(base) == 0  # the same run: found, not redone
     store = RunStore(tmp_path / "runs")
     (run_id,) = [i for i, _, _ in store.runs()]
     (session,) = store.provenance(run_id)["sessions"]
     assert session["runtime"] == {"loader_workers": None, "channels_last": True, "cudnn_benchmark": False,
-                                  "tf32": True, "deterministic": True, "threads": None}
+                                  "tf32": True, "deterministic": True, "threads": None, "sparse_kernels": "on"}
     assert session["threads"] == 1  # --threads not given: the one default of docs/guide.md §4
     assert session["device_info"]["type"] == "cpu" and session["device_info"]["cuda"] == torch.version.cuda
 
