@@ -402,26 +402,22 @@ class Watch:
                    for job, h in handles.items()]
         self.waiting.update({t.job_id: t for t in pending})
         interval, next_query = SQUEUE_MIN_S, 0.0
-        try:
-            while pending:
-                now = time.monotonic()
-                query = self.slurm and now >= next_query
-                changed = self._update_states(pending, now) if query else False
-                for tracked in list(pending):
-                    outcome = self._outcome(tracked, now, all_files=query)
-                    if outcome is not None:
-                        pending.remove(tracked)
-                        self.waiting.pop(tracked.job_id, None)
-                        self._say_outcome(tracked, outcome)
-                        yield tracked.job, outcome
-                if query:
-                    interval = SQUEUE_MIN_S if changed else min(interval * 2, SQUEUE_MAX_S)
-                    next_query = now + interval
-                if pending:
-                    time.sleep(POLL_S)
-        finally:
-            for tracked in pending:
-                self.waiting.pop(tracked.job_id, None)
+        while pending:  # an interrupt leaves the jobs still pending in self.waiting, for the message that names them
+            now = time.monotonic()
+            query = self.slurm and now >= next_query
+            changed = self._update_states(pending, now) if query else False
+            for tracked in list(pending):
+                outcome = self._outcome(tracked, now, all_files=query)
+                if outcome is not None:
+                    pending.remove(tracked)
+                    self.waiting.pop(tracked.job_id, None)
+                    self._say_outcome(tracked, outcome)
+                    yield tracked.job, outcome
+            if query:
+                interval = SQUEUE_MIN_S if changed else min(interval * 2, SQUEUE_MAX_S)
+                next_query = now + interval
+            if pending:
+                time.sleep(POLL_S)
 
     def _update_states(self, pending: list[_Tracked], now: float) -> bool:
         states = self.queue.states()
@@ -527,13 +523,23 @@ def run_submitit(phases: list[list[Job]], ctx: Context, slurm: dict[str, Any], o
                     on_steps(outcome.get("steps", 0))
                 on_done(outcome)
     except KeyboardInterrupt:
-        if watch.waiting:
-            arrays = sorted({i.split("_")[0] for i in watch.waiting})
-            print(f"prunelab: left {len(watch.waiting)} Slurm job{'s' if len(watch.waiting) > 1 else ''} queued or "
-                  f"running ({'arrays' if len(arrays) > 1 else 'array'} {', '.join(arrays)}; scancel them to stop "
-                  "them); rerunning the same command waits for them and submits only what is neither finished nor "
-                  "queued", file=sys.stderr, flush=True)
+        _say_left(watch)
         raise
+
+
+def _say_left(watch: Watch) -> None:
+    """After an interrupt: one line naming the jobs left in the queue (they go on) and what a rerun does."""
+    left = list(watch.waiting)
+    states = watch.queue.states() if watch.queue is not None and left else None
+    if states is not None:  # a job cancelled or ended since the last look is not left running
+        left = [i for i in left if states.get(i) is not None and states[i] not in FINAL_STATES]
+    if not left:
+        return
+    arrays = sorted({i.split("_")[0] for i in left})
+    print(f"prunelab: left {len(left)} Slurm job{'s' if len(left) > 1 else ''} queued or running "
+          f"({'arrays' if len(arrays) > 1 else 'array'} {', '.join(arrays)}; scancel them to stop them); rerunning "
+          "the same command waits for them and submits only what is neither finished nor queued", file=sys.stderr,
+          flush=True)
 
 
 def _phase_words(jobs: list[Job]) -> str:
