@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import time
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -65,8 +67,11 @@ def contenders(base: nn.Module, mask: prunelab.Mask, batch: int) -> dict[str, tu
         net = copy.deepcopy(base)
         mask.apply(net)
         opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-        ex = SparseExecution(net, opt, {"sparse": "on", "auto": "auto"}[mode], batch).engage() \
-            if mode != "dense" else None
+        ex = None
+        if mode != "dense":
+            with warnings.catch_warnings():  # "convolutions run dense": the table says how many layers ran sparse
+                warnings.simplefilter("ignore", UserWarning)
+                ex = SparseExecution(net, opt, {"sparse": "on", "auto": "auto"}[mode], batch).engage()
         out[mode] = (net, opt, ex)
     return out
 
@@ -92,25 +97,30 @@ def bench(model_name: str, density: float, rounds: int, batch: int) -> dict[str,
         cpu = quartiles([d[0] / t[0] for d, t in zip(times["dense"], times[mode])])
         wall = quartiles([d[1] / t[1] for d, t in zip(times["dense"], times[mode])])
         out[mode] = (cpu, wall)
-    dense_ms = 1000 * statistics.median(t[1] for t in times["dense"])
-    sparse_ms = 1000 * statistics.median(t[1] for t in times["sparse"])
+    dense_ms = [1000 * statistics.median(t[i] for t in times["dense"]) for i in (0, 1)]
+    sparse_ms = [1000 * statistics.median(t[i] for t in times["sparse"]) for i in (0, 1)]
     auto_layers = nets["auto"][2].sparse_layers()
     (s_cpu, s_wall), (a_cpu, a_wall) = out["sparse"], out["auto"]
-    print(f"{100 * density:7.1f}% {dense_ms:9.3f} {sparse_ms:9.3f}  {s_cpu[1]:5.2f}x ({s_cpu[0]:.2f}-{s_cpu[2]:.2f})"
+    print(f"{100 * density:7.1f}% {dense_ms[0]:6.2f} {dense_ms[1]:6.2f} {sparse_ms[0]:6.2f} {sparse_ms[1]:6.2f}  "
+          f"{s_cpu[1]:5.2f}x ({s_cpu[0]:.2f}-{s_cpu[2]:.2f})"
           f" {s_wall[1]:5.2f}x ({s_wall[0]:.2f}-{s_wall[2]:.2f})  {a_cpu[1]:5.2f}x {a_wall[1]:5.2f}x"
-          f"  {len(auto_layers)}/{len(mask)} sparse")
-    _check_same(nets, mask)
+          f"  {len(auto_layers)}/{len(mask)} sparse  {_difference(nets, mask):.1e}")
     return {m: (c[1], w[1]) for m, (c, w) in out.items()}
 
 
-def _check_same(nets: dict, mask: prunelab.Mask) -> None:
-    """The contenders trained the same network: equal weights to float rounding, pruned weights exactly 0."""
+def _difference(nets: dict, mask: prunelab.Mask) -> float:
+    """The largest difference of a weight from the dense masked step's, relative to the largest weight of its
+    tensor (float rounding, grown over the steps; ``tests/test_sparse_kernels.py`` bounds it); pruned weights
+    must be exactly 0."""
     ref = dict(nets["dense"][0].named_parameters())
+    worst = 0.0
     for mode in MODES[1:]:
         for name, p in nets[mode][0].named_parameters():
-            assert torch.allclose(p, ref[name], rtol=1e-3, atol=1e-5), f"{mode} drifted from dense at {name}"
+            q = ref[name].detach()
+            worst = max(worst, float((p.detach() - q).abs().max()) / max(float(q.abs().max()), 1e-30))
             if name in mask:
                 assert bool((p.detach()[~mask[name]] == 0).all()), f"{mode}: pruned weights of {name} moved"
+    return worst
 
 
 # ---- convolutions: the unfolded sparse product ------------------------------------------------------
@@ -198,10 +208,12 @@ def main() -> None:
             base = models.create(name, num_classes=10, input_shape=shape, seed=0)
             layers = [(n, tuple(m.weight.shape)) for n, m in base.named_modules() if isinstance(m, nn.Linear)]
             cross = {n: crossover(s, args.batch, "cpu") for n, s in layers}
-            print(f"\n{name}, batch {args.batch}, cpu, {threads} thread(s), {args.rounds} rounds; auto's crossover "
-                  f"densities {cross}")
-            print(f"{'density':>8} {'dense ms':>9} {'sparse ms':>9}  {'sparse speed-up: CPU (IQR)':<26}"
-                  f"{'wall (IQR)':<18}  {'auto: CPU, wall':<16} layers")
+            load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+            print(f"\n{name}, batch {args.batch}, cpu, {threads} thread(s), {args.rounds} rounds, load average {load}; "
+                  f"auto's crossover densities {cross}")
+            print(f"{'':8} {'dense ms':^13} {'sparse ms':^13}  {'sparse speed-up':^38}  {'auto speed-up':^13}")
+            print(f"{'density':>8} {'CPU':>6} {'wall':>6} {'CPU':>6} {'wall':>6}  {'CPU (IQR)':<19}{'wall (IQR)':<19}"
+                  f"  {'CPU':>6} {'wall':>6}  auto sparse  max|Δw|/max|w|")
             for density in args.densities:
                 res = bench(name, density, args.rounds, args.batch)
                 goal = GOALS.get((name, density))

@@ -245,7 +245,8 @@ def test_the_loop_records_step_time_and_sparse_layers(tiny_dataset):
     assert record["timed_steps"] == 24 and record["sparse_steps"] == dict.fromkeys(mask, 24)
     assert record["step_wall_time"] == pytest.approx(on.step_wall_time)
     assert realized_cost([off], "off") == {"step_wall_time": off.step_wall_time, "timed_steps": 12,
-                                           "sparse_kernels": "off", "sparse_layers": [], "sparse_steps": {}}
+                                           "sparse_kernels": "off", "sparse_layers": [], "sparse_steps": {},
+                                           "dense_layers": {}}
 
 
 def test_where_sparse_cannot_be_the_same_training_it_stays_dense_and_says_so(tiny_dataset):

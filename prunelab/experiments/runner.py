@@ -317,7 +317,8 @@ def realized_cost(trainings: list, mode: str) -> dict[str, Any]:
     """What a run's training steps cost in this session, for its ``result.json``: ``step_wall_time``, the mean wall
     seconds of a training step (forward, backward, optimizer; not evaluation or checkpoints) over ``timed_steps``
     steps, and how they ran: ``sparse_kernels`` (the mode), ``sparse_layers`` (the masked layers that ran on their
-    kept weights, :mod:`prunelab.training.sparse_kernels`) and ``sparse_steps`` (for how many steps each did).
+    kept weights, :mod:`prunelab.training.sparse_kernels`), ``sparse_steps`` (for how many steps each did) and
+    ``dense_layers`` (why each other masked layer ran dense at the end of the last training).
     ``trainings``: the :class:`~prunelab.training.TrainResult` of each training of the run in this session."""
     steps = sum(res.timed_steps for res in trainings)
     seconds = sum(res.step_wall_time * res.timed_steps for res in trainings if res.timed_steps)
@@ -327,4 +328,5 @@ def realized_cost(trainings: list, mode: str) -> dict[str, Any]:
             sparse_steps[name] = sparse_steps.get(name, 0) + n
     return {"step_wall_time": seconds / steps if steps else None, "timed_steps": steps,
             "sparse_kernels": mode,
-            "sparse_layers": sorted(sparse_steps), "sparse_steps": sparse_steps}
+            "sparse_layers": sorted(sparse_steps), "sparse_steps": sparse_steps,
+            "dense_layers": trainings[-1].execution.get("dense_layers", {}) if trainings else {}}
