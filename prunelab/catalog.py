@@ -182,7 +182,7 @@ METHOD_OPTIONS = [
     ("grasp", "temperature=200.0 batchnorm_train=true"),
     ("grasp_abs", "temperature=200.0 batchnorm_train=true"),
     ("npb", "alpha=0.01 budgets=erk"),
-    ("ntk_sap", "epsilon=0.01 weight_samples=1 noise_batch_size=100 init=None"),
+    ("ntk_sap", "epsilon=0.01 weight_samples=1 noise_batch_size=100 init=model"),
     ("force", "batchnorm_train=true"),
     ("iter_snip_dejorge", "batchnorm_train=true"),
     ("prospr", "steps=3 lr=0.1 momentum=0.0 first_order=false batchnorm_train=true"),

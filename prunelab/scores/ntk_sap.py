@@ -45,7 +45,7 @@ from torch.func import functional_call
 from prunelab.batches import logits, model_device, model_dtype
 from prunelab.masks import Mask
 from prunelab.scores.registry import Scores, register_method
-from prunelab.validate import check_int
+from prunelab.validate import check_int, check_name
 
 DEFAULT_EPSILON = 0.01  # the authors' code (--ntksap_epsilon)
 DEFAULT_ITERATIONS = 20  # the authors' scripts (--prune-epochs 20)
@@ -60,13 +60,18 @@ def _check_epsilon(epsilon) -> float:
     return float(epsilon)
 
 
-def _initializer(model: nn.Module, init: str | None) -> tuple[str, str]:
-    """(initializer name, fan mode): ``init``, else the model's own (``prunelab_init``), else Kaiming normal."""
+OWN_INIT = "model"  # init=OWN_INIT: the initializer the model was created with
+
+
+def _initializer(model: nn.Module, init: str) -> tuple[str, str]:
+    """(initializer name, fan mode): ``init``, or for ``"model"`` the model's own (``prunelab_init``), else
+    Kaiming normal (the authors' code)."""
     from prunelab.models.initializers import INITIALIZERS
 
     own = getattr(model, "prunelab_init", None) or {}
-    name = init if init is not None else own.get("init", "kaiming_normal")
-    INITIALIZERS.get(name)  # an unknown name: the registry's message with the closest valid one
+    name = own.get("init", "kaiming_normal") if init == OWN_INIT else init
+    if name not in INITIALIZERS:
+        check_name("init", init, [OWN_INIT, *INITIALIZERS.names()])
     return name, own.get("mode", "fan_in")
 
 
@@ -172,7 +177,7 @@ class NTKSAPScorer:
 
 
 def _prepare(model, batch=None, *, input_shape=None, epsilon=DEFAULT_EPSILON, weight_samples=1,
-             noise_batch_size=100, init=None, seed=0) -> NTKSAPScorer:
+             noise_batch_size=100, init=OWN_INIT, seed=0) -> NTKSAPScorer:
     return NTKSAPScorer(model, input_shape, epsilon, weight_samples, noise_batch_size, init, seed)
 
 
@@ -195,13 +200,14 @@ def ntk_sap(
     epsilon: float = DEFAULT_EPSILON,
     weight_samples: int = 1,
     noise_batch_size: int = 100,
-    init: str | None = None,
+    init: str = OWN_INIT,
     seed: int = 0,
 ) -> Scores:
     """NTK-SAP's saliency (Wang et al. 2023, §4): the sensitivity to each weight's gate of the finite-difference
     estimate of the NTK trace, ``Σ_x ‖f(x; θ₀ ⊙ m) − f(x; (θ₀ + Δθ) ⊙ m)‖²``.
 
-    ``θ₀`` is redrawn from the initializer (``init``; default the model's own, else Kaiming normal) for each
+    ``θ₀`` is redrawn from the initializer ``init`` (default ``"model"``: the one the model was created with,
+    else Kaiming normal) for each
     of ``weight_samples`` (R) samples, ``Δθ = epsilon · N(0, 1)`` and ``x ~ N(0, I)`` of shape
     ``(noise_batch_size, *input_shape)``; no data: ``batch`` is ignored. Iterated over 20 rounds by default
     with the exponential schedule (the authors' scripts). See the module docstring for the draw order.
