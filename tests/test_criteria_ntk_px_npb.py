@@ -209,8 +209,10 @@ def test_px_sums_over_a_list_of_batches_and_leaves_the_model_alone():
     x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
     whole = prunelab.score(model, "px", batch=(x, y))
     parts = prunelab.score(model, "px", batch=[(x[:3], y[:3]), (x[3:], y[3:])])
+    micro = prunelab.score(model, "px", batch=(x, y), score_batch_size=3)
     for n in whole:
         torch.testing.assert_close(whole[n], parts[n])
+        torch.testing.assert_close(whole[n], micro[n])
     assert model.training
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, before[k])

@@ -45,6 +45,7 @@ from torch.overrides import TorchFunctionMode
 from prunelab.batches import as_batches, logits, model_device, model_dtype
 from prunelab.layer_rules import layer_rule, parameter_owners
 from prunelab.masks import Mask
+from prunelab.scores.batching import score_batches
 from prunelab.scores.isolation import masked_leaves
 from prunelab.scores.registry import Scores, register_method
 
@@ -147,13 +148,17 @@ def _transformed(model: nn.Module, mask: Mask, leaves: dict, weight: Callable, o
     family="init_data",
     year=2024,
 )
-def px(model, mask, batch) -> Scores:
+def px(model, mask, batch, *, score_batch_size: int | None = None, distributed: bool = False) -> Scores:
     """PX's saliency ``θ² · ∂R/∂θ²`` with ``R = Σ_x Σ_k z1_k(x) · z2_k(θ²)`` (Iurada et al. 2024, §3; see the
     module docstring): ``z1`` the all-ones network on ``x²`` through the activation patterns of ``batch``,
     ``z2`` the squared-weight linear network on ones. Data-driven: ``batch=(inputs, targets)`` (the targets are
-    not used; inputs must be floating). Iterated over 100 rounds by default (the authors' script)."""
+    not used; inputs must be floating). Iterated over 100 rounds by default (the authors' script).
+
+    ``z1`` is a sum over examples in eval mode, so ``score_batch_size`` (micro-batches) and ``distributed``
+    (the batch shared out over the ranks of a DDP job, ``z1`` summed over them) give the same scores."""
     params = mask.check_compatible(model)
-    pieces = as_batches(batch, "px")
+    batches = score_batches(batch, "px", score_batch_size, distributed)
+    pieces = batches.local
     device, dtype = model_device(model), model_dtype(model)
     kept = masked_leaves(params, mask)
     ones = {n: mask[n].to(device, torch.float64) for n in params}
@@ -176,10 +181,14 @@ def px(model, mask, batch) -> Scores:
             z1 = part if z1 is None else z1 + part
     squares = {n: (w.detach().double() ** 2).requires_grad_(True) for n, w in kept.items()}
     with _eval_mode(model), _Gates("linear"):
-        first = pieces[0].to(device, dtype)
+        first = (pieces or as_batches(batch, "px"))[0].to(device, dtype)  # a rank without a piece: any example
         one = first.split(1)[0]  # z2 does not depend on the input: one all-ones example is enough
         z2 = logits(one.forward(model, _transformed(model, mask, squares, lambda s: s, lambda p: p * p),
                                 prepare=lambda t: torch.ones_like(_numeric("as input")(t))))
+    if z1 is None:
+        z1 = torch.zeros_like(z2.sum(0)).detach()
+    if batches.world_size > 1:
+        z1 = batches.sum_over_ranks([z1])[0]
     r = (z1 * z2.sum(0)).sum()
     names = list(squares)
     grads = torch.autograd.grad(r, [squares[n] for n in names], allow_unused=True)
