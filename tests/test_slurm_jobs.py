@@ -215,19 +215,28 @@ def test_slurm_parameters_signal_ahead_of_the_limit_requeue_and_ddp_tasks():
 
 # ---- the login node's log --------------------------------------------------------------------------------
 
-def test_submitits_repeated_lines_are_said_once_and_on_stderr_only(capfd):
-    pytest.importorskip("submitit")
-    from submitit.core import logger as submitit_logger
+def test_submitits_repeated_lines_are_said_once_and_on_stderr_only(monkeypatch):
+    """submitit logs to stdout (from DEBUG) and to stderr (from WARNING), so each warning came twice, and its sacct
+    warning comes at every poll: on the login node each line is said once, on stderr."""
+    import io
+    import logging
+    import uuid
 
-    log = submitit_logger.get_logger()
+    pytest.importorskip("submitit")
+    out, err = io.StringIO(), io.StringIO()
+    to_out, to_err = logging.StreamHandler(out), logging.StreamHandler(err)
+    to_out.setLevel(logging.DEBUG)
+    to_err.setLevel(logging.WARNING)
+    log = logging.getLogger("submitit")
+    monkeypatch.setattr(log, "handlers", [to_err, to_out])  # as submitit's own configuration
     slurm.quiet_submitit_logs()
-    slurm.quiet_submitit_logs()  # twice: still one filter
+    slurm.quiet_submitit_logs()  # twice: still one filter each
+    word = uuid.uuid4().hex.translate(str.maketrans("0123456789", "ghijklmnop"))  # a line no test said before
     for call in range(1, 4):
-        log.warning(f"Call #{call} - Bypassing sacct error Command '['sacct']' returned non-zero exit status 1., "
-                    "status may be inaccurate.")
-    out, err = capfd.readouterr()
-    assert "Bypassing" not in out
-    assert err.count("Bypassing sacct error") == 1, err
+        log.warning(f"Call #{call} - Bypassing sacct error {word}, status may be inaccurate.")
+    log.info(f"Starting {word}")
+    assert err.getvalue().count("Bypassing sacct error") == 1, err.getvalue()
+    assert "Bypassing" not in out.getvalue() and f"Starting {word}" in out.getvalue()
 
 
 class FakeJobHandle:
