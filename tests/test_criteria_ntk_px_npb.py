@@ -330,3 +330,37 @@ def test_npb_on_a_convnet_keeps_each_layer_budget_and_prune_returns_its_mask():
         assert set(s.unique().tolist()) <= {0.0, 1.0}
         assert bool((mask[n] == (s > 0)).all())
         assert abs(int(mask[n].sum()) - want[n] * math.prod(shapes[n])) < 1.0  # ERK budget, rounded
+
+
+def test_ntk_sap_normalizes_both_networks_with_the_unperturbed_statistics():
+    """With BatchNorm, the authors' code sets the running statistics from the unperturbed network on the noise
+    (momentum 1, so the unbiased variance) and then evaluates both networks in eval mode."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 3))
+    with torch.no_grad():
+        model[1].weight.uniform_(0.5, 1.5)
+        model[1].bias.uniform_(-0.2, 0.2)
+    mask = some_pruned(model)
+    got = prunelab.score(model, "ntk_sap", mask=mask, input_shape=(6,), epsilon=0.05, noise_batch_size=9, seed=4)
+    m1 = mask["0.weight"].double().requires_grad_(True)
+    m2 = mask["3.weight"].double().requires_grad_(True)
+    g = torch.Generator().manual_seed(4)
+    w1 = torch.empty(5, 6).normal_(0.0, math.sqrt(2.0 / 6), generator=g).double()
+    w2 = torch.empty(3, 5).normal_(0.0, math.sqrt(2.0 / 5), generator=g).double()
+    d1 = (torch.randn(5, 6, generator=g) * 0.05).double()
+    d2 = (torch.randn(3, 5, generator=g) * 0.05).double()
+    x = torch.randn((9, 6), generator=g).double()
+    b1, b2 = model[0].bias.detach().double(), model[3].bias.detach().double()
+    gamma, beta = model[1].weight.detach().double(), model[1].bias.detach().double()
+    with torch.no_grad():
+        h = x @ (w1 * mask["0.weight"].double()).T + b1
+        mean, var = h.mean(0), h.var(0, unbiased=True)
+
+    def f(a, b):
+        z = (x @ (a * m1).T + b1 - mean) / torch.sqrt(var + model[1].eps) * gamma + beta
+        return torch.relu(z) @ (b * m2).T + b2
+
+    total = ((f(w1, w2) - f(w1 + d1, w2 + d2)) ** 2).sum()
+    g1, g2 = torch.autograd.grad(total, [m1, m2])
+    torch.testing.assert_close(got["0.weight"].double(), g1.abs() * m1.detach(), rtol=2e-4, atol=1e-7)
+    torch.testing.assert_close(got["3.weight"].double(), g2.abs() * m2.detach(), rtol=2e-4, atol=1e-7)
