@@ -311,6 +311,8 @@ def test_npb_refuses_what_it_cannot_build():
     model(torch.ones(1, 4, 5, 5))
     with pytest.raises(ValueError, match="grouped Conv2d"):
         prunelab.score(model, "npb", input_shape=(4, 5, 5), sparsity=0.5)
+    with pytest.raises(ValueError, match="'0.bias' is not a layer's weight"):
+        prunelab.score(mlp(), "npb", input_shape=(6,), sparsity=0.5, include_bias=True)
 
 
 def test_npb_on_a_convnet_keeps_each_layer_budget_and_prune_returns_its_mask():

@@ -204,17 +204,19 @@ def _check_layers(model: nn.Module, mask: Mask) -> dict[str, nn.Module]:
     owners = parameter_owners(model)
     out = {}
     for name in mask:
-        module = owners.get(name, (None, name))[0]
+        module, local = owners.get(name, (None, name))
+        if local != "weight":
+            module = None
         if isinstance(module, nn.modules.conv._ConvNd) and not module.transposed and module.groups == 1:
             out[name] = module
         elif isinstance(module, nn.Linear):
             out[name] = module
         else:
-            what = type(module).__name__ if module is not None else "no module"
+            what = f"the weight of a {type(module).__name__}" if module is not None else "not a layer's weight"
             if isinstance(module, nn.modules.conv._ConvNd):
-                what = f"a {'transposed' if module.transposed else 'grouped'} {what}"
-            raise ValueError(f"npb builds masks of linear and convolution layers (Pham et al. 2023, §4); {name!r} "
-                             f"belongs to {what}; leave it out with exclude=[{name!r}]")
+                what = f"the weight of a {'transposed' if module.transposed else 'grouped'} {type(module).__name__}"
+            raise ValueError(f"npb builds masks of linear and convolution weights (Pham et al. 2023, §4); {name!r} "
+                             f"is {what}; leave it out with exclude=[{name!r}]")
     return out
 
 
