@@ -96,6 +96,7 @@ def evaluate(claim: dict, src: claim_sources.Sources) -> dict:
         est = estimate(src, p)
         result, why = judge(p, est, training)
         outcomes.append(rule.Outcome(p["says"], est, result, why, p.get("network", "")))
+    reads = [_reads(p) for p in claim.get("prediction", [])]
     judged = rule.Judged(outcomes, claim.get("untested", []), claim.get("analogue", False))
     head = outcomes[0].estimate if outcomes else None
     trained = [o.estimate.n for o, p in zip(outcomes, claim.get("prediction", [])) if _trained(p)]
@@ -110,9 +111,22 @@ def evaluate(claim: dict, src: claim_sources.Sources) -> dict:
         "ci_high": num(head.high) if head else None, "verdict": judged.verdict, "rule": "claim_rule (docs/results.md)",
         "predictions": [{"says": o.says, "network": o.network, "effect": num(o.estimate.effect),
                          "ci_low": num(o.estimate.low), "ci_high": num(o.estimate.high), "n": o.estimate.n,
-                         "paired": o.estimate.paired, "result": o.result, "why": o.why} for o in outcomes],
+                         "paired": o.estimate.paired, "result": o.result, "why": o.why, "reads": r}
+                        for o, r in zip(outcomes, reads)],
         "untested": claim.get("untested", []),
     }
+
+
+def _reads(p: dict) -> list[str]:
+    """What a prediction reads: the sweep specs (runs) or result files, in order, without repeats."""
+    sides = [p["a"]] + ([p["b"]] if isinstance(p.get("b"), dict) else [])
+    out: list[str] = []
+    for side in sides:
+        names = side.get("spec") or side.get("file")
+        for name in names if isinstance(names, list) else [names]:
+            if name not in out:
+                out.append(name)
+    return out
 
 
 def _fmt(x) -> str:
@@ -126,7 +140,8 @@ def _prediction_cell(p: dict, unit: str) -> str:
                                               f"[{_fmt(p['ci_low'])}, {_fmt(p['ci_high'])}]")
     seeds = "" if p["n"] == 0 else f", n={p['n']}{' paired' if p['paired'] else ''}"
     where = f"{p['network']}: " if p["network"] else ""
-    return f"{where}{p['says']}: {_fmt(p['effect'])}{unit} {interval}{seeds} → *{p['result']}*"
+    reads = ", ".join(f"`{r}`" for r in p["reads"])
+    return f"{where}{p['says']}: {_fmt(p['effect'])}{unit} {interval}{seeds} → *{p['result']}* ({reads})"
 
 
 def _cell(text: str) -> str:
