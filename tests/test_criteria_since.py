@@ -255,7 +255,7 @@ def test_phew_walks_cross_weights_in_proportion_to_their_magnitude():
     model = _mlp((3, 4, 5, 2), seed=3)
     ws = [model[0].weight.detach(), model[2].weight.detach(), model[4].weight.detach()]
     walks = 40_000
-    visits = walk_visits(model, walks, seed=0)
+    visits = walk_visits(model, walks, (3,), seed=0)
     counts = [visits["0.weight"], visits["2.weight"], visits["4.weight"]]
     assert _max_z(counts, _expected_mlp_visits(ws, walks // 2, walks // 2)) < 5
     # the check has the power to tell: walks biased by w^2, or uniform, would be far off
@@ -295,7 +295,7 @@ def test_phew_walks_through_kernels_and_into_the_flattened_map():
         for j in range(fc.shape[1]):
             i = j // block
             e_conv[i] += n_b / fc.shape[0] * float(p_j[j]) * conv[i] / conv[i].sum()
-    visits = walk_visits(model, walks, seed=1)
+    visits = walk_visits(model, walks, (2, 4, 4), seed=1)
     assert _max_z([visits["conv.weight"], visits["fc.weight"]], [e_conv, e_fc]) < 5
 
 
@@ -319,12 +319,12 @@ def _off_path(mask, names):
 def test_phew_keeps_the_budget_made_of_whole_walks():
     model = _mlp((20, 30, 25, 10), seed=2)
     names = ["0.weight", "2.weight", "4.weight"]
-    mask = prunelab.prune(model, "phew", 0.95, seed=7)
+    mask = prunelab.prune(model, "phew", 0.95, seed=7, input_shape=(20,))
     total = sum(mask[n].numel() for n in names)
     assert mask.num_kept == total - _pruned_count(0.95, total)
     assert _off_path(mask, names) <= len(names) - 1  # only the last walk, cut at the budget, may be partial
-    again = prunelab.prune(model, "phew", 0.95, seed=7)
-    other = prunelab.prune(model, "phew", 0.95, seed=8)
+    again = prunelab.prune(model, "phew", 0.95, seed=7, input_shape=(20,))
+    other = prunelab.prune(model, "phew", 0.95, seed=8, input_shape=(20,))
     assert all(torch.equal(mask[n], again[n]) for n in names)
     assert any(not torch.equal(mask[n], other[n]) for n in names)
     magnitude = prunelab.prune(model, "magnitude", 0.95)
@@ -334,26 +334,38 @@ def test_phew_keeps_the_budget_made_of_whole_walks():
 def test_phew_never_walks_pruned_weights():
     model = _mlp((20, 30, 10), seed=4)
     start = prunelab.prune(model, "random", 0.5, seed=0)
-    mask = prunelab.prune(model, "phew", 0.95, mask=start)
+    mask = prunelab.prune(model, "phew", 0.95, mask=start, input_shape=(20,))
     for n in start:
         assert not bool((mask[n] & ~start[n]).any())
 
 
 def test_phew_refuses_what_it_cannot_walk():
     with pytest.raises(ValueError, match="sparsity"):
-        prunelab.score(_mlp(), "phew")
+        prunelab.score(_mlp(), "phew", input_shape=(8,))
 
-    class Branchy(nn.Module):
+    class Residual(nn.Module):  # shapes that chain (4 -> 6 -> 6 -> 3), a graph that does not
         def __init__(self):
             super().__init__()
-            self.a = nn.Linear(4, 6)
-            self.b = nn.Linear(4, 6)
+            self.a, self.b, self.c = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 3)
 
         def forward(self, x):
-            return self.a(x) + self.b(x)
+            h = torch.relu(self.a(x))
+            return self.c(h + torch.relu(self.b(h)))
 
-    with pytest.raises(ValueError, match="chain of layers"):
-        prunelab.prune(Branchy(), "phew", 0.9)
+    class Parallel(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 6), nn.Linear(4, 6)
+
+        def forward(self, x):
+            return self.a(x) * self.b(x)
+
+    with pytest.raises(ValueError, match="phew walks a chain of layers.*input of 'c.weight' comes from 2"):
+        prunelab.prune(Residual(), "phew", 0.9, input_shape=(4,))
+    with pytest.raises(ValueError, match="phew walks a chain of layers.*a.weight, b.weight all read the network"):
+        prunelab.prune(Parallel(), "phew", 0.9, input_shape=(4,))
+    with pytest.raises(ValueError, match="phew walks through the weights of linear layers"):
+        prunelab.prune(nn.Sequential(nn.Linear(4, 6), nn.LSTM(6, 3)), "phew", 0.9, input_shape=(2, 4))
 
 
 def test_new_criteria_are_listed_with_family_and_year():

@@ -25,7 +25,8 @@ SYNCS_PER_STEP = 1
 # lives on the host): per criterion family, at most, with 2 iterations; each iteration adds one more for the
 # check that the scores are not all zero (which would prune in layer order). Scoring syncs only where noted below.
 PRUNE_SYNCS = {"unstructured": 42, "structured": 122}
-SCORE_SYNCS = {"random": 3, "random_channel": 3, "synflow": 1}  # CPU-seeded draws copied over; R's finiteness
+SCORE_SYNCS = {"random": 3, "random_channel": 3, "synflow": 1,  # CPU-seeded draws copied over; R's finiteness
+               "phew": 3}  # PHEW's walks are drawn on the CPU: each covered tensor is copied to the host once
 
 
 def test_guard_counts_what_it_is_shown():
@@ -115,7 +116,8 @@ def test_scoring_and_pruning_every_criterion_on_the_device(method):
         batch = (x.to(g.device), y.to(g.device))
         before = len(g.syncs)
         options = {"score_batch_size": 4} if meta.needs_data else {}
-        prunelab.score(model, method, batch=batch, input_shape=(3, 6, 6), **options)
+        budget = {"sparsity": 0.5} if "sparsity" in meta.options else {}  # PHEW builds its mask to a budget
+        prunelab.score(model, method, batch=batch, input_shape=(3, 6, 6), **options, **budget)
         scored = len(g.syncs) - before
         prunelab.prune(model, method, 0.5, batch=batch, input_shape=(3, 6, 6), iterations=2, **options)
         pruned = len(g.syncs) - before - scored

@@ -12,15 +12,16 @@ cut where the budget runs out (the authors' code finishes that walk and overshoo
 Visit *counts* would not do: their top ``k`` is not a union of walks.
 
 Walks and layers (the authors' code, github.com/ShreyasMalakarjunPatil/PHEW, Prune/phew_utils.py): the covered
-weight tensors, in parameter order, form a chain; a unit of a linear layer is a neuron, of a convolution a channel.
+weights, of linear layers and convolutions, form a chain, whose order and links a forward pass of ones checks
+(:func:`_order`); a unit of a linear layer is a neuron, of a convolution a channel.
 From input channel ``u`` of a convolution a forward step picks output channel ``i`` with probability proportional
 to the L1 norm of kernel ``W[i, u]`` and then one weight of that kernel proportional to its magnitude, that is, one
 entry of ``W[:, u]`` proportional to ``|W|``; a backward step from output channel ``i`` picks one entry of
 ``W[i, :]`` likewise. From a convolution into a linear layer (the flattened feature map), a forward step enters at a
 position of the channel's block chosen uniformly, and a backward step leaves to the channel of its position. Forward
 walks start at the input units in turn (round robin), backward walks at the output units in turn. Networks that are
-not a chain (residual shortcuts, attention, grouped convolutions) are refused with a message; the authors' code
-handles ResNet shortcuts by choosing a branch at random, which this module does not do.
+not a chain (residual sums, attention, recurrence, grouped convolutions) are refused before any walk, with a message;
+the authors' code handles ResNet shortcuts by choosing a branch at random, which this module does not do.
 """
 
 from __future__ import annotations
@@ -28,8 +29,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
+from prunelab.layer_rules import parameter_owners
 from prunelab.scores.registry import Scores, register_method
+from prunelab.scores.synflow import _check_shape
 
 WALKS_PER_CHUNK = 512  # walks drawn together (half forward, half backward); fixed, so a seed gives one mask
 MAX_WALKS_PER_WEIGHT = 200  # walks allowed per weight to keep before giving up (a budget the walks cannot fill)
@@ -47,13 +51,90 @@ class _Layer:
         return self.absw.shape
 
 
-def _chain(model, mask) -> list[_Layer]:
+def _order(model, mask, input_shape) -> list[str]:
+    """The covered weights in the order the signal crosses them, checked on one forward pass of a
+    ``(2, *input_shape)`` input of ones: each covered layer must be a linear layer or an ungrouped convolution,
+    called once, whose input comes from exactly one other covered layer (through activations, pooling, reshapes,
+    normalization: anything but another covered layer), except the first, whose input comes from the network's;
+    and no layer may feed two. Anything else (a residual sum, attention, recurrence, a shared module) is not a
+    chain of layers and is refused, rather than walked along a graph the network does not have."""
+    owners = parameter_owners(model)
+    records: dict[str, list] = {}
+    handles = []
+    for name in mask:
+        module, local = owners.get(name, (None, name))
+        ok = isinstance(module, nn.Linear) or (isinstance(module, nn.modules.conv._ConvNd)
+                                                and module.groups == 1 and not module.transposed)
+        if not ok or local != "weight":
+            what = type(module).__name__ if module is not None else "no module"
+            raise ValueError(f"phew walks through the weights of linear layers and ungrouped convolutions "
+                             f"(Patil & Dovrolis 2021); {name!r} is the {local} of {what}: exclude it from the mask "
+                             "or use another data-free criterion (synflow)")
+
+        def hook(m, args, out, name=name):
+            records.setdefault(name, []).append((args[0].grad_fn, out.grad_fn))
+
+        handles.append(module.register_forward_hook(hook))
+    param = next(iter(model.parameters()))
+    tensors = {n: b.clone() for n, b in model.named_buffers()}  # a train-mode BatchNorm updates the clones
+    tensors.update({n: p.detach().requires_grad_(True) for n, p in model.named_parameters()})
+    x = torch.ones((2, *input_shape), dtype=param.dtype, device=param.device)
+    try:
+        with torch.enable_grad():
+            torch.func.functional_call(model, tensors, (x,))
+    finally:
+        for h in handles:
+            h.remove()
+    made = {}
+    for name, calls in records.items():
+        if len(calls) != 1:
+            raise ValueError(f"phew walks a chain of layers, each crossed once, and {name!r} is used {len(calls)} "
+                             "times in one forward pass")
+        made[calls[0][1]] = name
+    missing = [n for n in mask if n not in records]
+    if missing:
+        raise ValueError(f"phew walks the layers of a forward pass, and {missing[0]!r} takes no part in that of an "
+                         f"input of shape {tuple(input_shape)}; exclude it from the mask")
+    before: dict[str, set[str]] = {}
+    for name, ((into, _),) in records.items():
+        found, seen, stack = set(), set(), [into]
+        while stack:  # back through the autograd graph from the layer's input to the covered layers it comes from
+            fn = stack.pop()
+            if fn is None or fn in seen:
+                continue
+            seen.add(fn)
+            if fn in made:
+                found.add(made[fn])
+                continue
+            stack.extend(f for f, _ in fn.next_functions)
+        before[name] = found
+    after: dict[str, list[str]] = {}
+    for name, found in before.items():
+        if len(found) > 1:
+            raise ValueError(
+                f"phew walks a chain of layers (Patil & Dovrolis 2021) and the input of {name!r} comes from "
+                f"{len(found)} of them ({', '.join(sorted(found)[:3])}): networks with branches (residual sums, "
+                "attention) are not supported; use another data-free criterion (synflow)")
+        for f in found:
+            after.setdefault(f, []).append(name)
+    firsts = [n for n, found in before.items() if not found]
+    forks = {f: nexts for f, nexts in after.items() if len(nexts) > 1}
+    if len(firsts) != 1 or forks:
+        where = (f"{', '.join(firsts)} all read the network's input" if len(firsts) != 1
+                 else f"{next(iter(forks))!r} feeds {len(next(iter(forks.values())))} layers")
+        raise ValueError(f"phew walks a chain of layers (Patil & Dovrolis 2021), and here {where}; networks with "
+                         "branches are not supported: use another data-free criterion (synflow)")
+    order = firsts
+    while order[-1] in after:
+        order.append(after[order[-1]][0])
+    return order
+
+
+def _chain(model, mask, input_shape) -> list[_Layer]:
     params = mask.check_compatible(model)
     layers: list[_Layer] = []
-    for name, p in params.items():
-        if p.dim() < 2:
-            raise ValueError(f"phew walks from unit to unit through weight matrices and kernels; {name!r} has shape "
-                             f"{tuple(p.shape)}: leave it out of the mask (biases are out by default)")
+    for name in _order(model, mask, input_shape):
+        p = params[name]
         w = p.detach()
         if not bool(mask[name].all()):
             w = w * mask[name].to(w.device)
@@ -66,13 +147,10 @@ def _chain(model, mask) -> list[_Layer]:
                 block = n_in // n_prev  # a flattened feature map: block positions per channel
             elif n_in != n_prev:
                 raise ValueError(
-                    f"phew walks a chain of layers in parameter order (Patil & Dovrolis 2021) and {name!r} takes "
-                    f"{n_in} inputs while {prev.name!r} has {n_prev} outputs; networks with branches (residual "
-                    "shortcuts, attention), grouped convolutions or shared weights are not supported: exclude the "
-                    "tensors off the main chain, or use another data-free criterion (synflow)")
+                    "phew walks from a unit of one layer to the same unit of the next (from a convolution into a "
+                    f"linear layer, to a position of the channel's flattened map), and {name!r} takes {n_in} inputs "
+                    f"from {prev.name!r}, which has {n_prev} outputs")
         layers.append(_Layer(name, absw, absw.sum(2), block))
-    if not layers:
-        raise ValueError("phew: the mask covers no weight tensor")
     return layers
 
 
@@ -136,13 +214,13 @@ def _chunks(layers: list[_Layer], gen: torch.Generator):
         t += half
 
 
-def walk_visits(model, walks: int, seed: int = 0, mask=None) -> dict[str, torch.Tensor]:
+def walk_visits(model, walks: int, input_shape, seed: int = 0, mask=None) -> dict[str, torch.Tensor]:
     """How many of ``walks`` PHEW walks (alternately forward and backward, as :func:`phew` draws them) cross each
     covered weight; float64 counts of each weight's shape. For inspecting and testing the walk statistics."""
     from prunelab.masks import Mask
 
     mask = Mask.ones(model) if mask is None else mask
-    layers = _chain(model, mask)
+    layers = _chain(model, mask, _check_shape(input_shape))
     counts = [torch.zeros(layer.absw.numel(), dtype=torch.float64) for layer in layers]
     gen = torch.Generator().manual_seed(int(seed))
     done = 0
@@ -161,11 +239,12 @@ def walk_visits(model, walks: int, seed: int = 0, mask=None) -> dict[str, torch.
 @register_method(
     "phew",
     needs_data=False,
+    needs_input_shape=True,
     family="init_data_free",
     year=2021,
     description="the union of random walks input<->output biased by |w|, up to the budget (Patil & Dovrolis 2021)",
 )
-def phew(model, mask, batch=None, *, sparsity: float | None = None, seed: int = 0) -> Scores:
+def phew(model, mask, batch=None, *, sparsity: float | None = None, seed: int = 0, input_shape=None) -> Scores:
     """PHEW's mask as scores: the order in which magnitude-biased random walks first reach each weight
     (see the module's documentation), so that pruning to ``sparsity`` keeps exactly the walked weights.
 
@@ -173,8 +252,10 @@ def phew(model, mask, batch=None, *, sparsity: float | None = None, seed: int = 
     input-to-output and output-to-input, each step choosing a connection with probability proportional to its
     weight's magnitude (for a convolution, a kernel by its L1 norm, then a weight within it), until
     ``1 - sparsity`` of the covered weights are kept. ``sparsity``: :func:`prunelab.prune` passes its own; with
-    :func:`prunelab.score` give it. ``seed``: the walks' generator (CPU, so the same mask on any device). Weights
-    ``mask`` prunes count as zero and are never walked. Returns float64 scores on the CPU.
+    :func:`prunelab.score` give it. ``input_shape``: of one input, for the forward pass of ones that finds the
+    order of the layers and checks that they form a chain (:func:`_order`). ``seed``: the walks' generator (CPU,
+    so the same mask on any device). Weights ``mask`` prunes count as zero and are never walked. Returns float64
+    scores on the CPU.
     """
     from prunelab.pruning.targets import check_sparsity_value, num_to_prune  # the pruning layer imports scores
 
@@ -182,7 +263,7 @@ def phew(model, mask, batch=None, *, sparsity: float | None = None, seed: int = 
         raise ValueError("phew builds its mask to a budget of kept weights: pass sparsity (prunelab.prune gives "
                          "its own; with prunelab.score pass sparsity=...)")
     s = check_sparsity_value(sparsity)
-    layers = _chain(model, mask)
+    layers = _chain(model, mask, _check_shape(input_shape))
     total = sum(layer.absw.numel() for layer in layers)
     budget = min(total - num_to_prune(s, total), mask.num_kept)
     first = [torch.full((layer.absw.numel(),), torch.inf, dtype=torch.float64) for layer in layers]
