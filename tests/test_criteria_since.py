@@ -171,6 +171,11 @@ def test_prospr_meta_gradient_is_not_snip_nor_its_first_order_approximation():
     assert not torch.allclose(full["0.weight"], snip["0.weight"], rtol=1e-3)
 
 
+def test_prospr_says_it_scores_its_batch_whole():
+    with pytest.warns(UserWarning, match="prospr scores its batch whole.*score_batch_size=4 is ignored"):
+        prunelab.score(_mlp(), "prospr", batch=_batch(), score_batch_size=4)
+
+
 @pytest.mark.parametrize("options, message", [
     ({"steps": -1}, "steps"), ({"lr": 0}, "lr"), ({"momentum": 1.0}, "momentum"),
     ({"first_order": "yes"}, "first_order"),

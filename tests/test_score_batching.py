@@ -20,8 +20,10 @@ import prunelab
 from prunelab.experiments.hparams import PruneHparams, nondefault_fields, run_hash
 from prunelab.scores.batching import MicroBatchWarning
 
-DATA_METHODS = [n for n, m in prunelab.methods().items() if m.needs_data]
-TEMPERATURE = {"snip": 1.0, "iterative_snip": 1.0, "grasp": 200.0, "grasp_abs": 200.0}
+# The criteria that score a batch in micro-batches (and across ranks): those that take score_batch_size
+DATA_METHODS = [n for n, m in prunelab.methods().items() if m.needs_data and "score_batch_size" in m.options]
+TEMPERATURE = {"snip": 1.0, "iterative_snip": 1.0, "grasp": 200.0, "grasp_abs": 200.0, "force": 1.0,
+               "iter_snip_dejorge": 1.0}
 
 
 def mlp(seed=0):
@@ -41,11 +43,12 @@ def data(n, shape=(4,), classes=3, seed=1):
     return torch.randn(n, *shape, generator=g, dtype=torch.float64), torch.randint(0, classes, (n,), generator=g)
 
 
-def reference(model, pieces, method, bn_train=True):
+def reference(model, pieces, method, bn_train=True, unmasked=None):
     """The score of ``method`` for L = sum_i n_i/N * CE(model(x_i) / T, y_i) over ``pieces``, by torch.func.
 
     With train-mode BatchNorm every piece is normalized with its own statistics (that is what a
-    micro-batched score computes); with one piece this is the one-pass score.
+    micro-batched score computes); with one piece this is the one-pass score. ``unmasked``: the model before its
+    mask was applied, whose weights FORCE multiplies the gradient by (de Jorge et al. 2021).
     """
     ref = copy.deepcopy(model).train(bn_train).requires_grad_(False)
     if bn_train:
@@ -59,8 +62,11 @@ def reference(model, pieces, method, bn_train=True):
         return sum(F.cross_entropy(functional_call(ref, w, (x,)) / t, y) * (len(x) / total) for x, y in pieces)
 
     g = grad(loss)(ws)
-    if method in ("snip", "iterative_snip"):
+    if method in ("snip", "iterative_snip", "iter_snip_dejorge"):
         return {n: (g[n] * ws[n]).abs() for n in names}
+    if method == "force":
+        theta = dict((unmasked or model).named_parameters())
+        return {n: (g[n] * theta[n].detach()).abs() for n in names}
     _, hg = jvp(grad(loss), (ws,), (g,))
     return {n: -ws[n] * hg[n] if method == "grasp" else (ws[n] * hg[n]).abs() for n in names}
 
@@ -81,7 +87,7 @@ def test_micro_batched_score_equals_the_one_pass_score(method, size):
                           for n, p in prunelab.prunable_parameters(model).items()})
     masked = copy.deepcopy(model)
     mask.apply(masked)
-    want = reference(masked, [(x, y)], method)
+    want = reference(masked, [(x, y)], method, unmasked=model)
     one_pass = prunelab.score(model, method, batch=(x, y), mask=mask)
     got = prunelab.score(model, method, batch=(x, y), mask=mask, score_batch_size=size)
     assert_scores_equal(one_pass, want)

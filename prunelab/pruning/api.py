@@ -42,7 +42,9 @@ def _split_options(method: Method, options: dict, extra: Mapping[str, object]):
         if k in options and k not in method.options:
             value = options.pop(k)
             if value:
-                warnings.warn(f"{method.name} scores no batch of data: {k}={value!r} is ignored", stacklevel=3)
+                how = ("scores its batch whole, in one piece on one process" if method.needs_data
+                       else "scores no batch of data")  # ProsPr's steps need the whole batch's gradient
+                warnings.warn(f"{method.name} {how}: {k}={value!r} is ignored", stacklevel=3)
     for k in COMMON_OPTIONS:  # given to every criterion that takes them, ignored by the others
         if k in options:
             v = options.pop(k)
