@@ -24,7 +24,7 @@ method is a ``score`` function plus ``remove``):
     work it comes from; ``prunelab list methods`` groups the criteria by them;
 ``revives``
     every iteration ranks all the weights the starting mask keeps, so that a weight an earlier iteration
-    pruned may come back (FORCE, de Jorge et al. 2021, §3.1); by default removal is permanent;
+    pruned may come back (FORCE, de Jorge et al. 2021, §3); by default removal is permanent;
 ``prepare``
     optional ``prepare(model, batch, **options) -> scorer(mask)`` doing one-time work shared by the
     iterations of one ``prune`` call (SynFlow's float64 copy is made once, not once per iteration).
