@@ -70,6 +70,7 @@ class Context:
     runs: pd.DataFrame  # every finished run of the setting
     layers: pd.DataFrame
     _labels: dict[str, str] | None = field(default=None, repr=False)
+    _metrics: dict[str, list[dict[str, Any]]] = field(default_factory=dict, repr=False)
 
     @property
     def label(self) -> str:
@@ -114,8 +115,11 @@ class Context:
         return self._labels.get(name, name)
 
     def metrics(self, run_id: str) -> list[dict[str, Any]]:
-        """The entries of the run's ``metrics.jsonl``."""
-        return read_metrics(self.folder(run_id) / runfiles.METRICS)
+        """The entries of the run's ``metrics.jsonl``, read once per context (a learning-curve figure reads the
+        dense runs and each metric of a run again)."""
+        if run_id not in self._metrics:
+            self._metrics[run_id] = read_metrics(self.folder(run_id) / runfiles.METRICS)
+        return self._metrics[run_id]
 
 
 def _network_labels(model: str, dataset: str) -> dict[str, str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -31,6 +32,9 @@ from prunelab.reports.figures.context import (
     second_conv,
     trained_weights,
 )
+
+if TYPE_CHECKING:
+    from prunelab.masks import Mask
 
 _MAX_IMAGE_ROWS = 6
 
@@ -110,6 +114,13 @@ def jaccard(ctx: Context) -> Iterable[ReportFigure]:
     lot = ctx.of_protocol("lottery")
     if lot.empty:
         return
+    masks: dict[str, Mask] = {}  # a reference mask is compared with every variant's: loaded once
+
+    def mask(run_id: str) -> Mask:
+        if run_id not in masks:
+            masks[run_id] = load_mask(ctx.folder(run_id))
+        return masks[run_id]
+
     for vary, preferred, ref_fig in (("structure", ("unstructured", "l2"), "Figs. 3-4"),
                                      ("rewind_to", ("0it",), "Fig. 9")):
         fixed = [c for c in LOTTERY_VARIANT if c != vary]
@@ -130,8 +141,7 @@ def jaccard(ctx: Context) -> Iterable[ReportFigure]:
                     match = ref_rows[(ref_rows["seed"] == row["seed"]) & (ref_rows["level"] == row["level"])]
                     if match.empty:
                         continue
-                    sim = analysis.jaccard_per_layer(load_mask(ctx.folder(match.iloc[0]["id"])),
-                                                     load_mask(ctx.folder(row["id"])), shared_only=True)
+                    sim = analysis.jaccard_per_layer(mask(match.iloc[0]["id"]), mask(row["id"]), shared_only=True)
                     by_level.setdefault(int(row["level"]), []).append({n: 1 - s for n, s in sim.items()})
                     used.append(rows.loc[[row.name]])
                 if not by_level:
