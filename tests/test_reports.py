@@ -691,3 +691,20 @@ def test_analyze_says_when_an_attention_layer_lost_every_key_weight(tmp_path, ca
     Mask({"attn.in_proj_weight": keep, "head.weight": torch.ones(3, 8, dtype=torch.bool)}).save(tmp_path / "q.pt")
     assert _run("analyze", tmp_path / "q.pt") == 0
     assert "attention collapse" not in capsys.readouterr().out
+
+
+def test_long_layer_names_and_single_points_draw_without_a_layout_warning():
+    """The layers of a torchvision ViT have names of 80 characters: the per-layer figures grow to hold them
+    (matplotlib warned that the panels collapsed to nothing and left them unlaid); an ablation panel with one
+    sparsity drew a warning of a zero-width axis."""
+    names = [f"encoder.layers.encoder_layer_{i}.self_attention.out_proj (NonDynamicallyQuantizableLinear)"
+             for i in range(12)]
+    bars = plots.layer_sparsity_bars({m: {n: 0.9 for n in names} for m in ("snip", "random")})
+    density = plots.layer_density_vs_compression(
+        {m: [(10.0, {n: 0.1 for n in names}), (50.0, {n: 0.02 for n in names})] for m in ("snip", "synflow")})
+    single = plots.ablation_panels({"snip": {"reinit": plots.Curve([0.9], [80.0], [0.5])}})
+    for fig in (bars, density, single):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            plots.render(fig, ["png"], dpi=30)
+        assert all(ax.get_position().height > 0.15 for ax in fig.axes if ax.get_visible())

@@ -30,7 +30,6 @@ def _sparsity_axis(ax, sparsities: Sequence[float]) -> None:
     Equal steps on it are equal compression factors, so sparsities such as 50%, 75%, 87.5%, ...
     (each a further halving of the weights, Frankle et al. 2021, App. C) are evenly spaced.
     """
-    ax.set_xscale("log")
     ticks = sorted({round(float(s), 6) for s in sparsities if np.isfinite(s)})
     if len(ticks) > 2:  # drop ticks whose labels would overlap (closer than 1/12 of the axis)
         logs = np.log10(np.maximum(1 - np.array(ticks), _MIN_DENSITY))
@@ -42,13 +41,15 @@ def _sparsity_axis(ax, sparsities: Sequence[float]) -> None:
         if kept[-1] != len(ticks) - 1:
             kept.append(len(ticks) - 1)
         ticks = [ticks[i] for i in kept]
-    if ticks:
-        densities = [max(1 - s, _MIN_DENSITY) for s in ticks]
+    densities = [max(1 - s, _MIN_DENSITY) for s in ticks]
+    if densities:  # limits before the scale: autoscaling one point to a log axis would warn of a zero range
+        low, high = min(densities), max(densities)
+        ax.set_xlim(high * 1.25, low / 1.25) if high > low else ax.set_xlim(high * 2, low / 2)
+    ax.set_xscale("log")
+    if densities:
         ax.set_xticks(densities)
         ax.set_xticklabels([percent_label(s) for s in ticks], rotation=45, ha="right")
         ax.minorticks_off()
-        low, high = min(densities), max(densities)
-        ax.set_xlim(high * 1.25, low / 1.25) if high > low else ax.set_xlim(high * 2, low / 2)
     else:
         ax.invert_xaxis()
     ax.set_xlabel("Sparsity (%)  [log density scale]", fontsize=8)

@@ -15,6 +15,7 @@ from prunelab.reports.plots.style import (
     Curve,
     check_nonempty,
     colors,
+    label_room,
     loglog_axes,
     new_figure,
     set_title,
@@ -31,7 +32,8 @@ def layer_sparsity_bars(layers: Mapping[str, Mapping[str, float]], title: str = 
     names = list(dict.fromkeys(n for per in layers.values() for n in per))
     palette = colors(list(layers))
     width = 0.8 / len(layers)
-    fig, axes = new_figure(width=max(5.0, 0.45 * len(names) * max(1, len(layers) / 2) + 1.5), height=4.0)
+    fig, axes = new_figure(width=max(5.0, 0.45 * len(names) * max(1, len(layers) / 2) + 1.5),
+                           height=3.0 + label_room(names, 7, 60))
     ax = axes[0, 0]
     positions = np.arange(len(names))
     for k, (label, per) in enumerate(layers.items()):
@@ -84,7 +86,8 @@ def layer_density_vs_compression(panels: Mapping[str, Sequence[tuple[float, Mapp
     labelled with the layer names (e.g. "conv1 (Conv2d)") in input-to-output order.
     """
     check_nonempty(panels, "panels")
-    fig, axes = new_figure(ncols=len(panels), width=3.8, height=3.4, sharey=True)
+    all_layers = {n for lines in panels.values() for _, per in lines for n in per}
+    fig, axes = new_figure(ncols=len(panels), width=3.8, height=2.6 + label_room(all_layers, 6, 60), sharey=True)
     positive = [d for lines in panels.values() for _, per in lines for d in per.values() if d > 0]
     floor = min(positive) / 5 if positive else 1e-3
     for ax, (name, lines) in zip(axes[0], panels.items()):

@@ -83,6 +83,16 @@ def new_figure(ncols: int = 1, nrows: int = 1, width: float = 4.2, height: float
     return fig, axes
 
 
+def label_room(labels: Sequence[str], fontsize: float, degrees: float) -> float:
+    """Inches below an axis that tick ``labels`` of ``fontsize`` points rotated by ``degrees`` take (an upper
+    bound: 0.6 em per character, DejaVu Sans' mean width is about 0.55 em). Figures grow by it, so that long
+    layer names (``encoder.layers.encoder_layer_11.self_attention (MultiheadAttention)``) never squeeze the
+    panels to nothing."""
+    longest = max((len(str(label)) for label in labels), default=0)
+    angle = math.radians(degrees)
+    return (longest * 0.6 * math.sin(angle) + math.cos(angle)) * fontsize / 72
+
+
 def set_title(fig: Figure, title: str) -> None:
     """The figure's title, wrapped to the figure's width (a one-panel figure is narrower than a long title)."""
     if title:
