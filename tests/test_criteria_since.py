@@ -369,6 +369,8 @@ def test_phew_refuses_what_it_cannot_walk():
         prunelab.prune(Residual(), "phew", 0.9, input_shape=(4,))
     with pytest.raises(ValueError, match="phew walks a chain of layers.*a.weight, b.weight all read the network"):
         prunelab.prune(Parallel(), "phew", 0.9, input_shape=(4,))
+    with pytest.raises(ValueError, match="phew walks the chain of layers that a forward pass of ones"):
+        prunelab.prune(nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 3)), "phew", 0.9, input_shape=(5,))
     with pytest.raises(ValueError, match="phew walks through the weights of linear layers"):
         prunelab.prune(nn.Sequential(nn.Linear(4, 6), nn.LSTM(6, 3)), "phew", 0.9, input_shape=(2, 4))
 

@@ -82,6 +82,11 @@ def _order(model, mask, input_shape) -> list[str]:
     try:
         with torch.enable_grad():
             torch.func.functional_call(model, tensors, (x,))
+    except (RuntimeError, TypeError, ValueError, IndexError, AttributeError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise ValueError(f"phew walks the chain of layers that a forward pass of ones of shape {tuple(x.shape)} "
+                         f"finds, and the model cannot take that input ({reason}); PHEW needs a network of linear "
+                         "layers and convolutions fed a tensor of numbers: use another criterion") from e
     finally:
         for h in handles:
             h.remove()
