@@ -12,10 +12,11 @@ from test_data import write_idx_set
 
 from prunelab import Mask
 from prunelab.cli import main
+from prunelab.experiments.runner import SESSION_FIELDS
 from prunelab.experiments.store import RunStore
 from prunelab.training.checkpoints import CheckpointFolder
 
-VOLATILE = {"wall_time", "finished_at", "started_at"}
+VOLATILE = {"wall_time", "finished_at", "started_at", *SESSION_FIELDS}
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from test_data import write_idx_set
 
 from prunelab.cli import main
 from prunelab.experiments import runfiles
+from prunelab.experiments.runner import SESSION_FIELDS
 from prunelab.experiments.store import RunStore
 from prunelab.io import DamagedFileWarning
 from prunelab.reports.tables import layers_table, runs_table
@@ -28,7 +29,7 @@ from prunelab.reports.tables import layers_table, runs_table
 FUZZ_SEED = 20261130
 EXAMPLES_PER_FILE = 25
 FILES = ["hparams.json", "result.json", "provenance.json", "mask.pt", "metrics.jsonl"]
-VOLATILE = {"wall_time", "finished_at", "started_at"}
+VOLATILE = {"wall_time", "finished_at", "started_at", *SESSION_FIELDS}
 
 
 def cli_args(data_root, root, method="magnitude"):

@@ -20,7 +20,7 @@ from prunelab.experiments.protocols import PROTOCOLS, get_protocol, protocol_of_
 from prunelab.experiments.protocols.lottery import LotteryHparams
 from prunelab.experiments.protocols.prune_at import PruneHparams
 from prunelab.experiments.protocols.sparse import DynamicHparams, GradualHparams
-from prunelab.experiments.runner import Replicate, Runner
+from prunelab.experiments.runner import SESSION_FIELDS, Replicate, Runner
 from prunelab.experiments.store import RunStore
 from prunelab.training import TrainSettings
 from prunelab.training.checkpoints import CheckpointFolder
@@ -33,7 +33,7 @@ SHAPES = {"1.weight": (300, 784), "3.weight": (100, 300), "5.weight": (10, 100)}
 N = sum(math.prod(s) for s in SHAPES.values())
 COST_KEYS = {"train_flops", "total_train_flops", "density_auc", "density_curve", "forward_flops",
              "dense_forward_flops"}
-VOLATILE = {"wall_time", "finished_at", "started_at"}
+VOLATILE = {"wall_time", "finished_at", "started_at", *SESSION_FIELDS}
 
 
 def half_up(x: float) -> int:

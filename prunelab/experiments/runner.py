@@ -313,6 +313,11 @@ class Runner:
         return model.state_dict()  # the trainer kept it as step_<step>.pt (also when it only resumed)
 
 
+#: Fields of :func:`realized_cost` that describe a session, not the run: a run resumed after an interruption has
+#: other values (only the steps its last session ran are timed), as it has another ``wall_time``.
+SESSION_FIELDS = ("step_wall_time", "timed_steps", "sparse_steps")
+
+
 def realized_cost(trainings: list, mode: str) -> dict[str, Any]:
     """What a run's training steps cost in this session, for its ``result.json``: ``step_wall_time``, the mean wall
     seconds of a training step (forward, backward, optimizer; not evaluation or checkpoints) over ``timed_steps``
