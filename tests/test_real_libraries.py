@@ -120,6 +120,7 @@ EXPECTED_ERRORS = {
     # still scores them: its Hessian term carries the head's gradient back)
     ("vit", "snip"): "heads.head.weight is all zeros", ("vit", "iterative_snip"): "heads.head.weight is all zeros",
     ("vit", "synflow"): "heads.head.weight is all zeros",
+    ("vit", "force"): "heads.head.weight is all zeros", ("vit", "iter_snip_dejorge"): "heads.head.weight is all zeros",
 }
 # PHEW walks a chain of layers (Patil & Dovrolis 2021), which none of these models is: it says so before any work
 CHAIN_ONLY = {"phew": "phew walks"}
