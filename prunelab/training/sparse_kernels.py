@@ -28,7 +28,7 @@ differs. Pruned weights stay exactly 0 (nothing writes them).
 ``RuntimeOptions.sparse_kernels``: ``off``, ``on``, or ``auto``, which runs a layer sparse only where a
 crossover measured once per machine and layer shape says it pays, :mod:`prunelab.training.sparse_crossover`).
 Convolutions stay dense: as unfolded patches times this kernel, a 3x3 convolution of ResNet-20 or LeNet-5-Caffe's
-second convolution measured 2 to 20 times slower than the dense one at every density from 50% to 1%; it won only
+second (5x5) convolution measured 1.4 to 20 times slower than the dense one at every density from 50% to 1%; it won only
 where the dense kernel itself is slow (one input channel, 1x1 stride-2 shortcuts), layers of a few percent of a step
 (``bench/sparse_training.py --conv``).
 """
