@@ -20,8 +20,13 @@ import prunelab
 from prunelab.experiments.hparams import PruneHparams, nondefault_fields, run_hash
 from prunelab.scores.batching import MicroBatchWarning
 
-# The criteria that score a batch in micro-batches (and across ranks): those that take score_batch_size
-DATA_METHODS = [n for n, m in prunelab.methods().items() if m.needs_data and "score_batch_size" in m.options]
+# The criteria that score a batch in micro-batches (and across ranks): those that take score_batch_size. Their
+# scores are functions of the loss's gradient, checked here against torch.func; PX's is not (the path kernel of
+# Iurada et al. 2024, on ReLU networks only): its micro-batches are checked against its path enumeration in
+# tests/test_criteria_ntk_px_npb.py, and its ranks below against one process.
+NOT_OF_THE_LOSS = {"px"}
+BATCHED = [n for n, m in prunelab.methods().items() if m.needs_data and "score_batch_size" in m.options]
+DATA_METHODS = [n for n in BATCHED if n not in NOT_OF_THE_LOSS]
 TEMPERATURE = {"snip": 1.0, "iterative_snip": 1.0, "grasp": 200.0, "grasp_abs": 200.0, "force": 1.0,
                "iter_snip_dejorge": 1.0}
 
@@ -29,6 +34,11 @@ TEMPERATURE = {"snip": 1.0, "iterative_snip": 1.0, "grasp": 200.0, "grasp_abs": 
 def mlp(seed=0):
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+
+
+def relu_mlp(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)).double()
 
 
 def bn_net(seed=0):
@@ -191,12 +201,14 @@ def test_cli_flag_sets_the_field():
 # ---- DDP: the ranks share the batch out and all-reduce (tests/ddp_score_worker.py) -----------------------------
 DDP_CASES = [(method, net, size) for method in DATA_METHODS for net, size in
              (("mlp", None), ("mlp", 3), ("bn", 4))]
+DDP_CASES += [(method, net, size) for method in sorted(set(BATCHED) & NOT_OF_THE_LOSS) for net, size in
+              (("relu_mlp", None), ("relu_mlp", 3), ("bn", 4))]
 
 
 def ddp_case(method, net, size):
     """(model, batch, method, options) of one case; 13 examples, so the ranks get unequal shares."""
-    if net == "mlp":
-        model, batch = mlp(), data(13)
+    if net in ("mlp", "relu_mlp"):
+        model, batch = (mlp if net == "mlp" else relu_mlp)(), data(13)
     else:
         model, batch = bn_net(), data(13, shape=(2, 4, 4))
     return model, batch, method, {} if size is None else {"score_batch_size": size}
