@@ -44,6 +44,7 @@ from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 from prunelab.coverage import prunable_parameters
 from prunelab.masks import Mask
+from prunelab.validate import check_input_shape
 
 __all__ = ["FlopCount", "flops"]
 
@@ -186,19 +187,6 @@ def _unfused_recurrent_layers():
             yield
 
 
-def _check_shape(input_shape) -> tuple[int, ...]:
-    if (
-        isinstance(input_shape, (str, bytes))
-        or not isinstance(input_shape, Sequence)
-        or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in input_shape)
-    ):
-        raise ValueError(
-            f"input_shape must be a sequence of positive ints for one example, without the batch "
-            f"dimension (e.g. (3, 32, 32)), got {input_shape!r}"
-        )
-    return tuple(input_shape)
-
-
 def flops(
     model: nn.Module,
     input_shape: Sequence[int],
@@ -219,7 +207,7 @@ def flops(
     ``prunable_parameters(model, **coverage_options)`` (masked = dense); a mask already fixes what it
     covers, so passing both is an error. See the module docstring for what counts as a FLOP.
     """
-    shape = _check_shape(input_shape)
+    shape = check_input_shape(input_shape)
     if mask is not None:
         if coverage_options:
             raise ValueError(

@@ -106,3 +106,20 @@ def check_label_fraction(fraction) -> float:
         raise ValueError(f"random_labels must be a fraction of the training labels in [0, 1] (1 = all random, "
                          f"Zhang et al. 2017, §2), got {fraction!r}")
     return float(fraction)
+
+
+def check_input_shape(input_shape: object, needed_by: str | None = None) -> tuple[int, ...]:
+    """The shape of one input without the batch dimension, as a tuple of positive ints (an int ``n`` is
+    ``(n,)``). ``needed_by``: the criterion or analysis that feeds a synthetic input of that shape (ones, noise),
+    named when the shape is missing."""
+    if input_shape is None and needed_by:
+        raise ValueError(f"{needed_by} needs input_shape, the shape of one input without the batch dimension (e.g. "
+                         "(3, 32, 32) for CIFAR-10): it feeds a synthetic input of that shape, and the shape cannot "
+                         "be inferred from a module")
+    if isinstance(input_shape, numbers.Integral) and not isinstance(input_shape, bool):
+        input_shape = (int(input_shape),)
+    if not (isinstance(input_shape, (tuple, list)) and input_shape
+            and all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s > 0 for s in input_shape)):
+        raise ValueError("input_shape must be the shape of one input without the batch dimension, a tuple of "
+                         f"positive ints such as (3, 32, 32); got {input_shape!r}")
+    return tuple(int(s) for s in input_shape)

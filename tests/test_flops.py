@@ -150,7 +150,9 @@ def test_flopcount_zero_remaining():
 def test_errors():
     model = lenet()
     with pytest.raises(ValueError, match="input_shape"):
-        flops(model, 784)
+        flops(model, "784")  # a string, not a shape (an int n is the shape (n,), as for every input_shape)
+    with pytest.raises(ValueError, match="input_shape"):
+        flops(model, ())
     with pytest.raises(ValueError, match="input_shape"):
         flops(model, (1, 0, 28))
     mask = Mask.ones(model)

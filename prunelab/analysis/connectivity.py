@@ -25,6 +25,7 @@ from prunelab.analysis.layerwise import as_mask
 from prunelab.layer_rules import is_bias, layer_rule, parameter_owners
 from prunelab.mask_binding import unbound_copy
 from prunelab.masks import Mask
+from prunelab.validate import check_input_shape
 
 _MAX_TO_AVG = {
     nn.MaxPool1d: nn.AvgPool1d,
@@ -36,21 +37,6 @@ _ADAPTIVE_MAX_TO_AVG = {
     nn.AdaptiveMaxPool2d: nn.AdaptiveAvgPool2d,
     nn.AdaptiveMaxPool3d: nn.AdaptiveAvgPool3d,
 }
-
-
-def _check_shape(input_shape) -> tuple[int, ...]:
-    if isinstance(input_shape, int) and not isinstance(input_shape, bool):
-        input_shape = (input_shape,)
-    if not (
-        isinstance(input_shape, Sequence)
-        and len(input_shape) > 0
-        and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in input_shape)
-    ):
-        raise ValueError(
-            f"input_shape must be the shape of one input without the batch dimension, a tuple of positive "
-            f"ints such as (3, 32, 32); got {input_shape!r}"
-        )
-    return tuple(input_shape)
 
 
 def _replace(net: nn.Module, name: str, new: nn.Module) -> None:
@@ -157,7 +143,7 @@ def effective_mask(model: nn.Module, mask: Mapping[str, torch.Tensor], input_sha
     """
     mask = as_mask(mask)
     mask.check_compatible(model)
-    shape = _check_shape(input_shape)
+    shape = check_input_shape(input_shape)
     net, covered, skipped = _reachability_net(model, mask)
     names = list(covered)
     leaves = [covered[n] for n in names]

@@ -51,7 +51,7 @@ from prunelab.layer_rules import layer_rule, parameter_owners
 from prunelab.mask_binding import unbound_copy
 from prunelab.masks import Mask
 from prunelab.scores.registry import Scores, register_method
-from prunelab.validate import check_fraction
+from prunelab.validate import check_fraction, check_input_shape
 
 DEFAULT_ALPHA = 0.01  # the authors' CIFAR-10 script (scripts/run.sh: --alpha 0.01)
 
@@ -253,9 +253,7 @@ def npb(model, mask, batch=None, *, input_shape=None, sparsity: float | None = N
     exactly by HiGHS (``scipy.optimize.linprog``). ``sparsity``: the target (:func:`prunelab.prune` passes its own);
     ``budgets``: the layer densities (``erk``, the paper's; ``uniform``, ``er``); ``alpha`` in [0, 1]; ``seed``
     picks the kept entries within a kernel. Scores are 1 (kept) and 0: one-shot and global, the defaults."""
-    from prunelab.scores.synflow import _check_shape  # imported late: registration order is import order
-
-    shape = _check_shape(input_shape)
+    shape = check_input_shape(input_shape, "npb")
     if sparsity is None:
         raise ValueError("npb needs the target sparsity to set each layer's budget: prunelab.prune passes it; with "
                          "prunelab.score pass sparsity=...")

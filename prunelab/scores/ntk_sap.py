@@ -45,7 +45,7 @@ from torch.func import functional_call
 from prunelab.batches import logits, model_device, model_dtype
 from prunelab.masks import Mask
 from prunelab.scores.registry import Scores, register_method
-from prunelab.validate import check_int, check_name
+from prunelab.validate import check_input_shape, check_int, check_name
 
 DEFAULT_EPSILON = 0.01  # the authors' code (--ntksap_epsilon)
 DEFAULT_ITERATIONS = 20  # the authors' scripts (--prune-epochs 20)
@@ -119,11 +119,9 @@ class NTKSAPScorer:
 
     def __init__(self, model: nn.Module, input_shape, epsilon, weight_samples, noise_batch_size, init, seed):
         from prunelab.models.initializers import INITIALIZERS
-        from prunelab.scores.synflow import _check_shape  # SynFlow's check of input_shape (imported late: the
-        # registry lists the criteria in the order their modules are first imported)
 
         self.model = model
-        self.input_shape = _check_shape(input_shape)
+        self.input_shape = check_input_shape(input_shape, "ntk_sap")
         self.epsilon = _check_epsilon(epsilon)
         self.samples = check_int(weight_samples, "weight_samples", 1, "R, random weight draws per round")
         self.batch_size = check_int(noise_batch_size, "noise_batch_size", 1, "Gaussian-noise inputs per draw")
@@ -166,9 +164,9 @@ class NTKSAPScorer:
         try:
             return logits(functional_call(self.model, {**buffers, **weights}, (x,), strict=False))
         except (RuntimeError, IndexError, TypeError, AttributeError, ValueError) as e:
-            from prunelab.scores.synflow import _failing_module
+            from prunelab.scores.synflow import failing_module
 
-            where = _failing_module(self.model, x)
+            where = failing_module(self.model, x)
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise ValueError(
                 f"ntk_sap feeds Gaussian noise of shape {tuple(x.shape)} and {where} cannot take it ({reason}); "

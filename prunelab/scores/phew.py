@@ -33,7 +33,7 @@ from torch import nn
 
 from prunelab.layer_rules import parameter_owners
 from prunelab.scores.registry import Scores, register_method
-from prunelab.scores.synflow import _check_shape
+from prunelab.validate import check_input_shape
 
 WALKS_PER_CHUNK = 512  # walks drawn together (half forward, half backward); fixed, so a seed gives one mask
 MAX_WALKS_PER_WEIGHT = 200  # walks allowed per weight to keep before giving up (a budget the walks cannot fill)
@@ -225,7 +225,7 @@ def walk_visits(model, walks: int, input_shape, seed: int = 0, mask=None) -> dic
     from prunelab.masks import Mask
 
     mask = Mask.ones(model) if mask is None else mask
-    layers = _chain(model, mask, _check_shape(input_shape))
+    layers = _chain(model, mask, check_input_shape(input_shape, "phew"))
     counts = [torch.zeros(layer.absw.numel(), dtype=torch.float64) for layer in layers]
     gen = torch.Generator().manual_seed(int(seed))
     done = 0
@@ -268,7 +268,7 @@ def phew(model, mask, batch=None, *, sparsity: float | None = None, seed: int = 
         raise ValueError("phew builds its mask to a budget of kept weights: pass sparsity (prunelab.prune gives "
                          "its own; with prunelab.score pass sparsity=...)")
     s = check_sparsity_value(sparsity)
-    layers = _chain(model, mask, _check_shape(input_shape))
+    layers = _chain(model, mask, check_input_shape(input_shape, "phew"))
     total = sum(layer.absw.numel() for layer in layers)
     budget = min(total - num_to_prune(s, total), mask.num_kept)
     first = [torch.full((layer.absw.numel(),), torch.inf, dtype=torch.float64) for layer in layers]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import nn
 
@@ -12,24 +10,7 @@ from prunelab.mask_binding import unbound_copy
 from prunelab.masks import Mask
 from prunelab.scores.registry import Scores, register_method
 from prunelab.tensors import fill_at
-
-
-def _check_shape(input_shape) -> tuple[int, ...]:
-    if input_shape is None:
-        raise ValueError(
-            "synflow needs input_shape, the shape of one input without the batch dimension (e.g. "
-            "(3, 32, 32) for CIFAR-10): it feeds an all-ones input of that shape, and the shape cannot "
-            "be inferred from a module"
-        )
-    if isinstance(input_shape, int):
-        input_shape = (input_shape,)
-    if not (
-        isinstance(input_shape, Sequence)
-        and len(input_shape) > 0
-        and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in input_shape)
-    ):
-        raise ValueError(f"input_shape must be a tuple of positive ints such as (3, 32, 32), got {input_shape!r}")
-    return tuple(input_shape)
+from prunelab.validate import check_input_shape
 
 
 def _all_ones_lookup(self: nn.Embedding, x: torch.Tensor) -> torch.Tensor:
@@ -41,7 +22,7 @@ def _all_ones_lookup(self: nn.Embedding, x: torch.Tensor) -> torch.Tensor:
     return nn.Embedding.forward(self, x)
 
 
-def _failing_module(net: nn.Module, x: torch.Tensor) -> str:
+def failing_module(net: nn.Module, x: torch.Tensor) -> str:
     """Run ``net(x)`` again with hooks that track the innermost module in progress; its name and type."""
     stack: list[str] = []
     handles = []
@@ -127,7 +108,7 @@ class SynFlowScorer:
                 # R = 1^T (prod_l |theta^[l]|) 1, Tanaka et al. 2020, eq. (2), over the logits of what the model returns
                 r = logits(self.net(self.x)).sum()
             except (RuntimeError, IndexError, TypeError, AttributeError, ValueError) as e:
-                where = _failing_module(self.net, self.x)
+                where = failing_module(self.net, self.x)
                 reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
                 raise ValueError(
                     f"synflow feeds an all-ones float64 input of shape {tuple(self.x.shape)} and {where} cannot "
@@ -180,7 +161,7 @@ class SynFlowScorer:
 
 
 def _prepare(model, batch=None, *, input_shape=None) -> SynFlowScorer:
-    return SynFlowScorer(model, _check_shape(input_shape))
+    return SynFlowScorer(model, check_input_shape(input_shape, "synflow"))
 
 
 @register_method(
