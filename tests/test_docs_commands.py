@@ -51,6 +51,8 @@ NOT_RUN = {  # pattern (searched in the command) -> why it is not run here
     r"^torchrun\b": "needs 8 GPUs and ImageNet; DDP is tested with 2 CPU processes in tests/test_distributed.py",
     r"--executor slurm": "needs a Slurm cluster; tests/test_slurm.py runs sweeps on one (scripts/slurm/up.sh)",
     r"scripts/slurm/|^sinfo\b": "brings up (or asks) a Slurm cluster, as root; .ci/run runs scripts/slurm/up.sh",
+    r"^python -m prunelab\.training\.sparse_crossover\b": "times layers dense and sparse (seconds each) into this "
+    "machine's cache; tests/test_sparse_kernels.py measures into a test cache and checks the printout",
 }
 DURATION = re.compile(r"^(\d+ep)?(\d+it)?$")
 TINY_TRAINING = ["--train", "4it", "--batch-size", "8", "--milestones", "--warmup", "0it", "--eval-every", "4it"]
