@@ -140,3 +140,25 @@ def test_check_section_returns_the_table_it_checked():
     assert check_section("c.toml", "lottery", {"levels": 3, "rate": 0.5}) == {"levels": 3, "rate": 0.5}
     with pytest.raises(ValueError, match=r"config c.toml: unknown section 'prunning'; did you mean 'pruning'\?"):
         check_section("c.toml", "prunning", {})
+
+
+def test_a_criterion_option_at_its_default_is_the_run_without_it():
+    """ProsPr's default is 3 steps (Alizadeh et al. 2022): --method-options steps=3 is the run with no option,
+    one run id; another value is another run."""
+    import inspect
+
+    from prunelab.experiments.protocols.prune_at import PruneHparams
+    from prunelab.scores.prospr import prospr
+
+    default = inspect.signature(prospr).parameters["steps"].default
+    plain, explicit = PruneHparams(method="prospr"), PruneHparams(method="prospr", method_options=(f"steps={default}",))
+    assert explicit == plain and explicit.method_options == ()
+    assert PruneHparams(method="prospr", method_options=(f"steps={default + 1}",)) != plain
+
+
+def test_an_n_m_pattern_refuses_the_shuffle_ablation():
+    from prunelab.experiments.protocols.prune_at import PruneHparams
+
+    with pytest.raises(ValueError, match="shuffle.*breaks the groups of pattern 2:4"):
+        PruneHparams(method="snip", sparsity=0.5, pattern="2:4", ablation="shuffle")
+    PruneHparams(method="snip", sparsity=0.5, pattern="2:4", ablation="reinit")  # reinit keeps the mask

@@ -127,9 +127,10 @@ class PruneHparams:
         from prunelab.scores.registry import option_text
 
         method = get_method(self.method)  # unknown criterion: the registry's message, with the closest name
+        defaults = method.text_options  # an option given at its default is the run without it: one run id
         object.__setattr__(self, "method_options", tuple(
-            f"{k}={option_text(v)}"
-            for k, v in method.parse_options(self.method_options).items()))
+            f"{k}={option_text(v)}" for k, v in method.parse_options(self.method_options).items()
+            if option_text(v) != option_text(defaults[k])))
         canonicalize(self, floats=("sparsity",), durations=("prune_at",) if self.prune_at != "end" else ())
         for name in ("include", "exclude"):  # a set of names: the same set, the same run
             object.__setattr__(self, name, tuple(sorted(set(getattr(self, name)))))
@@ -165,6 +166,9 @@ class PruneHparams:
             if self.distribution is not None or self.like is not None:
                 raise ValueError(f"pattern {self.pattern} sets the density of every tensor it constrains, so it does "
                                  "not combine with distribution or like; give one of them")
+            if self.ablation == "shuffle":
+                raise ValueError(f"ablation 'shuffle' moves the kept weights within each tensor, which breaks the "
+                                 f"groups of pattern {self.pattern}; give one of them")
 
     def coverage_options(self) -> dict[str, Any]:
         """The options of :func:`prunelab.coverage` this run sets (none by default)."""
