@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from prunelab.batches import logits
 from prunelab.mask_binding import unbound_copy
 from prunelab.masks import Mask
 from prunelab.pruning.patterns import NMPattern, satisfies
@@ -364,7 +365,7 @@ def _choose_formats(model: nn.Module, example: torch.Tensor, formats: Sequence[s
     device = example.device
     probe = example[:2]
     with torch.inference_mode():
-        reference = model(probe)
+        reference = logits(model(probe))
     choices = []
     for name, x in _linear_inputs(model, example).items():
         layer = model.get_submodule(name)
@@ -402,7 +403,7 @@ def _breaks(model: nn.Module, probe: torch.Tensor, reference: torch.Tensor) -> s
     """Why ``model`` no longer computes ``reference`` on ``probe`` (None: it still does, to float rounding)."""
     try:
         with torch.inference_mode():
-            out = model(probe)
+            out = logits(model(probe))
     except (AttributeError, RuntimeError, TypeError, NotImplementedError) as e:
         return f"the network breaks with it ({type(e).__name__}: {' '.join(str(e).split())[:80]})"
     scale = float(reference.abs().max()) or 1.0
@@ -463,7 +464,7 @@ def compact(model: nn.Module, mask: Mask | None, input_shape: Sequence[int], *, 
     _warn_dead_outputs(net)
     check = torch.randn(16, *input_shape, generator=gen).to(device, dtype)
     with torch.inference_mode():
-        want, got = masked(check).float(), net(check).float()
+        want, got = logits(masked(check)).float(), logits(net(check)).float()
     if got.shape != want.shape:
         raise ValueError(f"the compact network's outputs have shape {tuple(got.shape)}, the masked network's "
                          f"{tuple(want.shape)}: it is not exported")
@@ -565,7 +566,10 @@ def load_compact(path: str | Path, device: str | torch.device = "cpu",
     fallback = []
     for name, fmt_name in obj["formats"].items():
         fmt = LAYER_FORMATS.get(fmt_name)
-        if fmt is None or fmt_name == "dense":
+        if fmt_name == "dense":
+            continue
+        if fmt is None:  # a format of another prunelab version
+            fallback.append(f"{name} ({fmt_name}: not a format of this version; {', '.join(LAYER_FORMATS)} are)")
             continue
         layer = net.get_submodule(name)
         reason = fmt.why_not(layer)

@@ -262,3 +262,42 @@ def test_export_model_of_a_dense_run_says_so(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(err) == 1 and "dense run" in err[0]
     assert not list(tmp_path.glob("*.compact.pt"))
+
+
+class _TupleOut(nn.Module):
+    """An MLP that returns (logits, features), as many research models do."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.ReLU())
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, x):
+        features = self.body(x)
+        return self.head(features), features
+
+
+def test_a_model_returning_a_tuple_exports_and_its_logits_are_checked():
+    model = _TupleOut()
+    mask = prunelab.prune(model, "magnitude", 0.9, scope="layer")
+    net, _ = _quiet(compact, model, mask, (16,), repeats=1, formats=["dense", "csr"])
+    x = _inputs((16,))
+    want = _reference(model, mask, x)[0]
+    with torch.inference_mode():
+        got = net(x)[0]
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
+
+
+def test_a_saved_format_this_version_does_not_know_loads_dense_with_a_warning(tmp_path):
+    model = models.create("lenet_300_100", num_classes=10, input_shape=(1, 28, 28), seed=0)
+    mask = prunelab.prune(model, "magnitude", 0.98)
+    net, report = _quiet(compact, model, mask, (1, 28, 28), repeats=1, formats=["csr"])
+    path = save_compact(tmp_path / "m.compact.pt", net, report, (1, 28, 28))
+    saved = torch.load(path, weights_only=False)
+    saved["formats"] = {name: "blocked-ell" for name in saved["formats"]}
+    torch.save(saved, path)
+    with pytest.warns(CompactWarning, match="blocked-ell: not a format of this version"):
+        loaded = load_compact(path)
+    assert not any(isinstance(m, CsrLinear) for m in loaded.modules())
+    _assert_equal_outputs(model, mask, loaded, (1, 28, 28))
