@@ -9,6 +9,8 @@ import pickle
 import signal
 import time
 import types
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -283,3 +285,249 @@ def test_the_watch_says_each_state_change_once_and_fails_a_job_that_left_the_que
     assert lines[5:] == ["slurm job 7_0 done: job 0 (test accuracy 0.5000)"]
     assert outcomes[0]["status"] == "done" and outcomes[1]["status"] == "failed"
     assert "a rerun resumes the run from its last checkpoint" in outcomes[1]["error"]
+
+
+# ---- scripts/slurm/up.sh never destroys another Slurm's configuration -------------------------------------------
+
+UP_SH = os.path.join(os.path.dirname(__file__), "..", "scripts", "slurm", "up.sh")
+
+
+def run_up_sh(tmp_path, conf_text, key_bytes):
+    """up.sh with a cluster that does not answer (a fake sinfo), its files in tmp_path; stops before any root step."""
+    import subprocess
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sinfo").write_text("#!/bin/sh\necho 'sinfo: error: Unable to contact slurm controller' >&2\nexit 1\n")
+    (bin_dir / "sinfo").chmod(0o755)
+    conf, key = tmp_path / "slurm.conf", tmp_path / "munge.key"
+    conf.write_text(conf_text)
+    key.write_bytes(key_bytes)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_CONF": str(conf), "MUNGE_KEY": str(key)}
+    proc = subprocess.run(["bash", UP_SH], capture_output=True, text=True, env=env, timeout=60)
+    return proc, conf, key
+
+
+def test_up_sh_refuses_to_overwrite_a_slurm_conf_it_did_not_write(tmp_path):
+    real = "ClusterName=site\nSlurmctldHost=head\n"  # a real Slurm's configuration, its daemons down
+    proc, conf, key = run_up_sh(tmp_path, real, b"k" * 128)
+    assert proc.returncode == 1 and proc.stdout == ""
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith(f"slurm/up.sh: refusing to overwrite {conf}: it exists and was not written by this "
+                           "script"), line
+    assert conf.read_text() == real and key.read_bytes() == b"k" * 128
+
+
+def test_up_sh_never_replaces_an_existing_munge_key(tmp_path):
+    proc, conf, key = run_up_sh(tmp_path, "# written by prunelab scripts/slurm/up.sh\nClusterName=prunelab\n", b"")
+    assert proc.returncode == 1
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith(f"slurm/up.sh: refusing to replace {key}: it exists but is empty"), line
+    assert key.read_bytes() == b"" and conf.read_text().startswith("# written by prunelab")
+
+
+# ---- a rerun on Slurm: adoption of the jobs still queued or running ---------------------------------------------
+
+class FakeSlurmExecutor:
+    """submitit's Slurm executor, without a cluster: each map_array gets ids 50_0, 50_1, ... (``during`` runs
+    first: a signal in the middle of a submission)."""
+
+    arrays: list = []
+    during: Any = None
+    cluster = "slurm"
+
+    def __init__(self, folder, cluster=None, **kwargs):
+        self.folder = Path(folder).parent
+
+    def update_parameters(self, **params):
+        self.params = params
+
+    def map_array(self, fn, jobs, ctxs):
+        FakeSlurmExecutor.arrays.append([job.kind for job in jobs])
+        if FakeSlurmExecutor.during is not None:
+            FakeSlurmExecutor.during()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return [FakeJobHandle(self.folder, f"50_{i}") for i in range(len(jobs))]
+
+
+@pytest.fixture
+def slurm_sweep(data_root, tmp_path, monkeypatch):
+    """(plan, ctx, ledger): a sweep of 2 dense jobs + 4 runs submitted through FakeSlurmExecutor."""
+    import sys
+
+    submitit = pytest.importorskip("submitit")
+    monkeypatch.setitem(sys.modules, "submitit", types.SimpleNamespace(AutoExecutor=FakeSlurmExecutor,
+                                                                       SlurmJob=submitit.SlurmJob))
+    monkeypatch.setattr(FakeSlurmExecutor, "arrays", [])
+    monkeypatch.setattr(FakeSlurmExecutor, "during", None)
+    monkeypatch.setattr(slurm, "SQUEUE_MIN_S", 0.0)
+    spec = sweep.load_spec(write_spec(tmp_path / "s.toml", seeds="[0, 1]"))
+    ctx = sweep.Context(str(tmp_path / "runs"), str(data_root), "cpu")
+    plan = sweep.make_plan(ctx.runner(), spec.jobs)
+    return plan, ctx, slurm.Ledger(Path(ctx.root) / ".submitit")
+
+
+def test_job_keys_are_the_run_ids_not_the_jobs_repr(slurm_sweep, monkeypatch):
+    """A defaulted field added to a hyperparameter dataclass changes repr(job), not the run id: the key must not
+    change, or a rerun misses the jobs still running and submits them again."""
+    plan, ctx, _ = slurm_sweep
+    runner = ctx.runner()
+    jobs = [job for phase in plan.phases for job in phase]
+    keys = [slurm.job_key(runner, job) for job in jobs]
+    assert len(set(keys)) == len(jobs)
+    assert all(sweep.job_id(runner, job) in key for job, key in zip(jobs, keys))
+    monkeypatch.setattr(sweep.Job, "__repr__", lambda self: f"Job(..., new_field=0, {id(self)})")
+    assert [slurm.job_key(runner, job) for job in jobs] == keys
+    prefix = sweep.Job("prefix", jobs[0].rep, step=100)  # a prefix shares its dense run's id: its step tells it apart
+    assert slurm.job_key(runner, prefix) not in keys and slurm.job_key(runner, prefix).endswith(":100")
+
+
+def test_a_rerun_submits_nothing_while_squeue_does_not_answer(slurm_sweep, monkeypatch):
+    plan, ctx, ledger = slurm_sweep
+    runner = ctx.runner()
+    ledger.record([{"key": slurm.job_key(runner, job), "job_id": f"40_{i}", "tasks": 1}
+                   for i, job in enumerate(plan.phases[0])])
+
+    def no_answer(self, warn=True):
+        self.last_error = "slurm_load_jobs error: Unable to contact slurm controller"
+        return None
+
+    monkeypatch.setattr(slurm.Queue, "states", no_answer)
+    lines = []
+    with pytest.raises(ValueError) as refused:
+        sweep.run_submitit(plan.phases, ctx, {"time_min": 5}, lambda o: None, needs=plan.needs, log=lines.append)
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith("squeue failed (slurm_load_jobs error: Unable to contact")
+    assert "nothing was submitted" in message and "retry once squeue answers" in message
+    assert FakeSlurmExecutor.arrays == [] and lines == []
+
+
+def test_a_job_still_running_whose_handle_cannot_be_made_is_said_and_not_submitted_again(slurm_sweep, monkeypatch):
+    import submitit
+
+    plan, ctx, ledger = slurm_sweep
+    runner = ctx.runner()
+    dense = plan.phases[0]
+    ledger.record([{"key": slurm.job_key(runner, job), "job_id": f"40_{i}", "tasks": 1}
+                   for i, job in enumerate(dense)])
+    monkeypatch.setattr(slurm.Queue, "states", lambda self, warn=True: {"40_0": "RUNNING", "40_1": "RUNNING"})
+    real = submitit.SlurmJob
+
+    def slurm_job(folder, job_id, tasks=(0,)):
+        if job_id == "40_1":
+            raise OSError("Permission denied: '.submitit/40_1'")
+        return real(folder=folder, job_id=job_id, tasks=tasks)
+
+    monkeypatch.setattr(slurm.Watch, "wait", lambda self, handles, adopted=(): iter(()))
+    import sys
+    monkeypatch.setattr(sys.modules["submitit"], "SlurmJob", slurm_job)
+    lines, outcomes = [], []
+    handles, held = slurm._adopt(dense, ledger, slurm.Watch(True, lines.append), str(tmp_folder(ctx)), runner,
+                                 lines.append)
+    assert list(handles) == [dense[0]] and list(held) == [dense[1]]
+    reason = held[dense[1]]["reason"]
+    assert held[dense[1]]["status"] == "skipped" and reason.startswith("slurm job 40_1 is still RUNNING but cannot "
+                                                                       "be followed (OSError: Permission denied")
+    assert lines[0] == f"prunelab: warning: {dense[1].label()}: {reason}" and "\n" not in lines[0]
+    # the whole sweep: neither dense job is submitted again (the held one and its runs are skipped)
+    sweep.run_submitit(plan.phases, ctx, {"time_min": 5}, outcomes.append, needs=plan.needs, log=lambda s: None)
+    assert all("dense" not in kinds for kinds in FakeSlurmExecutor.arrays)
+    assert sum(o["status"] == "skipped" for o in outcomes) == 3  # the held dense job and its 2 runs
+
+
+def tmp_folder(ctx):
+    return Path(ctx.root) / ".submitit" / "%j"
+
+
+# ---- an interrupt during a submission --------------------------------------------------------------------------
+
+def test_ctrl_c_during_a_submission_waits_until_the_ledger_has_the_jobs(slurm_sweep, monkeypatch, capsys):
+    plan, ctx, ledger = slurm_sweep
+    monkeypatch.setattr(FakeSlurmExecutor, "during", lambda: os.kill(os.getpid(), signal.SIGINT))
+    monkeypatch.setattr(slurm.Queue, "states", lambda self, warn=True: {"50_0": "PENDING", "50_1": "PENDING"})
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_submitit(plan.phases, ctx, {"time_min": 5}, lambda o: None, needs=plan.needs, log=lambda s: None)
+    assert signal.getsignal(signal.SIGINT) is handler
+    runner = ctx.runner()
+    noted = ledger.latest()
+    assert {noted[slurm.job_key(runner, job)]["job_id"] for job in plan.phases[0]} == {"50_0", "50_1"}
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("prunelab: left 2 Slurm jobs queued or running (array 50;"), err
+
+
+def test_a_second_ctrl_c_during_a_submission_acts_at_once_and_says_what_may_be_unnoted(slurm_sweep, monkeypatch,
+                                                                                       capsys):
+    plan, ctx, ledger = slurm_sweep
+
+    def twice():
+        for _ in range(2):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+
+    monkeypatch.setattr(FakeSlurmExecutor, "during", twice)
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_submitit(plan.phases, ctx, {"time_min": 5}, lambda o: None, needs=plan.needs, log=lambda s: None)
+    assert signal.getsignal(signal.SIGINT) is handler and ledger.latest() == {}
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("prunelab: interrupted while submitting jobs: some may have been "
+                                               f"submitted and not noted in {ledger.path}"), err
+
+
+# ---- the requeue after the grace runs in the main thread ----------------------------------------------------------
+
+def test_the_grace_requeue_hands_off_to_the_main_thread(monkeypatch, capsys):
+    """No training step within the grace after Slurm's signal: the watch thread must not run submitit's handler
+    (its sys.exit would end that thread alone, its UncompletedJobError would be lost there); the handler runs in
+    the main thread, out of the job's function, as it does after a stop at a step boundary."""
+    import threading
+
+    class Uncompleted(Exception):  # submitit's UncompletedJobError, past max_timeouts
+        pass
+
+    called = []
+
+    def submitit_handler(signum, frame):
+        called.append((signum, threading.current_thread() is threading.main_thread()))
+        raise Uncompleted("Job not requeued because: timed-out too many times.")
+
+    def loading_data(job, ctx):  # Slurm's signal arrives, and no training step ends for a long time
+        os.kill(os.getpid(), signal.SIGUSR2)
+        time.sleep(30)
+        raise AssertionError("the hand-off did not come")
+
+    monkeypatch.setattr(slurm, "_preempt_signal", lambda: signal.SIGUSR2)
+    monkeypatch.setattr(slurm, "_task", lambda: (0, 1))
+    monkeypatch.setattr(sweep, "execute", loading_data)
+    previous = signal.signal(signal.SIGUSR2, submitit_handler)
+    job = types.SimpleNamespace(label=lambda: "job 0")
+    try:
+        started = time.monotonic()
+        with pytest.raises(Uncompleted):  # out of the job's function: submitit writes it as the job's result
+            slurm.ClusterJob(grace_s=0.2)(job, None)
+        assert time.monotonic() - started < 10
+        assert called == [(signal.SIGUSR2, True)]
+        assert signal.getsignal(signal.SIGUSR2) is submitit_handler  # the guard uninstalled itself
+        from prunelab.training.trainer import stop_requested
+        assert not stop_requested()
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    err = capsys.readouterr().err
+    assert "prunelab: no training step ended within 0.2 s of the signal; the last saved checkpoint is kept; " \
+           "requeueing (job 0)" in err, err
+
+
+def test_a_ctrl_c_that_killed_sbatch_is_an_interrupt_with_its_line_not_a_traceback(slurm_sweep, monkeypatch, capsys):
+    plan, ctx, ledger = slurm_sweep
+
+    def sbatch_killed():  # the terminal's SIGINT reaches sbatch too, and submitit says that sbatch failed
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)
+        raise RuntimeError("sbatch: error: Batch job submission failed: Interrupted system call")
+
+    monkeypatch.setattr(FakeSlurmExecutor, "during", sbatch_killed)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_submitit(plan.phases, ctx, {"time_min": 5}, lambda o: None, needs=plan.needs, log=lambda s: None)
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("prunelab: interrupted while submitting jobs"), err

@@ -21,17 +21,19 @@ job state change (``RUNNING``, ``PENDING`` again after a requeue) and one per ou
 lines are said once each (:func:`quiet_submitit_logs`). Every submitted job is noted in
 ``<root>/.submitit/jobs.jsonl``: interrupted (Ctrl-C, a closed login session), the command leaves its jobs
 queued and running, and a rerun skips the finished runs, **waits for the jobs still queued or running**
-(found through that file and ``squeue``) and submits only the others.
+(found through that file and ``squeue``; keyed by run id, :func:`job_key`) and submits only the others. A rerun
+that cannot ask ``squeue`` submits nothing (it could run a job twice) and says so in one line. An interrupt
+while jobs are being submitted waits until the file notes them (:class:`_DeferredInterrupts`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import getpass
 import hashlib
 import json
 import logging
+import os
 import re
 import signal
 import subprocess
@@ -43,6 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from prunelab.experiments.runner import Runner
     from prunelab.experiments.sweep import Context, Job
 
 SLURM_KEYS = {"partition": str, "time_min": int, "gpus_per_node": int, "cpus_per_task": int, "mem_gb": int,
@@ -142,7 +145,7 @@ class ClusterJob:
         guard.install()
         try:
             return sweep.execute(job, run_ctx)
-        except StopRequested as e:
+        except (StopRequested, GraceOver) as e:  # raised in this (the main) thread, outside sweep.execute
             _job_log(f"{e}; requeueing ({job.label()})")
             guard.requeue()  # submitit saves this job's next submission, requeues it and exits
             raise
@@ -191,16 +194,31 @@ def _preempt_signal() -> signal.Signals:
     return JobEnvironment._usr_sig()
 
 
+class GraceOver(KeyboardInterrupt):
+    """Raised in the job's main thread when the training did not reach a step boundary within the grace after
+    Slurm's signal: a KeyboardInterrupt, so that it passes through every ``except Exception`` (``sweep.execute``
+    must not record the run as failed) up to :meth:`ClusterJob.__call__`, which requeues."""
+
+
 class _SignalGuard:
     """Slurm's signal (USR2) turned into a stop request to the training, then submitit's own handler (checkpoint
-    and requeue) called once the training has stopped, or after ``grace_s`` seconds from a watch thread."""
+    and requeue) called once the training has stopped, or once ``grace_s`` seconds have passed.
+
+    submitit's handler must run in the main thread: it ends the job with ``sys.exit`` (which in another thread
+    ends that thread alone) or, once ``max_timeouts`` is used up, raises ``UncompletedJobError``, which submitit
+    turns into the job's result file only when it comes out of the job's function. So the watch thread
+    (a ``threading.Timer``) does not call it: it sends the same signal to the main thread
+    (``signal.pthread_kill``) with :attr:`handoff` set, and the handler, now in the main thread, raises
+    :class:`GraceOver` there; :class:`ClusterJob` catches it outside the training and calls :meth:`requeue`.
+    (A main thread inside one long C call sees the signal when that call returns.)"""
 
     def __init__(self, rank: int, grace_s: float):
         self.rank, self.grace_s = rank, grace_s
         self.signum: int | None = None
         self.previous: Any = None
         self.timer: threading.Timer | None = None
-        self._requeued = False
+        self.handoff = False  # set by the watch thread: the next signal is its hand-off to the main thread
+        self._requeued = self._closed = False
         self._lock = threading.Lock()
 
     def install(self) -> None:
@@ -209,6 +227,8 @@ class _SignalGuard:
         signal.signal(self.sig, self.handle)
 
     def uninstall(self) -> None:
+        with self._lock:
+            self._closed = True  # a hand-off not yet sent is not sent
         if self.timer is not None:
             self.timer.cancel()
         signal.signal(self.sig, self.previous if self.previous is not None else signal.SIG_DFL)
@@ -218,6 +238,12 @@ class _SignalGuard:
 
         if self.rank != 0:  # rank 0 checkpoints and requeues; Slurm then ends every task
             return
+        if self.handoff:  # the watch thread's signal: the grace is over; requeue from the main thread
+            with self._lock:
+                if self._requeued or self._closed:
+                    return
+            raise GraceOver(f"no training step ended within {self.grace_s:g} s of the signal; the last saved "
+                            "checkpoint is kept")
         if self.signum is None:
             _job_log(f"{signal.Signals(signum).name}: time limit or preemption ahead; stopping after the current "
                      "training step to save a checkpoint and requeue")
@@ -229,18 +255,22 @@ class _SignalGuard:
             self.timer.start()
 
     def _late(self) -> None:
-        _job_log(f"no training step ended within {self.grace_s:g} s of the signal; requeueing from the last saved "
-                 "checkpoint")
-        self.requeue()
+        """In the watch thread: hand the requeue to the main thread (never run submitit's handler here)."""
+        with self._lock:
+            if self._requeued or self._closed:
+                return
+            self.handoff = True
+        signal.pthread_kill(threading.main_thread().ident, self.sig)
 
     def requeue(self) -> None:
-        """submitit's handler: the next submission saved (:meth:`ClusterJob.checkpoint`), ``scontrol requeue``,
-        exit (SystemExit). Once, whichever of the training and the watch thread comes first."""
+        """submitit's handler, in the main thread: the next submission saved (:meth:`ClusterJob.checkpoint`),
+        ``scontrol requeue``, exit (SystemExit), or ``UncompletedJobError`` past ``max_timeouts``. Once,
+        whichever of the training's stop and the grace's end comes first."""
         with self._lock:
             if self._requeued:
                 return
             self._requeued = True
-        if self.timer is not None and self.timer is not threading.current_thread():
+        if self.timer is not None:
             self.timer.cancel()
         if callable(self.previous) and self.signum is not None:
             self.previous(self.signum, None)
@@ -293,8 +323,10 @@ class Queue:
     def __init__(self, log: Callable[[str], None] = _print_line):
         self.log = log
         self._warned: set[str] = set()
+        self.last_error = ""  # what the last failed call said
 
-    def states(self) -> dict[str, str] | None:
+    def states(self, warn: bool = True) -> dict[str, str] | None:
+        """The states, or None when squeue fails (said once per kind of error unless ``warn`` is False)."""
         cmd = ["squeue", "--noheader", "--array", "--user", getpass.getuser(), "--name", JOB_NAME, "--states", "all",
                "--format", "%i|%T"]
         try:
@@ -302,7 +334,8 @@ class Queue:
         except (OSError, subprocess.SubprocessError) as e:
             detail = e.stderr.strip() if isinstance(e, subprocess.CalledProcessError) and e.stderr else str(e)
             key = re.sub(r"\d+", "#", detail)
-            if key not in self._warned:
+            self.last_error = " ".join(detail.split())
+            if warn and key not in self._warned:
                 self._warned.add(key)
                 self.log(f"prunelab: warning: squeue failed ({' '.join(detail.split())}); job states unknown until "
                          "it answers")
@@ -315,8 +348,18 @@ class Queue:
         return states
 
 
-def job_key(job: Job) -> str:
-    """A stable name of a sweep job across runs of the command (its settings, hashed)."""
+def job_key(runner: Runner, job: Job) -> str:
+    """A stable name of a sweep job across runs of the command: its kind, its run id (stable by design: a
+    hyperparameter added with its default keeps it) and, for a dense prefix, its step. Not the job's ``repr``, which
+    a new defaulted field changes, so that a rerun would miss the jobs still running and submit them again."""
+    from prunelab.experiments import sweep
+
+    return f"{job.kind}:{sweep.job_id(runner, job)}" + ("" if job.step is None else f":{job.step}")
+
+
+def _legacy_key(job: Job) -> str:
+    """The key of ledgers written before :func:`job_key` (the job's repr, hashed): still matched, so that a rerun
+    after the upgrade finds the jobs such a ledger names."""
     return hashlib.sha256(repr(job).encode()).hexdigest()[:20]
 
 
@@ -330,6 +373,8 @@ class Ledger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
             f.write("".join(json.dumps(e, sort_keys=True) + "\n" for e in entries))
+            f.flush()
+            os.fsync(f.fileno())
 
     def latest(self) -> dict[str, dict[str, Any]]:
         """key -> the last job submitted for it."""
@@ -498,22 +543,41 @@ def run_submitit(phases: list[list[Job]], ctx: Context, slurm: dict[str, Any], o
     watch = Watch(on_slurm, log)
     ledger = Ledger(folder) if on_slurm else None
     run = ClusterJob(grace_s=params["slurm_signal_delay_s"] / 2)
+    runner = ctx.runner()
     deps = sweep.Dependencies(needs)
     try:
         for phase in phases:
             jobs = deps.runnable(phase, on_done)
             if not jobs:
                 continue
-            handles = _adopt(jobs, ledger, watch, str(folder / "%j"), log) if ledger is not None else {}
+            handles, held = _adopt(jobs, ledger, watch, str(folder / "%j"), runner, log) if ledger is not None \
+                else ({}, {})
+            for job, outcome in held.items():  # still queued or running, but not followed: not submitted again
+                deps.record(job, outcome)
+                on_done(outcome)
             adopted = set(handles)
-            fresh = [job for job in jobs if job not in handles]
+            fresh = [job for job in jobs if job not in handles and job not in held]
             if fresh:
-                submitted = executor.map_array(run, fresh, [ctx] * len(fresh))
-                handles.update(zip(fresh, submitted))
                 tasks = params.get("tasks_per_node", 1) * params.get("nodes", 1)
-                if ledger is not None:
-                    ledger.record([{"key": job_key(job), "job_id": str(h.job_id), "tasks": tasks}
-                                   for job, h in zip(fresh, submitted)])
+                # Ctrl-C, SIGTERM or SIGHUP while sbatch runs would leave jobs submitted and not in the ledger: they
+                # wait until the ledger has them (and the watch knows them, for the line that names them).
+                with _DeferredInterrupts() as deferred:
+                    try:
+                        submitted = executor.map_array(run, fresh, [ctx] * len(fresh))
+                    except BaseException as e:
+                        # a second signal, or the held one also killed sbatch (submitit then says sbatch failed)
+                        if isinstance(e, KeyboardInterrupt) or deferred.pending is not None:
+                            _say_unnoted(ledger)
+                            deferred.release()  # the held signal acts now (KeyboardInterrupt, Terminated)
+                        raise
+                    if ledger is not None:
+                        ledger.record([{"key": job_key(runner, job), "job_id": str(h.job_id), "tasks": tasks}
+                                       for job, h in zip(fresh, submitted)])
+                    handles.update(zip(fresh, submitted))
+                    for job, h in zip(fresh, submitted):
+                        tracked = _Tracked(job, h, job.label())
+                        watch.waiting[tracked.job_id] = tracked
+                    deferred.release()  # a signal that came meanwhile acts now
                 ids = sorted({str(getattr(h, "job_id", "?")).split("_")[0] for h in submitted})
                 log(f"slurm: submitted {len(fresh)} job{'s' if len(fresh) > 1 else ''} "
                     f"({_phase_words(fresh)}) as {'array' if len(fresh) > 1 else 'job'} {', '.join(ids)}")
@@ -547,26 +611,117 @@ def _phase_words(jobs: list[Job]) -> str:
     return " + ".join(dict.fromkeys(names.get(job.kind, "runs") for job in jobs))
 
 
-def _adopt(jobs: list[Job], ledger: Ledger, watch: Watch, folder: str, log: Callable[[str], None]) -> dict[Job, Any]:
-    """Handles of the jobs an earlier run of the sweep submitted that are still queued or running."""
+class _DeferredInterrupts:
+    """SIGINT, SIGTERM and SIGHUP held back (noted, not acted on) in the main thread until :meth:`release` (or the
+    end of the ``with``), then acted on as they would have been. A second signal meanwhile acts at once: the user
+    insists. Used around a submission, so that its jobs are in the ledger before an interrupt ends the command.
+
+    What it cannot cover: a Ctrl-C also reaches ``sbatch`` itself (the terminal signals the whole process group),
+    and an ``sbatch`` killed after the controller took its job leaves that job submitted without an id to note;
+    :func:`_say_unnoted` then says so in one line."""
+
+    NAMES = ("SIGINT", "SIGTERM", "SIGHUP")
+
+    def __init__(self):
+        self.previous: dict[int, Any] = {}
+        self.pending: int | None = None
+
+    def __enter__(self) -> _DeferredInterrupts:
+        if threading.current_thread() is not threading.main_thread():
+            return self  # signal handlers belong to the main thread; nothing to hold back here
+        for name in self.NAMES:
+            sig = getattr(signal, name, None)
+            if sig is None:
+                continue
+            previous = signal.getsignal(sig)
+            if previous in (signal.SIG_IGN, None):
+                continue  # ignored (nohup) or not set from Python: left as it is
+            self.previous[sig] = previous
+            signal.signal(sig, self._hold)
+        return self
+
+    def _hold(self, signum: int, frame=None) -> None:
+        if self.pending is None:
+            self.pending = signum
+            return
+        self.release()  # the second one: act now (the first is then acted on)
+
+    def release(self) -> None:
+        """Handlers back as they were; a signal held back acts now (in this thread, as it would have)."""
+        previous, self.previous = self.previous, {}
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        pending, self.pending = self.pending, None
+        if pending is None or pending not in previous:
+            return
+        handler = previous[pending]
+        if callable(handler):
+            handler(pending, None)
+        elif handler == signal.SIG_DFL:
+            if pending == signal.SIGINT:
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), pending)  # the default action (the process ends)
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            self.release()
+        else:  # leaving on an exception: handlers back, and that exception goes on
+            self.pending = None
+            self.release()
+
+
+def _say_unnoted(ledger: Ledger | None) -> None:
+    """After an interrupt during a submission: one line saying that jobs may be queued that no ledger names."""
+    where = f" and not noted in {ledger.path}" if ledger is not None else ""
+    print(f"prunelab: interrupted while submitting jobs: some may have been submitted{where}; `squeue --me "
+          f"--name {JOB_NAME}` lists them (scancel the ones a rerun would submit again)", file=sys.stderr, flush=True)
+
+
+def _adopt(jobs: list[Job], ledger: Ledger, watch: Watch, folder: str, runner: Runner,
+           log: Callable[[str], None]) -> tuple[dict[Job, Any], dict[Job, dict[str, Any]]]:
+    """Handles of the jobs an earlier run of the sweep submitted that are still queued or running, and the outcome
+    (skipped, with the reason) of each such job whose handle cannot be made: it is not submitted again.
+
+    With jobs in the ledger and no answer from squeue, the command stops (ValueError, one line): submitting would
+    run again the jobs still running, on the same runs."""
     import submitit
 
     noted = ledger.latest()
-    candidates = {job: noted[job_key(job)] for job in jobs if job_key(job) in noted}
+    candidates = {}
+    for job in jobs:
+        entry = noted.get(job_key(runner, job)) or noted.get(_legacy_key(job))
+        if entry is not None:
+            candidates[job] = entry
     if not candidates:
-        return {}
-    states = watch.queue.states() or {}
-    handles = {}
+        return {}, {}
+    states = None
+    for attempt in range(3):  # a busy controller answers the second time
+        if attempt:
+            time.sleep(SQUEUE_MIN_S * attempt)
+        states = watch.queue.states(warn=False)
+        if states is not None:
+            break
+    if states is None:
+        raise ValueError(f"squeue failed ({watch.queue.last_error or 'no answer'}), so whether the "
+                         f"{len(candidates)} job(s) that {ledger.path} notes are still queued or running is unknown; "
+                         "nothing was submitted (it could run them twice): retry once squeue answers")
+    handles, held = {}, {}
     for job, entry in candidates.items():
         state = states.get(entry["job_id"])
         if state is not None and state not in FINAL_STATES:
-            with contextlib.suppress(Exception):
+            try:
                 handles[job] = submitit.SlurmJob(folder=folder, job_id=entry["job_id"],
                                                  tasks=tuple(range(max(1, int(entry.get("tasks", 1))))))
+            except Exception as e:  # noqa: BLE001 - said in one line; the job is not submitted again
+                reason = (f"slurm job {entry['job_id']} is still {state} but cannot be followed "
+                          f"({type(e).__name__}: {' '.join(str(e).split())}); not submitted again: wait for it "
+                          "or scancel it")
+                log(f"prunelab: warning: {job.label()}: {reason}")
+                held[job] = {"id": None, "status": "skipped", "label": job.label(), "steps": 0, "reason": reason}
     if handles:
         log(f"slurm: waiting for {len(handles)} job{'s' if len(handles) > 1 else ''} that an earlier run of this "
             "sweep submitted (still queued or running)")
-    return handles
+    return handles, held
 
 
 def cluster_answers(timeout: float = 10.0) -> tuple[bool, str]:
