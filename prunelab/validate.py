@@ -26,6 +26,8 @@ __all__ = [
     "check_int",
     "check_name",
     "check_options",
+    "check_seed",
+    "check_target_sparsity",
     "closest",
     "unknown_name_message",
 ]
@@ -98,6 +100,27 @@ def check_int(value: object, name: str, minimum: int, meaning: str = "") -> int:
         what = f" ({meaning})" if meaning else ""
         raise ValueError(f"{name} must be an integer >= {minimum}{what}; got {value!r}")
     return int(value)
+
+
+def check_seed(value: object, name: str = "seed") -> int:
+    """``value`` as an int if it is an integer (not a bool): the seed of a random draw; ValueError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    return int(value)
+
+
+RHO_HINT = "; for a compression ratio rho use sparsity = 1 - 1/rho (e.g. 0.999 for rho = 1000)"
+
+
+def check_target_sparsity(value: object, needed_by: str) -> float:
+    """The target sparsity (fraction of the covered weights pruned, in [0, 1)) that ``needed_by``, a criterion
+    that builds its mask to a budget of kept weights (NPB, PHEW), needs; named when it is missing."""
+    if value is None:
+        raise ValueError(f"{needed_by} needs the target sparsity: it builds its mask to a budget of kept weights; "
+                         "prunelab.prune passes its own, with prunelab.score pass sparsity=...")
+    big = _is_real(value) and float(value) >= 1.0
+    return check_fraction(value, "sparsity", "[0, 1)", "the fraction of the covered weights pruned",
+                          RHO_HINT if big else "")
 
 
 def check_label_fraction(fraction) -> float:

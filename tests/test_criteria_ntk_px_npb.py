@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import re
 
 import pytest
 import torch
@@ -107,6 +108,7 @@ def test_ntk_sap_prunes_iteratively_with_fresh_draws():
     ("weight_samples", 0, "weight_samples must be an integer >= 1"),
     ("noise_batch_size", 1.5, "noise_batch_size must be an integer >= 1"),
     ("init", "kaiming_nromal", "did you mean 'kaiming_normal'"),
+    ("seed", True, "seed must be an integer, got True"),
 ])
 def test_ntk_sap_refuses_bad_options(option, value, words):
     with pytest.raises(ValueError, match=words):
@@ -200,6 +202,36 @@ def test_px_equals_the_path_enumeration(bias):
         torch.testing.assert_close(got[n].double(), want[n], rtol=1e-5, atol=1e-9)
     assert all(bool((got[n] >= 0).all()) for n in got)
     assert any(bool((got[n] > 0).any()) for n in got)
+
+
+def test_px_counts_paths_without_batchnorm_and_squares_its_scale_in_the_kernel():
+    """BatchNorm in PX, as the authors' code treats it: the identity in ``z1`` (a norm layer is no connection)
+    and squared with every other tensor in ``z2``, where an eval-mode BatchNorm of scale γ, no shift and running
+    variance σ² multiplies its channel by γ² / √(σ⁴ + ε). The path enumeration of the same network without the
+    BatchNorm, its per-channel factor folded into the rows of the layer before (w·γ / (σ⁴ + ε)^(1/4)), gives the
+    same saliencies (θ² · ∂R/∂θ² does not change when a row is rescaled), and the same ReLU gates (γ > 0)."""
+    g = torch.Generator().manual_seed(7)
+    model = nn.Sequential(nn.Linear(4, 5, bias=False), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 3, bias=False))
+    bn = model[1]
+    with torch.no_grad():
+        model[0].weight.copy_(torch.randn(5, 4, generator=g))
+        model[3].weight.copy_(torch.randn(3, 5, generator=g))
+        bn.weight.copy_(torch.rand(5, generator=g) * 2 + 0.2)
+        bn.running_var.copy_(torch.rand(5, generator=g) * 3 + 0.2)
+    model.eval()
+    mask = some_pruned(model, seed=4, keep=0.8)
+    x = torch.randn(6, 4, generator=g)
+    got = prunelab.score(model, "px", batch=(x, torch.zeros(6, dtype=torch.long)), mask=mask)
+    folded = nn.Sequential(nn.Linear(4, 5, bias=False), nn.Identity(), nn.ReLU(), nn.Linear(5, 3, bias=False))
+    factor = bn.weight.detach().double() / (bn.running_var.detach().double() ** 2 + bn.eps) ** 0.25
+    with torch.no_grad():
+        folded.double()
+        folded[0].weight.copy_(model[0].weight.double() * factor[:, None])
+        folded[3].weight.copy_(model[3].weight.double())
+    want = px_by_paths(folded, mask, x.double())
+    for n in want:
+        torch.testing.assert_close(got[n].double(), want[n], rtol=1e-5, atol=1e-9)
+    assert any(bool((want[n] > 0).any()) for n in want)
 
 
 def test_px_sums_over_a_list_of_batches_and_leaves_the_model_alone():
@@ -303,6 +335,10 @@ def test_npb_mask_is_layerwise_optimal_on_an_mlp():
 def test_npb_refuses_what_it_cannot_build():
     with pytest.raises(ValueError, match="npb needs the target sparsity"):
         prunelab.score(mlp(), "npb", input_shape=(6,))
+    with pytest.raises(ValueError, match=r"sparsity must be a number in \[0, 1\)"):
+        prunelab.score(mlp(), "npb", input_shape=(6,), sparsity=1.5)
+    with pytest.raises(ValueError, match="seed must be an integer, got 1.0"):
+        prunelab.score(mlp(), "npb", input_shape=(6,), sparsity=0.5, seed=1.0)
     with pytest.raises(ValueError, match="alpha must be a number in"):
         prunelab.score(mlp(), "npb", input_shape=(6,), sparsity=0.5, alpha=1.5)
     with pytest.raises(ValueError, match="unknown sparsity distribution 'erkk'"):
@@ -366,3 +402,64 @@ def test_ntk_sap_normalizes_both_networks_with_the_unperturbed_statistics():
     g1, g2 = torch.autograd.grad(total, [m1, m2])
     torch.testing.assert_close(got["0.weight"].double(), g1.abs() * m1.detach(), rtol=2e-4, atol=1e-7)
     torch.testing.assert_close(got["3.weight"].double(), g2.abs() * m2.detach(), rtol=2e-4, atol=1e-7)
+
+
+def _random_norm(norm: nn.Module, g: torch.Generator) -> nn.Module:
+    """A BatchNorm with random scale, shift (some negative: a ReLU after it would zero those channels) and
+    running statistics, in eval mode."""
+    with torch.no_grad():
+        n = norm.num_features
+        norm.weight.copy_(torch.rand(n, generator=g) * 2 + 0.1)
+        norm.bias.copy_(torch.randn(n, generator=g) * 3)
+        norm.running_mean.copy_(torch.randn(n, generator=g) * 2)
+        norm.running_var.copy_(torch.rand(n, generator=g) * 4 + 0.1)
+    return norm.eval()
+
+
+@pytest.mark.parametrize("conv", [False, True])
+def test_npb_path_counts_do_not_go_through_batchnorm(conv):
+    """A normalization layer is no connection: the same network with and without BatchNorm layers (random scale,
+    shift and statistics, some shifts negative before a ReLU) gets the same NPB mask. ``nn.Identity`` holds the
+    place of each norm layer in the plain network, so the parameter names agree."""
+    g = torch.Generator().manual_seed(11)
+
+    def net(norm):
+        if conv:
+            return nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), norm(4), nn.ReLU(), nn.Conv2d(4, 5, 3), norm(5),
+                                 nn.ReLU(), nn.Flatten(), nn.Linear(5 * 4 * 4, 3))
+        return nn.Sequential(nn.Linear(6, 8), norm(8), nn.ReLU(), nn.Linear(8, 7), norm(7), nn.ReLU(), nn.Linear(7, 3))
+
+    bn = nn.BatchNorm2d if conv else nn.BatchNorm1d
+    torch.manual_seed(0)
+    with_norm = net(lambda n: _random_norm(bn(n), g))
+    torch.manual_seed(0)
+    plain = net(lambda n: nn.Identity())
+    shape = (2, 6, 6) if conv else (6,)
+    for sparsity in (0.5, 0.8):
+        want = prunelab.prune(plain, "npb", sparsity=sparsity, input_shape=shape, seed=2)
+        got = prunelab.prune(with_norm, "npb", sparsity=sparsity, input_shape=shape, seed=2)
+        assert set(got) == set(want)
+        for n in want:
+            assert torch.equal(got[n], want[n]), n
+    assert not with_norm[1].training  # the caller's model is left as it was
+
+
+def test_validators_shared_by_the_criteria_and_the_models():
+    """One check each for the target sparsity of a criterion that builds its mask to a budget and for a seed,
+    in one line, naming who needs the sparsity; used by NPB, PHEW, NTK-SAP and the model factory."""
+    from prunelab.models import create
+    from prunelab.models.initializers import initialize
+    from prunelab.validate import check_seed, check_target_sparsity
+
+    assert check_seed(3) == 3 and check_target_sparsity(0.25, "npb") == 0.25
+    with pytest.raises(ValueError, match=r"^npb needs the target sparsity: .*pass sparsity=\.\.\.$"):
+        check_target_sparsity(None, "npb")
+    with pytest.raises(ValueError, match=r"^sparsity must be a number in \[0, 1\).*got 2.*compression ratio"):
+        check_target_sparsity(2, "phew")
+    for bad in (True, 1.0, "1", None):
+        with pytest.raises(ValueError, match=rf"^data seed must be an integer, got {re.escape(repr(bad))}$"):
+            check_seed(bad, "data seed")
+    with pytest.raises(ValueError, match="seed must be an integer, got 'a'"):
+        create("lenet_300_100", input_shape=(1, 28, 28), num_classes=10, seed="a")
+    with pytest.raises(ValueError, match="seed must be an integer, got 0.5"):
+        initialize(mlp(), "kaiming_normal", seed=0.5)

@@ -345,8 +345,12 @@ def test_phew_never_walks_pruned_weights():
 
 
 def test_phew_refuses_what_it_cannot_walk():
-    with pytest.raises(ValueError, match="sparsity"):
+    with pytest.raises(ValueError, match="phew needs the target sparsity"):
         prunelab.score(_mlp(), "phew", input_shape=(8,))
+    with pytest.raises(ValueError, match=r"sparsity must be a number in \[0, 1\).*compression ratio"):
+        prunelab.score(_mlp(), "phew", input_shape=(8,), sparsity=10)
+    with pytest.raises(ValueError, match="seed must be an integer, got '3'"):
+        prunelab.score(_mlp(), "phew", input_shape=(8,), sparsity=0.5, seed="3")
 
     class Residual(nn.Module):  # shapes that chain (4 -> 6 -> 6 -> 3), a graph that does not
         def __init__(self):
@@ -373,6 +377,45 @@ def test_phew_refuses_what_it_cannot_walk():
         prunelab.prune(nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 3)), "phew", 0.9, input_shape=(5,))
     with pytest.raises(ValueError, match="phew walks through the weights of linear layers"):
         prunelab.prune(nn.Sequential(nn.Linear(4, 6), nn.LSTM(6, 3)), "phew", 0.9, input_shape=(2, 4))
+
+
+def test_phew_walks_weights_only_so_batchnorm_changes_nothing():
+    """PHEW's walks read the weights' magnitudes alone (Patil & Dovrolis 2021): BatchNorm layers with random scale,
+    shift and statistics between the layers leave its mask as it is without them."""
+    g = torch.Generator().manual_seed(3)
+
+    def net(norm):
+        torch.manual_seed(2)
+        return nn.Sequential(nn.Linear(10, 16), norm(16), nn.ReLU(), nn.Linear(16, 12), norm(12), nn.ReLU(),
+                             nn.Linear(12, 4))
+
+    def bn(n):
+        b = nn.BatchNorm1d(n)
+        with torch.no_grad():
+            b.weight.copy_(torch.rand(n, generator=g) * 2 + 0.1)
+            b.bias.copy_(torch.randn(n, generator=g) * 3)
+            b.running_mean.copy_(torch.randn(n, generator=g))
+            b.running_var.copy_(torch.rand(n, generator=g) + 0.1)
+        return b
+
+    plain, with_norm = net(lambda n: nn.Identity()), net(bn)
+    want = prunelab.prune(plain, "phew", 0.9, input_shape=(10,), seed=5)
+    got = prunelab.prune(with_norm, "phew", 0.9, input_shape=(10,), seed=5)
+    assert set(got) == set(want) and all(torch.equal(got[n], want[n]) for n in want)
+
+
+def test_criteria_that_build_their_own_mask_refuse_an_nm_pattern():
+    """PHEW's scores are the order its walks reached the weights, NPB's are 0/1: neither ranks the weights of an
+    N:M group, so the pattern would choose by position. Refused in one line, before any work (no input_shape is
+    even looked at)."""
+    assert prunelab.get_method("phew").builds_mask and prunelab.get_method("npb").builds_mask
+    assert not prunelab.get_method("magnitude").builds_mask and not prunelab.get_method("synflow").builds_mask
+    for method in ("phew", "npb"):
+        with pytest.raises(ValueError, match=rf"^{method} builds its own mask .*pattern 2:4 would choose within "
+                                             "each group by position") as err:
+            prunelab.prune(_mlp((8, 16, 3)), method, 0.6, pattern="2:4")
+        assert "\n" not in str(err.value)
+    prunelab.prune(_mlp((8, 16, 3)), "magnitude", 0.6, pattern="2:4")  # a ranking criterion still takes it
 
 
 def test_new_criteria_are_listed_with_family_and_year():

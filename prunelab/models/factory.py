@@ -14,6 +14,7 @@ from prunelab.models.libraries import SEPARATOR, library_of, split_name
 from prunelab.models.registry import MODELS, ModelFactory
 from prunelab.models.resnet_cifar import WIDE_RESNET_PATTERN, parse_wide_resnet_name, wide_resnet
 from prunelab.registry import unknown_name_message
+from prunelab.validate import check_seed
 
 
 def create(
@@ -49,8 +50,7 @@ def create(
     num_classes = _check_num_classes(num_classes)
     input_shape = _check_input_shape(input_shape)
     check_init_options(init, init_mode, bn_init)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
+    seed = check_seed(seed)
     _check_options(name, factory, options)
     min_hw = meta.get("min_hw", 1)
     if min(input_shape[1:]) < min_hw:

@@ -31,6 +31,7 @@ from torch import nn
 
 from prunelab.layer_rules import layer_rule
 from prunelab.registry import Registry, check_name
+from prunelab.validate import check_seed
 
 FAN_MODES = ["fan_in", "fan_out"]
 BN_INITS = ["uniform", "ones"]
@@ -165,9 +166,7 @@ def initialize(
     draw = INITIALIZERS.get(init)
     random_bias = INITIALIZERS.meta(init).get("random_bias", False)
     if generator is None:
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be an integer, got {seed!r}")
-        generator = torch.Generator().manual_seed(seed)
+        generator = torch.Generator().manual_seed(check_seed(seed))
     reset_seed = None
     for module in model.modules():
         rule = layer_rule(module)

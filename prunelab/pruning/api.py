@@ -237,7 +237,8 @@ def prune(
     of each weight tensor (Zhou et al. 2021, §3; what NVIDIA's sparse tensor cores run): applied first, on the first
     iteration's scores, then the ordinary selection prunes further among the survivors up to ``sparsity``
     (:mod:`prunelab.pruning.patterns`, which says which tensors it constrains); a ``sparsity`` below what the
-    pattern prunes by itself is refused; not with ``distribution``.
+    pattern prunes by itself is refused; not with ``distribution``, nor with a criterion that builds its own
+    mask to the target sparsity (registered ``builds_mask``: NPB, PHEW), whose scores rank no weights in a group.
     Other ``options``: the coverage options
     (``include_bias``, ``include_norm``, ``include_embeddings``, ``include``, ``exclude``, ``filter``;
     see :mod:`prunelab.coverage`) and the criterion's own. Warns :class:`~prunelab.coverage.CoverageWarning`
@@ -254,6 +255,10 @@ def prune(
     check_name("schedule", schedule, SCHEDULES)
     check_name("ties", ties, TIE_RULES)
     nm = parse_pattern(pattern)
+    if nm is not None and m.builds_mask:
+        raise ValueError(f"{m.name} builds its own mask to the target sparsity (its scores only mark that mask, "
+                         f"not a ranking of the weights), so pattern {nm} would choose within each group by "
+                         "position; use a ranking criterion (magnitude, snip, synflow, ...) with a pattern")
     if nm is not None and distribution is not None:
         raise ValueError(f"pattern {nm} and distribution do not combine: the pattern sets every constrained tensor's "
                          "density itself; give one of them")

@@ -22,7 +22,7 @@ from torch.overrides import TorchFunctionMode
 from prunelab.batches import Batch
 from prunelab.masks import Mask
 
-__all__ = ["batchnorm_train_mode", "forward", "masked_leaves", "math_attention", "twice_differentiable"]
+__all__ = ["batchnorm_train_mode", "eval_mode", "forward", "masked_leaves", "math_attention", "twice_differentiable"]
 
 
 @contextlib.contextmanager
@@ -40,6 +40,19 @@ def batchnorm_train_mode(model: nn.Module, enabled: bool = True) -> Iterator[Non
     try:
         for m, _ in saved:
             m.train(True)
+        yield
+    finally:
+        for m, flag in saved:
+            m.train(flag)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Every module in eval mode for the block; each module's own flag restored after (dropout off and
+    BatchNorm on its running statistics: NTK-SAP's and PX's forward passes, Wang et al. 2023, Iurada et al. 2024)."""
+    saved = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
         yield
     finally:
         for m, flag in saved:

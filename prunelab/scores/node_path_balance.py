@@ -26,8 +26,9 @@ Ties between equally good masks are broken at random from ``seed``.
 Layer budgets: ``budgets="erk"`` (the authors' default ``--init_mode ERK``), or ``"uniform"``/``"er"``
 (:mod:`prunelab.densities`); the counts are rounded so that they add up to exactly the weights
 :func:`prunelab.prune` keeps. Path counts ``P`` come from a float64 copy of the network in eval mode whose
-covered weights are the masks found so far (1 kept, 0 pruned), other layer weights 1, biases 0, run on
-an all-ones input: the number of paths reaching each node. Within a kernel, which of its entries are kept
+covered weights are the masks found so far (1 kept, 0 pruned), other layer weights 1, biases 0 and every
+normalization layer the identity (its scale, shift and statistics are not connections), run on an all-ones
+input: the number of paths reaching each node. Within a kernel, which of its entries are kept
 is drawn at random from ``seed`` too (the code's default, without its weight-magnitude variant).
 
 The scores are 1 for the weights NPB keeps and 0 for the others, so :func:`prunelab.prune` (one-shot,
@@ -51,7 +52,7 @@ from prunelab.layer_rules import layer_rule, parameter_owners
 from prunelab.mask_binding import unbound_copy
 from prunelab.masks import Mask
 from prunelab.scores.registry import Scores, register_method
-from prunelab.validate import check_fraction, check_input_shape
+from prunelab.validate import check_fraction, check_input_shape, check_seed, check_target_sparsity
 
 DEFAULT_ALPHA = 0.01  # the authors' CIFAR-10 script (scripts/run.sh: --alpha 0.01)
 
@@ -220,6 +221,19 @@ def _check_layers(model: nn.Module, mask: Mask) -> dict[str, nn.Module]:
     return out
 
 
+def _without_norms(net: nn.Module) -> nn.Module:
+    """``net`` with every normalization layer (BatchNorm, LayerNorm, GroupNorm, ...: role ``norm`` in
+    :mod:`prunelab.layer_rules`) replaced by ``nn.Identity``. A path count is a count of kept connections; a
+    norm layer's scale, shift and statistics are not connections, and would scale the counts (and, a shift
+    before a ReLU, zero some of them) if left in the copy."""
+    norms = [name for name, m in net.named_modules() if name and (rule := layer_rule(m)) is not None
+             and rule.role == "norm"]
+    for name in norms:
+        parent, _, child = name.rpartition(".")
+        setattr(net.get_submodule(parent), child, nn.Identity())
+    return net
+
+
 def _path_counts(net: nn.Module, module: nn.Module, x: torch.Tensor) -> np.ndarray:
     """Paths from the input to each input node of ``module``: its input on ``x``, summed over all but the
     channel (features) dimension."""
@@ -245,6 +259,7 @@ def _path_counts(net: nn.Module, module: nn.Module, x: torch.Tensor) -> np.ndarr
     description="1 for the weights kept by node-path balancing, optimized layer by layer (Pham et al. 2023)",
     family="init_data_free",
     year=2023,
+    builds_mask=True,
 )
 def npb(model, mask, batch=None, *, input_shape=None, sparsity: float | None = None, alpha: float = DEFAULT_ALPHA,
         budgets: str = "erk", seed: int = 0) -> Scores:
@@ -254,13 +269,9 @@ def npb(model, mask, batch=None, *, input_shape=None, sparsity: float | None = N
     ``budgets``: the layer densities (``erk``, the paper's; ``uniform``, ``er``); ``alpha`` in [0, 1]; ``seed``
     picks the kept entries within a kernel. Scores are 1 (kept) and 0: one-shot and global, the defaults."""
     shape = check_input_shape(input_shape, "npb")
-    if sparsity is None:
-        raise ValueError("npb needs the target sparsity to set each layer's budget: prunelab.prune passes it; with "
-                         "prunelab.score pass sparsity=...")
-    sparsity = check_fraction(sparsity, "sparsity", "[0, 1)", "the fraction of the covered weights pruned")
+    sparsity = check_target_sparsity(sparsity, "npb")
     alpha = check_fraction(alpha, "alpha", "[0, 1]", "the weight of effective nodes against effective paths")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
+    seed = check_seed(seed)
     params = mask.check_compatible(model)
     layers = _check_layers(model, mask)
     shapes = {n: tuple(p.shape) for n, p in params.items()}
@@ -268,7 +279,7 @@ def npb(model, mask, batch=None, *, input_shape=None, sparsity: float | None = N
     if not all(bool(mask[n].all()) for n in params):
         _solver()  # layers that start pruned need the LP (solve_layer); a missing solver is reported before any work
 
-    net = unbound_copy(model).double().eval()
+    net = _without_norms(unbound_copy(model)).double().eval()
     copies = dict(net.named_parameters())
     owners = parameter_owners(net)
     with torch.no_grad():

@@ -34,9 +34,7 @@ covered tensor (same order), then the noise batch ``randn(noise_batch_size, *inp
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -44,8 +42,9 @@ from torch.func import functional_call
 
 from prunelab.batches import logits, model_device, model_dtype
 from prunelab.masks import Mask
+from prunelab.scores.isolation import eval_mode
 from prunelab.scores.registry import Scores, register_method
-from prunelab.validate import check_input_shape, check_int, check_name
+from prunelab.validate import check_input_shape, check_int, check_name, check_seed
 
 DEFAULT_EPSILON = 0.01  # the authors' code (--ntksap_epsilon)
 DEFAULT_ITERATIONS = 20  # the authors' scripts (--prune-epochs 20)
@@ -73,18 +72,6 @@ def _initializer(model: nn.Module, init: str) -> tuple[str, str]:
     if name not in INITIALIZERS:
         check_name("init", init, [OWN_INIT, *INITIALIZERS.names()])
     return name, own.get("mode", "fan_in")
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Every module in eval mode for the block; each module's flag restored after."""
-    saved = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        yield
-    finally:
-        for m, flag in saved:
-            m.train(flag)
 
 
 def _batch_statistics(model: nn.Module, tensors: dict, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -127,9 +114,7 @@ class NTKSAPScorer:
         self.batch_size = check_int(noise_batch_size, "noise_batch_size", 1, "Gaussian-noise inputs per draw")
         init_name, self.mode = _initializer(model, init)
         self.draw = INITIALIZERS.get(init_name)
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be an integer, got {seed!r}")
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(check_seed(seed))
 
     def _weights(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """θ₀: covered tensors of two or more dimensions drawn by the initializer, the others as they are."""
@@ -142,7 +127,7 @@ class NTKSAPScorer:
         device, dtype = model_device(model), model_dtype(model) or torch.float32
         gates = {n: mask[n].to(device, dtype).requires_grad_(True) for n in params}
         total = {n: torch.zeros(p.shape, device=device, dtype=dtype) for n, p in params.items()}
-        with _eval_mode(model):
+        with eval_mode(model):
             for _ in range(self.samples):
                 theta = self._weights(params)
                 delta = {n: torch.randn(p.shape, generator=self.generator) * self.epsilon for n, p in params.items()}

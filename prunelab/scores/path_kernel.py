@@ -21,9 +21,16 @@ network). The derivative is one backward pass through ``z2``. PX is iterated, 10
 exponential schedule by default (the authors' CIFAR-10 script), which the paper credits with avoiding layer
 collapse, as for SynFlow.
 
+Normalization layers, as the authors' code treats its BatchNorms (``PX.score``): a norm layer is no
+connection, so in ``z1`` (the count of active paths) every normalization layer is the identity (the code sets
+its scale to 1, shift 0, running mean 0 and variance 1; here any norm layer, BatchNorm, LayerNorm, GroupNorm,
+..., passes its input through unchanged), and its scale, shift and statistics never scale or shift the path
+counts; in ``z2`` its parameters and running statistics are squared with every other tensor, so an eval-mode
+BatchNorm multiplies a channel by ``γ² / √(σ⁴ + ε) ≈ (γ / σ)²``: the square of the scale it contributes to
+every path through that channel, once folded into the path values.
+
 Choices where the paper leaves the model open, and differences from the authors' code: all three passes
-run with every module in eval mode (the code records the patterns in eval mode but runs its two copies in
-train mode); normalization layers keep their parameters in both copies, as in the code; the code also leaves
+run with every module in eval mode, as in the code; the code also leaves
 the layer named ``fc`` unchanged in both copies, while here the output layer is treated as every other
 layer, as in the path decomposition. A bias counts as a weight from a constant input 1 (set to 1 in ``z1``,
 squared in ``z2``). Leaky ReLU gates are their slopes (squared in ``z1``, as the squared Jacobian of the
@@ -46,7 +53,7 @@ from prunelab.batches import as_batches, logits, model_device, model_dtype
 from prunelab.layer_rules import layer_rule, parameter_owners
 from prunelab.masks import Mask
 from prunelab.scores.batching import score_batches
-from prunelab.scores.isolation import masked_leaves
+from prunelab.scores.isolation import eval_mode, masked_leaves
 from prunelab.scores.registry import Scores, register_method
 
 _RELU = {F.relu, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_, F.relu_}
@@ -103,17 +110,6 @@ class _Gates(TorchFunctionMode):
         return x.mul_(gate) if in_place else x * gate
 
 
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    saved = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        yield
-    finally:
-        for m, flag in saved:
-            m.train(flag)
-
-
 def _numeric(what: str) -> Callable[[torch.Tensor], torch.Tensor]:
     def check(t: torch.Tensor) -> torch.Tensor:
         if not t.is_floating_point():
@@ -123,12 +119,35 @@ def _numeric(what: str) -> Callable[[torch.Tensor], torch.Tensor]:
     return check
 
 
-def _transformed(model: nn.Module, mask: Mask, leaves: dict, weight: Callable, other: Callable) -> dict:
-    """Float64 tensors for a copy of the network: covered weights from ``leaves`` through ``weight``; every
-    other parameter not of a normalization layer through ``other``; normalization parameters and buffers as
-    they are."""
+def _norms(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The normalization layers of ``model`` (role ``norm`` in :mod:`prunelab.layer_rules`), with their names."""
+    return [(n, m) for n, m in model.named_modules() if (rule := layer_rule(m)) is not None and rule.role == "norm"]
+
+
+@contextlib.contextmanager
+def _norms_as_identity(model: nn.Module) -> Iterator[None]:
+    """Every normalization layer of ``model`` returns its input unchanged for the block (forward hooks, removed
+    after): ``z1`` counts active paths, which a norm layer's scale, shift and statistics must not change."""
+    handles = [m.register_forward_hook(lambda m, args, out: args[0]) for _, m in _norms(model)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _transformed(model: nn.Module, mask: Mask, leaves: dict, weight: Callable, other: Callable,
+                 norm: Callable) -> dict:
+    """Float64 tensors for a copy of the network: covered weights from ``leaves`` through ``weight``; the
+    parameters and floating buffers (running statistics) of normalization layers through ``norm``; every other
+    parameter through ``other``; other buffers as they are."""
     owners = parameter_owners(model)
     tensors = {n: b.detach().double() if b.is_floating_point() else b for n, b in model.named_buffers()}
+    for prefix, module in _norms(model):
+        for local, b in module.named_buffers(recurse=False):
+            name = f"{prefix}.{local}" if prefix else local
+            if name in tensors and b.is_floating_point():
+                tensors[name] = norm(tensors[name])
     for name, p in model.named_parameters():
         if name in leaves:
             tensors[name] = weight(leaves[name])
@@ -136,7 +155,7 @@ def _transformed(model: nn.Module, mask: Mask, leaves: dict, weight: Callable, o
         module = owners.get(name, (None, name))[0]
         rule = layer_rule(module)
         p = p.detach().double()
-        tensors[name] = p if rule is not None and rule.role == "norm" else other(p)
+        tensors[name] = norm(p) if rule is not None and rule.role == "norm" else other(p)
     return tensors
 
 
@@ -163,7 +182,7 @@ def px(model, mask, batch, *, score_batch_size: int | None = None, distributed: 
     kept = masked_leaves(params, mask)
     ones = {n: mask[n].to(device, torch.float64) for n in params}
     z1 = None
-    with _eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         for piece in pieces:
             piece = piece.to(device, dtype)
             tensors = {n: b.clone() for n, b in model.named_buffers()}
@@ -172,18 +191,20 @@ def px(model, mask, batch, *, score_batch_size: int | None = None, distributed: 
             with gates:
                 piece.forward(model, tensors)
             apply = _Gates("apply", gates.gates)
-            with apply:
-                out = logits(piece.forward(model, _transformed(model, mask, ones, lambda m: m, torch.ones_like),
+            with apply, _norms_as_identity(model):
+                out = logits(piece.forward(model, _transformed(model, mask, ones, lambda m: m, torch.ones_like,
+                                                               lambda p: p),
                                            prepare=lambda t: _numeric("as input")(t).pow(2)))
             if apply.used != len(gates.gates):
                 raise ValueError("px: the network took another path through its activations on the second pass")
             part = out.sum(0)
             z1 = part if z1 is None else z1 + part
     squares = {n: (w.detach().double() ** 2).requires_grad_(True) for n, w in kept.items()}
-    with _eval_mode(model), _Gates("linear"):
+    with eval_mode(model), _Gates("linear"):
         first = (pieces or as_batches(batch, "px"))[0].to(device, dtype)  # a rank without a piece: any example
         one = first.split(1)[0]  # z2 does not depend on the input: one all-ones example is enough
-        z2 = logits(one.forward(model, _transformed(model, mask, squares, lambda s: s, lambda p: p * p),
+        z2 = logits(one.forward(model, _transformed(model, mask, squares, lambda s: s, lambda p: p * p,
+                                                         lambda p: p * p),
                                 prepare=lambda t: torch.ones_like(_numeric("as input")(t))))
     if z1 is None:
         z1 = torch.zeros_like(z2.sum(0)).detach()

@@ -3,7 +3,8 @@
 PHEW builds a mask rather than ranking weights: walks go from an input unit to an output unit (and from an output
 unit back to an input unit, alternately), each step choosing the next unit with probability proportional to the
 magnitude of the connecting weight, and every weight a walk crosses is kept, until the budget of kept weights is
-reached. No data: the walks read only the weights at initialization.
+reached. No data: the walks read only the weights at initialization; normalization layers (their scale, shift
+and statistics) play no part in them, nor in the forward pass that finds the chain of layers (:func:`_order`).
 
 To fit prunelab's score-then-remove contract (Frankle et al. 2021, §3), the score of a weight records *when* the
 walks first reached it: the earliest-reached weight scores highest, weights no walk reached score 0. Keeping the
@@ -33,7 +34,7 @@ from torch import nn
 
 from prunelab.layer_rules import parameter_owners
 from prunelab.scores.registry import Scores, register_method
-from prunelab.validate import check_input_shape
+from prunelab.validate import check_input_shape, check_seed, check_target_sparsity
 
 WALKS_PER_CHUNK = 512  # walks drawn together (half forward, half backward); fixed, so a seed gives one mask
 MAX_WALKS_PER_WEIGHT = 200  # walks allowed per weight to keep before giving up (a budget the walks cannot fill)
@@ -247,6 +248,7 @@ def walk_visits(model, walks: int, input_shape, seed: int = 0, mask=None) -> dic
     needs_input_shape=True,
     family="init_data_free",
     year=2021,
+    builds_mask=True,
     description="the union of random walks input<->output biased by |w|, up to the budget (Patil & Dovrolis 2021)",
 )
 def phew(model, mask, batch=None, *, sparsity: float | None = None, seed: int = 0, input_shape=None) -> Scores:
@@ -262,12 +264,10 @@ def phew(model, mask, batch=None, *, sparsity: float | None = None, seed: int = 
     so the same mask on any device). Weights ``mask`` prunes count as zero and are never walked. Returns float64
     scores on the CPU.
     """
-    from prunelab.pruning.targets import check_sparsity_value, num_to_prune  # the pruning layer imports scores
+    from prunelab.pruning.targets import num_to_prune  # the pruning layer imports scores
 
-    if sparsity is None:
-        raise ValueError("phew builds its mask to a budget of kept weights: pass sparsity (prunelab.prune gives "
-                         "its own; with prunelab.score pass sparsity=...)")
-    s = check_sparsity_value(sparsity)
+    s = check_target_sparsity(sparsity, "phew")
+    seed = check_seed(seed)
     layers = _chain(model, mask, check_input_shape(input_shape, "phew"))
     total = sum(layer.absw.numel() for layer in layers)
     budget = min(total - num_to_prune(s, total), mask.num_kept)

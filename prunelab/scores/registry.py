@@ -80,6 +80,7 @@ class Method:
     family: str | None = None
     year: int | None = None
     revives: bool = False
+    builds_mask: bool = False
 
     @property
     def options(self) -> tuple[str, ...]:
@@ -175,8 +176,14 @@ def register_method(
     family: str | None = None,
     year: int | None = None,
     revives: bool = False,
+    builds_mask: bool = False,
 ) -> Callable[[Callable], Callable]:
     """Decorator: register ``fn(model, mask, batch, **options)`` as the pruning criterion ``name``.
+
+    ``builds_mask``: the criterion builds its own mask to the target sparsity (it takes ``sparsity``) and its
+    scores only encode that mask (0/1, or the order a search reached the weights), not a ranking of every
+    weight: NPB, PHEW. :func:`prunelab.prune` refuses to combine it with an N:M pattern, whose choice within
+    each group would then be decided by position.
 
     Returns the function unchanged, so decorators stack (``snip`` and ``iterative_snip`` are the
     same function under two names with different default iterations).
@@ -207,6 +214,7 @@ def register_method(
             family=family,
             year=year,
             revives=bool(revives),
+            builds_mask=bool(builds_mask),
         )
         METHODS.register(name, method)
         return fn
