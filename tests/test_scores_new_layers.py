@@ -199,8 +199,12 @@ def zoo_model(name):
     return _ZOO[name]
 
 
-# PHEW's walks go from layer to layer of a chain (Patil & Dovrolis 2021): attention and recurrence are not one
-WALKS_A_CHAIN = {"phew"}
+# What a criterion refuses, before any work, in one line: PHEW's walks go from layer to layer of a chain (Patil &
+# Dovrolis 2021), and attention and recurrence are not one; NPB solves linear and convolution layers (Pham et al.
+# 2023), not a fused attention projection or a recurrent cell; PX decomposes ReLU networks (Iurada et al. 2024),
+# not GELU, attention or an LSTM's gates
+REFUSES = {"phew": "phew walks", "npb": "npb builds masks of linear and convolution weights",
+           "px": "has no path decomposition"}
 
 
 @pytest.mark.filterwarnings("ignore:structured pruning kept the last channel")
@@ -214,8 +218,8 @@ def test_every_criterion_prunes_attention_and_recurrent_weights(name, method):
     y = torch.arange(20) % 10
     m = prunelab.methods()[method]
     kwargs = {"iterations": 2} if m.default_iterations > 1 else {}
-    if method in WALKS_A_CHAIN:  # refuses, before any work, with a message that says why
-        with pytest.raises(ValueError, match="phew walks"):
+    if method in REFUSES:
+        with pytest.raises(ValueError, match=REFUSES[method]):
             prunelab.prune(model, method, sparsity=0.8, batch=(x, y), input_shape=(1, 28, 28), **kwargs)
         return
     mask = prunelab.prune(model, method, sparsity=0.8, batch=(x, y), input_shape=(1, 28, 28), **kwargs)

@@ -322,12 +322,24 @@ def _forward_order(net: nn.Module, modules: list[nn.Module], x: torch.Tensor) ->
     try:
         with torch.no_grad():
             logits(net(x))
+    except (RuntimeError, TypeError, IndexError) as e:  # token ids, decoder inputs: not an all-ones input
+        from prunelab.scores.synflow import failing_module
+
+        for h in handles:
+            h.remove()
+        handles = []
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"npb counts paths with an all-ones input of shape {tuple(x.shape[1:])}, and "
+                         f"{failing_module(net, x)} cannot take it ({reason[:120]}); use a criterion that reads "
+                         "a batch (snip, grasp)") from None
     finally:
         for h in handles:
             h.remove()
     missing = [m for m in modules if m not in called]
     if missing:
-        raise ValueError(f"npb: the forward pass never calls {type(missing[0]).__name__}; its paths cannot be counted")
+        names = {id(m): n for n, m in net.named_modules()}
+        raise ValueError(f"npb: the forward pass of an all-ones input never calls {names.get(id(missing[0]), '?')} "
+                         f"({type(missing[0]).__name__}); its paths cannot be counted, so npb cannot score this model")
     return called
 
 

@@ -65,6 +65,11 @@ _NOT_PATHS: dict[Callable, str] = {
     F.softplus: "Softplus", F.hardswish: "Hardswish", F.hardsigmoid: "Hardsigmoid", torch.tanh: "tanh",
     torch.sigmoid: "sigmoid", torch.Tensor.tanh: "tanh", torch.Tensor.sigmoid: "sigmoid", F.tanh: "tanh",
     F.sigmoid: "sigmoid", F.relu6: "ReLU6", F.hardtanh: "Hardtanh",
+    # attention multiplies two activations (no path is a product of weights) and normalizes them
+    F.softmax: "softmax", torch.softmax: "softmax", torch.Tensor.softmax: "softmax",
+    F.scaled_dot_product_attention: "scaled dot-product attention",
+    # a recurrent layer's gates (sigmoid, tanh) run inside one kernel, out of the gates' sight
+    torch.lstm: "an LSTM", torch.gru: "a GRU", torch.rnn_tanh: "a tanh RNN", torch.rnn_relu: "a ReLU RNN",
 }
 
 

@@ -27,6 +27,7 @@ the authors' code handles ResNet shortcuts by choosing a branch at random, which
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -61,8 +62,7 @@ def _order(model, mask, input_shape) -> list[str]:
     chain of layers and is refused, rather than walked along a graph the network does not have."""
     owners = parameter_owners(model)
     records: dict[str, list] = {}
-    handles = []
-    for name in mask:
+    for name in mask:  # every layer checked before any hook is put on the caller's model
         module, local = owners.get(name, (None, name))
         ok = isinstance(module, nn.Linear) or (isinstance(module, nn.modules.conv._ConvNd)
                                                 and module.groups == 1 and not module.transposed)
@@ -72,10 +72,10 @@ def _order(model, mask, input_shape) -> list[str]:
                              f"(Patil & Dovrolis 2021); {name!r} is the {local} of {what}: exclude it from the mask "
                              "or use another data-free criterion (synflow)")
 
-        def hook(m, args, out, name=name):
-            records.setdefault(name, []).append((args[0].grad_fn, out.grad_fn))
+    def hook(m, args, out, name):
+        records.setdefault(name, []).append((args[0].grad_fn, out.grad_fn))
 
-        handles.append(module.register_forward_hook(hook))
+    handles = [owners[name][0].register_forward_hook(functools.partial(hook, name=name)) for name in mask]
     param = next(iter(model.parameters()))
     tensors = {n: b.clone() for n, b in model.named_buffers()}  # a train-mode BatchNorm updates the clones
     tensors.update({n: p.detach().requires_grad_(True) for n, p in model.named_parameters()})
