@@ -180,6 +180,9 @@ def test_vector_files_are_drawn_on_request_alone_and_removed_when_not_asked(stor
     assert again.drawn == 0
     _, png_only = build_report(store, out, dpi=30, jobs=1)
     assert png_only.drawn == 0 and not list(figures.glob("*.pdf")) and not list(figures.glob("*.svg"))
+    n = len(first.figures)
+    assert png_only.notes == [f"removed {n} PDF and {n} SVG files of the figures, a format this report was not asked "
+                              "for (--formats png,pdf,svg keeps them)"]  # said, not silent
 
 
 @pytest.mark.parametrize("formats, message", [

@@ -32,6 +32,7 @@ import json
 import math
 import multiprocessing
 import os
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -146,7 +147,11 @@ def build_figures(root: str | os.PathLike, out: str | os.PathLike, runs: pd.Data
         result.figures += [BuiltFigure(**f) for f in record["figures"]]
         result.notes += record["notes"]
         result.drawn += drawn
-    _remove_stale(out, previous, result.figures)
+    removed = _remove_stale(out, previous, result.figures)
+    if removed:
+        counts = " and ".join(f"{n} {fmt.upper()}" for fmt, n in sorted(removed.items()))
+        result.notes.append(f"removed {counts} files of the figures, a format this report was not asked for "
+                            "(--formats png,pdf,svg keeps them)")
     atomic_write_text(out / BUILDS, json.dumps({"format": _BUILDS_FORMAT, "builds": builds,
                                                 "sound": sorted(files.sound & files.seen)}, indent=1))
     return result
@@ -249,19 +254,24 @@ def _build(task: _Task, out: Path, formats: tuple[str, ...], dpi: int, rebuild: 
     return {"inputs": task.inputs, "figures": built, "notes": notes}, drawn
 
 
-def _remove_stale(out: Path, previous: dict[str, Any], current: list[BuiltFigure]) -> None:
+def _remove_stale(out: Path, previous: dict[str, Any], current: list[BuiltFigure]) -> Counter[str]:
     """Remove the files of the figures the last report drew and this one does not (a setting whose runs were
     deleted), and those of formats this report was not asked for: the folder then holds this report's files
-    only. Files the last report did not record are left alone."""
+    only. Files the last report did not record are left alone. Returns how many files of figures still shown
+    were removed, per format (the report says so: a PDF drawn for a paper does not vanish without a word)."""
     kept = {(fig.name, path) for fig in current for path in fig.files.values()}
     names = {fig.name for fig in current}
+    removed: Counter[str] = Counter()
     for record in previous.get("builds", {}).values():
         for fig in record["figures"]:
-            for path in fig["files"].values():
-                if (fig["name"], path) not in kept:
-                    (out / path).unlink(missing_ok=True)
+            for fmt, path in fig["files"].items():
+                if (fig["name"], path) not in kept and (out / path).is_file():
+                    (out / path).unlink()
+                    if fig["name"] in names:
+                        removed[fmt] += 1
             if fig["name"] not in names:
                 _digest_path(out, fig["name"]).unlink(missing_ok=True)
+    return removed
 
 
 def jsonable(value: Any) -> Any:
