@@ -73,8 +73,9 @@ def load_run(ref: str, root: str) -> dict[str, Any]:
     """``{"run_id", "hparams", "model", "mask", "input_shape"}`` of a finished run: its network rebuilt from the
     hyperparameters with the weights of its last checkpoint, and its mask (not applied). One-line errors for a
     run that is dense, unfinished, or missing its mask or checkpoint."""
-    from prunelab import data, models
+    from prunelab import data
     from prunelab.experiments import runfiles
+    from prunelab.experiments.hparams import ModelHparams
     from prunelab.experiments.store import open_run
     from prunelab.masks import Mask
     from prunelab.training.checkpoints import CheckpointFolder, load_checkpoint
@@ -93,10 +94,7 @@ def load_run(ref: str, root: str) -> dict[str, Any]:
     if not latest.is_file():
         raise FileNotFoundError(f"run {run_id} has no trained weights ({latest} is missing)")
     info = data.info(hp["dataset"]["dataset"])
-    m = hp["model"]
-    model = models.create(m["model"], num_classes=info["num_classes"], input_shape=info["input_shape"],
-                          init=m.get("init", "kaiming_normal"), init_mode=m.get("init_mode", "fan_in"),
-                          bn_init=m.get("bn_init", "uniform"))
+    model = ModelHparams(**hp["model"]).build(info["num_classes"], info["input_shape"])  # weights: the checkpoint's
     state = load_checkpoint(latest)
     model.load_state_dict(state["model"])
     mask = Mask.load(folder / runfiles.MASK)

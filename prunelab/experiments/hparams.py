@@ -184,6 +184,14 @@ class ModelHparams:
     init_mode: str = option("fan_in", help="fan the initializer's variance is scaled by", choices=_fan_modes)
     bn_init: str = option("uniform", help="BatchNorm scale init: U[0, 1) or ones", choices=_bn_inits)
 
+    def build(self, num_classes: int, input_shape, seed: int = 0, init: str | None = None):
+        """The network these settings name, for ``num_classes`` and ``input_shape``, initialized from ``seed``
+        (``init``: another initializer, as the reinit ablation draws)."""
+        from prunelab import models
+
+        return models.create(self.model, num_classes=num_classes, input_shape=input_shape, seed=seed,
+                             init=init or self.init, init_mode=self.init_mode, bn_init=self.bn_init)
+
 
 @dataclasses.dataclass(frozen=True)
 class DataHparams:

@@ -122,14 +122,8 @@ class Runner:
 
     def model(self, rep: Replicate, init: str | None = None) -> nn.Module:
         """The replicate's network at initialization, on this runner's device (pruning runs there too)."""
-        from prunelab import models
-
         ds = self.dataset(rep.dataset)
-        model = models.create(
-            rep.model.model, num_classes=ds.num_classes, input_shape=ds.input_shape, seed=rep.seed,
-            init=init or rep.model.init, init_mode=rep.model.init_mode, bn_init=rep.model.bn_init,
-        )
-        return model.to(resolve_device(self.device))
+        return rep.model.build(ds.num_classes, ds.input_shape, seed=rep.seed, init=init).to(resolve_device(self.device))
 
     def iters_per_epoch(self, rep: Replicate) -> int:
         return len(self.dataset(rep.dataset).loader("train", rep.training.batch_size))
