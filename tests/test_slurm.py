@@ -114,11 +114,12 @@ class Lines:
 
 
 def test_a_job_past_its_time_limit_saves_requeues_and_finishes_bitwise(data_root, tmp_path):
-    """lenet5, 576 steps (about a minute of training on one thread) under a one-minute limit, Slurm signalling
-    10 s ahead (its time checks run every 30 s, so the signal comes 20 to 50 s into the job): the job stops after a
-    step with a checkpoint and requeues, one or more times, and the run ends bitwise that of an uninterrupted one."""
-    spec = spec_file(tmp_path / "s.toml", training='train = "9ep"\nbatch_size = 64',
-                     slurm_table="time_min = 1\nsignal_delay_s = 10")
+    """lenet5, 1,280 steps (about a minute of training on one idle thread, minutes on a loaded machine) under a
+    one-minute limit, Slurm signalling 50 s ahead (its time checks run every 30 s, so the signal comes 10 to 40 s
+    into each job, before the training can end on any machine): the job stops after a step with a checkpoint and
+    requeues, one or more times, and the run ends bitwise that of an uninterrupted one."""
+    spec = spec_file(tmp_path / "s.toml", training='train = "20ep"\nbatch_size = 64',
+                     slurm_table="time_min = 1\nsignal_delay_s = 50")
     root = tmp_path / "runs"
     with requeued_jobs_start_at_once():
         proc = subprocess.Popen(sweep_cmd(spec, root, data_root), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -145,7 +146,8 @@ def test_a_cancelled_task_and_an_interrupted_sweep_are_taken_over_by_a_rerun_bit
     it runs, then the login command is interrupted (Ctrl-C). The other task goes on; a rerun waits for it (it is
     still running), resubmits the cancelled one, which resumes from its checkpoint, and ends with the bits of a local
     sweep. (The first command's line on the cancelled task: tests/test_slurm_jobs.py, on a stand-in squeue.)"""
-    spec = spec_file(tmp_path / "s.toml", seeds="[0, 1]", training='train = "3ep"\nbatch_size = 64')
+    # 12 epochs (768 steps, half a minute on an idle core): the cancel and the Ctrl-C come while both still train
+    spec = spec_file(tmp_path / "s.toml", seeds="[0, 1]", training='train = "12ep"\nbatch_size = 64')
     root = tmp_path / "runs"
     proc = subprocess.Popen(sweep_cmd(spec, root, data_root), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
@@ -161,7 +163,7 @@ def test_a_cancelled_task_and_an_interrupted_sweep_are_taken_over_by_a_rerun_bit
             assert time.monotonic() < deadline, lines.text()
             time.sleep(0.2)
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 130
+        assert proc.wait(timeout=60) == 130, lines.text()
         out = lines.text()
     finally:
         proc.kill()
