@@ -45,6 +45,12 @@ def data_root(tmp_path_factory):
     return root
 
 
+def _ctrl_c_default() -> None:
+    """In the sweep's process: Ctrl-C's default action, so that Python handles it, whatever this process inherited
+    (a shell's background job, as CI may be, starts with SIGINT ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def spec_file(path, protocol="train", seeds="[0]", training='train = "2ep"\nbatch_size = 64', model="lenet5",
               extra="", slurm_table="time_min = 10"):
     path.write_text(f'protocol = "{protocol}"\nseeds = {seeds}\n[model]\nmodel = "{model}"\n[dataset]\n'
@@ -150,7 +156,7 @@ def test_a_cancelled_task_and_an_interrupted_sweep_are_taken_over_by_a_rerun_bit
     spec = spec_file(tmp_path / "s.toml", seeds="[0, 1]", training='train = "12ep"\nbatch_size = 64')
     root = tmp_path / "runs"
     proc = subprocess.Popen(sweep_cmd(spec, root, data_root), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+                            text=True, preexec_fn=_ctrl_c_default)
     try:
         lines = Lines(proc)
         array = lines.wait_for(r"slurm: submitted 2 jobs \(dense replicates\) as array (\d+)").group(1)

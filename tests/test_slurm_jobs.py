@@ -441,6 +441,15 @@ def tmp_folder(ctx):
 
 # ---- an interrupt during a submission --------------------------------------------------------------------------
 
+@pytest.fixture(autouse=True)
+def ctrl_c_raises():
+    """Python's Ctrl-C handler, whatever this process inherited: a shell's background job (CI started with `&`)
+    starts with SIGINT ignored, and then no Ctrl-C reaches the code under test."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def test_ctrl_c_during_a_submission_waits_until_the_ledger_has_the_jobs(slurm_sweep, monkeypatch, capsys):
     plan, ctx, ledger = slurm_sweep
     monkeypatch.setattr(FakeSlurmExecutor, "during", lambda: os.kill(os.getpid(), signal.SIGINT))
