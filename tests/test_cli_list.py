@@ -58,9 +58,11 @@ def test_methods_are_grouped_by_family_and_year(capsys):
     for line in lines[2:]:
         if line.endswith(":"):
             heading = line[:-1]
-        elif line:
+        elif line and line[year_at: year_at + 4].isdigit():  # criteria other tests register have no year
             seen[line.split()[0]] = (heading, int(line[year_at: year_at + 4]))
-    for name, method in prunelab.methods().items():
+    from prunelab.catalog import METHODS
+
+    for name, method in ((row[0], prunelab.get_method(row[0])) for row in METHODS):  # the built-in ones
         assert method.family in FAMILIES and method.year >= 2015, name
         assert seen[name] == (FAMILIES[method.family], method.year), name
     assert seen["snip"] == ("at initialization, data-dependent", 2019)
