@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every reproduction family, in priority order, every committed seed; resumable: run it again to continue where it
-# stopped. The *_step specs rerun families 2-4 14d and 02d under the converging step schedule (repro/02e_dense_step.toml).
+# stopped. The *_step specs rerun families 2-4, 14d and 02d under the converging step schedule (repro/02e_dense_step.toml).
 #   bash repro/run_all.sh [WORKERS]
 set -u
 cd "$(dirname "$0")/.."
