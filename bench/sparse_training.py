@@ -19,6 +19,20 @@ step, whose many small operations suffer more from other processes than a few la
 Goals (issue 32, LeNet-300-100, batch 128, 1 thread): sparse at least 3x the dense masked step at 98.2%
 sparsity and 1.3x at 90%; auto never slower than dense (speed-up >= 1 within noise).
 
+Where it stands (LeNet-300-100 at 98.2%, 1 thread, the machine's load average about 5 on 2 cores): 2.3x median,
+best 2.8x; 1.5x at 90%. The 3x goal is not reached. At this density the products are a small part of a sparse step:
+the kernels of one step alone (CSR products, sampled weight gradient, SGD on the kept values; no autograd and no
+optimizer machinery) take about 0.56 ms against 0.86 ms for the whole step, best of 400. What is left is
+per-operation cost that the dense step pays too (its share is what bounds the ratio): a custom autograd function
+costs about 20 us per layer over a built-in operation, the optimizer's loop over six small tensors (three kept-value
+vectors, three biases) about 60 us where one flat tensor took 26 us, the first layer's transposed copy of the input
+(the layout MKL's sparse product is fast with) about 50 us. Measured, and applied: a 2-d input skips the reshapes,
+the CSR indices are 32-bit (64-bit ones were converted at every product), the write-back of the kept values into the
+dense weights runs under one no_grad for all layers (together 6-12% off the sparse step, min and median). Measured,
+not done: one flat parameter for all layers' kept values and biases (about 40 us, but the optimizer's state_dict would
+need its indices remapped to keep checkpoints the ordinary dense ones); writing back lazily (about 12 us; unsafe: any
+read of ``module.weight`` would see stale values); foreach SGD (slower on these small tensors: 94 us against 61).
+
 The last column is the largest difference of a weight from the dense masked step's after the rounds (every
 contender trains on the same batch), relative to its tensor's largest weight: float rounding, since the sparse
 products add in another order. Where a difference flips a ReLU or a max-pooling choice, the two trainings part

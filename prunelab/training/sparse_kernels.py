@@ -70,8 +70,11 @@ class Structure:
         self.flat = keep.reshape(-1).nonzero().squeeze(1)  # row-major flat index of each kept position
         flat_t = keep.t().reshape(-1).nonzero().squeeze(1)  # j * out + i, in row-major order of Wᵀ
         rows_t, cols_t = flat_t // out, flat_t % out  # (j, i)
-        self.crow, self.col = _crow(keep.sum(1)), self.flat % inp
-        self.crow_t, self.col_t = _crow(keep.sum(0)), cols_t
+        # 32-bit CSR indices where they fit: MKL's sparse products take them, and 64-bit ones were converted
+        # at every product (two copies per call, ten per LeNet-300-100 step).
+        index = torch.int32 if keep.numel() < 2**31 else torch.int64
+        self.crow, self.col = _crow(keep.sum(1)).to(index), (self.flat % inp).to(index)
+        self.crow_t, self.col_t = _crow(keep.sum(0)).to(index), cols_t.to(index)
         self.perm = torch.searchsorted(self.flat, cols_t * inp + rows_t)  # Wᵀ's k-th value is values[perm[k]]
         self._csr: tuple | None = None  # (values, its data pointer, W, Wᵀ, Wᵀ's values buffer)
 
@@ -118,25 +121,31 @@ class _SparseLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, s: Structure) -> torch.Tensor:
-        lead, inp = x.shape[:-1], x.shape[-1]
-        xt = x.reshape(-1, inp).t().contiguous()  # in x batch: free when x is the output of a sparse layer
+        # Each tensor call costs a few microseconds of dispatch, as much as a small layer's product: a 2-d x
+        # (the common case) skips the reshapes, and a transposed x (the output of a sparse layer) its copy.
+        two_d = x.dim() == 2
+        xt = (x if two_d else x.reshape(-1, x.shape[-1])).t().contiguous()  # in x batch
         w = s.csr(values)
         yt = torch.sparse.mm(w, xt) if bias is None else torch.addmm(bias.unsqueeze(1), w, xt)
-        ctx.s, ctx.lead = s, lead
+        ctx.s, ctx.lead = s, None if two_d else x.shape[:-1]
         ctx.save_for_backward(xt, values)
-        return yt.t().reshape(*lead, s.shape[0])
+        return yt.t() if two_d else yt.t().reshape(*ctx.lead, s.shape[0])
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         s: Structure = ctx.s
         xt, values = ctx.saved_tensors
-        gt = grad.reshape(-1, s.shape[0]).t().contiguous()  # out x batch
+        lead = ctx.lead
+        gt = (grad if lead is None else grad.reshape(-1, s.shape[0])).t().contiguous()  # out x batch
         gx = gv = gb = None
-        if ctx.needs_input_grad[0]:
-            gx = torch.sparse.mm(s.csr_t(values), gt).t().reshape(*ctx.lead, s.shape[1])
-        if ctx.needs_input_grad[1]:
+        need_x, need_values, need_bias = ctx.needs_input_grad[:3]
+        if need_x:  # not for the first layer, whose input needs no gradient
+            gx = torch.sparse.mm(s.csr_t(values), gt).t()
+            if lead is not None:
+                gx = gx.reshape(*lead, s.shape[1])
+        if need_values:
             gv = torch.sparse.sampled_addmm(s.csr(values), gt, xt.t(), beta=0.0).values()
-        if ctx.needs_input_grad[2]:
+        if need_bias:
             gb = gt.sum(1)
         return gx, gv, gb, None
 
@@ -178,9 +187,10 @@ class SparseLinear:
             return nn.functional.linear(x, module.weight, module.bias)
         return _SparseLinearFunction.apply(x, self.values, module.bias, self.structure)
 
-    @torch.no_grad()
     def write_back(self) -> None:
-        self.weight.reshape(-1).index_copy_(0, self.structure.flat, self.values)
+        """The kept values into the dense weight; call under ``torch.no_grad()`` (one context for all layers:
+        a decorator per layer cost as much as the copies)."""
+        self.weight.view(-1).index_copy_(0, self.structure.flat, self.values)
 
     def install(self) -> None:
         self.module.__dict__["forward"] = self.forward  # an instance attribute: the class stays nn.Linear
@@ -283,7 +293,8 @@ class SparseExecution:
 
     def _release(self, name: str) -> None:
         layer = self.layers.pop(name)
-        layer.write_back()
+        with torch.no_grad():
+            layer.write_back()
         self._swap_in(layer.values, layer.weight, layer.scatter)
         layer.uninstall()
 
@@ -329,8 +340,9 @@ class SparseExecution:
 
     # -- keeping the dense weights current
     def _after_optimizer_step(self, optimizer, args, kwargs) -> None:
-        for layer in self.layers.values():
-            layer.write_back()
+        with torch.no_grad():
+            for layer in self.layers.values():
+                layer.write_back()
 
     # -- the optimizer's state_dict in dense shapes
     def _indexed_layers(self) -> dict[int, SparseLinear]:
