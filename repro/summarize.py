@@ -962,37 +962,75 @@ def _backfilled_cost(root: str, r: pd.Series) -> tuple[float, float, float]:
     return c["train_flops"], c["total_train_flops"], c["density_auc"]
 
 
-def family14(df: pd.DataFrame, root: str) -> str:
-    """Accuracy and training cost side by side (Frankle et al. 2021, Fig. 1 and §7), 3 seeds, per network."""
+FAMILY14_MODELS = (("lenet_300_100", "LeNet-300-100"), ("lenet5", "LeNet-5-Caffe"))
+FAMILY14_TARGETS = (None, 0.931280523, 0.981985201)  # dense, then the two sparsities of repro/14*_cost_*.toml
+
+
+def family14_settings(df: pd.DataFrame):
+    """Family 14's rows: ``(model, label, target sparsity or None for dense, its finished 10-epoch runs)``, in table
+    order (the runs may be none). ``repro/sparse_step_times.py`` times the settings these select."""
     for col in ("distribution", "like", "train_flops", "total_train_flops", "density_auc"):
         if col not in df.columns:
             df[col] = None
-    out, backfilled = [], 0
-    for model, name in (("lenet_300_100", "LeNet-300-100"), ("lenet5", "LeNet-5-Caffe")):
-        d = df[(df.model == model) & (df["training.train"] == "10ep") & (df.status == "done")].copy()
-        rows = [["method", "sparsity", "accuracy %", "train FLOPs", "total train FLOPs", "density AUC", "seeds"]]
-        for target in (None, 0.931280523, 0.981985201):
+    for model, _ in FAMILY14_MODELS:
+        d = df[(df.model == model) & (df["training.train"] == "10ep") & (df.status == "done")]
+        for target in FAMILY14_TARGETS:
             for label, select in _FAMILY14:
                 if (label == "dense") != (target is None):
                     continue
                 part = d[select(d)]
                 if target is not None:
                     part = part[(part.sparsity_target - target).abs() < 1e-6]
-                if part.empty:
-                    rows.append([label, f"{target:.1%}", "not run", "", "", "", "0"])
-                    continue
-                part = part.copy()
-                for i, r in part.iterrows():
-                    if pd.isna(r.train_flops):
-                        part.loc[i, ["train_flops", "total_train_flops", "density_auc"]] = _backfilled_cost(root, r)
-                        backfilled += 1
-                rows.append([label, "0%" if target is None else f"{target:.1%}",
-                             pct(part.test_accuracy.mean(), part.test_accuracy.std()),
-                             f"{part.train_flops.mean():.3g}", f"{part.total_train_flops.mean():.3g}",
-                             f"{part.density_auc.mean():.3f}", str(len(part))])
-        out.append(f"{name}:\n\n" + table(rows) + "\n")
+                yield model, label, target, part
+
+
+def _step_times(times: dict | None, model: str, label: str, target: float | None) -> list[str]:
+    """The step-time cells of a family-14 row from ``repro/sparse_step_times.py``'s results: dense ms, with
+    sparse kernels (auto) ms, and the speed-up, median (interquartile range) of the paired steps."""
+    entry = (times or {}).get("settings", {}).get(f"{model} | {label} | {target}")
+    if entry is None:
+        return ["-", "-", "-"]
+    lo, mid, hi = entry["speedup_auto"]
+    return [f"{entry['dense_ms']:.2f}", f"{entry['auto_ms']:.2f}", f"{mid:.2f}x ({lo:.2f}-{hi:.2f})"]
+
+
+def family14(df: pd.DataFrame, root: str, results: Path | None = None) -> str:
+    """Accuracy and training cost side by side (Frankle et al. 2021, Fig. 1 and §7), 3 seeds, per network, with the
+    measured time of a training step dense and with sparse kernels (``repro/sparse_step_times.py``)."""
+    times = script_results(results, "sparse_step_times") if results is not None else None
+    tables, backfilled = {model: [] for model, _ in FAMILY14_MODELS}, 0
+    for model, label, target, part in family14_settings(df):
+        rows = tables[model]
+        if part.empty:
+            rows.append([label, f"{target:.1%}", "not run", "", "", "", "", "", "", "0"])
+            continue
+        part = part.copy()
+        for i, r in part.iterrows():
+            if pd.isna(r.train_flops):
+                part.loc[i, ["train_flops", "total_train_flops", "density_auc"]] = _backfilled_cost(root, r)
+                backfilled += 1
+        rows.append([label, "0%" if target is None else f"{target:.1%}",
+                     pct(part.test_accuracy.mean(), part.test_accuracy.std()),
+                     f"{part.train_flops.mean():.3g}", f"{part.total_train_flops.mean():.3g}",
+                     f"{part.density_auc.mean():.3f}", *_step_times(times, model, label, target), str(len(part))])
+    head = ["method", "sparsity", "accuracy %", "train FLOPs", "total train FLOPs", "density AUC", "step ms dense",
+            "step ms sparse kernels", "speed-up", "seeds"]
+    out = [f"{name}:\n\n" + table([head, *tables[model]]) + "\n" for model, name in FAMILY14_MODELS]
     note = (f"\nTraining FLOPs of {backfilled} runs that finished before results recorded them were computed "
             "afterwards from their hyperparameters, steps and masks by the same convention.\n") if backfilled else ""
+    if times:
+        note += (f"\nStep ms: one whole training step (batch {times['batch']}, SGD), {times['threads']} thread, CPU "
+                 "time, median of steps timed side by side in one process, alternating, of the masked network of "
+                 "seed 0 (its final mask: gradual, SET and RigL change theirs during training) dense and with "
+                 "`--sparse-kernels auto`; speed-up: median (interquartile range) of the paired ratios. For magnitude "
+                 "after training and LTR, the step of the masked retraining that follows their dense training. "
+                 "Only linear layers run sparse: LeNet-5-Caffe's convolutions, most of its step, stay dense (unfolded "
+                 "into the sparse kernel they were slower at every density, bench/sparse_training.py --conv). "
+                 "From repro/sparse_step_times.py "
+                 f"(repro/results/sparse_step_times/results.json: {times['cpu']}, torch {times['torch']}, load average "
+                 f"{times['load_average']}). The pairs cancel most of a busy machine's load, not all: settings whose "
+                 "layer densities are the same (random ERK, SET and RigL; SynFlow and random with SynFlow's layer "
+                 "densities) would time alike, and their spread is the measurement's.\n")
     return ("## Family 14: accuracy and training cost (Fashion-MNIST, 10 epochs)\n\n" + "\n".join(out) + note)
 
 
@@ -1043,7 +1081,7 @@ def main() -> None:
              family6(df, args.root), family6_effective(df, args.root, Path(args.results)),
              family6_convnets(Path(args.results)), family6_shortcuts(Path(args.results)),
              family7(df),
-             family7_analyses(Path(args.results)), family14(df, args.root), family16(df),
+             family7_analyses(Path(args.results)), family14(df, args.root, Path(args.results)), family16(df),
              family16_layers(df, args.root), family16_synflow_scores(df),
              costs(args.root, Path(args.specs))]
     print("\n".join(p for p in parts if p))
