@@ -267,8 +267,8 @@ def family2(df: pd.DataFrame) -> str:
     curves = {}
     for method, part in init.groupby("method"):
         curves[method] = aggregate(part, by=["sparsity_target"])
-    if len(after):
-        curves["magnitude after training"] = aggregate(after, by=["sparsity_target"])
+    for method, part in after.groupby("method"):  # magnitude, and LAMP (Lee et al. 2021) where it ran
+        curves[f"{method} after training"] = aggregate(part, by=["sparsity_target"])
     if len(ltr):
         ltr = ltr.assign(sparsity_target=ltr.rate)
         curves["LTR (rewind to 0)"] = aggregate(ltr, by=["sparsity_target"])
