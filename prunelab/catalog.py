@@ -25,7 +25,7 @@ METHODS = [
     ("iterative_snip", "SNIP |dL/dw * w| re-scored over 100 iterations", "Frankle et al. 2021, App. G"),
     ("grasp", "-w * (H g), pruning the highest scores", "Wang et al. 2020; Frankle et al. 2021, App. C"),
     ("grasp_abs", "|-w * (H g)|, pruning the lowest magnitudes", "Frankle et al. 2021, App. H"),
-    ("lamp", "w^2 / sum of w'^2 over the weights of its tensor at least as large", "Lee et al. 2021"),
+    ("lamp", "w^2 / sum of w'^2 over w and those after it, its tensor sorted by |w|", "Lee et al. 2021"),
     ("npb", "1 for the weights kept by node-path balancing, optimized layer by layer", "Pham et al. 2023"),
     (
         "ntk_sap",
@@ -181,7 +181,7 @@ METHOD_OPTIONS = [
     ("iterative_snip", "batchnorm_train=true"),
     ("grasp", "temperature=200.0 batchnorm_train=true"),
     ("grasp_abs", "temperature=200.0 batchnorm_train=true"),
-    ("npb", "alpha=0.01 budgets=erk"),
+    ("npb", "alpha=0.01 beta=1.0 max_per_kernel=0 budgets=erk"),
     ("ntk_sap", "epsilon=0.01 weight_samples=1 noise_batch_size=100 init=model"),
     ("force", "batchnorm_train=true"),
     ("iter_snip_dejorge", "batchnorm_train=true"),

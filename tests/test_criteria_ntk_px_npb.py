@@ -40,14 +40,14 @@ def some_pruned(model, seed=3, keep=0.7):
 # ---- NTK-SAP ------------------------------------------------------------------------------------------------
 
 
-def ntk_sap_by_hand(model, mask, epsilon, samples, batch, seed):
+def ntk_sap_by_hand(model, mask, epsilon, samples, batch, seed, generator=None):
     """Σ_r Σ_x ‖f(x; θ₀ ⊙ m) − f(x; (θ₀ + Δθ) ⊙ m)‖², differentiated by autograd w.r.t. the gates m of a
     hand-written 2-layer ReLU MLP; θ₀ Kaiming normal (fan-in), Δθ = ε·N(0, 1), x ~ N(0, I), drawn in the order
-    the criterion documents."""
+    the criterion documents, from ``generator`` (where it left off) or a new one seeded with ``seed``."""
     lin1, lin2 = model[0], model[2]
     m1 = mask["0.weight"].double().requires_grad_(True)
     m2 = mask["2.weight"].double().requires_grad_(True)
-    g = torch.Generator().manual_seed(seed)
+    g = generator if generator is not None else torch.Generator().manual_seed(seed)
     total = 0.0
     for _ in range(samples):
         w1 = torch.empty(lin1.weight.shape).normal_(0.0, math.sqrt(2.0 / lin1.in_features), generator=g)
@@ -101,6 +101,35 @@ def test_ntk_sap_prunes_iteratively_with_fresh_draws():
     assert mask.num_kept == round(0.4 * mask.num_total)
     other = prunelab.prune(model, "ntk_sap", sparsity=0.6, input_shape=(10,), seed=1)
     assert any(bool((mask[n] != other[n]).any()) for n in mask)  # the seed changes the draws
+
+
+def test_ntk_sap_draws_advance_between_pruning_rounds():
+    """Two rounds of prune(): the second scores with the draws that follow the first's in one generator (new
+    θ₀, Δθ and noise), as a hand loop with one generator does; restarting the generator gives another mask."""
+    model = mlp()
+    options = dict(epsilon=0.05, weight_samples=2, noise_batch_size=5)
+    got = prunelab.prune(model, "ntk_sap", sparsity=0.64, input_shape=(6,), iterations=2, seed=3, **options)
+    names = ["0.weight", "2.weight"]
+
+    def keep_top(scores, kept):
+        flat = torch.cat([scores[n].reshape(-1) for n in names])
+        keep = torch.zeros(flat.numel(), dtype=torch.bool)
+        keep[torch.argsort(flat, descending=True)[:kept]] = True
+        sizes = [scores[n].numel() for n in names]
+        return {n: k.view(scores[n].shape) for n, k in zip(names, keep.split(sizes))}
+
+    def hand_loop(restart):
+        g = torch.Generator().manual_seed(3)
+        dense = {n: torch.ones_like(dict(model.named_parameters())[n], dtype=torch.bool) for n in names}
+        first = keep_top(ntk_sap_by_hand(model, dense, 0.05, 2, 5, 3, generator=g), 27)  # density 0.6 of 45
+        g = torch.Generator().manual_seed(3) if restart else g
+        return keep_top(ntk_sap_by_hand(model, first, 0.05, 2, 5, 3, generator=g), 16)  # 45 - round(0.64 * 45)
+
+    want, restarted = hand_loop(False), hand_loop(True)
+    assert got.num_kept == 16
+    for n in names:
+        assert torch.equal(got[n].cpu(), want[n])
+    assert any(not torch.equal(want[n], restarted[n]) for n in names)  # the test tells the two apart
 
 
 @pytest.mark.parametrize("option, value, words", [
@@ -205,11 +234,13 @@ def test_px_equals_the_path_enumeration(bias):
 
 
 def test_px_counts_paths_without_batchnorm_and_squares_its_scale_in_the_kernel():
-    """BatchNorm in PX, as the authors' code treats it: the identity in ``z1`` (a norm layer is no connection)
-    and squared with every other tensor in ``z2``, where an eval-mode BatchNorm of scale γ, no shift and running
-    variance σ² multiplies its channel by γ² / √(σ⁴ + ε). The path enumeration of the same network without the
-    BatchNorm, its per-channel factor folded into the rows of the layer before (w·γ / (σ⁴ + ε)^(1/4)), gives the
-    same saliencies (θ² · ∂R/∂θ² does not change when a row is rescaled), and the same ReLU gates (γ > 0)."""
+    """BatchNorm in PX as prunelab treats it, its own choice following the path decomposition (not the authors'
+    code, which runs its copies in train mode and leaves ``bn``/``fc`` tensors as they are): the identity in
+    ``z1`` (a norm layer is no connection) and squared with every other tensor in ``z2``, every module in eval
+    mode, where an eval-mode BatchNorm of scale γ, no shift and running variance σ² multiplies its channel by
+    γ² / √(σ⁴ + ε). The path enumeration of the same network without the BatchNorm, its per-channel factor
+    folded into the rows of the layer before (w·γ / (σ⁴ + ε)^(1/4)), gives the same saliencies (θ² · ∂R/∂θ² does
+    not change when a row is rescaled), and the same ReLU gates (γ > 0)."""
     g = torch.Generator().manual_seed(7)
     model = nn.Sequential(nn.Linear(4, 5, bias=False), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 3, bias=False))
     bn = model[1]
@@ -261,29 +292,54 @@ def test_px_refuses_a_network_without_paths():
 # ---- NPB ----------------------------------------------------------------------------------------------------
 
 
-def npb_objective(keep, paths, alpha, best_paths):
-    """Pham et al. 2023, §4: α·(effective inputs + effective outputs)/(in + out) + (1 − α)·Σ_kept P_i / best.
-    ``keep``: a 0/1 array (out, in, kernel); a node is effective when it has a kept weight."""
+def npb_objective(keep, paths, alpha, best_paths, beta=0.0):
+    """Pham et al. 2023, §4: α·(effective inputs + effective outputs)/(in + out) + (1 − α)·Σ_kept P_i / best,
+    plus the authors' code's β·(non-empty kernels)/(kept weights). ``keep``: a 0/1 array (out, in, kernel); a node
+    is effective when it has a kept weight."""
     n_out, n_in = keep.shape[:2]
     per_pair = keep.reshape(n_out, n_in, -1).sum(-1)
     nodes = int((per_pair.sum(0) > 0).sum() + (per_pair.sum(1) > 0).sum())
     path_term = float((per_pair * paths[None, :]).sum())
-    return alpha * nodes / (n_in + n_out) + (1 - alpha) * (path_term / best_paths if best_paths else 0.0)
+    kernels = int((per_pair > 0).sum()) / int(keep.sum())
+    return (alpha * nodes / (n_in + n_out) + (1 - alpha) * (path_term / best_paths if best_paths else 0.0)
+            + beta * kernels)
 
 
-def brute_force(shape, allowed, budget, paths, alpha):
-    """(best objective, every objective) over all masks of ``budget`` weights among ``allowed`` entries."""
+def brute_force(shape, allowed, budget, paths, alpha, beta=0.0, cap=None):
+    """(best objective, best path term) over all masks of ``budget`` weights among ``allowed`` entries with at
+    most ``cap`` per kernel, the cap raised to the smallest for which such a mask exists (the authors' rule);
+    :func:`npb_objective` for every mask at once."""
     import numpy as np
 
     cells = [c for c in itertools.product(*[range(s) for s in shape]) if allowed[c]]
-    masks = []
-    for chosen in itertools.combinations(cells, budget):
-        keep = np.zeros(shape, dtype=np.int64)
-        for c in chosen:
-            keep[c] = 1
-        masks.append(keep)
-    best_paths = max(float((k.reshape(shape[0], shape[1], -1).sum(-1) * paths[None, :]).sum()) for k in masks)
-    return max(npb_objective(k, paths, alpha, best_paths) for k in masks), best_paths
+    chosen = np.array(list(itertools.combinations(range(len(cells)), budget)))
+    keep = np.zeros((len(chosen), len(cells)), dtype=np.int64)
+    np.put_along_axis(keep, chosen, 1, axis=1)
+    per_pair = np.zeros((len(chosen), shape[0], shape[1]), dtype=np.int64)  # kept entries of each kernel
+    for k, (j, i, _) in enumerate(cells):
+        per_pair[:, j, i] += keep[:, k]
+    if cap is not None:
+        largest = per_pair.max(axis=(1, 2))
+        cap = min(c for c in range(cap, shape[2] + 1) if (largest <= c).any())
+        per_pair = per_pair[largest <= cap]
+    path_term = (per_pair * paths[None, None, :]).sum(axis=(1, 2))
+    best_paths = float(path_term.max())
+    nodes = (per_pair.sum(axis=1) > 0).sum(axis=1) + (per_pair.sum(axis=2) > 0).sum(axis=1)
+    kernels = (per_pair > 0).sum(axis=(1, 2)) / budget
+    values = (alpha * nodes / (shape[0] + shape[1]) + (1 - alpha) * (path_term / best_paths if best_paths else 0.0)
+              + beta * kernels)
+    return float(values.max()), best_paths
+
+
+def place(counts, allowed):
+    """Any placement of the counts within the kernels (the objective does not depend on it)."""
+    import numpy as np
+
+    keep = np.zeros(allowed.shape, dtype=np.int64)
+    for j, i in itertools.product(range(allowed.shape[0]), range(allowed.shape[1])):
+        slots = [k for k in range(allowed.shape[2]) if allowed[j, i, k]][: counts[j, i]]
+        keep[j, i, slots] = 1
+    return keep
 
 
 @pytest.mark.parametrize("alpha", [0.01, 0.5, 0.9])
@@ -304,11 +360,73 @@ def test_npb_layer_solution_is_the_brute_force_optimum(alpha, kernel, dense, bud
     caps = allowed.sum(-1)
     counts = solve_layer(paths, caps, budget, alpha, torch.Generator().manual_seed(budget))
     assert counts.sum() == budget and (counts <= caps).all() and (counts >= 0).all()
-    keep = np.zeros(shape, dtype=np.int64)  # any placement of the counts within the kernels: same objective
-    for j, i in itertools.product(range(3), range(4)):
-        slots = [k for k in range(kernel) if allowed[j, i, k]][: counts[j, i]]
-        keep[j, i, slots] = 1
-    assert npb_objective(keep, paths, alpha, best_paths) == pytest.approx(best, abs=1e-12)
+    assert npb_objective(place(counts, allowed), paths, alpha, best_paths) == pytest.approx(best, abs=1e-12)
+
+
+@pytest.mark.parametrize("alpha", [0.01, 0.5])
+@pytest.mark.parametrize("beta", [0.0, 1.0, 10.0])
+@pytest.mark.parametrize("cap", [None, 1, 2])
+@pytest.mark.parametrize("dense", [True, False], ids=["dense", "some-pruned"])
+@pytest.mark.parametrize("budget", [3, 7, 10])
+def test_npb_layer_solution_with_the_kernel_term_and_cap_is_the_brute_force_optimum(alpha, beta, cap, dense,
+                                                                                     budget):
+    """The authors' code's β·(non-empty kernels)/n_l and ``max_per_kernel`` on a 2 × 3 layer of 3-entry kernels:
+    the closed form (dense, any cap) and the flow LP (some entries pruned) reach the best of every mask of the
+    budget; budget 10 with cap 1 needs the cap raised (6 kernels hold at most 6)."""
+    import numpy as np
+
+    from prunelab.scores.node_path_balance import solve_layer
+
+    shape = (2, 3, 3)
+    g = torch.Generator().manual_seed(budget)
+    allowed = (torch.rand(shape, generator=g) < 0.75).numpy() | dense
+    paths = np.array([4.0, 0.0, 1.5])
+    best, best_paths = brute_force(shape, allowed, budget, paths, alpha, beta, cap)
+    caps = allowed.sum(-1)
+    counts = solve_layer(paths, caps, budget, alpha, torch.Generator().manual_seed(1), beta=beta,
+                         max_per_kernel=cap)
+    assert counts.sum() == budget and (counts <= caps).all() and (counts >= 0).all()
+    if cap is not None and budget <= np.minimum(caps, cap).sum():
+        assert (counts <= cap).all()
+    got = npb_objective(place(counts, allowed), paths, alpha, best_paths, beta)
+    assert got == pytest.approx(best, abs=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore::prunelab.scores.node_path_balance.NPBCapWarning")
+def test_npb_spreads_a_conv_layer_over_its_kernels_and_caps_them():
+    """prune() with beta and max_per_kernel: the first convolution's mask is the brute-force optimum of its
+    layer objective (all-ones input: every input channel has the same number of paths), and the default beta=1
+    puts one weight in every kernel before a second in any, where beta=0 may not."""
+    import numpy as np
+
+    model = nn.Sequential(nn.Conv2d(2, 2, (1, 3)), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 1 * 2, 3))
+    for beta, cap in [(1.0, None), (1.0, 2), (4.0, 1)]:
+        mask = prunelab.prune(model, "npb", sparsity=0.5, input_shape=(2, 1, 4), budgets="uniform", alpha=0.3,
+                              beta=beta, max_per_kernel=cap or 0, seed=2)
+        keep = mask["0.weight"].numpy().astype(np.int64).reshape(2, 2, 3)
+        assert keep.sum() == 6
+        best, best_paths = brute_force((2, 2, 3), np.ones((2, 2, 3), bool), 6, np.full(2, 2.0), 0.3, beta, cap)
+        assert npb_objective(keep, np.full(2, 2.0), 0.3, best_paths, beta) == pytest.approx(best, abs=1e-12)
+        assert (keep.sum(-1) > 0).all()  # 4 kernels, 6 weights: none empty
+        if cap is not None:
+            assert keep.sum(-1).max() <= max(cap, 2)  # cap 1 cannot hold 6 in 4 kernels: raised to 2
+
+
+def test_npb_checks_beta_and_max_per_kernel_and_says_when_it_raises_the_cap():
+    from prunelab.scores.node_path_balance import NPBCapWarning
+
+    conv = nn.Sequential(nn.Conv2d(2, 2, 3), nn.Flatten(), nn.Linear(2 * 2 * 2, 3))
+    with pytest.raises(ValueError, match="beta must be a number >= 0"):
+        prunelab.score(conv, "npb", input_shape=(2, 4, 4), sparsity=0.5, beta=-1.0)
+    with pytest.raises(ValueError, match="max_per_kernel must be an integer >= 0"):
+        prunelab.score(conv, "npb", input_shape=(2, 4, 4), sparsity=0.5, max_per_kernel=-1)
+    with pytest.raises(ValueError, match="max_per_kernel must be an integer >= 0"):
+        prunelab.score(conv, "npb", input_shape=(2, 4, 4), sparsity=0.5, max_per_kernel="none")
+    with pytest.warns(NPBCapWarning, match=r"max_per_kernel=1 cannot hold .* 0\.weight to 8"):
+        prunelab.score(conv, "npb", input_shape=(2, 4, 4), sparsity=0.2, budgets="uniform", max_per_kernel=1)
+    method = prunelab.get_method("npb")  # options from a run's text, the defaults read back as themselves
+    assert method.parse_options(["max_per_kernel=5", "beta=2"]) == {"beta": 2.0, "max_per_kernel": 5}
+    assert method.text_options["beta"] == 1.0 and method.text_options["max_per_kernel"] == 0
 
 
 def test_npb_mask_is_layerwise_optimal_on_an_mlp():

@@ -189,11 +189,16 @@ def test_prospr_options_are_checked(options, message):
 # ---- LAMP (Lee et al. 2021) ------------------------------------------------------------------------------------
 
 def _lamp_brute_force(w):
+    """Lee et al. 2021, §3, Eq. (2) by a double loop: the weights in ascending order of magnitude (equal
+    magnitudes in flattened order), each scored W[u]^2 / sum over v >= u in that order of W[v]^2."""
     flat = w.reshape(-1).tolist()
-    out = []
-    for u in flat:
-        denominator = sum(v * v for v in flat if abs(v) >= abs(u))
-        out.append(0.0 if denominator == 0 else u * u / denominator)
+    order = sorted(range(len(flat)), key=lambda i: (abs(flat[i]), i))
+    out = [0.0] * len(flat)
+    for u in range(len(order)):
+        denominator = 0.0
+        for v in range(u, len(order)):
+            denominator += flat[order[v]] * flat[order[v]]
+        out[order[u]] = 0.0 if denominator == 0 else flat[order[u]] ** 2 / denominator
     return torch.tensor(out, dtype=torch.float64).view(w.shape)
 
 
@@ -206,8 +211,25 @@ def test_lamp_is_the_brute_force_ratio_with_ties():
     for name in ("0.weight", "2.weight"):
         w = dict(model.named_parameters())[name].detach()
         torch.testing.assert_close(scores[name], _lamp_brute_force(w), rtol=1e-12, atol=0)
-        largest = int((w.abs() == w.abs().max()).sum())  # each layer's largest weights score 1 / how many they are
-        assert float(scores[name].max()) == pytest.approx(1.0 / largest, rel=1e-12)
+        # exactly one weight per tensor scores 1: of its largest magnitudes, the last in flattened order
+        ones = (scores[name] == 1.0).reshape(-1).nonzero().reshape(-1).tolist()
+        largest = (w.abs() == w.abs().max()).reshape(-1).nonzero().reshape(-1).tolist()
+        assert ones == [largest[-1]]
+
+
+def test_lamp_keeps_a_weight_of_a_tensor_of_equal_magnitudes_at_high_sparsity():
+    """Lee et al. 2021, §3: the largest weight of each tensor scores 1, so global selection never empties a layer,
+    ties included: a tensor of small equal magnitudes (signs mixed) keeps its last weight in flattened order."""
+    model = _mlp((6, 7, 4))
+    with torch.no_grad():
+        signs = torch.where(torch.arange(42) % 3 == 0, -1.0, 1.0).double().view(7, 6)
+        model[0].weight.copy_(0.01 * signs)
+        model[2].weight.mul_(10)
+    scores = prunelab.score(model, "lamp")
+    assert int((scores["0.weight"] == 1.0).sum()) == 1 and float(scores["0.weight"][-1, -1]) == 1.0
+    mask = prunelab.prune(model, "lamp", 0.95)
+    assert mask.num_kept == 70 - _pruned_count(0.95, 70)
+    assert int(mask["0.weight"].sum()) >= 1 and bool(mask["0.weight"][-1, -1])
 
 
 @pytest.mark.filterwarnings("ignore::prunelab.pruning.removal.TieWarning")

@@ -8,26 +8,23 @@ from prunelab.scores.registry import Scores, register_method
 
 
 def lamp_scores(weight: torch.Tensor) -> torch.Tensor:
-    """``w_u^2 / sum of w_v^2 over the v of the tensor with |w_v| >= |w_u|``, in float64, of ``weight``'s shape.
+    """LAMP scores of ``weight`` (Lee et al. 2021, §3, Eq. (2)), in float64, of ``weight``'s shape.
 
-    Lee et al. 2021, §3, Eq. (2) index a layer's weights in ascending order of magnitude and divide by the sum
-    over ``v >= u`` in that order; weights of equal magnitude then get different scores depending on how the sort
-    orders them. Here the sum runs over every weight at least as large, so equal magnitudes get equal scores and
-    prunelab's tie rule decides between them (``ties="position"``: the first in flattened order is pruned first,
-    or ``"random"``). Where all ``w_v`` in the sum are 0 (a tensor pruned or initialized to zero) the score is 0.
+    Lee et al. sort a tensor's weights in ascending order of magnitude, ``W[1], ..., W[n]``, and score
+    ``W[u]² / Σ_{v ≥ u} W[v]²``: the sum runs over the weight itself and every weight after it in that order.
+    The order of equal magnitudes is fixed here by a stable sort, ties broken by flattened index (the first in
+    flattened order comes first, and so scores lower and is pruned first, like prunelab's ``ties="position"``),
+    so that, as in the paper, the weights of a tie get different scores and each tensor's largest weight (the
+    last in the order) scores exactly 1: global selection never empties a layer, unless the tensor is all zero.
+    A weight whose sum is 0 (it and every weight after it zero: a tensor pruned or initialized to zero) scores 0.
     One sort and one cumulative sum per tensor.
     """
     sq = weight.detach().reshape(-1).to(torch.float64).square()
-    ordered, where = torch.sort(sq)
-    # suffix[i] = sum of ordered[i:]: a reversed cumulative sum, exact for the largest weights (no cancellation)
+    ordered, where = torch.sort(sq, stable=True)
+    # suffix[i] = sum of ordered[i:]: a reversed cumulative sum, exact for the largest weights (no cancellation);
+    # suffix[-1] is ordered[-1] itself, so the last weight scores exactly 1
     suffix = ordered.flip(0).cumsum(0).flip(0)
-    # the first position of each run of equal values, so that a tie's sum includes all of it
-    position = torch.arange(sq.numel(), device=sq.device)
-    starts = torch.ones_like(ordered, dtype=torch.bool)
-    starts[1:] = ordered[1:] != ordered[:-1]
-    first = torch.where(starts, position, 0).cummax(0).values
-    denominator = suffix[first]
-    ratio = torch.where(denominator > 0, ordered / denominator.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
+    ratio = torch.where(suffix > 0, ordered / suffix.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
     return torch.empty_like(sq).index_put_((where,), ratio).view(weight.shape)
 
 
@@ -36,7 +33,7 @@ def lamp_scores(weight: torch.Tensor) -> torch.Tensor:
     needs_data=False,
     family="after_training",
     year=2021,
-    description="w^2 / sum of w'^2 over the weights of its tensor at least as large (Lee et al. 2021)",
+    description="w^2 / sum of w'^2 over w and those after it, its tensor sorted by |w| (Lee et al. 2021)",
 )
 def lamp(model, mask, batch=None) -> Scores:
     """The LAMP score of every covered weight (Lee et al. 2021, §3, Eq. (2); :func:`lamp_scores`), ranked globally.

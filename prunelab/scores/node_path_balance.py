@@ -4,24 +4,40 @@ layer, as a mixed-integer program (Pham et al. 2023).
 Pham et al. (2023, §4) find that good sparse masks keep both many input-to-output paths and many nodes
 that take part in them, and build a mask layer by layer from the input: given the masks of the layers
 before, layer ``l`` with mask ``M`` (``out × in``; for a convolution, ``M_ji`` counts the kept entries of
-kernel ``(j, i)``, at most ``k = kh · kw``) maximizes::
+kernel ``(j, i)``, at most ``c``) maximizes::
 
-    α · (Σ_i u_i + Σ_j v_j) / (in + out)  +  (1 − α) · Σ_{j,i} P_i · M_ji / P_max
+    α · (Σ_i u_i + Σ_j v_j) / (in + out)  +  (1 − α) · Σ_{j,i} P_i · M_ji / P_max  +  β · K / n_l
 
-    subject to  Σ_{j,i} M_ji = n_l,  0 ≤ M_ji ≤ k,  u_i ≤ Σ_j M_ji,  v_j ≤ Σ_i M_ji,  u, v ∈ {0, 1}
+    subject to  Σ_{j,i} M_ji = n_l,  0 ≤ M_ji ≤ c,  u_i ≤ Σ_j M_ji,  v_j ≤ Σ_i M_ji,  u, v ∈ {0, 1}
 
 where ``P_i`` is the number of paths from the input to input node ``i`` of the layer (summed over
 positions for a convolution), ``u_i``/``v_j`` mark effective input and output nodes, ``n_l`` is the layer's
 budget and ``P_max`` the largest path term that budget allows (the normalization of the authors' code,
-github.com/pvh1602/NPB, ``Pruners/utils.py``), so that ``α`` (default 0.01, the authors' CIFAR script)
-weighs two terms that are each at most 1. The authors solve this mixed-integer program with cvxpy. Here it
-is solved exactly without a MIP solver (:func:`solve_layer`): from a dense layer, the usual case, the optimum
-has a closed form (the budget's best units by marginal reward, dealt round-robin over the outputs); under
-caps left by an earlier mask it is a maximum-reward flow with concave node rewards, whose linear program has
-an integral optimal vertex, found by HiGHS's simplex (``scipy.optimize.linprog``, the optional extra
-``prunelab[npb]``, needed only then; it took four minutes on LeNet-300-100's first layer, HiGHS's MIP solver
-over ten, where the closed form takes a fraction of a second).
-Ties between equally good masks are broken at random from ``seed``.
+github.com/pvh1602/NPB, ``Pruners/utils.py``, ``optimize_layerwise``), so that ``α`` (default 0.01, the
+authors' CIFAR script, ``scripts/run.sh``) weighs two terms that are each at most 1.
+
+The third term is the authors' code's regularizer, not the paper's objective: for a convolution, ``K`` is the
+number of non-empty kernels (``M_ji > 0``), so ``β`` spreads the layer's budget over as many ``(out, in)``
+kernels as it can (the code's ``Reg = (n_l − #empty kernels) / n_l`` differs from ``K / n_l`` by a constant).
+``beta`` defaults to 1, the value of the authors' CIFAR-10 script (``--beta 1``; 2 in their Tiny-ImageNet
+script; ``optimize_layerwise``'s default is 0.001); ``beta=0`` is the paper's objective. Linear layers get
+``β = 0``, as in the code (there ``K = n_l`` anyway: one entry per kernel). ``c`` is the kernel size
+``k = kh · kw``, or ``max_per_kernel`` when set (the code's ``--max_p``: 9 in the CIFAR script, 6 for
+Tiny-ImageNet, code default 5), raised, as the code does, to the smallest value that can hold the budget when it
+cannot (the code: ``⌈n_l / (in · out)⌉``; here also counting entries an earlier mask pruned), with a
+:class:`NPBCapWarning`. The default
+``max_per_kernel=0`` is no cap: on the 3×3 convolutions of the CIFAR script, ``--max_p 9`` is the kernel size,
+and the code never caps the first layer; the code's lowering of the cap by 2 after each shortcut convolution
+while it is above 5 and at three VGG stages, and its ``β = 0.001`` without a cap for shortcut convolutions, are
+not reproduced.
+
+The authors solve the mixed-integer program with cvxpy. Here it is solved exactly without a MIP solver
+(:func:`solve_layer`): from a dense layer, the usual case, the optimum has a closed form (the budget's best
+units by marginal reward, dealt round-robin over the outputs); under caps left by an earlier mask it is a
+maximum-reward flow with concave node and kernel rewards, whose linear program has an integral optimal vertex,
+found by HiGHS's simplex (``scipy.optimize.linprog``, the optional extra ``prunelab[npb]``, needed only then; it
+took four minutes on LeNet-300-100's first layer, HiGHS's MIP solver over ten, where the closed form takes a
+fraction of a second). Ties between equally good masks are broken at random from ``seed``.
 
 Layer budgets: ``budgets="erk"`` (the authors' default ``--init_mode ERK``), or ``"uniform"``/``"er"``
 (:mod:`prunelab.densities`); the counts are rounded so that they add up to exactly the weights
@@ -32,15 +48,19 @@ input: the number of paths reaching each node. Within a kernel, which of its ent
 is drawn at random from ``seed`` too (the code's default, without its weight-magnitude variant).
 
 The scores are 1 for the weights NPB keeps and 0 for the others, so :func:`prunelab.prune` (one-shot,
-global scope: the defaults) returns NPB's mask exactly. Differences from the authors' code: no splitting
-of large layers into chunks of output channels (the code's speed-up, which changes the problem), no
-regularizer ``β`` on the number of non-empty kernels and no post-hoc "fine-tuning" that moves ineffective
-weights; linear and convolution weights only (grouped convolutions refused), as in the paper.
+global scope: the defaults) returns NPB's mask exactly. Differences from the authors' code: large layers are
+not split into chunks (the code solves linear layers of more than 512·10 weights in chunks of 10 output rows,
+and large convolutions in chunks of output channels, each chunk on its own with the layer's density: a
+speed-up that changes the problem; here every layer is solved whole, exactly), and no post-hoc "fine-tuning"
+that moves ineffective weights; linear and convolution weights only (grouped convolutions refused), as in the
+paper.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
+import warnings
 
 import numpy as np
 import torch
@@ -55,6 +75,7 @@ from prunelab.scores.registry import Scores, register_method
 from prunelab.validate import check_fraction, check_input_shape, check_seed, check_target_sparsity
 
 DEFAULT_ALPHA = 0.01  # the authors' CIFAR-10 script (scripts/run.sh: --alpha 0.01)
+DEFAULT_BETA = 1.0  # the authors' CIFAR-10 script (scripts/run.sh: --beta 1); the code's default is 0.001
 
 
 def _solver() -> None:
@@ -64,6 +85,22 @@ def _solver() -> None:
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ValueError("npb solves a linear program per layer with scipy.optimize.linprog (HiGHS); install it "
                          "with pip install 'prunelab[npb]' (scipy >= 1.9)") from e
+
+
+class NPBCapWarning(UserWarning):
+    """``max_per_kernel`` could not hold a layer's budget and was raised (the authors' rule)."""
+
+
+def kernel_caps(caps: np.ndarray, budget: int, max_per_kernel: int | None) -> tuple[np.ndarray, int | None]:
+    """(the caps with at most ``max_per_kernel`` entries per kernel, the cap used): ``None`` leaves ``caps``
+    as they are; a cap that cannot hold ``budget`` is raised to the smallest that can (the authors' code raises
+    it to ``⌈budget / (in · out)⌉``, the same from a dense layer)."""
+    if max_per_kernel is None:
+        return caps, None
+    cap = int(max_per_kernel)
+    while np.minimum(caps, cap).sum() < min(int(budget), int(caps.sum())):
+        cap += 1
+    return np.minimum(caps, cap), cap
 
 
 def best_path_term(paths: np.ndarray, caps: np.ndarray, budget: int) -> float:
@@ -79,43 +116,52 @@ def best_path_term(paths: np.ndarray, caps: np.ndarray, budget: int) -> float:
     return total
 
 
-def _weights(paths: np.ndarray, caps: np.ndarray, budget: int, alpha: float) -> tuple[float, float]:
-    """(reward per unit of path count, reward per effective node): the objective's normalized coefficients."""
+def _weights(paths: np.ndarray, caps: np.ndarray, budget: int, alpha: float,
+             beta: float) -> tuple[float, float, float]:
+    """(reward per unit of path count, reward per effective node, reward per non-empty kernel): the
+    objective's normalized coefficients."""
     scale = best_path_term(paths, caps, budget)
-    return ((1.0 - alpha) / scale if scale > 0 else 0.0), alpha / sum(caps.shape)
+    return ((1.0 - alpha) / scale if scale > 0 else 0.0), alpha / sum(caps.shape), beta / budget
 
 
 def solve_layer(paths: np.ndarray, caps: np.ndarray, budget: int, alpha: float,
-                generator: torch.Generator | None = None) -> np.ndarray:
-    """The counts ``M`` (``out × in`` integers, ``0 ≤ M ≤ caps``, summing to ``budget``) maximizing NPB's layer
-    objective (module docstring; Pham et al. 2023, §4), exactly; ``generator`` breaks ties at random.
+                generator: torch.Generator | None = None, *, beta: float = 0.0,
+                max_per_kernel: int | None = None) -> np.ndarray:
+    """The counts ``M`` (``out × in`` integers, ``0 ≤ M ≤ caps`` and ``≤ max_per_kernel``, summing to
+    ``budget``) maximizing NPB's layer objective with the kernel regularizer ``beta`` (module docstring; Pham et
+    al. 2023, §4, and the authors' code), exactly; ``generator`` breaks ties at random. A ``max_per_kernel``
+    that cannot hold the budget is raised (:func:`kernel_caps`).
 
-    From a dense layer (every cap the kernel size ``k``, the usual case) the optimum has a closed form: any
-    out-degrees ``d_i ≤ out · k`` can be dealt round-robin over the outputs without exceeding ``k`` per kernel,
-    covering ``min(out, budget)`` outputs, the most possible; what is left is a separable concave allocation
-    (the first unit out of input ``i`` earns its node reward plus ``P_i``'s path reward, each further unit the
-    path reward), whose optimum takes the ``budget`` best units. Under other caps, :func:`_solve_by_flow`.
+    From a dense layer (every cap the same ``c``, the usual case) the optimum has a closed form: any
+    out-degrees ``d_i ≤ out · c`` can be dealt round-robin over the outputs without exceeding ``c`` per kernel,
+    covering ``min(out, budget)`` outputs and ``min(d_i, out)`` kernels of each input, the most possible; what is
+    left is a separable concave allocation (the first unit out of input ``i`` earns its node reward, each of its
+    first ``out`` units a kernel's reward, every unit ``P_i``'s path reward), whose optimum takes the ``budget``
+    best units. Under other caps, :func:`_solve_by_flow`.
     """
     n_out, n_in = caps.shape
     budget = int(budget)
     if budget <= 0:
         return np.zeros_like(caps)
+    caps, _ = kernel_caps(caps, budget, max_per_kernel)
     if budget >= caps.sum():
         return caps.copy()
-    kernel = int(caps.max())
-    if not (caps == kernel).all():
+    cap = int(caps.max())
+    if not (caps == cap).all():
         _solver()
-        return _solve_by_flow(paths, caps, budget, alpha)
+        return _solve_by_flow(paths, caps, budget, alpha, beta)
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
-    path_weight, node_weight = _weights(paths, caps, budget, alpha)
+    path_weight, node_weight, kernel_weight = _weights(paths, caps, budget, alpha, beta)
     reward = path_weight * paths.astype(np.float64)
-    per_input = n_out * kernel
+    per_input = n_out * cap
     owner = np.repeat(np.arange(n_in), per_input)  # every unit each input could send: its first, then the others
-    value = np.tile(np.concatenate([[node_weight], np.zeros(per_input - 1)]), n_in) + reward[owner]
+    rank = np.tile(np.arange(per_input), n_in)  # 0 for an input's first unit, 1 for its second, ...
+    value = node_weight * (rank == 0) + kernel_weight * (rank < n_out) + reward[owner]
     ties = torch.rand(len(value), generator=gen, dtype=torch.float64).numpy()
     best = np.lexsort((ties, -value))[:budget]  # ties among equal values at random
     degree = np.bincount(owner[best], minlength=n_in)
-    # deal each input's units to consecutive outputs of a random order: at most ceil(d_i / out) <= k per kernel
+    # deal each input's units to consecutive outputs of a random order: at most ceil(d_i / out) <= c per kernel,
+    # min(d_i, out) kernels of input i
     outputs = torch.randperm(n_out, generator=gen).numpy()
     units = np.arange(budget)
     counts = np.zeros((n_out, n_in), dtype=np.int64)
@@ -123,26 +169,30 @@ def solve_layer(paths: np.ndarray, caps: np.ndarray, budget: int, alpha: float,
     return counts
 
 
-def _solve_by_flow(paths: np.ndarray, caps: np.ndarray, budget: int, alpha: float) -> np.ndarray:
-    """NPB's layer optimum under any caps (some weights already pruned).
+def _solve_by_flow(paths: np.ndarray, caps: np.ndarray, budget: int, alpha: float, beta: float) -> np.ndarray:
+    """NPB's layer optimum under any caps (some weights already pruned, or a ``max_per_kernel``).
 
     The mixed-integer program is a maximum-reward flow of ``budget`` units: source → input ``i`` → output ``j``
-    (capacity ``caps[j, i]``) → sink, with the first unit through a node earning its node reward (an arc of
-    capacity 1) and every unit leaving input ``i`` earning ``P_i``'s path reward. Node rewards are concave in the
-    flow, so the linear program over this network (a totally unimodular matrix) has an integral optimal vertex,
-    and HiGHS's dual simplex (``scipy.optimize.linprog``) returns one: the MIP's optimum, in the time of an LP.
+    → sink, with the first unit through a node earning its node reward (an arc of capacity 1) and every unit
+    leaving input ``i`` earning ``P_i``'s path reward. Input ``i`` and output ``j`` are joined by two parallel
+    arcs: one of capacity ``min(1, caps[j, i])`` earning the kernel reward ``β / n_l`` (kernel ``(j, i)`` is
+    non-empty), one of capacity ``caps[j, i] − 1`` earning nothing. Node and kernel rewards are concave in the
+    flow (the rewarded arc is worth at least its parallel one), so the linear program over this network (an
+    incidence matrix of a directed multigraph: totally unimodular) has an integral optimal vertex, and HiGHS's
+    dual simplex (``scipy.optimize.linprog``) returns one: the MIP's optimum, in the time of an LP.
     """
     from scipy.optimize import linprog
     from scipy.sparse import coo_matrix, hstack, identity, vstack
 
     n_out, n_in = caps.shape
-    path_weight, node_weight = _weights(paths, caps, budget, alpha)
+    path_weight, node_weight, kernel_weight = _weights(paths, caps, budget, alpha, beta)
     n_x = n_out * n_in
     p = paths.astype(np.float64)
-    # variables: x (row-major over (out, in)); first unit a and further units b out of each input; first unit
-    # c and further units d into each output. linprog minimizes: rewards enter negated.
-    cost = np.concatenate([np.zeros(n_x), -(node_weight + path_weight * p), -path_weight * p,
-                           -node_weight * np.ones(n_out), np.zeros(n_out)])
+    # variables: the first unit x of each kernel (row-major over (out, in)) and its further units y; first unit
+    # a and further units b out of each input; first unit c and further units d into each output. linprog
+    # minimizes: rewards enter negated.
+    cost = np.concatenate([-kernel_weight * np.ones(n_x), np.zeros(n_x), -(node_weight + path_weight * p),
+                           -path_weight * p, -node_weight * np.ones(n_out), np.zeros(n_out)])
     rows = np.arange(n_x)
     j, i = np.divmod(rows, n_in)
     ones = np.ones(n_x)
@@ -152,32 +202,36 @@ def _solve_by_flow(paths: np.ndarray, caps: np.ndarray, budget: int, alpha: floa
     zero_in_out, zero_out_in = coo_matrix((n_in, n_out)), coo_matrix((n_out, n_in))
     equalities = vstack([
         # the source sends the budget: Σ_i (a_i + b_i) = budget
-        hstack([coo_matrix((1, n_x)), np.ones((1, n_in)), np.ones((1, n_in)), coo_matrix((1, 2 * n_out))]),
-        # what enters input i leaves it: a_i + b_i − Σ_j x_ji = 0
-        hstack([-out_of_input, eye_in, eye_in, zero_in_out, zero_in_out]),
-        # what enters output j leaves it: Σ_i x_ji − c_j − d_j = 0
-        hstack([into_output, zero_out_in, zero_out_in, -eye_out, -eye_out]),
+        hstack([coo_matrix((1, 2 * n_x)), np.ones((1, n_in)), np.ones((1, n_in)), coo_matrix((1, 2 * n_out))]),
+        # what enters input i leaves it: a_i + b_i − Σ_j (x_ji + y_ji) = 0
+        hstack([-out_of_input, -out_of_input, eye_in, eye_in, zero_in_out, zero_in_out]),
+        # what enters output j leaves it: Σ_i (x_ji + y_ji) − c_j − d_j = 0
+        hstack([into_output, into_output, zero_out_in, zero_out_in, -eye_out, -eye_out]),
     ]).tocsr()
     rhs = np.concatenate([[budget], np.zeros(n_in + n_out)])
-    upper = np.concatenate([caps.reshape(-1), np.ones(n_in), caps.sum(axis=0), np.ones(n_out), caps.sum(axis=1)])
+    flat = caps.reshape(-1)
+    upper = np.concatenate([np.minimum(flat, 1), np.maximum(flat - 1, 0), np.ones(n_in), caps.sum(axis=0),
+                            np.ones(n_out), caps.sum(axis=1)])
     result = linprog(cost, A_eq=equalities, b_eq=rhs, bounds=np.stack([np.zeros_like(upper), upper], axis=1),
                      method="highs-ds")
     if result.x is None:  # pragma: no cover - always feasible: budget <= sum of caps
         raise ValueError(f"npb: HiGHS found no mask for a layer of shape {caps.shape} ({result.message})")
-    x = result.x[:n_x]
+    x = result.x[:n_x] + result.x[n_x:2 * n_x]
     counts = np.rint(x).astype(np.int64)
     if np.abs(x - counts).max() > 1e-6 or counts.sum() != budget:  # pragma: no cover - a vertex is integral
         raise ValueError(f"npb: the solver returned a fractional mask for a layer of shape {caps.shape}")
     return counts.reshape(n_out, n_in)
 
 
-def objective(paths: np.ndarray, counts: np.ndarray, caps: np.ndarray, budget: int, alpha: float) -> float:
-    """NPB's layer objective of the counts ``M`` (for reports and tests)."""
+def objective(paths: np.ndarray, counts: np.ndarray, caps: np.ndarray, budget: int, alpha: float,
+              beta: float = 0.0, max_per_kernel: int | None = None) -> float:
+    """NPB's layer objective of the counts ``M`` (for reports and tests), ``P_max`` under ``max_per_kernel``."""
     n_out, n_in = counts.shape
-    scale = best_path_term(paths, caps, budget)
+    scale = best_path_term(paths, kernel_caps(caps, budget, max_per_kernel)[0], budget)
     nodes = (counts.sum(axis=0) > 0).sum() + (counts.sum(axis=1) > 0).sum()
     path_term = float((counts * paths[None, :]).sum()) / scale if scale > 0 else 0.0
-    return alpha * nodes / (n_in + n_out) + (1.0 - alpha) * path_term
+    kernels = float((counts > 0).sum()) / budget if budget > 0 else 0.0
+    return alpha * nodes / (n_in + n_out) + (1.0 - alpha) * path_term + beta * kernels
 
 
 def _budgets(shapes: dict[str, tuple], kept: dict[str, int], sparsity: float, budgets: str) -> dict[str, int]:
@@ -262,15 +316,20 @@ def _path_counts(net: nn.Module, module: nn.Module, x: torch.Tensor) -> np.ndarr
     builds_mask=True,
 )
 def npb(model, mask, batch=None, *, input_shape=None, sparsity: float | None = None, alpha: float = DEFAULT_ALPHA,
-        budgets: str = "erk", seed: int = 0) -> Scores:
+        beta: float = DEFAULT_BETA, max_per_kernel: int = 0, budgets: str = "erk", seed: int = 0) -> Scores:
     """Node-Path Balancing (Pham et al. 2023, §4): per layer from the input, the mask of the layer's budget that
-    maximizes ``α · effective nodes + (1 − α) · effective paths`` (both normalized; module docstring), solved
-    exactly by HiGHS (``scipy.optimize.linprog``). ``sparsity``: the target (:func:`prunelab.prune` passes its own);
-    ``budgets``: the layer densities (``erk``, the paper's; ``uniform``, ``er``); ``alpha`` in [0, 1]; ``seed``
-    picks the kept entries within a kernel. Scores are 1 (kept) and 0: one-shot and global, the defaults."""
+    maximizes ``α · effective nodes + (1 − α) · effective paths + β · non-empty kernels`` (all normalized; the
+    last term the authors' code's, convolutions only; module docstring), solved exactly. ``sparsity``: the target
+    (:func:`prunelab.prune` passes its own); ``budgets``: the layer densities (``erk``, the paper's; ``uniform``,
+    ``er``); ``alpha`` in [0, 1]; ``beta >= 0`` (1: the authors' CIFAR script; 0: the paper's objective);
+    ``max_per_kernel``: at most this many entries per convolution kernel (the code's ``--max_p``; ``0``: the
+    kernel size), raised where a layer's budget needs more; ``seed`` picks the kept entries within a kernel and
+    breaks ties. Scores are 1 (kept) and 0: one-shot and global, the defaults."""
     shape = check_input_shape(input_shape, "npb")
     sparsity = check_target_sparsity(sparsity, "npb")
     alpha = check_fraction(alpha, "alpha", "[0, 1]", "the weight of effective nodes against effective paths")
+    beta = _check_beta(beta)
+    max_per_kernel = _check_max_per_kernel(max_per_kernel)
     seed = check_seed(seed)
     params = mask.check_compatible(model)
     layers = _check_layers(model, mask)
@@ -299,6 +358,7 @@ def npb(model, mask, batch=None, *, input_shape=None, sparsity: float | None = N
     by_module = {id(modules[own_names[id(m)]]): n for n, m in layers.items()}
     gen = torch.Generator().manual_seed(seed)
     out = Scores()
+    raised: list[str] = []
     for module in order:
         name = by_module[id(module)]
         keep = mask[name].cpu()
@@ -306,12 +366,35 @@ def npb(model, mask, batch=None, *, input_shape=None, sparsity: float | None = N
         flat = keep.reshape(keep.shape[0], keep.shape[1], kernel)
         caps = flat.sum(dim=2).numpy().astype(np.int64)
         paths = _path_counts(net, module, x)
-        chosen = solve_layer(paths, caps, counts[name], alpha, gen)
+        conv = isinstance(module, nn.modules.conv._ConvNd)  # the code's beta = 0 and no cap for linear layers
+        cap = max_per_kernel if conv else None
+        used = kernel_caps(caps, counts[name], cap)[1]
+        if used != cap:
+            raised.append(f"{name} to {used}")
+        chosen = solve_layer(paths, caps, counts[name], alpha, gen, beta=beta if conv else 0.0, max_per_kernel=cap)
         new = _place(flat, torch.from_numpy(chosen), gen).reshape(keep.shape)
         with torch.no_grad():
             copies[name].copy_(new.to(copies[name].device, copies[name].dtype))
         out[name] = new.to(params[name].device, torch.float32)
+    if raised:
+        warnings.warn(f"npb: max_per_kernel={max_per_kernel} cannot hold the budget of every layer; raised, as the "
+                      f"authors' code does, for {', '.join(raised)}", NPBCapWarning, stacklevel=2)
     return out
+
+
+def _check_beta(beta) -> float:
+    if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not (math.isfinite(beta) and beta >= 0):
+        raise ValueError(f"beta must be a number >= 0, the weight of non-empty kernels (1 in the authors' CIFAR "
+                         f"script, 0 for the paper's objective); got {beta!r}")
+    return float(beta)
+
+
+def _check_max_per_kernel(cap) -> int | None:
+    """The cap of entries per convolution kernel, ``None`` for none (``0``)."""
+    if isinstance(cap, bool) or not isinstance(cap, numbers.Integral) or cap < 0:
+        raise ValueError(f"max_per_kernel must be an integer >= 0 (kept entries per convolution kernel; 0: no cap, "
+                         f"the kernel size); got {cap!r}")
+    return int(cap) or None
 
 
 def _forward_order(net: nn.Module, modules: list[nn.Module], x: torch.Tensor) -> list[nn.Module]:

@@ -26,6 +26,12 @@ normalization parameters keep the caller's values (their initial values, when pr
 One noise batch of ``noise_batch_size`` examples is drawn per sample (the code draws one per batch of its
 pruning loader: 100 noise images for CIFAR-10).
 
+``R`` (``weight_samples``), the number of weight draws per round: the authors' CIFAR-10 script
+(``scripts/run.sh``) runs ``--ntksap_R 5``, while their code's default is 1. prunelab's default is 1, the
+code's (runs at the default keep their ids); to match the script, set ``weight_samples=5``
+(``prunelab.prune(..., weight_samples=5)``, or ``--method-options weight_samples=5`` in a run's settings), at
+five times the cost per round.
+
 Random draws, all from one CPU generator seeded with ``seed`` that advances over the rounds of one
 :func:`prunelab.prune` call, in this order for each of the ``R`` samples: ``θ₀`` for every covered tensor
 of two or more dimensions (in the mask's order, by the initializer), then ``Δθ = ε · randn`` for every
@@ -189,11 +195,11 @@ def ntk_sap(
     """NTK-SAP's saliency (Wang et al. 2023, §4): the sensitivity to each weight's gate of the finite-difference
     estimate of the NTK trace, ``Σ_x ‖f(x; θ₀ ⊙ m) − f(x; (θ₀ + Δθ) ⊙ m)‖²``.
 
-    ``θ₀`` is redrawn from the initializer ``init`` (default ``"model"``: the one the model was created with,
-    else Kaiming normal) for each
-    of ``weight_samples`` (R) samples, ``Δθ = epsilon · N(0, 1)`` and ``x ~ N(0, I)`` of shape
-    ``(noise_batch_size, *input_shape)``; no data: ``batch`` is ignored. Iterated over 20 rounds by default
-    with the exponential schedule (the authors' scripts). See the module docstring for the draw order.
+    ``θ₀`` is redrawn from the initializer ``init`` (default ``"model"``: the one the model was created with, else
+    Kaiming normal) for each of ``weight_samples`` (R) samples (default 1, the code's; the authors' CIFAR-10 script
+    uses 5), ``Δθ = epsilon · N(0, 1)`` and ``x ~ N(0, I)`` of shape ``(noise_batch_size, *input_shape)``; no data:
+    ``batch`` is ignored. Iterated over 20 rounds by default with the exponential schedule (the authors' scripts).
+    See the module docstring for the draw order.
     """
     return _prepare(model, batch, input_shape=input_shape, epsilon=epsilon, weight_samples=weight_samples,
                     noise_batch_size=noise_batch_size, init=init, seed=seed)(mask)

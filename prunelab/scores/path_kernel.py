@@ -21,20 +21,23 @@ network). The derivative is one backward pass through ``z2``. PX is iterated, 10
 exponential schedule by default (the authors' CIFAR-10 script), which the paper credits with avoiding layer
 collapse, as for SynFlow.
 
-Normalization layers, as the authors' code treats its BatchNorms (``PX.score``): a norm layer is no
-connection, so in ``z1`` (the count of active paths) every normalization layer is the identity (the code sets
-its scale to 1, shift 0, running mean 0 and variance 1; here any norm layer, BatchNorm, LayerNorm, GroupNorm,
-..., passes its input through unchanged), and its scale, shift and statistics never scale or shift the path
-counts; in ``z2`` its parameters and running statistics are squared with every other tensor, so an eval-mode
-BatchNorm multiplies a channel by ``γ² / √(σ⁴ + ε) ≈ (γ / σ)²``: the square of the scale it contributes to
-every path through that channel, once folded into the path values.
+Normalization layers, our choice, following the path decomposition (a norm layer is no connection): in ``z1``
+(the count of active paths) every normalization layer (BatchNorm, LayerNorm, GroupNorm, ...) is the identity,
+passing its input through unchanged, so its scale, shift and statistics never scale or shift the path counts;
+in ``z2`` its parameters and running statistics are squared with every other tensor, so an eval-mode BatchNorm
+multiplies a channel by ``γ² / √(σ⁴ + ε) ≈ (γ / σ)²``: the square of the scale it contributes to every path
+through that channel, once folded into the path values. All three passes (the activation patterns, ``z1``
+and ``z2``) run with every module in eval mode.
 
-Choices where the paper leaves the model open, and differences from the authors' code: all three passes
-run with every module in eval mode, as in the code; the code also leaves
-the layer named ``fc`` unchanged in both copies, while here the output layer is treated as every other
-layer, as in the path decomposition. A bias counts as a weight from a constant input 1 (set to 1 in ``z1``,
-squared in ``z2``). Leaky ReLU gates are their slopes (squared in ``z1``, as the squared Jacobian of the
-trace needs). Functions without a path decomposition (GELU, SiLU, tanh, sigmoid, ...) are refused with a
+This is not what the authors' code does (github.com/iurada/px-ntk-pruning, ``lib/pruners.py``): it runs its
+``z1``/``z2`` copies in train mode, so their BatchNorms normalize with the statistics of the batch passing
+through them, and it leaves untouched every tensor whose name contains ``bn`` or ``fc`` (in their models, the
+BatchNorms and the output layer: they keep their values in both copies instead of being set to 1 or squared).
+Here the output layer is treated as every other layer, as in the path decomposition.
+
+Other choices where the paper leaves the model open: a bias counts as a weight from a constant input 1 (set to 1
+in ``z1``, squared in ``z2``). Leaky ReLU gates are their slopes (squared in ``z1``, as the squared Jacobian of
+the trace needs). Functions without a path decomposition (GELU, SiLU, tanh, sigmoid, ...) are refused with a
 ``ValueError``; pooling layers act as they are (the code does the same). ``z1`` and ``z2`` are computed in
 float64: products of squared weights under- or overflow in float32 on deep networks, as SynFlow's do.
 """

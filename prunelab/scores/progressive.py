@@ -13,8 +13,12 @@ mask ``c`` (de Jorge et al. 2021, §3).
 
 How ``iter_snip_dejorge`` differs from prunelab's ``iterative_snip`` (Frankle et al. 2021, App. G): not in the
 score, the removal or the schedule, which are the same (Frankle et al. 2021 replicate de Jorge et al.'s
-procedure), but in the default number of steps, 60 here, the ``--num_steps 60`` of the authors' published
-commands for CIFAR and ImageNet, against Frankle et al.'s 100. ``force`` differs from both in reviving.
+procedure), but in the default number of steps, 60 here against Frankle et al.'s 100. ``force`` differs from
+both in reviving. ``T = 60`` comes from the example commands of the authors' README (github.com/naver/force,
+``README.md``: ``--num_steps 60`` for CIFAR/Tiny-ImageNet and for ImageNet), not from the paper (whose own
+``T`` we could not confirm) nor from the code's default (``--num_steps`` 10 in
+``train_cifar_tiny_imagenet.py``); set another with ``iterations`` (``prunelab.prune(..., iterations=10)``,
+``--iterations`` in a run's settings).
 
 Where both differ from the authors' code (github.com/naver/force): that code draws a fresh mini-batch from the
 training loader at every step; here every step scores the one batch given to :func:`prunelab.prune`, as every
@@ -30,7 +34,8 @@ from collections.abc import Callable
 from prunelab.scores.gradient import loss_gradients, snip
 from prunelab.scores.registry import Scores, register_method
 
-STEPS = 60  # de Jorge et al.'s published commands (github.com/naver/force, README): --num_steps 60
+STEPS = 60  # the authors' README example commands (github.com/naver/force, README.md): --num_steps 60;
+# the code's own default is --num_steps 10
 
 
 @register_method(

@@ -21,13 +21,13 @@ from prunelab.validate import check_int
 
 
 def _check(steps, lr, momentum, first_order) -> None:
-    check_int(steps, "steps", 0, "ProsPr's inner SGD steps (3 in Alizadeh et al. 2022; 0 = SNIP)")
+    check_int(steps, "steps", 0, "ProsPr's inner SGD steps (3: the authors' CLI default; 0 = SNIP)")
     for name, value, low in (("lr", lr, "positive"), ("momentum", momentum, "in [0, 1)")):
         ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and (
             value > 0 if name == "lr" else 0 <= value < 1)
         if not ok:
-            raise ValueError(f"prospr: {name} must be a number {low} (the inner SGD's; Alizadeh et al. 2022 use "
-                             f"lr 0.1, momentum 0), got {value!r}")
+            raise ValueError(f"prospr: {name} must be a number {low} (the inner SGD's; the authors' CLI defaults, "
+                             f"mil-ad/prospr cli.py: lr 0.1, momentum 0), got {value!r}")
     if not isinstance(first_order, bool):
         raise ValueError(f"prospr: first_order must be True or False, got {first_order!r}")
 
@@ -63,10 +63,16 @@ def prospr(
     of Alizadeh et al. 2022, which treats each step's gradient as a constant, so that ``dw_M/dw_0 = I`` and the
     score is ``|theta * dL(w_M)/dw_M|`` (no second derivatives: the memory of one training step).
 
-    Defaults: 3 steps, inner learning rate 0.1, no momentum (the authors' code); every step and the final loss
-    use the same ``batch`` (their default; their code can draw a new batch per step instead). ``loss_fn`` and
-    ``batchnorm_train`` as for :func:`~prunelab.scores.gradient.snip` (train-mode BatchNorm uses each step's
-    batch statistics; the caller's model, running statistics included, is left untouched).
+    Defaults: 3 steps, inner learning rate 0.1, no momentum: the authors' CLI defaults (github.com/mil-ad/prospr,
+    ``cli.py``: ``--inner-steps 3 --inner-lr 0.1 --inner-momentum 0``), not values from the paper; the README's
+    package example calls ``prospr.prune`` with 3 steps, lr 0.5 and momentum 0.9 (here ``lr=0.5 momentum=0.9``).
+    Every step and the final loss use the same ``batch`` (the CLI's default, ``--new-data-in-inner`` off; their code
+    can draw a new batch per step instead). With ``momentum``, the authors' code starts the momentum buffer from a
+    detached copy of the first step's gradient, which cuts that gradient's path through the buffer out of the
+    meta-gradient; here the buffer stays in the graph (``v_1 = g_1``, ``v_{k+1} = momentum · v_k + g_{k+1}``), the
+    exact meta-gradient of the unrolled steps. Without momentum (the default) the two agree. ``loss_fn`` and
+    ``batchnorm_train`` as for :func:`~prunelab.scores.gradient.snip` (train-mode BatchNorm uses each step's batch
+    statistics; the caller's model, running statistics included, is left untouched).
     """
     _check(steps, lr, momentum, first_order)
     batches = score_batches(batch, "prospr")
