@@ -49,7 +49,8 @@ from prunelab.training.trainer import Callback, Loop
 from prunelab.validate import check_name
 from prunelab.wrappers import unwrap
 
-__all__ = ["MODES", "SparseExecution", "SparseKernels", "SparseLinear", "sparse_execution", "sparse_linear"]
+__all__ = ["MODES", "SparseExecution", "SparseKernels", "SparseLinear", "sparse_chain", "sparse_execution",
+           "sparse_linear"]
 
 
 # ---- the structure of a mask and the products -----------------------------------------------------
@@ -155,6 +156,65 @@ def sparse_linear(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | No
     return _SparseLinearFunction.apply(x, values, bias, structure)
 
 
+class _SparseChainFunction(torch.autograd.Function):
+    """Consecutive sparse linear layers, a ReLU or nothing between two of them, as one autograd node:
+    ``relu(x W₀ᵀ + b₀) W₁ᵀ + b₁ ...``, its backward written out (the per-layer products of
+    :class:`_SparseLinearFunction`, the ReLUs' ``threshold_backward``). One node instead of one per layer and
+    per ReLU: each costs tens of microseconds of autograd bookkeeping, as much as a small sparse product. The
+    activations stay in the ``features x batch`` layout of the products throughout, so the ReLU's backward
+    reads two tensors of one layout."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, structures: tuple, relus: tuple, *params: torch.Tensor | None) -> torch.Tensor:
+        at = x.t().contiguous()  # in x batch
+        acts = [at]
+        last = len(structures) - 1
+        for k, s in enumerate(structures):
+            values, bias = params[2 * k], params[2 * k + 1]
+            w = s.csr(values)
+            at = torch.sparse.mm(w, at) if bias is None else torch.addmm(bias.unsqueeze(1), w, at)
+            if k < last:
+                if relus[k]:
+                    at = torch.relu_(at)
+                acts.append(at)
+        ctx.structures, ctx.relus = structures, relus
+        ctx.save_for_backward(*acts, *params[0::2])
+        return at.t()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        structures, relus = ctx.structures, ctx.relus
+        n = len(structures)
+        saved = ctx.saved_tensors
+        acts, values = saved[:n], saved[n:]
+        needs = ctx.needs_input_grad
+        grads: list[torch.Tensor | None] = [None] * (2 * n)
+        gx = None
+        gt = grad.t().contiguous()  # out x batch
+        # the first layer whose input needs a gradient: the chain's input, or a layer's parameters
+        first = 0 if needs[0] else min((k for k in range(n) if needs[3 + 2 * k] or needs[4 + 2 * k]), default=n)
+        for k in range(n - 1, first - 1, -1):
+            s = structures[k]
+            if needs[3 + 2 * k]:
+                grads[2 * k] = torch.sparse.sampled_addmm(s.csr(values[k]), gt, acts[k].t(), beta=0.0).values()
+            if needs[4 + 2 * k]:
+                grads[2 * k + 1] = gt.sum(1)
+            if k > first or (k == 0 and needs[0]):
+                ga = torch.sparse.mm(s.csr_t(values[k]), gt)  # in x batch
+                if k == 0:
+                    gx = ga.t()
+                else:
+                    gt = torch.ops.aten.threshold_backward(ga, acts[k], 0) if relus[k - 1] else ga
+        return (gx, None, None, *grads)
+
+
+def sparse_chain(x: torch.Tensor, params: list, structures: list[Structure], relus: list[bool]) -> torch.Tensor:
+    """Linear layers given by ``(values, bias)`` pairs and their :class:`Structure`, a ReLU after layer ``k``
+    where ``relus[k]``, on a 2-d ``x`` (one autograd node: :class:`_SparseChainFunction`)."""
+    flat = [t for pair in params for t in pair]
+    return _SparseChainFunction.apply(x, tuple(structures), tuple(relus), *flat)
+
+
 # ---- one layer --------------------------------------------------------------------------------------
 
 class SparseLinear:
@@ -215,6 +275,97 @@ class SparseLinear:
         return dense.index_select(0, self.structure.flat)
 
 
+# ---- runs of sparse layers in a Sequential ---------------------------------------------------------------
+
+def _hooked(module: nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks)
+
+
+def _global_hooks() -> bool:
+    from torch.nn.modules import module as m
+
+    return bool(m._global_forward_hooks or m._global_forward_pre_hooks or m._global_backward_hooks
+                or m._global_backward_pre_hooks)
+
+
+class SparseChains:
+    """The forward of an ``nn.Sequential`` whose children hold runs of two or more sparse linear layers, a
+    ``nn.ReLU`` or nothing between two of them (LeNet-300-100: ``Linear, ReLU, Linear, ReLU, Linear``): each
+    run is one :func:`sparse_chain` call. Installed on the Sequential as an instance attribute, like
+    :meth:`SparseLinear.install`. A call that the chain would not compute as the children would falls back to
+    calling them (each sparse layer then runs its own :meth:`SparseLinear.forward`): children replaced, a hook
+    on any of them (or a global module hook, which the children's calls would run), a weight swapped in
+    (``functional_call``), an input that is not 2-d or not of the values' dtype."""
+
+    def __init__(self, seq: nn.Sequential, runs: list[tuple[int, int, list[SparseLinear], list[bool]]]):
+        self.seq, self.runs = seq, runs
+        self.mods = tuple(seq._modules.values())
+
+    @staticmethod
+    def find(seq: nn.Module, by_module: dict[int, SparseLinear]) -> SparseChains | None:
+        if type(seq).forward is not nn.Sequential.forward or "forward" in seq.__dict__:
+            return None
+        mods = list(seq._modules.values())
+        runs, i = [], 0
+        while i < len(mods):
+            if id(mods[i]) not in by_module:
+                i += 1
+                continue
+            layers, relus, j = [by_module[id(mods[i])]], [], i + 1
+            while True:
+                if j + 1 < len(mods) and type(mods[j]) is nn.ReLU and id(mods[j + 1]) in by_module:
+                    layers.append(by_module[id(mods[j + 1])])
+                    relus.append(True)
+                    j += 2
+                elif j < len(mods) and id(mods[j]) in by_module:
+                    layers.append(by_module[id(mods[j])])
+                    relus.append(False)
+                    j += 1
+                else:
+                    break
+            if len(layers) >= 2:
+                runs.append((i, j, layers, relus))
+            i = j
+        return SparseChains(seq, runs) if runs else None
+
+    def _usable(self, x: torch.Tensor, start: int, end: int, layers: list[SparseLinear]) -> bool:
+        if x.dim() != 2 or _global_hooks():
+            return False
+        for layer in layers:
+            if layer.module._parameters.get("weight") is not layer.weight or x.dtype != layer.values.dtype:
+                return False
+        return not any(_hooked(m) for m in self.mods[start:end])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mods = tuple(self.seq._modules.values())
+        if mods != self.mods:
+            for m in mods:
+                x = m(x)
+            return x
+        at = 0
+        for start, end, layers, relus in self.runs:
+            for m in mods[at:start]:
+                x = m(x)
+            if self._usable(x, start, end, layers):
+                x = sparse_chain(x, [(layer.values, layer.module.bias) for layer in layers],
+                                 [layer.structure for layer in layers], relus)
+            else:
+                for m in mods[start:end]:
+                    x = m(x)
+            at = end
+        for m in mods[at:]:
+            x = m(x)
+        return x
+
+    def install(self) -> None:
+        self.seq.__dict__["forward"] = self.forward
+
+    def uninstall(self) -> None:
+        if self.seq.__dict__.get("forward") == self.forward:
+            del self.seq.__dict__["forward"]
+
+
 # ---- a model and its optimizer -----------------------------------------------------------------------
 
 def eligible(module: nn.Module, weight_name: str) -> bool:
@@ -242,6 +393,7 @@ class SparseExecution:
         self.choices: dict[str, str] = {}  # masked layer -> "sparse" or why it runs dense
         self._keeps: dict[str, torch.Tensor] = {}
         self._hooks: list = []
+        self.chains: list[SparseChains] = []
 
     # -- choosing layers
     def _wanted(self, name: str, keep: torch.Tensor) -> nn.Linear | None:
@@ -289,7 +441,24 @@ class SparseExecution:
             else:
                 continue
             changed = True
+        if changed:
+            self._link()
         return changed
+
+    def _link(self) -> None:
+        """The runs of sparse layers in Sequentials as chains (:class:`SparseChains`), found again."""
+        self._unlink()
+        by_module = {id(layer.module): layer for layer in self.layers.values()}
+        for module in self.model.modules():
+            chains = SparseChains.find(module, by_module)
+            if chains is not None:
+                chains.install()
+                self.chains.append(chains)
+
+    def _unlink(self) -> None:
+        for chains in self.chains:
+            chains.uninstall()
+        self.chains = []
 
     def _release(self, name: str) -> None:
         layer = self.layers.pop(name)
@@ -313,6 +482,7 @@ class SparseExecution:
         return self
 
     def disengage(self) -> None:
+        self._unlink()
         for name in list(self.layers):
             self._release(name)
         for h in self._hooks:
