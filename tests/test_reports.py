@@ -388,6 +388,28 @@ def test_learning_curves_are_each_runs_metrics_file_and_their_mean_over_seeds(co
     assert "2 seeds (0, 1)" in fig.caption and "learning-rate drops" in fig.caption
 
 
+def test_learning_curve_means_skip_missing_values_and_have_no_std_from_one_run():
+    from prunelab.reports.figures.curves import _replicates
+
+    class Metrics:  # a context's metrics files: run id -> entries
+        def __init__(self, entries):
+            self.entries = entries
+
+        def metrics(self, run_id):
+            return self.entries[run_id]
+
+    ctx = Metrics({"a": [{"step": 0, "loss": 1.0}, {"step": 10, "loss": float("nan")}, {"step": 20, "loss": 2.0}],
+                   "b": [{"step": 0, "loss": 3.0}, {"step": 10, "loss": float("nan")}, {"step": 30, "loss": 4.0},
+                         {"step": 40, "loss": "diverged"}]})
+    rep = _replicates(ctx, ["a", "b"], "loss", 2.0)
+    x, y, err = rep.mean.x, rep.mean.y, rep.mean.err
+    expected = pd.DataFrame({"step": [0, 10, 20, 0, 10, 30], "v": [2.0, np.nan, 4.0, 6.0, np.nan, 8.0]})
+    per_step = expected.groupby("step")["v"]
+    assert list(x) == [0, 10, 20, 30] and len(rep.runs) == 2
+    assert np.allclose(y, per_step.mean(), equal_nan=True) and np.allclose(err, per_step.std(ddof=1), equal_nan=True)
+    assert np.isnan(y[1]) and np.isnan(err[2]) and err[0] == pytest.approx(np.std([2.0, 6.0], ddof=1))
+
+
 def test_accuracy_is_in_percent_in_the_figures_and_the_tables(report, contexts, store):
     path, _ = report
     df = runs_table(store).set_index("id")

@@ -53,10 +53,10 @@ def common_hparams(rows: pd.DataFrame) -> dict[str, Any]:
     skip = set(RESULT_ONLY) | {"id", "seed", "kind", "label"}
     out: dict[str, Any] = {}
     for col in rows.columns:
-        if col in skip:
+        if col in skip or rows[col].isna().any():  # the cheap test first: most columns miss a value somewhere
             continue
-        values = rows[col].dropna().unique()
-        if len(values) == 1 and rows[col].notna().all():
+        values = rows[col].unique()
+        if len(values) == 1:
             value = values[0]
             out[col] = value.item() if hasattr(value, "item") else value
     kinds = sorted(rows["kind"].dropna().unique())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
 import pandas as pd
 
 from prunelab.reports import plots
@@ -40,8 +41,8 @@ def _curve_labels(rows: pd.DataFrame) -> pd.Series:
     ablated = rows["ablation"].notna()
     labels[ablated] = labels[ablated] + " " + rows.loc[ablated, "ablation"].astype(str)
     config = [c for c in config_columns(rows) if c != "id"]
-    keys = rows[config].apply(lambda r: "|".join(map(repr, r)), axis=1) if config else \
-        pd.Series("", index=rows.index)
+    keys = pd.Series(["|".join(map(repr, values)) for values in zip(*(rows[c] for c in config))] if config else "",
+                     index=rows.index, dtype=object)
     named: dict[str, str] = {}
     for key, label in zip(keys, labels):
         if key not in named:
@@ -50,21 +51,30 @@ def _curve_labels(rows: pd.DataFrame) -> pd.Series:
     return keys.map(named)
 
 
-def _replicates(ctx: Context, rows: pd.DataFrame, metric: str, scale: float) -> plots.Replicates:
+def _replicates(ctx: Context, run_ids: list[str], metric: str, scale: float) -> plots.Replicates:
     """Each run's curve of ``metric`` from its metrics.jsonl, and their mean and std per step."""
-    runs, points = [], []
-    for run_id in rows["id"]:
+    runs, steps, values = [], [], []
+    for run_id in run_ids:
         entries = [m for m in ctx.metrics(run_id) if isinstance(m.get(metric), (int, float))]
         x = [int(m["step"]) for m in entries]
         y = [scale * float(m[metric]) for m in entries]
         if x:
             runs.append(plots.Curve(x, y))
-            points += [(step, value) for step, value in zip(x, y)]
-    if not points:
-        raise ValueError(f"no {metric} in the metrics.jsonl of runs {', '.join(rows['id'])}")
-    per_step = pd.DataFrame(points, columns=["step", "value"]).groupby("step")["value"]
-    mean, std = per_step.mean(), per_step.std(ddof=1)
-    return plots.Replicates(plots.Curve(mean.index.to_numpy(float), mean.to_numpy(float), std.to_numpy(float)), runs)
+            steps += x
+            values += y
+    if not steps:
+        raise ValueError(f"no {metric} in the metrics.jsonl of runs {', '.join(run_ids)}")
+    # Mean and sample std per step over the runs' values that are numbers (NaN where none, std NaN where one), as
+    # pandas' groupby computes them, with numpy: a groupby per configuration and metric cost more than the reading
+    step, at = np.unique(np.asarray(steps, dtype=float), return_inverse=True)
+    y = np.asarray(values, dtype=float)
+    valid = ~np.isnan(y)
+    count = np.bincount(at, weights=valid, minlength=step.size)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.bincount(at, weights=np.where(valid, y, 0.0), minlength=step.size) / count
+        squares = np.bincount(at, weights=np.where(valid, y - mean[at], 0.0) ** 2, minlength=step.size)
+        std = np.where(count > 1, np.sqrt(squares / (count - 1)), np.nan)
+    return plots.Replicates(plots.Curve(step, mean, std), runs)
 
 
 def learning_curves(ctx: Context) -> Iterable[ReportFigure]:
@@ -77,7 +87,8 @@ def learning_curves(ctx: Context) -> Iterable[ReportFigure]:
             continue
         rows = rows.assign(label=_curve_labels(rows))
         order = sorted(rows["label"].unique(), key=lambda lab: (lab != "dense", lab))
-        panels = {title: {label: _replicates(ctx, rows[rows["label"] == label], metric, scale) for label in order}
+        ids = rows.groupby("label")["id"].agg(list)  # not rows[rows["label"] == label]: a copy of every column
+        panels = {title: {label: _replicates(ctx, ids[label], metric, scale) for label in order}
                   for metric, (title, scale) in _CURVE_METRICS.items()}
         drops = lr_drops(rows)
         seeds = rows.groupby("label")["seed"].nunique()

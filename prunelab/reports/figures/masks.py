@@ -130,6 +130,9 @@ def jaccard(ctx: Context) -> Iterable[ReportFigure]:
                 continue
             reference = next((p for p in preferred if p in values), values[0])
             ref_rows = group[group[vary].astype(str) == reference]
+            ref_ids: dict[tuple, str] = {}  # (seed, level) -> the first reference run's id, looked up per compared run
+            for seed, level, run_id in zip(ref_rows["seed"], ref_rows["level"], ref_rows["id"]):
+                ref_ids.setdefault((seed, level), run_id)
             panels: dict[str, dict[str, plots.Curve]] = {}
             used = [ref_rows]
             for other in values:
@@ -137,13 +140,14 @@ def jaccard(ctx: Context) -> Iterable[ReportFigure]:
                     continue
                 rows = group[group[vary].astype(str) == other]
                 by_level: dict[int, list[dict[str, float]]] = {}
-                for _, row in rows.iterrows():
-                    match = ref_rows[(ref_rows["seed"] == row["seed"]) & (ref_rows["level"] == row["level"])]
-                    if match.empty:
+                compared = []
+                for index, seed, level, run_id in zip(rows.index, rows["seed"], rows["level"], rows["id"]):
+                    if (seed, level) not in ref_ids:
                         continue
-                    sim = analysis.jaccard_per_layer(mask(match.iloc[0]["id"]), mask(row["id"]), shared_only=True)
-                    by_level.setdefault(int(row["level"]), []).append({n: 1 - s for n, s in sim.items()})
-                    used.append(rows.loc[[row.name]])
+                    sim = analysis.jaccard_per_layer(mask(ref_ids[seed, level]), mask(run_id), shared_only=True)
+                    by_level.setdefault(int(level), []).append({n: 1 - s for n, s in sim.items()})
+                    compared.append(index)
+                used.append(rows.loc[compared])
                 if not by_level:
                     continue
                 levels = sorted(by_level)
