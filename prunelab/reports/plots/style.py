@@ -90,7 +90,14 @@ def label_room(labels: Sequence[str], fontsize: float, degrees: float) -> float:
     panels to nothing."""
     longest = max((len(str(label)) for label in labels), default=0)
     angle = math.radians(degrees)
-    return (longest * 0.6 * math.sin(angle) + math.cos(angle)) * fontsize / 72
+    return (longest * _EM_PER_CHAR * math.sin(angle) + math.cos(angle)) * fontsize / 72
+
+
+# An upper bound of the width of a character of DejaVu Sans (mean about 0.55 em), for room planned before drawing.
+_EM_PER_CHAR = 0.6
+# A legend column beside its label: the handle, the pad after it and the spacing to the next column
+# (matplotlib's handlelength 2, handletextpad 0.8 and columnspacing 2, in em).
+_LEGEND_COLUMN_EM = 2.0 + 0.8 + 2.0
 
 
 def set_title(fig: Figure, title: str) -> None:
@@ -107,8 +114,12 @@ def shared_legend(fig: Figure, axes, max_columns: int, title: str | None = None)
     for ax in axes:
         for h, n in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(n, h)
+    fontsize = 7
+    column = (_LEGEND_COLUMN_EM + _EM_PER_CHAR * max((len(n) for n in handles), default=0)) * fontsize / 72
+    fitting = int(fig.get_figwidth() // column)  # columns of long labels would run past the figure's edges
     fig.legend(list(handles.values()), list(handles), loc="outside lower center",
-               ncols=max(1, min(len(handles), max_columns)), fontsize=7, frameon=False, title=title, title_fontsize=7)
+               ncols=max(1, min(len(handles), max_columns, fitting)), fontsize=fontsize, frameon=False, title=title,
+               title_fontsize=fontsize)
 
 
 def check_nonempty(data, what: str) -> None:
