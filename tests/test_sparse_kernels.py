@@ -329,3 +329,128 @@ def test_functional_calls_with_other_weights_run_dense():
         got = torch.func.functional_call(net, ones, (x,))
     prunelab.remove_mask(net)
     assert torch.allclose(got, torch.func.functional_call(net, ones, (x,)), rtol=0, atol=1e-12)
+
+
+# ---- the chain of sparse layers and the packed optimizer parameter -----------------------------------------
+
+@pytest.mark.parametrize("lead", [(7,), (3, 5)])
+def test_a_chain_is_plain_autograd_through_the_masked_dense_layers(lead):
+    """``sparse_chain`` (one autograd node, its backward written out) against autograd through dense masked
+    layers with ReLUs, in float64: a layer without bias, a pair without a ReLU between them, a row and a column
+    with nothing kept."""
+    from prunelab.training.sparse_kernels import sparse_chain
+
+    g = torch.Generator().manual_seed(0)
+    sizes = [9, 7, 6, 4]
+    keeps = [torch.rand(o, i, generator=g) < 0.5 for i, o in zip(sizes, sizes[1:])]
+    keeps[0][2] = False
+    keeps[1][:, 3] = False
+    weights = [torch.randn(k.shape, generator=g, dtype=torch.float64) * k for k in keeps]
+    biases = [torch.randn(6, generator=g, dtype=torch.float64, requires_grad=True) if i != 0 else None
+              for i in range(3)]
+    biases[2] = torch.randn(4, generator=g, dtype=torch.float64, requires_grad=True)
+    biases[1] = None
+    relus = [True, False]
+    x = torch.randn(*lead, 9, generator=g, dtype=torch.float64, requires_grad=True)
+    values = [w.reshape(-1)[k.reshape(-1)].clone().requires_grad_() for w, k in zip(weights, keeps)]
+    out = sparse_chain(x, list(zip(values, biases)), [Structure(k) for k in keeps], relus)
+    dense = [w.clone().requires_grad_() for w in weights]
+    ref = x
+    for i, (w, b) in enumerate(zip(dense, biases)):
+        ref = F.linear(ref, w, b)
+        if i < 2 and relus[i]:
+            ref = F.relu(ref)
+    probe = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    got = torch.autograd.grad((out * probe).sum(), [x, *values, biases[2]])
+    want = torch.autograd.grad((ref * probe).sum(), [x, *dense, biases[2]])
+    assert torch.allclose(out, ref, rtol=0, atol=1e-13)
+    assert torch.allclose(got[0], want[0], rtol=0, atol=1e-13)
+    for gv, gw, k in zip(got[1:4], want[1:4], keeps):
+        assert torch.allclose(gv, gw[k], rtol=0, atol=1e-13)
+    assert torch.allclose(got[4], want[4], rtol=0, atol=1e-13)
+
+
+def test_lenet_runs_as_one_chain_in_one_packed_parameter():
+    net = lenet()
+    mask = prunelab.prune(net, "random", 0.9, seed=0).apply(net)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    with sparse_execution(net, opt, "on") as ex:
+        assert len(ex.chains) == 1 and [len(r[2]) for r in ex.chains[0].runs] == [3]
+        assert [p.shape for p in opt.param_groups[0]["params"]] == [(sum(int(k.sum()) for k in mask.values())
+                                                                      + 300 + 100 + 10,)]
+        assert "forward" in vars(net)
+    assert "forward" not in vars(net) and len(opt.param_groups[0]["params"]) == 6
+    assert all(p is q for p, q in zip(opt.param_groups[0]["params"], net.parameters()))
+
+
+def test_a_hooked_layer_sends_the_chain_back_to_its_layers():
+    base = lenet()
+    mask = prunelab.prune(base, "random", 0.9, seed=0)
+    dense, sparse = copy.deepcopy(base), copy.deepcopy(base)
+    mask.apply(dense)
+    mask.apply(sparse)
+    od, os_ = OPTIMIZERS["momentum_wd"](dense.parameters()), OPTIMIZERS["momentum_wd"](sparse.parameters())
+    seen = []
+    for net in (dense, sparse):
+        net[3].register_forward_hook(lambda m, a, out: seen.append(out.shape))
+    data = batches((1, 28, 28), 16, 3)
+    train_steps(dense, od, data)
+    with sparse_execution(sparse, os_, "on"):
+        train_steps(sparse, os_, data)
+    assert seen == [(16, 100)] * 6  # the hook ran in both
+    assert_close_weights(sparse, dense, tolerance(3, 784, torch.float64), mask)
+
+
+@pytest.mark.parametrize("opt", ["momentum_wd", "adamw"])
+def test_the_packed_optimizer_state_saves_and_loads_as_the_dense_one(opt):
+    """The optimizer's state_dict while sparse is the dense one (shapes, numbering, values); a dense state_dict
+    loads into the packed optimizer, and training goes on as the dense one does."""
+    base = lenet()
+    mask = prunelab.prune(base, "random", 0.9, seed=0)
+    dense, sparse = copy.deepcopy(base), copy.deepcopy(base)
+    mask.apply(dense)
+    mask.apply(sparse)
+    od, os_ = OPTIMIZERS[opt](dense.parameters()), OPTIMIZERS[opt](sparse.parameters())
+    data = batches((1, 28, 28), 16, 6)
+    train_steps(dense, od, data[:3])
+    tol = tolerance(6, 784, torch.float64)
+    sparse.load_state_dict(dense.state_dict())  # the weights before engaging, as a resume loads them
+    with sparse_execution(sparse, os_, "on"):
+        saved = copy.deepcopy(od.state_dict())
+        os_.load_state_dict(saved)  # the dense optimizer's state, into the packed one
+        got = os_.state_dict()
+        assert got["param_groups"][0]["params"] == saved["param_groups"][0]["params"] == list(range(6))
+        for i, s in saved["state"].items():
+            for k, v in s.items():
+                assert torch.equal(got["state"][i][k], v), (i, k)
+        train_steps(sparse, os_, data[3:])
+    train_steps(dense, od, data[3:])
+    assert_close_weights(sparse, dense, tol, mask)
+    ref = od.state_dict()["state"]
+    for i, s in os_.state_dict()["state"].items():
+        for k, v in s.items():
+            assert torch.allclose(v, ref[i][k], rtol=0, atol=tol * max(1.0, float(ref[i][k].abs().max()))), (i, k)
+
+
+def test_biases_in_their_own_group_stay_theirs():
+    """Weights and biases in two parameter groups (no weight decay on biases): a pack per group."""
+    base = lenet()
+    mask = prunelab.prune(base, "random", 0.9, seed=0)
+    dense, sparse = copy.deepcopy(base), copy.deepcopy(base)
+    mask.apply(dense)
+    mask.apply(sparse)
+
+    def groups(net):
+        ps = dict(net.named_parameters())
+        return [{"params": [p for n, p in ps.items() if n.endswith("weight")], "weight_decay": 1e-2},
+                {"params": [p for n, p in ps.items() if n.endswith("bias")], "weight_decay": 0.0}]
+
+    od = torch.optim.SGD(groups(dense), lr=0.1, momentum=0.9)
+    os_ = torch.optim.SGD(groups(sparse), lr=0.1, momentum=0.9)
+    data = batches((1, 28, 28), 16, 4)
+    train_steps(dense, od, data)
+    with sparse_execution(sparse, os_, "on") as ex:
+        assert len(ex.packs) == 2
+        train_steps(sparse, os_, data)
+        assert [len(s["params"]) for s in os_.state_dict()["param_groups"]] == [3, 3]
+    assert_close_weights(sparse, dense, tolerance(4, 784, torch.float64), mask)

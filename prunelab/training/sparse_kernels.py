@@ -78,6 +78,9 @@ class Structure:
         self.crow_t, self.col_t = _crow(keep.sum(0)).to(index), cols_t.to(index)
         self.perm = torch.searchsorted(self.flat, cols_t * inp + rows_t)  # Wᵀ's k-th value is values[perm[k]]
         self._csr: tuple | None = None  # (values, its data pointer, W, Wᵀ, Wᵀ's values buffer)
+        # the same rows as bags of torch.nn.functional.embedding_bag (64-bit: its fast path)
+        self.bags = (self.col.long(), self.crow[:-1].long())
+        self.bags_t = (self.col_t.long(), self.crow_t[:-1].long())
 
     @classmethod
     def of(cls, keep: torch.Tensor) -> Structure:
@@ -109,6 +112,21 @@ class Structure:
         torch.index_select(values.detach(), 0, self.perm, out=c[4])
         return c[3]
 
+    def mm(self, values: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        """``W @ dense`` (``dense`` contiguous, ``in x batch``): row ``i`` of the product is the sum of the rows
+        ``j`` of ``dense`` weighted by the kept ``W_ij``, which is ``embedding_bag`` with per-sample weights
+        (2 to 2.5 times faster than MKL's CSR product, ``torch.sparse.mm``, on LeNet-300-100's layers at batch
+        128 and densities 1.8 to 30%, one thread)."""
+        index, offsets = self.bags
+        return nn.functional.embedding_bag(index, dense, offsets, mode="sum", per_sample_weights=values.detach())
+
+    def mm_t(self, values: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        """``Wᵀ @ dense`` (``dense``: ``out x batch``, contiguous), as :meth:`mm`."""
+        c = self._tensors(values)
+        torch.index_select(values.detach(), 0, self.perm, out=c[4])
+        index, offsets = self.bags_t
+        return nn.functional.embedding_bag(index, dense, offsets, mode="sum", per_sample_weights=c[4])
+
 
 def _crow(counts: torch.Tensor) -> torch.Tensor:
     crow = counts.new_zeros(counts.numel() + 1, dtype=torch.int64)
@@ -116,115 +134,133 @@ def _crow(counts: torch.Tensor) -> torch.Tensor:
     return crow
 
 
-class _SparseLinearFunction(torch.autograd.Function):
-    """``x Wᵀ + b`` with ``W`` given by its kept ``values`` and a :class:`Structure`; gradients of ``x``,
-    ``values`` and ``b`` on the kept entries only."""
+class Slot:
+    """Where one layer's kept values (or its bias) live: ``tensors[index][start:stop]`` of the tensors handed
+    to :class:`_SparseChainFunction`, and that slice as a detached view (for the products; a CSR tensor over it
+    aliases the parameter, so the optimizer's in-place steps reach it)."""
 
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, s: Structure) -> torch.Tensor:
-        # Each tensor call costs a few microseconds of dispatch, as much as a small layer's product: a 2-d x
-        # (the common case) skips the reshapes, and a transposed x (the output of a sparse layer) its copy.
-        two_d = x.dim() == 2
-        xt = (x if two_d else x.reshape(-1, x.shape[-1])).t().contiguous()  # in x batch
-        w = s.csr(values)
-        yt = torch.sparse.mm(w, xt) if bias is None else torch.addmm(bias.unsqueeze(1), w, xt)
-        ctx.s, ctx.lead = s, None if two_d else x.shape[:-1]
-        ctx.save_for_backward(xt, values)
-        return yt.t() if two_d else yt.t().reshape(*ctx.lead, s.shape[0])
+    __slots__ = ("index", "start", "stop", "view")
 
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        s: Structure = ctx.s
-        xt, values = ctx.saved_tensors
-        lead = ctx.lead
-        gt = (grad if lead is None else grad.reshape(-1, s.shape[0])).t().contiguous()  # out x batch
-        gx = gv = gb = None
-        need_x, need_values, need_bias = ctx.needs_input_grad[:3]
-        if need_x:  # not for the first layer, whose input needs no gradient
-            gx = torch.sparse.mm(s.csr_t(values), gt).t()
-            if lead is not None:
-                gx = gx.reshape(*lead, s.shape[1])
-        if need_values:
-            gv = torch.sparse.sampled_addmm(s.csr(values), gt, xt.t(), beta=0.0).values()
-        if need_bias:
-            gb = gt.sum(1)
-        return gx, gv, gb, None
-
-
-def sparse_linear(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, structure: Structure):
-    """``F.linear`` of a weight given by its kept ``values`` at the positions of ``structure``."""
-    return _SparseLinearFunction.apply(x, values, bias, structure)
+    def __init__(self, index: int, start: int, stop: int, view: torch.Tensor):
+        self.index, self.start, self.stop, self.view = index, start, stop, view
 
 
 class _SparseChainFunction(torch.autograd.Function):
     """Consecutive sparse linear layers, a ReLU or nothing between two of them, as one autograd node:
-    ``relu(x W₀ᵀ + b₀) W₁ᵀ + b₁ ...``, its backward written out (the per-layer products of
-    :class:`_SparseLinearFunction`, the ReLUs' ``threshold_backward``). One node instead of one per layer and
-    per ReLU: each costs tens of microseconds of autograd bookkeeping, as much as a small sparse product. The
-    activations stay in the ``features x batch`` layout of the products throughout, so the ReLU's backward
-    reads two tensors of one layout."""
+    ``relu(x W₀ᵀ + b₀) W₁ᵀ + b₁ ...``, its backward written out. One node instead of one per layer and per
+    ReLU: each costs tens of microseconds of autograd bookkeeping, as much as a small sparse product.
+
+    Per layer: forward ``yᵀ = W xᵀ`` (``torch.sparse.mm``/``addmm`` of the CSR ``W`` and ``xᵀ`` contiguous, the
+    layout MKL is fastest with), input gradient ``gxᵀ = Wᵀ gᵀ``, weight gradient at the kept positions only
+    (``torch.sparse.sampled_addmm``), bias gradient ``Σ_b g``; the activations stay in the ``features x batch``
+    layout of the products, so a ReLU's backward (``threshold_backward``) reads two tensors of one layout.
+    The weights and biases are slices of ``tensors`` (:class:`Slot`): the flat parameter that holds every sparse
+    layer's kept values and biases gets one gradient tensor."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, structures: tuple, relus: tuple, *params: torch.Tensor | None) -> torch.Tensor:
-        at = x.t().contiguous()  # in x batch
+    def forward(ctx, x: torch.Tensor, structures: tuple, slots: tuple, relus: tuple, *tensors: torch.Tensor):
+        lead = None if x.dim() == 2 else x.shape[:-1]
+        at = (x if lead is None else x.reshape(-1, x.shape[-1])).t().contiguous()  # in x batch
         acts = [at]
         last = len(structures) - 1
         for k, s in enumerate(structures):
-            values, bias = params[2 * k], params[2 * k + 1]
-            w = s.csr(values)
-            at = torch.sparse.mm(w, at) if bias is None else torch.addmm(bias.unsqueeze(1), w, at)
+            vs, bs = slots[2 * k], slots[2 * k + 1]
+            at = s.mm(vs.view, at)
+            if bs is not None:
+                at += bs.view.unsqueeze(1)
             if k < last:
                 if relus[k]:
                     at = torch.relu_(at)
                 acts.append(at)
-        ctx.structures, ctx.relus = structures, relus
-        ctx.save_for_backward(*acts, *params[0::2])
-        return at.t()
+        ctx.structures, ctx.slots, ctx.relus, ctx.lead = structures, slots, relus, lead
+        ctx.sizes = [t.shape[0] for t in tensors]
+        ctx.save_for_backward(*acts, *tensors)  # the tensors for autograd's check that no step ran in between
+        return at.t() if lead is None else at.t().reshape(*lead, at.shape[0])
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        structures, relus = ctx.structures, ctx.relus
+        structures, slots, relus, lead = ctx.structures, ctx.slots, ctx.relus, ctx.lead
         n = len(structures)
-        saved = ctx.saved_tensors
-        acts, values = saved[:n], saved[n:]
+        ctx.saved_tensors  # noqa: B018  (raises if a tensor was modified in place since the forward)
+        acts = ctx.saved_tensors[:n]
         needs = ctx.needs_input_grad
-        grads: list[torch.Tensor | None] = [None] * (2 * n)
+        wanted = [needs[4 + i] for i in range(len(ctx.sizes))]
+        pieces: list[list[tuple[int, torch.Tensor]]] = [[] for _ in ctx.sizes]
         gx = None
-        gt = grad.t().contiguous()  # out x batch
-        # the first layer whose input needs a gradient: the chain's input, or a layer's parameters
-        first = 0 if needs[0] else min((k for k in range(n) if needs[3 + 2 * k] or needs[4 + 2 * k]), default=n)
+        gt = (grad if lead is None else grad.reshape(-1, grad.shape[-1])).t().contiguous()  # out x batch
+
+        def layer_needs(k):
+            return any(sl is not None and wanted[sl.index] for sl in slots[2 * k: 2 * k + 2])
+
+        first = 0 if needs[0] else min((k for k in range(n) if layer_needs(k)), default=n)
         for k in range(n - 1, first - 1, -1):
-            s = structures[k]
-            if needs[3 + 2 * k]:
-                grads[2 * k] = torch.sparse.sampled_addmm(s.csr(values[k]), gt, acts[k].t(), beta=0.0).values()
-            if needs[4 + 2 * k]:
-                grads[2 * k + 1] = gt.sum(1)
+            s, vs, bs = structures[k], slots[2 * k], slots[2 * k + 1]
+            if wanted[vs.index]:
+                pieces[vs.index].append((vs.start, torch.sparse.sampled_addmm(
+                    s.csr(vs.view), gt, acts[k].t(), beta=0.0).values()))
+            if bs is not None and wanted[bs.index]:
+                pieces[bs.index].append((bs.start, gt.sum(1)))
             if k > first or (k == 0 and needs[0]):
-                ga = torch.sparse.mm(s.csr_t(values[k]), gt)  # in x batch
+                ga = s.mm_t(vs.view, gt)  # in x batch
                 if k == 0:
-                    gx = ga.t()
+                    gx = ga.t() if lead is None else ga.t().reshape(*lead, ga.shape[0])
                 else:
                     gt = torch.ops.aten.threshold_backward(ga, acts[k], 0) if relus[k - 1] else ga
-        return (gx, None, None, *grads)
+        grads = [_assemble(p, size, grad) if w else None for p, size, w in zip(pieces, ctx.sizes, wanted)]
+        return (gx, None, None, None, *grads)
+
+
+def _assemble(pieces: list[tuple[int, torch.Tensor]], size: int, like: torch.Tensor) -> torch.Tensor:
+    """One gradient tensor of ``size`` from gradients of its slices (0 where none)."""
+    pieces = sorted(pieces, key=lambda p: p[0])
+    at = 0
+    for start, g in pieces:
+        if start != at:
+            break
+        at += g.numel()
+    else:
+        if at == size:  # the slices tile the tensor, as they do for a chain over a whole flat parameter
+            return pieces[0][1] if len(pieces) == 1 else torch.cat([g for _, g in pieces])
+    out = like.new_zeros(size)
+    for start, g in pieces:
+        out[start:start + g.numel()] += g
+    return out
+
+
+def _apply(x: torch.Tensor, structures: list, slots: list, relus: list, tensors: list) -> torch.Tensor:
+    return _SparseChainFunction.apply(x, tuple(structures), tuple(slots), tuple(relus), *tensors)
+
+
+def sparse_linear(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, structure: Structure):
+    """``F.linear`` of a weight given by its kept ``values`` at the positions of ``structure``."""
+    return sparse_chain(x, [(values, bias)], [structure], [])
 
 
 def sparse_chain(x: torch.Tensor, params: list, structures: list[Structure], relus: list[bool]) -> torch.Tensor:
-    """Linear layers given by ``(values, bias)`` pairs and their :class:`Structure`, a ReLU after layer ``k``
-    where ``relus[k]``, on a 2-d ``x`` (one autograd node: :class:`_SparseChainFunction`)."""
-    flat = [t for pair in params for t in pair]
-    return _SparseChainFunction.apply(x, tuple(structures), tuple(relus), *flat)
+    """Linear layers given by ``(values, bias)`` pairs (``bias`` may be None) and their :class:`Structure`, a
+    ReLU after layer ``k`` where ``relus[k]``: one autograd node (:class:`_SparseChainFunction`)."""
+    tensors, slots = [], []
+    for pair in params:
+        for t in pair:
+            if t is None:
+                slots.append(None)
+            else:
+                slots.append(Slot(len(tensors), 0, t.shape[0], t.detach()))
+                tensors.append(t)
+    return _apply(x, structures, slots, relus, tensors)
 
 
 # ---- one layer --------------------------------------------------------------------------------------
 
 class SparseLinear:
-    """The sparse execution of one masked ``nn.Linear``: its kept values as a flat parameter (which the
-    optimizer steps on), the CSR structure of its mask, and a ``forward`` installed on the module.
+    """The sparse execution of one masked ``nn.Linear``: the CSR structure of its mask, where its kept values
+    and its bias live (slices of a :class:`Pack`'s flat parameter, which the optimizer steps on; a bias that is
+    no pack's stays the module's parameter), and a ``forward`` installed on the module.
 
-    The module's own dense ``weight`` stays its parameter and its ``state_dict`` entry; :meth:`write_back`
-    copies the values into it after every optimizer step. A forward that finds another tensor than that
-    weight in the module (``torch.func.functional_call``: RigL's dense gradient, SNIP scores) runs the
-    ordinary dense ``F.linear`` on it.
+    The module's own dense ``weight`` (and ``bias``) stay its parameters and its ``state_dict`` entries; the
+    pack writes the values into them after every optimizer step. A forward that finds other tensors than those
+    in the module (``torch.func.functional_call``: RigL's dense gradient, SNIP scores) runs the ordinary dense
+    ``F.linear`` on them.
     """
 
     def __init__(self, name: str, module: nn.Linear, keep: torch.Tensor):
@@ -232,7 +268,15 @@ class SparseLinear:
         self.weight = module.weight
         self.keep = keep
         self.structure = Structure.of(keep.to(self.weight.device))
-        self.values = nn.Parameter(self.gather(self.weight.detach()), requires_grad=self.weight.requires_grad)
+        self.values_slot: tuple[Pack, int, int] | None = None  # (pack, start, stop), set by Pack
+        self.bias_slot: tuple[Pack, int, int] | None = None
+        self.bias: torch.Tensor | None = None  # the module's bias when its slot was set
+
+    @property
+    def values(self) -> torch.Tensor:
+        """The kept values (a view of the pack's flat parameter)."""
+        pack, a, b = self.values_slot
+        return pack.flat[a:b]
 
     def gather(self, dense: torch.Tensor) -> torch.Tensor:
         return dense.reshape(-1).index_select(0, self.structure.flat)
@@ -241,16 +285,37 @@ class SparseLinear:
         return values.new_zeros(self.weight.shape).reshape(-1).index_copy_(0, self.structure.flat, values) \
             .view(self.weight.shape)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        module = self.module
-        if module._parameters.get("weight") is not self.weight or x.dtype != self.values.dtype:
-            return nn.functional.linear(x, module.weight, module.bias)
-        return _SparseLinearFunction.apply(x, self.values, module.bias, self.structure)
+    def usable(self, x: torch.Tensor) -> bool:
+        """Whether a call on ``x`` computes what the module's own forward would."""
+        params = self.module._parameters
+        return (params.get("weight") is self.weight and x.dtype == self.weight.dtype
+                and (self.bias_slot is None or params.get("bias") is self.bias))
 
-    def write_back(self) -> None:
-        """The kept values into the dense weight; call under ``torch.no_grad()`` (one context for all layers:
-        a decorator per layer cost as much as the copies)."""
-        self.weight.view(-1).index_copy_(0, self.structure.flat, self.values)
+    def operands(self, tensors: list, index: dict) -> tuple[Slot, Slot | None]:
+        """This layer's :class:`Slot` of values and of bias, their tensors appended to ``tensors`` (``index``:
+        ``id`` of a tensor -> its place)."""
+        def slot(t, a, b, view):
+            if id(t) not in index:
+                index[id(t)] = len(tensors)
+                tensors.append(t)
+            return Slot(index[id(t)], a, b, view)
+
+        pack, a, b = self.values_slot
+        vs = slot(pack.flat, a, b, pack.views[(a, b)])
+        bias = self.module.bias
+        if bias is None:
+            return vs, None
+        if self.bias_slot is None:
+            return vs, slot(bias, 0, bias.shape[0], bias.detach())
+        pack, a, b = self.bias_slot
+        return vs, slot(pack.flat, a, b, pack.views[(a, b)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.usable(x):
+            return nn.functional.linear(x, self.module.weight, self.module.bias)
+        tensors: list = []
+        vs, bs = self.operands(tensors, {})
+        return _apply(x, [self.structure], [vs, bs], [], tensors)
 
     def install(self) -> None:
         self.module.__dict__["forward"] = self.forward  # an instance attribute: the class stays nn.Linear
@@ -259,20 +324,86 @@ class SparseLinear:
         if self.module.__dict__.get("forward") == self.forward:
             del self.module.__dict__["forward"]
 
-    @torch.no_grad()
-    def restructure(self, keep: torch.Tensor) -> None:
-        """A new mask for this layer: the structure rebuilt, the values gathered again from the dense weight
-        (which the mask update changed: zeros where a weight grew or was dropped)."""
-        self.keep = keep
-        self.structure = Structure.of(keep.to(self.weight.device))
-        self.values = nn.Parameter(self.gather(self.weight.detach()), requires_grad=self.weight.requires_grad)
 
-    def regather(self, old: Structure, state: torch.Tensor) -> torch.Tensor:
-        """A per-value optimizer state tensor of the ``old`` structure at the positions of the current one: kept
-        positions keep their state, new ones start at 0, which is what
-        :func:`prunelab.sparse_training.reset_optimizer_state` gives the dense path."""
-        dense = state.new_zeros(self.weight.numel()).index_copy_(0, old.flat, state)
-        return dense.index_select(0, self.structure.flat)
+class Pack:
+    """One flat parameter for the kept values of sparse layers and their biases (``members``: ``(dense
+    parameter, layer, "weight" or "bias")``), which takes their place in one optimizer parameter group:
+    the optimizer's per-tensor loop then runs once where it ran once per weight and bias (SGD with momentum
+    over LeNet-300-100's six small tensors: 65 us against 27 us for one). Per-value optimizer state is the
+    members' state at the kept positions, concatenated; the optimizer's ``state_dict`` shows it in the dense
+    shapes and order (:meth:`SparseExecution._dense_state_dict`)."""
+
+    def __init__(self, members: list[tuple[torch.Tensor, SparseLinear, str]]):
+        self.members = members
+        self.spans: list[tuple[int, int]] = []
+        parts, at = [], 0
+        with torch.no_grad():
+            for dense, layer, kind in members:
+                part = layer.gather(dense.detach()) if kind == "weight" else dense.detach().clone()
+                self.spans.append((at, at + part.numel()))
+                at += part.numel()
+                parts.append(part)
+            flat = torch.cat(parts) if parts else members[0][0].new_zeros(0)
+        self.flat = nn.Parameter(flat, requires_grad=members[0][0].requires_grad)
+        base = self.flat.detach()
+        self.views = {span: base[span[0]:span[1]] for span in self.spans}
+        for (dense, layer, kind), (a, b) in zip(members, self.spans):
+            if kind == "weight":
+                layer.values_slot = (self, a, b)
+            else:
+                layer.bias_slot, layer.bias = (self, a, b), dense
+
+    def pack_state(self, states: list[dict]) -> dict:
+        """The members' optimizer states (dense shapes) as the flat parameter's."""
+        out = {}
+        for key, value in states[0].items():
+            if _per_weight(value, self.members[0][0]):
+                parts = [s[key].to(dense.device) for s, (dense, _, _) in zip(states, self.members)]
+                out[key] = torch.cat([layer.gather(v) if kind == "weight" else v.reshape(-1)
+                                      for v, (_, layer, kind) in zip(parts, self.members)])
+            else:
+                out[key] = value
+        return out
+
+    def unpack_state(self, state: dict) -> list[dict]:
+        """The flat parameter's optimizer state as each member's, in its dense shape."""
+        out = []
+        for (dense, layer, kind), (a, b) in zip(self.members, self.spans):
+            out.append({key: (layer.scatter(v[a:b]) if kind == "weight" else v[a:b].clone().view(dense.shape))
+                        if _per_weight(v, self.flat) else v for key, v in state.items()})
+        return out
+
+    def write_back(self) -> None:
+        """The flat parameter into the members' dense tensors; under ``torch.no_grad()``."""
+        flat = self.flat
+        for (dense, layer, kind), (a, b) in zip(self.members, self.spans):
+            if kind == "weight":  # scatter_: half the time of index_copy_ (4 against 9 us on a 300x784 layer)
+                dense.view(-1).scatter_(0, layer.structure.flat, flat[a:b])
+            else:
+                dense.view(-1).copy_(flat[a:b])
+
+
+def _same_state(states: list[dict], members) -> bool:
+    """Whether the members' optimizer states can be one: all with or all without state, the same keys, equal
+    values where a value is not per weight (Adam's ``step``)."""
+    if not any(states):
+        return True
+    if not all(states) or any(s.keys() != states[0].keys() for s in states):
+        return False
+    for key, value in states[0].items():
+        for s, (dense, _, _) in zip(states[1:], members[1:]):
+            other = s[key]
+            if _per_weight(other, dense) != _per_weight(value, members[0][0]):
+                return False
+            if _per_weight(other, dense):
+                continue
+            if isinstance(value, torch.Tensor) or isinstance(other, torch.Tensor):
+                if not (isinstance(value, torch.Tensor) and isinstance(other, torch.Tensor)
+                        and value.shape == other.shape and torch.equal(value.cpu(), other.cpu())):
+                    return False
+            elif value != other:
+                return False
+    return True
 
 
 # ---- runs of sparse layers in a Sequential ---------------------------------------------------------------
@@ -301,6 +432,10 @@ class SparseChains:
     def __init__(self, seq: nn.Sequential, runs: list[tuple[int, int, list[SparseLinear], list[bool]]]):
         self.seq, self.runs = seq, runs
         self.mods = tuple(seq._modules.values())
+        self.structures = [[layer.structure for layer in layers] for _, _, layers, _ in runs]
+        # the operands, where they are fixed: every bias in a pack (a bias of the module's own is read per call)
+        self.fixed = [self._operands(layers) if all(layer.bias_slot is not None or layer.module.bias is None
+                                                    for layer in layers) else None for _, _, layers, _ in runs]
 
     @staticmethod
     def find(seq: nn.Module, by_module: dict[int, SparseLinear]) -> SparseChains | None:
@@ -330,12 +465,16 @@ class SparseChains:
         return SparseChains(seq, runs) if runs else None
 
     def _usable(self, x: torch.Tensor, start: int, end: int, layers: list[SparseLinear]) -> bool:
-        if x.dim() != 2 or _global_hooks():
+        if x.dim() < 2 or _global_hooks():
             return False
-        for layer in layers:
-            if layer.module._parameters.get("weight") is not layer.weight or x.dtype != layer.values.dtype:
-                return False
-        return not any(_hooked(m) for m in self.mods[start:end])
+        return all(layer.usable(x) for layer in layers) and not any(_hooked(m) for m in self.mods[start:end])
+
+    @staticmethod
+    def _operands(layers: list[SparseLinear]) -> tuple[list, list]:
+        tensors: list = []
+        index: dict = {}
+        slots = [slot for layer in layers for slot in layer.operands(tensors, index)]
+        return tensors, slots
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mods = tuple(self.seq._modules.values())
@@ -344,12 +483,12 @@ class SparseChains:
                 x = m(x)
             return x
         at = 0
-        for start, end, layers, relus in self.runs:
+        for (start, end, layers, relus), structures, fixed in zip(self.runs, self.structures, self.fixed):
             for m in mods[at:start]:
                 x = m(x)
             if self._usable(x, start, end, layers):
-                x = sparse_chain(x, [(layer.values, layer.module.bias) for layer in layers],
-                                 [layer.structure for layer in layers], relus)
+                tensors, slots = fixed if fixed is not None else self._operands(layers)
+                x = _apply(x, structures, slots, relus, tensors)
             else:
                 for m in mods[start:end]:
                     x = m(x)
@@ -394,6 +533,8 @@ class SparseExecution:
         self._keeps: dict[str, torch.Tensor] = {}
         self._hooks: list = []
         self.chains: list[SparseChains] = []
+        self.packs: list[tuple[int, Pack]] = []  # (optimizer group, pack) of the packs in the optimizer
+        self._groups: dict[int, tuple[list, list]] = {}  # group -> (its parameters dense, packed)
 
     # -- choosing layers
     def _wanted(self, name: str, keep: torch.Tensor) -> nn.Linear | None:
@@ -416,12 +557,20 @@ class SparseExecution:
 
     def _sync(self) -> bool:
         """Every masked layer run as the mode and its current mask say: new layers engaged, layers whose mask
-        changed rebuilt, layers that no longer pay (``auto``, a mask that grew) back to dense. Whether any changed."""
+        changed rebuilt, layers that no longer pay (``auto``, a mask that grew) back to dense; the packs made
+        again (:meth:`_pack`). Whether any changed."""
         mask = applied_mask(self.model) or {}
         changed = False
+
+        def change():
+            nonlocal changed
+            if not changed:
+                self._unpack()  # the optimizer back on the dense tensors, their state in the old structures
+                changed = True
+
         for name in [n for n in self.layers if n not in mask]:
-            self._release(name)
-            changed = True
+            change()
+            self.layers.pop(name).uninstall()
         for name, keep in mask.items():
             if keep is self._keeps.get(name):
                 continue
@@ -429,19 +578,18 @@ class SparseExecution:
             layer = self.layers.get(name)
             module = self._wanted(name, keep)
             if layer is not None and module is None:
-                self._release(name)
+                change()
+                self.layers.pop(name).uninstall()
             elif layer is None and module is not None:
+                change()
                 layer = self.layers[name] = SparseLinear(name, module, keep)
-                self._swap_in(layer.weight, layer.values, layer.gather)
                 layer.install()
             elif layer is not None and not torch.equal(keep, layer.keep):
-                old_values, old = layer.values, layer.structure
-                layer.restructure(keep)
-                self._swap_in(old_values, layer.values, lambda t, layer=layer, old=old: layer.regather(old, t))
-            else:
-                continue
-            changed = True
+                change()
+                layer.keep = keep
+                layer.structure = Structure.of(keep.to(layer.weight.device))
         if changed:
+            self._pack()
             self._link()
         return changed
 
@@ -460,12 +608,75 @@ class SparseExecution:
             chains.uninstall()
         self.chains = []
 
-    def _release(self, name: str) -> None:
-        layer = self.layers.pop(name)
-        with torch.no_grad():
-            layer.write_back()
-        self._swap_in(layer.values, layer.weight, layer.scatter)
-        layer.uninstall()
+    # -- the packs: one flat parameter per optimizer group
+    def _pack(self) -> None:
+        """Per optimizer parameter group, the sparse layers' weights in it and their biases in it as one
+        :class:`Pack` (one per (dtype, device); one per tensor where their optimizer states cannot be one),
+        which takes their place in the group, their state packed; a sparse layer whose weight is in no group
+        gets a pack of its own, outside the optimizer. The dense tensors must be current (they are after
+        every step)."""
+        for layer in self.layers.values():
+            layer.values_slot = layer.bias_slot = layer.bias = None
+        weights = {id(layer.weight): layer for layer in self.layers.values()}
+        biases = {id(layer.module.bias): layer for layer in self.layers.values() if layer.module.bias is not None}
+        state = self.optimizer.state
+        for gi, group in enumerate(self.optimizer.param_groups):
+            params = list(group["params"])
+            kinds: dict[tuple, list] = {}
+            for p in params:
+                if id(p) in weights:
+                    member = (p, weights[id(p)], "weight")
+                elif id(p) in biases and p.dim() == 1:
+                    member = (p, biases[id(p)], "bias")
+                else:
+                    continue
+                kinds.setdefault((p.dtype, p.device, p.requires_grad), []).append(member)
+            if not kinds:
+                continue
+            packs = []
+            for members in kinds.values():
+                states = [state.get(p, {}) for p, _, _ in members]
+                packs += [Pack(members)] if _same_state(states, members) else [Pack([m]) for m in members]
+            owner = {id(p): pack for pack in packs for p, _, _ in pack.members}
+            packed, placed = [], set()
+            for p in params:
+                pack = owner.get(id(p))
+                if pack is None:
+                    packed.append(p)
+                elif id(pack) not in placed:
+                    placed.add(id(pack))
+                    packed.append(pack.flat)
+            for pack in packs:
+                states = [state.pop(p, None) or {} for p, _, _ in pack.members]
+                if any(states):
+                    state[pack.flat] = pack.pack_state(states)
+                self.packs.append((gi, pack))
+            group["params"] = packed
+            self._groups[gi] = (params, list(packed))
+        for layer in self.layers.values():
+            if layer.values_slot is None:
+                Pack([(layer.weight, layer, "weight")])  # outside the optimizer: the weight is no group's
+
+    def _unpack(self) -> None:
+        """The dense tensors back in the optimizer's groups, the packs' state scattered to their shapes."""
+        state = self.optimizer.state
+        for gi, pack in self.packs:
+            packed = state.pop(pack.flat, None)
+            if packed:
+                for (p, _, _), s in zip(pack.members, pack.unpack_state(packed)):
+                    state[p] = s
+        for gi in self._groups:
+            self.optimizer.param_groups[gi]["params"] = self._dense_params(gi)
+        self.packs, self._groups = [], {}
+
+    def _dense_params(self, gi: int) -> list[torch.Tensor]:
+        """Group ``gi``'s parameters as they were before packing (each pack's flat parameter as its members)."""
+        current = self.optimizer.param_groups[gi]["params"]
+        dense, packed = self._groups.get(gi, (current, current))
+        if len(packed) == len(current) and all(p is q for p, q in zip(packed, current)):
+            return list(dense)
+        flats = {id(pack.flat): pack for _, pack in self.packs}
+        return [m for p in current for m in ([q for q, _, _ in flats[id(p)].members] if id(p) in flats else [p])]
 
     # -- engaging
     def engage(self) -> SparseExecution:
@@ -483,8 +694,13 @@ class SparseExecution:
 
     def disengage(self) -> None:
         self._unlink()
-        for name in list(self.layers):
-            self._release(name)
+        with torch.no_grad():
+            for _, pack in self.packs:
+                pack.write_back()
+        self._unpack()
+        for layer in self.layers.values():
+            layer.uninstall()
+        self.layers = {}
         for h in self._hooks:
             h.remove()
         self._hooks, self._keeps = [], {}
@@ -498,42 +714,75 @@ class SparseExecution:
     def sparse_layers(self) -> list[str]:
         return list(self.layers)
 
-    def _swap_in(self, old: torch.Tensor, new: torch.Tensor, convert) -> None:
-        """``new`` in ``old``'s place in the optimizer, with ``old``'s per-weight state converted."""
-        for group in self.optimizer.param_groups:
-            for i, p in enumerate(group["params"]):
-                if p is old:
-                    group["params"][i] = new
-        state = self.optimizer.state.pop(old, None)
-        if state:
-            self.optimizer.state[new] = {k: convert(v) if _per_weight(v, old) else v for k, v in state.items()}
-
     # -- keeping the dense weights current
     def _after_optimizer_step(self, optimizer, args, kwargs) -> None:
         with torch.no_grad():
-            for layer in self.layers.values():
-                layer.write_back()
+            for _, pack in self.packs:
+                pack.write_back()
 
-    # -- the optimizer's state_dict in dense shapes
-    def _indexed_layers(self) -> dict[int, SparseLinear]:
-        by_param = {id(layer.values): layer for layer in self.layers.values()}
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        return {i: by_param[id(p)] for i, p in enumerate(params) if id(p) in by_param}
+    # -- the optimizer's state_dict in dense shapes and order
+    def _members(self) -> dict[int, tuple[Pack, int]]:
+        return {id(p): (pack, m) for _, pack in self.packs for m, (p, _, _) in enumerate(pack.members)}
 
     def _dense_state_dict(self, optimizer, state_dict: dict) -> dict:
-        state = dict(state_dict["state"])
-        for i, layer in self._indexed_layers().items():
-            if i in state:
-                state[i] = {k: layer.scatter(v) if _per_weight(v, layer.values) else v for k, v in state[i].items()}
-        return {**state_dict, "state": state}
+        """The state_dict that the optimizer would give on the dense tensors: each pack's entry as its members'
+        (dense shapes), the parameters numbered in the dense order."""
+        if not self.packs:
+            return state_dict
+        members, saved = self._members(), state_dict["state"]
+        state, groups, n = {}, [], 0
+        for gi, group in enumerate(self.optimizer.param_groups):
+            index = {id(p): i for p, i in zip(group["params"], state_dict["param_groups"][gi]["params"])}
+            unpacked: dict[int, list[dict] | None] = {}
+            ids = []
+            for p in self._dense_params(gi):
+                if id(p) in members:
+                    pack, m = members[id(p)]
+                    if id(pack) not in unpacked:
+                        s = saved.get(index[id(pack.flat)])
+                        unpacked[id(pack)] = pack.unpack_state(s) if s else None
+                        s = unpacked[id(pack)]
+                    s = unpacked[id(pack)]
+                    s = s[m] if s is not None else None
+                else:
+                    s = saved.get(index[id(p)])
+                if s is not None:
+                    state[n] = s
+                ids.append(n)
+                n += 1
+            groups.append({**state_dict["param_groups"][gi], "params": ids})
+        return {**state_dict, "state": state, "param_groups": groups}
 
     def _sparse_state_dict(self, optimizer, state_dict: dict) -> dict:
-        state = dict(state_dict["state"])
-        for i, layer in self._indexed_layers().items():
-            if i in state:
-                state[i] = {k: layer.gather(v.to(layer.weight.device)) if _per_weight(v, layer.weight) else v
-                            for k, v in state[i].items()}
-        return {**state_dict, "state": state}
+        """A dense state_dict (a checkpoint's) as the packed optimizer's."""
+        if not self.packs:
+            return state_dict
+        members, saved = self._members(), state_dict["state"]
+        state, groups, n = {}, [], 0
+        for gi, group in enumerate(self.optimizer.param_groups):
+            dense = self._dense_params(gi)
+            given = state_dict["param_groups"][gi]["params"] if gi < len(state_dict["param_groups"]) else []
+            if len(given) != len(dense):
+                return state_dict  # not this optimizer's: load_state_dict says so
+            index = {id(p): i for p, i in zip(dense, given)}
+            ids = []
+            for p in group["params"]:
+                pack = next((pk for _, pk in self.packs if pk.flat is p), None)
+                if pack is None:
+                    s = saved.get(index[id(p)])
+                else:
+                    states = [saved.get(index[id(q)]) or {} for q, _, _ in pack.members]
+                    if any(states) and not _same_state(states, pack.members):
+                        raise ValueError("sparse kernels: the optimizer state of the tensors packed into one "
+                                         "parameter differs (some without state, or another step count); load it "
+                                         "with --sparse-kernels off")
+                    s = pack.pack_state(states) if any(states) else None
+                if s is not None:
+                    state[n] = s
+                ids.append(n)
+                n += 1
+            groups.append({**state_dict["param_groups"][gi], "params": ids})
+        return {**state_dict, "state": state, "param_groups": groups}
 
     def record(self) -> dict[str, Any]:
         """The mode, the masked layers that run sparse now, and why each other one runs dense."""
