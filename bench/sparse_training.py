@@ -5,8 +5,8 @@ SGD with momentum 0.9 and weight decay 1e-4, cross-entropy), from the same rando
 every masked layer (``prunelab.prune(..., "random")``):
 
     dense     the dense masked step (Mask.apply: pruned weights zeroed, gradients multiplied by the mask)
-    sparse    --sparse-kernels on: every masked linear layer on its kept weights (CSR products, sampled
-              weight gradient, the optimizer on the kept values; prunelab.training.sparse_kernels)
+    sparse    --sparse-kernels on: every masked linear layer on its kept weights (embedding_bag products,
+              sampled weight gradient, one flat optimizer parameter; prunelab.training.sparse_kernels)
     auto      --sparse-kernels auto: sparse where the crossover measured for the layer's shape says it pays
 
 One round times one whole training step (zero_grad, forward, loss, backward, optimizer step) of each
@@ -19,19 +19,19 @@ step, whose many small operations suffer more from other processes than a few la
 Goals (issue 32, LeNet-300-100, batch 128, 1 thread): sparse at least 3x the dense masked step at 98.2%
 sparsity and 1.3x at 90%; auto never slower than dense (speed-up >= 1 within noise).
 
-Where it stands (LeNet-300-100 at 98.2%, 1 thread, the machine's load average about 5 on 2 cores): 2.3x median,
-best 2.8x; 1.5x at 90%. The 3x goal is not reached. At this density the products are a small part of a sparse step:
-the kernels of one step alone (CSR products, sampled weight gradient, SGD on the kept values; no autograd and no
-optimizer machinery) take about 0.56 ms against 0.86 ms for the whole step, best of 400. What is left is
-per-operation cost that the dense step pays too (its share is what bounds the ratio): a custom autograd function
-costs about 20 us per layer over a built-in operation, the optimizer's loop over six small tensors (three kept-value
-vectors, three biases) about 60 us where one flat tensor took 26 us, the first layer's transposed copy of the input
-(the layout MKL's sparse product is fast with) about 50 us. Measured, and applied: a 2-d input skips the reshapes,
-the CSR indices are 32-bit (64-bit ones were converted at every product), the write-back of the kept values into the
-dense weights runs under one no_grad for all layers (together 6-12% off the sparse step, min and median). Measured,
-not done: one flat parameter for all layers' kept values and biases (about 40 us, but the optimizer's state_dict would
-need its indices remapped to keep checkpoints the ordinary dense ones); writing back lazily (about 12 us; unsafe: any
-read of ``module.weight`` would see stale values); foreach SGD (slower on these small tensors: 94 us against 61).
+Where it stands (LeNet-300-100, 1 thread, the machine's load average about 4-5 on 2 cores, two runs of
+``--densities 0.1 0.018 --rounds 60``): at 98.2% 2.86x median, best 3.13-3.15x (sparse step 0.82-0.84 ms CPU
+median); at 90% 1.86-1.92x, best 1.98-2.02x. The 3x goal is met by the best-of ratio (the undisturbed cost) and
+not by the median under load. What brought it there from 2.3x median / 2.8x best (measured side by side in one
+process, best of 400-600 steps): the products by ``embedding_bag`` instead of MKL's CSR product (layer 784->300
+forward 60 -> 26 us, 300->100 13 -> 7 us; fwd+bwd 570 -> 520 us); the three layers and two ReLUs as one autograd
+node (0.824 -> 0.778 ms); one flat optimizer parameter for the kept values and biases (optimizer step with
+write-back 95 -> 67 us); the write-back by ``scatter_`` (4 against 9 us per layer); the first layer's input
+transposed in 8x8 blocks (53 -> 44 us). Still paid: the transposed copy of the input (the sampled weight
+gradient needs it; computed once), the sampled weight gradient of the first layer (54 us; it is 4222 dot
+products of length 128), and per-operation cost of autograd, the loss and the optimizer that the dense step
+pays too. Measured, not done: writing back lazily (unsafe: any read of ``module.weight`` would see stale values);
+foreach SGD (slower on small tensors).
 
 The last column is the largest difference of a weight from the dense masked step's after the rounds (every
 contender trains on the same batch), relative to its tensor's largest weight: float rounding, since the sparse
