@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from prunelab.io import atomic_write_text
-from prunelab.training.sparse_kernels import Structure, sparse_linear
+from prunelab.training.sparse_kernels import KERNELS_VERSION, Structure, sparse_linear
 
 #: Densities at which a layer's sparse step is timed against its dense one, from the highest.
 DENSITIES = (0.5, 0.3, 0.2, 0.15, 0.1, 0.07, 0.05, 0.03, 0.02, 0.01)
@@ -44,12 +44,13 @@ def cache_path() -> Path:
 
 
 def machine(device: torch.device) -> str:
-    """What the timings hold for: the device (GPU name, or the CPU's vector instruction set), torch, threads."""
+    """What the timings hold for: the device (GPU name, or the CPU's vector instruction set), torch, threads, and the
+    kernels' generation (a crossover measured with older kernels is measured again)."""
     if device.type == "cuda":
         what = torch.cuda.get_device_name(device)
     else:
         what = f"cpu {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads"
-    return f"{what}, torch {torch.__version__}"
+    return f"{what}, torch {torch.__version__}, kernels v{KERNELS_VERSION}"
 
 
 def _key(shape: tuple[int, int], batch: int) -> str:

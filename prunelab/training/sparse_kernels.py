@@ -56,6 +56,10 @@ from prunelab.training.trainer import Callback, Loop
 from prunelab.validate import check_name
 from prunelab.wrappers import unwrap
 
+#: The kernels' generation: part of the key of the measured crossovers (``sparse_crossover``), so that
+#: ``--sparse-kernels auto`` measures again when the kernels change (2: ``embedding_bag`` products, chained layers).
+KERNELS_VERSION = 2
+
 __all__ = ["MODES", "SparseExecution", "SparseKernels", "SparseLinear", "sparse_chain", "sparse_execution",
            "sparse_linear"]
 
