@@ -637,3 +637,22 @@ def test_attention_collapse_is_warned_when_the_keys_are_emptied(rows, warned):
     _, weights = model.attn(x, x, x, need_weights=True, average_attn_weights=False)
     uniform = torch.allclose(weights, torch.full_like(weights, 1 / 5), atol=1e-6)
     assert uniform == warned
+
+
+def test_inverted_iterative_synflow_that_disconnects_the_network_is_the_ablations_result_said_once():
+    # Inverting iterative SynFlow (Frankle et al. 2021, §5) keeps the weights off the paths first, so after a few
+    # iterations no path joins input and output and every score is 0: a result (chance accuracy), not an error.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 4))
+    with pytest.warns(UserWarning, match="inverted: every score is 0") as caught:
+        mask = prunelab.prune(model, "synflow", 0.9, input_shape=(1, 4, 4), invert=True)
+    assert sum("inverted: every score is 0" in str(w.message) for w in caught) == 1
+    assert abs(mask.sparsity - 0.9) < 0.01
+    # independent check: the number of input-output paths through the kept weights, a product of 0/1 matrices
+    kept = [mask[n].double() for n in ("1.weight", "3.weight", "5.weight")]
+    assert float((kept[2] @ kept[1] @ kept[0]).sum()) == 0.0
+    # not inverted, the same network is pruned without a word of this kind
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.filterwarnings("ignore", message="(?!synflow, inverted)")
+        prunelab.prune(model, "synflow", 0.9, input_shape=(1, 4, 4))

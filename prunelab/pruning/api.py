@@ -287,18 +287,19 @@ def prune(
     notify = getattr(scorer, "pruned", None)
     fast = getattr(scorer, "score_flat", None)  # scores only where the remover ranks (SynFlow)
     state = None
+    disconnected = False  # an inverted ranking emptied every path (said once, then pruning goes on)
     for i, target in enumerate(targets):
         if fast is not None and state is not None:
             # The fast path's scorer guarantees finite scores itself (SynFlow checks that R is finite).
             values = fast(state.mask(), state.index())
-            _check_some_signal(values, model, method, i)
+            disconnected = disconnected or _check_some_signal(values, model, method, i, invert)
             state.step_values(values, target, scope, highest, notify, seed + i, check_nan=False)
             continue
         scores = scorer(mask if state is None else state.mask())
         if state is None or m.revives:  # reviving (FORCE): every iteration ranks all that ``mask`` keeps
             check_scores(scores, mask, f"criterion {method!r} returned")
             state = _Remover(mask, next(iter(scores.values())).device, compact=True, ties=Ties(ties, seed))
-        _check_some_signal(scores, model, method, i)
+        disconnected = disconnected or _check_some_signal(scores, model, method, i, invert)
         if plan is not None and (i == 0 or m.revives):  # a reviving criterion's state starts anew each iteration
             plan.apply(state, scores, highest, notify)
         state.step(scores, target, scope, highest, notify=notify, groups=getattr(scores, "groups", None), seed=seed + i)
@@ -309,13 +310,22 @@ def prune(
     return result
 
 
-def _check_some_signal(scores: Mapping[str, torch.Tensor], model: nn.Module, method: str, iteration: int) -> None:
+def _check_some_signal(scores: Mapping[str, torch.Tensor], model: nn.Module, method: str, iteration: int,
+                       invert: bool = False) -> bool:
     """Refuse scores that are all exactly zero: ranked by position, they would prune the first layers first.
 
     Seen on torchvision's ViT (its head starts at zero, so no gradient reaches any other layer) and on a network
-    disconnected by an earlier iteration. The message names the all-zero parameters it finds."""
+    disconnected by an earlier iteration. The message names the all-zero parameters it finds. The one exception:
+    an inverted ranking (Frankle et al. 2021, §5) that disconnected the network at an earlier iteration (inverted
+    iterative SynFlow keeps the weights off the paths first), whose outcome, a network that passes no signal, is
+    the ablation's result: said in one warning, and True returned (the remaining iterations rank equal scores)."""
     if any(bool(v.any()) for v in scores.values()):
-        return
+        return False
+    if invert and iteration > 0:
+        warnings.warn(f"{method}, inverted: every score is 0 at iteration {iteration + 1}: the inverted ranking "
+                      "disconnected the network (no path from input to output is left); the remaining iterations "
+                      "prune among equal scores", UserWarning, stacklevel=3)
+        return True
     zero = []  # the weights of layers (by their rules) that are all zeros
     for n, (module, local) in parameter_owners(model).items():
         rule, p = layer_rule(module), getattr(module, local)
