@@ -21,6 +21,9 @@ numbers reject) or *undecided* (the interval contains no effect, or too few seed
   holding on one network and failing on another is partly);
 - **not reproduced**: no prediction holds and at least one fails;
 - **inconclusive**: no prediction holds or fails.
+
+A prediction whose runs are not (yet) in the run store is *not run* (no seeds, no interval): it counts as an untested
+part of its claim (:data:`NOT_RUN_RULE`), so the claim can be at best partly reproduced until it runs.
 """
 
 from __future__ import annotations
@@ -42,6 +45,10 @@ RULE = (
     "are undecided or untested, **not reproduced** when none holds and one fails, **inconclusive** when none "
     "holds or fails. Standard deviations are sample ones (ddof 1)."
 )
+
+# Said after RULE above a table in which a prediction is not run (the claims table has none: its text is RULE alone).
+NOT_RUN_RULE = ("A prediction whose runs are not yet in the run store is *not run* (n=0) and counts as an untested "
+                "part of its claim.")
 
 # Two-sided 95% quantiles of Student's t, t_{0.975, df} for df = 1..30 (standard tables; the test recomputes
 # them by integrating the density). Beyond 30 degrees of freedom the normal quantile is used.
@@ -147,6 +154,7 @@ def trend(xs: list[float], series: dict) -> Estimate:
 # ---- outcomes ----------------------------------------------------------------------------------------------
 
 HOLDS, FAILS, UNDECIDED = "holds", "fails", "undecided"
+NOT_RUN = "not run"  # no finished runs to read: an untested part of the claim, not an outcome of the rule
 
 
 def directional(est: Estimate, sign: int, training: bool) -> tuple[str, str]:
@@ -212,7 +220,9 @@ class Judged:
 
     @property
     def verdict(self) -> str:
-        return verdict([o.result for o in self.outcomes], bool(self.untested), self.analogue)
+        """The claim's verdict; a prediction not run is an untested part, not an outcome."""
+        ran = [o.result for o in self.outcomes if o.result != NOT_RUN]
+        return verdict(ran, bool(self.untested) or len(ran) < len(self.outcomes), self.analogue)
 
 
 def verdict(results: list[str], untested: bool, analogue: bool) -> str:

@@ -1,6 +1,7 @@
 """Where a claim's numbers come from: a registry of sources, each reading committed files into per-seed values.
 
-A source is a table in ``repro/records/claims.toml`` with a ``source`` key naming one of :data:`SOURCES`:
+A source is a table in a claim record (``repro/records/claims.toml``, ``since.toml``) with a ``source`` key
+naming one of :data:`SOURCES`:
 
 - ``runs``: the finished runs of a sweep spec (``spec = "02a_at_init"``, its run ids as the sweep computes them;
   ``dense = true`` for the spec's dense networks), narrowed by ``where`` (column = value of
@@ -17,7 +18,9 @@ A source is a table in ``repro/records/claims.toml`` with a ``source`` key namin
   table there by a named ``reduce`` (:data:`REDUCERS`).
 
 Each returns ``{seed: value}`` (``{None: value}`` for an exact one), multiplied by ``scale`` (100 turns an
-accuracy into percentage points); ``log10 = true`` takes the base-10 logarithm first.
+accuracy into percentage points); ``log10 = true`` takes the base-10 logarithm first. A ``runs`` source that no
+finished run matches (its sweep not run yet, or its runs still training: a run has a ``result.json`` only once it
+ends) raises :class:`NotRun`, naming the spec to run; every other source that matches nothing is an error.
 """
 
 from __future__ import annotations
@@ -29,6 +32,14 @@ from functools import cache
 from pathlib import Path
 
 REPRO = Path(__file__).resolve().parent
+
+
+class NotRun(ValueError):
+    """No finished runs to compare: ``specs`` names the sweep specs to run, ``why`` says what is missing."""
+
+    def __init__(self, specs: list[str], why: str):
+        super().__init__(f"claim source: {why} (specs {', '.join(specs)})")
+        self.specs, self.why = list(specs), why
 
 
 class Sources:
@@ -235,6 +246,9 @@ def read(src: Sources, spec: dict) -> dict:
     if kind not in SOURCES:
         raise ValueError(f"claim source must be one of {', '.join(SOURCES)}, got {kind!r}")
     values = SOURCES[kind](src, spec)
+    if not values and kind == "runs":
+        where = ", ".join(f"{k} = {v}" for k, v in spec.get("where", {}).items())
+        raise NotRun([spec["spec"]], f"no finished run of {spec['spec']}" + (f" where {where}" if where else ""))
     if not values:
         raise ValueError(f"claim source {spec} matches nothing")
     scale = spec.get("scale", 1.0)
