@@ -52,15 +52,20 @@ def summary(corr: torch.Tensor) -> dict:
             "own_best": int((corr.argmax(1) == torch.arange(len(corr))).sum())}
 
 
+def class_means():
+    """Fashion-MNIST, its training images and labels, and each class's mean test image (classes x 784)."""
+    ds = data.load("fashion_mnist")
+    test_x, test_y = ds.test.images.float(), ds.test.targets
+    means = torch.stack([test_x[test_y == c].reshape(-1, 784).mean(0) for c in range(ds.num_classes)])
+    return ds, ds.train.images, ds.train.targets, means
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", type=device_arg, default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     args = ap.parse_args()
-    ds = data.load("fashion_mnist")
-    train_x, train_y = ds.train.images, ds.train.targets
-    test_x, test_y = ds.test.images.float(), ds.test.targets
+    ds, train_x, train_y, means = class_means()
     classes = range(ds.num_classes)
-    means = torch.stack([test_x[test_y == c].reshape(-1, 784).mean(0) for c in classes])
     results = {}
     for sparsity in SPARSITIES:
         snip_maps, random_maps = [], []

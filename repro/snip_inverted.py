@@ -34,10 +34,10 @@ import math
 from pathlib import Path
 
 import torch
-from snip_class_masks import PER_CLASS, correlations, pixel_map, summary  # repro/snip_class_masks.py
+from snip_class_masks import PER_CLASS, class_means, correlations, pixel_map, summary  # repro/snip_class_masks.py
 
 import prunelab
-from prunelab import data, models
+from prunelab import models
 from prunelab.io import atomic_write_json
 from prunelab.scores.gradient import loss_gradients
 from prunelab.training.trainer import device_arg
@@ -84,11 +84,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", type=device_arg, default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     args = ap.parse_args()
-    ds = data.load("fashion_mnist")
-    train_x, train_y = ds.train.images, ds.train.targets
-    test_x, test_y = ds.test.images.float(), ds.test.targets
+    ds, train_x, train_y, means = class_means()
     classes = range(ds.num_classes)
-    means = torch.stack([test_x[test_y == c].reshape(-1, 784).mean(0) for c in classes])
     # maps[(score, images)][sparsity]: 10 x 784, one row per class
     maps: dict = {}
     for c in classes:
