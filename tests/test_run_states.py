@@ -140,3 +140,15 @@ def test_a_rerun_of_a_finished_run_adds_no_session(data_root, store_root, tmp_pa
     before = {i: RunStore(root).provenance(i) for i in RunStore(root).ids()}
     assert main(cli_args(data_root, root)) == 0
     assert {i: RunStore(root).provenance(i) for i in RunStore(root).ids()} == before
+
+
+def test_a_failed_run_that_succeeds_on_retry_keeps_no_old_error(tmp_path):
+    store = RunStore(tmp_path / "runs")
+    run_id = "0123456789abcdef"
+    store.folder(run_id).mkdir(parents=True)
+    assert store.record_failure(run_id, ValueError("boom"))
+    assert (store.folder(run_id) / "error.txt").is_file()
+    assert store.result(run_id) is None  # failed: retried
+    store.finish(run_id, {"status": "done", "test_accuracy": 0.5})
+    assert store.result(run_id)["status"] == "done"
+    assert not (store.folder(run_id) / "error.txt").exists()

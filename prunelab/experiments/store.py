@@ -192,6 +192,8 @@ class RunStore:
         result = {"id": run_id, **result}
         if _is_main():
             atomic_write_json(self.folder(run_id) / runfiles.RESULT_JSON, result)
+            # a retried run that failed before: its old error would read as this result's
+            (self.folder(run_id) / runfiles.ERROR).unlink(missing_ok=True)
         _distributed().barrier()
         return result
 
