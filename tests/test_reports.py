@@ -730,3 +730,51 @@ def test_long_layer_names_and_single_points_draw_without_a_layout_warning():
             warnings.simplefilter("error")
             plots.render(fig, ["png"], dpi=30)
         assert all(ax.get_position().height > 0.15 for ax in fig.axes if ax.get_visible())
+
+
+def test_learning_curves_of_a_hundred_configurations_draw_without_a_layout_warning():
+    """The learning curves of a store with 103 configurations (35 rows of legend, more than the figure's height)
+    squeezed the panels to nothing: matplotlib warned and left them unlaid. The figure grows by the legend's
+    height beyond a quarter of its own."""
+    curve = plots.Replicates(plots.Curve([0, 100, 200], [50.0, 60.0, 70.0], [1.0, 1.0, 1.0]))
+    lines = {f"magnitude after training shuffle #{i}": curve for i in range(103)}
+    for panels in ({"Test accuracy (%)": lines, "Test loss": lines}, {"Test accuracy (%)": lines}):
+        fig = plots.learning_curves(panels, title="lenet_300_100 on fashion_mnist, sparsity 93.13%")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            plots.render(fig, ["png"])  # at the report's resolution: text hinted at a few pixels lays out otherwise
+        assert all(ax.get_position().height * fig.get_figheight() > 1.5 for ax in fig.axes)  # inches
+
+
+@pytest.mark.parametrize("labels, panels", [
+    (["dense"], ["Test accuracy (%)"]),
+    ([f"lottery unstructured rewind_to=sigma_sign #{i}" for i in range(26)], ["Test accuracy (%)", "Test loss"]),
+    (["dense", "snip at init"], ["Test accuracy (%)", "Test loss", "Train loss"]),
+])
+def test_learning_curves_laid_out_without_a_layout_engine_keep_every_text_inside_and_apart(labels, panels):
+    """Learning curves are laid out from the sizes of their texts (no constrained layout, a fifth of their drawing
+    time): every text is inside the figure, each panel with its labels clear of the others and of the legend,
+    and the layout is the same whatever the formats drawn."""
+    x = [0, 1000, 25000, 50000]
+    curves = {"Test accuracy (%)": plots.Curve(x, [10.0, 80.0, 99.0, 100.0], [1.0] * 4),
+              "Test loss": plots.Curve(x, [2.30251, 2.30253, 2.30252, 2.30254], [1e-5] * 4),  # an offset text
+              "Train loss": plots.Curve(x, [0.3, 0.1, 0.02, 0.01], [0.2, 0.1, 0.05, 0.04])}  # below zero
+    data = {p: {label: plots.Replicates(curves[p], [curves[p]]) for label in labels} for p in panels}
+    title = "resnet20 on cifar10, sparsity 98.2%, with a title long enough to be wrapped on two lines"
+    fig = plots.learning_curves(data, lr_drops=[25000], title=title)
+    assert fig.get_layout_engine() is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        png = plots.render(fig, ["png", "pdf"])
+    assert plots.render(plots.learning_curves(data, lr_drops=[25000], title=title), ["pdf"])["pdf"] == png["pdf"]
+    renderer = fig.canvas.get_renderer()
+    page = fig.bbox
+    # A panel's tight box holds the tick labels it draws, its axis labels and offset text.
+    boxes = [ax.get_tightbbox(renderer) for ax in fig.axes] + [fig.legends[0].get_window_extent(renderer)]
+    for box in boxes + [t.get_window_extent(renderer) for t in fig.legends[0].get_texts()]:
+        assert page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0 and box.y1 <= page.y1
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not a.overlaps(b)
+    title = fig._suptitle.get_window_extent(renderer)
+    assert page.y1 >= title.y1 and all(not title.overlaps(b) for b in boxes)

@@ -20,9 +20,10 @@ take a minute on a store of a thousand runs on a laptop (``bench/report_speed.py
 formats not asked for are removed, so the folder holds the formats of the last report only.
 
 Builders run in worker processes, not threads (matplotlib is not thread-safe), forked where the system can
-(a worker starts with the parent's imports instead of importing torch and matplotlib again), one torch thread
-each. Every file is a function of its figure alone (:mod:`prunelab.reports.plots.style`: no dates, a fixed
-SVG salt), so a parallel report writes the bytes of a serial one, and a reused file those of a redrawn one.
+(a worker starts with the parent's imports instead of importing torch and matplotlib again: the parent imports
+what the builders need before the first fork), one torch thread each. Every file is a function of its figure
+alone (:mod:`prunelab.reports.plots.style`: no dates, a fixed SVG salt), so a parallel report writes the bytes of
+a serial one, and a reused file those of a redrawn one.
 """
 
 from __future__ import annotations
@@ -206,6 +207,8 @@ class _Workers:
             return future
         if self.pool is None:
             method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            if method == "fork":
+                _import_for_workers()
             self.pool = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context(method),
                                             initializer=_one_thread)
         return self.pool.submit(_build, task, *self.options)
@@ -216,6 +219,15 @@ class _Workers:
     def __exit__(self, *exc) -> None:
         if self.pool is not None:
             self.pool.shutdown(cancel_futures=exc[0] is not None)
+
+
+def _import_for_workers() -> None:
+    """Import here, once, the modules that builders import (the models, datasets and analyses, with torch and
+    torchvision: about 2.5 s of CPU each time): forked workers start with them instead of each importing them."""
+    import torch  # noqa: F401
+
+    from prunelab import analysis, data, masks, models  # noqa: F401
+    from prunelab.training import checkpoints  # noqa: F401
 
 
 def _one_thread() -> None:
