@@ -150,7 +150,7 @@ def fixed_layout(fig: Figure, axes, legend_rows: int = 0, legend_fontsize: float
     fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height,
                         wspace=between / panel if n > 1 else 0.0)
     if title:
-        fig._suptitle.set_y(1 - pad / height)
+        fig.suptitle(title, fontsize=10, y=1 - pad / height)  # as set_title() set it, moved to the pad
 
 
 def _tick_labels(axis) -> tuple[list[str], str]:
