@@ -106,13 +106,14 @@ _LEGEND_COLUMN_EM = 2.0 + 0.8 + 2.0
 # A legend row (a line of text and matplotlib's labelspacing 0.5) and the border pads above and below, in em.
 _LEGEND_ROW_EM = 1.6
 _LEGEND_BORDER_EM = 0.4
+TITLE_PT = 10  # the figure title's font size (set_title, fixed_layout)
 
 
 def set_title(fig: Figure, title: str) -> None:
     """The figure's title, wrapped to the figure's width (a one-panel figure is narrower than a long title)."""
     if title:
-        per_line = max(20, int(fig.get_figwidth() * 12))  # characters of 10-point text per line
-        fig.suptitle(textwrap.fill(title, per_line), fontsize=10)
+        per_line = max(20, int(fig.get_figwidth() * 12))  # characters of TITLE_PT-point text per line
+        fig.suptitle(textwrap.fill(title, per_line), fontsize=TITLE_PT)
 
 
 def fixed_layout(fig: Figure, axes, legend_rows: int = 0, legend_fontsize: float = 7) -> None:
@@ -140,7 +141,7 @@ def fixed_layout(fig: Figure, axes, legend_rows: int = 0, legend_fontsize: float
         x_overhang = max(x_overhang, max((text_width(t, xsize) for t in xlabels), default=0.0) / 2)
         offset_above = offset_above or bool(yoffset)
     title = fig.get_suptitle()
-    top = pad + (len(title.splitlines()) * 10 * _LINE_EM / 72 + pad if title else 0.0) \
+    top = pad + (len(title.splitlines()) * TITLE_PT * _LINE_EM / 72 + pad if title else 0.0) \
         + (8 * _LINE_EM / 72 if offset_above else 0.0)
     legend = legend_height(legend_rows, legend_fontsize) + 0.5 * legend_fontsize / 72  # and its borderaxespad
     left, right, bottom = pad + y_room, pad + x_overhang, pad + legend + pad + x_below
@@ -150,7 +151,7 @@ def fixed_layout(fig: Figure, axes, legend_rows: int = 0, legend_fontsize: float
     fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height,
                         wspace=between / panel if n > 1 else 0.0)
     if title:
-        fig.suptitle(title, fontsize=10, y=1 - pad / height)  # as set_title() set it, moved to the pad
+        fig.suptitle(title, fontsize=TITLE_PT, y=1 - pad / height)  # as set_title() set it, moved to the pad
 
 
 def _tick_labels(axis) -> tuple[list[str], str]:
