@@ -427,6 +427,18 @@ def _same_state(states: list[dict], members) -> bool:
 
 # ---- runs of sparse layers in a Sequential ---------------------------------------------------------------
 
+def _numbered(state_dict: dict, per_group: list[list[dict | None]]) -> dict:
+    """``state_dict`` with its parameters numbered anew in the order of ``per_group`` (each group's parameters'
+    states, None for one without state), as ``torch.optim.Optimizer.state_dict`` numbers them."""
+    state, groups, n = {}, [], 0
+    for gi, states in enumerate(per_group):
+        ids = list(range(n, n + len(states)))
+        state.update({i: s for i, s in zip(ids, states) if s is not None})
+        groups.append({**state_dict["param_groups"][gi], "params": ids})
+        n += len(states)
+    return {**state_dict, "state": state, "param_groups": groups}
+
+
 def _hooked(module: nn.Module) -> bool:
     return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
                 or module._backward_pre_hooks)
@@ -748,11 +760,11 @@ class SparseExecution:
         if not self.packs:
             return state_dict
         members, saved = self._members(), state_dict["state"]
-        state, groups, n = {}, [], 0
+        per_group = []
         for gi, group in enumerate(self.optimizer.param_groups):
             index = {id(p): i for p, i in zip(group["params"], state_dict["param_groups"][gi]["params"])}
             unpacked: dict[int, list[dict] | None] = {}
-            ids = []
+            states = []
             for p in self._dense_params(gi):
                 if id(p) in members:
                     pack, m = members[id(p)]
@@ -760,46 +772,38 @@ class SparseExecution:
                         s = saved.get(index[id(pack.flat)])
                         unpacked[id(pack)] = pack.unpack_state(s) if s else None
                     s = unpacked[id(pack)]
-                    s = s[m] if s is not None else None
+                    states.append(s[m] if s is not None else None)
                 else:
-                    s = saved.get(index[id(p)])
-                if s is not None:
-                    state[n] = s
-                ids.append(n)
-                n += 1
-            groups.append({**state_dict["param_groups"][gi], "params": ids})
-        return {**state_dict, "state": state, "param_groups": groups}
+                    states.append(saved.get(index[id(p)]))
+            per_group.append(states)
+        return _numbered(state_dict, per_group)
 
     def _sparse_state_dict(self, optimizer, state_dict: dict) -> dict:
         """A dense state_dict (a checkpoint's) as the packed optimizer's."""
         if not self.packs:
             return state_dict
         saved = state_dict["state"]
-        state, groups, n = {}, [], 0
+        per_group = []
         for gi, group in enumerate(self.optimizer.param_groups):
             dense = self._dense_params(gi)
             given = state_dict["param_groups"][gi]["params"] if gi < len(state_dict["param_groups"]) else []
             if len(given) != len(dense):
                 return state_dict  # not this optimizer's: load_state_dict says so
             index = {id(p): i for p, i in zip(dense, given)}
-            ids = []
+            states = []
             for p in group["params"]:
                 pack = next((pk for _, pk in self.packs if pk.flat is p), None)
                 if pack is None:
-                    s = saved.get(index[id(p)])
-                else:
-                    states = [saved.get(index[id(q)]) or {} for q, _, _ in pack.members]
-                    if any(states) and not _same_state(states, pack.members):
-                        raise ValueError("sparse kernels: the optimizer state of the tensors packed into one "
-                                         "parameter differs (some without state, or another step count); load it "
-                                         "with --sparse-kernels off")
-                    s = pack.pack_state(states) if any(states) else None
-                if s is not None:
-                    state[n] = s
-                ids.append(n)
-                n += 1
-            groups.append({**state_dict["param_groups"][gi], "params": ids})
-        return {**state_dict, "state": state, "param_groups": groups}
+                    states.append(saved.get(index[id(p)]))
+                    continue
+                members = [saved.get(index[id(q)]) or {} for q, _, _ in pack.members]
+                if any(members) and not _same_state(members, pack.members):
+                    raise ValueError("sparse kernels: the optimizer state of the tensors packed into one "
+                                     "parameter differs (some without state, or another step count); load it "
+                                     "with --sparse-kernels off")
+                states.append(pack.pack_state(members) if any(members) else None)
+            per_group.append(states)
+        return _numbered(state_dict, per_group)
 
     def record(self) -> dict[str, Any]:
         """The mode, the masked layers that run sparse now, and why each other one runs dense."""
