@@ -120,12 +120,14 @@ class Lines:
 
 
 def test_a_job_past_its_time_limit_saves_requeues_and_finishes_bitwise(data_root, tmp_path):
-    """lenet5, 1,280 steps (about a minute of training on one idle thread, minutes on a loaded machine) under a
-    one-minute limit, Slurm signalling 50 s ahead (its time checks run every 30 s, so the signal comes 10 to 40 s
-    into each job, before the training can end on any machine): the job stops after a step with a checkpoint and
+    """lenet5, 3,840 steps (a minute and a half of training on one idle thread, minutes on a loaded machine) under a
+    one-minute limit, Slurm signalling 10 s ahead: slurmctld looks at time limits every 30 s and signals a job
+    whose limit is less than the delay plus 30 s away, so the signal comes 20 to 50 s into each job: after it has
+    started (a signal during Python's start-up kills it: the spec gets a one-line warning that a one-minute limit
+    risks that), and before the training can end on any machine. The job stops after a step with a checkpoint and
     requeues, one or more times, and the run ends bitwise that of an uninterrupted one."""
-    spec = spec_file(tmp_path / "s.toml", training='train = "20ep"\nbatch_size = 64',
-                     slurm_table="time_min = 1\nsignal_delay_s = 50")
+    spec = spec_file(tmp_path / "s.toml", training='train = "60ep"\nbatch_size = 64',
+                     slurm_table="time_min = 1\nsignal_delay_s = 10\nmax_timeouts = 30")
     root = tmp_path / "runs"
     with requeued_jobs_start_at_once():
         proc = subprocess.Popen(sweep_cmd(spec, root, data_root), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -136,6 +138,7 @@ def test_a_job_past_its_time_limit_saves_requeues_and_finishes_bitwise(data_root
         finally:
             proc.kill()
     assert proc.returncode == 0, out
+    assert "Slurm may send the signal up to 60 s early" in out
     assert re.search(r"slurm job \d+ RUNNING: lenet5/mnist seed 0: dense", out), out  # its requeues may fall
     # between two looks at the queue: the run's sessions say them
     assert "jobs done: 1, diverged: 0, already done: 0, skipped: 0, failed: 0" in out

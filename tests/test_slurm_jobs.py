@@ -9,6 +9,7 @@ import pickle
 import signal
 import time
 import types
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -203,9 +204,17 @@ def test_a_slurm_sweep_submits_no_job_whose_dense_replicate_failed(data_root, tm
 # ---- parameters ----------------------------------------------------------------------------------------
 
 def test_slurm_parameters_signal_ahead_of_the_limit_requeue_and_ddp_tasks():
-    p = slurm.slurm_parameters({"time_min": 1, "tasks_per_node": 2}, "cpu")
+    with pytest.warns(UserWarning, match=r"time_min = 1 with a signal 30 s ahead of it: Slurm may send the signal up "
+                      r"to 60 s early .*; a time_min of 2 or more is safe$"):
+        p = slurm.slurm_parameters({"time_min": 1, "tasks_per_node": 2}, "cpu")
     assert p["slurm_signal_delay_s"] == 30 and p["tasks_per_node"] == 2 and p["max_timeouts"] == slurm.MAX_TIMEOUTS
-    assert slurm.slurm_parameters({"time_min": 240}, "cpu")["slurm_signal_delay_s"] == 90
+    # the default delay leaves the signal's earliest moment (60 s before it is due) 30 s after the job's start
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert [slurm.slurm_parameters({"time_min": t}, "cpu")["slurm_signal_delay_s"] for t in (2, 3, 240)] == \
+            [120 - 60 - 30, 90, 90]
+    with pytest.warns(UserWarning, match=r"a time_min of 3 or more, or a signal_delay_s of at most 30 s, is safe"):
+        slurm.slurm_parameters({"time_min": 2, "signal_delay_s": 31}, "cpu")
     assert slurm.slurm_parameters({"signal_delay_s": 20, "max_timeouts": 0}, "cpu")["max_timeouts"] == 0
     with pytest.raises(ValueError, match="signal_delay_s = 60 is not shorter than the time limit"):
         slurm.slurm_parameters({"time_min": 1, "signal_delay_s": 60}, "cpu")

@@ -52,7 +52,11 @@ SLURM_KEYS = {"partition": str, "time_min": int, "gpus_per_node": int, "cpus_per
               "array_parallelism": int, "nodes": int, "account": str, "qos": str, "tasks_per_node": int,
               "signal_delay_s": int, "max_timeouts": int}
 TIME_MIN = 60  # the time limit of a job when the spec gives none
-SIGNAL_DELAY_S = 90  # seconds ahead of the time limit that Slurm signals a job (at most half the limit)
+SIGNAL_DELAY_S = 90  # seconds ahead of the time limit that Slurm signals a job, by default (shorter limits: less)
+# Slurm checks time limits periodically, so it may send the signal up to this much earlier than asked (sbatch(1),
+# --signal); and a job needs about this long (Python, torch, submitit) before it can catch the signal at all:
+# a signal that comes sooner kills it, and the job ends FAILED.
+EARLY_SIGNAL_S, JOB_START_S = 60, 30
 MAX_TIMEOUTS = 10  # how often a job requeues at its time limit before it fails
 JOB_NAME = "prunelab"
 SQUEUE_MIN_S, SQUEUE_MAX_S = 2.0, 30.0  # squeue every 2 s after a change, doubling to this while nothing changes
@@ -85,7 +89,10 @@ def slurm_parameters(slurm: dict[str, Any], device: str) -> dict[str, Any]:
 
     A sweep on device ``cuda`` (or ``cuda:N``) with no GPUs per node is refused with a one-line error; one on
     ``auto`` gets a one-line warning that its jobs will run on the nodes' CPUs. A signal delay that is not
-    shorter than the time limit (every job would stop at once) is refused.
+    shorter than the time limit (every job would stop at once) is refused; one that Slurm may send within
+    :data:`JOB_START_S` of a job's start (it sends it up to :data:`EARLY_SIGNAL_S` early), which kills the job before
+    it can catch the signal, gets a one-line warning. The default delay is :data:`SIGNAL_DELAY_S`, shortened for
+    limits under 3 minutes to one that leaves that start-up room (a one-minute limit: half of it, and the warning).
     """
     import warnings
 
@@ -99,11 +106,19 @@ def slurm_parameters(slurm: dict[str, Any], device: str) -> dict[str, Any]:
         if key in slurm and slurm[key] < (0 if key == "max_timeouts" else 1):
             raise ValueError(f"[slurm] {key} must be >= {0 if key == 'max_timeouts' else 1}, got {slurm[key]}")
     time_min = slurm.get("time_min", TIME_MIN)
-    delay = slurm.get("signal_delay_s", min(SIGNAL_DELAY_S, time_min * 60 // 2))
+    room = time_min * 60 - EARLY_SIGNAL_S - JOB_START_S  # the longest delay whose signal never comes too early
+    delay = slurm.get("signal_delay_s", min(SIGNAL_DELAY_S, room) if room >= 10 else time_min * 60 // 2)
     if delay >= time_min * 60:
         raise ValueError(f"[slurm] signal_delay_s = {delay} is not shorter than the time limit (time_min = {time_min}"
                          f" is {time_min * 60} s): every job would be told to stop as it starts; give a delay of at "
-                         f"most {time_min * 60 // 2} s")
+                         f"most {max(room, time_min * 60 // 2)} s")
+    if delay > room:
+        safe_min = -(-(delay + EARLY_SIGNAL_S + JOB_START_S) // 60)
+        fix = f"a time_min of {safe_min} or more" + (f", or a signal_delay_s of at most {room} s," if room >= 1 else "")
+        warnings.warn(f"[slurm] time_min = {time_min} with a signal {delay} s ahead of it: Slurm may send the signal "
+                      f"up to {EARLY_SIGNAL_S} s early (sbatch --signal), within {JOB_START_S} s of a job's start, "
+                      f"before the job can catch it, and such a job fails (a rerun resumes it); {fix} is safe",
+                      UserWarning, stacklevel=2)
     if gpus == 0 and device == "auto":
         warnings.warn("the Slurm jobs ask for no GPU ([slurm] gpus_per_node = 0), so they run on the nodes' CPUs; "
                       "set gpus_per_node in the spec or give --gpus-per-node N for GPUs", UserWarning, stacklevel=2)
