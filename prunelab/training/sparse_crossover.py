@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from prunelab.io import atomic_write_text
-from prunelab.training.sparse_kernels import KERNELS_VERSION, Structure, sparse_linear
+from prunelab.training.sparse_products import KERNELS_VERSION, Structure, sparse_linear
 
 #: Densities at which a layer's sparse step is timed against its dense one, from the highest.
 DENSITIES = (0.5, 0.3, 0.2, 0.15, 0.1, 0.07, 0.05, 0.03, 0.02, 0.01)

@@ -30,9 +30,11 @@ differs. Pruned weights stay exactly 0 (nothing writes them). One difference whe
 layer in a step that uses another of its pack: the skipped layer's values get a zero gradient (weight decay
 and momentum act on them) where the dense path would leave them without one.
 
-:func:`sparse_execution` engages this for a model and its optimizer (the training loop does it under
-``RuntimeOptions.sparse_kernels``: ``off``, ``on``, or ``auto``, which runs a layer sparse only where a
-crossover measured once per machine and layer shape says it pays, :mod:`prunelab.training.sparse_crossover`).
+The products are :mod:`prunelab.training.sparse_products`, the flat parameters
+:mod:`prunelab.training.sparse_packs`; here: the layers, the chains, and :func:`sparse_execution`, which engages
+this for a model and its optimizer (the training loop does it under ``RuntimeOptions.sparse_kernels``: ``off``,
+``on``, or ``auto``, which runs a layer sparse only where a crossover measured once per machine and layer shape says
+it pays, :mod:`prunelab.training.sparse_crossover`).
 Convolutions stay dense: as unfolded patches times this kernel, a 3x3 convolution of ResNet-20 or LeNet-5-Caffe's
 second (5x5) convolution measured 1.4 to 20 times slower than the dense one at every density from 50% to 1%; it won only
 where the dense kernel itself is slow (one input channel, 1x1 stride-2 shortcuts), layers of a few percent of a step
@@ -52,221 +54,14 @@ from torch.nn.modules import module as _module_globals
 
 from prunelab.mask_binding import applied_mask
 from prunelab.training.runtime import SPARSE_KERNEL_MODES as MODES
+from prunelab.training.sparse_packs import Pack, numbered_state, same_state
+from prunelab.training.sparse_products import KERNELS_VERSION, Slot, Structure, apply_chain, sparse_chain, sparse_linear
 from prunelab.training.trainer import Callback, Loop
 from prunelab.validate import check_name
 from prunelab.wrappers import unwrap
 
-#: The kernels' generation: part of the key of the measured crossovers (``sparse_crossover``), so that
-#: ``--sparse-kernels auto`` measures again when the kernels change (2: ``embedding_bag`` products, chained layers).
-KERNELS_VERSION = 2
-
-__all__ = ["MODES", "SparseExecution", "SparseKernels", "SparseLinear", "sparse_chain", "sparse_execution",
-           "sparse_linear"]
-
-
-# ---- the structure of a mask and the products -----------------------------------------------------
-
-class Structure:
-    """The kept positions of one ``out x in`` weight as the index arrays of two CSR matrices: of ``W`` (values in
-    row-major order of the kept positions, the order of :attr:`flat`) and of ``Wᵀ`` (its values are
-    ``values[perm]``).
-
-    The CSR tensors are made once per values tensor and reused while it is the same tensor: a CSR tensor
-    aliases its values, so the optimizer's in-place steps on them reach it (``Wᵀ``'s values, a permuted copy,
-    are gathered again at each use, into the same buffer).
-    """
-
-    def __init__(self, keep: torch.Tensor):
-        out, inp = keep.shape
-        self.shape = (out, inp)
-        self.flat = keep.reshape(-1).nonzero().squeeze(1)  # row-major flat index of each kept position
-        flat_t = keep.t().reshape(-1).nonzero().squeeze(1)  # j * out + i, in row-major order of Wᵀ
-        rows_t, cols_t = flat_t // out, flat_t % out  # (j, i)
-        # 32-bit CSR indices where they fit: MKL's sparse products take them, and 64-bit ones were converted
-        # at every product (two copies per call, ten per LeNet-300-100 step).
-        index = torch.int32 if keep.numel() < 2**31 else torch.int64
-        self.crow, self.col = _crow(keep.sum(1)).to(index), (self.flat % inp).to(index)
-        self.crow_t, self.col_t = _crow(keep.sum(0)).to(index), cols_t.to(index)
-        self.perm = torch.searchsorted(self.flat, cols_t * inp + rows_t)  # Wᵀ's k-th value is values[perm[k]]
-        self._csr: tuple | None = None  # (values, its data pointer, W, Wᵀ, Wᵀ's values buffer)
-        # the same rows as bags of torch.nn.functional.embedding_bag (64-bit: its fast path)
-        self.bags = (self.col.long(), self.crow[:-1].long())
-        self.bags_t = (self.col_t.long(), self.crow_t[:-1].long())
-
-    @classmethod
-    def of(cls, keep: torch.Tensor) -> Structure:
-        return cls(keep)
-
-    @property
-    def nnz(self) -> int:
-        return self.flat.numel()
-
-    def _tensors(self, values: torch.Tensor) -> tuple:
-        c = self._csr
-        if c is None or c[0] is not values or c[1] != values.data_ptr():
-            v = values.detach()
-            vt = v.index_select(0, self.perm)
-            with warnings.catch_warnings():  # "sparse CSR support is in beta": torch's, once per process; not news
-                warnings.simplefilter("ignore", UserWarning)
-                w = torch.sparse_csr_tensor(self.crow, self.col, v, self.shape, check_invariants=False)
-                wt = torch.sparse_csr_tensor(self.crow_t, self.col_t, vt, self.shape[::-1], check_invariants=False)
-            c = self._csr = (values, values.data_ptr(), w, wt, vt)
-        return c
-
-    def csr(self, values: torch.Tensor) -> torch.Tensor:
-        """``W`` as a CSR tensor over ``values`` (aliased)."""
-        return self._tensors(values)[2]
-
-    def csr_t(self, values: torch.Tensor) -> torch.Tensor:
-        """``Wᵀ`` as a CSR tensor, its values gathered from ``values`` now."""
-        c = self._tensors(values)
-        torch.index_select(values.detach(), 0, self.perm, out=c[4])
-        return c[3]
-
-    def mm(self, values: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-        """``W @ dense`` (``dense`` contiguous, ``in x batch``): row ``i`` of the product is the sum of the rows
-        ``j`` of ``dense`` weighted by the kept ``W_ij``, which is ``embedding_bag`` with per-sample weights
-        (2 to 2.5 times faster than MKL's CSR product, ``torch.sparse.mm``, on LeNet-300-100's layers at batch
-        128 and densities 1.8 to 30%, one thread)."""
-        index, offsets = self.bags
-        return nn.functional.embedding_bag(index, dense, offsets, mode="sum", per_sample_weights=values.detach())
-
-    def mm_t(self, values: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-        """``Wᵀ @ dense`` (``dense``: ``out x batch``, contiguous), as :meth:`mm`."""
-        c = self._tensors(values)
-        torch.index_select(values.detach(), 0, self.perm, out=c[4])
-        index, offsets = self.bags_t
-        return nn.functional.embedding_bag(index, dense, offsets, mode="sum", per_sample_weights=c[4])
-
-
-def _crow(counts: torch.Tensor) -> torch.Tensor:
-    crow = counts.new_zeros(counts.numel() + 1, dtype=torch.int64)
-    torch.cumsum(counts, 0, out=crow[1:])
-    return crow
-
-
-class Slot:
-    """Where one layer's kept values (or its bias) live: ``tensors[index][start:stop]`` of the tensors handed
-    to :class:`_SparseChainFunction`, and that slice as a detached view (for the products; a CSR tensor over it
-    aliases the parameter, so the optimizer's in-place steps reach it)."""
-
-    __slots__ = ("index", "start", "stop", "view")
-
-    def __init__(self, index: int, start: int, stop: int, view: torch.Tensor):
-        self.index, self.start, self.stop, self.view = index, start, stop, view
-
-
-class _SparseChainFunction(torch.autograd.Function):
-    """Consecutive sparse linear layers, a ReLU or nothing between two of them, as one autograd node:
-    ``relu(x W₀ᵀ + b₀) W₁ᵀ + b₁ ...``, its backward written out. One node instead of one per layer and per
-    ReLU: each costs tens of microseconds of autograd bookkeeping, as much as a small sparse product.
-
-    Per layer: forward ``yᵀ = W xᵀ`` (``torch.sparse.mm``/``addmm`` of the CSR ``W`` and ``xᵀ`` contiguous, the
-    layout MKL is fastest with), input gradient ``gxᵀ = Wᵀ gᵀ``, weight gradient at the kept positions only
-    (``torch.sparse.sampled_addmm``), bias gradient ``Σ_b g``; the activations stay in the ``features x batch``
-    layout of the products, so a ReLU's backward (``threshold_backward``) reads two tensors of one layout.
-    The weights and biases are slices of ``tensors`` (:class:`Slot`): the flat parameter that holds every sparse
-    layer's kept values and biases gets one gradient tensor."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, structures: tuple, slots: tuple, relus: tuple, *tensors: torch.Tensor):
-        lead = None if x.dim() == 2 else x.shape[:-1]
-        at = _transpose(x if lead is None else x.reshape(-1, x.shape[-1]))  # in x batch
-        acts = [at]
-        last = len(structures) - 1
-        for k, s in enumerate(structures):
-            vs, bs = slots[2 * k], slots[2 * k + 1]
-            at = s.mm(vs.view, at)
-            if bs is not None:
-                at += bs.view.unsqueeze(1)
-            if k < last:
-                if relus[k]:
-                    at = torch.relu_(at)
-                acts.append(at)
-        ctx.structures, ctx.slots, ctx.relus, ctx.lead = structures, slots, relus, lead
-        ctx.sizes = [t.shape[0] for t in tensors]
-        ctx.save_for_backward(*acts, *tensors)  # the tensors for autograd's check that no step ran in between
-        return at.t() if lead is None else at.t().reshape(*lead, at.shape[0])
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        structures, slots, relus, lead = ctx.structures, ctx.slots, ctx.relus, ctx.lead
-        n = len(structures)
-        acts = ctx.saved_tensors[:n]  # (raises if a tensor was modified in place since the forward)
-        needs = ctx.needs_input_grad
-        wanted = [needs[4 + i] for i in range(len(ctx.sizes))]
-        pieces: list[list[tuple[int, torch.Tensor]]] = [[] for _ in ctx.sizes]
-        gx = None
-        gt = (grad if lead is None else grad.reshape(-1, grad.shape[-1])).t().contiguous()  # out x batch
-
-        def layer_needs(k):
-            return any(sl is not None and wanted[sl.index] for sl in slots[2 * k: 2 * k + 2])
-
-        first = 0 if needs[0] else min((k for k in range(n) if layer_needs(k)), default=n)
-        for k in range(n - 1, first - 1, -1):
-            s, vs, bs = structures[k], slots[2 * k], slots[2 * k + 1]
-            if wanted[vs.index]:
-                pieces[vs.index].append((vs.start, torch.sparse.sampled_addmm(
-                    s.csr(vs.view), gt, acts[k].t(), beta=0.0).values()))
-            if bs is not None and wanted[bs.index]:
-                pieces[bs.index].append((bs.start, gt.sum(1)))
-            if k > first or (k == 0 and needs[0]):
-                ga = s.mm_t(vs.view, gt)  # in x batch
-                if k == 0:
-                    gx = ga.t() if lead is None else ga.t().reshape(*lead, ga.shape[0])
-                else:
-                    gt = torch.ops.aten.threshold_backward(ga, acts[k], 0) if relus[k - 1] else ga
-        grads = [_assemble(p, size, grad) if w else None for p, size, w in zip(pieces, ctx.sizes, wanted)]
-        return (gx, None, None, None, *grads)
-
-
-def _transpose(x: torch.Tensor) -> torch.Tensor:
-    """``x.t().contiguous()`` of a 2-d ``x``, in 8x8 blocks where both sizes allow (a 128x784 batch: 44 against
-    53 us)."""
-    b, f = x.shape
-    if b % 8 or f % 8 or not x.is_contiguous():
-        return x.t().contiguous()
-    return x.view(b // 8, 8, f // 8, 8).permute(2, 3, 0, 1).contiguous().view(f, b)
-
-
-def _assemble(pieces: list[tuple[int, torch.Tensor]], size: int, like: torch.Tensor) -> torch.Tensor:
-    """One gradient tensor of ``size`` from gradients of its slices (0 where none)."""
-    pieces = sorted(pieces, key=lambda p: p[0])
-    at = 0
-    for start, g in pieces:
-        if start != at:
-            break
-        at += g.numel()
-    else:
-        if at == size:  # the slices tile the tensor, as they do for a chain over a whole flat parameter
-            return pieces[0][1] if len(pieces) == 1 else torch.cat([g for _, g in pieces])
-    out = like.new_zeros(size)
-    for start, g in pieces:
-        out[start:start + g.numel()] += g
-    return out
-
-
-def _apply(x: torch.Tensor, structures: list, slots: list, relus: list, tensors: list) -> torch.Tensor:
-    return _SparseChainFunction.apply(x, tuple(structures), tuple(slots), tuple(relus), *tensors)
-
-
-def sparse_linear(x: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None, structure: Structure):
-    """``F.linear`` of a weight given by its kept ``values`` at the positions of ``structure``."""
-    return sparse_chain(x, [(values, bias)], [structure], [])
-
-
-def sparse_chain(x: torch.Tensor, params: list, structures: list[Structure], relus: list[bool]) -> torch.Tensor:
-    """Linear layers given by ``(values, bias)`` pairs (``bias`` may be None) and their :class:`Structure`, a
-    ReLU after layer ``k`` where ``relus[k]``: one autograd node (:class:`_SparseChainFunction`)."""
-    tensors, slots = [], []
-    for pair in params:
-        for t in pair:
-            if t is None:
-                slots.append(None)
-            else:
-                slots.append(Slot(len(tensors), 0, t.shape[0], t.detach()))
-                tensors.append(t)
-    return _apply(x, structures, slots, relus, tensors)
+__all__ = ["KERNELS_VERSION", "MODES", "SparseExecution", "SparseKernels", "SparseLinear", "Structure", "sparse_chain",
+           "sparse_execution", "sparse_linear"]
 
 
 # ---- one layer --------------------------------------------------------------------------------------
@@ -334,7 +129,7 @@ class SparseLinear:
             return nn.functional.linear(x, self.module.weight, self.module.bias)
         tensors: list = []
         vs, bs = self.operands(tensors, {})
-        return _apply(x, [self.structure], [vs, bs], [], tensors)
+        return apply_chain(x, [self.structure], [vs, bs], [], tensors)
 
     def install(self) -> None:
         self.module.__dict__["forward"] = self.forward  # an instance attribute: the class stays nn.Linear
@@ -344,100 +139,7 @@ class SparseLinear:
             del self.module.__dict__["forward"]
 
 
-class Pack:
-    """One flat parameter for the kept values of sparse layers and their biases (``members``: ``(dense
-    parameter, layer, "weight" or "bias")``), which takes their place in one optimizer parameter group:
-    the optimizer's per-tensor loop then runs once where it ran once per weight and bias (SGD with momentum
-    over LeNet-300-100's six small tensors: 65 us against 27 us for one). Per-value optimizer state is the
-    members' state at the kept positions, concatenated; the optimizer's ``state_dict`` shows it in the dense
-    shapes and order (:meth:`SparseExecution._dense_state_dict`)."""
-
-    def __init__(self, members: list[tuple[torch.Tensor, SparseLinear, str]]):
-        self.members = members
-        self.spans: list[tuple[int, int]] = []
-        parts, at = [], 0
-        with torch.no_grad():
-            for dense, layer, kind in members:
-                part = layer.gather(dense.detach()) if kind == "weight" else dense.detach().clone()
-                self.spans.append((at, at + part.numel()))
-                at += part.numel()
-                parts.append(part)
-            flat = torch.cat(parts) if parts else members[0][0].new_zeros(0)
-        self.flat = nn.Parameter(flat, requires_grad=members[0][0].requires_grad)
-        base = self.flat.detach()
-        self.views = {span: base[span[0]:span[1]] for span in self.spans}
-        for (dense, layer, kind), (a, b) in zip(members, self.spans):
-            if kind == "weight":
-                layer.values_slot = (self, a, b)
-            else:
-                layer.bias_slot, layer.bias = (self, a, b), dense
-
-    def pack_state(self, states: list[dict]) -> dict:
-        """The members' optimizer states (dense shapes) as the flat parameter's."""
-        out = {}
-        for key, value in states[0].items():
-            if _per_weight(value, self.members[0][0]):
-                parts = [s[key].to(dense.device) for s, (dense, _, _) in zip(states, self.members)]
-                out[key] = torch.cat([layer.gather(v) if kind == "weight" else v.reshape(-1)
-                                      for v, (_, layer, kind) in zip(parts, self.members)])
-            else:
-                out[key] = value
-        return out
-
-    def unpack_state(self, state: dict) -> list[dict]:
-        """The flat parameter's optimizer state as each member's, in its dense shape."""
-        out = []
-        for (dense, layer, kind), (a, b) in zip(self.members, self.spans):
-            out.append({key: (layer.scatter(v[a:b]) if kind == "weight" else v[a:b].clone().view(dense.shape))
-                        if _per_weight(v, self.flat) else v for key, v in state.items()})
-        return out
-
-    def write_back(self) -> None:
-        """The flat parameter into the members' dense tensors; under ``torch.no_grad()``."""
-        flat = self.flat
-        for (dense, layer, kind), (a, b) in zip(self.members, self.spans):
-            if kind == "weight":  # scatter_: half the time of index_copy_ (4 against 9 us on a 300x784 layer)
-                dense.view(-1).scatter_(0, layer.structure.flat, flat[a:b])
-            else:
-                dense.view(-1).copy_(flat[a:b])
-
-
-def _same_state(states: list[dict], members) -> bool:
-    """Whether the members' optimizer states can be one: all with or all without state, the same keys, equal
-    values where a value is not per weight (Adam's ``step``)."""
-    if not any(states):
-        return True
-    if not all(states) or any(s.keys() != states[0].keys() for s in states):
-        return False
-    for key, value in states[0].items():
-        for s, (dense, _, _) in zip(states[1:], members[1:]):
-            other = s[key]
-            if _per_weight(other, dense) != _per_weight(value, members[0][0]):
-                return False
-            if _per_weight(other, dense):
-                continue
-            if isinstance(value, torch.Tensor) or isinstance(other, torch.Tensor):
-                if not (isinstance(value, torch.Tensor) and isinstance(other, torch.Tensor)
-                        and value.shape == other.shape and torch.equal(value.cpu(), other.cpu())):
-                    return False
-            elif value != other:
-                return False
-    return True
-
-
 # ---- runs of sparse layers in a Sequential ---------------------------------------------------------------
-
-def _numbered(state_dict: dict, per_group: list[list[dict | None]]) -> dict:
-    """``state_dict`` with its parameters numbered anew in the order of ``per_group`` (each group's parameters'
-    states, None for one without state), as ``torch.optim.Optimizer.state_dict`` numbers them."""
-    state, groups, n = {}, [], 0
-    for gi, states in enumerate(per_group):
-        ids = list(range(n, n + len(states)))
-        state.update({i: s for i, s in zip(ids, states) if s is not None})
-        groups.append({**state_dict["param_groups"][gi], "params": ids})
-        n += len(states)
-    return {**state_dict, "state": state, "param_groups": groups}
-
 
 def _hooked(module: nn.Module) -> bool:
     return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
@@ -518,7 +220,7 @@ class SparseChains:
                 x = m(x)
             if self._usable(x, start, end, layers):
                 tensors, slots = fixed if fixed is not None else self._operands(layers)
-                x = _apply(x, structures, slots, relus, tensors)
+                x = apply_chain(x, structures, slots, relus, tensors)
             else:
                 for m in mods[start:end]:
                     x = m(x)
@@ -666,7 +368,7 @@ class SparseExecution:
             packs = []
             for members in kinds.values():
                 states = [state.get(p, {}) for p, _, _ in members]
-                packs += [Pack(members)] if _same_state(states, members) else [Pack([m]) for m in members]
+                packs += [Pack(members)] if same_state(states, members) else [Pack([m]) for m in members]
             owner = {id(p): pack for pack in packs for p, _, _ in pack.members}
             packed, placed = [], set()
             for p in params:
@@ -776,7 +478,7 @@ class SparseExecution:
                 else:
                     states.append(saved.get(index[id(p)]))
             per_group.append(states)
-        return _numbered(state_dict, per_group)
+        return numbered_state(state_dict, per_group)
 
     def _sparse_state_dict(self, optimizer, state_dict: dict) -> dict:
         """A dense state_dict (a checkpoint's) as the packed optimizer's."""
@@ -797,22 +499,18 @@ class SparseExecution:
                     states.append(saved.get(index[id(p)]))
                     continue
                 members = [saved.get(index[id(q)]) or {} for q, _, _ in pack.members]
-                if any(members) and not _same_state(members, pack.members):
+                if any(members) and not same_state(members, pack.members):
                     raise ValueError("sparse kernels: the optimizer state of the tensors packed into one "
                                      "parameter differs (some without state, or another step count); load it "
                                      "with --sparse-kernels off")
                 states.append(pack.pack_state(members) if any(members) else None)
             per_group.append(states)
-        return _numbered(state_dict, per_group)
+        return numbered_state(state_dict, per_group)
 
     def record(self) -> dict[str, Any]:
         """The mode, the masked layers that run sparse now, and why each other one runs dense."""
         return {"sparse_kernels": self.mode, "sparse_layers": self.sparse_layers(),
                 "dense_layers": {n: why for n, why in self.choices.items() if why != "sparse"}}
-
-
-def _per_weight(value: Any, param: torch.Tensor) -> bool:
-    return isinstance(value, torch.Tensor) and value.shape == param.shape and value.dim() > 0
 
 
 @contextlib.contextmanager
