@@ -1,6 +1,8 @@
 """The one rule that turns a claim's numbers into its verdict (docs/results.md, "Claims and verdicts").
 
-Pure arithmetic on numbers already read (no torch, no files), so that a test can feed it synthetic records.
+Pure arithmetic on numbers already read (no torch, no files), so that a test can feed it synthetic records. Its
+sums are exact (``math.fsum``): the same numbers in another order (the run store lists runs in its file system's
+order) give the same bits, and the committed tables regenerate byte for byte on any machine.
 
 A claim makes one or more *predictions*, each of one kind (:data:`KINDS`):
 
@@ -69,8 +71,8 @@ def sample_sd(values: list[float]) -> float:
     n = len(values)
     if n < 2:
         return math.nan
-    mean = sum(values) / n
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    mean = math.fsum(values) / n
+    return math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,7 @@ def mean_interval(values: list[float], paired: bool = False) -> Estimate:
     n = len(values)
     if n == 0:
         raise ValueError("no values to estimate an effect from")
-    mean = sum(values) / n
+    mean = math.fsum(values) / n
     if n == 1:
         return Estimate(mean, math.nan, math.nan, 1, paired)
     half = t975(n - 1) * sample_sd(values) / math.sqrt(n)
@@ -104,7 +106,7 @@ def welch_interval(a: list[float], b: list[float]) -> Estimate:
     na, nb = len(a), len(b)
     if na == 0 or nb == 0:
         raise ValueError("an unpaired comparison needs values on both sides")
-    diff = sum(a) / na - sum(b) / nb
+    diff = math.fsum(a) / na - math.fsum(b) / nb
     if na < 2 or nb < 2:
         return Estimate(diff, math.nan, math.nan, min(na, nb))
     va, vb = sample_sd(a) ** 2 / na, sample_sd(b) ** 2 / nb
@@ -137,11 +139,11 @@ def slope(xs: list[float], ys: list[float]) -> float:
     n = len(xs)
     if n < 2 or len(ys) != n:
         raise ValueError(f"a slope needs two or more points of equal count, got {len(xs)} and {len(ys)}")
-    mx, my = sum(xs) / n, sum(ys) / n
-    sxx = sum((x - mx) ** 2 for x in xs)
+    mx, my = math.fsum(xs) / n, math.fsum(ys) / n
+    sxx = math.fsum((x - mx) ** 2 for x in xs)
     if sxx == 0:
         raise ValueError("a slope needs at least two distinct x values")
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+    return math.fsum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
 
 
 def trend(xs: list[float], series: dict) -> Estimate:

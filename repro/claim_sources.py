@@ -190,7 +190,7 @@ def _records_of(src: Sources, spec: dict) -> dict:
         if len(values) > 1 and not spec.get("mean_over"):
             raise ValueError(f"claim source: {spec['file']} {where} has {len(values)} rows for seed {seed}; "
                              "narrow the filter or set mean_over")
-        out[int(seed)] = sum(values) / len(values)
+        out[int(seed)] = math.fsum(values) / len(values)
     return out
 
 
@@ -240,6 +240,46 @@ SOURCES: dict[str, Callable[[Sources, dict], dict]] = {"runs": from_runs, "recor
 TRAINED = {"runs", "records"}
 
 
+def _spec_values(node) -> list:
+    """Every scalar a sweep spec sets, at any depth (its axes' lists flattened)."""
+    if isinstance(node, dict):
+        return [v for x in node.values() for v in _spec_values(x)]
+    if isinstance(node, list):
+        return [v for x in node for v in _spec_values(x)]
+    return [node]
+
+
+def _check_where(src: Sources, spec: dict) -> None:
+    """A ``runs`` filter that matches nothing is *not run* only if the spec could make such runs: each value of
+    ``where`` must be one the spec sets or one a run of the store has (a default); else it is misspelt (``forse``,
+    ``0.98``), an error, not a prediction waiting for its runs."""
+    import tomllib
+
+    if not spec.get("where"):
+        return
+    given = _spec_values(tomllib.loads((src.specs / f"{spec['spec']}.toml").read_text()))
+    table = src.table
+    for key, want in spec["where"].items():
+        if want is None or isinstance(want, (bool, list)):
+            continue
+        if len(table) and key not in table.columns:
+            raise ValueError(f"claim source: spec {spec['spec']} where {key} = {want!r}: the runs table has no "
+                             f"column {key!r}")
+        seen = given + ([v for v in table[key].tolist() if not _missing(v)] if key in table.columns else [])
+        if not any(_same_value(v, want) for v in seen):
+            raise ValueError(f"claim source: spec {spec['spec']} where {key} = {want!r}: neither the spec sets that "
+                             "value nor does any run in the store have it (misspelt?)")
+
+
+def _same_value(got, want) -> bool:
+    def number(x):
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    if number(got) and number(want):
+        return math.isclose(float(got), float(want), rel_tol=1e-9, abs_tol=1e-12)
+    return got == want
+
+
 def read(src: Sources, spec: dict) -> dict:
     """``{seed: value}`` of one source table (module docstring)."""
     kind = spec.get("source")
@@ -247,6 +287,7 @@ def read(src: Sources, spec: dict) -> dict:
         raise ValueError(f"claim source must be one of {', '.join(SOURCES)}, got {kind!r}")
     values = SOURCES[kind](src, spec)
     if not values and kind == "runs":
+        _check_where(src, spec)
         where = ", ".join(f"{k} = {v}" for k, v in spec.get("where", {}).items())
         raise NotRun([spec["spec"]], f"no finished run of {spec['spec']}" + (f" where {where}" if where else ""))
     if not values:

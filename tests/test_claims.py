@@ -214,6 +214,18 @@ def test_a_prediction_not_run_is_untested_not_an_error(tmp_path):
     assert claims.evaluate(only, src)["seeds"] == 0
 
 
+@pytest.mark.parametrize("where, error", [
+    ('{method = "snp", sparsity_target = 0.9}', "where method = 'snp': neither the spec sets that value"),
+    ('{method = "snip", sparsity_target = 0.98}', "where sparsity_target = 0.98: neither the spec sets"),
+])
+def test_a_misspelt_filter_is_an_error_not_a_prediction_not_run(tmp_path, where, error):
+    src = _not_run_sources(tmp_path)
+    (tmp_path / "c.toml").write_text(CLAIM + NOT_RUN.replace('{method = "snip", sparsity_target = 0.9}', where))
+    claim = claims.load(tmp_path / "c.toml")[0]
+    with pytest.raises(ValueError, match=error):
+        claims.evaluate(claim, src)
+
+
 def test_a_not_run_prediction_counts_as_untested_in_the_rule():
     est = claims.NOT_RUN
     held = rule.Outcome("a", rule.mean_interval([1.0, 1.1, 0.9]), rule.HOLDS, "")
