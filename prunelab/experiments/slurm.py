@@ -2,16 +2,17 @@
 can be interrupted, and a log worth reading.
 
 **In the job** (:class:`ClusterJob`, what each array task runs). Slurm is asked to send ``SIGUSR2``
-``signal_delay_s`` seconds before the time limit (submitit's ``--signal``; a preemption sends it too). The job
-then asks the training to stop after its current step (:func:`prunelab.training.trainer.request_stop`): the
-step's checkpoint is written, the training raises :class:`~prunelab.training.trainer.StopRequested`, and the job
-hands over to submitit, which calls :meth:`ClusterJob.checkpoint` (the same job again), requeues it with
-``scontrol requeue`` and exits. The requeued job resumes the run from that checkpoint, bitwise (CPU, same thread
-count). Should the training not reach a step boundary within half the signal delay (a long evaluation, a
-job still loading its data), the job requeues anyway, from its last epoch's checkpoint. A job requeues at most
-``max_timeouts`` times at its time limit (preemptions do not count); past that it fails, its checkpoint kept.
-A job of several tasks (``tasks_per_node``) is one DDP run: ``srun`` starts the tasks, each joins the process
-group (gloo on the CPU, NCCL on GPUs) from Slurm's variables, and rank 0 alone checkpoints and requeues.
+``signal_delay_s`` seconds before the time limit (submitit's ``--signal``; Slurm may send it up to a minute earlier,
+and a preemption sends it too). The job then asks the training to stop after its current step
+(:func:`prunelab.training.trainer.request_stop`): the step's checkpoint is written, the training raises
+:class:`~prunelab.training.trainer.StopRequested`, and the job hands over to submitit, which calls
+:meth:`ClusterJob.checkpoint` (the same job again), requeues it with ``scontrol requeue`` and exits. The requeued
+job resumes the run from that checkpoint, bitwise (CPU, same thread count). Should the training not reach a step
+boundary within half the signal delay (a long evaluation, a job still loading its data), the job requeues anyway,
+from its last epoch's checkpoint. A job requeues at most ``max_timeouts`` times at its time limit (preemptions do
+not count); past that it fails, its checkpoint kept. A job of several tasks (``tasks_per_node``) is one DDP run:
+``srun`` starts the tasks, each joins the process group (gloo on the CPU, NCCL on GPUs) from Slurm's variables, and
+rank 0 alone checkpoints and requeues.
 
 **On the login node** (:func:`run_submitit`). Each phase is one job array; a job whose dense replicate (or
 dense training to step t) failed is not submitted (:class:`prunelab.experiments.sweep.Dependencies`). The
