@@ -114,15 +114,25 @@ def _runner(root: str):
 def _matches(row, where: dict) -> bool:
     for key, want in where.items():
         got = row[key]
-        if isinstance(want, float) and isinstance(got, (int, float)) and got is not None:
-            if not math.isclose(float(got), want, rel_tol=1e-9, abs_tol=1e-12):
-                return False
-        elif isinstance(want, list):
+        if isinstance(want, list):
             if list(got) != want:
                 return False
-        elif got != want and not (want is None and _missing(got)):
+        elif want is None:
+            if not _missing(got):
+                return False
+        elif not _same_value(got, want):
             return False
     return True
+
+
+def _same_value(got, want) -> bool:
+    """Equal, numbers to float rounding (a sparsity written with fewer digits than the run's)."""
+    def number(x):
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    if number(got) and number(want):
+        return math.isclose(float(got), float(want), rel_tol=1e-9, abs_tol=1e-12)
+    return got == want
 
 
 def _missing(x) -> bool:
@@ -269,15 +279,6 @@ def _check_where(src: Sources, spec: dict) -> None:
         if not any(_same_value(v, want) for v in seen):
             raise ValueError(f"claim source: spec {spec['spec']} where {key} = {want!r}: neither the spec sets that "
                              "value nor does any run in the store have it (misspelt?)")
-
-
-def _same_value(got, want) -> bool:
-    def number(x):
-        return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-    if number(got) and number(want):
-        return math.isclose(float(got), float(want), rel_tol=1e-9, abs_tol=1e-12)
-    return got == want
 
 
 def read(src: Sources, spec: dict) -> dict:
