@@ -456,6 +456,33 @@ def test_layers_are_named_with_their_module_type(report, contexts):
     assert isinstance(lenet5["3"], torch.nn.Conv2d)  # the second convolution, as the title says
 
 
+def test_one_shot_ltr_is_one_curve_across_its_rates_and_iterative_pruning_one_per_rate():
+    from prunelab.reports.figures.accuracy import ltr_labels
+
+    runs = pd.DataFrame({"rate": [0.2, 0.2, 0.2, 0.5, 0.9, 0.9], "level": [1, 2, 3, 1, 1, 1],
+                         "rewind_to": ["0it", "0it", "0it", "0it", "0it", "1000it"], "scope": "global"})
+    assert list(ltr_labels(runs)) == ["LTR rewind 0it, 0.2 per level"] * 3 + ["LTR rewind 0it"] * 2 + [
+        "LTR rewind 1000it"]  # rates 0.5 and 0.9 at one level each: one-shot, one curve; 0.2 ran three levels
+    assert set(ltr_labels(runs.assign(scope=["global"] * 5 + ["layer"]))) == {
+        "LTR rewind 0it, 0.2 per level global", "LTR rewind 0it global", "LTR rewind 1000it layer"}
+
+
+def test_a_long_legend_goes_below_the_axes_and_the_figure_grows_for_it():
+    few = {f"m{i}": C(SPARSITY, np.linspace(90, 60, 5)) for i in range(3)}
+    many = {f"m{i}": C(SPARSITY, np.linspace(90, 60, 5)) for i in range(20)}
+    small, large = plots.accuracy_vs_sparsity(few), plots.accuracy_vs_sparsity(many)
+    assert small.axes[0].get_legend() is not None and not small.legends
+    assert large.axes[0].get_legend() is None and len(large.legends) == 1
+    assert large.get_figheight() > small.get_figheight()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(large)
+    canvas.draw()  # the layout engine places the legend at drawing time
+    renderer = canvas.get_renderer()
+    legend, axes = large.legends[0].get_window_extent(renderer), large.axes[0].get_window_extent(renderer)
+    assert legend.y1 <= axes.y0 and legend.y0 >= 0  # under the axes, inside the figure
+
+
 def test_guide_lines_are_drawn_to_be_seen():
     fig = plots.accuracy_vs_sparsity({"snip": C(SPARSITY, np.linspace(90, 60, 5))}, dense=(91.0, 0.5))
     dense = next(ln for ln in fig.axes[0].lines if ln.get_label() == "dense")

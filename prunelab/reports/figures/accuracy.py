@@ -45,11 +45,11 @@ def accuracy_vs_sparsity(ctx: Context) -> Iterable[ReportFigure]:
         used.append(part)
     lot = no_ablation(ctx.of_protocol("lottery"))
     ltr = lot[(lot["structure"] == "unstructured") & ~lot["rewind_to"].isin(REWIND_CHOICES)]
-    for (rewind, rate, scope), part in ltr.groupby(["rewind_to", "rate", "scope"], sort=True, dropna=False):
-        name = f"LTR rewind {rewind}" + (f" rate {rate:g}" if ltr["rate"].nunique() > 1 else "") + (
-            f" {scope}" if ltr["scope"].nunique() > 1 else "")
-        curves[name] = accuracy_curve(part)
-        used.append(part)
+    if not ltr.empty:
+        ltr = ltr.assign(label=ltr_labels(ltr))
+        for name, part in ltr.groupby("label", sort=True):
+            curves[name] = accuracy_curve(part)
+            used.append(part)
     rows = pd.concat(used)
     baselines = [b for b, present in (("magnitude pruning after training", not after.empty),
                                       ("lottery-ticket rewinding", not ltr.empty)) if present]
@@ -62,6 +62,19 @@ def accuracy_vs_sparsity(ctx: Context) -> Iterable[ReportFigure]:
         "(Frankle et al. 2021, Figs. 3 and 8.)",
         Plot(plots.accuracy_vs_sparsity, curves, dense=ctx.dense_percent(), title=ctx.label), common_hparams(rows),
         list(rows["id"]))
+
+
+def ltr_labels(ltr: pd.DataFrame) -> pd.Series:
+    """One curve per way of reaching the sparsities: one-shot lottery-ticket rewinding (one level, its rate the
+    sparsity: one curve across the rates) and iterative pruning at a rate per level (levels beyond the first: one
+    curve per rate, across the levels), per rewinding step and, where several, per scope. Labelling each one-shot
+    rate apart made a legend entry for every point."""
+    iterative = ltr.groupby("rate", dropna=False)["level"].transform("max") > 1
+    rate = ltr["rate"].map(lambda r: f", {r:g} per level" if pd.notna(r) else "")
+    label = "LTR rewind " + ltr["rewind_to"].astype(str) + rate.where(iterative, "")
+    if ltr["scope"].nunique() > 1:
+        label = label + " " + ltr["scope"].astype(str)
+    return label
 
 
 def lottery_accuracy(ctx: Context) -> Iterable[ReportFigure]:

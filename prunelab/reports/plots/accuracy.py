@@ -22,6 +22,7 @@ from prunelab.reports.plots.style import (
 )
 
 _MIN_DENSITY = 1e-6
+_LEGEND_INSIDE = 6  # more entries than this go below the axes
 
 
 def _sparsity_axis(ax, sparsities: Sequence[float]) -> None:
@@ -70,7 +71,10 @@ def accuracy_vs_sparsity(curves: Mapping[str, Curve], dense: tuple[float, float 
     dense_line(ax, dense)
     _sparsity_axis(ax, [s for c in curves.values() for s in c.arrays()[0]])
     ax.set_ylabel(ylabel, fontsize=9)
-    ax.legend(fontsize=7, frameon=False)
+    if len(ax.get_legend_handles_labels()[1]) > _LEGEND_INSIDE:
+        shared_legend(fig, [ax], max_columns=3)  # below the axes, the figure grown for it: inside it hid the lines
+    else:
+        ax.legend(fontsize=7, frameon=False)
     set_title(fig, title)
     return fig
 
