@@ -653,6 +653,10 @@ def test_accuracy_plots_draw_one_line_per_curve_on_a_reversed_log_density_axis()
 
     panels = {m: {"unmodified": C(SPARSITY, np.ones(5)), "shuffle": C(SPARSITY, np.ones(5))} for m in ("a", "b")}
     assert len(plots.ablation_panels(panels).axes) == 2
+    six = {m: panels["a"] for m in "abcdef"}  # in rows of four, the two spare panels hidden
+    fig = plots.ablation_panels(six)
+    assert fig.get_figwidth() == pytest.approx(4 * 3.6) and fig.get_figheight() > 2 * 3.4 - 1e-9
+    assert [ax.get_title() for ax in fig.axes if ax.get_visible()] == list("abcdef")
     fig = plots.accuracy_vs_step({"ltr": C([0, 100, 1000], [0.8, 0.85, 0.9])}, lr_drops=[500, 750])
     drops = [ln for ln in fig.axes[0].lines if ln.get_linestyle() == "-."]
     assert [ln.get_xdata()[0] for ln in drops] == [500, 750] and all(ln.get_linewidth() >= 1.4 for ln in drops)

@@ -23,6 +23,7 @@ from prunelab.reports.plots.style import (
 
 _MIN_DENSITY = 1e-6
 _LEGEND_INSIDE = 6  # more entries than this go below the axes
+_PANELS_PER_ROW = 4  # ablation panels: eleven criteria in one row made a figure 40 inches wide
 
 
 def _sparsity_axis(ax, sparsities: Sequence[float]) -> None:
@@ -90,14 +91,19 @@ def ablation_panels(panels: Mapping[str, Mapping[str, Curve]], dense: tuple[floa
     check_nonempty(panels, "panels")
     labels = list(dict.fromkeys(label for lines in panels.values() for label in lines))
     palette = colors(labels)
-    fig, axes = new_figure(ncols=len(panels), width=3.6, height=3.4, sharey=True)
-    for ax, (name, lines) in zip(axes[0], panels.items()):
+    ncols = min(len(panels), _PANELS_PER_ROW)
+    nrows = -(-len(panels) // ncols)
+    fig, axes = new_figure(ncols=ncols, nrows=nrows, width=3.6, height=3.4, sharey=True)
+    for ax, (name, lines) in zip(axes.flat, panels.items()):
         errorbar_curves(ax, lines, transform=lambda x: np.maximum(1 - x, _MIN_DENSITY), palette=palette)
         dense_line(ax, dense)
         _sparsity_axis(ax, [s for c in lines.values() for s in c.arrays()[0]])
         ax.set_title(name, fontsize=9)
-    axes[0, 0].set_ylabel(ylabel, fontsize=9)
-    shared_legend(fig, axes.flat, max_columns=6)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    for row in axes:
+        row[0].set_ylabel(ylabel, fontsize=9)
+    shared_legend(fig, list(axes.flat)[:len(panels)], max_columns=6)
     set_title(fig, title)
     return fig
 
