@@ -291,19 +291,56 @@ def test_auto_runs_a_layer_sparse_only_below_its_measured_crossover(tmp_path, mo
     assert sparse_crossover.crossover((40, 24), 16) == 0.5
 
 
+def test_auto_lets_a_layer_join_a_sparse_neighbours_chain_below_its_crossover_there(tmp_path, monkeypatch):
+    """Alone only the first layer pays; in a chain behind it the second does too (so the two run as one chain) and
+    the third does not: its in-chain crossover is below its density. Without a sparse neighbour nothing joins."""
+    cache = tmp_path / "crossover.json"
+    monkeypatch.setenv(sparse_crossover.ENV_VAR, str(cache))
+    where = sparse_crossover.machine(torch.device("cpu"))
+    entry = {"dense_ms": 1.0, "sparse_over_dense": {}, "measured_at": 0}
+
+    def cached(first_alone: float) -> None:
+        monkeypatch.setattr(sparse_crossover, "_memo", {})
+        crossovers = {"40x24, batch 16": first_alone, "32x40, batch 16": 0.0, "5x32, batch 16": 0.0,
+                      "40x24, batch 16, in a chain": 0.5, "32x40, batch 16, in a chain": 0.2,
+                      "5x32, batch 16, in a chain": 0.05}
+        cache.write_text(json.dumps({where: {k: {**entry, "crossover": c} for k, c in crossovers.items()}}))
+
+    def fresh():
+        net = nn.Sequential(nn.Linear(24, 40), nn.ReLU(), nn.Linear(40, 32), nn.ReLU(), nn.Linear(32, 5))
+        prunelab.prune(net, "random", 0.9, seed=0, distribution="uniform").apply(net)
+        return net, torch.optim.SGD(net.parameters(), lr=0.1)
+
+    monkeypatch.setattr(sparse_crossover, "measure", lambda *a, **k: pytest.fail("a cached crossover was measured"))
+    cached(first_alone=0.5)
+    net, opt = fresh()
+    with sparse_execution(net, opt, "auto", batch_size=16) as ex:
+        assert ex.sparse_layers() == ["0.weight", "2.weight"]
+        assert [len(layers) for c in ex.chains for _, _, layers, _ in c.runs] == [2]  # one chain of the two
+        assert ex.choices["4.weight"] == ("dense: density 0.1000 above the crossover 0; in a sparse neighbour's "
+                                          "chain too (crossover there 0.05)")
+    cached(first_alone=0.0)
+    net, opt = fresh()
+    with sparse_execution(net, opt, "auto", batch_size=16) as ex:
+        assert ex.sparse_layers() == [] and ex.chains == []
+
+
 def test_a_crossover_is_measured_once_and_printed(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(sparse_crossover.ENV_VAR, str(tmp_path / "c.json"))
     monkeypatch.setattr(sparse_crossover, "_memo", {})
     monkeypatch.setattr(sparse_crossover, "DENSITIES", (0.5, 0.01))
     calls = []
     real = sparse_crossover.measure
-    monkeypatch.setattr(sparse_crossover, "measure", lambda *a, **k: calls.append(a) or real(*a, rounds=3))
+    monkeypatch.setattr(sparse_crossover, "measure", lambda *a, **k: calls.append(a) or real(*a, rounds=3, **k))
     first = sparse_crossover.crossover((8, 16), 4)
     assert sparse_crossover.crossover((8, 16), 4) == first and len(calls) == 1
     assert first in (0.0, 0.01, 0.5)
+    chained = sparse_crossover.crossover((8, 16), 4, chained=True)  # behind a sparse feeder: measured apart
+    assert sparse_crossover.crossover((8, 16), 4, chained=True) == chained and len(calls) == 2
+    assert chained in (0.0, 0.01, 0.5)
     sparse_crossover.main([])
     out = capsys.readouterr().out
-    assert "8x16, batch 4" in out and "crossover" in out
+    assert "8x16, batch 4 " in out and "8x16, batch 4, in a chain" in out and "crossover" in out
 
 
 def test_bad_modes_are_refused_before_any_work():

@@ -5,7 +5,10 @@ where that pays. Whether it pays depends on the layer's shape, the batch size, t
 and the CPU's kernels, so the crossover is measured, not modelled: for each (shape, batch) the first time
 it is asked for, one training step of the layer alone (forward, input gradient, weight gradient) is timed
 dense and sparse at the densities of :data:`DENSITIES`, alternating the two; the crossover is the largest
-density at which sparse is faster, as it is at every lower density measured (0 when it never is). The
+density at which sparse is faster, as it is at every lower density measured (0 when it never is). A layer next
+to a sparse one in an ``nn.Sequential`` (a ReLU or nothing between them) joins that layer's chain, one autograd node
+for both, so what it costs there is less than alone: its crossover *in a chain* is measured as the same step behind a
+sparse feeding layer, the two as one chain against the feeder alone then the layer dense. The
 figures are cached per machine (CPU instruction set or GPU name, torch version, thread count) in
 ``$XDG_CACHE_HOME/prunelab/sparse_crossover.json`` (``~/.cache/...``), which this prints::
 
@@ -27,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from prunelab.io import atomic_write_text
-from prunelab.training.sparse_products import KERNELS_VERSION, Structure, sparse_linear
+from prunelab.training.sparse_products import KERNELS_VERSION, Structure, sparse_chain, sparse_linear
 
 #: Densities at which a layer's sparse step is timed against its dense one, from the highest.
 DENSITIES = (0.5, 0.3, 0.2, 0.15, 0.1, 0.07, 0.05, 0.03, 0.02, 0.01)
@@ -53,8 +56,11 @@ def machine(device: torch.device) -> str:
     return f"{what}, torch {torch.__version__}, kernels v{KERNELS_VERSION}"
 
 
-def _key(shape: tuple[int, int], batch: int) -> str:
-    return f"{shape[0]}x{shape[1]}, batch {batch}"
+FEEDER = (64, 0.05)  # in-chain measurement: the feeding layer's inputs and density (its outputs: the layer's inputs)
+
+
+def _key(shape: tuple[int, int], batch: int, chained: bool = False) -> str:
+    return f"{shape[0]}x{shape[1]}, batch {batch}" + (", in a chain" if chained else "")
 
 
 def load() -> dict[str, dict[str, Any]]:
@@ -71,15 +77,16 @@ def load() -> dict[str, dict[str, Any]]:
     return data if isinstance(data, dict) else {}
 
 
-def crossover(shape: tuple[int, int], batch: int, device: torch.device | str = "cpu") -> float:
-    """The crossover density of an ``out x in`` linear layer at ``batch`` on ``device`` (cached; measured when new)."""
+def crossover(shape: tuple[int, int], batch: int, device: torch.device | str = "cpu", chained: bool = False) -> float:
+    """The crossover density of an ``out x in`` linear layer at ``batch`` on ``device``, alone or (``chained``) in a
+    chain behind a sparse layer (cached; measured when new)."""
     device = torch.device(device)
-    where, key = machine(device), _key(shape, batch)
+    where, key = machine(device), _key(shape, batch, chained)
     if where not in _memo:
         _memo[where] = load().get(where, {})
     known = _memo[where].get(key)
     if known is None:
-        known = measure(shape, batch, device)
+        known = measure(shape, batch, device, chained=chained)
         _memo[where][key] = known
         _store(where, key, known)
     return float(known["crossover"])
@@ -99,41 +106,56 @@ def _store(where: str, key: str, entry: dict[str, Any]) -> None:
                       stacklevel=3)
 
 
-def _layer_step(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, sparse: tuple | None) -> float:
+def _step(forward, leaves: tuple, device: torch.device) -> float:
     t = time.perf_counter()
-    if sparse is None:
-        out = F.linear(x, weight, bias)
-        leaves = (x, weight, bias)
-    else:
-        values, structure = sparse
-        out = sparse_linear(x, values, bias, structure)
-        leaves = (x, values, bias)
-    torch.autograd.grad(out.sum(), leaves)
-    if x.is_cuda:
-        torch.cuda.synchronize(x.device)
+    torch.autograd.grad(forward().sum(), leaves)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return time.perf_counter() - t
 
 
-def measure(shape: tuple[int, int], batch: int, device: torch.device, rounds: int = 15) -> dict[str, Any]:
-    """Time one layer step dense and sparse at each of :data:`DENSITIES` (``rounds`` alternating rounds, medians)."""
+def measure(shape: tuple[int, int], batch: int, device: torch.device, rounds: int = 15,
+            chained: bool = False) -> dict[str, Any]:
+    """Time one layer step (forward, input and weight gradients) dense and sparse at each of :data:`DENSITIES`
+    (``rounds`` alternating rounds, medians); ``chained``: behind a sparse feeding layer (:data:`FEEDER`), the two
+    as one chain against the feeder alone then the layer dense."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, shape[1], generator=g).to(device).requires_grad_()
     weight = torch.randn(shape, generator=g).to(device).requires_grad_()
     bias = torch.randn(shape[0], generator=g).to(device).requires_grad_()
+    if chained:
+        width, density = FEEDER
+        x = torch.randn(batch, width, generator=g).to(device)
+        feed_keep = (torch.rand((shape[1], width), generator=g) < density).to(device)
+        feed = Structure.of(feed_keep)
+        feed_values = torch.randn(feed.nnz, generator=g).to(device).requires_grad_()
+        feed_bias = torch.randn(shape[1], generator=g).to(device).requires_grad_()
+    else:
+        x = torch.randn(batch, shape[1], generator=g).to(device).requires_grad_()
+
+    def contenders(values: torch.Tensor, structure: Structure) -> dict[bool, tuple]:
+        """dense? -> (forward, the leaves whose gradients the step computes)."""
+        if not chained:
+            return {True: (lambda: F.linear(x, weight, bias), (x, weight, bias)),
+                    False: (lambda: sparse_linear(x, values, bias, structure), (x, values, bias))}
+        return {True: (lambda: F.linear(torch.relu(sparse_linear(x, feed_values, feed_bias, feed)), weight, bias),
+                       (feed_values, feed_bias, weight, bias)),
+                False: (lambda: sparse_chain(x, [(feed_values, feed_bias), (values, bias)], [feed, structure], [True]),
+                        (feed_values, feed_bias, values, bias))}
+
     dense_times, ratios = [], {}
     for density in DENSITIES:
         keep = (torch.rand(shape, generator=g) < density).to(device)
         structure = Structure.of(keep)
         values = weight.detach().reshape(-1)[structure.flat].clone().requires_grad_()
+        steps = contenders(values, structure)
         for _ in range(2):  # warm-up
-            _layer_step(x, weight, bias, None)
-            _layer_step(x, weight, bias, (values, structure))
+            for forward, leaves in steps.values():
+                _step(forward, leaves, device)
         per_round = []
         for r in range(rounds):
-            pair = [None, (values, structure)] if r % 2 == 0 else [(values, structure), None]
-            t = {str(s is None): _layer_step(x, weight, bias, s) for s in pair}
-            per_round.append(t["False"] / t["True"])
-            dense_times.append(t["True"])
+            t = {dense: _step(*steps[dense], device) for dense in ((True, False) if r % 2 == 0 else (False, True))}
+            per_round.append(t[False] / t[True])
+            dense_times.append(t[True])
         ratios[density] = statistics.median(per_round)
     cross = 0.0
     for density in sorted(ratios):
@@ -158,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m prunelab.training.sparse_crossover",
                                  description="Print (or measure) the crossover densities of sparse kernels.")
     ap.add_argument("--measure", nargs="+", type=_shape, metavar="OUTxIN",
-                    help="measure these linear layer shapes now (and cache them)")
+                    help="measure these linear layer shapes now, alone and in a chain (and cache them)")
     ap.add_argument("--batch", type=int, default=128, help="batch size of the measurement (default 128)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the measurement (default 1)")
     ap.add_argument("--device", default="cpu", help="device of the measurement (default cpu)")
@@ -168,10 +190,11 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     for shape in args.measure or ():
-        where, key = machine(device), _key(shape, args.batch)
-        entry = measure(shape, args.batch, device)
-        _memo.setdefault(where, {})[key] = entry
-        _store(where, key, entry)
+        for chained in (False, True):
+            where, key = machine(device), _key(shape, args.batch, chained)
+            entry = measure(shape, args.batch, device, chained=chained)
+            _memo.setdefault(where, {})[key] = entry
+            _store(where, key, entry)
     data = load()
     print(f"sparse-kernel crossovers ({cache_path()}): a layer runs sparse under --sparse-kernels auto at densities "
           "up to its crossover")

@@ -152,6 +152,36 @@ def _global_hooks() -> bool:
                 or m._global_backward_pre_hooks)
 
 
+def linear_runs(seq: nn.Module, member) -> list[tuple[int, int, list[nn.Module], list[bool]]]:
+    """Runs of two or more children of a plain ``nn.Sequential`` (its own forward) for which ``member(child)``
+    holds, a ``nn.ReLU`` or nothing between two of them: (first index, index after the last, the members, whether a
+    ReLU follows each but the last)."""
+    if type(seq).forward is not nn.Sequential.forward or "forward" in seq.__dict__:
+        return []
+    mods = list(seq._modules.values())
+    runs, i = [], 0
+    while i < len(mods):
+        if not member(mods[i]):
+            i += 1
+            continue
+        members, relus, j = [mods[i]], [], i + 1
+        while True:
+            if j + 1 < len(mods) and type(mods[j]) is nn.ReLU and member(mods[j + 1]):
+                members.append(mods[j + 1])
+                relus.append(True)
+                j += 2
+            elif j < len(mods) and member(mods[j]):
+                members.append(mods[j])
+                relus.append(False)
+                j += 1
+            else:
+                break
+        if len(members) >= 2:
+            runs.append((i, j, members, relus))
+        i = j
+    return runs
+
+
 class SparseChains:
     """The forward of an ``nn.Sequential`` whose children hold runs of two or more sparse linear layers, a
     ``nn.ReLU`` or nothing between two of them (LeNet-300-100: ``Linear, ReLU, Linear, ReLU, Linear``): each
@@ -171,29 +201,8 @@ class SparseChains:
 
     @staticmethod
     def find(seq: nn.Module, by_module: dict[int, SparseLinear]) -> SparseChains | None:
-        if type(seq).forward is not nn.Sequential.forward or "forward" in seq.__dict__:
-            return None
-        mods = list(seq._modules.values())
-        runs, i = [], 0
-        while i < len(mods):
-            if id(mods[i]) not in by_module:
-                i += 1
-                continue
-            layers, relus, j = [by_module[id(mods[i])]], [], i + 1
-            while True:
-                if j + 1 < len(mods) and type(mods[j]) is nn.ReLU and id(mods[j + 1]) in by_module:
-                    layers.append(by_module[id(mods[j + 1])])
-                    relus.append(True)
-                    j += 2
-                elif j < len(mods) and id(mods[j]) in by_module:
-                    layers.append(by_module[id(mods[j])])
-                    relus.append(False)
-                    j += 1
-                else:
-                    break
-            if len(layers) >= 2:
-                runs.append((i, j, layers, relus))
-            i = j
+        runs = [(start, end, [by_module[id(m)] for m in members], relus)
+                for start, end, members, relus in linear_runs(seq, lambda m: id(m) in by_module)]
         return SparseChains(seq, runs) if runs else None
 
     def _usable(self, x: torch.Tensor, start: int, end: int, layers: list[SparseLinear]) -> bool:
@@ -287,6 +296,35 @@ class SparseExecution:
         self.choices[name] = "sparse"
         return module
 
+    def _decide(self, mask: dict[str, torch.Tensor]) -> dict[str, nn.Linear | None]:
+        """``auto``: each masked layer's module if it runs sparse, else None. A layer pays sparse alone below its
+        crossover; one that does not, next to one that does in an ``nn.Sequential`` (:func:`linear_runs`), joins
+        that one's chain where its density is at or below its crossover *in a chain* (measured behind a sparse layer,
+        :func:`prunelab.training.sparse_crossover.crossover`), and so on along the run."""
+        from prunelab.training.sparse_crossover import crossover
+
+        wanted = {name: self._wanted(name, keep) for name, keep in mask.items()}
+        owners = {name: self.model.get_submodule(name.rpartition(".")[0]) for name in mask}
+        names = {id(m): name for name, m in owners.items() if eligible(m, name.rpartition(".")[2])}
+        for seq in self.model.modules():
+            for _, _, members, _ in linear_runs(seq, lambda m: id(m) in names):
+                run, tried = [names[id(m)] for m in members], set()
+                while True:
+                    joining = [name for k, name in enumerate(run) if wanted[name] is None and name not in tried
+                               and any(wanted[n] is not None for n in run[max(k - 1, 0):k + 2])]
+                    if not joining:
+                        break
+                    for name in joining:
+                        tried.add(name)
+                        keep = mask[name]
+                        density = float(keep.sum()) / keep.numel()
+                        at = crossover(tuple(keep.shape), self.batch_size, owners[name].weight.device, chained=True)
+                        if density <= at:
+                            wanted[name], self.choices[name] = owners[name], "sparse"
+                        else:
+                            self.choices[name] += f"; in a sparse neighbour's chain too (crossover there {at:g})"
+        return wanted
+
     def _sync(self) -> bool:
         """Every masked layer run as the mode and its current mask say: new layers engaged, layers whose mask
         changed rebuilt, layers that no longer pay (``auto``, a mask that grew) back to dense; the packs made
@@ -303,12 +341,15 @@ class SparseExecution:
         for name in [n for n in self.layers if n not in mask]:
             change()
             self.layers.pop(name).uninstall()
+        renewed = [name for name, keep in mask.items() if keep is not self._keeps.get(name)]
+        # auto decides every layer again when one changes: a layer joins a sparse neighbour's chain
+        wanted = self._decide(mask) if self.mode == "auto" and renewed else {}
         for name, keep in mask.items():
-            if keep is self._keeps.get(name):
+            if name not in renewed and (name not in wanted or (name in self.layers) == (wanted[name] is not None)):
                 continue
             self._keeps[name] = keep
             layer = self.layers.get(name)
-            module = self._wanted(name, keep)
+            module = wanted[name] if name in wanted else self._wanted(name, keep)
             if layer is not None and module is None:
                 change()
                 self.layers.pop(name).uninstall()
