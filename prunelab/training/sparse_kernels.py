@@ -341,7 +341,7 @@ class SparseExecution:
         for name in [n for n in self.layers if n not in mask]:
             change()
             self.layers.pop(name).uninstall()
-        renewed = [name for name, keep in mask.items() if keep is not self._keeps.get(name)]
+        renewed = {name for name, keep in mask.items() if keep is not self._keeps.get(name)}
         # auto decides every layer again when one changes: a layer joins a sparse neighbour's chain
         wanted = self._decide(mask) if self.mode == "auto" and renewed else {}
         for name, keep in mask.items():
