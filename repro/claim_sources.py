@@ -65,9 +65,7 @@ class Sources:
         key = (spec, dense)
         if key not in self._spec_ids:
             from prunelab.experiments.sweep import load_spec
-            path = self.specs / f"{spec}.toml"
-            if not path.is_file():
-                raise FileNotFoundError(f"claim source: no sweep spec {path}")
+            path = self.spec_path(spec)
             runner = _runner(str(self.root))
             ids: set[str] = set()
             for job in load_spec(path).jobs:
@@ -77,6 +75,12 @@ class Sources:
                     ids.update(job.protocol.run_ids(runner, job.rep, job.hp))
             self._spec_ids[key] = ids
         return self._spec_ids[key]
+
+    def spec_path(self, spec: str) -> Path:
+        path = self.specs / f"{spec}.toml"
+        if not path.is_file():
+            raise FileNotFoundError(f"claim source: no sweep spec {path}")
+        return path
 
     def final_train_loss(self, run_id: str) -> float:
         lines = (self.root / run_id / "metrics.jsonl").read_text().splitlines()
@@ -261,13 +265,13 @@ def _spec_values(node) -> list:
 
 def _check_where(src: Sources, spec: dict) -> None:
     """A ``runs`` filter that matches nothing is *not run* only if the spec could make such runs: each value of
-    ``where`` must be one the spec sets or one a run of the store has (a default); else it is misspelt (``forse``,
-    ``0.98``), an error, not a prediction waiting for its runs."""
+    ``where`` must be one the spec sets or one a run of the store has (a default); else it is misspelt (``forse``; a
+    sparsity no spec and no run has), an error, not a prediction waiting for its runs."""
     import tomllib
 
     if not spec.get("where"):
         return
-    given = _spec_values(tomllib.loads((src.specs / f"{spec['spec']}.toml").read_text()))
+    given = _spec_values(tomllib.loads(src.spec_path(spec["spec"]).read_text()))
     table = src.table
     for key, want in spec["where"].items():
         if want is None or isinstance(want, (bool, list)):

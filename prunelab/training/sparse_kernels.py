@@ -248,6 +248,10 @@ class SparseChains:
 
 # ---- a model and its optimizer -----------------------------------------------------------------------
 
+def _density(keep: torch.Tensor) -> float:
+    return float(keep.sum()) / keep.numel()
+
+
 def eligible(module: nn.Module, weight_name: str) -> bool:
     """A layer that runs sparse: an ``nn.Linear`` (its own forward, not an override) with a 2-d float weight."""
     return (isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward and weight_name == "weight"
@@ -288,7 +292,7 @@ class SparseExecution:
         if self.mode == "auto":
             from prunelab.training.sparse_crossover import crossover
 
-            density = float(keep.sum()) / keep.numel()
+            density = _density(keep)
             at = crossover(tuple(keep.shape), self.batch_size, module.weight.device)
             if density > at:
                 self.choices[name] = f"dense: density {density:.4f} above the crossover {at:g}"
@@ -317,9 +321,8 @@ class SparseExecution:
                     for name in joining:
                         tried.add(name)
                         keep = mask[name]
-                        density = float(keep.sum()) / keep.numel()
                         at = crossover(tuple(keep.shape), self.batch_size, owners[name].weight.device, chained=True)
-                        if density <= at:
+                        if _density(keep) <= at:
                             wanted[name], self.choices[name] = owners[name], "sparse"
                         else:
                             self.choices[name] += f"; in a sparse neighbour's chain too (crossover there {at:g})"
