@@ -9,10 +9,11 @@ loads the mask of the seed-0 run (the lowest seed where seed 0 did not finish; s
 kept, not in how many per layer) with ``prunelab.Mask.load`` (``weights_only``), applies it to the network and
 times whole training steps (zero_grad, forward, cross-entropy, backward, SGD with momentum 0.9 and weight decay
 1e-4) of three copies side by side in one process: the dense masked step, ``--sparse-kernels on`` and
-``--sparse-kernels auto``, one step each per round in an order that alternates from round to round, in CPU time,
-1 thread, batch 128, on one random batch (the step's cost does not depend on the data). It keeps the median step
-time of each and the median and interquartile range of the paired ratios dense / sparse (``bench/sparse_training.py``'s
-method, whose ``step`` and ``contenders`` it uses).
+``--sparse-kernels auto``, in rounds of ``--block`` steps of each back to back (the first left out: it starts with
+the other contenders' tensors in the caches, which no training does) in an order that alternates from round to
+round, in CPU time, 1 thread, batch 128, on one random batch (the step's cost does not depend on the data). It keeps
+the median step time of each and the median and interquartile range of the paired ratios dense / sparse
+(``bench/sparse_training.py``'s method, whose ``contenders`` and ``paired_times`` it uses).
 
 Gradual magnitude pruning, SET and RigL change their masks during training: they are timed at their final mask (for
 gradual pruning the sparsest; SET and RigL keep the density and move the kept weights). Magnitude pruning after
@@ -44,7 +45,7 @@ from prunelab.io import atomic_write_json
 from prunelab.reports.tables import runs_table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.sparse_training import contenders, quartiles, step  # noqa: E402
+from bench.sparse_training import contenders, paired_times, quartiles  # noqa: E402
 
 SHAPE = (1, 28, 28)  # Fashion-MNIST
 BATCH = 128
@@ -66,7 +67,7 @@ def timing_runs(df) -> dict[str, tuple[str, int]]:
     return chosen
 
 
-def time_steps(model: str, mask: Mask, rounds: int) -> dict:
+def time_steps(model: str, mask: Mask, rounds: int, block: int) -> dict:
     """Median step time (ms, CPU) of the dense masked step, sparse kernels on and auto, and the paired ratios."""
     base = models.create(model, num_classes=10, input_shape=SHAPE, seed=0)
     with warnings.catch_warnings():  # "layers that are not linear run dense": LeNet-5's convolutions, known
@@ -74,20 +75,12 @@ def time_steps(model: str, mask: Mask, rounds: int) -> dict:
         nets = contenders(base, mask, BATCH)
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(BATCH, *SHAPE, generator=g), torch.randint(0, 10, (BATCH,), generator=g)
-    modes = list(nets)
-    for mode in modes:
-        for _ in range(3):
-            step(*nets[mode][:2], x, y)
-    times = {m: [] for m in modes}
-    for r in range(rounds):
-        order = modes[r % 3:] + modes[:r % 3]
-        for mode in order if r % 2 == 0 else order[::-1]:
-            times[mode].append(step(*nets[mode][:2], x, y)[0])
+    times = {m: [cpu for cpu, _ in t] for m, t in paired_times(nets, x, y, rounds, block).items()}
     ratio = {m: quartiles([d / t for d, t in zip(times["dense"], times[m])]) for m in ("sparse", "auto")}
     return {"dense_ms": 1000 * statistics.median(times["dense"]), "on_ms": 1000 * statistics.median(times["sparse"]),
             "auto_ms": 1000 * statistics.median(times["auto"]), "speedup_on": list(ratio["sparse"]),
             "speedup_auto": list(ratio["auto"]), "auto_sparse_layers": nets["auto"][2].sparse_layers(),
-            "rounds": rounds}
+            "rounds": rounds, "block": block}
 
 
 def cpu_model() -> str:
@@ -104,7 +97,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", default="repro/runs", help="run store (default: repro/runs)")
     ap.add_argument("--out", default="repro/results/sparse_step_times", help="folder of results.json")
-    ap.add_argument("--rounds", type=int, default=40, help="paired steps per setting (default: 40)")
+    ap.add_argument("--rounds", type=int, default=40, help="paired rounds per setting (default: 40)")
+    ap.add_argument("--block", type=int, default=10,
+                    help="steps of one contender back to back per round, the first left out (default: 10)")
     ap.add_argument("--force", action="store_true", help="measure the settings already in results.json again")
     ap.add_argument("--match", default="", help="only the settings whose key contains this text, e.g. 'lenet5 |'")
     args = ap.parse_args()
@@ -120,7 +115,7 @@ def main() -> None:
         mask = Mask.load(Path(args.root) / run_id / runfiles.MASK)
         entry = {"run": run_id, "seed": seed, "density": mask.density,
                  "layer_density": mask.layer_density(), "load_average": os.getloadavg()[0],
-                 **time_steps(name.split(" | ")[0], mask, args.rounds)}
+                 **time_steps(name.split(" | ")[0], mask, args.rounds, args.block)}
         settings[name] = entry
         print(f"[{i + 1}/{len(chosen)}] {name}: dense {entry['dense_ms']:.2f} ms, auto {entry['auto_ms']:.2f} ms "
               f"({entry['speedup_auto'][1]:.2f}x), on {entry['on_ms']:.2f} ms ({entry['speedup_on'][1]:.2f}x)",
