@@ -24,7 +24,7 @@ import torch
 
 import prunelab
 from prunelab import models
-from prunelab.training.trainer import device_arg
+from prunelab.training.devices import device_arg
 
 SHAPES = {"lenet_300_100": (1, 28, 28), "lenet5": (1, 28, 28), "resnet20": (3, 32, 32)}
 

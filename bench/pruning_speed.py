@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 import prunelab
 from prunelab import models
-from prunelab.training.trainer import device_arg
+from prunelab.training.devices import device_arg
 
 DEVICE = torch.device("cpu")  # --device
 

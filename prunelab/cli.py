@@ -371,8 +371,8 @@ def _experiment(args, protocol: Protocol):
     """(runner, replicate, the protocol's hparams or None), every check made before anything is written."""
     from prunelab.experiments.runner import Runner
     from prunelab.experiments.store import RunStore
+    from prunelab.training.devices import check_device
     from prunelab.training.loggers import check_loggers
-    from prunelab.training.trainer import check_device
 
     rep, hp = _resolve(args, protocol)
     device = check_device(args.device)
@@ -458,8 +458,8 @@ def cmd_sweep(args) -> int:
     from prunelab import progress
     from prunelab.experiments import sweep
     from prunelab.registry import check_name
+    from prunelab.training.devices import check_device
     from prunelab.training.loggers import check_loggers
-    from prunelab.training.trainer import check_device
 
     check_name("executor", args.executor, sweep.EXECUTORS)
     if args.workers is not None and args.workers < 1:

@@ -19,8 +19,8 @@ def cmd_demo(args) -> int:
     from prunelab import data, models
     from prunelab.experiments.hparams import dataclass_from_flags
     from prunelab.training import TrainSettings, train
+    from prunelab.training.devices import check_device
     from prunelab.training.runtime import RuntimeOptions
-    from prunelab.training.trainer import check_device
     from prunelab.validate import check_fraction, check_int
 
     check_fraction(args.sparsity, "--sparsity", "[0, 1)", "the fraction of the covered weights pruned")

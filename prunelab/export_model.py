@@ -106,7 +106,7 @@ def cmd_export_model(args) -> int:
     out = _check_args(args)
     import torch
 
-    from prunelab.training.trainer import check_device, resolve_device
+    from prunelab.training.devices import check_device, resolve_device
 
     device = resolve_device(check_device(args.device))
 

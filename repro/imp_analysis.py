@@ -55,7 +55,7 @@ from prunelab.io import atomic_write_json
 from prunelab.reports.tables import runs_table
 from prunelab.training import load_checkpoint
 from prunelab.training.checkpoints import CheckpointFolder
-from prunelab.training.trainer import device_arg
+from prunelab.training.devices import device_arg
 
 REWIND = "0it"
 STRUCTURES = ["unstructured", "l1", "l2", "lneginf", "random", "random_unstructured", "hybrid", "fc_only"]

@@ -35,7 +35,7 @@ import torch
 import prunelab
 from prunelab import analysis, models
 from prunelab.io import atomic_write_json
-from prunelab.training.trainer import device_arg
+from prunelab.training.devices import device_arg
 
 METHODS = ["random", "magnitude", "snip", "grasp", "synflow"]
 COMPRESSIONS = [10.0, 100.0, 1000.0]

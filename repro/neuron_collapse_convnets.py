@@ -33,7 +33,7 @@ import prunelab
 from prunelab import ablations, analysis
 from prunelab.io import atomic_write_json
 from prunelab.reports import plots
-from prunelab.training.trainer import device_arg
+from prunelab.training.devices import device_arg
 
 MATCHING = {"resnet20": grid(6), "vgg16": grid(12), "resnet18": grid(15), "resnet50": grid(5)}
 DATA_FREE = ["random", "magnitude", "synflow"]

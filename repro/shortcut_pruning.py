@@ -53,7 +53,7 @@ import torch
 import prunelab
 from prunelab import models
 from prunelab.io import atomic_write_json
-from prunelab.training.trainer import device_arg
+from prunelab.training.devices import device_arg
 
 METHODS = ["random", "magnitude", "snip", "grasp", "synflow"]
 SHORTCUT_WORDS = ("shortcut", "downsample")

@@ -26,7 +26,7 @@ import torch
 import prunelab
 from prunelab import data, models
 from prunelab.io import atomic_write_json
-from prunelab.training.trainer import device_arg
+from prunelab.training.devices import device_arg
 
 SPARSITIES = [0.1, 0.5, 0.9, 0.95, 0.98]  # Lee et al. 2019, Fig. 2: 10% to 90%; and beyond
 PER_CLASS = 100

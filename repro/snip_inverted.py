@@ -40,7 +40,7 @@ import prunelab
 from prunelab import models
 from prunelab.io import atomic_write_json
 from prunelab.scores.gradient import loss_gradients
-from prunelab.training.trainer import device_arg
+from prunelab.training.devices import device_arg
 
 SPARSITIES = [0.1, 0.5, 0.9, 0.95]  # Lee et al. 2019, Figs. 2, 5, 6: 10% to 90%
 ACROSS = ("0.5", "0.9")  # sparsities whose maps are compared for consistency (Fig. 6)

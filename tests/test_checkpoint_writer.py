@@ -8,7 +8,7 @@ from test_speed_options import SHORT, convnet
 
 from prunelab.training import train
 from prunelab.training.checkpoints import BackgroundWriter, CheckpointFolder, load_checkpoint, save_checkpoint, to_host
-from prunelab.training.trainer import DeviceChangeWarning
+from prunelab.training.loop import DeviceChangeWarning
 
 
 def test_writes_run_in_order_off_the_calling_thread():

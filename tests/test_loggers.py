@@ -107,7 +107,7 @@ def test_a_resumed_run_shows_each_evaluation_once_in_tensorboard(tmp_path, data_
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from prunelab.experiments import runner as runner_module
-    from prunelab.training.trainer import Callback
+    from prunelab.training.loop import Callback
 
     class Interrupt(Callback):
         def after_step(self, loop, batch):

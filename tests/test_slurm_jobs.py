@@ -22,7 +22,8 @@ from prunelab.experiments import slurm, sweep
 from prunelab.experiments.store import RunStore
 from prunelab.training import TrainSettings
 from prunelab.training.checkpoints import CheckpointFolder
-from prunelab.training.trainer import StopRequested, request_stop, train
+from prunelab.training.loop import StopRequested, request_stop
+from prunelab.training.trainer import train
 
 
 @pytest.fixture(scope="module")
@@ -527,7 +528,7 @@ def test_the_grace_requeue_hands_off_to_the_main_thread(monkeypatch, capsys):
         assert time.monotonic() - started < 10
         assert called == [(signal.SIGUSR2, True)]
         assert signal.getsignal(signal.SIGUSR2) is submitit_handler  # the guard uninstalled itself
-        from prunelab.training.trainer import stop_requested
+        from prunelab.training.loop import stop_requested
         assert not stop_requested()
     finally:
         signal.signal(signal.SIGUSR2, previous)

@@ -16,9 +16,9 @@ from prunelab.experiments.store import RunStore
 from prunelab.training import TrainSettings, recipe, train
 from prunelab.training import runtime as runtime_module
 from prunelab.training.checkpoints import load_checkpoint, save_checkpoint
+from prunelab.training.loop import CPUChangeWarning, ExecutionChangeWarning
 from prunelab.training.runtime import RuntimeOptions, default_threads, torch_threads
 from prunelab.training.settings import fit_schedule
-from prunelab.training.trainer import CPUChangeWarning, ExecutionChangeWarning
 
 
 @pytest.fixture(scope="module")

@@ -153,7 +153,7 @@ class ClusterJob:
 
     def __call__(self, job: Job, ctx: Context) -> dict[str, Any]:
         from prunelab.experiments import sweep
-        from prunelab.training.trainer import StopRequested, request_stop
+        from prunelab.training.loop import StopRequested, request_stop
 
         rank, tasks = _task()
         run_ctx = _join_process_group(ctx) if tasks > 1 else ctx
@@ -250,7 +250,7 @@ class _SignalGuard:
         signal.signal(self.sig, self.previous if self.previous is not None else signal.SIG_DFL)
 
     def handle(self, signum: int, frame=None) -> None:
-        from prunelab.training.trainer import request_stop
+        from prunelab.training.loop import request_stop
 
         if self.rank != 0:  # rank 0 checkpoints and requeues; Slurm then ends every task
             return

@@ -20,10 +20,10 @@ _HOMES = {
     "OPTIMIZERS": "settings",
     "TrainSettings": "settings",
     "recipe": "settings",
-    "Diverged": "trainer",
-    "TrainResult": "trainer",
-    "evaluate": "trainer",
-    "resolve_device": "trainer",
+    "Diverged": "loop",
+    "TrainResult": "loop",
+    "evaluate": "callbacks",
+    "resolve_device": "devices",
     "train": "trainer",
 }
 

@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 from prunelab.analysis.layerwise import layer_labels
 from prunelab.registry import Registry, check_name
-from prunelab.training.trainer import Callback, Loop
+from prunelab.training.loop import Callback, Loop
 
 # The per-evaluation metrics taken from a metrics.jsonl entry, in this order.
 EVALUATION_KEYS = ("test_accuracy", "test_loss", "train_loss", "lr", "epoch")

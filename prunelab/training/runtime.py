@@ -72,7 +72,7 @@ def default_threads(device: str | torch.device = "cpu", workers: int = 1) -> int
     """
     import torch
 
-    from prunelab.training.trainer import resolve_device
+    from prunelab.training.devices import resolve_device
 
     if resolve_device(device).type != "cuda":
         return 1
@@ -147,6 +147,17 @@ class RuntimeOptions:
 
     def workers_for(self, device: torch.device) -> int:
         return auto_loader_workers(device) if self.loader_workers is None else self.loader_workers
+
+    def loader_options(self, dataset, device: torch.device, warn: bool = True) -> dict[str, int]:
+        """The loader's ``num_workers`` for an image-folder dataset; an in-memory one has no use for workers
+        (its batches are gathered on the device), and a count given for one is ignored with a warning."""
+        if not getattr(dataset, "in_memory", True):
+            return {"num_workers": self.workers_for(device)}
+        if self.loader_workers and warn:
+            warnings.warn(f"--loader-workers {self.loader_workers} ignored: {getattr(dataset, 'name', 'the dataset')} "
+                          "is held in memory and batched on the device, with no worker processes", UserWarning,
+                          stacklevel=3)
+        return {}
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """``model`` in channels-last memory format when asked (4-d weights only; others are unchanged)."""

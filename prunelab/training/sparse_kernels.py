@@ -53,10 +53,10 @@ from torch import nn
 from torch.nn.modules import module as _module_globals
 
 from prunelab.mask_binding import applied_mask
+from prunelab.training.loop import Callback, Loop
 from prunelab.training.runtime import SPARSE_KERNEL_MODES as MODES
 from prunelab.training.sparse_packs import Pack, numbered_state, same_state
 from prunelab.training.sparse_products import KERNELS_VERSION, Slot, Structure, apply_chain, sparse_chain, sparse_linear
-from prunelab.training.trainer import Callback, Loop
 from prunelab.validate import check_name
 from prunelab.wrappers import unwrap
 
