@@ -16,6 +16,8 @@ for spec in 01_snip_table1 01_snip_table1_lenet5 02a_at_init 02b_after_training 
             04a_prune_after_init_step 04c_random_after_init_step 03b_ablations_after_training_step \
             03a_ablations_at_init_step 14d_cost_gradual_step 14d_cost_gradual_step_early 02d_at_init_variants_step \
             31a_since_at_init_step 31b_random_erk_step 31c_lamp_after_training_step 31d_since_ablations_step \
-            31e_since_like_step 31f_since_vit_step 02f_dense_step_lenet5 31g_since_lenet5_step; do
+            31e_since_like_step 31f_since_vit_step 02f_dense_step_lenet5 31g_since_lenet5_step 31h_since_lenet5_like_step \
+            31k_lamp_after_training_lenet5_step 31l_lamp_after_training_vit 31i_since_vit_like_step \
+            31j_since_lenet5_shuffle_step; do
   .venv/bin/prunelab sweep "repro/$spec.toml" --root repro/runs --workers "$workers" --no-progress
 done
