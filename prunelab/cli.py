@@ -268,10 +268,10 @@ class _NeverRaised(Exception):
 
 
 def _diverged() -> type[Exception]:
-    """:class:`prunelab.training.Diverged` once the trainer is imported (only then can a run diverge), else an
-    exception nothing raises: catching it must not import torch into the light commands."""
-    trainer = sys.modules.get("prunelab.training.trainer")
-    return trainer.Diverged if trainer is not None else _NeverRaised
+    """:class:`prunelab.training.Diverged` once the training loop is imported (only then can a run diverge), else
+    an exception nothing raises: catching it must not import torch into the light commands."""
+    loop = sys.modules.get("prunelab.training.loop")
+    return loop.Diverged if loop is not None else _NeverRaised
 
 
 @contextlib.contextmanager

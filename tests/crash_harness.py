@@ -24,7 +24,7 @@ import time
 import prunelab
 import prunelab.io
 import prunelab.training.checkpoints as checkpoints
-import prunelab.training.trainer as trainer
+import prunelab.training.loop as loop
 from prunelab.cli import main
 
 SIGNAL = signal.SIGKILL
@@ -55,14 +55,14 @@ def install(point: str, n: int) -> None:
         return calls["count"] == n
 
     if point == "train":
-        real_set_lr = trainer.set_lr
+        real_set_lr = loop.set_lr
 
         def set_lr(*args, **kwargs):
             if nth():
                 die()
             return real_set_lr(*args, **kwargs)
 
-        trainer.set_lr = set_lr
+        loop.set_lr = set_lr
     elif point == "prune":
         real_prune = prunelab.prune
 
@@ -95,7 +95,7 @@ def install_background(n: int) -> None:
     (a writer that stalled training would hang here for good) and kills the process two steps later."""
     steps, after = [], []
     submitted, writing, in_writer = threading.Event(), threading.Event(), threading.local()
-    real_set_lr, real_submit, real_atomic_write = trainer.set_lr, checkpoints.BackgroundWriter.submit, \
+    real_set_lr, real_submit, real_atomic_write = loop.set_lr, checkpoints.BackgroundWriter.submit, \
         prunelab.io.atomic_write
 
     def set_lr(*args, **kwargs):
@@ -128,7 +128,7 @@ def install_background(n: int) -> None:
 
         return real_atomic_write(path, half_write(write, hang))
 
-    trainer.set_lr, checkpoints.BackgroundWriter.submit, prunelab.io.atomic_write = set_lr, submit, atomic_write
+    loop.set_lr, checkpoints.BackgroundWriter.submit, prunelab.io.atomic_write = set_lr, submit, atomic_write
 
 
 if __name__ == "__main__":

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import copy
 import json
+import multiprocessing
+import os
+import time
 import warnings
 
 import pytest
@@ -289,6 +292,42 @@ def test_auto_runs_a_layer_sparse_only_below_its_measured_crossover(tmp_path, mo
         assert ex.choices["c.weight"].startswith("dense: density")
     monkeypatch.setattr(sparse_crossover, "measure", lambda *a: pytest.fail("a cached crossover was measured again"))
     assert sparse_crossover.crossover((40, 24), 16) == 0.5
+
+
+def _ask_crossover_slowly(log: str, start, results) -> None:
+    """In a child process: the crossover of a layer no one has measured, asked for once every child is ready, with
+    a measurement that takes a while and leaves a line in ``log`` (the cache file comes from the environment)."""
+    def slow_measure(shape, batch, device, chained=False):
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(0.5)
+        return {"dense_ms": 1.0, "sparse_over_dense": {}, "measured_at": 0, "crossover": 0.25}
+
+    sparse_crossover.measure = slow_measure
+    sparse_crossover._memo.clear()
+    start.wait()
+    results.put(sparse_crossover.crossover((40, 24), 16))
+
+
+def test_processes_that_ask_for_one_crossover_at_once_measure_it_once_and_keep_every_entry(tmp_path, monkeypatch):
+    """A sweep's workers start together: the first to ask measures under the cache's lock, the others wait and read
+    its figure; an entry another process stored meanwhile survives the write."""
+    cache, log = tmp_path / "crossover.json", tmp_path / "measured.log"
+    monkeypatch.setenv(sparse_crossover.ENV_VAR, str(cache))
+    where = sparse_crossover.machine(torch.device("cpu"))
+    cache.write_text(json.dumps({where: {"7x7, batch 16": {"crossover": 0.1}}}))
+    ctx = multiprocessing.get_context("fork")
+    start, results = ctx.Barrier(3), ctx.Queue()
+    children = [ctx.Process(target=_ask_crossover_slowly, args=(str(log), start, results)) for _ in range(3)]
+    for c in children:
+        c.start()
+    for c in children:
+        c.join(60)
+    assert [c.exitcode for c in children] == [0, 0, 0]
+    assert [results.get(timeout=5) for _ in children] == [0.25] * 3
+    assert len(log.read_text().split()) == 1  # measured once, not by every process
+    stored = json.loads(cache.read_text())[where]
+    assert stored["40x24, batch 16"]["crossover"] == 0.25 and stored["7x7, batch 16"] == {"crossover": 0.1}
 
 
 def test_auto_lets_a_layer_join_a_sparse_neighbours_chain_below_its_crossover_there(tmp_path, monkeypatch):

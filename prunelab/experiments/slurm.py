@@ -4,8 +4,8 @@ can be interrupted, and a log worth reading.
 **In the job** (:class:`ClusterJob`, what each array task runs). Slurm is asked to send ``SIGUSR2``
 ``signal_delay_s`` seconds before the time limit (submitit's ``--signal``; Slurm may send it up to a minute earlier,
 and a preemption sends it too). The job then asks the training to stop after its current step
-(:func:`prunelab.training.trainer.request_stop`): the step's checkpoint is written, the training raises
-:class:`~prunelab.training.trainer.StopRequested`, and the job hands over to submitit, which calls
+(:func:`prunelab.training.loop.request_stop`): the step's checkpoint is written, the training raises
+:class:`~prunelab.training.loop.StopRequested`, and the job hands over to submitit, which calls
 :meth:`ClusterJob.checkpoint` (the same job again), requeues it with ``scontrol requeue`` and exits. The requeued
 job resumes the run from that checkpoint, bitwise (CPU, same thread count). Should the training not reach a step
 boundary within half the signal delay (a long evaluation, a job still loading its data), the job requeues anyway,

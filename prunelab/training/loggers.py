@@ -1,6 +1,6 @@
 """Streaming a run to the experiment trackers researchers use: TensorBoard and Weights & Biases.
 
-A logger is a trainer :class:`~prunelab.training.trainer.Callback`. At the start it records the run's
+A logger is a trainer :class:`~prunelab.training.loop.Callback`. At the start it records the run's
 hyperparameters; after every evaluation it logs the test accuracy and loss, the mean training loss
 since the previous evaluation, the learning rate, the epoch, the overall density and each masked
 layer's sparsity (``layer_sparsity/conv1 (Conv2d)``); :meth:`RunLogger.finish` logs the final result

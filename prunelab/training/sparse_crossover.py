@@ -10,7 +10,8 @@ to a sparse one in an ``nn.Sequential`` (a ReLU or nothing between them) joins t
 for both, so what it costs there is less than alone: its crossover *in a chain* is measured as the same step behind a
 sparse feeding layer, the two as one chain against the feeder alone then the layer dense. The
 figures are cached per machine (CPU instruction set or GPU name, torch version, thread count) in
-``$XDG_CACHE_HOME/prunelab/sparse_crossover.json`` (``~/.cache/...``), which this prints::
+``$XDG_CACHE_HOME/prunelab/sparse_crossover.json`` (``~/.cache/...``); processes that ask for one crossover at once
+(a sweep's workers) measure it once, the first under the cache's lock while the others wait. This prints them::
 
     python -m prunelab.training.sparse_crossover            # the cached crossovers
     python -m prunelab.training.sparse_crossover --measure 300x784 100x300 --batch 128
@@ -19,10 +20,13 @@ figures are cached per machine (CPU instruction set or GPU name, torch version, 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import statistics
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,10 +90,30 @@ def crossover(shape: tuple[int, int], batch: int, device: torch.device | str = "
         _memo[where] = load().get(where, {})
     known = _memo[where].get(key)
     if known is None:
-        known = measure(shape, batch, device, chained=chained)
+        with _cache_lock():  # one process measures; the others (a sweep's workers) wait, then read its figure
+            known = load().get(where, {}).get(key)
+            if known is None:
+                known = measure(shape, batch, device, chained=chained)
+                _store(where, key, known)
         _memo[where][key] = known
-        _store(where, key, known)
     return float(known["crossover"])
+
+
+@contextlib.contextmanager
+def _cache_lock() -> Iterator[None]:
+    """An exclusive ``flock`` on the cache's lock file (``sparse_crossover.json.lock``) while the block runs, so
+    that processes asking for the same crossover at once measure it once and no one's write drops another's
+    entry; without a writable cache folder, no lock (and no cache: :func:`_store` says so)."""
+    path = cache_path().with_name(cache_path().name + ".lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path, "a")  # noqa: SIM115 - held for the block
+    except OSError:
+        yield
+        return
+    with f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, or by the kernel if the process dies
+        yield
 
 
 def _store(where: str, key: str, entry: dict[str, Any]) -> None:
