@@ -1020,7 +1020,10 @@ def family14(df: pd.DataFrame, root: str, results: Path | None = None) -> str:
             "afterwards from their hyperparameters, steps and masks by the same convention.\n") if backfilled else ""
     if times:
         note += (f"\nStep ms: one whole training step (batch {times['batch']}, SGD), {times['threads']} thread, CPU "
-                 "time, median of steps timed side by side in one process, alternating, of the masked network of "
+                 "time, median of steps timed side by side in one process, in rounds of "
+                 f"{' or '.join(str(b) for b in sorted({e.get('block', 1) for e in times['settings'].values()}))}"
+                 " steps of each "
+                 "contender back to back (the first left out) in alternating order, of the masked network of "
                  "seed 0 (its final mask: gradual, SET and RigL change theirs during training) dense and with "
                  "`--sparse-kernels auto`; speed-up: median (interquartile range) of the paired ratios. For magnitude "
                  "after training and LTR, the step of the masked retraining that follows their dense training. "
