@@ -3,11 +3,11 @@
 Each criterion prunes the same network to the same sparsity as :func:`prunelab.prune` runs it by default (its own
 number of iterations: 100 for SynFlow, 60 for FORCE, ...), from a batch of ten examples per class where it needs
 data (Frankle et al. 2021, App. B.2). The criteria are read from the registry, so a newly registered one appears
-without editing this script. Every repetition times all criteria once, in an order rotated from one repetition to
-the next, and the ratio to SNIP is taken within each repetition (SNIP timed in the same round); the table gives the
-median ratio over the repetitions and its spread (lowest and highest), for CPU time (``time.process_time``, all
-threads of this process) and wall time. A criterion that refuses a network (PHEW on a network with residual
-branches) says why instead of a number.
+without editing this script. Every repetition times all criteria once, in an order rotated and reversed from one
+repetition to the next (``prunelab.timing.paired``), and the ratio to SNIP is taken within each repetition (SNIP
+timed in the same round); the table gives the median ratio over the repetitions and its spread (lowest and highest),
+for CPU time (``time.process_time``, all threads of this process) and wall time. A criterion that refuses a network
+(PHEW on a network with residual branches) says why instead of a number.
 
     python bench/criteria_cost.py [--models lenet_300_100,lenet5,resnet20] [--reps 3] [--sparsity 0.98]
                                   [--methods force,prospr,...] [--threads 1] [--device cpu]
@@ -17,30 +17,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 import warnings
 
 import torch
 
 import prunelab
 from prunelab import models
+from prunelab.timing import device_sync, paired
 from prunelab.training.devices import device_arg
 
 SHAPES = {"lenet_300_100": (1, 28, 28), "lenet5": (1, 28, 28), "resnet20": (3, 32, 32)}
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def run_once(fn, device) -> tuple[float, float]:
-    """(CPU seconds, wall seconds) of ``fn()``."""
-    sync(device)
-    cpu, wall = time.process_time(), time.perf_counter()
-    fn()
-    sync(device)
-    return time.process_time() - cpu, time.perf_counter() - wall
 
 
 def pruner(model, method: str, sparsity: float, batch, shape):
@@ -68,14 +54,10 @@ def bench_model(name: str, methods: list[str], reps: int, sparsity: float, devic
             fns[method] = fn
         except ValueError as e:
             refused[method] = str(e).split(";")[0][:90]
-    times: dict[str, list[tuple[float, float]]] = {m: [] for m in fns}
     order = list(fns)
-    for rep in range(reps):
-        k = rep % len(order)
-        for method in order[k:] + order[:k]:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                times[method].append(run_once(fns[method], device))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        times = dict(zip(order, paired(list(fns.values()), reps, warmup=0, sync=device_sync(device))))
     snip = times["snip"]
     print(f"\n{name} (input {shape}), sparsity {sparsity:g}, {reps} repetitions; SNIP: CPU "
           f"{statistics.median(c for c, _ in snip):.3f} s, wall {statistics.median(w for _, w in snip):.3f} s "

@@ -22,8 +22,8 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import time
 from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +32,7 @@ from torch import nn
 
 import prunelab
 from prunelab import models
+from prunelab.timing import device_sync, paired, quartiles
 
 GOALS = {"lenet_300_100": 1.03, "resnet20": 1.01}
 SHAPES = {"lenet_300_100": (1, 28, 28)}
@@ -76,19 +77,10 @@ CONTENDERS: dict[str, Callable[[nn.Module, prunelab.Mask], None] | None] = {
 }
 
 
-def step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> float:
-    t = time.process_time()
+def step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
     optimizer.zero_grad(set_to_none=True)
     F.cross_entropy(model(x), y).backward()
     optimizer.step()
-    if x.is_cuda:
-        torch.cuda.synchronize()
-    return time.process_time() - t
-
-
-def quartiles(values: list[float]) -> tuple[float, float, float]:
-    q = statistics.quantiles(values, n=4)
-    return q[0], statistics.median(values), q[2]
 
 
 def bench(model_name: str, rounds: int, batch: int, sparsity: float, device: torch.device) -> dict[str, float]:
@@ -106,15 +98,8 @@ def bench(model_name: str, rounds: int, batch: int, sparsity: float, device: tor
     x = torch.randn(batch, *shape, generator=g).to(device)
     y = torch.randint(0, 10, (batch,), generator=g).to(device)
     names = list(CONTENDERS)
-    for name in names:  # warm-up
-        for _ in range(3):
-            step(nets[name], opts[name], x, y)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(rounds):
-        order = names[r % len(names):] + names[: r % len(names)]
-        order = order if r % 2 == 0 else order[::-1]
-        for name in order:
-            times[name].append(step(nets[name], opts[name], x, y))
+    timings = paired([partial(step, nets[n], opts[n], x, y) for n in names], rounds, sync=device_sync(device))
+    times = {n: [t.cpu for t in ts] for n, ts in zip(names, timings)}
 
     print(f"\n{model_name}, batch {batch}, {device}, torch threads {torch.get_num_threads()}, "
           f"mask sparsity {mask.sparsity:.3f}, {rounds} rounds (CPU time per step)")

@@ -60,8 +60,8 @@ import argparse
 import copy
 import os
 import statistics
-import time
 import warnings
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -69,6 +69,7 @@ from torch import nn
 
 import prunelab
 from prunelab import models
+from prunelab.timing import Timing, paired, quartiles
 from prunelab.training.sparse_crossover import crossover
 from prunelab.training.sparse_kernels import SparseExecution, Structure, sparse_linear
 
@@ -78,42 +79,19 @@ MODES = ("dense", "sparse", "auto")
 COMPARED_STEPS = 25  # the steps after which the last column compares the weights
 
 
-def step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    c, w = time.process_time(), time.perf_counter()
+def step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
+    """One whole training step: zero_grad, forward, cross-entropy, backward, optimizer step."""
     optimizer.zero_grad(set_to_none=True)
     F.cross_entropy(model(x), y).backward()
     optimizer.step()
-    return time.process_time() - c, time.perf_counter() - w
 
 
 def paired_times(nets: dict[str, tuple], x: torch.Tensor, y: torch.Tensor, rounds: int,
-                 block: int) -> dict[str, list[tuple[float, float]]]:
-    """Per contender (``nets``: :func:`contenders`), the (CPU, wall) step time of each round
-    (:func:`block_time`), the contenders taking turns in an order that alternates from round to round."""
-    modes = list(nets)
-    for mode in modes:  # warm-up
-        for _ in range(3):
-            step(*nets[mode][:2], x, y)
-    times: dict[str, list[tuple[float, float]]] = {m: [] for m in modes}
-    for r in range(rounds):
-        order = modes[r % len(modes):] + modes[:r % len(modes)]
-        for mode in order if r % 2 == 0 else order[::-1]:
-            times[mode].append(block_time(nets[mode][:2], x, y, block))
-    return times
-
-
-def block_time(net_opt: tuple, x: torch.Tensor, y: torch.Tensor, block: int) -> tuple[float, float]:
-    """The time of one training step of a contender in steady state: ``block`` steps back to back, the first
-    (which starts with the previous contender's tensors in the caches) left out, the median of the others in
-    CPU and in wall time; with ``block`` 1, the one step."""
-    steps = [step(*net_opt, x, y) for _ in range(block)]
-    steps = steps[1:] or steps
-    return statistics.median(s[0] for s in steps), statistics.median(s[1] for s in steps)
-
-
-def quartiles(values: list[float]) -> tuple[float, float, float]:
-    q = statistics.quantiles(values, n=4)
-    return q[0], statistics.median(values), q[2]
+                 block: int) -> dict[str, list[Timing]]:
+    """Per contender (``nets``: :func:`contenders`), the step's :class:`~prunelab.timing.Timing` in each round:
+    ``block`` steps back to back, the first left out (:func:`prunelab.timing.paired`)."""
+    times = paired([partial(step, *n[:2], x, y) for n in nets.values()], rounds, block=block)
+    return dict(zip(nets, times))
 
 
 def contenders(base: nn.Module, mask: prunelab.Mask, batch: int) -> dict[str, tuple]:
@@ -142,12 +120,12 @@ def bench(model_name: str, density: float, rounds: int, batch: int, block: int) 
     times = paired_times(nets, x, y, rounds, block)
     out = {}
     for mode in MODES[1:]:
-        cpu = quartiles([d[0] / t[0] for d, t in zip(times["dense"], times[mode])])
-        wall = quartiles([d[1] / t[1] for d, t in zip(times["dense"], times[mode])])
+        cpu = quartiles([d.cpu / t.cpu for d, t in zip(times["dense"], times[mode])])
+        wall = quartiles([d.wall / t.wall for d, t in zip(times["dense"], times[mode])])
         out[mode] = (cpu, wall)
     dense_ms = [1000 * statistics.median(t[i] for t in times["dense"]) for i in (0, 1)]
     sparse_ms = [1000 * statistics.median(t[i] for t in times["sparse"]) for i in (0, 1)]
-    best = min(t[0] for t in times["dense"]) / min(t[0] for t in times["sparse"])
+    best = min(t.cpu for t in times["dense"]) / min(t.cpu for t in times["sparse"])
     auto_layers = nets["auto"][2].sparse_layers()
     (s_cpu, s_wall), (a_cpu, a_wall) = out["sparse"], out["auto"]
     print(f"{100 * density:7.1f}% {dense_ms[0]:6.2f} {dense_ms[1]:6.2f} {sparse_ms[0]:6.2f} {sparse_ms[1]:6.2f}  "
@@ -177,8 +155,9 @@ def _difference(nets: dict, mask: prunelab.Mask, x: torch.Tensor, y: torch.Tenso
 
 # ---- convolutions: the unfolded sparse product ------------------------------------------------------
 
-def conv_step(x: torch.Tensor, conv: nn.Conv2d, sparse: tuple | None) -> float:
-    t = time.perf_counter()
+def conv_step(x: torch.Tensor, conv: nn.Conv2d, sparse: tuple | None) -> None:
+    """One convolution layer step (forward, input and weight gradients), dense or (``sparse``: values and
+    structure) as unfolded patches times the sparse kernel."""
     if sparse is None:
         y = F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding)
         leaves = (x, conv.weight)
@@ -192,7 +171,6 @@ def conv_step(x: torch.Tensor, conv: nn.Conv2d, sparse: tuple | None) -> float:
         y = y.transpose(1, 2).reshape(b, conv.out_channels, out_h, -1)
         leaves = (x, values)
     torch.autograd.grad(y.sum(), leaves)
-    return time.perf_counter() - t
 
 
 def conv_crossovers(model_name: str, batch: int, rounds: int, densities: list[float]) -> None:
@@ -225,16 +203,9 @@ def conv_crossovers(model_name: str, batch: int, rounds: int, densities: list[fl
             keep = torch.rand(w2.shape, generator=g) < density
             s = Structure.of(keep)
             values = w2.reshape(-1)[s.flat].clone().requires_grad_()
-            for _ in range(2):
-                conv_step(x, conv, None)
-                conv_step(x, conv, (values, s))
-            ratios = []
-            for r in range(rounds):
-                a = conv_step(x, conv, None) if r % 2 == 0 else None
-                b = conv_step(x, conv, (values, s))
-                a = a if a is not None else conv_step(x, conv, None)
-                ratios.append(a / b)
-            speedups[density] = statistics.median(ratios)
+            dense, sparse = paired([partial(conv_step, x, conv, None), partial(conv_step, x, conv, (values, s))],
+                                   rounds, warmup=2)
+            speedups[density] = statistics.median(d.wall / t.wall for d, t in zip(dense, sparse))
         cross = 0.0
         for density in sorted(speedups):
             if speedups[density] <= 1.0:

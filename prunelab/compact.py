@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import copy
 import statistics
-import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from prunelab.batches import logits
 from prunelab.mask_binding import unbound_copy
 from prunelab.masks import Mask
 from prunelab.pruning.patterns import NMPattern, satisfies
+from prunelab.timing import Timing, device_sync, paired, quartiles
 from prunelab.wrappers import unwrap
 
 __all__ = [
@@ -171,28 +171,10 @@ register_layer_format(LayerFormat("2:4", _semi_structured_reason, _semi_structur
 
 # ---- timing ---------------------------------------------------------------------------------------------
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 @torch.inference_mode()
-def _times(fns: Sequence[Callable[[], object]], device: torch.device, repeats: int,
-           warmup: int = 3) -> list[list[tuple[float, float]]]:
-    """(wall, CPU) seconds per call of each of ``fns``, called in turn (alternating, so that a slow spell of a
-    shared machine falls on all of them alike)."""
-    for fn in fns:
-        for _ in range(warmup):
-            fn()
-    out: list[list[tuple[float, float]]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            _sync(device)
-            t0, c0 = time.perf_counter(), time.process_time()
-            fn()
-            _sync(device)
-            out[i].append((time.perf_counter() - t0, time.process_time() - c0))
-    return out
+def _times(fns: Sequence[Callable[[], object]], device: torch.device, repeats: int) -> list[list[Timing]]:
+    """The timings of each of ``fns`` called in turn (:func:`prunelab.timing.paired`), without autograd."""
+    return paired(fns, repeats, sync=device_sync(device))
 
 
 @dataclass(frozen=True)
@@ -205,10 +187,9 @@ class Latency:
     cpu: float
 
     @classmethod
-    def of(cls, samples: Sequence[tuple[float, float]]) -> Latency:
-        wall = [w for w, _ in samples]
-        q = statistics.quantiles(wall, n=4) if len(wall) > 1 else [wall[0]] * 3
-        return cls(statistics.median(wall), q[0], q[2], statistics.median(c for _, c in samples))
+    def of(cls, samples: Sequence[Timing]) -> Latency:
+        q1, median, q3 = quartiles([s.wall for s in samples])
+        return cls(median, q1, q3, statistics.median(s.cpu for s in samples))
 
 
 def latency(models: Mapping[str, nn.Module], input_shape: Sequence[int], batch_sizes: Sequence[int] = (1, 128),
@@ -384,7 +365,7 @@ def _choose_formats(model: nn.Module, example: torch.Tensor, formats: Sequence[s
                 choice.refused[fmt_name] = reason
         if len(candidates) > 1:
             samples = _times([lambda m=m, x=x: m(x) for m in candidates.values()], device, repeats)
-            choice.seconds = {n: statistics.median(w for w, _ in s) for n, s in zip(candidates, samples)}
+            choice.seconds = {n: statistics.median(t.wall for t in s) for n, s in zip(candidates, samples)}
             choice.format = min(choice.seconds, key=choice.seconds.get)
         elif candidates:
             choice.format = next(iter(candidates))

@@ -44,8 +44,10 @@ from prunelab.experiments import runfiles
 from prunelab.io import atomic_write_json
 from prunelab.reports.tables import runs_table
 
+from prunelab.timing import quartiles
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.sparse_training import contenders, paired_times, quartiles  # noqa: E402
+from bench.sparse_training import contenders, paired_times  # noqa: E402
 
 SHAPE = (1, 28, 28)  # Fashion-MNIST
 BATCH = 128

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from prunelab.io import atomic_write_text
+from prunelab.timing import device_sync, paired
 from prunelab.training.sparse_products import KERNELS_VERSION, Structure, sparse_chain, sparse_linear
 
 #: Densities at which a layer's sparse step is timed against its dense one, from the highest.
@@ -130,14 +131,6 @@ def _store(where: str, key: str, entry: dict[str, Any]) -> None:
                       stacklevel=3)
 
 
-def _step(forward, leaves: tuple, device: torch.device) -> float:
-    t = time.perf_counter()
-    torch.autograd.grad(forward().sum(), leaves)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - t
-
-
 def measure(shape: tuple[int, int], batch: int, device: torch.device, rounds: int = 15,
             chained: bool = False) -> dict[str, Any]:
     """Time one layer step (forward, input and weight gradients) dense and sparse at each of :data:`DENSITIES`
@@ -172,15 +165,11 @@ def measure(shape: tuple[int, int], batch: int, device: torch.device, rounds: in
         structure = Structure.of(keep)
         values = weight.detach().reshape(-1)[structure.flat].clone().requires_grad_()
         steps = contenders(values, structure)
-        for _ in range(2):  # warm-up
-            for forward, leaves in steps.values():
-                _step(forward, leaves, device)
-        per_round = []
-        for r in range(rounds):
-            t = {dense: _step(*steps[dense], device) for dense in ((True, False) if r % 2 == 0 else (False, True))}
-            per_round.append(t[False] / t[True])
-            dense_times.append(t[True])
-        ratios[density] = statistics.median(per_round)
+        dense, sparse = paired([lambda f=f, leaves=leaves: torch.autograd.grad(f().sum(), leaves)
+                                for f, leaves in (steps[True], steps[False])], rounds, warmup=2,
+                               sync=device_sync(device))
+        ratios[density] = statistics.median(s.wall / d.wall for s, d in zip(sparse, dense))
+        dense_times.extend(d.wall for d in dense)
     cross = 0.0
     for density in sorted(ratios):
         if ratios[density] >= 1.0:
