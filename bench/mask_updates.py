@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
 import prunelab
 from prunelab import models
+from prunelab.timing import paired
 
 SHAPES = {"lenet_300_100": (1, 28, 28), "lenet5": (1, 28, 28), "resnet20": (3, 32, 32)}
 
@@ -75,14 +76,8 @@ def main() -> None:
     }
     runs = {name: _contender(args.model, s, batch) for name, s in schedules.items()}
     names = list(runs)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(args.rounds + 5):
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            t0 = time.process_time()
-            runs[name](update=name != "masked step")
-            spent = time.process_time() - t0
-            if r >= 5:  # warm-up rounds
-                times[name].append(spent)
+    timings = paired([partial(runs[n], update=n != "masked step") for n in names], args.rounds, warmup=5)
+    times = {n: [t.cpu for t in ts] for n, ts in zip(names, timings)}
     base = times["masked step"]
     step = statistics.median(base)
     print(f"{args.model}, batch {args.batch}, {args.threads} thread(s), {args.rounds} rounds; "
