@@ -467,6 +467,18 @@ def test_one_shot_ltr_is_one_curve_across_its_rates_and_iterative_pruning_one_pe
         "LTR rewind 0it, 0.2 per level global", "LTR rewind 0it global", "LTR rewind 1000it layer"}
 
 
+def test_random_pruning_at_erk_or_another_criterions_densities_is_its_own_curve():
+    """Random masks at ERK densities or at another criterion's (``--like``) are other experiments than uniform
+    random masks: pooled into one "random" point they averaged masks that train to 19 and 87% alike."""
+    from prunelab.experiments.protocols.prune_at import method_labels
+
+    runs = pd.DataFrame({"method": ["random", "random", "random", "random", "snip"],
+                         "distribution": [None, "erk", None, None, None],
+                         "like": [None, None, "force", "ntk_sap", None], "batch_per_class": 10})
+    assert list(method_labels(runs)) == ["random", "random distribution=erk", "random like=force",
+                                         "random like=ntk_sap", "snip"]
+
+
 def test_a_long_legend_goes_below_the_axes_and_the_figure_grows_for_it():
     few = {f"m{i}": C(SPARSITY, np.linspace(90, 60, 5)) for i in range(3)}
     many = {f"m{i}": C(SPARSITY, np.linspace(90, 60, 5)) for i in range(20)}

@@ -18,6 +18,12 @@ def is_missing(value: Any) -> bool:
     return value is None or type(value).__name__ == "NAType" or (isinstance(value, float) and math.isnan(value))
 
 
+def varies(column) -> bool:
+    """Whether a column of the runs table takes more than one value, an empty cell counting as one (a setting
+    some runs leave unset, ``distribution`` or ``like``, tells them apart from the runs that set it)."""
+    return len({"" if is_missing(v) else str(v) for v in column}) > 1
+
+
 def variant_labels(rows, base: str, extra: Iterable[str], relevant: Callable[[Any, str], bool] | None = None):
     """``base`` (e.g. the method), plus the ``extra`` settings that take several values among the rows of that
     base ("synflow iterations=10" vs "synflow iterations=100"); ``relevant(value, column)`` says which extra
@@ -26,7 +32,7 @@ def variant_labels(rows, base: str, extra: Iterable[str], relevant: Callable[[An
     labels = rows[base].astype(str).copy()
     for value, part in rows.groupby(base, sort=False):
         columns = [c for c in extra if relevant is None or relevant(value, c)]
-        varying = [c for c in columns if part[c].astype(str).nunique() > 1]
+        varying = [c for c in columns if varies(part[c])]
         for idx, row in part.iterrows():
             bits = [f"{c}={row[c]}" for c in varying if not is_missing(row[c])]
             labels[idx] = " ".join([str(value), *bits])

@@ -99,9 +99,9 @@ def _rewinds(hp: LotteryHparams) -> bool:
 def ticket_labels(rows):
     """The settings that vary among lottery runs of the runs table, per run ("l2", "unstructured rate=0.5");
     the structure alone when none varies."""
-    from prunelab.experiments.protocols.labels import is_missing
+    from prunelab.experiments.protocols.labels import is_missing, varies
 
-    varying = [c for c in VARIANT_COLUMNS if rows[c].astype(str).nunique() > 1] or ["structure"]
+    varying = [c for c in VARIANT_COLUMNS if varies(rows[c])] or ["structure"]
     return rows.apply(lambda r: " ".join(f"{r[c]}" if c == "structure" else f"{c}={r[c]}" for c in varying
                                          if not is_missing(r[c])) or "unstructured", axis=1)
 
@@ -245,7 +245,9 @@ class Lottery(Protocol):
 
     def label(self, rows, methods: bool = True):
         """"lottery", plus :func:`ticket_labels` where the lottery settings vary among ``rows``."""
-        varying = [c for c in VARIANT_COLUMNS if rows[c].astype(str).nunique() > 1]
+        from prunelab.experiments.protocols.labels import varies
+
+        varying = [c for c in VARIANT_COLUMNS if varies(rows[c])]
         return ("lottery " + ticket_labels(rows)) if varying else rows["kind"].astype(str).map(lambda _: "lottery")
 
     def describe(self, hp: dict[str, Any]) -> str:

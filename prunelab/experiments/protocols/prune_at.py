@@ -43,8 +43,9 @@ ABLATIONS = ["shuffle", "reinit", "invert", "fixed_variance", "sign", "sigma_sig
 # An upper bound that catches a mistyped number before it starts days of work: 100x the pruning iterations
 # of the papers (SynFlow and iterative SNIP use 100; Tanaka et al. 2020, §6).
 MAX_PRUNE_ITERATIONS = 10_000
-# The settings that tell two criteria's runs apart in a legend ("synflow iterations=10").
-VARIANT_COLUMNS = ["iterations", "schedule", "scope", "batch_per_class", "pattern"]
+# The settings that tell two criteria's runs apart in a legend ("synflow iterations=10"; random pruning at ERK
+# densities or at another criterion's: "random distribution=erk", "random like=force").
+VARIANT_COLUMNS = ["iterations", "schedule", "scope", "batch_per_class", "pattern", "distribution", "like"]
 
 
 def _by_method(attribute: str, usual: Any) -> str:
