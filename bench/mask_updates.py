@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 import prunelab
 from prunelab import models
-from prunelab.timing import paired
+from prunelab.timing import paired, quartiles
 
 SHAPES = {"lenet_300_100": (1, 28, 28), "lenet5": (1, 28, 28), "resnet20": (3, 32, 32)}
 
@@ -85,8 +85,8 @@ def main() -> None:
     print(f"{'contender':<18}{'update cost / step':>20}{'IQR':>18}")
     for name in names[1:]:
         extra = [(t - b) / b for t, b in zip(times[name], base)]
-        q = statistics.quantiles(extra, n=4)
-        print(f"{name:<18}{statistics.median(extra):>20.3f}{f'{q[0]:.3f} - {q[2]:.3f}':>18}")
+        lo, med, hi = quartiles(extra)
+        print(f"{name:<18}{med:>20.3f}{f'{lo:.3f} - {hi:.3f}':>18}")
 
 
 if __name__ == "__main__":

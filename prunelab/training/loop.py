@@ -133,7 +133,8 @@ class Callback:
         """Restore from a checkpoint, before the model's weights are loaded."""
 
     def record(self) -> dict[str, Any]:
-        """Fields of the :class:`TrainResult` the callback fills in (a mask schedule: its log of changes)."""
+        """Fields of the :class:`TrainResult` the callback fills in, read once the loop stopped (a mask schedule:
+        its log of changes; sparse kernels: how the steps ran)."""
         return {}
 
 
@@ -165,7 +166,6 @@ class Loop:
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
     step_time: float = 0.0  # wall seconds spent in training steps by this session, and their count
     timed_steps: int = 0
-    execution: dict[str, Any] = field(default_factory=dict)
 
     def snapshot(self, callbacks: Iterable[Callback]) -> dict[str, Any]:
         state = {
@@ -245,8 +245,7 @@ class Loop:
                            test_loss=last["test_loss"] if last else None, wall_time=self.wall, metrics=self.metrics,
                            mask=self.mask, **{k: v for cb in callbacks for k, v in cb.record().items()},
                            step_wall_time=self.step_time / self.timed_steps if self.timed_steps else None,
-                           timed_steps=self.timed_steps,
-                           execution=self.execution)
+                           timed_steps=self.timed_steps)
 
     def steps(self, callbacks: list[Callback], progress: bool = False) -> None:
         """Learning rate, forward, backward, step, divergence check, callbacks, to ``end_step``."""

@@ -105,7 +105,8 @@ def _cache_lock() -> Iterator[None]:
     """An exclusive ``flock`` on the cache's lock file (``sparse_crossover.json.lock``) while the block runs, so
     that processes asking for the same crossover at once measure it once and no one's write drops another's
     entry; without a writable cache folder, no lock (and no cache: :func:`_store` says so)."""
-    path = cache_path().with_name(cache_path().name + ".lock")
+    cache = cache_path()
+    path = cache.with_name(cache.name + ".lock")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         f = open(path, "a")  # noqa: SIM115 - held for the block

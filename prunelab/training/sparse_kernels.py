@@ -579,8 +579,8 @@ def sparse_execution(model: nn.Module, optimizer: torch.optim.Optimizer, mode: s
 class SparseKernels(Callback):
     """The training loop's sparse execution (``RuntimeOptions.sparse_kernels``): engaged before the first step
     (after a resume, whose checkpoint is dense), the layers rebuilt after every mask update, disengaged when
-    the loop stops. The loop's ``execution`` record gets the mode, the layers sparse at the end, why each other
-    masked layer ran dense, and ``sparse_steps``: how many of this session's steps each layer ran sparse.
+    the loop stops. The result's ``execution`` (:meth:`record`) gets the mode, the layers sparse at the end, why
+    each other masked layer ran dense, and ``sparse_steps``: how many of this session's steps each layer ran sparse.
 
     It stays off, said in one line, where the products would not be the dense path's: distributed training
     (DDP reduces the dense weights' gradients), mixed precision (the sparse products are float32), and a
@@ -592,6 +592,7 @@ class SparseKernels(Callback):
         self.execution: SparseExecution | None = None
         self.mask = None
         self.sparse_steps: dict[str, int] = {}
+        self._record: dict[str, Any] = {}  # the result's ``execution``, complete once the loop stopped
 
     def _why_not(self, loop: Loop) -> str | None:
         from prunelab.training import distributed
@@ -612,7 +613,7 @@ class SparseKernels(Callback):
             if why and loop.writer:
                 warnings.warn(f"--sparse-kernels {self.mode} ignored: {why}; every layer runs dense", UserWarning,
                               stacklevel=2)
-            loop.execution.update({"sparse_kernels": self.mode, "sparse_layers": []})
+            self._record = {"sparse_kernels": self.mode, "sparse_layers": []}
             return
         self.execution = SparseExecution(loop.model, loop.optimizer, self.mode, loop.settings.batch_size).engage()
         self.mask = loop.mask
@@ -628,6 +629,9 @@ class SparseKernels(Callback):
 
     def close(self, loop: Loop) -> None:
         if self.execution is not None:
-            loop.execution.update({**self.execution.record(), "sparse_steps": self.sparse_steps})
+            self._record = {**self.execution.record(), "sparse_steps": self.sparse_steps}
             self.execution.disengage()
             self.execution = None
+
+    def record(self) -> dict[str, Any]:
+        return {"execution": self._record}
