@@ -55,14 +55,21 @@ def install(point: str, n: int) -> None:
         return calls["count"] == n
 
     if point == "train":
-        real_set_lr = loop.set_lr
+        real_set_lr, real_submit = loop.set_lr, checkpoints.BackgroundWriter.submit
+        writers = set()
+
+        def submit(self, *args, **kwargs):
+            writers.add(self)
+            return real_submit(self, *args, **kwargs)
 
         def set_lr(*args, **kwargs):
             if nth():
+                for writer in writers:  # the kill falls between steps, after the earlier checkpoints are on disk
+                    writer.flush()      # (a kill while a checkpoint is written: the "background" point)
                 die()
             return real_set_lr(*args, **kwargs)
 
-        loop.set_lr = set_lr
+        loop.set_lr, checkpoints.BackgroundWriter.submit = set_lr, submit
     elif point == "prune":
         real_prune = prunelab.prune
 
